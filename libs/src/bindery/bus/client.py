@@ -1,0 +1,200 @@
+"""aio-pika client: connects with retries, declares the shared topology, publishes with
+confirms, and consumes with one ack/nack policy driven by exceptions.
+
+In: events to publish; queue specs with handlers. Out: messages on RabbitMQ; handler calls.
+Policy: success -> ack; `InvalidEvent` -> dead-letter (it can never succeed); `Retry` -> requeue
+after a pause; any other error -> requeue once, dead-letter if it fails again when redelivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aio_pika
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractRobustConnection,
+)
+
+from bindery.bus import topology
+from bindery.bus.topology import QueueSpec
+from bindery.events import Event, InvalidEvent, parse_event
+
+log = structlog.get_logger("bindery.bus")
+
+Handler = Callable[[Event], Awaitable[None]]
+
+
+class Retry(Exception):
+    """Raised by a handler when the message may succeed later (a dependency is down)."""
+
+    def __init__(self, reason: str, delay: float = 2.0) -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
+class Bus:
+    def __init__(
+        self,
+        url: str,
+        service: str,
+        *,
+        event_log_max_age: str = "7D",
+        event_log_max_bytes: int = 1_000_000_000,
+        publish_timeout: float = 10.0,
+        connect_timeout: float = 60.0,
+    ) -> None:
+        self._url = url
+        self._service = service
+        self._event_log_args: dict[str, Any] = {
+            "x-queue-type": "stream",
+            "x-max-age": event_log_max_age,
+            "x-max-length-bytes": event_log_max_bytes,
+        }
+        self._publish_timeout = publish_timeout
+        self._connect_timeout = connect_timeout
+        self._connection: AbstractRobustConnection | None = None
+        self._publish_channel: AbstractChannel | None = None
+        self._log_channel: AbstractChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None and not self._connection.is_closed
+
+    async def connect(self) -> None:
+        """Connect, retrying until `connect_timeout`: services may start before the broker."""
+        deadline = asyncio.get_running_loop().time() + self._connect_timeout
+        delay = 0.2
+        while True:
+            try:
+                self._connection = await aio_pika.connect_robust(
+                    self._url, client_properties={"connection_name": self._service}
+                )
+                break
+            except (OSError, aio_pika.exceptions.AMQPConnectionError) as exc:
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    raise
+                log.warning("bus.connect_retry", error=str(exc), delay=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self._publish_channel = await self._connection.channel(publisher_confirms=True)
+        # Build logs get a channel of their own so their volume never delays domain events.
+        self._log_channel = await self._connection.channel(publisher_confirms=True)
+        await self._declare_topology(self._publish_channel)
+        for name in (topology.EVENTS_EXCHANGE, topology.DEAD_LETTER_EXCHANGE):
+            self._exchanges[name] = await self._publish_channel.get_exchange(name)
+        self._exchanges[topology.LOGS_EXCHANGE] = await self._log_channel.get_exchange(
+            topology.LOGS_EXCHANGE
+        )
+        log.info("bus.connected", service=self._service)
+
+    async def _declare_topology(self, channel: AbstractChannel) -> None:
+        events = await channel.declare_exchange(
+            topology.EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        await channel.declare_exchange(
+            topology.LOGS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        dlx = await channel.declare_exchange(
+            topology.DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
+        )
+        dead = await channel.declare_queue(topology.DEAD_LETTER_QUEUE, durable=True)
+        await dead.bind(dlx)
+        event_log = await channel.declare_queue(
+            topology.EVENT_LOG_STREAM, durable=True, arguments=self._event_log_args
+        )
+        await event_log.bind(events, routing_key="#")
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
+    async def publish(self, event: Event, headers: dict[str, str] | None = None) -> None:
+        """Publish and wait for the broker's confirm (bounded, so an outage is an error)."""
+        exchange = self._exchanges[topology.exchange_for(event.type)]
+        message = aio_pika.Message(
+            event.to_json(),
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=event.event_id,
+            correlation_id=event.launch_id,
+            type=event.type,
+            app_id=self._service,
+            headers=dict(headers or {}),
+        )
+        await exchange.publish(
+            message, routing_key=event.routing_key, timeout=self._publish_timeout
+        )
+
+    async def consume(self, spec: QueueSpec, handler: Handler, *, prefetch: int = 8) -> str:
+        """Start consuming `spec` with `handler`; returns the queue name."""
+        assert self._connection is not None, "connect() first"
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        exchange = await channel.get_exchange(spec.exchange)
+        if spec.exclusive:
+            queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        else:
+            queue = await channel.declare_queue(
+                spec.name,
+                durable=True,
+                arguments={"x-dead-letter-exchange": topology.DEAD_LETTER_EXCHANGE},
+            )
+        for key in spec.routing_keys:
+            await queue.bind(exchange, routing_key=key)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            await self._dispatch(message, handler, spec)
+
+        await queue.consume(on_message)
+        return queue.name
+
+    async def _dispatch(
+        self, message: AbstractIncomingMessage, handler: Handler, spec: QueueSpec
+    ) -> None:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(
+            event_type=message.type, launch_id=message.correlation_id
+        )
+        try:
+            event = parse_event(message.body)
+        except InvalidEvent as exc:
+            log.error("bus.invalid_message", reason=str(exc), queue=spec.name)
+            await self._dead_letter(message, spec)
+            return
+        try:
+            await handler(event)
+        except Retry as exc:
+            log.warning("bus.retry", reason=str(exc), delay=exc.delay)
+            await asyncio.sleep(exc.delay)
+            await message.nack(requeue=True)
+        except Exception:
+            if message.redelivered:
+                log.exception("bus.handler_failed_twice")
+                await self._dead_letter(message, spec)
+            else:
+                log.exception("bus.handler_failed")
+                await message.nack(requeue=True)
+        else:
+            await message.ack()
+        finally:
+            structlog.contextvars.clear_contextvars()
+
+    async def _dead_letter(self, message: AbstractIncomingMessage, spec: QueueSpec) -> None:
+        if spec.exclusive:
+            # Exclusive queues have no dead-letter argument: copy the message there ourselves.
+            await self._exchanges[topology.DEAD_LETTER_EXCHANGE].publish(
+                aio_pika.Message(message.body, headers=dict(message.headers or {})),
+                routing_key="",
+                timeout=self._publish_timeout,
+            )
+            await message.ack()
+        else:
+            await message.reject(requeue=False)

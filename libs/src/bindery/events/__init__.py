@@ -1,0 +1,33 @@
+"""Bindery's event contracts, the only thing services share besides libs: one module per family."""
+
+from bindery.events.base import Event, InvalidEvent, event_types, parse_event
+from bindery.events.build import BuildLog, BuildStarted, ImageBuilt
+from bindery.events.launch import FailureReason, LaunchFailed, LaunchRequested, RefResolved
+from bindery.events.session import (
+    IdleDetected,
+    PodReady,
+    PodScheduled,
+    PodStopped,
+    SessionActivity,
+    StopReason,
+)
+
+__all__ = [
+    "BuildLog",
+    "BuildStarted",
+    "Event",
+    "FailureReason",
+    "IdleDetected",
+    "ImageBuilt",
+    "InvalidEvent",
+    "LaunchFailed",
+    "LaunchRequested",
+    "PodReady",
+    "PodScheduled",
+    "PodStopped",
+    "RefResolved",
+    "SessionActivity",
+    "StopReason",
+    "event_types",
+    "parse_event",
+]

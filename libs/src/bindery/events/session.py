@@ -1,0 +1,72 @@
+"""Events of a session's life: placed, ready, active, idle, stopped.
+
+Producers: scheduler (pod-scheduled, pod-ready, pod-stopped), gateway (session-activity),
+culler (idle-detected). Tokens are never part of an event: the gateway derives them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import Field
+
+from bindery.events.base import Event, register
+
+
+@register
+class PodScheduled(Event):
+    """A node was chosen and the session container is starting (BinderHub phase `launching`)."""
+
+    type = "pod-scheduled"
+
+    session: str
+    node: str
+    image: str
+
+
+@register
+class PodReady(Event):
+    """Jupyter answers inside the session; the gateway can route `/user/<session>/` to `target`."""
+
+    type = "pod-ready"
+
+    session: str
+    node: str
+    image: str
+    target: str = Field(description="base URL the gateway proxies to, e.g. http://127.0.0.1:41234")
+    repo_url: str = ""
+    resolved_ref: str = ""
+
+
+@register
+class SessionActivity(Event):
+    """The gateway saw traffic for `session` up to `last_activity` (batched, not per request)."""
+
+    type = "session-activity"
+
+    session: str
+    last_activity: datetime
+
+
+class StopReason(StrEnum):
+    IDLE = "idle"
+    MAX_AGE = "max_age"
+    ORPHANED = "orphaned"
+    FAILED = "failed"
+
+
+@register
+class IdleDetected(Event):
+    type = "idle-detected"
+
+    session: str
+    reason: StopReason
+
+
+@register
+class PodStopped(Event):
+    type = "pod-stopped"
+
+    session: str
+    reason: StopReason

@@ -1,0 +1,62 @@
+"""Runs one service process: logging, the bus, a health endpoint, and a clean stop on SIGTERM.
+
+In: the service name, its settings, a `start` coroutine that subscribes handlers and may return
+extra background tasks. Out: a process that serves `/health` on its health port until stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from bindery import logs
+from bindery.bus import Bus
+from bindery.settings import CommonSettings
+
+log = structlog.get_logger("bindery.service")
+
+Starter = Callable[[Bus], Awaitable[None]]
+
+
+def make_bus(settings: CommonSettings, service: str) -> Bus:
+    return Bus(
+        settings.amqp_url,
+        service,
+        event_log_max_age=settings.event_log_max_age,
+        event_log_max_bytes=settings.event_log_max_bytes,
+    )
+
+
+async def serve(service: str, settings: CommonSettings, health_port: int, start: Starter) -> None:
+    logs.configure(service, settings.log_format, settings.log_level)
+    bus = make_bus(settings, service)
+    await bus.connect()
+
+    async def health(_request: web.Request) -> web.Response:
+        ok = bus.connected
+        return web.json_response({"service": service, "broker": ok}, status=200 if ok else 503)
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.health_host, health_port).start()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await start(bus)
+    log.info("service.started", health_port=health_port)
+    await stop.wait()
+    log.info("service.stopping")
+    await runner.cleanup()
+    await bus.close()
+
+
+def run(service: str, settings: CommonSettings, health_port: int, start: Starter) -> None:
+    asyncio.run(serve(service, settings, health_port, start))

@@ -1,0 +1,66 @@
+"""Settings every service shares, read from `BINDERY_*` environment variables.
+
+Each service's own settings subclass `CommonSettings`; the docstring of a field says why its
+default is what it is.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Profile(StrEnum):
+    """`local` (what `make up` runs) accepts repositories on this machine's disk and loopback."""
+
+    LOCAL = "local"
+    PRODUCTION = "production"
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BINDERY_", extra="ignore")
+
+    profile: Profile = Profile.PRODUCTION
+    """Production refuses local paths and loopback git servers; `make up` opts into `local`."""
+
+    instance: str = Field(default="bindery", pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")
+    """Labels every session container, so two stacks (the one `make up` runs and the tests') can
+    share one podman without seeing each other's sessions."""
+
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    registry: str = "127.0.0.1:5000"
+    """The local OCI registry; bound to loopback so sessions cannot reach it."""
+
+    registry_scheme: str = "http"
+
+    nodes: str = "node-1=unix:///run/bindery/node-1.sock"
+    """Comma-separated `name=podman API URL`; each node has its own image store."""
+
+    session_secret: str = Field(default="", repr=False)
+    """Session tokens are HMACs of the session name with this secret, so no token ever travels on
+    the broker or sits in a container label. Empty means: refuse to start (see `require_secret`)."""
+
+    log_format: str = "json"
+    log_level: str = "info"
+
+    health_host: str = "127.0.0.1"
+
+    event_log_max_age: str = "7D"
+    """How long the event log stream keeps events (RabbitMQ's x-max-age syntax)."""
+
+    event_log_max_bytes: int = 1_000_000_000
+
+    def require_secret(self) -> str:
+        if len(self.session_secret) < 16:
+            raise SystemExit("BINDERY_SESSION_SECRET must be set (16+ characters)")
+        return self.session_secret
+
+    def node_urls(self) -> dict[str, str]:
+        nodes: dict[str, str] = {}
+        for item in self.nodes.split(","):
+            name, _, url = item.strip().partition("=")
+            if name and url:
+                nodes[name] = url
+        return nodes

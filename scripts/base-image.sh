@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Builds the shared base image localhost/bindery-base:<tag> that every repository image starts
+# FROM, and prints its name as the last line of stdout (everything else goes to stderr).
+# <tag> is a hash of the files in the base image's build context; bindery.builder.baseimage
+# computes the same hash in Python, so services know the name without running this script.
+# Idempotent: when the image exists it only prints the name.
+#
+# Environment: BINDERY_CA_BUNDLE  CA bundle handed to pip/uv as a build secret
+#                                 (default: the host's, which trusts the TLS-intercepting proxy).
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+context=$root/services/builder/src/bindery/builder/baseimage/context
+rootfs=localhost/bindery-rootfs:bookworm
+ca_bundle=${BINDERY_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
+
+# One "sha256  ./path" line per file, in byte order of the paths, hashed again: a rename
+# changes the tag as much as an edit does.
+tag=$(cd "$context" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum \
+      | sha256sum | cut -c1-12)
+image=localhost/bindery-base:$tag
+
+if podman image exists "$image"; then
+    echo "$image"
+    exit 0
+fi
+
+# No registry can be pulled from here: the Debian root filesystem is made locally, once.
+if ! podman image exists "$rootfs"; then
+    rootfs_dir=$(mktemp -d)
+    trap 'rm -rf "$rootfs_dir"' EXIT
+    debootstrap --variant=minbase bookworm "$rootfs_dir" http://deb.debian.org/debian >&2
+    tar -C "$rootfs_dir" -c . | podman import - "$rootfs" >&2
+fi
+
+secret=()
+if [[ -r $ca_bundle ]]; then
+    secret=(--secret "id=pipca,src=$ca_bundle")
+fi
+podman build --layers "${secret[@]}" --tag "$image" "$context" >&2
+echo "$image"

@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Install everything Bindery needs on a Debian 12 machine (run as root). Idempotent and quick
+# when everything is already present: each step checks before it acts.
+#   1. Debian packages (apt-get update only when something is missing)
+#   2. podman engine configuration (/etc/containers/containers.conf, insecure local registry)
+#   3. uv, then `uv sync --all-packages` into <repo>/.venv
+#   4. npm packages, only if the repository has a package.json
+#   5. scripts/base-image.sh (the local base image), if present
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+
+BINDERY_REGISTRY="${BINDERY_REGISTRY:-127.0.0.1:5000}"
+CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
+
+PACKAGES=(podman buildah runc skopeo debootstrap rabbitmq-server docker-registry git
+          chromium chromium-driver iptables curl openssl ca-certificates)
+
+log() { printf '[install] %s\n' "$*"; }
+die() { printf '[install] ERROR: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (Bindery drives podman and RabbitMQ as root)"
+
+# TLS is intercepted on these machines: every client must trust the host bundle.
+if [ -f "$CA_BUNDLE" ]; then
+    export SSL_CERT_FILE="${SSL_CERT_FILE:-$CA_BUNDLE}"
+    export PIP_CERT="${PIP_CERT:-$CA_BUNDLE}"
+    export NODE_EXTRA_CA_CERTS="${NODE_EXTRA_CA_CERTS:-$CA_BUNDLE}"
+fi
+export DEBIAN_FRONTEND=noninteractive
+
+is_installed() { dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null | grep -qx installed; }
+
+apt_install() {
+    # Never let package scripts start daemons (rabbitmq-server and docker-registry would
+    # come up on 0.0.0.0 with Debian's config); scripts/infra.sh starts them our way.
+    local own_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        own_policy=1
+    fi
+    local rc=0
+    { apt-get update -q && apt-get install -y -q "$@"; } || rc=$?
+    [ "$own_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+    return "$rc"
+}
+
+# --- 1. Debian packages -------------------------------------------------------------------
+missing=()
+for p in "${PACKAGES[@]}"; do is_installed "$p" || missing+=("$p"); done
+if [ -f package.json ] && ! command -v npm >/dev/null 2>&1; then missing+=(npm); fi
+if ! command -v python3 >/dev/null 2>&1; then missing+=(python3 python3-venv python3-pip); fi
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    apt_install "${missing[@]}"
+else
+    log "Debian packages present"
+fi
+
+# --- 2. podman engine configuration -------------------------------------------------------
+# runc (crun fails: cgroups hybrid mode) and ulimits below the sandbox's hard limit.
+install_file() {  # install_file SRC DEST: copy if different, backing up a different file once
+    local src="$1" dest="$2"
+    mkdir -p "$(dirname "$dest")"
+    if [ -f "$dest" ] && cmp -s "$src" "$dest"; then
+        return 0
+    fi
+    if [ -f "$dest" ] && [ ! -e "$dest.bindery-orig" ]; then
+        cp -p "$dest" "$dest.bindery-orig"
+        log "backed up $dest to $dest.bindery-orig"
+    fi
+    install -m 0644 "$src" "$dest"
+    log "wrote $dest"
+}
+install_file "$REPO/config/containers.conf" /etc/containers/containers.conf
+
+tmp="$(mktemp)"
+trap 'rm -f "$tmp"' EXIT
+cat > "$tmp" <<EOF
+# Written by Bindery's scripts/install.sh: the local registry speaks plain HTTP on loopback.
+[[registry]]
+location = "$BINDERY_REGISTRY"
+insecure = true
+EOF
+install_file "$tmp" /etc/containers/registries.conf.d/50-bindery.conf
+
+# --- 3. uv and the Python workspace -------------------------------------------------------
+find_uv() {
+    if command -v uv >/dev/null 2>&1; then
+        UV=(uv)
+    elif python3 -m uv --version >/dev/null 2>&1; then
+        UV=(python3 -m uv)
+    else
+        return 1
+    fi
+}
+if ! find_uv; then
+    log "installing uv"
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        apt_install python3-pip python3-venv
+    fi
+    python3 -m pip install -q uv \
+        || python3 -m pip install -q --break-system-packages uv \
+        || python3 -m pip install -q --user --break-system-packages uv
+    hash -r
+    command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
+    find_uv || die "uv installed but not found on PATH"
+fi
+
+# Newer uv names native TLS UV_SYSTEM_CERTS (UV_NATIVE_TLS still works but warns).
+if "${UV[@]}" sync --help 2>/dev/null | grep -q UV_SYSTEM_CERTS; then
+    export UV_SYSTEM_CERTS=1
+else
+    export UV_NATIVE_TLS=1
+fi
+
+if [ -f pyproject.toml ]; then
+    # No managed-Python downloads here (GitHub is unreachable): use an installed python3.
+    export UV_PYTHON_DOWNLOADS=never
+    log "uv sync --all-packages"
+    "${UV[@]}" sync --all-packages
+else
+    log "no pyproject.toml yet: skipping uv sync"
+fi
+
+# --- 4. npm -------------------------------------------------------------------------------
+if [ -f package.json ]; then
+    if [ -f package-lock.json ]; then
+        if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
+            log "npm ci"
+            npm ci --no-audit --no-fund
+            touch node_modules
+        fi
+    else
+        log "npm install"
+        npm install --no-audit --no-fund
+    fi
+fi
+
+# --- 5. local base image ------------------------------------------------------------------
+if [ -f scripts/base-image.sh ]; then
+    log "scripts/base-image.sh"
+    bash scripts/base-image.sh
+fi
+
+log "done"

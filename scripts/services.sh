@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Start/stop Bindery's five Python services as background processes on this machine.
+#   logs: .bindery/logs/<service>.log   pids: .bindery/run/<service>.pid
+#   environment: .bindery/env (created once with BINDERY_PROFILE=local and a random
+#   BINDERY_SESSION_SECRET; never overwritten; edit it to configure the services)
+#
+# usage: scripts/services.sh up|down|restart|status
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+STATE="$REPO/.bindery"
+RUN="$STATE/run"
+LOGS="$STATE/logs"
+ENV_FILE="$STATE/env"
+PYTHON="$REPO/.venv/bin/python"
+WAIT_SECONDS="${BINDERY_SERVICES_WAIT:-60}"
+
+# Start order and health endpoints (gateway is the public one; the others are internal).
+SERVICES=(resolver builder scheduler culler gateway)
+declare -A HEALTH_URL=(
+    [resolver]=http://127.0.0.1:8591/health
+    [builder]=http://127.0.0.1:8592/health
+    [scheduler]=http://127.0.0.1:8593/health
+    [culler]=http://127.0.0.1:8594/health
+    [gateway]=http://127.0.0.1:8585/health
+)
+
+log() { printf '[services] %s\n' "$*"; }
+die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
+
+mkdir -p "$RUN" "$LOGS"
+
+pid_of() {  # pid_of SERVICE -> pid if alive and really that service
+    local f="$RUN/$1.pid" pid
+    [ -f "$f" ] || return 1
+    pid="$(cat "$f" 2>/dev/null)" || return 1
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+    tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -- "-m bindery\.$1" || return 1
+    echo "$pid"
+}
+
+healthy() { curl -sf --max-time 2 -o /dev/null "${HEALTH_URL[$1]}"; }
+
+ensure_env() {
+    [ -f "$ENV_FILE" ] && return 0
+    local secret
+    secret="$(openssl rand -hex 32 2>/dev/null || python3 -c 'import secrets; print(secrets.token_hex(32))')"
+    umask 077
+    cat > "$ENV_FILE" <<EOF
+# Bindery service environment, read by scripts/services.sh (created once, never overwritten).
+BINDERY_PROFILE=local
+BINDERY_SESSION_SECRET=$secret
+EOF
+    log "created $ENV_FILE"
+}
+
+cmd_up() {
+    [ -x "$PYTHON" ] || die "no $PYTHON: run scripts/install.sh (make install)"
+    ensure_env
+    set -a
+    # shellcheck disable=SC1090
+    . "$ENV_FILE"
+    set +a
+    export PYTHONUNBUFFERED=1
+
+    local s pid started=()
+    for s in "${SERVICES[@]}"; do
+        if pid="$(pid_of "$s")"; then
+            log "$s already running (pid $pid)"
+            continue
+        fi
+        setsid nohup "$PYTHON" -m "bindery.$s" >> "$LOGS/$s.log" 2>&1 < /dev/null &
+        echo $! > "$RUN/$s.pid"
+        started+=("$s")
+        log "started $s (pid $!)"
+    done
+
+    local deadline=$((SECONDS + WAIT_SECONDS)) pending=("${SERVICES[@]}") still
+    while [ "${#pending[@]}" -gt 0 ]; do
+        still=()
+        for s in "${pending[@]}"; do
+            if healthy "$s"; then
+                continue
+            fi
+            if ! pid_of "$s" >/dev/null; then
+                log "$s exited; last lines of $LOGS/$s.log:"
+                tail -n 40 "$LOGS/$s.log" >&2 || true
+                die "$s is not running"
+            fi
+            still+=("$s")
+        done
+        pending=("${still[@]+"${still[@]}"}")
+        [ "${#pending[@]}" -eq 0 ] && break
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            for s in "${pending[@]}"; do
+                log "$s did not answer ${HEALTH_URL[$s]} within ${WAIT_SECONDS}s; last lines of $LOGS/$s.log:"
+                tail -n 40 "$LOGS/$s.log" >&2 || true
+            done
+            die "unhealthy: ${pending[*]}"
+        fi
+        sleep 0.5
+    done
+    log "all services healthy"
+}
+
+cmd_down() {
+    local s pid i pids=()
+    for s in "${SERVICES[@]}"; do
+        if pid="$(pid_of "$s")"; then
+            kill -TERM "$pid" 2>/dev/null || true
+            pids+=("$pid")
+            log "stopping $s (pid $pid)"
+        fi
+    done
+    for i in $(seq 1 100); do
+        local alive=0
+        for pid in "${pids[@]+"${pids[@]}"}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
+    for pid in "${pids[@]+"${pids[@]}"}"; do
+        if kill -0 "$pid" 2>/dev/null; then
+            log "pid $pid did not stop in 10 s: KILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    done
+    for s in "${SERVICES[@]}"; do rm -f "$RUN/$s.pid"; done
+    log "services down"
+}
+
+cmd_status() {
+    local s pid rc=0
+    for s in "${SERVICES[@]}"; do
+        if pid="$(pid_of "$s")"; then
+            if healthy "$s"; then
+                printf '%-10s running  pid %s  %s ok\n' "$s" "$pid" "${HEALTH_URL[$s]}"
+            else
+                printf '%-10s running  pid %s  %s NOT answering\n' "$s" "$pid" "${HEALTH_URL[$s]}"
+                rc=1
+            fi
+        else
+            printf '%-10s stopped\n' "$s"
+            rc=1
+        fi
+    done
+    return "$rc"
+}
+
+case "${1:-}" in
+    up) cmd_up ;;
+    down) cmd_down ;;
+    restart) cmd_down; cmd_up ;;
+    status) cmd_status ;;
+    *) echo "usage: $0 up|down|restart|status" >&2; exit 2 ;;
+esac

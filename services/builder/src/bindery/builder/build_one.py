@@ -1,0 +1,171 @@
+"""One build in its own process: ``python -m bindery.builder.build_one --repo=URL --ref=SHA --image=NAME``.
+
+In: a repository URL, a commit and the image name, all validated here (they come from strangers).
+Out: one JSON object per line on stdout -- ``{"phase": ..., "message": ...}`` while it works, then
+``{"phase": "built", ...}`` and exit 0, or ``{"phase": "failed", "reason": ..., "message": ...}``
+and exit 1.
+
+A process per build because repo2docker is not thread-safe: it chdirs into the checkout and
+rewires the logging of the whole process.
+"""
+
+import argparse
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from repo2docker.app import Repo2Docker
+from repo2docker.contentproviders import Git
+from repo2docker.engine import BuildError, ImageLoadError
+from traitlets.config import Config
+
+from bindery.builder.baseimage import base_image_name
+from bindery.builder.buildpacks import BinderyPythonBuildPack
+from bindery.builder.engine import PodmanEngine
+
+# Commits only: the resolver turned branches and tags into one, and a SHA cannot be an option.
+REF_PATTERN = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+# An image reference as the OCI distribution spec allows it, starting with no dash.
+IMAGE_PATTERN = re.compile(r"[a-z0-9][a-z0-9._/:-]{0,254}(@sha256:[0-9a-f]{64})?")
+# A URL with a scheme, no whitespace or quoting: git never sees anything it could read as an option.
+URL_PATTERN = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*)://[^\s\"'\\]+")
+DEFAULT_SCHEMES = ("https", "http", "git")
+# Long lines (progress bars, minified output) are cut: the log is for people.
+MAX_MESSAGE_CHARS = 8192
+
+
+class CloneFailed(Exception):
+    """The repository could not be fetched at the requested commit."""
+
+
+def emit(phase: str, message: str = "", **fields: Any) -> None:
+    """Write one protocol line to stdout."""
+    record = {"phase": phase, "message": message[:MAX_MESSAGE_CHARS], **fields}
+    sys.stdout.write(json.dumps(record) + "\n")
+    sys.stdout.flush()
+
+
+class _ProtocolHandler(logging.Handler):
+    """Turns repo2docker's log records (which carry a ``phase``) into protocol lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage().rstrip("\r\n")
+        if message:
+            emit(str(getattr(record, "phase", "building")), message)
+
+
+class _Repo2Docker(Repo2Docker):  # type: ignore[misc]
+    """repo2docker whose fetch failures are told apart from build failures."""
+
+    def fetch(self, url: str, ref: str, checkout_path: str) -> None:
+        try:
+            super().fetch(url, ref, checkout_path)
+        except Exception as e:
+            raise CloneFailed(f"Could not fetch {url} at {ref}: {e}") from e
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bindery.builder.build_one")
+    parser.add_argument("--repo", required=True, help="repository URL")
+    parser.add_argument("--ref", required=True, help="full commit SHA")
+    parser.add_argument("--image", required=True, help="name to tag (and push) the image as")
+    parser.add_argument("--push", action="store_true", help="push the image once built")
+    parser.add_argument("--base-image", default="", help="default: bindery.builder.baseimage's")
+    parser.add_argument("--ca-bundle", default="", help="CA bundle handed to the build")
+    parser.add_argument("--memory-limit", type=int, default=0, help="bytes per build step")
+    parser.add_argument("--push-tls-verify", action="store_true")
+    parser.add_argument(
+        "--allow-scheme",
+        action="append",
+        default=[],
+        help=f"URL scheme to accept (repeatable; default {', '.join(DEFAULT_SCHEMES)})",
+    )
+    return parser.parse_args(argv)
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Raise ValueError unless repo, ref and image are what they claim to be."""
+    schemes = args.allow_scheme or DEFAULT_SCHEMES
+    url = URL_PATTERN.fullmatch(args.repo)
+    if url is None or url["scheme"] not in schemes:
+        raise ValueError(f"repository must be a URL with scheme {'/'.join(schemes)}")
+    if REF_PATTERN.fullmatch(args.ref) is None:
+        raise ValueError("ref must be a full commit SHA")
+    if IMAGE_PATTERN.fullmatch(args.image) is None:
+        raise ValueError("image is not a valid image reference")
+
+
+def make_app(args: argparse.Namespace) -> Repo2Docker:
+    config = Config()
+    config.PodmanEngine.ca_bundle = args.ca_bundle
+    config.PodmanEngine.memory_limit = args.memory_limit
+    config.PodmanEngine.push_tls_verify = args.push_tls_verify
+    app = _Repo2Docker(config=config)
+    app.repo = args.repo
+    app.ref = args.ref
+    app.output_image_spec = args.image
+    # We push ourselves, after the build, so pushing is its own phase with its own failure.
+    app.push = False
+    app.run = False
+    # The base image's user; repo2docker would default to whoever runs it (root, refused).
+    app.user_id = 1000
+    app.user_name = "jovyan"
+    # Only git: the URL is validated, so the Local provider could only ever match a host path a
+    # stranger named, and the data-repository providers make network calls in detect().
+    app.content_providers = [Git]
+    app.buildpacks = [BinderyPythonBuildPack]
+    app.default_buildpack = BinderyPythonBuildPack
+    app.base_image = args.base_image or base_image_name()
+    app.engine = "bindery-podman"
+    # Makes repo2docker capture git's output into its log instead of our stdout.
+    app.json_logs = True
+    return app
+
+
+def build(args: argparse.Namespace) -> Iterator[str]:
+    """Build (and push) the image; yields the push's output lines. Raises on failure."""
+    app = make_app(args)
+    app.initialize()
+    # initialize() installed its own handler; the protocol on stdout is ours.
+    app.log.handlers = [_ProtocolHandler()]
+    app.log.propagate = False
+    app.start()
+    if args.push:
+        emit("pushing", f"Pushing {args.image}")
+        engine = app.get_engine()
+        assert isinstance(engine, PodmanEngine)
+        yield from engine.push(args.image)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    started = time.monotonic()
+    try:
+        validate(args)
+    except ValueError as e:
+        emit("failed", str(e), reason="invalid_request")
+        return 1
+    try:
+        for line in build(args):
+            emit("pushing", line.rstrip("\n"))
+    except CloneFailed as e:
+        emit("failed", str(e), reason="clone_failed")
+        return 1
+    except ImageLoadError as e:
+        emit("failed", str(e), reason="push_failed")
+        return 1
+    except (BuildError, ValueError, RuntimeError) as e:
+        # repo2docker raises ValueError/RuntimeError for a malformed repository (apt.txt,
+        # runtime.txt, both binder/ and .binder/): a failed step of this build all the same.
+        emit("failed", str(e), reason="step_failed")
+        return 1
+    emit("built", f"Built {args.image}", image=args.image, seconds=time.monotonic() - started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""repo2docker's container engine for podman: builds with ``podman build``, pushes with ``podman push``.
+
+In: repo2docker's calls (``build`` with the build context as a tar file object, ``inspect_image``).
+Out: the lines podman prints, as repo2docker's log; images in podman's local store and the registry.
+
+repo2docker's own docker engine needs ``docker buildx``, which podman lacks, and the published
+repo2podman plugin does not match repo2docker 2026.4.0's engine API; hence this plugin, registered
+as ``bindery-podman`` in the ``repo2docker.engines`` entry point group.
+"""
+
+import json
+import subprocess
+import tarfile
+import tempfile
+from collections import deque
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from repo2docker.engine import BuildError, ContainerEngine, Image, ImageLoadError
+from traitlets import Bool, Int, Unicode
+
+# How many trailing output lines an error carries: enough to show the failing step.
+ERROR_TAIL_LINES = 20
+
+
+class PodmanEngine(ContainerEngine):  # type: ignore[misc]
+    """Builds and pushes images by running the podman CLI."""
+
+    ca_bundle = Unicode(
+        "",
+        config=True,
+        help="CA bundle handed to builds as the secret 'pipca' (TLS-intercepting proxies, "
+        "private package indexes); empty for none. It never lands in an image layer.",
+    )
+    push_tls_verify = Bool(
+        False,
+        config=True,
+        help="Verify the registry's TLS certificate on push. Off by default because the local "
+        "registry speaks plain HTTP on loopback.",
+    )
+    memory_limit = Int(
+        0,
+        config=True,
+        help="Memory limit in bytes for each build step's container; 0 for none. A step over it "
+        "is killed, which the build runner reports as 'oom'.",
+    )
+
+    def build(
+        self,
+        *,
+        push: bool = False,
+        load: bool = False,
+        buildargs: Mapping[str, str] | None = None,
+        cache_from: list[str] | None = None,
+        container_limits: Mapping[str, int] | None = None,
+        tag: str = "",
+        custom_context: bool = False,
+        dockerfile: str = "",
+        fileobj: IO[bytes] | None = None,
+        path: str = "",
+        labels: Mapping[str, str] | None = None,
+        platform: str | None = None,
+        **kwargs: Any,
+    ) -> Iterator[str]:
+        """Build ``tag`` from a context tarball (``fileobj``) or directory (``path``).
+
+        ``load`` needs nothing: podman builds straight into its local store.
+        """
+        with tempfile.TemporaryDirectory(prefix="bindery-context-") as scratch:
+            if fileobj is not None:
+                context = Path(scratch)
+                with tarfile.open(fileobj=fileobj, mode="r:*") as tar:
+                    tar.extractall(context, filter=_skip_unsafe_members)
+            else:
+                context = Path(path)
+
+            cmd = ["podman", "build", "--layers", f"--tag={tag}"]
+            if dockerfile:
+                cmd.append(f"--file={context / dockerfile}")
+            if self.ca_bundle:
+                cmd.append(f"--secret=id=pipca,src={self.ca_bundle}")
+            if platform:
+                cmd.append(f"--platform={platform}")
+            cmd += [f"--cache-from={image}" for image in cache_from or []]
+            cmd += _limit_options(container_limits or {}, self.memory_limit)
+            cmd += [f"--build-arg={k}={v}" for k, v in (buildargs or {}).items()]
+            cmd += [f"--label={k}={v}" for k, v in (labels or {}).items()]
+            cmd.append(str(context))
+            yield from _stream(cmd, BuildError, f"Building {tag} failed")
+
+        if push:
+            yield from self.push(tag)
+
+    def push(self, image: str) -> Iterator[str]:
+        """Push ``image`` to the registry its name points at."""
+        cmd = ["podman", "push", f"--tls-verify={str(self.push_tls_verify).lower()}", image]
+        yield from _stream(cmd, ImageLoadError, f"Pushing {image} failed")
+
+    def inspect_image(self, image: str) -> Image | None:
+        """The image's tags and config, or None when podman's local store lacks it."""
+        exists = subprocess.run(["podman", "image", "exists", image], check=False)
+        if exists.returncode == 1:
+            return None
+        found = subprocess.run(
+            ["podman", "image", "inspect", image], capture_output=True, text=True, check=True
+        )
+        info = json.loads(found.stdout)[0]
+        return Image(tags=info.get("RepoTags") or [], config=info.get("Config") or {})
+
+
+def _skip_unsafe_members(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+    """Extract what tarfile's 'data' filter allows, skipping the rest instead of failing.
+
+    The context holds a stranger's repository: a symlink to /etc/passwd there must neither be
+    followed on the host nor fail a build that repo2docker itself would run.
+    """
+    try:
+        return tarfile.data_filter(member, dest)
+    except tarfile.FilterError:
+        return None
+
+
+def _limit_options(limits: Mapping[str, int], memory_limit: int) -> list[str]:
+    """podman options for repo2docker's container_limits, our own memory limit as the default."""
+    memory = limits.get("memory", memory_limit)
+    options = []
+    if memory:
+        # Same value for memory+swap as for memory: a build over its limit is killed, not swapped.
+        options += [f"--memory={memory}", f"--memory-swap={limits.get('memswap', memory)}"]
+    if "cpushares" in limits:
+        options.append(f"--cpu-shares={limits['cpushares']}")
+    if "cpusetcpus" in limits:
+        options.append(f"--cpuset-cpus={limits['cpusetcpus']}")
+    return options
+
+
+def _stream(cmd: list[str], error: type[Exception], summary: str) -> Iterator[str]:
+    """Yield the command's merged output line by line; raise ``error`` if it fails.
+
+    The error message ends with the last lines of output, where the failing step shows.
+    """
+    tail: deque[str] = deque(maxlen=ERROR_TAIL_LINES)
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            tail.append(line.rstrip("\n"))
+            yield line
+    if proc.returncode != 0:
+        detail = "\n".join(tail)
+        raise error(f"{summary} (exit status {proc.returncode}):\n{detail}")

@@ -1,0 +1,27 @@
+"""The end-to-end tests share one started stack (real broker, registry, podman, repo2docker)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.support.stack import REPO, Stack, started_stack
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    yield from started_stack(REPO / ".bindery/test-logs")
+
+
+@pytest.fixture(scope="session")
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+        yield session
+
+
+@pytest.fixture(scope="session")
+def repos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("repos")

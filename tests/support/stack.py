@@ -1,0 +1,168 @@
+"""Start Bindery's five services as real processes against the real broker, registry and
+podman, in a RabbitMQ virtual host and a podman instance label of their own, so the tests never
+touch the stack `make up` runs. Every test in a run shares one started stack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICES = ("resolver", "builder", "scheduler", "culler", "gateway")
+HEALTH_PORTS = {"resolver": 18591, "builder": 18592, "scheduler": 18593, "culler": 18594}
+GATEWAY_PORT = 18585
+VHOST = "bindery-test"
+INSTANCE = "bindery-test"
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run([str(REPO / "scripts/infra.sh"), *args], check=True, capture_output=True)
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    log_dir: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def gateway(self) -> str:
+        return f"http://127.0.0.1:{GATEWAY_PORT}"
+
+    def start(self, service: str) -> None:
+        log = (self.log_dir / f"{service}.log").open("ab")
+        env = dict(self.env)
+        if service in HEALTH_PORTS:
+            env["BINDERY_HEALTH_PORT"] = str(HEALTH_PORTS[service])
+        self.processes[service] = subprocess.Popen(
+            [sys.executable, "-m", f"bindery.{service}"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+        self.wait_healthy(service)
+
+    def stop(self, service: str) -> None:
+        proc = self.processes.pop(service)
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def health_url(self, service: str) -> str:
+        if service == "gateway":
+            return f"{self.gateway}/health"
+        return f"http://127.0.0.1:{HEALTH_PORTS[service]}/health"
+
+    def wait_healthy(self, service: str, limit: float = 60.0) -> None:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            proc = self.processes[service]
+            if proc.poll() is not None:
+                raise RuntimeError(f"{service} exited {proc.returncode}: {self.log_tail(service)}")
+            with suppress(OSError), urllib.request.urlopen(self.health_url(service), timeout=2):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"{service} not healthy in {limit} s: {self.log_tail(service)}")
+
+    def log_tail(self, service: str, lines: int = 40) -> str:
+        path = self.log_dir / f"{service}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def restart(self, service: str) -> None:
+        self.stop(service)
+        self.start(service)
+
+
+def stack_env(log_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BINDERY_")}
+    env.update(
+        {
+            "BINDERY_PROFILE": "local",
+            "BINDERY_INSTANCE": INSTANCE,
+            "BINDERY_AMQP_URL": f"amqp://guest:guest@127.0.0.1:5672/{VHOST}",
+            "BINDERY_SESSION_SECRET": secrets.token_hex(32),
+            "BINDERY_LOG_FORMAT": "json",
+            "BINDERY_IMAGE_PREFIX": "bindery-test/",
+            "BINDERY_PORT": str(GATEWAY_PORT),
+            "BINDERY_PUBLIC_URL": f"http://127.0.0.1:{GATEWAY_PORT}",
+            "BINDERY_CHECK_INTERVAL": "2",
+        }
+    )
+    return env
+
+
+def remove_test_sessions() -> None:
+    ids = subprocess.run(
+        ["podman", "ps", "-aq", "--filter", f"label=bindery.instance={INSTANCE}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    if ids:
+        subprocess.run(["podman", "rm", "-f", "-t", "1", *ids], capture_output=True, check=False)
+
+
+def running_sessions() -> list[str]:
+    return subprocess.run(
+        ["podman", "ps", "-aq", "--filter", f"label=bindery.instance={INSTANCE}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+
+
+def started_stack(log_dir: Path) -> Iterator[Stack]:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    rabbitmqctl("vhost-delete", VHOST)
+    rabbitmqctl("vhost", VHOST)
+    remove_test_sessions()
+    stack = Stack(stack_env(log_dir), log_dir)
+    try:
+        for service in SERVICES:
+            stack.start(service)
+        yield stack
+    finally:
+        for service in list(stack.processes):
+            stack.stop(service)
+        remove_test_sessions()
+
+
+def build_path(repo_url: str, ref: str) -> str:
+    return f"/build/git/{quote(repo_url, safe='')}/{quote(ref, safe='')}"
+
+
+async def launch_events(
+    http: aiohttp.ClientSession, gateway: str, path: str
+) -> AsyncIterator[dict[str, Any]]:
+    """Follow a /build event stream the way BinderHub clients do, yielding each event."""
+    async with http.get(gateway + path, headers={"Accept": "text/event-stream"}) as resp:
+        assert resp.status == 200, await resp.text()
+        async for raw in resp.content:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("data:"):
+                event = json.loads(line[5:])
+                yield event
+                if event.get("phase") in {"ready", "failed"}:
+                    return
+
+
+async def launch(http: aiohttp.ClientSession, gateway: str, path: str) -> list[dict[str, Any]]:
+    return [event async for event in launch_events(http, gateway, path)]
