@@ -1,0 +1,55 @@
+"""The gateway's settings (`BINDERY_*` environment variables); each docstring says why."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from bindery.settings import CommonSettings
+
+
+class GatewaySettings(CommonSettings):
+    host: str = "127.0.0.1"
+    """Loopback by default: session containers reach every host address bound to 0.0.0.0, and the
+    gateway should be exposed on purpose (a reverse proxy or `BINDERY_HOST`), never by accident."""
+
+    port: int = Field(default=8585, ge=1, le=65535)
+    """The port `make up` prints; BinderHub's own default is 8585 too."""
+
+    public_url: str = "http://127.0.0.1:8585"
+    """How people reach this gateway: the `url` of a ready session is `<public_url>/user/<name>/`."""
+
+    activity_flush_interval: float = Field(default=30.0, gt=0)
+    """Activity is recorded in memory per request and published once per interval per active
+    session: no request waits on the broker, and 30 s is 5% of the culler's 600 s idle timeout."""
+
+    keepalive_interval: float = Field(default=15.0, gt=0)
+    """Comment lines on idle event streams: builds can be silent for minutes, and proxies and load
+    balancers commonly drop connections idle for 30-60 s."""
+
+    progress_retention: float = Field(default=3600.0, gt=0)
+    """How long a finished launch's events (its whole build log) stay replayable in memory."""
+
+    progress_max_launches: int = Field(default=1000, ge=1)
+    """Launches buffered at once; the least recently updated ones are dropped first."""
+
+    progress_max_entries: int = Field(default=20_000, ge=10)
+    """Events (mostly build-log lines) kept per launch; the oldest go first beyond that."""
+
+    registry_timeout: float = Field(default=2.0, gt=0)
+    """/health answers within a load balancer's check timeout even if the registry hangs."""
+
+    proxy_max_connections: int = Field(default=1000, ge=1)
+    """Upstream connections to sessions at once (each open websocket holds one); below the
+    process's default soft limit of open files (1024) together with the client side."""
+
+    proxy_connect_timeout: float = Field(default=10.0, gt=0)
+    """Sessions are on this machine or its cluster: a connect slower than this is a dead session.
+    Reads have no timeout: long polls, event streams and kernel websockets are legitimately idle."""
+
+    routes_retry_interval: float = Field(default=5.0, gt=0)
+    """Retry rebuilding routes from the runtime at this pace until one listing succeeds."""
+
+    @field_validator("public_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
