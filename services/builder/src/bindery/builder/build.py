@@ -1,0 +1,203 @@
+"""Runs one build in a subprocess (``build_one``) and tells how it went.
+
+In: a BuildRequest (repository URL, commit, image name) and BuildOptions (the host's setup).
+Out: every log line to an async callback as it comes, then a BuildResult with a failure reason
+code when it failed: ``timeout``, ``oom``, ``step_failed``, ``clone_failed``, ``push_failed``,
+``invalid_request`` or ``internal_error``.
+
+The subprocess leads its own process group, so a timeout or a cancelled build kills podman and
+everything it started along with it.
+"""
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class FailureReason(StrEnum):
+    TIMEOUT = "timeout"
+    OOM = "oom"
+    STEP_FAILED = "step_failed"
+    CLONE_FAILED = "clone_failed"
+    PUSH_FAILED = "push_failed"
+    INVALID_REQUEST = "invalid_request"
+    INTERNAL_ERROR = "internal_error"
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    repo_url: str
+    ref: str
+    image: str
+    push: bool = True
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How this host builds; the builder's settings fill it in."""
+
+    timeout: float = 3600.0
+    base_image: str = ""
+    ca_bundle: str = ""
+    memory_limit: int = 0
+    push_tls_verify: bool = False
+    allowed_schemes: tuple[str, ...] = ("https", "http", "git")
+    # SIGTERM lets podman remove its build containers; SIGKILL follows if it takes longer.
+    kill_grace: float = 10.0
+
+
+@dataclass(frozen=True)
+class BuildLine:
+    phase: str
+    message: str
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    image: str
+    reason: FailureReason | None
+    message: str
+    seconds: float
+    log_tail: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+# How many trailing log lines a failure carries: enough to show the failing step.
+TAIL_LINES = 20
+# Buffer limit for one line of build output; build_one cuts its messages well below this.
+LINE_LIMIT = 1 << 20
+# What a step killed by the kernel's OOM killer (SIGKILL, 128+9) leaves in podman's output.
+OOM_PATTERN = re.compile(r"exit status 137|exit code:? 137|signal: killed|(^|\s)Killed\s*$")
+
+OnLine = Callable[[BuildLine], Awaitable[None]]
+
+
+def command(request: BuildRequest, options: BuildOptions) -> list[str]:
+    """The build_one command line. Values go in ``--opt=value`` form: never read as options."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "bindery.builder.build_one",
+        f"--repo={request.repo_url}",
+        f"--ref={request.ref}",
+        f"--image={request.image}",
+        f"--memory-limit={options.memory_limit}",
+    ]
+    cmd += [f"--allow-scheme={scheme}" for scheme in options.allowed_schemes]
+    if request.push:
+        cmd.append("--push")
+    if options.base_image:
+        cmd.append(f"--base-image={options.base_image}")
+    if options.ca_bundle:
+        cmd.append(f"--ca-bundle={options.ca_bundle}")
+    if options.push_tls_verify:
+        cmd.append("--push-tls-verify")
+    return cmd
+
+
+def parse_line(raw: str) -> tuple[BuildLine, dict[str, Any] | None]:
+    """A protocol line, and the record itself when it is the final one (built/failed).
+
+    Anything that is not a protocol line (a warning on stderr, a traceback) is still log.
+    """
+    try:
+        record = json.loads(raw)
+    except json.JSONDecodeError:
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("phase"), str):
+        return BuildLine("log", raw), None
+    line = BuildLine(record["phase"], str(record.get("message", "")))
+    return line, record if line.phase in ("built", "failed") else None
+
+
+def classify_failure(
+    *,
+    timed_out: bool,
+    returncode: int | None,
+    final: dict[str, Any] | None,
+    tail: Sequence[str],
+) -> tuple[FailureReason, str]:
+    """Why a build that did not succeed failed, and what to tell the user."""
+    if timed_out:
+        return FailureReason.TIMEOUT, "The build took too long and was stopped."
+    # build_one itself killed (the OOM killer), or a build step killed inside podman.
+    if returncode in (137, -signal.SIGKILL) or any(OOM_PATTERN.search(line) for line in tail):
+        return FailureReason.OOM, "The build ran out of memory.\n" + "\n".join(tail)
+    if final is not None and final.get("phase") == "failed":
+        try:
+            reason = FailureReason(final.get("reason"))
+        except ValueError:
+            reason = FailureReason.INTERNAL_ERROR
+        if reason is FailureReason.STEP_FAILED:
+            return reason, "A build step failed.\n" + "\n".join(tail)
+        return reason, str(final.get("message", ""))
+    return FailureReason.INTERNAL_ERROR, "The build stopped unexpectedly.\n" + "\n".join(tail)
+
+
+async def run_build(request: BuildRequest, on_line: OnLine, options: BuildOptions) -> BuildResult:
+    """Build (and push) ``request.image``, passing each log line to ``on_line`` as it comes."""
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        *command(request, options),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+        limit=LINE_LIMIT,
+    )
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    final: dict[str, Any] | None = None
+
+    async def relay() -> None:
+        nonlocal final
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            line, record = parse_line(raw.decode(errors="replace").rstrip("\r\n"))
+            if record is not None:
+                final = record
+            else:
+                tail.append(line.message)
+            await on_line(line)
+        await proc.wait()
+
+    timed_out = False
+    try:
+        async with asyncio.timeout(options.timeout):
+            await relay()
+    except TimeoutError:
+        timed_out = True
+    finally:
+        # On timeout, and on cancellation (the service stopping), the build must not live on.
+        await _stop(proc, options.kill_grace)
+
+    seconds = time.monotonic() - started
+    if not timed_out and proc.returncode == 0 and final is not None and final["phase"] == "built":
+        return BuildResult(request.image, None, str(final.get("message", "")), seconds)
+    reason, message = classify_failure(
+        timed_out=timed_out, returncode=proc.returncode, final=final, tail=tuple(tail)
+    )
+    return BuildResult(request.image, reason, message, seconds, tuple(tail))
+
+
+async def _stop(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """End the build's whole process group: politely, then for sure."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+        if proc.returncode is not None:
+            break
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), wait)

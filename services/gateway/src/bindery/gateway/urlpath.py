@@ -1,0 +1,87 @@
+"""Where a ready session's browser goes: only ever a relative path inside the session.
+
+A launch link carries `urlpath` (or the legacy `labpath`/`filepath`) chosen by whoever wrote the
+link, and the redirect carries the session's token: a path that leaves the session (an absolute
+URL, `//host`, a backslash browsers treat as a slash, `javascript:`, `..` above the session) would
+hand the token to someone else. static/urlpath.js mirrors these functions for the launch page;
+keep them in step (tests/unit/gateway covers the Python side).
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote, unquote
+
+DEFAULT_URLPATH = "lab"
+MAX_URLPATH_LENGTH = 2048
+
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.\-]*:", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ENCODE_SAFE = "-_.!~*'()"  # what JavaScript's encodeURIComponent leaves alone
+
+
+def safe_urlpath(value: str | None) -> str | None:
+    """The relative path to open inside the session, or None if `value` is unsafe or empty.
+
+    One leading slash is accepted (`/lab/tree/x.ipynb`) and dropped, as BinderHub does.
+    """
+    if value is None or len(value) > MAX_URLPATH_LENGTH:
+        return None
+    if value.startswith("/"):
+        value = value[1:]
+    if not value.strip():
+        return None
+    # Check the value as given and as a browser may decode it (percent-encoded dots count as dots
+    # in URL parsing), several times over so double encoding does not hide anything.
+    forms = [value]
+    for _ in range(3):
+        decoded = unquote(forms[-1])
+        if decoded == forms[-1]:
+            break
+        forms.append(decoded)
+    for form in forms:
+        if _CONTROL.search(form) or "\\" in form or form != form.strip():
+            return None
+        if form.startswith("/") or _SCHEME.match(form):
+            return None
+        segments = form.split("?", 1)[0].split("#", 1)[0].split("/")
+        if any(segment.strip() in ("..", ".") for segment in segments):
+            return None
+    if "#" in value:
+        return None
+    return value
+
+
+def requested_urlpath(query: dict[str, str]) -> str:
+    """The urlpath a launch link asks for (`urlpath`, legacy `labpath`/`filepath`), made safe."""
+    if query.get("urlpath"):
+        return safe_urlpath(query["urlpath"]) or DEFAULT_URLPATH
+    if query.get("labpath"):
+        return safe_urlpath("lab/tree/" + query["labpath"].lstrip("/")) or DEFAULT_URLPATH
+    if query.get("filepath"):
+        return safe_urlpath("tree/" + query["filepath"].lstrip("/")) or DEFAULT_URLPATH
+    return DEFAULT_URLPATH
+
+
+def redirect_target(session_path: str, urlpath: str | None, token: str) -> str:
+    """Path (same origin) the browser is sent to: `/user/<name>/<urlpath>?token=<token>`."""
+    base = session_path if session_path.endswith("/") else session_path + "/"
+    path = safe_urlpath(urlpath) or DEFAULT_URLPATH
+    joiner = "&" if "?" in path else "?"
+    return f"{base}{path}{joiner}token={quote(token, safe='')}"
+
+
+def encode_component(value: str) -> str:
+    """JavaScript's encodeURIComponent."""
+    return quote(value, safe=_ENCODE_SAFE)
+
+
+def launch_link(repo_url: str, ref: str = "", path: str = "", kind: str = "file") -> str:
+    """The `/v2/git/...` link of the home page form; `kind` is `file` (opened in JupyterLab) or
+    `url` (a URL path inside the session)."""
+    link = f"/v2/git/{encode_component(repo_url.strip())}/{encode_component(ref.strip() or 'HEAD')}"
+    path = path.strip()
+    if path:
+        urlpath = path if kind == "url" else "lab/tree/" + path.lstrip("/")
+        link += "?urlpath=" + encode_component(urlpath)
+    return link
