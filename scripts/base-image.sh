@@ -3,7 +3,7 @@
 # FROM, and prints its name as the last line of stdout (everything else goes to stderr).
 # <tag> is a hash of the files in the base image's build context; bindery.builder.baseimage
 # computes the same hash in Python, so services know the name without running this script.
-# Idempotent: when the image exists it only prints the name.
+# Idempotent: when the image exists it only prints the name. `--name` prints it without building.
 #
 # Environment: BINDERY_CA_BUNDLE  CA bundle handed to pip/uv as a build secret
 #                                 (default: the host's, which trusts the TLS-intercepting proxy).
@@ -20,7 +20,7 @@ tag=$(cd "$context" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha2
       | sha256sum | cut -c1-12)
 image=localhost/bindery-base:$tag
 
-if podman image exists "$image"; then
+if [[ ${1:-} == --name ]] || podman image exists "$image"; then
     echo "$image"
     exit 0
 fi

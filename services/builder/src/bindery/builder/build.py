@@ -51,8 +51,8 @@ class BuildOptions:
     ca_bundle: str = ""
     memory_limit: int = 0
     push_tls_verify: bool = False
-    allowed_schemes: tuple[str, ...] = ("https", "http", "git")
-    # SIGTERM lets podman remove its build containers; SIGKILL follows if it takes longer.
+    allowed_schemes: tuple[str, ...] = ("https", "http", "git", "ssh")
+    # Time a stopped build gets to fail its step and let podman clean up, before SIGKILL.
     kill_grace: float = 10.0
 
 
@@ -138,7 +138,7 @@ def classify_failure(
         return FailureReason.OOM, "The build ran out of memory.\n" + "\n".join(tail)
     if final is not None and final.get("phase") == "failed":
         try:
-            reason = FailureReason(final.get("reason"))
+            reason = FailureReason(str(final.get("reason")))
         except ValueError:
             reason = FailureReason.INTERNAL_ERROR
         if reason is FailureReason.STEP_FAILED:
@@ -193,11 +193,54 @@ async def run_build(request: BuildRequest, on_line: OnLine, options: BuildOption
 
 
 async def _stop(proc: asyncio.subprocess.Process, grace: float) -> None:
-    """End the build's whole process group: politely, then for sure."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
-        if proc.returncode is not None:
-            break
+    """End the build and everything it started, leaving podman's storage clean.
+
+    A signal to podman leaves its build containers behind and the step's processes running (they
+    are in a container's session, out of our process group's reach). Killing those processes
+    instead fails the step, and podman then removes its containers itself and exits. build_one
+    gets SIGTERM so that repo2docker removes its checkout. Whatever is left after ``grace`` is
+    killed outright.
+    """
+    if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), wait)
+            os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        # Again and again: podman may start the next step's container in the meantime.
+        while proc.returncode is None and time.monotonic() < deadline:
+            for pid in _step_processes(proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 0.5)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    await proc.wait()
+
+
+def _step_processes(root: int) -> list[int]:
+    """Descendants of ``root`` outside its process group: the processes of build containers."""
+    parents: dict[int, int] = {}
+    groups: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue  # gone meanwhile
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parents[int(entry.name)] = int(fields[1])
+        groups[int(entry.name)] = int(fields[2])
+    children: dict[int, list[int]] = {}
+    for pid, parent in parents.items():
+        children.setdefault(parent, []).append(pid)
+    found = []
+    pending = list(children.get(root, []))
+    while pending:
+        pid = pending.pop()
+        if groups[pid] != groups.get(root, root):
+            found.append(pid)
+        pending += children.get(pid, [])
+    return found

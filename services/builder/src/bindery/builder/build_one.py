@@ -1,4 +1,6 @@
-"""One build in its own process: ``python -m bindery.builder.build_one --repo=URL --ref=SHA --image=NAME``.
+"""One build in its own process.
+
+``python -m bindery.builder.build_one --repo=URL --ref=SHA --image=NAME [--push]``
 
 In: a repository URL, a commit and the image name, all validated here (they come from strangers).
 Out: one JSON object per line on stdout -- ``{"phase": ..., "message": ...}`` while it works, then
@@ -13,6 +15,7 @@ import argparse
 import json
 import logging
 import re
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -33,7 +36,7 @@ REF_PATTERN = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 IMAGE_PATTERN = re.compile(r"[a-z0-9][a-z0-9._/:-]{0,254}(@sha256:[0-9a-f]{64})?")
 # A URL with a scheme, no whitespace or quoting: git never sees anything it could read as an option.
 URL_PATTERN = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*)://[^\s\"'\\]+")
-DEFAULT_SCHEMES = ("https", "http", "git")
+DEFAULT_SCHEMES = ("https", "http", "git", "ssh")
 # Long lines (progress bars, minified output) are cut: the log is for people.
 MAX_MESSAGE_CHARS = 8192
 
@@ -141,7 +144,13 @@ def build(args: argparse.Namespace) -> Iterator[str]:
         yield from engine.push(args.image)
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # An exception, not the default instant death: repo2docker's cleanup (the checkout) runs.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     args = parse_args(sys.argv[1:] if argv is None else argv)
     started = time.monotonic()
     try:

@@ -31,7 +31,7 @@ RUN_PREFIX = (
 
 
 def _quoted(value: object) -> str:
-    """A Dockerfile double-quoted string: label values carry the repository URL, a stranger's text."""
+    """A Dockerfile double-quoted string: labels carry the repository URL, a stranger's text."""
     text = " ".join(str(value).splitlines())
     # Backslash first, then what it escapes: quotes end the string, $ expands variables.
     for special in ("\\", '"', "$"):
@@ -39,7 +39,7 @@ def _quoted(value: object) -> str:
     return f'"{text}"'
 
 
-_JINJA = jinja2.Environment(autoescape=False)  # noqa: S701 -- renders a Dockerfile, not HTML
+_JINJA = jinja2.Environment(autoescape=False, trim_blocks=True, lstrip_blocks=True)  # noqa: S701 -- renders a Dockerfile, not HTML
 _JINJA.filters["quoted"] = _quoted
 TEMPLATE = _JINJA.from_string(
     r"""FROM {{ base_image }}
@@ -60,41 +60,41 @@ ENV REPO_DIR=${REPO_DIR}
 WORKDIR ${REPO_DIR}
 {% for name, value in build_env %}
 ENV {{ name }}={{ value }}
-{%- endfor %}
+{% endfor %}
 
 # The environment: what depends on the repository's environment files only.
-{% for src, dst in preassemble_files|dictsort -%}
+{% for src, dst in preassemble_files|dictsort %}
 COPY --chown={{ uid }}:{{ uid }} src/{{ src }} ${REPO_DIR}/{{ dst }}
-{% endfor -%}
+{% endfor %}
 {% for directive in preassemble %}
 {{ directive }}
-{%- endfor %}
+{% endfor %}
 
 # The repository.
 USER root
 COPY --chown={{ uid }}:{{ uid }} src/ ${REPO_DIR}/
 {% for directive in assemble %}
 {{ directive }}
-{%- endfor %}
+{% endfor %}
 {% for name, value in env %}
 ENV {{ name }}={{ value }}
-{%- endfor %}
+{% endfor %}
 {% for name, value in labels|dictsort %}
 LABEL {{ name }}={{ value|quoted }}
-{%- endfor %}
-
+{% endfor %}
 USER ${NB_USER}
 {% for script in post_build_scripts %}
 RUN chmod +x {{ script }}
 {{ run_prefix }} ./{{ script }}
-{%- endfor %}
+{% endfor %}
 {% if start_script %}
 RUN chmod +x "{{ start_script }}"
 ENV R2D_ENTRYPOINT="{{ start_script }}"
 {% endif %}
-{% if appendix -%}
+{% if appendix %}
 {{ appendix }}
-{% endif %}"""
+{% endif %}
+"""
 )
 
 

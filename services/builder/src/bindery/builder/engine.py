@@ -1,4 +1,4 @@
-"""repo2docker's container engine for podman: builds with ``podman build``, pushes with ``podman push``.
+"""repo2docker's container engine for podman: ``podman build`` and ``podman push``.
 
 In: repo2docker's calls (``build`` with the build context as a tar file object, ``inspect_image``).
 Out: the lines podman prints, as repo2docker's log; images in podman's local store and the registry.
@@ -71,7 +71,7 @@ class PodmanEngine(ContainerEngine):  # type: ignore[misc]
             if fileobj is not None:
                 context = Path(scratch)
                 with tarfile.open(fileobj=fileobj, mode="r:*") as tar:
-                    tar.extractall(context, filter=_skip_unsafe_members)
+                    tar.extractall(context, filter=_skip_unsafe_members)  # noqa: S202 -- filtered
             else:
                 context = Path(path)
 

@@ -16,7 +16,7 @@ class GatewaySettings(CommonSettings):
     """The port `make up` prints; BinderHub's own default is 8585 too."""
 
     public_url: str = "http://127.0.0.1:8585"
-    """How people reach this gateway: the `url` of a ready session is `<public_url>/user/<name>/`."""
+    """How people reach this gateway: a ready session's `url` is `<public_url>/user/<name>/`."""
 
     activity_flush_interval: float = Field(default=30.0, gt=0)
     """Activity is recorded in memory per request and published once per interval per active
@@ -34,6 +34,15 @@ class GatewaySettings(CommonSettings):
 
     progress_max_entries: int = Field(default=20_000, ge=10)
     """Events (mostly build-log lines) kept per launch; the oldest go first beyond that."""
+
+    progress_max_total_entries: int = Field(default=500_000, ge=100)
+    """Events kept over all launches (lines of up to a few hundred bytes: ~100 MiB at most);
+    whole launches, least recently updated first, go beyond that."""
+
+    progress_terminal_grace: float = Field(default=0.5, ge=0)
+    """Build logs travel on their own channel: a build's last lines can arrive just after the
+    failure they explain. `failed` (and `ready` while log lines are still arriving) waits this
+    long so those lines come first; a cached launch's `ready` is not delayed."""
 
     registry_timeout: float = Field(default=2.0, gt=0)
     """/health answers within a load balancer's check timeout even if the registry hangs."""

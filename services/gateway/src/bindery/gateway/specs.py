@@ -20,7 +20,7 @@ class InvalidSpec(ValueError):
 
 
 def parse_raw_spec(raw_path: str, prefix: str) -> tuple[str, str]:
-    """`/build/git/https%3A%2F%2Fexample.org%2Fr.git/HEAD?x=1` -> ("git", "https%3A...r.git/HEAD")."""
+    """`/build/git/https%3A%2F%2Fexample.org%2Fr.git/HEAD?x=1` -> ("git", "https%3A...git/HEAD")."""
     path = raw_path.split("?", 1)[0].split("#", 1)[0]
     if not path.startswith(prefix):
         raise InvalidSpec(f"the path must start with {prefix}")

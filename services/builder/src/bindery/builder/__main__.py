@@ -1,0 +1,5 @@
+"""`python -m bindery.builder`: run the builder service."""
+
+from bindery.builder.app import main
+
+main()

@@ -1,0 +1,174 @@
+"""The builder's domain: an image the registry lacks becomes an image in it.
+
+In: ref-resolved events whose image does not exist. Out: build-started, build-log lines (on the
+logs channel), then image-built or launch-failed with a reason code, all for the event's launch.
+
+One build per image at a time in this replica: a launch of an image that is already building
+joins that build -- it gets the log so far and every line after -- instead of building it again,
+as BinderHub does; an image built a moment ago is reported at once. Builds beyond
+``max_concurrent_builds`` wait for a slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from bindery.builder.build import (
+    BuildLine,
+    BuildOptions,
+    BuildRequest,
+    BuildResult,
+    FailureReason,
+    OnLine,
+    run_build,
+)
+from bindery.events import BuildLog, BuildStarted, Event, ImageBuilt, LaunchFailed, RefResolved
+from bindery.events import FailureReason as LaunchFailure
+
+log = structlog.get_logger("bindery.builder")
+
+Publish = Callable[[Event], Awaitable[None]]
+Runner = Callable[[BuildRequest, OnLine, BuildOptions], Awaitable[BuildResult]]
+
+# The launch-level reason for each way a build fails. A push or an invalid request is no fault of
+# the repository: the person waiting can only retry, hence 'internal' and 'invalid_spec'.
+LAUNCH_REASONS = {
+    FailureReason.TIMEOUT: LaunchFailure.TIMEOUT,
+    FailureReason.OOM: LaunchFailure.OOM,
+    FailureReason.STEP_FAILED: LaunchFailure.STEP_FAILED,
+    FailureReason.CLONE_FAILED: LaunchFailure.CLONE_FAILED,
+    FailureReason.PUSH_FAILED: LaunchFailure.INTERNAL,
+    FailureReason.INVALID_REQUEST: LaunchFailure.INVALID_SPEC,
+    FailureReason.INTERNAL_ERROR: LaunchFailure.INTERNAL,
+}
+# Lines a joining launch is replayed; a longer log shows its end, where a failure shows.
+REPLAY_LINES = 2000
+# LaunchFailed.message's limit.
+MAX_FAILURE_MESSAGE = 20_000
+
+
+@dataclass
+class _Build:
+    """A build in flight and the launches following it."""
+
+    image: str
+    launches: list[str]
+    lines: deque[BuildLine] = field(default_factory=lambda: deque(maxlen=REPLAY_LINES))
+    task: asyncio.Task[BuildResult] | None = None
+    logs_broken: bool = False
+
+
+class Builder:
+    def __init__(
+        self,
+        options: BuildOptions,
+        publish: Publish,
+        *,
+        replica: str,
+        max_concurrent_builds: int,
+        recently_built: int,
+        run: Runner = run_build,
+    ) -> None:
+        self._options = options
+        self._publish = publish
+        self._replica = replica
+        self._run = run
+        self._slots = asyncio.Semaphore(max_concurrent_builds)
+        self._builds: dict[str, _Build] = {}
+        self._built: OrderedDict[str, BuildResult] = OrderedDict()
+        self._remember = recently_built
+
+    async def on_ref_resolved(self, event: RefResolved) -> None:
+        if event.image_exists:
+            return  # the scheduler's
+        done = self._built.get(event.image)
+        if done is not None:
+            await self._report(event, done)
+            return
+        await self._publish(
+            BuildStarted(launch_id=event.launch_id, image=event.image, builder=self._replica)
+        )
+        build = self._builds.get(event.image)
+        if build is None:
+            build = self._builds[event.image] = _Build(event.image, [event.launch_id])
+            build.task = asyncio.create_task(self._build(event, build))
+            log.info("build.started", image=event.image, repo=event.repo_url)
+        else:
+            # Joined before the replay: lines that come during it reach this launch too.
+            build.launches.append(event.launch_id)
+            log.info("build.joined", image=event.image)
+            for line in list(build.lines):
+                await self._publish_line(build, event.launch_id, line)
+        assert build.task is not None
+        # Shielded: one launch's handler being cancelled must not end a build others follow.
+        await self._report(event, await asyncio.shield(build.task))
+
+    async def _build(self, event: RefResolved, build: _Build) -> BuildResult:
+        request = BuildRequest(_source_url(event.repo_url), event.resolved_ref, event.image)
+
+        async def on_line(line: BuildLine) -> None:
+            build.lines.append(line)
+            for launch_id in list(build.launches):
+                await self._publish_line(build, launch_id, line)
+
+        try:
+            async with self._slots:
+                result = await self._run(request, on_line, self._options)
+        finally:
+            del self._builds[event.image]
+        if result.ok:
+            self._built[event.image] = result
+            while len(self._built) > self._remember:
+                self._built.popitem(last=False)
+            log.info("build.completed", image=event.image, seconds=round(result.seconds, 1))
+        else:
+            log.warning("build.failed", image=event.image, reason=str(result.reason))
+        return result
+
+    async def _publish_line(self, build: _Build, launch_id: str, line: BuildLine) -> None:
+        """Logs are best effort: a broker that cannot take them must not fail the build, whose
+        outcome still gets published (or retried) on its own."""
+        if build.logs_broken:
+            return
+        try:
+            await self._publish(
+                BuildLog(
+                    launch_id=launch_id, image=build.image, phase=line.phase, message=line.message
+                )
+            )
+        except Exception as exc:
+            build.logs_broken = True
+            log.warning("build.log_publish_failed", image=build.image, error=str(exc))
+
+    async def _report(self, event: RefResolved, result: BuildResult) -> None:
+        if result.reason is None:
+            await self._publish(
+                ImageBuilt(
+                    launch_id=event.launch_id,
+                    image=event.image,
+                    repo_url=event.repo_url,
+                    resolved_ref=event.resolved_ref,
+                    duration_seconds=result.seconds,
+                    build_only=event.build_only,
+                )
+            )
+            return
+        await self._publish(
+            LaunchFailed(
+                launch_id=event.launch_id,
+                service="builder",
+                reason=LAUNCH_REASONS[result.reason],
+                message=result.message[-MAX_FAILURE_MESSAGE:],
+            )
+        )
+
+
+def _source_url(repo_url: str) -> str:
+    """Builds take URLs only; a local Bindery's resolver also passes absolute paths."""
+    return Path(repo_url).as_uri() if repo_url.startswith("/") else repo_url

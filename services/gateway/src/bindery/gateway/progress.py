@@ -1,0 +1,290 @@
+"""Launch progress: events -> BinderHub phases, and a bounded in-memory buffer per launch.
+
+In: every launch event this replica sees (its queue is bound to all of them). Out: BinderHub
+`/build` payloads, numbered per launch, kept after the launch ends so a client that reconnects
+(`Last-Event-ID: <launch id>:<n>`) or asks later gets everything from where it stopped, the whole
+build log included. Listeners wait on the buffer itself, so there is no per-client queue to fill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bindery.events import (
+    BuildLog,
+    BuildStarted,
+    Event,
+    ImageBuilt,
+    LaunchFailed,
+    LaunchRequested,
+    PodReady,
+    PodScheduled,
+    RefResolved,
+)
+from bindery.tokens import session_token
+
+Payload = dict[str, Any]
+
+TERMINAL_PHASES = frozenset({"ready", "failed"})
+WAITING_MESSAGE = "Waiting for a resolver to pick up the launch...\n"
+
+
+def waiting_payload(launch_id: str) -> Payload:
+    return {"phase": "waiting", "message": WAITING_MESSAGE, "launch_id": launch_id}
+
+
+def to_payload(event: Event, *, public_url: str, secret: str) -> Payload | None:
+    """The BinderHub event a client sees for `event`, or None if the event is not shown."""
+    payload: Payload
+    match event:
+        case RefResolved(image_exists=True, build_only=True):
+            payload = {
+                "phase": "ready",
+                "imageName": event.image,
+                "message": "Done! Found built image\n",
+            }
+        case RefResolved(image_exists=True):
+            payload = {
+                "phase": "built",
+                "imageName": event.image,
+                "message": "Found built image, launching...\n",
+            }
+        case RefResolved():
+            payload = {
+                "phase": "fetching",
+                "message": f"Resolved {event.ref} to {event.resolved_ref}\n",
+            }
+        case BuildStarted():
+            payload = {"phase": "building", "message": f"Building image {event.image}\n"}
+        case BuildLog():
+            payload = {"phase": event.phase, "message": event.message}
+        case ImageBuilt(build_only=True):
+            payload = {"phase": "ready", "imageName": event.image, "message": "Done! Image built\n"}
+        case ImageBuilt():
+            payload = {
+                "phase": "built",
+                "imageName": event.image,
+                "message": "Built image, launching...\n",
+            }
+        case PodScheduled():
+            payload = {"phase": "launching", "message": "Launching server...\n"}
+        case PodReady():
+            url = f"{public_url}/user/{event.session}/"
+            payload = {
+                "phase": "ready",
+                "message": f"server running at {url}\n",
+                "url": url,
+                "token": session_token(secret, event.session),
+                "image": event.image,
+                "repo_url": event.repo_url,
+            }
+        case LaunchFailed():
+            payload = {"phase": "failed", "message": event.message, "reason": str(event.reason)}
+        case _:
+            return None
+    payload["launch_id"] = event.launch_id
+    return payload
+
+
+@dataclass(frozen=True)
+class Entry:
+    seq: int
+    payload: Payload
+
+    @property
+    def terminal(self) -> bool:
+        return self.payload.get("phase") in TERMINAL_PHASES
+
+
+@dataclass
+class LaunchProgress:
+    """Everything shown so far for one launch, and a way to wait for more."""
+
+    launch_id: str
+    max_entries: int
+    provider: str = ""
+    spec: str = ""
+    entries: deque[Entry] = field(default_factory=deque)
+    next_seq: int = 0
+    dropped: int = 0
+    finished_at: float | None = None
+    terminal_pending: bool = False
+    last_log_at: float = 0.0
+    updated_at: float = field(default_factory=time.monotonic)
+    seen_event_ids: set[str] = field(default_factory=set)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_at is not None
+
+    def append(self, payload: Payload) -> Entry:
+        entry = Entry(self.next_seq, payload)
+        self.next_seq += 1
+        self.entries.append(entry)
+        if len(self.entries) > self.max_entries:
+            self.entries.popleft()
+            self.dropped += 1
+        self.updated_at = time.monotonic()
+        if entry.terminal and self.finished_at is None:
+            self.finished_at = self.updated_at
+        # Wake everyone waiting, then arm a fresh event for the next wait.
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return entry
+
+    def since(self, after: int) -> list[Entry]:
+        """Entries with seq > after (all of them for after=-1)."""
+        if not self.entries or after >= self.entries[-1].seq:
+            return []
+        start = max(0, after + 1 - self.entries[0].seq)
+        return list(self.entries)[start:]
+
+    async def wait(self, after: int, timeout: float) -> bool:  # noqa: ASYNC109
+        """Wait until there is an entry after `after`; False on timeout."""
+        if self.since(after):
+            return True
+        changed = self._changed
+        try:
+            await asyncio.wait_for(changed.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+
+class ProgressHub:
+    """All launches this replica buffers, bounded by count and by time after they ended."""
+
+    def __init__(
+        self,
+        *,
+        public_url: str,
+        secret: str,
+        max_launches: int = 1000,
+        max_entries: int = 20_000,
+        max_total_entries: int = 500_000,
+        retention: float = 3600.0,
+        terminal_grace: float = 0.0,
+    ) -> None:
+        self._public_url = public_url.rstrip("/")
+        self._secret = secret
+        self._max_launches = max_launches
+        self._max_entries = max_entries
+        self._max_total_entries = max_total_entries
+        self._total_entries = 0
+        self._retention = retention
+        self._terminal_grace = terminal_grace
+        self._launches: OrderedDict[str, LaunchProgress] = OrderedDict()
+        self.closing = False
+
+    def __len__(self) -> int:
+        return len(self._launches)
+
+    def get(self, launch_id: str) -> LaunchProgress | None:
+        return self._launches.get(launch_id)
+
+    def _launch(self, launch_id: str) -> LaunchProgress:
+        launch = self._launches.get(launch_id)
+        if launch is None:
+            launch = LaunchProgress(launch_id, self._max_entries)
+            self._launches[launch_id] = launch
+            self.prune()
+        else:
+            self._launches.move_to_end(launch_id)
+        return launch
+
+    def open(self, launch_id: str, provider: str, spec: str) -> LaunchProgress:
+        """Register a launch started here, before its request is published, with `waiting`."""
+        launch = self._launch(launch_id)
+        launch.provider, launch.spec = provider, spec
+        self._append(launch, waiting_payload(launch_id))
+        return launch
+
+    def requested(self, event: LaunchRequested) -> None:
+        """A launch-requested seen on the bus (ours echoed back, or another replica's): buffer
+        it too, so a client resuming here after its replica died finds it."""
+        if event.launch_id in self._launches:
+            launch = self._launch(event.launch_id)
+            launch.provider = launch.provider or event.provider
+            launch.spec = launch.spec or event.spec
+        else:
+            self.open(event.launch_id, event.provider, event.spec)
+
+    def fail(self, launch_id: str, message: str, reason: str = "internal") -> None:
+        """A failure the gateway itself saw (e.g. the launch could not be published)."""
+        payload = {"phase": "failed", "message": message, "reason": reason, "launch_id": launch_id}
+        self._append(self._launch(launch_id), payload)
+
+    def record(self, event: Event) -> Entry | None:
+        """Buffer the client-visible form of `event`; duplicates (redeliveries) are ignored."""
+        payload = to_payload(event, public_url=self._public_url, secret=self._secret)
+        if payload is None:
+            return None
+        launch = self._launch(event.launch_id)
+        if event.event_id in launch.seen_event_ids:
+            return None
+        launch.seen_event_ids.add(event.event_id)
+        now = time.monotonic()
+        if isinstance(event, BuildLog):
+            launch.last_log_at = now
+        if payload.get("phase") in TERMINAL_PHASES:
+            if launch.finished or launch.terminal_pending:
+                return None  # the first terminal event wins
+            # Build logs travel on their own channel, so a build's last lines may arrive just
+            # after the failure they explain: hold the terminal event back a moment if so.
+            logs_flowing = now - launch.last_log_at < 2.0
+            if self._terminal_grace > 0 and (payload["phase"] == "failed" or logs_flowing):
+                launch.terminal_pending = True
+                asyncio.get_running_loop().call_later(
+                    self._terminal_grace, self._append_terminal, launch, payload
+                )
+                return None
+        return self._append(launch, payload)
+
+    def _append_terminal(self, launch: LaunchProgress, payload: Payload) -> None:
+        launch.terminal_pending = False
+        if not launch.finished:
+            self._append(launch, payload)
+
+    def _append(self, launch: LaunchProgress, payload: Payload) -> Entry:
+        before = len(launch.entries)
+        entry = launch.append(payload)
+        self._total_entries += len(launch.entries) - before
+        if self._total_entries > self._max_total_entries:
+            self.prune()
+        return entry
+
+    def prune(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        expired = [
+            launch_id
+            for launch_id, launch in self._launches.items()
+            if (launch.finished_at is not None and now - launch.finished_at > self._retention)
+            or now - launch.updated_at > self._retention * 24
+        ]
+        for launch_id in expired:
+            self._total_entries -= len(self._launches.pop(launch_id).entries)
+        while len(self._launches) > 1 and (
+            len(self._launches) > self._max_launches
+            or self._total_entries > self._max_total_entries
+        ):
+            _, oldest = self._launches.popitem(last=False)
+            self._total_entries -= len(oldest.entries)
+
+    def close(self) -> None:
+        """Shutting down: wake every listener so its stream ends."""
+        self.closing = True
+        for launch in self._launches.values():
+            launch.wake()
+
+    def launches(self) -> Iterable[LaunchProgress]:
+        return self._launches.values()

@@ -1,0 +1,87 @@
+// Mirror of bindery/gateway/urlpath.py: keep the two in step.
+// The redirect into a session carries its token, so it may only go to a relative path inside the
+// session: absolute URLs, //host, backslashes, javascript: and .. that leaves it are refused.
+(function (root) {
+  "use strict";
+  var DEFAULT_URLPATH = "lab";
+  var MAX_URLPATH_LENGTH = 2048;
+  var SCHEME = /^[a-z][a-z0-9+.\-]*:/i;
+  var CONTROL = /[\x00-\x1f\x7f]/;
+
+  function unquote(value) {
+    try {
+      return decodeURIComponent(value);
+    } catch (e) {
+      // Malformed escapes: decode the ASCII ones, which are all that the checks look at.
+      return value.replace(/%([0-7][0-9a-f])/gi, function (_, hex) {
+        return String.fromCharCode(parseInt(hex, 16));
+      });
+    }
+  }
+
+  function safeUrlpath(value) {
+    if (typeof value !== "string" || value.length > MAX_URLPATH_LENGTH) return null;
+    if (value.charAt(0) === "/") value = value.slice(1);
+    if (value.trim() === "") return null;
+    var forms = [value];
+    for (var i = 0; i < 3; i++) {
+      var decoded = unquote(forms[forms.length - 1]);
+      if (decoded === forms[forms.length - 1]) break;
+      forms.push(decoded);
+    }
+    for (var j = 0; j < forms.length; j++) {
+      var form = forms[j];
+      if (CONTROL.test(form) || form.indexOf("\\") !== -1 || form !== form.trim()) return null;
+      if (form.charAt(0) === "/" || SCHEME.test(form)) return null;
+      var segments = form.split("?")[0].split("#")[0].split("/");
+      for (var k = 0; k < segments.length; k++) {
+        var s = segments[k].trim();
+        if (s === ".." || s === ".") return null;
+      }
+    }
+    if (value.indexOf("#") !== -1) return null;
+    return value;
+  }
+
+  function requestedUrlpath(params) {
+    var urlpath = params.get("urlpath");
+    if (urlpath) return safeUrlpath(urlpath) || DEFAULT_URLPATH;
+    var labpath = params.get("labpath");
+    if (labpath) return safeUrlpath("lab/tree/" + labpath.replace(/^\/+/, "")) || DEFAULT_URLPATH;
+    var filepath = params.get("filepath");
+    if (filepath) return safeUrlpath("tree/" + filepath.replace(/^\/+/, "")) || DEFAULT_URLPATH;
+    return DEFAULT_URLPATH;
+  }
+
+  // Same-origin path only: the session's path from `sessionUrl`, never its host.
+  function redirectTarget(sessionUrl, urlpath, token, here) {
+    var base = new URL(sessionUrl, here).pathname;
+    if (base.charAt(base.length - 1) !== "/") base += "/";
+    var path = safeUrlpath(urlpath) || DEFAULT_URLPATH;
+    var target = base + path + (path.indexOf("?") === -1 ? "?" : "&") +
+      "token=" + encodeURIComponent(token);
+    var resolved = new URL(target, here);
+    var origin = new URL(here).origin;
+    if (resolved.origin !== origin || resolved.pathname.indexOf(base) !== 0) return null;
+    return target;
+  }
+
+  function launchLink(repoUrl, ref, path, kind) {
+    var link = "/v2/git/" + encodeURIComponent(repoUrl.trim()) + "/" +
+      encodeURIComponent(ref.trim() || "HEAD");
+    path = path.trim();
+    if (path) {
+      var urlpath = kind === "url" ? path : "lab/tree/" + path.replace(/^\/+/, "");
+      link += "?urlpath=" + encodeURIComponent(urlpath);
+    }
+    return link;
+  }
+
+  root.BinderyUrlpath = {
+    DEFAULT_URLPATH: DEFAULT_URLPATH,
+    safeUrlpath: safeUrlpath,
+    requestedUrlpath: requestedUrlpath,
+    redirectTarget: redirectTarget,
+    launchLink: launchLink,
+  };
+})(typeof window !== "undefined" ? window : globalThis);

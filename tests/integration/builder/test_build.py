@@ -1,0 +1,221 @@
+"""A repository at a commit becomes an image in the registry that runs Jupyter as jovyan."""
+
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from bindery.builder.build import BuildOptions, BuildRequest, FailureReason, run_build
+from tests.integration.builder.conftest import Log
+from tests.support.gitrepo import commit, make_repo, notebook
+
+
+def podman_run(image: str, *command: str) -> str:
+    out = subprocess.run(
+        ["podman", "run", "--rm", image, *command], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def manifest_status(image: str) -> int:
+    registry, _, rest = image.partition("/")
+    name, _, tag = rest.rpartition(":")
+    request = urllib.request.Request(
+        f"http://{registry}/v2/{name}/manifests/{tag}",
+        method="HEAD",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+async def test_builds_pushes_and_runs(
+    tmp_path: Path, options: BuildOptions, image_name: str
+) -> None:
+    repo = tmp_path / "repo"
+    sha = make_repo(repo, {"requirements.txt": "pyfiglet\n", "hello.ipynb": notebook("1 + 1")})
+    log = Log()
+
+    result = await run_build(BuildRequest(f"file://{repo}", sha, image_name), log, options)
+
+    assert result.ok, result.message + "\n" + log.text()
+    phases = [line.phase for line in log.lines]
+    assert {"fetching", "building", "pushing"} <= set(phases)
+    assert phases[-1] == "built"
+    assert phases.index("pushing") > max(i for i, p in enumerate(phases) if p == "building")
+    assert manifest_status(image_name) == 200
+    out = podman_run(
+        image_name,
+        "python",
+        "-c",
+        "import os, pyfiglet; print(os.getuid(), os.getcwd(), sorted(os.listdir('.')))",
+    )
+    uid, cwd, files = out.split(" ", 2)
+    assert (uid, cwd) == ("1000", "/home/jovyan")
+    assert "'hello.ipynb'" in files and "'requirements.txt'" in files
+    # The CA bundle was a build secret: it must be in no layer.
+    assert podman_run(image_name, "ls", "-A", "/run/secrets") == ""
+
+
+async def test_a_notebook_change_reuses_the_environment_layers(
+    tmp_path: Path, options: BuildOptions, image_name: str
+) -> None:
+    repo = tmp_path / "repo"
+    first = make_repo(repo, {"requirements.txt": "pyfiglet\n", "a.ipynb": notebook("1")})
+    request = BuildRequest(f"file://{repo}", first, image_name, push=False)
+    assert (await run_build(request, Log(), options)).ok
+
+    second = commit(repo, {"a.ipynb": notebook("2")}, "edit the notebook")
+    # Another commit is another image (the same name would be reused as it is).
+    second_image = image_name.replace(":latest", ":second")
+    log = Log()
+    try:
+        request = BuildRequest(f"file://{repo}", second, second_image, push=False)
+        result = await run_build(request, log, options)
+        assert result.ok, result.message
+        assert podman_run(second_image, "cat", "a.ipynb") == notebook("2")
+    finally:
+        subprocess.run(["podman", "rmi", "--force", second_image], capture_output=True)
+
+    messages = [line.message for line in log.lines]
+    steps = [i for i, m in enumerate(messages) if "uv pip install --requirement" in m]
+    assert steps, log.text()
+    assert messages[steps[0] + 1].startswith("--> Using cache"), log.text()
+
+
+async def test_binder_folder_wins_over_the_root(
+    tmp_path: Path, options: BuildOptions, image_name: str
+) -> None:
+    repo = tmp_path / "repo"
+    # Were the root file used, the build would fail: the package does not exist.
+    sha = make_repo(
+        repo,
+        {
+            "requirements.txt": "bindery-no-such-package-7f3a\n",
+            "binder/requirements.txt": "pyfiglet\n",
+            "binder/postBuild": "#!/bin/sh\necho built-by-postbuild > ~/marker\n",
+        },
+    )
+    request = BuildRequest(f"file://{repo}", sha, image_name, push=False)
+    result = await run_build(request, Log(), options)
+    assert result.ok, result.message
+    assert podman_run(image_name, "python", "-c", "import pyfiglet") == ""
+    assert podman_run(image_name, "cat", "/home/jovyan/marker") == "built-by-postbuild\n"
+
+
+async def test_the_image_serves_jupyter_lab_the_way_the_scheduler_starts_it(
+    tmp_path: Path, options: BuildOptions, image_name: str
+) -> None:
+    repo = tmp_path / "repo"
+    sha = make_repo(repo, {"hello.ipynb": notebook("1")})
+    request = BuildRequest(f"file://{repo}", sha, image_name, push=False)
+    assert (await run_build(request, Log(), options)).ok
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = os.urandom(8).hex()
+    container = subprocess.run(
+        [
+            "podman", "run", "-d", "--rm", "--user=1000", f"-p=127.0.0.1:{port}:8888",
+            f"--env=JUPYTER_TOKEN={token}", image_name,
+            "jupyter", "lab", "--ip=0.0.0.0", "--port=8888", "--no-browser",
+            "--ServerApp.base_url=/user/someone/",
+        ],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}/user/someone/api/contents?token={token}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    body = resp.read().decode()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        assert '"name": "hello.ipynb"' in body
+    finally:
+        subprocess.run(["podman", "rm", "-f", "-t", "0", container], capture_output=True)
+
+
+async def test_a_failing_step_reports_its_output(
+    tmp_path: Path, options: BuildOptions, image_name: str
+) -> None:
+    repo = tmp_path / "repo"
+    sha = make_repo(repo, {"requirements.txt": "bindery-no-such-package-7f3a\n"})
+    request = BuildRequest(f"file://{repo}", sha, image_name)
+    result = await run_build(request, Log(), options)
+    assert result.reason is FailureReason.STEP_FAILED
+    assert "bindery-no-such-package-7f3a" in result.message
+    assert manifest_status(image_name) == 404
+
+
+async def test_an_unknown_commit_is_a_clone_failure(
+    tmp_path: Path, options: BuildOptions, image_name: str
+) -> None:
+    repo = tmp_path / "repo"
+    make_repo(repo, {"a.txt": "a"})
+    result = await run_build(BuildRequest(f"file://{repo}", "0" * 40, image_name), Log(), options)
+    assert result.reason is FailureReason.CLONE_FAILED
+    assert "0" * 40 in result.message
+
+
+async def test_a_step_over_the_memory_limit_is_out_of_memory(
+    tmp_path: Path, options: BuildOptions, image_name: str
+) -> None:
+    repo = tmp_path / "repo"
+    sha = make_repo(
+        repo,
+        {"postBuild": "#!/bin/sh\npython3 -c 'x = bytearray(1024 ** 3); print(len(x))'\n"},
+    )
+    limited = BuildOptions(**{**options.__dict__, "memory_limit": 256 * 1024**2})
+    request = BuildRequest(f"file://{repo}", sha, image_name, push=False)
+    result = await run_build(request, Log(), limited)
+    assert result.reason is FailureReason.OOM, result.message
+
+
+async def test_a_build_over_its_time_is_stopped_with_everything_it_started(
+    tmp_path: Path, options: BuildOptions, image_name: str
+) -> None:
+    repo = tmp_path / "repo"
+    sha = make_repo(repo, {"postBuild": "#!/bin/sh\nsleep 300\n"})
+    quick = BuildOptions(**{**options.__dict__, "timeout": 8.0})
+    request = BuildRequest(f"file://{repo}", sha, image_name, push=False)
+    started = time.monotonic()
+    log = Log()
+    result = await run_build(request, log, quick)
+    assert result.reason is FailureReason.TIMEOUT
+    assert time.monotonic() - started < 8.0 + quick.kill_grace + 5
+    leftovers = subprocess.run(
+        ["pgrep", "-f", image_name], capture_output=True, text=True, check=False
+    ).stdout.split()
+    assert leftovers == []
+    sleepers = subprocess.run(
+        ["pgrep", "-x", "-f", "sleep 300"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    assert sleepers == []
+    # The step had started: the sleep was killed, not a build that never got that far.
+    assert any("postBuild" in line.message for line in log.lines), log.text()
+
+
+@pytest.fixture(autouse=True)
+def _no_build_containers_left() -> None:
+    """podman must not keep build containers around after any build, failed or not."""
+    yield
+    ps = subprocess.run(
+        ["podman", "ps", "--all", "--external", "--format", "{{.Image}}"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "bindery-base" not in ps

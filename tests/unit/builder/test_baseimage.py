@@ -1,0 +1,55 @@
+"""The base image's name: Python and scripts/base-image.sh must hash the same bytes the same way."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from bindery.builder.baseimage import CONTEXT_DIR, base_image_name, base_image_tag
+
+REPO = Path(__file__).resolve().parents[3]
+# The pipeline scripts/base-image.sh runs, for contexts other than the real one.
+SHELL_HASH = (
+    "find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-12"
+)
+
+
+def shell_tag(context: Path) -> str:
+    out = subprocess.run(["bash", "-c", SHELL_HASH], cwd=context, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def test_python_names_the_image_the_script_builds() -> None:
+    out = subprocess.run(
+        ["bash", str(REPO / "scripts/base-image.sh"), "--name"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip().splitlines()[-1] == base_image_name()
+    assert base_image_name() == f"localhost/bindery-base:{base_image_tag()}"
+
+
+def test_agreement_holds_for_nested_files_in_byte_order(tmp_path: Path) -> None:
+    # '.' sorts before '/', and upper case before lower case, in byte order: the cases where a
+    # locale-aware sort or a per-directory walk would disagree with the script.
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "b").write_text("nested")
+    (tmp_path / "a.txt").write_text("dot")
+    (tmp_path / "B").write_text("upper")
+    (tmp_path / "b").write_text("lower")
+    assert base_image_tag(tmp_path) == shell_tag(tmp_path)
+
+
+def test_tag_changes_with_content_and_with_names(tmp_path: Path) -> None:
+    context = tmp_path / "context"
+    shutil.copytree(CONTEXT_DIR, context)
+    original = base_image_tag(context)
+    assert original == base_image_tag(CONTEXT_DIR)
+
+    (context / "requirements.txt").write_text("jupyterlab==0.0.1\n")
+    edited = base_image_tag(context)
+    assert edited != original
+
+    (context / "requirements.txt").rename(context / "requirements.lock")
+    assert base_image_tag(context) not in (original, edited)
+    assert base_image_tag(context) == shell_tag(context)

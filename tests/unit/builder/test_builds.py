@@ -1,0 +1,220 @@
+"""The builder's domain with a fake build runner and a list for a bus: no broker, no podman."""
+
+import asyncio
+
+import pytest
+
+from bindery.builder.build import (
+    BuildLine,
+    BuildOptions,
+    BuildRequest,
+    BuildResult,
+    FailureReason,
+    OnLine,
+)
+from bindery.builder.builds import Builder
+from bindery.events import (
+    BuildLog,
+    BuildStarted,
+    Event,
+    ImageBuilt,
+    LaunchFailed,
+    RefResolved,
+)
+from bindery.events import FailureReason as LaunchFailure
+
+SHA = "5b1503fb6fd79906a6d75af32d4a014b5f31dc61"
+
+
+def resolved(launch_id: str, image: str = "reg/bindery/r:1", **fields: object) -> RefResolved:
+    values: dict[str, object] = {
+        "launch_id": launch_id,
+        "provider": "git",
+        "spec": "x/HEAD",
+        "repo_url": "https://example.org/r.git",
+        "ref": "HEAD",
+        "resolved_ref": SHA,
+        "repo_key": "example.org/r",
+        "image": image,
+        "image_exists": False,
+        **fields,
+    }
+    return RefResolved.model_validate(values)
+
+
+class FakeRunner:
+    """Emits the lines it is told to, then finishes when released, with the given outcome."""
+
+    def __init__(self, reason: FailureReason | None = None) -> None:
+        self.reason = reason
+        self.requests: list[BuildRequest] = []
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.running = 0
+        self.most_running = 0
+
+    async def __call__(
+        self, request: BuildRequest, on_line: OnLine, options: BuildOptions
+    ) -> BuildResult:
+        self.requests.append(request)
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        await on_line(BuildLine("building", "STEP 1"))
+        self.started.set()
+        await self.release.wait()
+        await on_line(BuildLine("pushing", "pushed"))
+        self.running -= 1
+        return BuildResult(
+            request.image, self.reason, "failed: details" if self.reason else "ok", 4.5
+        )
+
+
+class Bus:
+    def __init__(self, fail_logs: bool = False) -> None:
+        self.events: list[Event] = []
+        self.fail_logs = fail_logs
+
+    async def publish(self, event: Event) -> None:
+        if self.fail_logs and isinstance(event, BuildLog):
+            raise ConnectionError("broker gone")
+        self.events.append(event)
+
+    def of(self, launch_id: str) -> list[tuple[str, str]]:
+        """(event type, detail) per event of one launch, in order."""
+        out = []
+        for e in self.events:
+            if e.launch_id == launch_id:
+                detail = e.message if isinstance(e, (BuildLog, LaunchFailed)) else e.image
+                out.append((e.type, detail))
+        return out
+
+
+def make(runner: FakeRunner, bus: Bus, max_concurrent: int = 2) -> Builder:
+    return Builder(
+        BuildOptions(),
+        bus.publish,
+        replica="test-1",
+        max_concurrent_builds=max_concurrent,
+        recently_built=2,
+        run=runner,
+    )
+
+
+async def test_an_existing_image_is_not_the_builders_business() -> None:
+    runner, bus = FakeRunner(), Bus()
+    await make(runner, bus).on_ref_resolved(resolved("L1", image_exists=True))
+    assert bus.events == [] and runner.requests == []
+
+
+async def test_a_build_reports_start_log_lines_and_the_image() -> None:
+    runner, bus = FakeRunner(), Bus()
+    runner.release.set()
+    await make(runner, bus).on_ref_resolved(resolved("L1", build_only=True))
+    assert bus.of("L1") == [
+        ("build-started", "reg/bindery/r:1"),
+        ("build-log", "STEP 1"),
+        ("build-log", "pushed"),
+        ("image-built", "reg/bindery/r:1"),
+    ]
+    built = bus.events[-1]
+    assert isinstance(built, ImageBuilt)
+    assert (built.duration_seconds, built.build_only, built.resolved_ref) == (4.5, True, SHA)
+    assert runner.requests == [BuildRequest("https://example.org/r.git", SHA, "reg/bindery/r:1")]
+
+
+@pytest.mark.parametrize(
+    ("reason", "launch_reason"),
+    [
+        (FailureReason.STEP_FAILED, LaunchFailure.STEP_FAILED),
+        (FailureReason.OOM, LaunchFailure.OOM),
+        (FailureReason.TIMEOUT, LaunchFailure.TIMEOUT),
+        (FailureReason.CLONE_FAILED, LaunchFailure.CLONE_FAILED),
+        (FailureReason.PUSH_FAILED, LaunchFailure.INTERNAL),
+        (FailureReason.INVALID_REQUEST, LaunchFailure.INVALID_SPEC),
+        (FailureReason.INTERNAL_ERROR, LaunchFailure.INTERNAL),
+    ],
+)
+async def test_a_failed_build_fails_the_launch_with_its_reason(
+    reason: FailureReason, launch_reason: LaunchFailure
+) -> None:
+    runner, bus = FakeRunner(reason), Bus()
+    runner.release.set()
+    await make(runner, bus).on_ref_resolved(resolved("L1"))
+    failed = bus.events[-1]
+    assert isinstance(failed, LaunchFailed)
+    assert (failed.reason, failed.service, failed.message) == (
+        launch_reason,
+        "builder",
+        "failed: details",
+    )
+
+
+async def test_launches_of_an_image_in_flight_join_its_build() -> None:
+    runner, bus = FakeRunner(), Bus()
+    builder = make(runner, bus)
+    first = asyncio.create_task(builder.on_ref_resolved(resolved("L1")))
+    await runner.started.wait()
+    second = asyncio.create_task(builder.on_ref_resolved(resolved("L2")))
+    while ("build-log", "STEP 1") not in bus.of("L2"):
+        await asyncio.sleep(0)
+    runner.release.set()
+    await asyncio.gather(first, second)
+
+    assert len(runner.requests) == 1
+    expected = [
+        ("build-started", "reg/bindery/r:1"),
+        ("build-log", "STEP 1"),  # replayed to L2
+        ("build-log", "pushed"),
+        ("image-built", "reg/bindery/r:1"),
+    ]
+    assert bus.of("L1") == expected
+    assert bus.of("L2") == expected
+
+
+async def test_an_image_built_moments_ago_is_reported_at_once() -> None:
+    runner, bus = FakeRunner(), Bus()
+    runner.release.set()
+    builder = make(runner, bus)
+    await builder.on_ref_resolved(resolved("L1"))
+    await builder.on_ref_resolved(resolved("L2"))
+    assert len(runner.requests) == 1
+    assert bus.of("L2") == [("image-built", "reg/bindery/r:1")]
+
+
+async def test_a_failed_image_is_built_again_by_the_next_launch() -> None:
+    runner, bus = FakeRunner(FailureReason.TIMEOUT), Bus()
+    runner.release.set()
+    builder = make(runner, bus)
+    await builder.on_ref_resolved(resolved("L1"))
+    await builder.on_ref_resolved(resolved("L2"))
+    assert len(runner.requests) == 2
+
+
+async def test_builds_beyond_the_limit_wait_for_a_slot() -> None:
+    runner, bus = FakeRunner(), Bus()
+    builder = make(runner, bus, max_concurrent=1)
+    first = asyncio.create_task(builder.on_ref_resolved(resolved("L1", image="reg/a:1")))
+    await runner.started.wait()
+    second = asyncio.create_task(builder.on_ref_resolved(resolved("L2", image="reg/b:1")))
+    while ("build-started", "reg/b:1") not in bus.of("L2"):
+        await asyncio.sleep(0)
+    assert [r.image for r in runner.requests] == ["reg/a:1"]
+    runner.release.set()
+    await asyncio.gather(first, second)
+    assert [r.image for r in runner.requests] == ["reg/a:1", "reg/b:1"]
+    assert runner.most_running == 1
+
+
+async def test_a_local_path_is_built_from_its_file_url() -> None:
+    runner, bus = FakeRunner(), Bus()
+    runner.release.set()
+    await make(runner, bus).on_ref_resolved(resolved("L1", repo_url="/srv/my repo"))
+    assert runner.requests[0].repo_url == "file:///srv/my%20repo"
+
+
+async def test_logs_the_broker_refuses_do_not_fail_the_build() -> None:
+    runner, bus = FakeRunner(), Bus(fail_logs=True)
+    runner.release.set()
+    await make(runner, bus).on_ref_resolved(resolved("L1"))
+    assert [e.type for e in bus.events] == ["build-started", "image-built"]
+    assert isinstance(bus.events[0], BuildStarted)

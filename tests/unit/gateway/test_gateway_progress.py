@@ -1,0 +1,237 @@
+"""Events become BinderHub phases; the buffer keeps them for replay, bounded."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bindery.events import (
+    BuildLog,
+    BuildStarted,
+    FailureReason,
+    IdleDetected,
+    ImageBuilt,
+    LaunchFailed,
+    LaunchRequested,
+    PodReady,
+    PodScheduled,
+    PodStopped,
+    RefResolved,
+    SessionActivity,
+    StopReason,
+)
+from bindery.gateway.progress import ProgressHub, to_payload
+from bindery.tokens import session_token
+
+SECRET = "s" * 32
+PUBLIC = "http://gw.example:8585"
+L = "a" * 32
+
+
+def resolved(**kw: object) -> RefResolved:
+    fields: dict[str, object] = {
+        "launch_id": L,
+        "provider": "git",
+        "spec": "u/HEAD",
+        "repo_url": "https://example.org/r.git",
+        "ref": "HEAD",
+        "resolved_ref": "f" * 40,
+        "repo_key": "k",
+        "image": "127.0.0.1:5000/r:fff",
+        "image_exists": False,
+    }
+    fields.update(kw)
+    return RefResolved.model_validate(fields)
+
+
+def payload(event: object) -> dict[str, object] | None:
+    return to_payload(event, public_url=PUBLIC, secret=SECRET)  # type: ignore[arg-type]
+
+
+def test_ref_resolved_missing_image_is_fetching() -> None:
+    assert payload(resolved()) == {
+        "phase": "fetching",
+        "message": f"Resolved HEAD to {'f' * 40}\n",
+        "launch_id": L,
+    }
+
+
+def test_ref_resolved_existing_image_is_built() -> None:
+    assert payload(resolved(image_exists=True)) == {
+        "phase": "built",
+        "imageName": "127.0.0.1:5000/r:fff",
+        "message": "Found built image, launching...\n",
+        "launch_id": L,
+    }
+
+
+def test_build_only_with_existing_image_is_ready_without_session() -> None:
+    p = payload(resolved(image_exists=True, build_only=True))
+    assert p is not None and p["phase"] == "ready" and "token" not in p and "url" not in p
+
+
+def test_build_phases() -> None:
+    started = payload(BuildStarted(launch_id=L, image="img", builder="b1"))
+    assert started is not None and started["phase"] == "building"
+    line = BuildLog(launch_id=L, image="img", phase="pushing", message="Pushing layer\n")
+    assert payload(line) == {"phase": "pushing", "message": "Pushing layer\n", "launch_id": L}
+    built = ImageBuilt(launch_id=L, image="img", repo_url="u", resolved_ref="f", duration_seconds=3)
+    assert payload(built) == {
+        "phase": "built",
+        "imageName": "img",
+        "message": "Built image, launching...\n",
+        "launch_id": L,
+    }
+    built_only = built.model_copy(update={"build_only": True})
+    p = payload(built_only)
+    assert p is not None and p["phase"] == "ready" and p["imageName"] == "img"
+
+
+def test_pod_phases_and_ready_payload() -> None:
+    scheduled = payload(PodScheduled(launch_id=L, session="s-1", node="n", image="img"))
+    assert scheduled is not None and scheduled["phase"] == "launching"
+    ready = PodReady(
+        launch_id=L,
+        session="s-1",
+        node="n",
+        image="img",
+        target="http://127.0.0.1:4000",
+        repo_url="https://example.org/r.git",
+    )
+    assert payload(ready) == {
+        "phase": "ready",
+        "message": f"server running at {PUBLIC}/user/s-1/\n",
+        "url": f"{PUBLIC}/user/s-1/",
+        "token": session_token(SECRET, "s-1"),
+        "image": "img",
+        "repo_url": "https://example.org/r.git",
+        "launch_id": L,
+    }
+
+
+def test_failure_payload() -> None:
+    failed = LaunchFailed(
+        launch_id=L, service="resolver", reason=FailureReason.REF_NOT_FOUND, message="no ref nope"
+    )
+    assert payload(failed) == {
+        "phase": "failed",
+        "message": "no ref nope",
+        "reason": "ref_not_found",
+        "launch_id": L,
+    }
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        LaunchRequested(launch_id=L, provider="git", spec="x/HEAD"),
+        PodStopped(launch_id=L, session="s", reason=StopReason.IDLE),
+        IdleDetected(launch_id=L, session="s", reason=StopReason.IDLE),
+        SessionActivity(launch_id=L, session="s", last_activity="2026-01-01T00:00:00Z"),
+    ],
+)
+def test_events_not_shown(event: object) -> None:
+    assert payload(event) is None
+
+
+def hub(**kw: int | float) -> ProgressHub:
+    return ProgressHub(public_url=PUBLIC, secret=SECRET, **kw)  # type: ignore[arg-type]
+
+
+def test_hub_numbers_events_and_ignores_redeliveries() -> None:
+    h = hub()
+    launch = h.open(L, "git", "u/HEAD")
+    event = BuildLog(launch_id=L, image="i", message="x\n")
+    assert h.record(event) is not None
+    assert h.record(event) is None  # same event id: a redelivery
+    assert [e.seq for e in launch.since(-1)] == [0, 1]
+    assert [e.payload["phase"] for e in launch.since(0)] == ["building"]
+    assert launch.since(1) == []
+
+
+def test_first_terminal_event_wins() -> None:
+    h = hub()
+    launch = h.open(L, "git", "u/HEAD")
+    h.record(LaunchFailed(launch_id=L, service="s", reason=FailureReason.INTERNAL, message="a"))
+    h.record(LaunchFailed(launch_id=L, service="s", reason=FailureReason.INTERNAL, message="b"))
+    assert [e.payload["phase"] for e in launch.since(-1)] == ["waiting", "failed"]
+    assert launch.finished
+
+
+async def test_terminal_grace_lets_late_log_lines_in_first() -> None:
+    h = hub(terminal_grace=0.01)
+    launch = h.open(L, "git", "u/HEAD")
+    h.record(LaunchFailed(launch_id=L, service="b", reason=FailureReason.OOM, message="oom"))
+    h.record(LaunchFailed(launch_id=L, service="s", reason=FailureReason.INTERNAL, message="2nd"))
+    h.record(BuildLog(launch_id=L, image="i", message="Killed\n"))
+    assert not launch.finished
+    assert await launch.wait(1, 5.0)
+    assert [e.payload["message"] for e in launch.since(0)] == ["Killed\n", "oom"]
+    assert launch.finished
+
+
+def test_cached_ready_is_not_delayed() -> None:
+    h = hub(terminal_grace=10.0)
+    launch = h.open(L, "git", "u/HEAD")
+    ready = PodReady(launch_id=L, session="s", node="n", image="i", target="http://127.0.0.1:1")
+    assert h.record(ready) is not None and launch.finished
+
+
+def test_buffer_keeps_the_newest_entries_per_launch() -> None:
+    h = hub(max_entries=10)
+    launch = h.open(L, "git", "u/HEAD")
+    for i in range(25):
+        h.record(BuildLog(launch_id=L, image="i", message=f"{i}\n"))
+    entries = launch.since(-1)
+    assert len(entries) == 10 and launch.dropped == 16
+    assert entries[-1].payload["message"] == "24\n"
+    assert [e.seq for e in launch.since(20)] == [21, 22, 23, 24, 25]
+
+
+def test_hub_bounds_launches_and_total_entries() -> None:
+    h = hub(max_launches=3)
+    for i in range(5):
+        h.open(f"{i:032x}", "git", "u/HEAD")
+    assert len(h) == 3 and h.get(f"{0:032x}") is None and h.get(f"{4:032x}") is not None
+
+    h = hub(max_total_entries=100)
+    for i in range(5):
+        lid = f"{i:032x}"
+        h.open(lid, "git", "u/HEAD")
+        for j in range(40):
+            h.record(BuildLog(launch_id=lid, image="i", message=f"{j}\n"))
+    assert h.get(f"{4:032x}") is not None
+    assert sum(len(x.entries) for x in h.launches()) <= 100
+
+
+def test_finished_launches_expire_after_retention() -> None:
+    h = hub(retention=10.0)
+    launch = h.open(L, "git", "u/HEAD")
+    h.fail(L, "boom")
+    assert launch.finished_at is not None
+    h.prune(now=launch.finished_at + 5)
+    assert h.get(L) is launch
+    h.prune(now=launch.finished_at + 11)
+    assert h.get(L) is None
+
+
+def test_requested_event_from_another_replica_creates_the_buffer() -> None:
+    h = hub()
+    h.requested(LaunchRequested(launch_id=L, provider="git", spec="u/HEAD"))
+    launch = h.get(L)
+    assert launch is not None and (launch.provider, launch.spec) == ("git", "u/HEAD")
+    assert [e.payload["phase"] for e in launch.since(-1)] == ["waiting"]
+    h.requested(LaunchRequested(launch_id=L, provider="git", spec="u/HEAD"))  # echo: no new entry
+    assert len(launch.since(-1)) == 1
+
+
+async def test_wait_wakes_on_new_entry_and_times_out() -> None:
+    h = hub()
+    launch = h.open(L, "git", "u/HEAD")
+    assert await launch.wait(-1, 0.01) is True  # already there
+    assert await launch.wait(0, 0.01) is False
+    waiter = asyncio.create_task(launch.wait(0, 5.0))
+    await asyncio.sleep(0)
+    h.record(BuildLog(launch_id=L, image="i", message="x"))
+    assert await waiter is True

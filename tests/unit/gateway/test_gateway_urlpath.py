@@ -1,0 +1,141 @@
+"""The redirect into a session (which carries its token) never leaves the session."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+import pytest
+
+from bindery.gateway.urlpath import (
+    DEFAULT_URLPATH,
+    launch_link,
+    redirect_target,
+    requested_urlpath,
+    safe_urlpath,
+)
+
+HOSTILE = [
+    "https://evil.example/",
+    "http://evil.example/lab",
+    "//evil.example/lab",
+    "/\\evil.example",
+    "\\\\evil.example\\share",
+    "lab\\..\\..\\other",
+    "javascript:alert(document.cookie)",
+    "JavaScript:alert(1)",
+    "java\tscript:alert(1)",
+    " javascript:alert(1)",
+    "data:text/html,<script>alert(1)</script>",
+    "../other-session/lab",
+    "lab/../../other-session/lab",
+    "..",
+    "./../x",
+    "%2e%2e/other-session",
+    "%2E%2E%2Fother-session",
+    "%252e%252e/other-session",
+    "lab/%2e%2e/%2e%2e/x",
+    "/%2F%2Fevil.example",
+    "%2F%2Fevil.example",
+    "%5C%5Cevil.example",
+    "lab\r\nSet-Cookie: x=1",
+    "lab/tree/x.ipynb\x00",
+    "https:evil.example",
+    "mailto:someone@example.org",
+    "lab#javascript:alert(1)",
+    "a" * 3000,
+]
+
+SAFE = {
+    "lab": "lab",
+    "/lab": "lab",
+    "lab/tree/index.ipynb": "lab/tree/index.ipynb",
+    "/tree/notebooks/a b.ipynb": "tree/notebooks/a b.ipynb",
+    "voila/render/app.ipynb": "voila/render/app.ipynb",
+    "proxy/8050/": "proxy/8050/",
+    "lab/tree/a..b.ipynb": "lab/tree/a..b.ipynb",
+    "lab/tree/notes:1.md": "lab/tree/notes:1.md",
+    "lab?reset": "lab?reset",
+}
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_hostile_urlpaths_are_refused(value: str) -> None:
+    assert safe_urlpath(value) is None
+
+
+@pytest.mark.parametrize(("value", "expected"), SAFE.items())
+def test_relative_urlpaths_are_kept(value: str, expected: str) -> None:
+    assert safe_urlpath(value) == expected
+
+
+@pytest.mark.parametrize("value", [None, "", "/", "   "])
+def test_empty_urlpaths_mean_default(value: str | None) -> None:
+    assert safe_urlpath(value) is None
+    assert redirect_target("/user/s/", value, "t").startswith("/user/s/lab?token=")
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_redirect_never_leaves_the_session(value: str) -> None:
+    session_url = "http://gw.example:8585/user/sess-1/"
+    target = redirect_target(urlsplit(session_url).path, value, "tok")
+    resolved = urlsplit(urljoin(session_url, target))
+    assert resolved.netloc == "gw.example:8585"
+    assert resolved.path.startswith("/user/sess-1/")
+    assert target == "/user/sess-1/lab?token=tok"
+
+
+def test_redirect_target_joins_query_and_encodes_token() -> None:
+    assert redirect_target("/user/s", "lab/tree/x.ipynb", "a b") == (
+        "/user/s/lab/tree/x.ipynb?token=a%20b"
+    )
+    assert redirect_target("/user/s/", "lab?reset", "t") == "/user/s/lab?reset&token=t"
+
+
+def test_requested_urlpath_reads_legacy_parameters() -> None:
+    assert requested_urlpath({"urlpath": "tree/x"}) == "tree/x"
+    assert requested_urlpath({"labpath": "/notebooks/x.ipynb"}) == "lab/tree/notebooks/x.ipynb"
+    assert requested_urlpath({"filepath": "x.ipynb"}) == "tree/x.ipynb"
+    assert requested_urlpath({"urlpath": "//evil.example"}) == DEFAULT_URLPATH
+    assert requested_urlpath({"labpath": "../../x"}) == DEFAULT_URLPATH
+    assert requested_urlpath({}) == DEFAULT_URLPATH
+
+
+def test_launch_link_matches_encode_uri_component() -> None:
+    link = launch_link("https://example.org/a b/r.git", "", "docs/x.ipynb")
+    assert link == (
+        "/v2/git/https%3A%2F%2Fexample.org%2Fa%20b%2Fr.git/HEAD?urlpath=lab%2Ftree%2Fdocs%2Fx.ipynb"
+    )
+    assert launch_link("file:///srv/r", "main", "voila/render/a", kind="url") == (
+        "/v2/git/file%3A%2F%2F%2Fsrv%2Fr/main?urlpath=voila%2Frender%2Fa"
+    )
+
+
+JS = Path(__file__).parents[3] / "services/gateway/src/bindery/gateway/static/urlpath.js"
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_javascript_mirror_agrees() -> None:
+    """static/urlpath.js must decide every value exactly as the Python sanitizer does."""
+    values = [*HOSTILE, *SAFE, "", "/", "lab/tree/%E2%9C%93.ipynb"]
+    script = (
+        JS.read_text()
+        + "\nconst values = JSON.parse(process.argv[1]);"
+        + "\nconst U = globalThis.BinderyUrlpath;"
+        + "\nconsole.log(JSON.stringify({"
+        + "safe: values.map((v) => U.safeUrlpath(v)),"
+        + "redirect: values.map((v) => U.redirectTarget("
+        + "'http://gw.example/user/s/', v, 't', 'http://gw.example/v2/git/x/HEAD')),"
+        + "link: U.launchLink('https://example.org/a b/r.git', '', 'docs/x.ipynb', 'file')"
+        + "}));"
+    )
+    out = subprocess.run(
+        ["node", "-e", script, json.dumps(values)], capture_output=True, text=True, check=True
+    )
+    result = json.loads(out.stdout)
+    assert result["safe"] == [safe_urlpath(v) for v in values]
+    assert result["redirect"] == [redirect_target("/user/s/", v, "t") for v in values]
+    assert result["link"] == launch_link("https://example.org/a b/r.git", "", "docs/x.ipynb")
