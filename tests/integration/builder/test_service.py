@@ -1,0 +1,144 @@
+"""The builder service as a process on the real broker: ref-resolved in, build events out."""
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from bindery.bus import Bus, topology
+from bindery.events import (
+    BuildLog,
+    BuildStarted,
+    Event,
+    FailureReason,
+    ImageBuilt,
+    LaunchFailed,
+    RefResolved,
+)
+from tests.integration.builder.test_build import manifest_status
+from tests.support.gitrepo import make_repo, notebook
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def builder_service(amqp_url: str, registry: str, base_image: str) -> Iterator[None]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BINDERY_")}
+    env.update(
+        BINDERY_AMQP_URL=amqp_url,
+        BINDERY_PROFILE="local",
+        BINDERY_HEALTH_PORT=str(port),
+        BINDERY_REGISTRY=registry,
+        BINDERY_LOG_FORMAT="json",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bindery.builder"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                break
+        except OSError:
+            assert time.monotonic() < deadline, "builder not healthy within 60 s"
+            time.sleep(0.2)
+    yield
+    proc.terminate()
+    assert proc.wait(timeout=30) == 0
+
+
+@pytest.fixture
+async def launch_events(bus: Bus, builder_service: None) -> AsyncIterator["asyncio.Queue[Event]"]:
+    """Every domain event and build log, as a gateway sees them."""
+    received: asyncio.Queue[Event] = asyncio.Queue()
+    await bus.consume(topology.GATEWAY_EVENTS, received.put)
+    await bus.consume(topology.GATEWAY_LOGS, received.put)
+    yield received
+
+
+async def events_until_done(received: "asyncio.Queue[Event]", launch_id: str) -> list[Event]:
+    events: list[Event] = []
+    while True:
+        event = await asyncio.wait_for(received.get(), 120)
+        if event.launch_id != launch_id:
+            continue
+        events.append(event)
+        if isinstance(event, (ImageBuilt, LaunchFailed)):
+            return events
+
+
+def ref_resolved(repo: Path, sha: str, image: str) -> RefResolved:
+    return RefResolved(
+        launch_id=uuid.uuid4().hex,
+        provider="git",
+        spec=f"{repo}/main",
+        repo_url=str(repo),  # a local Bindery's resolver passes paths as they are
+        ref="main",
+        resolved_ref=sha,
+        repo_key=str(repo),
+        image=image,
+        image_exists=False,
+    )
+
+
+async def test_a_missing_image_is_built_pushed_and_announced(
+    tmp_path: Path,
+    bus: Bus,
+    launch_events: "asyncio.Queue[Event]",
+    image_name: str,
+) -> None:
+    repo = tmp_path / "repo"
+    sha = make_repo(repo, {"requirements.txt": "pyfiglet\n", "a.ipynb": notebook("1")})
+    event = ref_resolved(repo, sha, image_name)
+    await bus.publish(event)
+
+    events = await events_until_done(launch_events, event.launch_id)
+
+    assert isinstance(events[0], RefResolved)
+    assert isinstance(events[1], BuildStarted)
+    built = events[-1]
+    assert isinstance(built, ImageBuilt), events[-1]
+    assert (built.image, built.resolved_ref, built.repo_url) == (image_name, sha, str(repo))
+    logs = [e for e in events if isinstance(e, BuildLog)]
+    assert any("uv pip install" in e.message for e in logs)
+    assert {"building", "pushing"} <= {e.phase for e in logs}
+    assert manifest_status(image_name) == 200
+
+
+async def test_a_failing_build_fails_the_launch_with_a_reason(
+    tmp_path: Path,
+    bus: Bus,
+    launch_events: "asyncio.Queue[Event]",
+    image_name: str,
+) -> None:
+    repo = tmp_path / "repo"
+    sha = make_repo(repo, {"postBuild": "#!/bin/sh\necho about to fail\nexit 3\n"})
+    event = ref_resolved(repo, sha, image_name)
+    await bus.publish(event)
+
+    events = await events_until_done(launch_events, event.launch_id)
+
+    failed = events[-1]
+    assert isinstance(failed, LaunchFailed)
+    assert (failed.reason, failed.service) == (FailureReason.STEP_FAILED, "builder")
+    assert "about to fail" in failed.message
