@@ -8,12 +8,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.support.stack import REPO, Stack, started_stack
+from tests.support.stack import LOG_DIR, Stack, started_stack
 
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
-    yield from started_stack(REPO / ".bindery/test-logs")
+    yield from started_stack(LOG_DIR)
 
 
 @pytest.fixture(scope="session")

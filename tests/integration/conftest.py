@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bindery.bus import Bus
-from tests.support.stack import REPO
+from tests.support.stack import REPO, SLOT
 
-VHOST = "bindery-integration"
+VHOST = f"bindery-integration-{SLOT}"
 AMQP_URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
 
 

@@ -23,10 +23,17 @@ import aiohttp
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("resolver", "builder", "scheduler", "culler", "gateway")
-HEALTH_PORTS = {"resolver": 18591, "builder": 18592, "scheduler": 18593, "culler": 18594}
-GATEWAY_PORT = 18585
-VHOST = "bindery-test"
-INSTANCE = "bindery-test"
+# BINDERY_TEST_SLOT lets several test runs share this machine: each slot has its own ports,
+# RabbitMQ virtual host and podman instance label.
+SLOT = int(os.environ.get("BINDERY_TEST_SLOT", "0"))
+GATEWAY_PORT = 18585 + SLOT * 20
+HEALTH_PORTS = {
+    service: GATEWAY_PORT + 6 + index
+    for index, service in enumerate(("resolver", "builder", "scheduler", "culler"))
+}
+VHOST = f"bindery-test-{SLOT}"
+INSTANCE = f"bindery-test-{SLOT}"
+LOG_DIR = REPO / f".bindery/test-logs/slot-{SLOT}"
 
 
 def rabbitmqctl(*args: str) -> None:
