@@ -6,6 +6,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -211,7 +212,7 @@ async def test_a_build_over_its_time_is_stopped_with_everything_it_started(
 
 
 @pytest.fixture(autouse=True)
-def _no_build_containers_left() -> None:
+def _no_build_containers_left() -> Iterator[None]:
     """podman must not keep build containers around after any build, failed or not."""
     yield
     ps = subprocess.run(

@@ -5,6 +5,8 @@ from bindery.events.build import BuildLog, BuildStarted, ImageBuilt
 from bindery.events.launch import FailureReason, LaunchFailed, LaunchRequested, RefResolved
 from bindery.events.session import (
     IdleDetected,
+    ImagePulling,
+    LaunchQueued,
     PodReady,
     PodScheduled,
     PodStopped,
@@ -19,8 +21,10 @@ __all__ = [
     "FailureReason",
     "IdleDetected",
     "ImageBuilt",
+    "ImagePulling",
     "InvalidEvent",
     "LaunchFailed",
+    "LaunchQueued",
     "LaunchRequested",
     "PodReady",
     "PodScheduled",

@@ -15,6 +15,27 @@ from bindery.events.base import Event, register
 
 
 @register
+class LaunchQueued(Event):
+    """The launch waits for quota; `position` 1 is next. Re-sent whenever the position changes."""
+
+    type = "launch-queued"
+
+    repo_key: str
+    position: int = Field(ge=1)
+    limit: str = Field(description="which quota is full: 'repository' or 'total'")
+
+
+@register
+class ImagePulling(Event):
+    """No node with room holds the image: `node` pulls it from the registry first."""
+
+    type = "image-pulling"
+
+    node: str
+    image: str
+
+
+@register
 class PodScheduled(Event):
     """A node was chosen and the session container is starting (BinderHub phase `launching`)."""
 
