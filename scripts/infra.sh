@@ -150,6 +150,11 @@ registry_up() {
     fi
     command -v docker-registry >/dev/null || die "docker-registry not installed: run scripts/install.sh"
     local port="${BINDERY_REGISTRY##*:}"
+    if registry_ping && curl -sfI "http://$BINDERY_REGISTRY/v2/" | grep -qi '^docker-distribution-api-version: registry/2'; then
+        # Started from another checkout of Bindery (its pid file lives there): same service.
+        log "registry already running (started elsewhere)"
+        return 0
+    fi
     if [ -n "$(listen_addrs "$port")" ]; then
         die "port $port is taken by another process (Debian's docker-registry service?): $(ss -Hltnp "sport = :$port")"
     fi
@@ -190,6 +195,10 @@ node_up() {
     if pid_of "$pidfile" "system service" >/dev/null; then
         wait_for "node-$n" node_ping "$n" || die "node-$n process alive but $sock does not answer"
         log "node-$n already running"
+        return 0
+    fi
+    if node_ping "$n"; then
+        log "node-$n already running (started elsewhere)"
         return 0
     fi
     command -v podman >/dev/null || die "podman not installed: run scripts/install.sh"
