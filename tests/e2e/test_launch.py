@@ -14,8 +14,8 @@ from tests.support.stack import Stack, build_path, launch, running_sessions
 
 pytestmark = pytest.mark.e2e
 
-REQUIREMENTS = "six==1.16.0\n"
-PROBE = "import six; print('answer', six.moves.reduce(lambda a, b: a * b, range(1, 11)))"
+REQUIREMENTS = "pyfiglet==1.0.2\n"  # not in the base image: proves requirements.txt ran
+PROBE = "import pyfiglet; print('answer', pyfiglet.__name__.upper(), 6 * 7)"
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ async def test_link_becomes_a_working_session(
     ) as resp:
         assert resp.status == 200, "the repository's files are in the session"
 
-    assert "answer 3628800" in await run_in_kernel(http, url, token, PROBE)
+    assert "answer PYFIGLET 42" in await run_in_kernel(http, url, token, PROBE)
 
 
 async def test_second_launch_of_the_same_ref_skips_the_build(

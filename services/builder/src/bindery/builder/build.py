@@ -5,8 +5,9 @@ Out: every log line to an async callback as it comes, then a BuildResult with a 
 code when it failed: ``timeout``, ``oom``, ``step_failed``, ``clone_failed``, ``push_failed``,
 ``invalid_request`` or ``internal_error``.
 
-The subprocess leads its own process group, so a timeout or a cancelled build kills podman and
-everything it started along with it.
+The subprocess leads its own process group; a timeout or a cancelled build (the service stopping)
+ends it, the processes of its build containers and anything else it started, and leaves podman's
+storage without stray build containers.
 """
 
 import asyncio
@@ -19,7 +20,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -68,7 +69,6 @@ class BuildResult:
     reason: FailureReason | None
     message: str
     seconds: float
-    log_tail: tuple[str, ...] = field(default=())
 
     @property
     def ok(self) -> bool:
@@ -189,7 +189,7 @@ async def run_build(request: BuildRequest, on_line: OnLine, options: BuildOption
     reason, message = classify_failure(
         timed_out=timed_out, returncode=proc.returncode, final=final, tail=tuple(tail)
     )
-    return BuildResult(request.image, reason, message, seconds, tuple(tail))
+    return BuildResult(request.image, reason, message, seconds)
 
 
 async def _stop(proc: asyncio.subprocess.Process, grace: float) -> None:

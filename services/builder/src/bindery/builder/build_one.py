@@ -17,7 +17,6 @@ import logging
 import re
 import signal
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -152,7 +151,6 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    started = time.monotonic()
     try:
         validate(args)
     except ValueError as e:
@@ -172,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         # runtime.txt, both binder/ and .binder/): a failed step of this build all the same.
         emit("failed", str(e), reason="step_failed")
         return 1
-    emit("built", f"Built {args.image}", image=args.image, seconds=time.monotonic() - started)
+    emit("built", f"Built {args.image}")
     return 0
 
 
