@@ -51,7 +51,7 @@ lint:
 	$(VENV)/lint-imports
 
 bench: install infra-up
-	if [ -x scripts/bench.sh ]; then scripts/bench.sh; else $(VENV)/python bench/run.py; fi
+	$(VENV)/python bench/run.py
 
 logs:
 	mkdir -p .bindery/logs
