@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from bindery.events import FailureReason
+from bindery.resolver.errors import ResolveError
 from bindery.resolver.git import resolve_commit
-from bindery.resolver.spec import BadSpec
 from bindery.settings import Profile
 from tests.support.gitrepo import commit, git, make_repo
 
@@ -24,7 +24,8 @@ from tests.support.gitrepo import commit, git, make_repo
 def served(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("served")
     repo = root / "project"
-    first = make_repo(repo, {"README.md": "one"})
+    older = make_repo(repo, {"README.md": "zero"})
+    first = commit(repo, {"README.md": "one"}, "first")
     git(repo, "tag", "light")
     git(repo, "tag", "-a", "v1", "-m", "release 1")
     git(repo, "checkout", "-q", "-b", "feature")
@@ -38,6 +39,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "root": str(root),
         "first": first,
         "second": second,
+        "older": older,
         "tag_object": git(repo, "rev-parse", "v1"),
     }
 
@@ -105,16 +107,19 @@ async def test_branches_tags_and_head_resolve_on_every_transport(
     assert await resolve(url, "light") == served["first"]
     assert await resolve(url, "v1") == served["first"], "annotated tags resolve to their commit"
     assert await resolve(url, served["second"]) == served["second"]
+    assert await resolve(url, served["second"][:7]) == served["second"], "short SHA of a tip"
+    assert await resolve(url, served["older"][:10]) == served["older"], "short SHA in history"
+    assert await resolve(url, served["older"]) == served["older"]
 
 
 async def test_missing_ref_names_the_ref(served: dict[str, str]) -> None:
-    with pytest.raises(BadSpec, match="nope") as info:
+    with pytest.raises(ResolveError, match="nope") as info:
         await resolve(f"file://{served['root']}/project", "nope")
     assert info.value.reason is FailureReason.REF_NOT_FOUND
 
 
 async def test_unreachable_repository_is_reported(tmp_path: Path) -> None:
-    with pytest.raises(BadSpec) as info:
+    with pytest.raises(ResolveError) as info:
         await resolve(f"file://{tmp_path}/missing", "main")
     assert info.value.reason is FailureReason.REPO_UNREACHABLE
 
@@ -124,8 +129,14 @@ async def test_a_silent_server_times_out_instead_of_hanging() -> None:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         port = listener.getsockname()[1]
-        with pytest.raises(BadSpec, match="did not answer") as info:
+        with pytest.raises(ResolveError, match="did not answer") as info:
             await asyncio.wait_for(
                 resolve_commit(f"git://127.0.0.1:{port}/x", "main", Profile.LOCAL, 1), 10
             )
     assert info.value.reason is FailureReason.REPO_UNREACHABLE
+
+
+async def test_unknown_short_sha_is_ref_not_found(served: dict[str, str]) -> None:
+    with pytest.raises(ResolveError, match="deadbeef") as info:
+        await resolve(f"file://{served['root']}/project", "deadbeef")
+    assert info.value.reason is FailureReason.REF_NOT_FOUND

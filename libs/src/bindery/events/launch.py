@@ -25,7 +25,24 @@ class LaunchRequested(Event):
 
 @register
 class RefResolved(Event):
-    """The spec names one immutable commit; `image` is the deterministic image for it."""
+    """The spec names one immutable version; `image` is the deterministic image for it.
+
+    `repo_url` is exactly what repo2docker's matching content provider's `detect()` accepts, and
+    `resolved_ref` the version it names:
+    - gh, gist, gl, git: a clone URL (https://github.com/owner/repo, https://gist.github.com/
+      user/id.git, https://gitlab.com/group/project.git, the git URL as given) and a 40-hex commit.
+    - zenodo: the record's landing URL `https://zenodo.org/records/<id>`; resolved_ref `<id>`
+      (a concept DOI resolves to its latest version's record).
+    - figshare: `https://figshare.com/articles/_/<id>/<version>`; resolved_ref `<id>.v<version>`.
+    - hydroshare: `https://www.hydroshare.org/resource/<id>`; resolved_ref `<id>.v<modified epoch>`.
+    - dataverse: `https://<installation>/dataset.xhtml?persistentId=doi:<doi>`; resolved_ref
+      `<dataset id>.v<major>.<minor>` (repo2docker fetches the latest version).
+    - ckan: the dataset URL (with `/history/<activity id>` when pinned); resolved_ref
+      `<dataset>.v<modified epoch>` or `<dataset>.<activity id>`.
+    - swhid: the core identifier `swh:1:dir:<hash>` or `swh:1:rev:<hash>`; resolved_ref `<hash>`.
+    The git-like providers clone `repo_url` and check out `resolved_ref`; the data providers
+    ignore the ref and fetch what `repo_url` names.
+    """
 
     type = "ref-resolved"
 
@@ -38,6 +55,11 @@ class RefResolved(Event):
     image: str
     image_exists: bool
     build_only: bool = False
+    repo_config: dict[str, str | int | float | bool | None] = Field(
+        default_factory=dict,
+        description="per-repository settings from the resolver's spec patterns, e.g. `quota` "
+        "(concurrent sessions of this repository; absent = the scheduler's default)",
+    )
 
 
 class FailureReason(StrEnum):

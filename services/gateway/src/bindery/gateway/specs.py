@@ -2,6 +2,8 @@
 
 The spec stays percent-encoded: the git provider's spec is `<url-escaped repository URL>/<ref>`,
 and decoding it (as aiohttp's match_info does) would merge the URL's slashes with the separator.
+Provider names and spec shapes come from the shared catalogue (`bindery.providers`); the
+resolver does the full checks, this only turns away what can never be valid.
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote
 
-KNOWN_PROVIDERS = frozenset({"git", "gh"})
+from bindery.providers import PROVIDERS, spec_syntax_error
+
 MAX_SPEC_LENGTH = 4096
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -27,8 +30,8 @@ def parse_raw_spec(raw_path: str, prefix: str) -> tuple[str, str]:
     provider, _, spec = path[len(prefix) :].partition("/")
     if not provider:
         raise InvalidSpec("no provider given: use /<provider>/<spec>, e.g. /git/<url>/<ref>")
-    if provider not in KNOWN_PROVIDERS:
-        known = ", ".join(sorted(KNOWN_PROVIDERS))
+    if provider not in PROVIDERS:
+        known = ", ".join(sorted(PROVIDERS))
         shown = provider if len(provider) <= 32 and not _CONTROL.search(provider) else "that"
         raise InvalidSpec(f"unknown provider {shown!r}: known providers are {known}")
     if not spec.strip("/"):
@@ -41,4 +44,7 @@ def parse_raw_spec(raw_path: str, prefix: str) -> tuple[str, str]:
         raise InvalidSpec("the spec is not valid UTF-8 once percent-decoded") from exc
     if _CONTROL.search(spec) or _CONTROL.search(decoded):
         raise InvalidSpec("the spec contains control characters")
+    problem = spec_syntax_error(provider, spec)
+    if problem is not None:
+        raise InvalidSpec(problem)
     return provider, spec

@@ -15,6 +15,6 @@ def main() -> None:
 
     async def start(bus: Bus) -> None:
         registry = Registry(settings.registry_scheme, settings.registry)
-        await subscribe(bus, Resolver(settings, registry, bus.publish))
+        await subscribe(bus, Resolver.create(settings, registry, bus.publish))
 
     service.run("resolver", settings, settings.health_port, start)

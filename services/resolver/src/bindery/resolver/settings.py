@@ -1,8 +1,17 @@
-"""Resolver settings (`BINDERY_*` environment variables)."""
+"""Resolver settings (`BINDERY_*` environment variables; lists and tables are JSON)."""
 
 from __future__ import annotations
 
+from pydantic import BaseModel, Field
+
 from bindery.settings import CommonSettings
+
+
+class SpecConfig(BaseModel):
+    """Per-repository settings: every entry whose `pattern` matches a spec applies, in order."""
+
+    pattern: str
+    config: dict[str, str | int | float | bool | None]
 
 
 class ResolverSettings(CommonSettings):
@@ -15,5 +24,85 @@ class ResolverSettings(CommonSettings):
     """A git server that does not answer `ls-remote` within this is reported unreachable, so a
     launch never hangs on a dead host."""
 
+    http_timeout: float = 15.0
+    """Upper bound for one provider API request (connect + answer): a provider that is down
+    fails the launch with a clear message instead of leaving the person waiting."""
+
+    resolve_timeout: float = 45.0
+    """Upper bound for resolving one spec, all requests included (a DOI takes two or three)."""
+
     max_spec_length: int = 4096
     max_ref_length: int = 255
+
+    cache_ttl: float = 60.0
+    """How long a resolved branch or tag is reused without asking the provider again: a
+    popular link clicked by a class of 100 costs one lookup a minute, and a new push shows up
+    within a minute. Full commit SHAs and record versions never change and stay cached."""
+
+    negative_cache_ttl: float = 10.0
+    """A missing ref or repository is remembered this long, so a broken badge clicked
+    repeatedly does not hammer the provider, yet a branch pushed just now is found soon."""
+
+    cache_size: int = 4096
+
+    banned_specs: list[str] = Field(default_factory=list)
+    """Case-insensitive regexes matched (from the start) against `<provider>/<decoded spec>`,
+    e.g. `gh/evil-org/.*` or `git/https://bad\\.example/.*`: a match fails with reason `banned`."""
+
+    allowed_specs: list[str] = Field(default_factory=list)
+    """When set, only specs matching one of these are launched; the rest count as banned."""
+
+    high_quota_specs: list[str] = Field(default_factory=list)
+    """Specs that get `per_repo_quota_higher` instead of `per_repo_quota` (workshops, courses)."""
+
+    per_repo_quota: int | None = None
+    """Concurrent sessions per repository; None leaves the scheduler's default. mybinder.org
+    publishes a per-repository limit without a fixed number, so the operator chooses."""
+
+    per_repo_quota_higher: int | None = None
+
+    spec_config: list[SpecConfig] = Field(default_factory=list)
+    """Per-repository configuration; a `quota` key overrides the quota above."""
+
+    trusted_networks: list[str] = Field(default_factory=list)
+    """CIDRs accepted as repository hosts although they are not global (an internal GitLab at
+    10.0.0.5 -> `["10.0.0.5/32"]`). Everything else internal is refused (SSRF)."""
+
+    github_url: str = "https://github.com"
+    github_api_url: str = "https://api.github.com"
+    """GitHub Enterprise: `https://github.example.org` and `https://github.example.org/api/v3`."""
+
+    github_token: str = Field(default="", repr=False)
+    """Optional: lifts GitHub's anonymous limit of 60 API requests an hour to 5,000."""
+
+    gist_url: str = "https://gist.github.com"
+    allow_secret_gists: bool = False
+    """Secret gists are unlisted on purpose; launching them needs the operator's consent."""
+
+    gitlab_url: str = "https://gitlab.com"
+    gitlab_token: str = Field(default="", repr=False)
+    """Optional private token, sent as the `PRIVATE-TOKEN` header (never in a logged URL)."""
+
+    doi_resolver_url: str = "https://doi.org"
+    zenodo_url: str = "https://zenodo.org"
+    figshare_url: str = "https://figshare.com"
+    figshare_api_url: str = "https://api.figshare.com/v2"
+    hydroshare_url: str = "https://www.hydroshare.org"
+    dataverse_hosts: list[str] = Field(
+        default_factory=lambda: [
+            "dataverse.harvard.edu",
+            "dataverse.nl",
+            "data.goettingen-research-online.de",
+            "borealisdata.ca",
+            "dataverse.no",
+            "recherche.data.gouv.fr",
+            "edmond.mpg.de",
+        ]
+    )
+    """Dataverse installations a DOI may lead to (https only). A DOI pointing elsewhere is
+    refused: the resolver never requests a host a stranger chose through a DOI record."""
+
+    dataverse_scheme: str = "https"
+    swh_api_url: str = "https://archive.softwareheritage.org/api/1"
+    swh_token: str = Field(default="", repr=False)
+    """Optional Software Heritage bearer token (higher rate limit)."""

@@ -1,0 +1,265 @@
+"""One local HTTP server answering like the repository providers' public APIs, for resolver tests.
+
+It serves the documented response shapes of each API the resolver calls (GitHub commits and
+gists with ETag/If-None-Match and 304, GitLab commits, the DOI resolver's redirects, Zenodo
+records, Figshare article versions, Dataverse datasets, HydroShare science metadata, CKAN
+package_show, Software Heritage revisions/directories), plus the failure modes that matter: 404,
+422, 5xx, rate limits (GitHub 403 + X-RateLimit-Remaining: 0, 429 + Retry-After), redirects,
+and a host that never answers. Every request is recorded (path as sent, headers) so tests can
+check quoting, tokens and how often a provider was asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+from aiohttp import web
+
+
+@dataclass
+class Seen:
+    path: str
+    headers: dict[str, str]
+
+
+@dataclass
+class FakeProviders:
+    """Fill the tables, `await start()`, point the resolver's base URLs at `url(...)`."""
+
+    github_refs: dict[str, dict[str, str]] = field(default_factory=dict)
+    """"owner/repo" -> {ref or "HEAD": sha}."""
+    github_moved: dict[str, str] = field(default_factory=dict)
+    """"old/name" -> "new/name": answered with 301 like a renamed repository."""
+    gists: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gitlab_refs: dict[str, dict[str, str]] = field(default_factory=dict)
+    dois: dict[str, str] = field(default_factory=dict)
+    """DOI -> landing URL the resolver redirects to."""
+    zenodo_records: dict[str, int] = field(default_factory=dict)
+    """record id -> the id the API answers with (a concept id redirects to its latest)."""
+    figshare_versions: dict[str, list[int]] = field(default_factory=dict)
+    dataverse: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """"doi:..." -> data block."""
+    hydroshare_modified: dict[str, str] = field(default_factory=dict)
+    ckan_modified: dict[str, str] = field(default_factory=dict)
+    swh_objects: set[str] = field(default_factory=set)
+    """"revision/<hash>" or "directory/<hash>"."""
+    rate_limited: set[str] = field(default_factory=set)
+    """Services ("github", "gitlab", "swh") currently answering with their rate-limit reply."""
+    broken: set[str] = field(default_factory=set)
+    """Services currently answering 502."""
+    silent: set[str] = field(default_factory=set)
+    """Services that accept the request and never answer."""
+    seen: list[Seen] = field(default_factory=list)
+    port: int = 0
+    _runner: web.AppRunner | None = None
+    _release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def url(self, prefix: str = "") -> str:
+        return f"http://127.0.0.1:{self.port}{prefix}"
+
+    def requests_to(self, prefix: str) -> list[Seen]:
+        return [s for s in self.seen if s.path.startswith(prefix)]
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("GET", r"/{tail:.*}", self._dispatch)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        self._release.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        path = request.raw_path.split("?", 1)[0]
+        self.seen.append(Seen(request.raw_path, dict(request.headers)))
+        # Dataverse serves its API from the site root, next to its landing pages.
+        service = "dataverse" if path.startswith("/api/datasets/") else path.split("/", 2)[1]
+        if service in self.silent:
+            await self._release.wait()
+            return web.Response(status=503)
+        if service in self.broken:
+            return web.Response(status=502, text="Bad gateway")
+        handler = {
+            "github": self._github,
+            "gitlab": self._gitlab,
+            "doi": self._doi,
+            "zenodo": self._zenodo,
+            "figshare": self._figshare,
+            "dataverse": self._dataverse,
+            "hydroshare": self._hydroshare,
+            "ckan": self._ckan,
+            "swh": self._swh,
+        }.get(service)
+        if handler is None:
+            return web.Response(status=404)
+        return await handler(request, path.split("/")[2:])
+
+    # --- GitHub: /github/repos/{owner}/{repo}/commits/{ref}, /github/gists/{id} ---
+
+    def _github_limited(self) -> web.Response:
+        reset = int(time.time()) + 600
+        return _json(
+            {"message": "API rate limit exceeded for 127.0.0.1."},
+            403,
+            {
+                "X-RateLimit-Limit": "60",
+                "X-RateLimit-Remaining": "0",
+                "X-RateLimit-Reset": str(reset),
+            },
+        )
+
+    async def _github(self, request: web.Request, parts: list[str]) -> web.StreamResponse:
+        if "github" in self.rate_limited:
+            return self._github_limited()
+        limits = {"X-RateLimit-Limit": "5000", "X-RateLimit-Remaining": "4999"}
+        if parts[:1] == ["gists"] and len(parts) == 2:
+            gist = self.gists.get(unquote(parts[1]))
+            if gist is None:
+                return _json({"message": "Not Found"}, 404)
+            body = {"id": parts[1], "public": gist["public"], "history": gist["history"]}
+            return _etagged(request, body, limits)
+        if len(parts) != 5 or parts[0] != "repos" or parts[3] != "commits":
+            return _json({"message": "Not Found"}, 404)
+        # GitHub matches owner and repository names case-insensitively.
+        name = f"{unquote(parts[1])}/{unquote(parts[2])}".lower()
+        if name in self.github_moved:
+            target = f"/github/repos/{self.github_moved[name]}/commits/{parts[4]}"
+            return _json({"message": "Moved Permanently", "url": target}, 301, {"Location": target})
+        refs = self.github_refs.get(name)
+        if refs is None:
+            return _json({"message": "Not Found"}, 404)
+        ref = unquote(parts[4])
+        sha = refs.get(ref) or next((s for s in refs.values() if s.startswith(ref)), None)
+        if sha is None:
+            return _json({"message": f"No commit found for SHA: {ref}"}, 422)
+        return _etagged(request, {"sha": sha, "commit": {"message": "m"}, "files": []}, limits)
+
+    # --- GitLab: /gitlab/api/v4/projects/{ns}/repository/commits/{ref} ---
+
+    async def _gitlab(self, request: web.Request, parts: list[str]) -> web.StreamResponse:
+        if "gitlab" in self.rate_limited:
+            return _json(
+                {"message": "429 Too Many Requests"},
+                429,
+                {"Retry-After": "120", "RateLimit-Reset": str(int(time.time()) + 120)},
+            )
+        if len(parts) != 7 or parts[:3] != ["api", "v4", "projects"]:
+            return _json({"message": "404 Not Found"}, 404)
+        refs = self.gitlab_refs.get(unquote(parts[3]))
+        sha = refs.get(unquote(parts[6])) if refs is not None else None
+        if sha is None:
+            return _json({"message": "404 Commit Not Found"}, 404)
+        return _etagged(request, {"id": sha, "short_id": sha[:8], "title": "t"}, {})
+
+    # --- DOI resolver: /doi/{doi} -> 302 to the landing page ---
+
+    async def _doi(self, request: web.Request, parts: list[str]) -> web.StreamResponse:
+        doi = unquote("/".join(parts))
+        landing = self.dois.get(doi)
+        if landing is None:
+            return web.Response(status=404, text="DOI Not Found")
+        return web.Response(status=302, headers={"Location": landing}, text="")
+
+    # --- Zenodo: /zenodo/api/records/{id} ---
+
+    async def _zenodo(self, request: web.Request, parts: list[str]) -> web.StreamResponse:
+        if parts[:2] != ["api", "records"] or len(parts) != 3:
+            return web.Response(status=200, text="<html>landing page</html>")
+        answer = self.zenodo_records.get(parts[2])
+        if answer is None:
+            return _json({"status": 404, "message": "PID does not exist."}, 404)
+        if str(answer) != parts[2]:
+            return web.Response(status=302, headers={"Location": f"/zenodo/api/records/{answer}"})
+        return _json({"id": answer, "conceptrecid": "1", "doi": f"10.5281/zenodo.{answer}"})
+
+    # --- Figshare API: /figshare/v2/articles/{id}/versions ---
+
+    async def _figshare(self, request: web.Request, parts: list[str]) -> web.StreamResponse:
+        if len(parts) != 4 or parts[:2] != ["v2", "articles"] or parts[3] != "versions":
+            return _json({"message": "Not found", "code": "NotFound"}, 404)
+        versions = self.figshare_versions.get(parts[2])
+        if versions is None:
+            return _json({"message": "Entity not found: article", "code": "EntityNotFound"}, 404)
+        return _json(
+            [
+                {"version": v, "url": f"{self.url()}/v2/articles/{parts[2]}/versions/{v}"}
+                for v in versions
+            ]
+        )
+
+    # --- Dataverse: /dataverse/api/datasets/:persistentId?persistentId=doi:... ---
+
+    async def _dataverse(self, request: web.Request, parts: list[str]) -> web.StreamResponse:
+        pid = request.query.get("persistentId", "")
+        data = self.dataverse.get(pid)
+        if data is None:
+            return _json(
+                {"status": "ERROR", "message": f"Dataset with Persistent ID {pid} not found."},
+                404,
+            )
+        return _json({"status": "OK", "data": data})
+
+    # --- HydroShare: /hydroshare/hsapi/resource/{id}/scimeta/elements ---
+
+    async def _hydroshare(self, request: web.Request, parts: list[str]) -> web.StreamResponse:
+        modified = self.hydroshare_modified.get(parts[2]) if len(parts) == 5 else None
+        if modified is None:
+            return _json({"detail": "No resource was found for resource id"}, 404)
+        dates = [
+            {"type": "created", "start_date": "2019-01-01T00:00:00.000000Z"},
+            {"type": "modified", "start_date": modified},
+        ]
+        return _json({"title": "t", "dates": dates})
+
+    # --- CKAN: /ckan/<site prefix>/api/3/action/package_show?id=... ---
+
+    async def _ckan(self, request: web.Request, parts: list[str]) -> web.StreamResponse:
+        if parts[-1:] != ["package_show"]:
+            return _json({"success": False, "error": {"message": "Not found"}}, 404)
+        modified = self.ckan_modified.get(request.query.get("id", ""))
+        if modified is None:
+            error = {"message": "Not found", "__type": "Not Found Error"}
+            return _json({"success": False, "error": error}, 404)
+        result = {"id": "0f3c", "name": request.query["id"], "metadata_modified": modified}
+        return _json({"help": "...", "success": True, "result": result})
+
+    # --- Software Heritage: /swh/api/1/{revision|directory}/{hash}/ ---
+
+    async def _swh(self, request: web.Request, parts: list[str]) -> web.StreamResponse:
+        if "swh" in self.rate_limited:
+            return _json(
+                {"exception": "Throttled", "reason": "Request was throttled."},
+                429,
+                {"X-RateLimit-Limit": "120", "X-RateLimit-Remaining": "0", "Retry-After": "30"},
+            )
+        key = "/".join(parts[2:4])
+        if key not in self.swh_objects:
+            return _json({"exception": "NotFoundExc", "reason": f"{key} not found"}, 404)
+        return _json({"id": parts[3], "directory": "d" * 40})
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status, text=json.dumps(body), content_type="application/json", headers=headers
+    )
+
+
+def _etagged(request: web.Request, body: Any, headers: dict[str, str]) -> web.Response:
+    text = json.dumps(body)
+    etag = f'W/"{hashlib.sha256(text.encode()).hexdigest()[:32]}"'
+    if request.headers.get("If-None-Match") == etag:
+        return web.Response(status=304, headers={"ETag": etag, **headers})
+    return web.Response(
+        text=text, content_type="application/json", headers={"ETag": etag, **headers}
+    )
