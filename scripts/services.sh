@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start/stop Bindery's five Python services as background processes on this machine.
+# Start/stop Bindery's Python services as background processes on this machine.
 #   logs: .bindery/logs/<service>.log   pids: .bindery/run/<service>.pid
 #   environment: .bindery/env (created once with BINDERY_PROFILE=local and a random
 #   BINDERY_SESSION_SECRET; never overwritten; edit it to configure the services)
@@ -17,12 +17,13 @@ PYTHON="$REPO/.venv/bin/python"
 WAIT_SECONDS="${BINDERY_SERVICES_WAIT:-60}"
 
 # Start order and health endpoints (gateway is the public one; the others are internal).
-SERVICES=(resolver builder scheduler culler gateway)
+SERVICES=(resolver builder scheduler culler archiver gateway)
 declare -A HEALTH_URL=(
     [resolver]=http://127.0.0.1:8591/health
     [builder]=http://127.0.0.1:8592/health
     [scheduler]=http://127.0.0.1:8593/health
     [culler]=http://127.0.0.1:8594/health
+    [archiver]=http://127.0.0.1:8595/health
     [gateway]=http://127.0.0.1:8585/health
 )
 

@@ -22,17 +22,20 @@ from urllib.parse import quote
 import aiohttp
 
 REPO = Path(__file__).resolve().parents[2]
-SERVICES = ("resolver", "builder", "scheduler", "culler", "gateway")
+SERVICES = ("resolver", "builder", "scheduler", "culler", "archiver", "gateway")
 # BINDERY_TEST_SLOT lets several test runs share this machine: each slot has its own ports,
 # RabbitMQ virtual host and podman instance label.
 SLOT = int(os.environ.get("BINDERY_TEST_SLOT", "0"))
 GATEWAY_PORT = 18585 + SLOT * 20
 HEALTH_PORTS = {
     service: GATEWAY_PORT + 6 + index
-    for index, service in enumerate(("resolver", "builder", "scheduler", "culler"))
+    for index, service in enumerate(("resolver", "builder", "scheduler", "culler", "archiver"))
 }
 VHOST = f"bindery-test-{SLOT}"
 INSTANCE = f"bindery-test-{SLOT}"
+# `make test` starts two podman nodes with separate image stores (BINDERY_NODE_COUNT=2).
+NODE_COUNT = int(os.environ.get("BINDERY_NODE_COUNT", "2"))
+NODES = {f"node-{n}": f"unix:///run/bindery/node-{n}.sock" for n in range(1, NODE_COUNT + 1)}
 LOG_DIR = REPO / f".bindery/test-logs/slot-{SLOT}"
 
 
@@ -111,29 +114,39 @@ def stack_env(log_dir: Path) -> dict[str, str]:
             "BINDERY_PORT": str(GATEWAY_PORT),
             "BINDERY_PUBLIC_URL": f"http://127.0.0.1:{GATEWAY_PORT}",
             "BINDERY_CHECK_INTERVAL": "2",
+            "BINDERY_NODES": ",".join(f"{name}={url}" for name, url in NODES.items()),
+            "BINDERY_ARCHIVE_DIR": str(log_dir / "archive"),
+            # Every service appends its spans here, so a test can follow one launch's trace.
+            "BINDERY_TRACE_EXPORTER": "file",
+            "BINDERY_TRACE_FILE": str(log_dir / "traces.jsonl"),
         }
     )
     return env
 
 
-def remove_test_sessions() -> None:
-    ids = subprocess.run(
-        ["podman", "ps", "-aq", "--filter", f"label=bindery.instance={INSTANCE}"],
+def node_containers(url: str, check: bool = True) -> list[str]:
+    """Ids of this stack's containers on the podman node at `url`."""
+    return subprocess.run(
+        ["podman", "--url", url, "ps", "-aq", "--filter", f"label=bindery.instance={INSTANCE}"],
         capture_output=True,
         text=True,
-        check=False,
+        check=check,
     ).stdout.split()
-    if ids:
-        subprocess.run(["podman", "rm", "-f", "-t", "1", *ids], capture_output=True, check=False)
+
+
+def remove_test_sessions() -> None:
+    for url in NODES.values():
+        ids = node_containers(url, check=False)
+        if ids:
+            subprocess.run(
+                ["podman", "--url", url, "rm", "-f", "-t", "1", *ids],
+                capture_output=True,
+                check=False,
+            )
 
 
 def running_sessions() -> list[str]:
-    return subprocess.run(
-        ["podman", "ps", "-aq", "--filter", f"label=bindery.instance={INSTANCE}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    return [cid for url in NODES.values() for cid in node_containers(url)]
 
 
 def started_stack(log_dir: Path) -> Iterator[Stack]:

@@ -1,6 +1,7 @@
 """structlog configuration shared by every service: JSON lines in production, readable locally.
 
-Every line carries the launch id bound by the bus for the message being handled. Values whose
+Every line carries the launch id bound by the bus for the message being handled, and the trace
+id of the span it was written in (so a line leads to the launch's trace). Values whose
 key names a secret are replaced, and `token=` in any string is masked, so tokens, cookies and
 secrets never reach a log.
 """
@@ -14,6 +15,8 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
+
+from bindery import telemetry
 
 _SECRET_KEYS = re.compile(r"token|cookie|authorization|secret|password", re.IGNORECASE)
 _TOKEN_IN_TEXT = re.compile(r"(token=|token\s+)[^\s&\"']+", re.IGNORECASE)
@@ -34,6 +37,15 @@ def _redact_secrets(
     return event_dict
 
 
+def _add_trace_id(
+    _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    trace_id = telemetry.trace_id()
+    if trace_id is not None:
+        event_dict.setdefault("trace_id", trace_id)
+    return event_dict
+
+
 def configure(service: str, fmt: str = "json", level: str = "info") -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer()
@@ -43,6 +55,7 @@ def configure(service: str, fmt: str = "json", level: str = "info") -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _add_trace_id,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _redact_secrets,

@@ -1,7 +1,9 @@
-"""Runs one service process: logging, the bus, a health endpoint, and a clean stop on SIGTERM.
+"""Runs one service process: logging, tracing, the bus, health and metrics endpoints, and a
+clean stop on SIGTERM.
 
 In: the service name, its settings, a `start` coroutine that subscribes handlers and may return
-extra background tasks. Out: a process that serves `/health` on its health port until stopped.
+extra background tasks. Out: a process that serves `/health` and `/metrics` on its health port
+until stopped.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
-from bindery import logs
+from bindery import logs, metrics, telemetry
 from bindery.bus import Bus
 from bindery.settings import CommonSettings
 
@@ -33,6 +35,7 @@ def make_bus(settings: CommonSettings, service: str) -> Bus:
 
 async def serve(service: str, settings: CommonSettings, health_port: int, start: Starter) -> None:
     logs.configure(service, settings.log_format, settings.log_level)
+    telemetry.configure(service, settings)
     bus = make_bus(settings, service)
     await bus.connect()
 
@@ -42,6 +45,7 @@ async def serve(service: str, settings: CommonSettings, health_port: int, start:
 
     app = web.Application()
     app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics.route(lambda: refresh_queue_depths(bus)))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.health_host, health_port).start()
@@ -56,6 +60,19 @@ async def serve(service: str, settings: CommonSettings, health_port: int, start:
     log.info("service.stopping")
     await runner.cleanup()
     await bus.close()
+    telemetry.shutdown()
+
+
+async def refresh_queue_depths(bus: Bus) -> None:
+    """Ask the broker how many messages wait in each queue this service consumes; a broker
+    that does not answer leaves the last values rather than failing the scrape."""
+    try:
+        depths = await bus.queue_depths()
+    except Exception as exc:
+        log.warning("metrics.queue_depth_failed", error=str(exc))
+        return
+    for queue, depth in depths.items():
+        metrics.QUEUE_DEPTH.labels(queue).set(depth)
 
 
 def run(service: str, settings: CommonSettings, health_port: int, start: Starter) -> None:

@@ -7,6 +7,7 @@ default is what it is.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -51,6 +52,17 @@ class CommonSettings(BaseSettings):
     """How long the event log stream keeps events (RabbitMQ's x-max-age syntax)."""
 
     event_log_max_bytes: int = 1_000_000_000
+
+    trace_exporter: Literal["none", "console", "file", "otlp"] = "none"
+    """Where finished spans go. `none` still makes trace ids, which travel in message headers and
+    sit on every log line, so logs of one launch correlate without any collector. `console` and
+    `file` write one JSON span per line (stdout, or `trace_file`); `otlp` sends to a collector."""
+
+    trace_file: str = ""
+    """The file the `file` exporter appends to; several services may share one."""
+
+    otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    """OTLP over HTTP (protobuf): the OpenTelemetry collector's default port on this machine."""
 
     def require_secret(self) -> str:
         if len(self.session_secret) < 16:

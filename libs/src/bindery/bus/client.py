@@ -4,12 +4,16 @@ confirms, and consumes with one ack/nack policy driven by exceptions.
 In: events to publish; queue specs with handlers. Out: messages on RabbitMQ; handler calls.
 Policy: success -> ack; `InvalidEvent` -> dead-letter (it can never succeed); `Retry` -> requeue
 after a pause; any other error -> requeue once, dead-letter if it fails again when redelivered.
+Every message carries the W3C trace context of its publisher in its headers; every handled
+message runs in a span continuing it, and is counted and timed in the service's metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import aio_pika
@@ -18,9 +22,12 @@ from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
     AbstractIncomingMessage,
+    AbstractQueue,
     AbstractRobustConnection,
 )
+from opentelemetry.trace import SpanKind
 
+from bindery import metrics, telemetry
 from bindery.bus import topology
 from bindery.bus.topology import QueueSpec
 from bindery.events import Event, InvalidEvent, parse_event
@@ -62,6 +69,7 @@ class Bus:
         self._publish_channel: AbstractChannel | None = None
         self._log_channel: AbstractChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
+        self._consumed: list[AbstractQueue] = []
 
     @property
     def connected(self) -> bool:
@@ -110,6 +118,36 @@ class Bus:
             topology.EVENT_LOG_STREAM, durable=True, arguments=self._event_log_args
         )
         await event_log.bind(events, routing_key="#")
+        build_log = await channel.declare_queue(
+            topology.BUILD_LOG_STREAM,
+            durable=True,
+            arguments={
+                "x-queue-type": "stream",
+                "x-max-age": topology.BUILD_LOG_MAX_AGE,
+                "x-max-length-bytes": topology.BUILD_LOG_MAX_BYTES,
+            },
+        )
+        await build_log.bind(topology.LOGS_EXCHANGE, routing_key="#")
+        # Sticky builds (see topology.BUILDS_EXCHANGE; needs rabbitmq_consistent_hash_exchange).
+        unclaimed = await channel.declare_exchange(
+            topology.BUILDS_UNCLAIMED_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
+        )
+        builds = await channel.declare_exchange(
+            topology.BUILDS_EXCHANGE,
+            aio_pika.ExchangeType.X_CONSISTENT_HASH,
+            durable=True,
+            arguments={
+                "hash-header": topology.BUILDS_HASH_HEADER,
+                "alternate-exchange": topology.BUILDS_UNCLAIMED_EXCHANGE,
+            },
+        )
+        await builds.bind(events, routing_key="ref-resolved")
+        spare = await channel.declare_queue(
+            topology.BUILDER.name,
+            durable=True,
+            arguments={"x-dead-letter-exchange": topology.DEAD_LETTER_EXCHANGE},
+        )
+        await spare.bind(unclaimed)
 
     async def close(self) -> None:
         if self._connection is not None:
@@ -119,19 +157,52 @@ class Bus:
     async def publish(self, event: Event, headers: dict[str, str] | None = None) -> None:
         """Publish and wait for the broker's confirm (bounded, so an outage is an error)."""
         exchange = self._exchanges[topology.exchange_for(event.type)]
-        message = aio_pika.Message(
-            event.to_json(),
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=event.event_id,
-            correlation_id=event.launch_id,
-            type=event.type,
-            app_id=self._service,
-            headers=dict(headers or {}),
-        )
-        await exchange.publish(
-            message, routing_key=event.routing_key, timeout=self._publish_timeout
-        )
+        with self._publish_span(event):
+            message = aio_pika.Message(
+                event.to_json(),
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=event.event_id,
+                correlation_id=event.launch_id,
+                type=event.type,
+                app_id=self._service,
+                headers=telemetry.inject(_routing_headers(event, headers)),
+            )
+            try:
+                await exchange.publish(
+                    message, routing_key=event.routing_key, timeout=self._publish_timeout
+                )
+            except Exception:
+                metrics.EVENTS_PUBLISHED.labels(event.type, "error").inc()
+                raise
+        metrics.EVENTS_PUBLISHED.labels(event.type, "ok").inc()
+
+    async def republish(self, message: aio_pika.Message, routing_key: str) -> None:
+        """Publish a recorded message as it was (the event log's replay), with confirms."""
+        exchange = self._exchanges[topology.exchange_for(routing_key)]
+        await exchange.publish(message, routing_key=routing_key, timeout=self._publish_timeout)
+
+    @contextmanager
+    def _publish_span(self, event: Event) -> Iterator[None]:
+        """A producer span per domain event (with no current span it starts the launch's
+        trace); build-log lines are too many for a span each and carry the current context."""
+        if event.type in topology.LOG_EVENT_TYPES:
+            yield
+            return
+        with telemetry.span(
+            f"publish {event.type}",
+            kind=SpanKind.PRODUCER,
+            attributes={"bindery.launch_id": event.launch_id, "bindery.event_id": event.event_id},
+        ):
+            yield
+
+    async def queue_depths(self) -> dict[str, int]:
+        """Messages ready in each queue this process consumes (for the metrics' gauge)."""
+        depths: dict[str, int] = {}
+        for queue in self._consumed:
+            declared = await queue.declare(timeout=self._publish_timeout)
+            depths[queue.name] = declared.message_count or 0
+        return depths
 
     async def consume(self, spec: QueueSpec, handler: Handler, *, prefetch: int = 8) -> str:
         """Start consuming `spec` with `handler`; returns the queue name."""
@@ -145,10 +216,14 @@ class Bus:
             queue = await channel.declare_queue(
                 spec.name,
                 durable=True,
-                arguments={"x-dead-letter-exchange": topology.DEAD_LETTER_EXCHANGE},
+                arguments={
+                    "x-dead-letter-exchange": topology.DEAD_LETTER_EXCHANGE,
+                    **spec.arguments,
+                },
             )
         for key in spec.routing_keys:
             await queue.bind(exchange, routing_key=key)
+        self._consumed.append(queue)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             await self._dispatch(message, handler, spec)
@@ -163,29 +238,66 @@ class Bus:
         structlog.contextvars.bind_contextvars(
             event_type=message.type, launch_id=message.correlation_id
         )
+        started = time.monotonic()
+        outcome = "error"
+        try:
+            with self._consume_span(message, spec):
+                outcome = await self._handle(message, handler, spec)
+        finally:
+            event_type = message.type or "unknown"
+            metrics.EVENTS_CONSUMED.labels(event_type, outcome).inc()
+            metrics.HANDLER_SECONDS.labels(event_type, outcome).observe(time.monotonic() - started)
+            structlog.contextvars.clear_contextvars()
+
+    @contextmanager
+    def _consume_span(self, message: AbstractIncomingMessage, spec: QueueSpec) -> Iterator[None]:
+        """Continue the publisher's trace: a consumer span per domain event, the bare context
+        for build-log lines (so their log lines still carry the trace id)."""
+        parent = telemetry.extract(message.headers)
+        if spec.exchange == topology.LOGS_EXCHANGE:
+            with telemetry.continued(parent):
+                yield
+            return
+        attributes = {
+            "messaging.system": "rabbitmq",
+            "messaging.destination.name": spec.name or "exclusive",
+            "bindery.launch_id": message.correlation_id or "",
+            "bindery.event_id": message.message_id or "",
+        }
+        with telemetry.span(
+            f"handle {message.type}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+        ):
+            yield
+
+    async def _handle(
+        self, message: AbstractIncomingMessage, handler: Handler, spec: QueueSpec
+    ) -> str:
+        """Run the handler under the ack policy; returns the outcome for the metrics."""
         try:
             event = parse_event(message.body)
         except InvalidEvent as exc:
             log.error("bus.invalid_message", reason=str(exc), queue=spec.name)
+            telemetry.fail("invalid message")
             await self._dead_letter(message, spec)
-            return
+            return "invalid"
         try:
             await handler(event)
         except Retry as exc:
             log.warning("bus.retry", reason=str(exc), delay=exc.delay)
             await asyncio.sleep(exc.delay)
             await message.nack(requeue=True)
-        except Exception:
+            return "retry"
+        except Exception as exc:
+            telemetry.fail(f"{type(exc).__name__}: {exc}")
             if message.redelivered:
                 log.exception("bus.handler_failed_twice")
                 await self._dead_letter(message, spec)
             else:
                 log.exception("bus.handler_failed")
                 await message.nack(requeue=True)
-        else:
-            await message.ack()
-        finally:
-            structlog.contextvars.clear_contextvars()
+            return "error"
+        await message.ack()
+        return "ok"
 
     async def _dead_letter(self, message: AbstractIncomingMessage, spec: QueueSpec) -> None:
         if spec.exclusive:
@@ -198,3 +310,12 @@ class Bus:
             await message.ack()
         else:
             await message.reject(requeue=False)
+
+
+def _routing_headers(event: Event, headers: dict[str, str] | None) -> dict[str, str]:
+    """The caller's headers, plus the repository key topology.BUILDS_EXCHANGE hashes on."""
+    routed = dict(headers or {})
+    repo_key = getattr(event, "repo_key", None)
+    if isinstance(repo_key, str):
+        routed[topology.BUILDS_HASH_HEADER] = repo_key
+    return routed

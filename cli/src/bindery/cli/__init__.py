@@ -1,0 +1,1 @@
+"""`bindery`: Bindery from a terminal. Each subcommand is a module with `register(subparsers)`."""

@@ -1,0 +1,146 @@
+"""Reading the event log back, and replaying a slice of it into another virtual host.
+
+In: an AMQP URL whose virtual host holds the `bindery.event-log` stream, where to start (the
+first event kept, only new ones, or a time) and filters. Out: `Recorded` events in the order the
+broker appended them, each with its stream offset, producing service and headers (the trace
+context); `replay` publishes them unchanged (same ids, producer, headers) through another
+virtual host's events exchange, so services running there see exactly what the originals saw.
+
+A stream never says "that was the last one": reading stops once the broker has sent nothing for
+`idle` seconds (it sends a backlog as fast as the consumer takes it), unless `follow` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+
+from bindery.bus import topology
+from bindery.bus.client import Bus
+from bindery.events import Event, InvalidEvent, parse_event
+
+log = structlog.get_logger("bindery.eventlog")
+
+Start = Literal["first", "next"] | datetime
+
+# Stream consumers must set a prefetch; a few hundred keeps a backlog flowing without holding
+# much memory.
+PREFETCH = 500
+# Headers the broker adds on delivery, not part of what the producer sent.
+_BROKER_HEADERS = frozenset({"x-stream-offset"})
+
+
+class NoEventLog(Exception):
+    """The virtual host has no event log: no Bindery service has connected to it yet."""
+
+
+@dataclass(frozen=True)
+class Recorded:
+    offset: int
+    event: Event
+    producer: str
+    routing_key: str
+    body: bytes
+    headers: dict[str, Any]
+
+    def message(self) -> aio_pika.Message:
+        """The message as its producer published it."""
+        return aio_pika.Message(
+            self.body,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=self.event.event_id,
+            correlation_id=self.event.launch_id,
+            type=self.event.type,
+            app_id=self.producer,
+            headers=dict(self.headers),
+        )
+
+
+def _recorded(message: AbstractIncomingMessage) -> Recorded | None:
+    try:
+        event = parse_event(message.body)
+    except InvalidEvent as exc:
+        # Only a foreign publisher can put one there: Bus.publish takes validated events.
+        log.warning("eventlog.invalid_event", reason=str(exc))
+        return None
+    headers = dict(message.headers or {})
+    offset = headers.get("x-stream-offset", -1)
+    return Recorded(
+        offset=offset if isinstance(offset, int) else -1,
+        event=event,
+        producer=message.app_id or "",
+        routing_key=message.routing_key or event.routing_key,
+        body=message.body,
+        headers={k: v for k, v in headers.items() if k not in _BROKER_HEADERS},
+    )
+
+
+async def read(
+    url: str,
+    *,
+    start: Start = "first",
+    until: datetime | None = None,
+    launch_id: str | None = None,
+    event_type: str | None = None,
+    follow: bool = False,
+    idle: float = 1.0,
+) -> AsyncIterator[Recorded]:
+    """Events of the event log in `url`'s virtual host, oldest first, filtered."""
+    connection = await aio_pika.connect(url, client_properties={"connection_name": "eventlog"})
+    try:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=PREFETCH)
+        try:
+            queue = await channel.declare_queue(topology.EVENT_LOG_STREAM, passive=True)
+        except aio_pika.exceptions.ChannelNotFoundEntity as exc:
+            raise NoEventLog(
+                f"no event log in {url.rsplit('/', 1)[-1] or 'the default virtual host'}: "
+                "no Bindery service has connected to it yet"
+            ) from exc
+        inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        # A time offset starts at the stream chunk holding that time: filter the rest below.
+        await queue.consume(inbox.put, arguments={"x-stream-offset": start})
+        while True:
+            try:
+                message = await asyncio.wait_for(inbox.get(), None if follow else idle)
+            except TimeoutError:
+                return
+            await message.ack()
+            record = _recorded(message)
+            if record is None or not _wanted(record.event, start, until, launch_id, event_type):
+                continue
+            yield record
+    finally:
+        await connection.close()
+
+
+def _wanted(
+    event: Event,
+    start: Start,
+    until: datetime | None,
+    launch_id: str | None,
+    event_type: str | None,
+) -> bool:
+    return (
+        (launch_id is None or event.launch_id == launch_id)
+        and (event_type is None or event.type == event_type)
+        and (not isinstance(start, datetime) or event.time >= start)
+        and (until is None or event.time <= until)
+    )
+
+
+async def replay(records: AsyncIterable[Recorded], into: Bus) -> int:
+    """Publish `records` through the connected bus `into`, unchanged; returns how many."""
+    count = 0
+    async for record in records:
+        await into.republish(record.message(), record.routing_key)
+        count += 1
+    return count

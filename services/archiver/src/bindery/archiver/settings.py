@@ -1,0 +1,23 @@
+"""Archiver settings (`BINDERY_*` environment variables)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bindery.settings import CommonSettings
+
+
+class ArchiverSettings(CommonSettings):
+    health_port: int = 8595
+
+    archive_dir: Path = Path(".bindery/archive")
+    """Daily files `events-YYYY-MM-DD.jsonl`, as mybinder.org publishes its launch archive;
+    relative to the working directory, which `make up` sets to the checkout (beside the logs)."""
+
+    public_url: str = "http://127.0.0.1:8585"
+    """The gateway's public URL (same variable as the gateway's): its host is each record's
+    `origin`, as BinderHub writes its own host there."""
+
+    max_open_launches: int = 10_000
+    """Launches followed until they end; past this the oldest is dropped (a launch whose end
+    was lost must not grow memory for ever)."""

@@ -1,0 +1,35 @@
+"""The builder's Prometheus metrics, with BinderHub's meanings under Bindery's names:
+`bindery_build_duration_seconds` is BinderHub's `binderhub_build_time_seconds` (one build, from
+its start to its image pushed or its failure, by status, BinderHub's buckets).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from bindery.builder.build import BuildResult
+from bindery.metrics import BUILD_BUCKETS, tracks
+
+BUILD_SECONDS = Histogram(
+    "bindery_build_duration_seconds",
+    "Time one build took, from its start to its image pushed or its failure, by status",
+    ["status"],
+    buckets=BUILD_BUCKETS,
+)
+BUILDS = Counter(
+    "bindery_builds",
+    "Builds ended, by status (success, failure) and failure reason",
+    ["status", "reason"],
+)
+BUILDS_IN_PROGRESS = Gauge(
+    "bindery_builds_in_progress", "Builds running or waiting for a build slot in this replica"
+)
+
+#: Decorator for the coroutine that runs one build.
+in_progress = tracks(BUILDS_IN_PROGRESS)
+
+
+def observe(result: BuildResult) -> None:
+    status = "success" if result.ok else "failure"
+    BUILD_SECONDS.labels(status).observe(result.seconds)
+    BUILDS.labels(status, str(result.reason or "")).inc()

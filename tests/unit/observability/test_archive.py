@@ -1,0 +1,135 @@
+"""The launch archive: one line per launch in BinderHub's launch schema (v6) plus Bindery's
+outcome, reason and durations; redelivery writes nothing twice; no IP address (issue 7)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from bindery.archiver.archive import Archive, archive_file
+from bindery.events import (
+    BuildStarted,
+    Event,
+    FailureReason,
+    ImageBuilt,
+    LaunchFailed,
+    LaunchRequested,
+    PodReady,
+    PodScheduled,
+    RefResolved,
+)
+
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+COMMIT = "a" * 40
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def built_launch(launch_id: str) -> list[Event]:
+    image = f"127.0.0.1:5000/bindery/r:{COMMIT}"
+    common = {"launch_id": launch_id}
+    return [
+        LaunchRequested(**common, time=at(0), provider="gh", spec="owner/repo/main"),
+        RefResolved(
+            **common,
+            time=at(0.5),
+            provider="gh",
+            spec="owner/repo/main",
+            repo_url="https://github.com/owner/repo",
+            ref="main",
+            resolved_ref=COMMIT,
+            repo_key="github.com/owner/repo",
+            image=image,
+            image_exists=False,
+        ),
+        BuildStarted(**common, time=at(1), image=image, builder="b-1"),
+        ImageBuilt(
+            **common,
+            time=at(61),
+            image=image,
+            repo_url="https://github.com/owner/repo",
+            resolved_ref=COMMIT,
+            duration_seconds=59.5,
+        ),
+        PodScheduled(**common, time=at(61.2), session="s", node="node-1", image=image),
+        PodReady(**common, time=at(63), session="s", node="node-1", image=image, target="http://x"),
+    ]
+
+
+def lines(directory: Path) -> list[dict]:
+    return [json.loads(line) for line in archive_file(directory, T0).read_text().splitlines()]
+
+
+def test_a_ready_launch_is_one_binderhub_record_with_durations(tmp_path: Path) -> None:
+    archive = Archive(tmp_path, origin="binder.example.org")
+    for event in built_launch("l-1"):
+        archive.observe(event)
+    (record,) = lines(tmp_path)
+    assert archive_file(tmp_path, T0).name == "events-2025-03-01.jsonl"
+    assert {k: record[k] for k in ("schema", "version", "provider", "spec", "ref", "status")} == {
+        "schema": "binderhub.jupyter.org/launch",
+        "version": 6,
+        "provider": "GitHub",
+        "spec": "owner/repo/main",
+        "ref": COMMIT,
+        "status": "success",
+    }
+    assert record["origin"] == "binder.example.org"
+    assert record["build_token"] is False and "request_origin" in record
+    assert record["outcome"] == "ready" and record["failure_reason"] is None
+    assert record["built"] is True
+    assert record["duration_seconds"] == {
+        "total": 63.0,
+        "resolve": 0.5,
+        "build": 59.5,
+        "launch": 2.0,
+    }
+    assert not any("ip" in key.lower() for key in record), "no IP address is archived"
+
+
+def test_a_failed_launch_names_its_reason_and_service(tmp_path: Path) -> None:
+    archive = Archive(tmp_path, origin="o")
+    archive.observe(LaunchRequested(launch_id="l-2", time=at(0), provider="git", spec="u/x"))
+    archive.observe(
+        LaunchFailed(
+            launch_id="l-2",
+            time=at(2),
+            service="resolver",
+            reason=FailureReason.REF_NOT_FOUND,
+            message="no branch x",
+        )
+    )
+    (record,) = lines(tmp_path)
+    assert record["status"] == "failure" and record["outcome"] == "failed"
+    assert record["failure_reason"] == "ref_not_found"
+    assert record["failed_service"] == "resolver"
+    assert record["provider"] == "Git" and record["ref"] == ""
+    assert record["duration_seconds"]["total"] == 2.0
+
+
+def test_redelivered_events_write_nothing_twice_even_after_a_restart(tmp_path: Path) -> None:
+    events = built_launch("l-3")
+    archive = Archive(tmp_path, origin="o")
+    for event in events:
+        archive.observe(event)
+    assert archive.observe(events[-1]) is None
+    restarted = Archive(tmp_path, origin="o")
+    restarted.load(now=T0)
+    assert restarted.observe(events[-1]) is None
+    assert len(lines(tmp_path)) == 1
+
+
+def test_a_build_only_launch_ends_with_its_image(tmp_path: Path) -> None:
+    archive = Archive(tmp_path, origin="o")
+    events = built_launch("l-4")[:4]
+    last = events[-1]
+    assert isinstance(last, ImageBuilt)
+    events[-1] = last.model_copy(update={"build_only": True})
+    for event in events:
+        archive.observe(event)
+    (record,) = lines(tmp_path)
+    assert record["outcome"] == "built" and record["status"] == "success"
+    assert record["duration_seconds"]["launch"] is None
