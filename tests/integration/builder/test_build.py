@@ -1,11 +1,13 @@
 """A repository at a commit becomes an image in the registry that runs Jupyter as jovyan."""
 
+import dataclasses
 import os
 import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,9 +51,9 @@ async def test_builds_pushes_and_runs(
     result = await run_build(BuildRequest(f"file://{repo}", sha, image_name), log, options)
 
     assert result.ok, result.message + "\n" + log.text()
-    phases = [line.phase for line in log.lines]
+    phases = [line.phase for line in log.lines[:-1]]
     assert {"fetching", "building", "pushing"} <= set(phases)
-    assert phases[-1] == "built"
+    assert log.lines[-1].message == f"Built {image_name}"
     assert phases.index("pushing") > max(i for i, p in enumerate(phases) if p == "building")
     assert manifest_status(image_name) == 200
     out = podman_run(
@@ -87,10 +89,50 @@ async def test_a_notebook_change_reuses_the_environment_layers(
     finally:
         subprocess.run(["podman", "rmi", "--force", second_image], capture_output=True)
 
+    # The environment image of the first commit is the second's: only the repository is added.
     messages = [line.message for line in log.lines]
-    steps = [i for i, m in enumerate(messages) if "uv pip install --requirement" in m]
-    assert steps, log.text()
-    assert messages[steps[0] + 1].startswith("--> Using cache"), log.text()
+    assert any(m.endswith("exists: adding the repository only") for m in messages), log.text()
+    assert not any("uv pip install" in m for m in messages), log.text()
+
+
+async def test_the_package_index_is_handed_to_the_build_and_left_in_no_layer(
+    tmp_path: Path, options: BuildOptions, image_name: str
+) -> None:
+    repo = tmp_path / "repo"
+    # A requirements file of its own: the environment is built here, with the index.
+    requirements = f"pyfiglet\n# {uuid.uuid4().hex}\n"
+    sha = make_repo(repo, {"requirements.txt": requirements})
+    index = "https://pypi.org/simple/"
+    request = BuildRequest(f"file://{repo}", sha, image_name, push=False)
+    log = Log()
+    result = await run_build(request, log, dataclasses.replace(options, index_url=index))
+    assert result.ok, result.message + log.text()
+    assert podman_run(image_name, "python", "-c", "import pyfiglet") == ""
+    assert podman_run(image_name, "ls", "-A", "/run/secrets") == ""
+    history = subprocess.run(
+        ["podman", "history", "--no-trunc", "--format={{.CreatedBy}}", image_name],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    inspect = subprocess.run(
+        ["podman", "image", "inspect", image_name], capture_output=True, text=True, check=True
+    ).stdout
+    assert index not in history and index not in inspect
+
+
+async def test_a_repository_over_the_size_limit_is_too_large(
+    tmp_path: Path, options: BuildOptions, image_name: str
+) -> None:
+    repo = tmp_path / "repo"
+    sha = make_repo(repo, {"data.txt": "x" * 300_000, "requirements.txt": "pyfiglet\n"})
+    request = BuildRequest(f"file://{repo}", sha, image_name, push=False)
+    limited = dataclasses.replace(options, max_repo_bytes=200_000)
+    log = Log()
+    result = await run_build(request, log, limited)
+    assert result.reason is FailureReason.TOO_LARGE, result.message
+    assert "limit" in result.message
+    assert not any(line.message.startswith("STEP ") for line in log.lines), "nothing was built"
 
 
 async def test_binder_folder_wins_over_the_root(

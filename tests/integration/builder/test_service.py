@@ -108,7 +108,9 @@ async def test_a_missing_image_is_built_pushed_and_announced(
     image_name: str,
 ) -> None:
     repo = tmp_path / "repo"
-    sha = make_repo(repo, {"requirements.txt": "pyfiglet\n", "a.ipynb": notebook("1")})
+    # A requirements file of its own: a new environment, built here, not found from before.
+    requirements = f"pyfiglet\n# {uuid.uuid4().hex}\n"
+    sha = make_repo(repo, {"requirements.txt": requirements, "a.ipynb": notebook("1")})
     event = ref_resolved(repo, sha, image_name)
     await bus.publish(event)
 

@@ -103,7 +103,18 @@ def test_a_failed_step_carries_the_log_tail() -> None:
     final = {"phase": "failed", "reason": "step_failed", "message": "Building x failed"}
     reason, message = classify_failure(timed_out=False, returncode=1, final=final, tail=TAIL)
     assert reason is FailureReason.STEP_FAILED
-    assert message.splitlines()[1:] == TAIL
+    assert message.splitlines()[-len(TAIL) :] == TAIL
+
+
+def test_a_failed_step_is_named() -> None:
+    final = {"phase": "failed", "reason": "step_failed", "message": "Building x failed"}
+    step = "STEP 9/9: RUN ./postBuild"
+    reason, message = classify_failure(
+        timed_out=False, returncode=1, final=final, tail=TAIL, step=step
+    )
+    assert reason is FailureReason.STEP_FAILED
+    assert message.startswith(f"The build step {step!r} failed.")
+    assert message.splitlines()[-len(TAIL) :] == TAIL
 
 
 def test_other_reasons_come_from_the_final_record() -> None:
@@ -133,4 +144,17 @@ async def test_run_build_reports_an_invalid_request_from_the_subprocess() -> Non
     assert not result.ok
     assert result.reason is FailureReason.INVALID_REQUEST
     assert "scheme" in result.message
-    assert lines[-1].phase == "failed"
+    # The outcome is the launch's to announce: as a log line it is no phase of its own.
+    assert lines[-1].phase == "building" and "scheme" in lines[-1].message
+
+
+async def test_a_build_writing_too_much_log_is_stopped_as_too_large() -> None:
+    lines: list[BuildLine] = []
+
+    async def on_line(line: BuildLine) -> None:
+        lines.append(line)
+
+    request = BuildRequest("ftp://host/repo", SHA, "127.0.0.1:5000/bindery/x:y")
+    result = await run_build(request, on_line, BuildOptions(timeout=60, max_log_bytes=10))
+    assert result.reason is FailureReason.TOO_LARGE
+    assert "log" in result.message

@@ -1,12 +1,28 @@
-"""Dockerfiles the buildpack renders for repositories of different shapes."""
+"""What the buildpacks make of repositories of different shapes: detection, the environment's
+Dockerfile and key, the repository's thin layer, and the clear refusals."""
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from repo2docker.buildpacks.docker import DockerBuildPack
 
-from bindery.builder.buildpacks import BinderyPythonBuildPack
+from bindery.builder import buildpacks
+from bindery.builder.buildpacks import (
+    BUILDPACKS,
+    DEFAULT_BUILDPACK,
+    BinderyBuildPack,
+    BuildContext,
+    EnvironmentYmlBuildPack,
+    PipfileBuildPack,
+    PythonBuildPack,
+    UnsupportedRepository,
+    conda_to_pip,
+    context_digest,
+    pipfile_requirement,
+)
 
 BASE = "localhost/bindery-base:test"
 BUILD_ARGS = {"NB_USER": "jovyan", "NB_UID": "1000"}
@@ -14,7 +30,7 @@ BUILD_ARGS = {"NB_USER": "jovyan", "NB_UID": "1000"}
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Iterator[Path]:
-    # repo2docker renders with the checkout as the working directory.
+    # repo2docker's buildpacks read the checkout as the working directory.
     cwd = os.getcwd()
     os.chdir(tmp_path)
     yield tmp_path
@@ -27,55 +43,244 @@ def write(repo: Path, files: dict[str, str]) -> None:
         (repo / name).write_text(content)
 
 
-def render(labels: dict[str, str] | None = None) -> list[str]:
-    pack = BinderyPythonBuildPack(base_image=BASE)
-    pack.labels.update(labels or {})
-    return pack.render(BUILD_ARGS).splitlines()
+def picked() -> BinderyBuildPack:
+    """The buildpack repo2docker would pick, as build_one configures it."""
+    for pack in BUILDPACKS:
+        candidate = pack(base_image=BASE)
+        if candidate.detect():
+            return candidate  # type: ignore[no-any-return]
+    return DEFAULT_BUILDPACK(base_image=BASE)
 
 
-def index(lines: list[str], prefix: str) -> int:
-    return next(i for i, line in enumerate(lines) if line.startswith(prefix))
+def env_lines(pack: BinderyBuildPack, generated: list[str] | None = None) -> list[str]:
+    return pack.render_env(BUILD_ARGS, generated or []).splitlines()
 
 
-def test_requirements_install_before_the_repository_is_copied(repo: Path) -> None:
+def content_lines(pack: BinderyBuildPack) -> list[str]:
+    return pack.render_content(BUILD_ARGS, "reg/env:key").splitlines()
+
+
+def installs_in(lines: list[str]) -> list[str]:
+    """The commands of the RUN steps that install something, without the mounts."""
+    return [line.split(" && ", 1)[1] for line in lines if "uv pip install" in line]
+
+
+def env_key(pack: BinderyBuildPack, tmp: Path) -> str:
+    context = tmp / f"ctx-{len(list(tmp.iterdir()))}"
+    pack._write_env_context(context, BUILD_ARGS, pack.generated_files(BuildContext()))
+    return context_digest(context)
+
+
+def test_requirements_install_in_the_environment_and_the_repository_comes_after(
+    repo: Path,
+) -> None:
     write(repo, {"requirements.txt": "pyfiglet\n", "hello.ipynb": "{}"})
-    lines = render()
-    assert lines[0] == f"FROM {BASE}"
-    copy_reqs = index(lines, "COPY --chown=1000:1000 src/requirements.txt ")
-    install = index(lines, "RUN --mount=type=secret,id=pipca")
-    copy_repo = index(lines, "COPY --chown=1000:1000 src/ ${REPO_DIR}/")
-    assert copy_reqs < install < copy_repo
-    assert lines[install].endswith('uv pip install --requirement "requirements.txt"')
-    # As jovyan, into the venv, with the uv cache as a cache mount and the CA as a secret.
-    assert lines[install - 1] == "USER ${NB_USER}"
-    assert "--mount=type=cache,target=/home/jovyan/.cache/uv,uid=1000" in lines[install]
-    assert "USER ${NB_USER}" in lines[copy_repo:]
-    assert "WORKDIR ${REPO_DIR}" in lines
-    assert "ARG REPO_DIR=/home/${NB_USER}" in lines
+    pack = picked()
+    assert isinstance(pack, PythonBuildPack)
+    env = env_lines(pack)
+    assert env[0] == f"FROM {BASE}"
+    copy = env.index("COPY --chown=1000:1000 src/requirements.txt ${REPO_DIR}/requirements.txt")
+    install = next(i for i, line in enumerate(env) if "uv pip install" in line)
+    assert copy < install
+    assert env[install].endswith('uv pip install --requirement "requirements.txt"')
+    # As jovyan, with the uv cache as a cache mount and the CA and index as secrets.
+    assert env[install - 1] == "USER ${NB_USER}"
+    assert "--mount=type=cache,target=/home/jovyan/.cache/uv,uid=1000" in env[install]
+    assert "--mount=type=secret,id=pipindex" in env[install]
+    content = content_lines(pack)
+    assert content[0] == "FROM reg/env:key"
+    assert "COPY --chown=1000:1000 . ${REPO_DIR}/" in content
+    assert not any("uv pip install" in line for line in content)
+
+
+def test_a_content_only_change_keeps_the_environment_key(
+    repo: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    tmp = tmp_path_factory.mktemp("contexts")
+    write(repo, {"requirements.txt": "pyfiglet\n", "apt.txt": "jq\n", "a.ipynb": "{}"})
+    first = env_key(picked(), tmp)
+    write(repo, {"a.ipynb": '{"cells": []}', "data.csv": "1,2\n"})
+    assert env_key(picked(), tmp) == first
+    write(repo, {"requirements.txt": "pyfiglet==1.0.2\n"})
+    assert env_key(picked(), tmp) != first
+    write(repo, {"requirements.txt": "pyfiglet\n", "apt.txt": "jq curl\n"})
+    assert env_key(picked(), tmp) != first
 
 
 @pytest.mark.parametrize("folder", ["binder", ".binder"])
 def test_binder_folder_wins_over_the_root(repo: Path, folder: str) -> None:
     write(repo, {"requirements.txt": "ignored\n", f"{folder}/requirements.txt": "pyfiglet\n"})
-    text = "\n".join(render())
+    text = "\n".join(env_lines(picked()))
     assert f'uv pip install --requirement "{folder}/requirements.txt"' in text
-    assert f"src/{folder}/requirements.txt ${{REPO_DIR}}/{folder}/requirements.txt" in text
     assert '--requirement "requirements.txt"' not in text
 
 
-def test_no_requirements_means_no_install_step(repo: Path) -> None:
-    write(repo, {"hello.ipynb": "{}"})
-    text = "\n".join(render())
-    assert "uv pip install" not in text
-    assert "COPY --chown=1000:1000 src/ ${REPO_DIR}/" in text
+def test_both_binder_folders_are_an_error(repo: Path) -> None:
+    write(repo, {"binder/apt.txt": "jq\n", ".binder/apt.txt": "jq\n"})
+    with pytest.raises(RuntimeError, match=r"both a 'binder' and a '\.binder'"):
+        picked()
 
 
-def test_requirements_naming_local_files_install_after_the_copy(repo: Path) -> None:
+def test_requirements_naming_local_files_install_with_the_repository(repo: Path) -> None:
     write(repo, {"requirements.txt": "-e .\n", "setup.py": ""})
-    lines = render()
-    install = index(lines, "RUN --mount=type=secret")
-    assert index(lines, "COPY --chown=1000:1000 src/ ${REPO_DIR}/") < install
-    assert not any(line.startswith("COPY --chown=1000:1000 src/requirements.txt") for line in lines)
+    pack = picked()
+    assert not any("uv pip install" in line for line in env_lines(pack))
+    content = content_lines(pack)
+    copy = content.index("COPY --chown=1000:1000 . ${REPO_DIR}/")
+    installs = [i for i, line in enumerate(content) if "uv pip install" in line]
+    assert installs and min(installs) > copy
+    assert content[installs[-1]].endswith("uv pip install .")
+
+
+@pytest.mark.parametrize(
+    ("files", "installed"),
+    [
+        ({"setup.py": "from setuptools import setup\nsetup()\n"}, True),
+        ({"pyproject.toml": '[project]\nname="x"\n[build-system]\nrequires=["hatchling"]\n'}, True),
+        # Tool configuration only: not a project to install.
+        ({"pyproject.toml": "[tool.black]\nline-length = 100\n", "requirements.txt": ""}, False),
+        # With a binder/ folder repo2docker installs no package.
+        ({"setup.py": "", "binder/requirements.txt": "pyfiglet\n"}, False),
+    ],
+)
+def test_python_packages_are_installed_like_repo2docker(
+    repo: Path, files: dict[str, str], installed: bool
+) -> None:
+    write(repo, files)
+    assert ("uv pip install ." in "\n".join(content_lines(picked()))) is installed
+
+
+def test_runtime_txt_python_version(repo: Path) -> None:
+    write(repo, {"runtime.txt": "python-3.11\n"})
+    picked().check()
+    write(repo, {"runtime.txt": "python-3\n"})
+    picked().check()
+    write(repo, {"runtime.txt": "python-3.8\n"})
+    with pytest.raises(UnsupportedRepository, match=r"python-3\.8.*available: python-3\.11"):
+        picked().check()
+
+
+def test_pyproject_requiring_another_python_is_refused(repo: Path) -> None:
+    write(repo, {"pyproject.toml": '[project]\nname="x"\nrequires-python=">=3.12"\n'})
+    write(repo, {"requirements.txt": ""})
+    with pytest.raises(UnsupportedRepository, match=r"3\.11 only"):
+        picked().check()
+
+
+def test_pipfile_lock_wins_and_local_paths_install_with_the_repository(repo: Path) -> None:
+    lock = {
+        "default": {
+            "tabulate": {"version": "==0.8.10", "markers": "python_version >= '3'"},
+            "mine": {"path": ".", "editable": True},
+        },
+        "develop": {"pyfiglet": {"version": "==1.0.2", "extras": ["x"]}},
+    }
+    write(repo, {"Pipfile": '[packages]\ntabulate = "*"\n', "Pipfile.lock": json.dumps(lock)})
+    pack = picked()
+    assert isinstance(pack, PipfileBuildPack)
+    generated = pack.generated_files(BuildContext())[PipfileBuildPack.LIST]
+    assert generated == "tabulate==0.8.10; python_version >= '3'\npyfiglet[x]==1.0.2\n"
+    assert any("uv pip install --requirement" in line for line in env_lines(pack, ["x"]))
+    assert installs_in(content_lines(pack)) == ["cd . && uv pip install --editable ."]
+
+
+def test_pipfile_without_a_lock(repo: Path) -> None:
+    write(repo, {"Pipfile": '[packages]\ntabulate = "==0.9.0"\n[dev-packages]\npyfiglet = "*"\n'})
+    pack = picked()
+    assert isinstance(pack, PipfileBuildPack)
+    assert pack.generated_files(BuildContext())[pack.LIST] == "tabulate==0.9.0\npyfiglet\n"
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ("*", "pkg"),
+        (">=1,<2", "pkg>=1,<2"),
+        (
+            {"git": "https://example.org/p.git", "ref": "abc"},
+            "pkg @ git+https://example.org/p.git@abc",
+        ),
+    ],
+)
+def test_pipfile_entries(entry: object, expected: str) -> None:
+    assert pipfile_requirement("pkg", entry) == (expected, None)
+
+
+def test_pipfile_refuses_what_could_reach_the_shell() -> None:
+    with pytest.raises(UnsupportedRepository):
+        pipfile_requirement("pkg", {"path": ". ; rm -rf /"})
+    with pytest.raises(UnsupportedRepository):
+        pipfile_requirement("pkg; echo", "*")
+
+
+@pytest.mark.parametrize(
+    ("spec", "pip"),
+    [
+        ("numpy", "numpy"),
+        ("numpy=1.26", "numpy==1.26.*"),
+        ("numpy=1.26.4=py311h_0", "numpy==1.26.4.*"),
+        ("numpy 1.26.*", "numpy==1.26.*"),
+        ("numpy>=1.2,<2", "numpy>=1.2,<2"),
+        ("numpy >= 1.2", "numpy>=1.2"),
+        ("conda-forge::numpy==1.26.4", "numpy==1.26.4"),
+    ],
+)
+def test_conda_specs_become_pip_requirements(spec: str, pip: str) -> None:
+    assert conda_to_pip(spec) == pip
+
+
+def test_environment_yml_installs_what_the_index_has_and_names_what_it_skipped(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(
+        repo,
+        {
+            "environment.yml": "dependencies:\n  - python=3.10\n  - numpy=1.26\n  - r-base\n"
+            "  - pip\n  - pip:\n    - pyfiglet\n    - -e .\n",
+            "requirements.txt": "ignored\n",
+        },
+    )
+    on_index = {"numpy": True, "r-base": False}
+    monkeypatch.setattr(
+        buildpacks,
+        "packages_on_index",
+        lambda names, url, ca: {name: on_index[name] for name in names},
+    )
+    pack = picked()
+    assert isinstance(pack, EnvironmentYmlBuildPack)
+    generated = pack.generated_files(BuildContext())[pack.LIST]
+    assert generated == "numpy==1.26.*\npyfiglet\n"
+    notes = "\n".join(pack.notes())
+    assert "skipped conda dependencies not on the package index: r-base" in notes
+    assert "'python=3.10'" in notes and "3.11" in notes
+    assert installs_in(content_lines(pack)) == ["cd . && uv pip install -e ."]
+
+
+@pytest.mark.parametrize(
+    ("files", "host"),
+    [
+        ({"install.R": ""}, "cloud.r-project.org"),
+        ({"binder/install.R": ""}, "cloud.r-project.org"),
+        ({"DESCRIPTION": "Package: x\n"}, "cloud.r-project.org"),
+        ({"runtime.txt": "r-4.3-2024-01-01\n"}, "cloud.r-project.org"),
+        ({"Project.toml": ""}, "julialang"),
+        ({"REQUIRE": ""}, "julialang"),
+        ({"default.nix": ""}, "nixos.org"),
+    ],
+)
+def test_unreachable_ecosystems_are_refused_naming_the_host(
+    repo: Path, files: dict[str, str], host: str
+) -> None:
+    write(repo, {**files, "requirements.txt": "pyfiglet\n"})
+    pack = picked()
+    assert pack.render(BUILD_ARGS) == ""
+    with pytest.raises(UnsupportedRepository, match=host):
+        list(pack.build(None, "img", 0, BUILD_ARGS, [], {}))
+
+
+def test_a_dockerfile_wins_over_everything(repo: Path) -> None:
+    write(repo, {"binder/Dockerfile": "FROM x\n", "binder/requirements.txt": "", "install.R": ""})
+    assert isinstance(picked(), DockerBuildPack)
 
 
 def test_apt_postbuild_and_start(repo: Path) -> None:
@@ -87,20 +292,21 @@ def test_apt_postbuild_and_start(repo: Path) -> None:
             "binder/start": '#!/bin/sh\nexec "$@"\n',
         },
     )
-    lines = render()
-    apt = index(lines, "RUN --mount=type=secret")
-    assert lines[apt].endswith("build-ca.sh && apt-get -qq update && \\")
-    assert "apt-get install --yes --no-install-recommends cowsay fortune" in lines[apt + 1]
-    assert apt < index(lines, "COPY --chown=1000:1000 src/ ${REPO_DIR}/")
-    post = index(lines, "RUN chmod +x binder/postBuild")
-    assert lines[post + 1].endswith(" ./binder/postBuild")
-    assert 'ENV R2D_ENTRYPOINT="${REPO_DIR}/binder/start"' in lines
+    pack = picked()
+    env = env_lines(pack)
+    apt = next(i for i, line in enumerate(env) if "apt-get -qq update" in line)
+    assert env[apt].startswith("RUN --mount=type=secret,id=pipca")
+    assert "apt-get install --yes --no-install-recommends cowsay fortune" in env[apt + 1]
+    content = content_lines(pack)
+    post = content.index("RUN chmod +x binder/postBuild")
+    assert content[post + 1].endswith(" ./binder/postBuild")
+    assert 'ENV R2D_ENTRYPOINT="${REPO_DIR}/binder/start"' in content
 
 
 def test_label_values_cannot_break_out_of_the_dockerfile(repo: Path) -> None:
-    hostile = 'https://example.org/x"\nRUN touch /pwned $HOME \\'
-    lines = render({"repo2docker.repo": hostile})
-    label = next(line for line in lines if line.startswith("LABEL repo2docker.repo="))
-    expected = 'LABEL repo2docker.repo="https://example.org/x\\" RUN touch /pwned \\$HOME \\\\"'
-    assert label == expected
-    assert not any(line.startswith("RUN touch") for line in lines)
+    pack = picked()
+    pack.labels.update({"repo2docker.repo": 'https://example.org/x"\nRUN touch /pwned $HOME \\'})
+    label = next(line for line in content_lines(pack) if line.startswith("LABEL "))
+    assert (
+        label == 'LABEL repo2docker.repo="https://example.org/x\\" RUN touch /pwned \\$HOME \\\\"'
+    )

@@ -110,12 +110,20 @@ async def test_a_build_reports_start_log_lines_and_the_image() -> None:
     runner, bus = FakeRunner(), Bus()
     runner.release.set()
     await make(runner, bus).on_ref_resolved(resolved("L1", build_only=True))
+    started = bus.events[0]
+    assert isinstance(started, BuildStarted)
+    build_id = started.build_id
     assert bus.of("L1") == [
         ("build-started", "reg/bindery/r:1"),
+        ("build-log", f"Build {build_id} on test-1: its log stays at /api/builds/{build_id}/log"),
         ("build-log", "STEP 1"),
         ("build-log", "pushed"),
+        ("build-log", f"Build {build_id} finished in 4.5 s"),
         ("image-built", "reg/bindery/r:1"),
     ]
+    logs = [e for e in bus.events if isinstance(e, BuildLog)]
+    assert {e.build_id for e in logs} == {build_id}
+    assert [e.final for e in logs] == [False, False, False, True], "the last line ends the log"
     built = bus.events[-1]
     assert isinstance(built, ImageBuilt)
     assert (built.duration_seconds, built.build_only, built.resolved_ref) == (4.5, True, SHA)
@@ -126,6 +134,7 @@ async def test_a_build_reports_start_log_lines_and_the_image() -> None:
     ("reason", "launch_reason"),
     [
         (FailureReason.STEP_FAILED, LaunchFailure.STEP_FAILED),
+        (FailureReason.TOO_LARGE, LaunchFailure.TOO_LARGE),
         (FailureReason.OOM, LaunchFailure.OOM),
         (FailureReason.TIMEOUT, LaunchFailure.TIMEOUT),
         (FailureReason.CLONE_FAILED, LaunchFailure.CLONE_FAILED),
@@ -161,10 +170,15 @@ async def test_launches_of_an_image_in_flight_join_its_build() -> None:
     await asyncio.gather(first, second)
 
     assert len(runner.requests) == 1
+    build_ids = {e.build_id for e in bus.events if isinstance(e, BuildStarted)}
+    assert len(build_ids) == 1, "both launches follow the same build"
+    build_id = build_ids.pop()
     expected = [
         ("build-started", "reg/bindery/r:1"),
+        ("build-log", f"Build {build_id} on test-1: its log stays at /api/builds/{build_id}/log"),
         ("build-log", "STEP 1"),  # replayed to L2
         ("build-log", "pushed"),
+        ("build-log", f"Build {build_id} finished in 4.5 s"),
         ("image-built", "reg/bindery/r:1"),
     ]
     assert bus.of("L1") == expected

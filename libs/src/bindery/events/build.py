@@ -1,13 +1,35 @@
 """Events of the builder: a build started, its log lines, and the image that came out.
 
 Build logs are high volume: `BuildLog` travels on the logs exchange, never beside domain events.
+Each build has a `build_id` that starts with its start time, so its kept log (the build-log stream)
+is found without reading the stream from its beginning.
 """
 
 from __future__ import annotations
 
+import re
+import secrets
+import time
+from datetime import UTC, datetime
+
 from pydantic import Field
 
 from bindery.events.base import Event, register
+
+_BUILD_ID = re.compile(r"(?P<millis>[0-9a-f]{12})[0-9a-f]{8}")
+
+
+def new_build_id() -> str:
+    """20 hex digits: milliseconds since the epoch, then randomness."""
+    return f"{int(time.time() * 1000):012x}{secrets.token_hex(4)}"
+
+
+def build_started_at(build_id: str) -> datetime | None:
+    """When the build with this id started; None if it is no build id."""
+    match = _BUILD_ID.fullmatch(build_id)
+    if match is None:
+        return None
+    return datetime.fromtimestamp(int(match["millis"], 16) / 1000, UTC)
 
 
 @register
@@ -16,6 +38,7 @@ class BuildStarted(Event):
 
     image: str
     builder: str = Field(description="the builder replica running the build")
+    build_id: str = Field(default="", description="`new_build_id()`; names the kept log")
 
 
 @register
@@ -27,6 +50,8 @@ class BuildLog(Event):
     image: str
     phase: str = "building"
     message: str = Field(max_length=65_536)
+    build_id: str = ""
+    final: bool = Field(default=False, description="the build's last line: its log ends here")
 
 
 @register

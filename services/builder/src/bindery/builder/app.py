@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 
 from bindery import service
@@ -27,6 +26,10 @@ def build_options(settings: BuilderSettings) -> BuildOptions:
         memory_limit=settings.build_memory_limit,
         push_tls_verify=settings.registry_scheme == "https",
         allowed_schemes=settings.allowed_schemes(),
+        index_url=settings.index_url,
+        env_repository=f"{settings.registry}/{settings.image_prefix}env",
+        max_repo_bytes=settings.max_repo_bytes,
+        max_log_bytes=settings.max_log_bytes,
     )
 
 
@@ -35,13 +38,14 @@ def main() -> None:
     options = build_options(settings)
 
     async def start(bus: Bus) -> None:
+        replica = settings.replica_name()
         builder = Builder(
             options,
             bus.publish,
-            replica=f"{socket.gethostname()}-{os.getpid()}",
+            replica=replica,
             max_concurrent_builds=settings.max_concurrent_builds,
             recently_built=settings.recently_built,
         )
-        await subscribe(bus, builder, settings.prefetch)
+        await subscribe(bus, builder, replica, settings.prefetch)
 
     service.run("builder", settings, settings.health_port, start)

@@ -2,8 +2,9 @@
 
 In: a BuildRequest (repository URL, commit, image name) and BuildOptions (the host's setup).
 Out: every log line to an async callback as it comes, then a BuildResult with a failure reason
-code when it failed: ``timeout``, ``oom``, ``step_failed``, ``clone_failed``, ``push_failed``,
-``invalid_request`` or ``internal_error``.
+code when it failed: ``timeout``, ``oom``, ``step_failed`` (naming the step), ``too_large`` (the
+repository or the log over its limit), ``clone_failed``, ``push_failed``, ``invalid_request`` or
+``internal_error``.
 
 The subprocess leads its own process group; a timeout or a cancelled build (the service stopping)
 ends it, the processes of its build containers and anything else it started, and leaves podman's
@@ -12,6 +13,7 @@ storage without stray build containers.
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -29,6 +31,7 @@ class FailureReason(StrEnum):
     TIMEOUT = "timeout"
     OOM = "oom"
     STEP_FAILED = "step_failed"
+    TOO_LARGE = "too_large"
     CLONE_FAILED = "clone_failed"
     PUSH_FAILED = "push_failed"
     INVALID_REQUEST = "invalid_request"
@@ -53,6 +56,11 @@ class BuildOptions:
     memory_limit: int = 0
     push_tls_verify: bool = False
     allowed_schemes: tuple[str, ...] = ("https", "http", "git", "ssh")
+    index_url: str = ""
+    env_repository: str = ""
+    """Environment images are ``<this>:<key>``; empty: ``env`` beside the image."""
+    max_repo_bytes: int = 0
+    max_log_bytes: int = 0
     # Time a stopped build gets to fail its step and let podman clean up, before SIGKILL.
     kill_grace: float = 10.0
 
@@ -81,6 +89,9 @@ TAIL_LINES = 20
 LINE_LIMIT = 1 << 20
 # What a step killed by the kernel's OOM killer (SIGKILL, 128+9) leaves in podman's output.
 OOM_PATTERN = re.compile(r"exit status 137|exit code:? 137|signal: killed|(^|\s)Killed\s*$")
+# podman's announcement of each Dockerfile step: the last one seen before a failure is the step
+# that failed.
+STEP_PATTERN = re.compile(r"^STEP \d+/\d+: ")
 
 OnLine = Callable[[BuildLine], Awaitable[None]]
 
@@ -95,6 +106,7 @@ def command(request: BuildRequest, options: BuildOptions) -> list[str]:
         f"--ref={request.ref}",
         f"--image={request.image}",
         f"--memory-limit={options.memory_limit}",
+        f"--max-repo-bytes={options.max_repo_bytes}",
     ]
     cmd += [f"--allow-scheme={scheme}" for scheme in options.allowed_schemes]
     if request.push:
@@ -105,6 +117,10 @@ def command(request: BuildRequest, options: BuildOptions) -> list[str]:
         cmd.append(f"--ca-bundle={options.ca_bundle}")
     if options.push_tls_verify:
         cmd.append("--push-tls-verify")
+    if options.env_repository:
+        cmd.append(f"--env-repository={options.env_repository}")
+    if options.index_url:
+        cmd.append(f"--index-url={options.index_url}")
     return cmd
 
 
@@ -129,10 +145,14 @@ def classify_failure(
     returncode: int | None,
     final: dict[str, Any] | None,
     tail: Sequence[str],
+    step: str = "",
+    log_too_large: bool = False,
 ) -> tuple[FailureReason, str]:
     """Why a build that did not succeed failed, and what to tell the user."""
     if timed_out:
         return FailureReason.TIMEOUT, "The build took too long and was stopped."
+    if log_too_large:
+        return FailureReason.TOO_LARGE, "The build wrote more log than allowed and was stopped."
     # build_one itself killed (the OOM killer), or a build step killed inside podman.
     if returncode in (137, -signal.SIGKILL) or any(OOM_PATTERN.search(line) for line in tail):
         return FailureReason.OOM, "The build ran out of memory.\n" + "\n".join(tail)
@@ -142,7 +162,9 @@ def classify_failure(
         except ValueError:
             reason = FailureReason.INTERNAL_ERROR
         if reason is FailureReason.STEP_FAILED:
-            return reason, "A build step failed.\n" + "\n".join(tail)
+            failed = f"The build step {step!r} failed" if step else "A build step failed"
+            detail = str(final.get("message", "")) if not step else ""
+            return reason, f"{failed}. {detail}\nLast lines of its log:\n" + "\n".join(tail)
         return reason, str(final.get("message", ""))
     return FailureReason.INTERNAL_ERROR, "The build stopped unexpectedly.\n" + "\n".join(tail)
 
@@ -157,19 +179,34 @@ async def run_build(request: BuildRequest, on_line: OnLine, options: BuildOption
         stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,
         limit=LINE_LIMIT,
+        preexec_fn=_end_with_parent,
     )
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     final: dict[str, Any] | None = None
+    step = ""
+    log_bytes = 0
+    log_too_large = False
 
     async def relay() -> None:
-        nonlocal final
+        nonlocal final, step, log_bytes, log_too_large
         assert proc.stdout is not None
         async for raw in proc.stdout:
             line, record = parse_line(raw.decode(errors="replace").rstrip("\r\n"))
             if record is not None:
                 final = record
+                # Its phase is the launch's to announce (image-built, launch-failed): a log
+                # line saying "failed" would end the launch for clients before its retry.
+                line = BuildLine("building", line.message)
             else:
                 tail.append(line.message)
+                if STEP_PATTERN.match(line.message):
+                    step = line.message
+                    tail.clear()
+            log_bytes += len(raw)
+            if options.max_log_bytes and log_bytes > options.max_log_bytes:
+                log_too_large = True
+                await on_line(BuildLine("building", "The log is over its size limit: stopping."))
+                return
             await on_line(line)
         await proc.wait()
 
@@ -184,12 +221,29 @@ async def run_build(request: BuildRequest, on_line: OnLine, options: BuildOption
         await _stop(proc, options.kill_grace)
 
     seconds = time.monotonic() - started
-    if not timed_out and proc.returncode == 0 and final is not None and final["phase"] == "built":
+    succeeded = not timed_out and not log_too_large and proc.returncode == 0
+    if succeeded and final is not None and final["phase"] == "built":
         return BuildResult(request.image, None, str(final.get("message", "")), seconds)
     reason, message = classify_failure(
-        timed_out=timed_out, returncode=proc.returncode, final=final, tail=tuple(tail)
+        timed_out=timed_out,
+        returncode=proc.returncode,
+        final=final,
+        tail=tuple(tail),
+        step=step,
+        log_too_large=log_too_large,
     )
     return BuildResult(request.image, reason, message, seconds)
+
+
+# prctl(2) option: a signal for this process when its parent dies.
+PR_SET_PDEATHSIG = 1
+
+
+def _end_with_parent() -> None:
+    """In the build process, before it runs: SIGTERM when the builder dies, however it dies
+    (SIGKILL included). The launch is then retried elsewhere, and an orphaned build must not go
+    on building and pushing beside the retry."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 async def _stop(proc: asyncio.subprocess.Process, grace: float) -> None:

@@ -12,8 +12,10 @@ rewires the logging of the whole process.
 """
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -26,7 +28,7 @@ from repo2docker.engine import BuildError, ImageLoadError
 from traitlets.config import Config
 
 from bindery.builder.baseimage import base_image_name
-from bindery.builder.buildpacks import BinderyPythonBuildPack
+from bindery.builder.buildpacks import BUILDPACKS, DEFAULT_BUILDPACK, BuildContext
 from bindery.builder.engine import PodmanEngine
 
 # Commits only: the resolver turned branches and tags into one, and a SHA cannot be an option.
@@ -42,6 +44,10 @@ MAX_MESSAGE_CHARS = 8192
 
 class CloneFailed(Exception):
     """The repository could not be fetched at the requested commit."""
+
+
+class TooLarge(Exception):
+    """The checked-out repository is over the size limit."""
 
 
 def emit(phase: str, message: str = "", **fields: Any) -> None:
@@ -63,11 +69,29 @@ class _ProtocolHandler(logging.Handler):
 class _Repo2Docker(Repo2Docker):  # type: ignore[misc]
     """repo2docker whose fetch failures are told apart from build failures."""
 
+    max_repo_bytes = 0
+
     def fetch(self, url: str, ref: str, checkout_path: str) -> None:
         try:
             super().fetch(url, ref, checkout_path)
         except Exception as e:
             raise CloneFailed(f"Could not fetch {url} at {ref}: {e}") from e
+        size = tree_size(checkout_path)
+        if self.max_repo_bytes and size > self.max_repo_bytes:
+            raise TooLarge(
+                f"The repository is {size / 2**20:.0f} MiB with its history, over this Bindery's "
+                f"limit of {self.max_repo_bytes / 2**20:.0f} MiB."
+            )
+
+
+def tree_size(path: str) -> int:
+    """Bytes of the regular files under ``path`` (symlinks not followed)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -80,6 +104,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--ca-bundle", default="", help="CA bundle handed to the build")
     parser.add_argument("--memory-limit", type=int, default=0, help="bytes per build step")
     parser.add_argument("--push-tls-verify", action="store_true")
+    parser.add_argument("--index-url", default="", help="package index handed to the build")
+    parser.add_argument(
+        "--env-repository",
+        default="",
+        help="environment images are <this>:<key>, pushed with --push; default: 'env' beside "
+        "the image (registry/a/b:tag -> registry/a/env)",
+    )
+    parser.add_argument("--max-repo-bytes", type=int, default=0, help="0 for no limit")
     parser.add_argument(
         "--allow-scheme",
         action="append",
@@ -90,15 +122,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def validate(args: argparse.Namespace) -> None:
-    """Raise ValueError unless repo, ref and image are what they claim to be."""
+    """Raise ValueError unless repo, ref and images are what they claim to be; an environment
+    repository left empty becomes ``env`` beside the image."""
     schemes = args.allow_scheme or DEFAULT_SCHEMES
     url = URL_PATTERN.fullmatch(args.repo)
     if url is None or url["scheme"] not in schemes:
         raise ValueError(f"repository must be a URL with scheme {'/'.join(schemes)}")
     if REF_PATTERN.fullmatch(args.ref) is None:
         raise ValueError("ref must be a full commit SHA")
-    if IMAGE_PATTERN.fullmatch(args.image) is None:
-        raise ValueError("image is not a valid image reference")
+    if not args.env_repository:
+        args.env_repository = args.image.rpartition(":")[0].rpartition("/")[0] + "/env"
+    for image in (args.image, args.env_repository):
+        if IMAGE_PATTERN.fullmatch(image) is None:
+            raise ValueError(f"{image!r} is not a valid image reference")
 
 
 def make_app(args: argparse.Namespace) -> Repo2Docker:
@@ -106,7 +142,9 @@ def make_app(args: argparse.Namespace) -> Repo2Docker:
     config.PodmanEngine.ca_bundle = args.ca_bundle
     config.PodmanEngine.memory_limit = args.memory_limit
     config.PodmanEngine.push_tls_verify = args.push_tls_verify
+    config.PodmanEngine.index_url = args.index_url
     app = _Repo2Docker(config=config)
+    app.max_repo_bytes = args.max_repo_bytes
     app.repo = args.repo
     app.ref = args.ref
     app.output_image_spec = args.image
@@ -119,8 +157,16 @@ def make_app(args: argparse.Namespace) -> Repo2Docker:
     # Only git: the URL is validated, so the Local provider could only ever match a host path a
     # stranger named, and the data-repository providers make network calls in detect().
     app.content_providers = [Git]
-    app.buildpacks = [BinderyPythonBuildPack]
-    app.default_buildpack = BinderyPythonBuildPack
+    app.buildpacks = BUILDPACKS
+    app.default_buildpack = DEFAULT_BUILDPACK
+    app.extra_build_kwargs = {
+        "bindery": BuildContext(
+            env_repository=args.env_repository,
+            push_env=args.push,
+            index_url=args.index_url or BuildContext.index_url,
+            ca_bundle=args.ca_bundle,
+        )
+    }
     app.base_image = args.base_image or base_image_name()
     app.engine = "bindery-podman"
     # Makes repo2docker capture git's output into its log instead of our stdout.
@@ -161,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
             emit("pushing", line.rstrip("\n"))
     except CloneFailed as e:
         emit("failed", str(e), reason="clone_failed")
+        return 1
+    except TooLarge as e:
+        emit("failed", str(e), reason="too_large")
         return 1
     except ImageLoadError as e:
         emit("failed", str(e), reason="push_failed")

@@ -1,32 +1,104 @@
-"""Bindery's buildpack: a repository's Python environment on top of the shared base image.
+"""Bindery's buildpacks: a repository's environment as an image of its own, the repository at its
+commit as a thin last layer on top.
 
-In: the checked-out repository (repo2docker calls us with it as the working directory).
-Out: a Dockerfile (``render``) that repo2docker's ``BuildPack.build`` tars up with the repository.
+In: the checked-out repository (repo2docker calls us with it as the working directory) and
+``BuildContext`` (through repo2docker's ``extra_build_kwargs``). Out: two ``podman build`` runs
+through the engine -- the environment image ``<env repository>:<key>``, skipped when it exists
+(locally or in the registry), then the requested image ``FROM`` it -- and their log lines.
 
-repo2docker's own template cannot run here: it apt-installs locales and base packages on every
-base image and its Python buildpacks download micromamba and conda packages, whose hosts are
-unreachable. The base image (``bindery.builder.baseimage``) already holds Debian's Python, a venv
-with Jupyter at /srv/venv and the user jovyan, so this template only adds what the repository asks
-for, with repo2docker's conventions: files in binder/ or .binder/ win over the root, apt.txt,
-requirements.txt, postBuild and start. Environment layers come before the repository's files, so a
-change to a notebook rebuilds nothing but the last layers.
+The environment key is a hash of everything the environment stage sees: its Dockerfile (which
+names the base image and holds every install command), the environment files it copies, and
+``BUILDPACK_VERSION``. A commit that changes only notebooks, data or code has the same key, so
+it costs one ``COPY`` of the repository, its labels, and the steps repo2docker defines as needing
+the whole repository (``pip install .``, requirements that name local paths, postBuild).
+
+Configuration files, in repo2docker's detection order and meaning: Dockerfile (built as it is),
+Project.toml / REQUIRE, default.nix, install.R / DESCRIPTION / runtime.txt ``r-``, environment.yml,
+Pipfile / Pipfile.lock, requirements.txt / setup.py / pyproject.toml / runtime.txt ``python-``;
+apt.txt, postBuild and start with all of them; binder/ or .binder/ is then the only place read.
+repo2docker's own template cannot run here (it installs micromamba and conda packages, whose
+hosts are unreachable), so each pack renders its own, on the shared base image (Debian's Python
+3.11 and Jupyter in /srv/venv, user jovyan), installing with uv and its shared cache mount.
 """
 
+from __future__ import annotations
+
+import hashlib
+import json
 import os
+import re
+import shlex
+import ssl
+import tempfile
 import textwrap
+import tomllib
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 import jinja2
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.utils import canonicalize_name
+from repo2docker.buildpacks.base import HERE as REPO2DOCKER_FILES
 from repo2docker.buildpacks.base import BaseImage
+from repo2docker.buildpacks.docker import DockerBuildPack
 from repo2docker.utils import is_local_pip_requirement, open_guess_encoding
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
-# Every script step gets the build's CA bundle (a secret: never in a layer; skipped silently when
-# the build has none) and uv's download cache (a cache mount: shared by all builds on this host,
-# never in an image). build-ca.sh exports the CA variables only when the secret is there.
+# Part of every environment key: bump it when a change here changes what an environment holds.
+BUILDPACK_VERSION = "2"
+# The base image's Python (Debian bookworm's python3): uv could fetch others only from its
+# download host, which builds cannot reach.
+PYTHON_VERSION = "3.11"
+# Where generated install lists (Pipfile, environment.yml) land in the environment image, so
+# what was installed can be read in the session.
+GENERATED_DIR = "/usr/local/share/bindery"
+
+
+class UnsupportedRepository(RuntimeError):
+    """The repository asks for something this Bindery cannot build; the message says what."""
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What the host tells the buildpacks, handed through repo2docker's extra_build_kwargs."""
+
+    env_repository: str = "localhost/bindery-env"
+    """Environment images are ``<env_repository>:<key>``."""
+    push_env: bool = False
+    """Push a newly built environment image, so other builder hosts pull it instead."""
+    index_url: str = "https://pypi.org/simple"
+    """The package index (simple API) environment.yml's conda dependencies are looked up in."""
+    ca_bundle: str = ""
+
+
+# Sourced by every build step: the CA bundle and package index the build was handed as secrets
+# (never in a layer). build-ca.sh comes with the base image.
+BUILD_ENV_SCRIPT = """\
+# Bindery: sourced by build steps; sets up TLS trust and the package index from build secrets.
+. /usr/local/lib/bindery/build-ca.sh
+if [ -r /run/secrets/pipindex ]; then
+    PIP_INDEX_URL=$(cat /run/secrets/pipindex)
+    UV_DEFAULT_INDEX=$PIP_INDEX_URL
+    export PIP_INDEX_URL UV_DEFAULT_INDEX
+fi
+"""
+BUILD_ENV_PATH = "/usr/local/lib/bindery/build-env.sh"
+
+# Every script step gets the build's CA bundle and package index (secrets, skipped silently when
+# the build has none) and uv's download cache (a cache mount shared by all builds on this host,
+# never in an image).
 RUN_PREFIX = (
     "RUN --mount=type=secret,id=pipca,target=/run/secrets/pipca,mode=0444"
+    " --mount=type=secret,id=pipindex,target=/run/secrets/pipindex,mode=0444"
     " --mount=type=cache,target=/home/jovyan/.cache/uv,uid=1000,gid=1000"
-    " . /usr/local/lib/bindery/build-ca.sh &&"
+    f" . {BUILD_ENV_PATH} &&"
 )
 
 
@@ -41,48 +113,51 @@ def _quoted(value: object) -> str:
 
 _JINJA = jinja2.Environment(autoescape=False, trim_blocks=True, lstrip_blocks=True)  # noqa: S701 -- renders a Dockerfile, not HTML
 _JINJA.filters["quoted"] = _quoted
-TEMPLATE = _JINJA.from_string(
+
+ENV_TEMPLATE = _JINJA.from_string(
     r"""FROM {{ base_image }}
 
 # Start-up as repo2docker images do: a login shell's environment, then the repository's start
 # script if it has one. tini reaps the processes kernels and terminals leave behind.
 USER root
-ENV PYTHONUNBUFFERED=1
-COPY --chmod=0755 /python3-login /usr/local/bin/python3-login
-COPY --chmod=0755 /repo2docker-entrypoint /usr/local/bin/repo2docker-entrypoint
+ENV PYTHONUNBUFFERED=1 NB_USER={{ user }} NB_UID={{ uid }} REPO_DIR={{ repo_dir }}
+COPY --chmod=0755 python3-login /usr/local/bin/python3-login
+COPY --chmod=0755 repo2docker-entrypoint /usr/local/bin/repo2docker-entrypoint
+COPY --chmod=0644 build-env.sh {{ build_env_path }}
 ENTRYPOINT ["/usr/bin/tini", "-g", "--", "/usr/local/bin/repo2docker-entrypoint"]
 CMD ["jupyter", "lab", "--ip=0.0.0.0", "--port=8888", "--no-browser"]
-
-ARG NB_USER
-ARG NB_UID
-ARG REPO_DIR=/home/${NB_USER}
-ENV REPO_DIR=${REPO_DIR}
 WORKDIR ${REPO_DIR}
 {% for name, value in build_env %}
 ENV {{ name }}={{ value }}
 {% endfor %}
-
-# The environment: what depends on the repository's environment files only.
-{% for src, dst in preassemble_files|dictsort %}
+{% for name in generated %}
+COPY --chmod=0644 generated/{{ name }} {{ generated_dir }}/{{ name }}
+{% endfor %}
+{% for src, dst in files|dictsort %}
 COPY --chown={{ uid }}:{{ uid }} src/{{ src }} ${REPO_DIR}/{{ dst }}
 {% endfor %}
 {% for directive in preassemble %}
 {{ directive }}
 {% endfor %}
-
-# The repository.
-USER root
-COPY --chown={{ uid }}:{{ uid }} src/ ${REPO_DIR}/
-{% for directive in assemble %}
-{{ directive }}
-{% endfor %}
 {% for name, value in env %}
 ENV {{ name }}={{ value }}
 {% endfor %}
-{% for name, value in labels|dictsort %}
-LABEL {{ name }}={{ value|quoted }}
-{% endfor %}
 USER ${NB_USER}
+"""
+)
+
+CONTENT_TEMPLATE = _JINJA.from_string(
+    r"""FROM {{ env_image }}
+
+# The repository at its commit: everything above is the environment image.
+COPY --chown={{ uid }}:{{ uid }} . ${REPO_DIR}/
+{% for directive in assemble %}
+{{ directive }}
+{% endfor %}
+{% if labels %}
+LABEL{% for name, value in labels|dictsort %} {{ name }}={{ value|quoted }}{% endfor %}
+
+{% endif %}
 {% for script in post_build_scripts %}
 RUN chmod +x {{ script }}
 {{ run_prefix }} ./{{ script }}
@@ -98,9 +173,150 @@ ENV R2D_ENTRYPOINT="{{ start_script }}"
 )
 
 
-class BinderyPythonBuildPack(BaseImage):  # type: ignore[misc]
-    """requirements.txt into the base image's venv with uv; apt.txt, postBuild and start as
-    repo2docker's BaseImage handles them."""
+class BinderyBuildPack(BaseImage):  # type: ignore[misc]
+    """The two-stage build every Python-based pack shares; apt.txt, postBuild and start as
+    repo2docker's BaseImage reads them. Subclasses add install steps."""
+
+    def check(self) -> None:
+        """Raise UnsupportedRepository before any work if the repository asks for the impossible."""
+        name, version, _ = self.runtime
+        if name == "python" and version and not _same_python(version):
+            raise UnsupportedRepository(
+                f"runtime.txt asks for python-{version}, but this Bindery has Python "
+                f"{PYTHON_VERSION} only (available: python-{PYTHON_VERSION} or python-3). "
+                f"Change runtime.txt to python-{PYTHON_VERSION}."
+            )
+
+    def generated_files(self, context: BuildContext) -> dict[str, str]:
+        """Install lists made from the repository's files, copied to GENERATED_DIR."""
+        return {}
+
+    def notes(self) -> list[str]:
+        """Lines for the build log that say what was made of the repository's files."""
+        return []
+
+    def render_env(self, build_args: dict[str, str], generated: list[str]) -> str:
+        return ENV_TEMPLATE.render(
+            base_image=self.base_image,
+            user=build_args.get("NB_USER", "jovyan"),
+            uid=build_args.get("NB_UID", "1000"),
+            repo_dir=build_args.get("REPO_DIR", f"/home/{build_args.get('NB_USER', 'jovyan')}"),
+            build_env_path=BUILD_ENV_PATH,
+            build_env=self.get_build_env(),
+            generated=generated,
+            generated_dir=GENERATED_DIR,
+            files=self.get_preassemble_script_files(),
+            preassemble=_directives(self.get_preassemble_scripts()),
+            env=self.get_env(),
+        )
+
+    def render_content(self, build_args: dict[str, str], env_image: str) -> str:
+        return CONTENT_TEMPLATE.render(
+            env_image=env_image,
+            uid=build_args.get("NB_UID", "1000"),
+            # The environment image ends as the user: back to it after root's steps.
+            assemble=_directives(self.get_assemble_scripts(), start="${NB_USER}"),
+            labels=self.get_labels(),
+            post_build_scripts=self.get_post_build_scripts(),
+            start_script=self.get_start_script(),
+            appendix=self.appendix,
+            run_prefix=RUN_PREFIX,
+        )
+
+    def render(self, build_args: dict[str, str] | None = None) -> str:
+        """Both Dockerfiles, for repo2docker's debug log (the environment's name is its key)."""
+        build_args = build_args or {}
+        env = self.render_env(build_args, sorted(self.generated_file_names()))
+        return env + "\n" + self.render_content(build_args, "<environment image>")
+
+    def generated_file_names(self) -> list[str]:
+        return []
+
+    def build(
+        self,
+        client: Any,
+        image_spec: str,
+        memory_limit: int,
+        build_args: dict[str, str],
+        cache_from: list[str],
+        extra_build_kwargs: dict[str, Any],
+        platform: str | None = None,
+    ) -> Iterator[str]:
+        """Make (or find) the environment image, then the image ``FROM`` it with the repository."""
+        context: BuildContext = extra_build_kwargs.get("bindery") or BuildContext()
+        self.check()
+        limits = {"memory": memory_limit, "memswap": memory_limit} if memory_limit else {}
+        with tempfile.TemporaryDirectory(prefix="bindery-env-") as scratch:
+            generated = self.generated_files(context)
+            yield from (note + "\n" for note in self.notes())
+            env_dir = Path(scratch, "env")
+            self._write_env_context(env_dir, build_args, generated)
+            env_image = f"{context.env_repository}:{context_digest(env_dir)}"
+            if client.inspect_image(env_image) is not None:
+                yield f"Environment {env_image} exists: adding the repository only\n"
+            elif context.push_env and client.pull(env_image):
+                yield f"Environment {env_image} pulled from the registry\n"
+            else:
+                yield f"Building the environment {env_image}\n"
+                yield from client.build(
+                    path=str(env_dir),
+                    tag=env_image,
+                    buildargs=build_args,
+                    container_limits=limits,
+                    platform=platform,
+                )
+                if context.push_env:
+                    yield from client.push(env_image)
+            dockerfile = Path(scratch, "Dockerfile.content")
+            dockerfile.write_text(self.render_content(build_args, env_image))
+            yield from client.build(
+                path=os.getcwd(),
+                dockerfile=str(dockerfile),
+                tag=image_spec,
+                buildargs=build_args,
+                container_limits=limits,
+                platform=platform,
+            )
+
+    def _write_env_context(
+        self, env_dir: Path, build_args: dict[str, str], generated: dict[str, str]
+    ) -> None:
+        (env_dir / "generated").mkdir(parents=True)
+        (env_dir / "Dockerfile").write_text(self.render_env(build_args, sorted(generated)))
+        (env_dir / "build-env.sh").write_text(BUILD_ENV_SCRIPT)
+        for name in ("python3-login", "repo2docker-entrypoint"):
+            (env_dir / name).write_bytes(Path(REPO2DOCKER_FILES, name).read_bytes())
+        for name, content in generated.items():
+            (env_dir / "generated" / name).write_text(content)
+        for src in self.get_preassemble_script_files():
+            target = env_dir / "src" / src
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(Path(src).read_bytes())
+
+
+class PythonBuildPack(BinderyBuildPack):
+    """requirements.txt into the base image's venv; setup.py or an installable pyproject.toml
+    installed with the repository (``pip install .``), as repo2docker does when no binder/ is."""
+
+    def detect(self) -> bool:
+        name = self.runtime[0]
+        if name:
+            return bool(name == "python")
+        return self._is_python_package() or self._requirements_file() is not None
+
+    def check(self) -> None:
+        super().check()
+        requires = self._pyproject().get("project", {}).get("requires-python")
+        if not self.binder_dir and isinstance(requires, str):
+            try:
+                accepted = SpecifierSet(requires)
+            except InvalidSpecifier as e:
+                raise UnsupportedRepository(f"pyproject.toml: requires-python: {e}") from e
+            if PYTHON_VERSION not in accepted:
+                raise UnsupportedRepository(
+                    f"pyproject.toml requires Python {requires}, but this Bindery has Python "
+                    f"{PYTHON_VERSION} only."
+                )
 
     @lru_cache  # noqa: B019 -- repo2docker's buildpacks cache every hook per instance
     def get_preassemble_script_files(self) -> dict[str, str]:
@@ -123,26 +339,9 @@ class BinderyPythonBuildPack(BaseImage):  # type: ignore[misc]
         # A requirements file that names other files (-r, -e ., ./pkg) needs the whole repository.
         if not self._requirements_are_self_contained():
             scripts += self._pip_scripts()
+        if self._is_python_package():
+            scripts.append(("${NB_USER}", "uv pip install ."))
         return scripts
-
-    def render(self, build_args: dict[str, str] | None = None) -> str:
-        """The Dockerfile for this repository."""
-        build_args = build_args or {}
-        return TEMPLATE.render(
-            base_image=self.base_image,
-            build_env=self.get_build_env(),
-            env=self.get_env(),
-            preassemble_files=self.get_preassemble_script_files(),
-            preassemble=_directives(self.get_preassemble_scripts()),
-            assemble=_directives(self.get_assemble_scripts()),
-            labels=self.get_labels(),
-            post_build_scripts=self.get_post_build_scripts(),
-            start_script=self.get_start_script(),
-            appendix=self.appendix,
-            run_prefix=RUN_PREFIX,
-            # COPY --chown needs a number: the build arg is not expanded there.
-            uid=build_args.get("NB_UID", "1000"),
-        )
 
     def _requirements_file(self) -> str | None:
         path: str = self.binder_path("requirements.txt")
@@ -162,14 +361,364 @@ class BinderyPythonBuildPack(BaseImage):  # type: ignore[misc]
         # Relative to ${REPO_DIR}, the working directory, where the file was copied.
         return [("${NB_USER}", f'uv pip install --requirement "{requirements}"')]
 
+    @lru_cache  # noqa: B019
+    def _pyproject(self) -> dict[str, Any]:
+        if self.binder_dir or not os.path.exists("pyproject.toml"):
+            return {}
+        try:
+            with open("pyproject.toml", "rb") as f:
+                return tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise UnsupportedRepository(f"pyproject.toml is not valid TOML: {e}") from e
 
-def _directives(scripts: list[tuple[str, str]]) -> list[str]:
-    """Dockerfile lines for (user, script) pairs: USER when it changes, RUN with the mounts."""
+    def _is_python_package(self) -> bool:
+        """repo2docker's rule: setup.py, or pyproject.toml with [project] and [build-system],
+        and only when there is no binder/ folder."""
+        if self.binder_dir:
+            return False
+        pyproject = self._pyproject()
+        installable = "project" in pyproject and "build-system" in pyproject
+        return os.path.exists("setup.py") or installable
+
+
+class PipfileBuildPack(BinderyBuildPack):
+    """Pipfile.lock (or Pipfile without one), default and dev packages, as repo2docker's
+    ``pipenv install --dev`` would; installed with uv from a list made of them. Local paths
+    (``{path = "."}``) are installed with the repository."""
+
+    LIST = "pipfile-requirements.txt"
+
+    def detect(self) -> bool:
+        name = self.runtime[0]
+        if name and name != "python":
+            return False
+        return any(os.path.exists(self.binder_path(f)) for f in ("Pipfile", "Pipfile.lock"))
+
+    def generated_file_names(self) -> list[str]:
+        return [self.LIST]
+
+    def generated_files(self, context: BuildContext) -> dict[str, str]:
+        return {self.LIST: "".join(f"{line}\n" for line in self._requirements()[0])}
+
+    @lru_cache  # noqa: B019
+    def get_preassemble_scripts(self) -> list[tuple[str, str]]:
+        scripts: list[tuple[str, str]] = super().get_preassemble_scripts()
+        install = f"uv pip install --requirement {GENERATED_DIR}/{self.LIST}"
+        return [*scripts, ("${NB_USER}", install)]
+
+    @lru_cache  # noqa: B019
+    def get_assemble_scripts(self) -> list[tuple[str, str]]:
+        scripts: list[tuple[str, str]] = super().get_assemble_scripts()
+        local = self._requirements()[1]
+        if local:
+            # Pipfile paths are relative to the Pipfile's folder.
+            folder = self.binder_dir or "."
+            scripts.append(("${NB_USER}", f"cd {folder} && uv pip install {' '.join(local)}"))
+        return scripts
+
+    @lru_cache  # noqa: B019
+    def _requirements(self) -> tuple[list[str], list[str]]:
+        """(requirements for the environment, install arguments for local paths)."""
+        lock = self.binder_path("Pipfile.lock")
+        try:
+            if os.path.exists(lock):
+                with open(lock) as f:
+                    data = json.load(f)
+                sections = [data.get("default", {}), data.get("develop", {})]
+            else:
+                with open(self.binder_path("Pipfile"), "rb") as f:
+                    data = tomllib.load(f)
+                sections = [data.get("packages", {}), data.get("dev-packages", {})]
+        except (ValueError, OSError) as e:
+            raise UnsupportedRepository(f"Could not read {lock} or its Pipfile: {e}") from e
+        requirements: list[str] = []
+        local: list[str] = []
+        for section in sections:
+            for name, entry in section.items():
+                requirement, path = pipfile_requirement(name, entry)
+                if path is not None:
+                    local.append(path)
+                else:
+                    requirements.append(requirement)
+        return requirements, local
+
+
+def pipfile_requirement(name: str, entry: object) -> tuple[str, str | None]:
+    """One Pipfile/Pipfile.lock entry as a requirement line, or (``""``, install args) for a
+    local path. Raises UnsupportedRepository for an entry it cannot read."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise UnsupportedRepository(f"Pipfile: invalid package name {name!r}")
+    if isinstance(entry, str):
+        return (name if entry.strip() in ("", "*") else f"{name}{entry.strip()}"), None
+    if not isinstance(entry, dict):
+        raise UnsupportedRepository(f"Pipfile: cannot read the entry for {name}")
+    if "path" in entry:
+        path = str(entry["path"])
+        if not re.fullmatch(r"[A-Za-z0-9._/-]+", path):
+            raise UnsupportedRepository(f"Pipfile: unsupported path {path!r} for {name}")
+        return "", (f"--editable {path}" if entry.get("editable") else path)
+    extras = entry.get("extras") or []
+    spec = name + (f"[{','.join(extras)}]" if extras else "")
+    if "git" in entry:
+        ref = f"@{entry['ref']}" if entry.get("ref") else ""
+        spec = f"{spec} @ git+{entry['git']}{ref}"
+    elif "file" in entry:
+        spec = f"{spec} @ {entry['file']}"
+    else:
+        version = str(entry.get("version", "*")).strip()
+        spec += "" if version in ("", "*") else version
+    if entry.get("markers"):
+        spec += f"; {entry['markers']}"
+    return spec, None
+
+
+class EnvironmentYmlBuildPack(BinderyBuildPack):
+    """environment.yml without a reachable conda channel: its ``pip:`` section, and those conda
+    dependencies that the package index has under the same name; the log names every one
+    skipped. The Python is the base image's whatever the file asks for (said in the log)."""
+
+    LIST = "environment-requirements.txt"
+    # Conda packages the base image already provides in another form.
+    PROVIDED = frozenset({"python", "pip"})
+
+    def __init__(self, base_image: str) -> None:
+        super().__init__(base_image)
+        self._notes: list[str] = []
+
+    def detect(self) -> bool:
+        return self._path() is not None
+
+    def _path(self) -> str | None:
+        for name in ("environment.yml", "environment.yaml"):
+            path: str = self.binder_path(name)
+            if os.path.exists(path):
+                return path
+        return None
+
+    def generated_file_names(self) -> list[str]:
+        return [self.LIST]
+
+    def notes(self) -> list[str]:
+        return self._notes
+
+    def generated_files(self, context: BuildContext) -> dict[str, str]:
+        conda, pip, _ = self._dependencies()
+        self._notes = []
+        names = [
+            conda_name(spec) for spec in conda if conda_name(spec).lower() not in self.PROVIDED
+        ]
+        python = [spec for spec in conda if conda_name(spec).lower() == "python"]
+        if python:
+            self._notes.append(
+                f"environment.yml asks for {python[0]!r}: this Bindery has Python "
+                f"{PYTHON_VERSION} only, which is used."
+            )
+        found = packages_on_index(names, context.index_url, context.ca_bundle)
+        requirements = [
+            conda_to_pip(spec) for spec in conda if found.get(conda_name(spec).lower(), False)
+        ]
+        skipped = [name for name in names if not found.get(name.lower(), False)]
+        self._notes.append(
+            "environment.yml: no conda channel is reachable, so its pip: section and the conda "
+            "dependencies the package index has under the same name are installed with uv."
+        )
+        if skipped:
+            self._notes.append(
+                "environment.yml: skipped conda dependencies not on the package index: "
+                + ", ".join(skipped)
+            )
+        else:
+            self._notes.append("environment.yml: no conda dependency was skipped.")
+        return {self.LIST: "".join(f"{line}\n" for line in requirements + pip)}
+
+    @lru_cache  # noqa: B019
+    def get_preassemble_scripts(self) -> list[tuple[str, str]]:
+        scripts: list[tuple[str, str]] = super().get_preassemble_scripts()
+        install = f"uv pip install --requirement {GENERATED_DIR}/{self.LIST}"
+        return [*scripts, ("${NB_USER}", install)]
+
+    @lru_cache  # noqa: B019
+    def get_assemble_scripts(self) -> list[tuple[str, str]]:
+        scripts: list[tuple[str, str]] = super().get_assemble_scripts()
+        local = self._dependencies()[2]
+        if local:
+            # pip: lines like "-e ." or "-r requirements.txt" are relative to environment.yml.
+            folder = os.path.dirname(self._path() or "") or "."
+            installs = [
+                "uv pip install " + " ".join(shlex.quote(word) for word in shlex.split(line))
+                for line in local
+            ]
+            scripts.append(("${NB_USER}", f"cd {folder} && " + " && ".join(installs)))
+        return scripts
+
+    @lru_cache  # noqa: B019
+    def _dependencies(self) -> tuple[list[str], list[str], list[str]]:
+        """(conda specs, pip requirements, pip lines that name local files)."""
+        path = self._path()
+        assert path is not None
+        try:
+            with open(path) as f:
+                env = YAML(typ="safe").load(f) or {}
+        except (OSError, YAMLError) as e:
+            raise UnsupportedRepository(f"{path} is not valid YAML: {e}") from e
+        if not isinstance(env, dict) or not isinstance(env.get("dependencies") or [], list):
+            raise UnsupportedRepository(f"{path}: 'dependencies' must be a list")
+        conda: list[str] = []
+        pip: list[str] = []
+        local: list[str] = []
+        for item in env.get("dependencies") or []:
+            if isinstance(item, dict) and isinstance(item.get("pip"), list):
+                for line in map(str, item["pip"]):
+                    (local if is_local_pip_requirement(line) else pip).append(line)
+            elif isinstance(item, str | int | float):
+                spec = str(item).strip()
+                if not CONDA_SPEC.fullmatch(spec):
+                    raise UnsupportedRepository(f"{path}: cannot read dependency {spec!r}")
+                conda.append(spec)
+            else:
+                raise UnsupportedRepository(f"{path}: cannot read dependency {item!r}")
+        return conda, pip, local
+
+
+# A conda match spec as environment.yml files write them: [channel::]name[ version[ build]] or
+# name=version[=build], name>=version, ...
+CONDA_SPEC = re.compile(
+    r"(?:(?P<channel>[A-Za-z0-9_./:-]+)::)?(?P<name>[A-Za-z0-9_][A-Za-z0-9_.-]*)"
+    r"\s*(?P<version>[=<>!~]{0,2}\s*[A-Za-z0-9_.*+,<>=!~| -]*)"
+)
+
+
+def conda_name(spec: str) -> str:
+    match = CONDA_SPEC.fullmatch(spec.strip())
+    assert match is not None
+    return match["name"]
+
+
+def conda_to_pip(spec: str) -> str:
+    """``numpy=1.26`` -> ``numpy==1.26.*`` (conda's ``=`` is a prefix match), ``numpy>=1.2``
+    stays; a build string (``=py_0`` or a second word) is dropped."""
+    match = CONDA_SPEC.fullmatch(spec.strip())
+    assert match is not None
+    name, version = match["name"], match["version"].strip()
+    if not version:
+        return name
+    if version[0] in "<>!~" or version.startswith("=="):
+        if "|" in version:
+            raise UnsupportedRepository(f"conda version {version!r}: '|' has no pip equivalent")
+        # ">= 1.2 ,<2 py_0" -> ">=1.2,<2": spaces around operators go, a build string too.
+        return name + re.sub(r"\s*([<>=!~,]+)\s*", r"\1", version).split()[0]
+    version = version.lstrip("=").split("=")[0].split()[0]
+    return f"{name}=={version}" if version.endswith("*") else f"{name}=={version}.*"
+
+
+def packages_on_index(names: list[str], index_url: str, ca_bundle: str) -> dict[str, bool]:
+    """Which of ``names`` the index's simple API has (normalised, lower-case keys)."""
+    context = ssl.create_default_context(cafile=ca_bundle or None)
+
+    def exists(name: str) -> bool:
+        url = f"{index_url.rstrip('/')}/{canonicalize_name(name)}/"
+        request = urllib.request.Request(url, method="HEAD")  # noqa: S310 -- the configured index
+        try:
+            with urllib.request.urlopen(request, timeout=20, context=context):  # noqa: S310
+                return True
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                return False
+            raise UnsupportedRepository(f"The package index {index_url} answered {e.code}") from e
+        except OSError as e:
+            raise UnsupportedRepository(f"The package index {index_url} is unreachable: {e}") from e
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return dict(zip((n.lower() for n in names), pool.map(exists, names), strict=True))
+
+
+class _MissingHost(BaseImage):  # type: ignore[misc]
+    """A kind of environment whose packages come from a host this Bindery cannot reach: the
+    build fails at once, naming the host, instead of after minutes of retries."""
+
+    WHAT = ""
+    HOST = ""
+
+    def render(self, build_args: dict[str, str] | None = None) -> str:
+        return ""
+
+    def build(self, *args: Any, **kwargs: Any) -> Iterator[str]:
+        raise UnsupportedRepository(
+            f"This repository needs {self.WHAT}, which come from {self.HOST}. This Bindery "
+            f"cannot reach {self.HOST} and has no mirror of it configured, so it cannot build "
+            "this repository."
+        )
+
+
+class JuliaBuildPack(_MissingHost):
+    WHAT = "Julia and Julia packages (Project.toml / REQUIRE)"
+    HOST = "julialang-s3.julialang.org and pkg.julialang.org"
+
+    def detect(self) -> bool:
+        return any(
+            os.path.exists(self.binder_path(name))
+            for name in ("Project.toml", "JuliaProject.toml", "REQUIRE")
+        )
+
+
+class NixBuildPack(_MissingHost):
+    WHAT = "Nix packages (default.nix)"
+    HOST = "nixos.org and cache.nixos.org"
+
+    def detect(self) -> bool:
+        return os.path.exists(self.binder_path("default.nix"))
+
+
+class RBuildPack(_MissingHost):
+    WHAT = "R packages (install.R, DESCRIPTION or an r- runtime.txt)"
+    HOST = "CRAN (cloud.r-project.org) and Posit Package Manager (packagemanager.posit.co)"
+
+    def detect(self) -> bool:
+        if self.runtime[0] == "r":
+            return True
+        if os.path.exists(self.binder_path("install.R")):
+            return True
+        return not self.binder_dir and os.path.exists("DESCRIPTION")
+
+
+# repo2docker's detection order; the first whose detect() says yes builds the repository.
+BUILDPACKS: list[type[BaseImage]] = [
+    DockerBuildPack,
+    JuliaBuildPack,
+    NixBuildPack,
+    RBuildPack,
+    EnvironmentYmlBuildPack,
+    PipfileBuildPack,
+    PythonBuildPack,
+]
+DEFAULT_BUILDPACK = PythonBuildPack
+
+
+def context_digest(directory: Path) -> str:
+    """sha256 over every file's relative path and bytes, in path order; 32 hex digits."""
+    digest = hashlib.sha256(BUILDPACK_VERSION.encode() + b"\0")
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(directory).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:32]
+
+
+def _same_python(version: str) -> bool:
+    """runtime.txt's python-3 or python-3.11(.x) is the base image's Python."""
+    wanted = version.split(".")
+    have = PYTHON_VERSION.split(".")
+    return wanted[: len(have)] == have[: len(wanted)]
+
+
+def _directives(scripts: list[tuple[str, str]], start: str = "root") -> list[str]:
+    """Dockerfile lines for (user, script) pairs: USER when it changes, RUN with the mounts;
+    the user is ``start`` before and after them."""
     directives = []
-    current_user = "root"
-    for user, script in scripts:
+    current_user = start
+    for user, script in [*scripts, (start, "")]:
         if user != current_user:
             directives.append(f"USER {user}")
             current_user = user
-        directives.append(f"{RUN_PREFIX} {textwrap.dedent(script.strip(chr(10)))}")
+        if script:
+            directives.append(f"{RUN_PREFIX} {textwrap.dedent(script.strip(chr(10)))}")
     return directives

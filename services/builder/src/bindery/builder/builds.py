@@ -7,6 +7,10 @@ One build per image at a time in this replica: a launch of an image that is alre
 joins that build -- it gets the log so far and every line after -- instead of building it again,
 as BinderHub does; an image built a moment ago is reported at once. Builds beyond
 ``max_concurrent_builds`` wait for a slot.
+
+Every build has an id (``new_build_id``): its first log line names the address where its whole
+log stays (the gateway's ``/api/builds/<id>/log``, read from the build-log stream), and its last
+line, marked ``final``, says how it ended.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from pathlib import Path
 
 import structlog
 
+from bindery import telemetry
+from bindery.builder import metrics
 from bindery.builder.build import (
     BuildLine,
     BuildOptions,
@@ -30,6 +36,7 @@ from bindery.builder.build import (
 )
 from bindery.events import BuildLog, BuildStarted, Event, ImageBuilt, LaunchFailed, RefResolved
 from bindery.events import FailureReason as LaunchFailure
+from bindery.events.build import new_build_id
 
 log = structlog.get_logger("bindery.builder")
 
@@ -42,6 +49,7 @@ LAUNCH_REASONS = {
     FailureReason.TIMEOUT: LaunchFailure.TIMEOUT,
     FailureReason.OOM: LaunchFailure.OOM,
     FailureReason.STEP_FAILED: LaunchFailure.STEP_FAILED,
+    FailureReason.TOO_LARGE: LaunchFailure.TOO_LARGE,
     FailureReason.CLONE_FAILED: LaunchFailure.CLONE_FAILED,
     FailureReason.PUSH_FAILED: LaunchFailure.INTERNAL,
     FailureReason.INVALID_REQUEST: LaunchFailure.INVALID_SPEC,
@@ -59,6 +67,7 @@ class _Build:
 
     image: str
     launches: list[str]
+    build_id: str = field(default_factory=new_build_id)
     lines: deque[BuildLine] = field(default_factory=lambda: deque(maxlen=REPLAY_LINES))
     task: asyncio.Task[BuildResult] | None = None
     logs_broken: bool = False
@@ -91,14 +100,21 @@ class Builder:
         if done is not None:
             await self._report(event, done)
             return
-        await self._publish(
-            BuildStarted(launch_id=event.launch_id, image=event.image, builder=self._replica)
-        )
         build = self._builds.get(event.image)
+        joining = build is not None
         if build is None:
             build = self._builds[event.image] = _Build(event.image, [event.launch_id])
+        await self._publish(
+            BuildStarted(
+                launch_id=event.launch_id,
+                image=event.image,
+                builder=self._replica,
+                build_id=build.build_id,
+            )
+        )
+        if not joining:
             build.task = asyncio.create_task(self._build(event, build))
-            log.info("build.started", image=event.image, repo=event.repo_url)
+            log.info("build.started", image=event.image, repo=event.repo_url, id=build.build_id)
         else:
             # Joined before the replay: lines that come during it reach this launch too.
             build.launches.append(event.launch_id)
@@ -109,19 +125,34 @@ class Builder:
         # Shielded: one launch's handler being cancelled must not end a build others follow.
         await self._report(event, await asyncio.shield(build.task))
 
+    @metrics.in_progress
+    @telemetry.traced("build")
     async def _build(self, event: RefResolved, build: _Build) -> BuildResult:
         request = BuildRequest(_source_url(event.repo_url), event.resolved_ref, event.image)
+        phases = telemetry.PhaseSpans("build")
 
         async def on_line(line: BuildLine) -> None:
+            phases.enter(line.phase)
             build.lines.append(line)
             for launch_id in list(build.launches):
                 await self._publish_line(build, launch_id, line)
 
         try:
+            where = f"Build {build.build_id} on {self._replica}"
+            await on_line(BuildLine("building", f"{where}: its log stays at {log_path(build)}"))
             async with self._slots:
                 result = await self._run(request, on_line, self._options)
+            ending = f"Build {build.build_id} " + (
+                f"finished in {result.seconds:.1f} s" if result.ok else f"failed ({result.reason})"
+            )
+            for launch_id in list(build.launches):
+                await self._publish_line(
+                    build, launch_id, BuildLine("building", ending), final=True
+                )
         finally:
+            phases.end()
             del self._builds[event.image]
+        metrics.observe(result)
         if result.ok:
             self._built[event.image] = result
             while len(self._built) > self._remember:
@@ -131,7 +162,9 @@ class Builder:
             log.warning("build.failed", image=event.image, reason=str(result.reason))
         return result
 
-    async def _publish_line(self, build: _Build, launch_id: str, line: BuildLine) -> None:
+    async def _publish_line(
+        self, build: _Build, launch_id: str, line: BuildLine, *, final: bool = False
+    ) -> None:
         """Logs are best effort: a broker that cannot take them must not fail the build, whose
         outcome still gets published (or retried) on its own."""
         if build.logs_broken:
@@ -139,7 +172,12 @@ class Builder:
         try:
             await self._publish(
                 BuildLog(
-                    launch_id=launch_id, image=build.image, phase=line.phase, message=line.message
+                    launch_id=launch_id,
+                    image=build.image,
+                    phase=line.phase,
+                    message=line.message,
+                    build_id=build.build_id,
+                    final=final,
                 )
             )
         except Exception as exc:
@@ -167,6 +205,11 @@ class Builder:
                 message=result.message[-MAX_FAILURE_MESSAGE:],
             )
         )
+
+
+def log_path(build: _Build) -> str:
+    """Where the gateway serves the build's whole log (gateway/buildlog.py)."""
+    return f"/api/builds/{build.build_id}/log"
 
 
 def _source_url(repo_url: str) -> str:

@@ -33,6 +33,12 @@ class PodmanEngine(ContainerEngine):  # type: ignore[misc]
         help="CA bundle handed to builds as the secret 'pipca' (TLS-intercepting proxies, "
         "private package indexes); empty for none. It never lands in an image layer.",
     )
+    index_url = Unicode(
+        "",
+        config=True,
+        help="Package index URL (PEP 503 simple API) handed to builds as the secret 'pipindex' "
+        "(it may hold credentials, so it never lands in a layer); empty for the default.",
+    )
     push_tls_verify = Bool(
         False,
         config=True,
@@ -68,8 +74,10 @@ class PodmanEngine(ContainerEngine):  # type: ignore[misc]
         ``load`` needs nothing: podman builds straight into its local store.
         """
         with tempfile.TemporaryDirectory(prefix="bindery-context-") as scratch:
+            index_secret = Path(scratch, "pipindex")
             if fileobj is not None:
-                context = Path(scratch)
+                context = Path(scratch, "context")
+                context.mkdir()
                 with tarfile.open(fileobj=fileobj, mode="r:*") as tar:
                     tar.extractall(context, filter=_skip_unsafe_members)  # noqa: S202 -- filtered
             else:
@@ -80,6 +88,10 @@ class PodmanEngine(ContainerEngine):  # type: ignore[misc]
                 cmd.append(f"--file={context / dockerfile}")
             if self.ca_bundle:
                 cmd.append(f"--secret=id=pipca,src={self.ca_bundle}")
+            if self.index_url:
+                index_secret.write_text(self.index_url)
+                index_secret.chmod(0o600)
+                cmd.append(f"--secret=id=pipindex,src={index_secret}")
             if platform:
                 cmd.append(f"--platform={platform}")
             cmd += [f"--cache-from={image}" for image in cache_from or []]
@@ -96,6 +108,11 @@ class PodmanEngine(ContainerEngine):  # type: ignore[misc]
         """Push ``image`` to the registry its name points at."""
         cmd = ["podman", "push", f"--tls-verify={str(self.push_tls_verify).lower()}", image]
         yield from _stream(cmd, ImageLoadError, f"Pushing {image} failed")
+
+    def pull(self, image: str) -> bool:
+        """Pull ``image`` from its registry; False when it is not there (or unreachable)."""
+        cmd = ["podman", "pull", "--quiet", f"--tls-verify={str(self.push_tls_verify).lower()}"]
+        return subprocess.run([*cmd, image], capture_output=True, check=False).returncode == 0
 
     def inspect_image(self, image: str) -> Image | None:
         """The image's tags and config, or None when podman's local store lacks it."""

@@ -7,11 +7,14 @@ from bindery.bus import Bus, topology
 from bindery.events import Event, RefResolved
 
 
-async def subscribe(bus: Bus, builder: Builder, prefetch: int) -> None:
+async def subscribe(bus: Bus, builder: Builder, replica: str, prefetch: int) -> None:
     async def on_event(event: Event) -> None:
         if isinstance(event, RefResolved) and not event.image_exists:
             await builder.on_ref_resolved(event)
 
-    # A build holds its delivery until the image is pushed: a builder that dies mid-build leaves
-    # the launch to be redelivered to another replica instead of lost.
+    # Sticky: the repositories the consistent-hash exchange gives this replica (topology.py).
+    # A build holds its delivery until the image is pushed: if this replica dies mid-build, the
+    # launch waits out the spill delay in this queue, then goes to the unclaimed queue below.
+    await bus.consume(topology.builder_replica(replica), on_event, prefetch=prefetch)
+    # Launches no live replica claimed: every replica takes from here.
     await bus.consume(topology.BUILDER, on_event, prefetch=prefetch)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+
+from pydantic import Field
+
 from bindery.settings import CommonSettings, Profile
 
 GiB = 1024**3
@@ -34,6 +38,22 @@ class BuilderSettings(CommonSettings):
     builds trust what the host trusts: TLS-intercepting proxies, private package indexes. Empty,
     or a path that does not exist, hands none."""
 
+    index_url: str = ""
+    """Package index (PEP 503 simple API) for pip and uv inside builds, e.g. a corporate mirror;
+    empty for PyPI. Handed to builds as a secret, since such URLs often hold credentials."""
+
+    image_prefix: str = "bindery/"
+    """The resolver's (same variable): environment images are
+    `<registry>/<image_prefix>env:<key>`, beside the repository images."""
+
+    max_repo_bytes: int = 1 * GiB
+    """A checkout (history included) over this fails with 'too_large' before anything is built:
+    mybinder.org-sized repositories are tens of MiB, and a bigger one would fill the image store."""
+
+    max_log_bytes: int = 16 * 1024**2
+    """A build writing more log than this is stopped with 'too_large': real builds write a few
+    MiB at most, and a runaway loop printing forever would fill every gateway's buffer."""
+
     base_image: str = ""
     """Empty: the base image scripts/base-image.sh builds from this package's baseimage/ files,
     whose name bindery.builder.baseimage computes."""
@@ -41,6 +61,14 @@ class BuilderSettings(CommonSettings):
     recently_built: int = 256
     """How many images this replica remembers having built, so launches that queued behind a
     build are answered at once instead of running repo2docker again to find the image present."""
+
+    builder_replica: str = Field(default="", pattern=r"^[a-z0-9._-]{0,64}$")
+    """This replica's name, which names its queue of sticky builds. Empty: `<host>-<health
+    port>`, stable across restarts on one host, so a restarted replica takes its queue (and the
+    launches waiting in it) back; give each replica of a StatefulSet its pod name."""
+
+    def replica_name(self) -> str:
+        return self.builder_replica or f"{socket.gethostname().lower()}-{self.health_port}"
 
     def allowed_schemes(self) -> tuple[str, ...]:
         """The repository URL schemes builds accept: the resolver's, and file:// locally."""

@@ -1,0 +1,141 @@
+"""Build benchmark (issue 3): how fast a repository becomes a session, against repo2docker's route.
+
+Runs the whole stack (tests.support.stack, in this BINDERY_TEST_SLOT's virtual host) and measures,
+for a requirements.txt repository with numpy:
+- cold: a launch of a repository never built (its environment key is new; the host's uv cache
+  mount is as earlier builds left it, as on any builder host), time to ready and build time;
+- cached: a second launch of the same commit (image in the registry): time to ready;
+- content-only: a launch of a commit that changes only a notebook: time to ready, and how much
+  later than the cached launch it is ready;
+- anchor, in the same run: the same repository built the way repo2docker's pip route does it --
+  Debian's Python, a venv with JupyterLab, `pip install --no-cache-dir -r requirements.txt`, then
+  the repository -- with `podman build --no-cache` (no layer cache, no package cache).
+
+Out: bench/results/build.json, and the numbers on stdout. Targets: cold build <= 20 s; a
+content-only commit ready <= 5 s later than a cached launch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.support.gitrepo import commit, make_repo, notebook  # noqa: E402
+from tests.support.stack import LOG_DIR, Stack, build_path, launch, started_stack  # noqa: E402
+
+RESULTS = REPO / "bench" / "results" / "build.json"
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+ROOTFS = "localhost/bindery-rootfs:bookworm"
+FINISHED = re.compile(r"Build [0-9a-f]{20} finished in (?P<seconds>[0-9.]+) s")
+TARGETS = {"cold_build_seconds": 20.0, "content_only_extra_seconds": 5.0}
+
+ANCHOR_DOCKERFILE = f"""FROM {ROOTFS}
+ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \\
+    DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8
+RUN apt-get update -qq \\
+ && apt-get install -qq --yes --no-install-recommends ca-certificates python3 python3-venv \\
+ && rm -rf /var/lib/apt/lists/*
+RUN useradd --create-home --uid 1000 jovyan
+USER jovyan
+RUN python3 -m venv /home/jovyan/venv
+RUN --mount=type=secret,id=pipca,target=/run/secrets/pipca,mode=0444 \\
+    PIP_CERT=/run/secrets/pipca /home/jovyan/venv/bin/pip install --no-cache-dir \\
+      jupyterlab jupyter-server ipykernel
+COPY --chown=1000:1000 requirements.txt /home/jovyan/requirements.txt
+RUN --mount=type=secret,id=pipca,target=/run/secrets/pipca,mode=0444 \\
+    PIP_CERT=/run/secrets/pipca /home/jovyan/venv/bin/pip install --no-cache-dir \\
+      -r /home/jovyan/requirements.txt
+COPY --chown=1000:1000 . /home/jovyan/
+"""
+
+
+async def timed_launch(
+    http: aiohttp.ClientSession, stack: Stack, repo: Path, ref: str
+) -> tuple[float, float | None]:
+    """Seconds until the launch is ready, and the build's own seconds if it built."""
+    started = time.monotonic()
+    events = await launch(http, stack.gateway, build_path(f"file://{repo}", ref))
+    elapsed = time.monotonic() - started
+    if events[-1]["phase"] != "ready":
+        raise SystemExit(f"launch failed: {events[-1]}")
+    built = [m for e in events if (m := FINISHED.search(str(e.get("message", ""))))]
+    return elapsed, float(built[-1]["seconds"]) if built else None
+
+
+def anchor_build(repo: Path) -> float:
+    """repo2docker's pip route, no caches: seconds for `podman build --no-cache`."""
+    tag = f"localhost/bindery-bench-anchor:{uuid.uuid4().hex[:8]}"
+    with tempfile.TemporaryDirectory() as scratch:
+        dockerfile = Path(scratch, "Dockerfile")
+        dockerfile.write_text(ANCHOR_DOCKERFILE)
+        cmd = ["podman", "build", "--no-cache", f"--file={dockerfile}", f"--tag={tag}"]
+        if CA_BUNDLE.exists():
+            cmd.append(f"--secret=id=pipca,src={CA_BUNDLE}")
+        started = time.monotonic()
+        try:
+            subprocess.run([*cmd, str(repo)], check=True, capture_output=True)
+            return time.monotonic() - started
+        finally:
+            subprocess.run(["podman", "rmi", "--force", tag], capture_output=True, check=False)
+
+
+async def measure(repo: Path, first: str) -> dict[str, Any]:
+    stacks = started_stack(LOG_DIR / "bench-build")
+    stack = next(stacks)
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=900)) as http:
+            cold_launch, cold_build = await timed_launch(http, stack, repo, first)
+            cached_launch, _ = await timed_launch(http, stack, repo, first)
+            # By commit: the resolver may answer a branch from its cache for a while.
+            second = commit(repo, {"index.ipynb": notebook("print('edited')")}, "content only")
+            content_launch, content_build = await timed_launch(http, stack, repo, second)
+    finally:
+        stacks.close()
+    return {
+        "cold_build_seconds": cold_build,
+        "cold_launch_seconds": cold_launch,
+        "cached_launch_seconds": cached_launch,
+        "content_only_build_seconds": content_build,
+        "content_only_launch_seconds": content_launch,
+        "content_only_extra_seconds": content_launch - cached_launch,
+    }
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="bindery-bench-") as scratch:
+        repo = Path(scratch, "numpy-repo")
+        # A comment of its own: a new environment key, so the cold build really builds.
+        requirements = f"numpy\n# bench run {uuid.uuid4().hex}\n"
+        first = make_repo(repo, {"requirements.txt": requirements, "index.ipynb": notebook("1")})
+        results = asyncio.run(measure(repo, first))
+        results["anchor_build_seconds"] = anchor_build(repo)
+    results = {key: round(value, 2) for key, value in results.items() if value is not None}
+    report = {
+        "repository": "requirements.txt: numpy (plus a notebook)",
+        "anchor": "repo2docker's pip route: Debian python3 venv, pip --no-cache-dir, "
+        "podman build --no-cache",
+        "results": results,
+        "targets": TARGETS,
+        "met": {key: results.get(key, float("inf")) <= limit for key, limit in TARGETS.items()},
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

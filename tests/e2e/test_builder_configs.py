@@ -1,0 +1,292 @@
+"""Each repo2docker configuration file, built and launched for real: the running session shows
+that the file had its effect (issue 3). Small repositories, one shared stack."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bindery.builder.baseimage import base_image_name
+from tests.e2e.test_launch import run_in_kernel
+from tests.support.gitrepo import make_repo, notebook
+from tests.support.stack import INSTANCE, Stack, build_path, launch
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class Session:
+    events: list[dict[str, Any]]
+    output: str
+
+    @property
+    def log(self) -> str:
+        return "".join(str(event.get("message", "")) for event in self.events)
+
+
+async def launch_and_probe(
+    http: aiohttp.ClientSession, stack: Stack, repo: Path, probe: str
+) -> Session:
+    """Launch ``repo``, run ``probe`` in a kernel of the session, then stop the session."""
+    events = await launch(http, stack.gateway, build_path(f"file://{repo}", "main"))
+    ready = events[-1]
+    assert ready["phase"] == "ready", json.dumps(events[-5:], indent=1)
+    try:
+        output = await run_in_kernel(http, ready["url"], ready["token"], probe)
+    finally:
+        stop_session(ready["launch_id"])
+    return Session(events, output)
+
+
+async def launch_failure(http: aiohttp.ClientSession, stack: Stack, repo: Path) -> dict[str, Any]:
+    events = await launch(http, stack.gateway, build_path(f"file://{repo}", "main"))
+    assert events[-1]["phase"] == "failed", events[-1]
+    return events[-1]
+
+
+def stop_session(launch_id: str) -> None:
+    """Sessions hold a gigabyte each: stop them once probed."""
+    ids = subprocess.run(
+        [
+            "podman",
+            "ps",
+            "-aq",
+            "--filter",
+            f"label=bindery.instance={INSTANCE}",
+            "--filter",
+            f"label=bindery.launch-id={launch_id}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    if ids:
+        subprocess.run(["podman", "rm", "-f", "-t", "0", *ids], capture_output=True, check=False)
+
+
+def lines(output: str) -> dict[str, str]:
+    """``key value`` lines the probes print, as a dict."""
+    return dict(line.split(" ", 1) for line in output.splitlines() if " " in line)
+
+
+VERSION = "from importlib.metadata import version; "
+
+ROOT_PROBE = """
+import os, shutil, sys
+print("python", "%d.%d" % sys.version_info[:2])
+print("jq", shutil.which("jq"))
+print("marker", open(os.path.expanduser("~/postbuild-marker")).read().strip())
+print("start", os.environ.get("BINDERY_FROM_START"))
+import pyfiglet; print("pyfiglet", pyfiglet.__name__)
+"""
+
+
+@pytest.fixture(scope="module")
+async def root_session(stack: Stack, http: aiohttp.ClientSession, repos: Path) -> dict[str, str]:
+    """requirements.txt, apt.txt, postBuild, start and runtime.txt, all at the root."""
+    repo = repos / "configs-root"
+    make_repo(
+        repo,
+        {
+            "requirements.txt": "pyfiglet==1.0.2\n",
+            "apt.txt": "jq\n",
+            "postBuild": "#!/bin/bash\nset -e\necho postBuild-ran > ~/postbuild-marker\n",
+            "start": '#!/bin/bash\nexport BINDERY_FROM_START=yes\nexec "$@"\n',
+            "runtime.txt": "python-3.11\n",
+            "index.ipynb": notebook("1"),
+        },
+    )
+    return lines((await launch_and_probe(http, stack, repo, ROOT_PROBE)).output)
+
+
+async def test_requirements_txt_is_installed(root_session: dict[str, str]) -> None:
+    assert root_session.get("pyfiglet") == "pyfiglet", root_session
+
+
+async def test_apt_txt_packages_are_installed(root_session: dict[str, str]) -> None:
+    assert root_session.get("jq") == "/usr/bin/jq", root_session
+
+
+async def test_postbuild_ran_with_the_repository(root_session: dict[str, str]) -> None:
+    assert root_session.get("marker") == "postBuild-ran", root_session
+
+
+async def test_start_exports_reach_the_kernel(root_session: dict[str, str]) -> None:
+    assert root_session.get("start") == "yes", root_session
+
+
+async def test_runtime_txt_python_is_honoured(root_session: dict[str, str]) -> None:
+    assert root_session.get("python") == "3.11", root_session
+
+
+async def test_binder_folder_wins_over_the_root(
+    stack: Stack, http: aiohttp.ClientSession, repos: Path
+) -> None:
+    repo = repos / "configs-binder"
+    make_repo(
+        repo,
+        {
+            # Read, these would fail the build.
+            "requirements.txt": "no-such-package-bindery-test==1.0\n",
+            "postBuild": "#!/bin/bash\nexit 1\n",
+            "binder/requirements.txt": "pyfiglet==1.0.2\n",
+            "binder/postBuild": "#!/bin/bash\necho from-binder > ~/postbuild-marker\n",
+        },
+    )
+    probe = (
+        "import os, pyfiglet; "
+        "print('marker', open(os.path.expanduser('~/postbuild-marker')).read().strip())"
+    )
+    session = await launch_and_probe(http, stack, repo, probe)
+    assert lines(session.output).get("marker") == "from-binder", session.output
+
+
+async def test_binder_and_dot_binder_together_fail_clearly(
+    stack: Stack, http: aiohttp.ClientSession, repos: Path
+) -> None:
+    repo = repos / "configs-both-binders"
+    make_repo(repo, {"binder/requirements.txt": "pyfiglet\n", ".binder/apt.txt": "jq\n"})
+    failed = await launch_failure(http, stack, repo)
+    assert failed.get("reason") == "step_failed", failed
+    assert "'binder' and a '.binder'" in failed["message"]
+
+
+async def test_setup_py_is_installed(
+    stack: Stack, http: aiohttp.ClientSession, repos: Path
+) -> None:
+    repo = repos / "configs-setup-py"
+    make_repo(
+        repo,
+        {
+            "setup.py": "from setuptools import setup\n"
+            "setup(name='bindery-setuppy-probe', version='0.1', py_modules=['setuppy_probe'],"
+            " install_requires=['pyfiglet'])\n",
+            "setuppy_probe.py": "ANSWER = 42\n",
+        },
+    )
+    probe = VERSION + "import pyfiglet; print('version', version('bindery-setuppy-probe'))"
+    session = await launch_and_probe(http, stack, repo, probe)
+    assert lines(session.output).get("version") == "0.1", session.output
+
+
+async def test_pyproject_toml_project_is_installed(
+    stack: Stack, http: aiohttp.ClientSession, repos: Path
+) -> None:
+    repo = repos / "configs-pyproject"
+    make_repo(
+        repo,
+        {
+            "pyproject.toml": '[project]\nname = "bindery-pyproject-probe"\nversion = "0.2"\n'
+            'dependencies = ["tabulate"]\n\n'
+            '[build-system]\nrequires = ["setuptools>=61"]\n'
+            'build-backend = "setuptools.build_meta"\n\n'
+            '[tool.setuptools]\npy-modules = ["pyproject_probe"]\n',
+            "pyproject_probe.py": "ANSWER = 42\n",
+        },
+    )
+    probe = VERSION + "import tabulate; print('version', version('bindery-pyproject-probe'))"
+    session = await launch_and_probe(http, stack, repo, probe)
+    assert lines(session.output).get("version") == "0.2", session.output
+
+
+async def test_pipfile_packages_are_installed(
+    stack: Stack, http: aiohttp.ClientSession, repos: Path
+) -> None:
+    repo = repos / "configs-pipfile"
+    make_repo(
+        repo,
+        {
+            "Pipfile": '[packages]\ntabulate = "==0.9.0"\n\n[dev-packages]\npyfiglet = "*"\n',
+        },
+    )
+    probe = VERSION + "import pyfiglet; print('version', version('tabulate'))"
+    session = await launch_and_probe(http, stack, repo, probe)
+    assert lines(session.output).get("version") == "0.9.0", session.output
+
+
+async def test_pipfile_lock_wins_over_the_pipfile(
+    stack: Stack, http: aiohttp.ClientSession, repos: Path
+) -> None:
+    repo = repos / "configs-pipfile-lock"
+    lock = {"_meta": {}, "default": {"tabulate": {"version": "==0.8.10"}}, "develop": {}}
+    make_repo(
+        repo,
+        {"Pipfile": '[packages]\ntabulate = "*"\n', "Pipfile.lock": json.dumps(lock)},
+    )
+    probe = VERSION + "print('version', version('tabulate'))"
+    session = await launch_and_probe(http, stack, repo, probe)
+    assert lines(session.output).get("version") == "0.8.10", session.output
+
+
+async def test_environment_yml_without_conda_installs_what_pypi_has(
+    stack: Stack, http: aiohttp.ClientSession, repos: Path
+) -> None:
+    repo = repos / "configs-environment-yml"
+    make_repo(
+        repo,
+        {
+            "environment.yml": "name: probe\nchannels: [conda-forge]\ndependencies:\n"
+            "  - python=3.11\n  - tabulate=0.9\n  - r-ggplot2\n  - pip\n"
+            "  - pip:\n    - pyfiglet==1.0.2\n",
+        },
+    )
+    probe = VERSION + "import pyfiglet; print('version', version('tabulate'))"
+    session = await launch_and_probe(http, stack, repo, probe)
+    assert lines(session.output).get("version", "").startswith("0.9."), session.output
+    assert "skipped conda dependencies not on the package index: r-ggplot2" in session.log
+
+
+async def test_runtime_txt_asking_for_another_python_fails_naming_the_one_there(
+    stack: Stack, http: aiohttp.ClientSession, repos: Path
+) -> None:
+    repo = repos / "configs-runtime-38"
+    make_repo(repo, {"runtime.txt": "python-3.8\n", "requirements.txt": "pyfiglet\n"})
+    failed = await launch_failure(http, stack, repo)
+    assert failed.get("reason") == "step_failed", failed
+    assert "python-3.8" in failed["message"] and "python-3.11" in failed["message"]
+
+
+async def test_dockerfile_is_built_as_it_is(
+    stack: Stack, http: aiohttp.ClientSession, repos: Path
+) -> None:
+    repo = repos / "configs-dockerfile"
+    make_repo(
+        repo,
+        {
+            "Dockerfile": f"FROM {base_image_name()}\n"
+            "RUN echo from-dockerfile > /home/jovyan/.dockerfile-marker\n",
+            "requirements.txt": "no-such-package-bindery-test==1.0\n",
+        },
+    )
+    probe = "print('marker', open('/home/jovyan/.dockerfile-marker').read().strip())"
+    session = await launch_and_probe(http, stack, repo, probe)
+    assert lines(session.output).get("marker") == "from-dockerfile", session.output
+
+
+@pytest.mark.parametrize(
+    ("files", "host"),
+    [
+        ({"install.R": 'install.packages("ggplot2")\n'}, "cloud.r-project.org"),
+        ({"DESCRIPTION": "Package: probe\nVersion: 0.1\n"}, "cloud.r-project.org"),
+        (
+            {"Project.toml": '[deps]\nExample = "7876af07-990d-54b4-ab0e-23690620f79a"\n'},
+            "julialang",
+        ),
+        ({"default.nix": "with import <nixpkgs> {}; hello\n"}, "nixos.org"),
+    ],
+    ids=["install.R", "DESCRIPTION", "Project.toml", "default.nix"],
+)
+async def test_unreachable_ecosystems_fail_at_once_naming_the_host(
+    stack: Stack, http: aiohttp.ClientSession, repos: Path, files: dict[str, str], host: str
+) -> None:
+    repo = repos / f"configs-missing-{next(iter(files)).replace('.', '-').lower()}"
+    make_repo(repo, files)
+    failed = await launch_failure(http, stack, repo)
+    assert failed.get("reason") == "step_failed", failed
+    assert host in failed["message"] and "no mirror" in failed["message"], failed["message"]

@@ -1,0 +1,150 @@
+"""Builds with two builder replicas: concurrent launches share one build and all see its log;
+a builder killed mid-build hands the launch to the other; the log stays readable (issue 3)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.support.gitrepo import make_repo
+from tests.support.stack import GATEWAY_PORT, HEALTH_PORTS, REPO, Stack, build_path, launch
+
+pytestmark = pytest.mark.e2e
+
+BUILD_LINE = re.compile(r"Build (?P<id>[0-9a-f]{20}) on (?P<replica>\S+): its log stays at")
+STACK_REPLICA = f"{socket.gethostname().lower()}-{HEALTH_PORTS['builder']}"
+# Past the ports the stack of this slot uses (gateway + 0..9).
+SECOND_HEALTH_PORT = GATEWAY_PORT + 15
+SECOND_REPLICA = "second"
+
+
+@pytest.fixture(scope="module")
+def second_builder(stack: Stack) -> Iterator[subprocess.Popen[bytes]]:
+    """Another builder replica beside the stack's."""
+    env = dict(stack.env)
+    env.update(BINDERY_HEALTH_PORT=str(SECOND_HEALTH_PORT), BINDERY_BUILDER_REPLICA=SECOND_REPLICA)
+    with (stack.log_dir / "builder-second.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bindery.builder"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, "the second builder exited"
+        with suppress(OSError):
+            url = f"http://127.0.0.1:{SECOND_HEALTH_PORT}/health"
+            with urllib.request.urlopen(url, timeout=2):
+                break
+        assert time.monotonic() < deadline, "the second builder is not healthy within 60 s"
+        time.sleep(0.2)
+    yield proc
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def builds_seen(events: list[dict[str, Any]]) -> list[re.Match[str]]:
+    return [
+        match
+        for event in events
+        if (match := BUILD_LINE.search(str(event.get("message", "")))) is not None
+    ]
+
+
+async def test_three_launches_at_once_share_one_build_and_all_see_its_log(
+    stack: Stack,
+    http: aiohttp.ClientSession,
+    repos: Path,
+    second_builder: subprocess.Popen[bytes],
+) -> None:
+    repo = repos / "replicas-concurrent"
+    make_repo(
+        repo,
+        {
+            "requirements.txt": "pyfiglet==1.0.2\n",
+            # Long enough that all three launches arrive while it builds.
+            "postBuild": "#!/bin/bash\necho concurrent-postbuild-says-hello\nsleep 4\n",
+        },
+    )
+    path = build_path(f"file://{repo}", "main")
+    launches = await asyncio.gather(*(launch(http, stack.gateway, path) for _ in range(3)))
+
+    for events in launches:
+        assert events[-1]["phase"] == "ready", events[-3:]
+        assert any("concurrent-postbuild-says-hello" in str(e.get("message")) for e in events)
+    assert len({events[-1]["url"] for events in launches}) == 3, "three sessions"
+    build_ids = {match["id"] for events in launches for match in builds_seen(events)}
+    assert len(build_ids) == 1, f"one build, not {build_ids}"
+
+    # The whole log, afterwards, from any gateway: the build-log stream keeps it.
+    build_id = build_ids.pop()
+    async with http.get(f"{stack.gateway}/api/builds/{build_id}/log") as resp:
+        assert resp.status == 200, await resp.text()
+        kept = await resp.json()
+    assert kept["complete"] is True
+    messages = [line["message"] for line in kept["lines"]]
+    assert BUILD_LINE.search(messages[0])
+    assert any("concurrent-postbuild-says-hello" in message for message in messages)
+    assert messages[-1].startswith(f"Build {build_id} finished")
+    async with http.get(f"{stack.gateway}/api/builds/{'0' * 20}/log") as resp:
+        assert resp.status == 404
+
+
+async def test_a_builder_killed_mid_build_hands_the_launch_to_another(
+    stack: Stack,
+    http: aiohttp.ClientSession,
+    repos: Path,
+    second_builder: subprocess.Popen[bytes],
+) -> None:
+    repo = repos / "replicas-kill"
+    make_repo(
+        repo,
+        {
+            "requirements.txt": "pyfiglet==1.0.2\n",
+            "postBuild": "#!/bin/bash\necho kill-the-builder-now\nsleep 8\n",
+        },
+    )
+    processes = {STACK_REPLICA: stack.processes["builder"], SECOND_REPLICA: second_builder}
+    events: list[dict[str, Any]] = []
+    killed = ""
+    async with http.get(
+        stack.gateway + build_path(f"file://{repo}", "main"),
+        headers={"Accept": "text/event-stream"},
+    ) as resp:
+        async for raw in resp.content:
+            line = raw.decode().rstrip("\n")
+            if not line.startswith("data:"):
+                continue
+            events.append(json.loads(line[5:]))
+            message = str(events[-1].get("message", ""))
+            if "kill-the-builder-now" in message and not killed:
+                killed = builds_seen(events)[-1]["replica"]
+                processes[killed].send_signal(signal.SIGKILL)
+                processes[killed].wait()
+            if events[-1]["phase"] in {"ready", "failed"}:
+                break
+    if killed == STACK_REPLICA:
+        stack.processes.pop("builder")
+        stack.start("builder")
+
+    assert killed, "the build never reached its postBuild"
+    assert events[-1]["phase"] == "ready", events[-3:]
+    builds = builds_seen(events)
+    assert len({match["id"] for match in builds}) == 2, "the build ran again"
+    assert builds[-1]["replica"] != killed, "retried by the replica still alive"

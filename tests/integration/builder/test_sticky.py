@@ -1,0 +1,133 @@
+"""Sticky builds on the real broker: one repository, one builder replica; fail-over when it dies.
+
+The replicas here are bare consumers of the queues the builder consumes
+(``topology.builder_replica``, ``topology.BUILDER``): routing is the broker's, not the builder's.
+"""
+
+import asyncio
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from bindery.bus import Bus, topology
+from bindery.events import Event, RefResolved
+from tests.support.stack import REPO, SLOT
+
+VHOST = f"bindery-integration-{SLOT}-sticky"
+
+
+@pytest.fixture
+def amqp_url() -> Iterator[str]:
+    """A virtual host of its own: no replica queue left by other tests takes a share."""
+    infra = str(REPO / "scripts/infra.sh")
+    subprocess.run([infra, "vhost-delete", VHOST], check=True, capture_output=True)
+    subprocess.run([infra, "vhost", VHOST], check=True, capture_output=True)
+    yield f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
+    subprocess.run([infra, "vhost-delete", VHOST], check=True, capture_output=True)
+
+
+@pytest.fixture
+async def bus(amqp_url: str) -> AsyncIterator[Bus]:
+    bus = Bus(amqp_url, "sticky-test", connect_timeout=10)
+    await bus.connect()
+    yield bus
+    await bus.close()
+
+
+def resolved(repo_key: str) -> RefResolved:
+    return RefResolved(
+        launch_id=uuid.uuid4().hex,
+        provider="git",
+        spec=f"{repo_key}/HEAD",
+        repo_url=f"https://example.org/{repo_key}.git",
+        ref="HEAD",
+        resolved_ref="5b1503fb6fd79906a6d75af32d4a014b5f31dc61",
+        repo_key=repo_key,
+        image=f"reg/bindery/{repo_key}:1",
+        image_exists=False,
+    )
+
+
+Delivery = tuple[str, str, str]  # replica, queue, launch id
+
+
+class Replica:
+    """Consumes a replica queue and the unclaimed queue, holding each delivery (like a build)."""
+
+    def __init__(self, name: str, got: "asyncio.Queue[Delivery]") -> None:
+        self.name = name
+        self.got = got
+
+    async def start(self, amqp_url: str) -> None:
+        self.bus = Bus(amqp_url, f"replica-{self.name}", connect_timeout=10)
+        await self.bus.connect()
+        for spec in (topology.builder_replica(self.name), topology.BUILDER):
+
+            async def handle(event: Event, queue: str = str(spec.name)) -> None:
+                await self.got.put((self.name, queue, event.launch_id))
+                await asyncio.Event().wait()  # a build that never ends, until the replica dies
+
+            await self.bus.consume(spec, handle, prefetch=50)
+
+    async def die(self) -> None:
+        await self.bus.close()
+
+
+async def take(got: "asyncio.Queue[Delivery]", count: int, timeout: float = 60) -> list[Delivery]:
+    return [await asyncio.wait_for(got.get(), timeout) for _ in range(count)]
+
+
+async def test_each_repository_goes_to_one_replica_and_fails_over_when_it_dies(
+    amqp_url: str, bus: Bus
+) -> None:
+    names = ["a", "b"]
+    got: asyncio.Queue[Delivery] = asyncio.Queue()
+    replicas = [Replica(name, got) for name in names]
+    for replica in replicas:
+        await replica.start(amqp_url)
+
+    # Three launches of each of 12 repositories: all launches of a repository meet in one
+    # replica queue, and both replicas get some repositories.
+    repos = [f"repo-{i}" for i in range(12)]
+    launches: dict[str, str] = {}
+    for repo in repos * 3:
+        event = resolved(repo)
+        launches[event.launch_id] = repo
+        await bus.publish(event)
+    delivered = await take(got, len(launches))
+    owners: dict[str, set[str]] = {}
+    for owner, _, launch_id in delivered:
+        owners.setdefault(launches[launch_id], set()).add(owner)
+    assert all(len(names) == 1 for names in owners.values()), owners
+    assert {owner for owner, _, _ in delivered} == set(names), "both own repositories"
+    assert {(owner, queue) for owner, queue, _ in delivered} == {
+        (name, topology.builder_replica(name).name) for name in names
+    }, "nothing spilled while both replicas lived"
+
+    # The first replica dies holding its launches: they reach the survivor through the
+    # unclaimed queue, and so does a new launch of one of its repositories.
+    dead = replicas[0]
+    held = {launch_id for owner, _, launch_id in delivered if owner == dead.name}
+    await dead.die()
+    orphan = resolved(launches[next(iter(held))])
+    await bus.publish(orphan)
+    taken = await take(got, len(held) + 1)
+    assert {launch_id for _, _, launch_id in taken} == held | {orphan.launch_id}
+    assert {(owner, queue) for owner, queue, _ in taken} == {
+        (replicas[1].name, topology.BUILDER.name)
+    }
+    await replicas[1].die()
+
+
+async def test_a_launch_with_no_replica_alive_waits_in_the_unclaimed_queue(
+    amqp_url: str, bus: Bus
+) -> None:
+    event = resolved("lonely")
+    await bus.publish(event)
+    got: asyncio.Queue[Delivery] = asyncio.Queue()
+    replica = Replica("late", got)
+    await replica.start(amqp_url)
+    assert await take(got, 1) == [(replica.name, topology.BUILDER.name, event.launch_id)]
+    await replica.die()
