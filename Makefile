@@ -38,6 +38,8 @@ status:
 	-scripts/infra.sh status
 	-scripts/services.sh status
 
+# Two podman nodes with separate image stores: the scheduler's placement tests need both.
+test: export BINDERY_NODE_COUNT ?= 2
 test: install infra-up
 	scripts/test.sh
 
@@ -50,6 +52,7 @@ lint:
 	$(VENV)/mypy
 	$(VENV)/lint-imports
 
+bench: export BINDERY_NODE_COUNT ?= 2
 bench: install infra-up
 	$(VENV)/python bench/run.py
 

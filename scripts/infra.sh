@@ -5,6 +5,7 @@
 #   podman nodes unix:///run/bindery/node-N.sock, N = 1..$BINDERY_NODE_COUNT (default 1)
 #                node-1 uses podman's default storage (where `podman build` puts images);
 #                node-N>1 has its own storage under .bindery/nodes/node-N.
+#   isolation    iptables rules keeping sessions off this host and each other (scripts/isolation.sh)
 #
 # usage: scripts/infra.sh up|down|status|restart
 #        scripts/infra.sh vhost NAME          create a vhost, grant guest full permissions
@@ -251,9 +252,12 @@ all_nodes() {  # configured nodes plus any still running from an earlier, larger
 # --- commands -----------------------------------------------------------------------------
 cmd_up() {
     rabbit_up
+    # Sticky builds: the builders' x-consistent-hash exchange (libs/src/bindery/bus/topology.py).
+    rabbitmq-plugins -q enable rabbitmq_consistent_hash_exchange >/dev/null
     registry_up
     local n
     for n in $(seq 1 "$BINDERY_NODE_COUNT"); do node_up "$n"; done
+    "$REPO/scripts/isolation.sh" up  # sessions reach neither this host nor each other
     log "infrastructure up"
 }
 
@@ -270,6 +274,7 @@ cmd_status() {
     rabbit_status || rc=1
     registry_status || rc=1
     for n in $(all_nodes | sort -un); do node_status "$n" || rc=1; done
+    "$REPO/scripts/isolation.sh" status || rc=1
     return "$rc"
 }
 

@@ -25,3 +25,8 @@ def repo_slug(repo_url: str, max_length: int = 40) -> str:
 def session_name(repo_url: str, launch_id: str) -> str:
     """Deterministic per launch, so a redelivered launch finds its container instead of a twin."""
     return f"{repo_slug(repo_url, 24)}-{launch_id[:10].lower()}"
+
+
+def repo_key(repo_url: str) -> str:
+    """One key per repository however its URL is spelled: quotas and sticky builds count by it."""
+    return repo_url.lower().removesuffix("/").removesuffix(".git")

@@ -2,6 +2,11 @@
 
 The runtime is the source of truth for which sessions exist: every session carries labels
 (instance, session, launch id, image, start time) from which any service rebuilds its view.
+
+Warm sessions are started before anyone asks for them, under a name of their own, so their
+Jupyter already serves `/user/<name>/` with the token derived from that name. A launch claims
+one by giving it its launch's key (the name the launch would have used); from then on it is an
+ordinary session, found by that key if the launch is redelivered and by its name everywhere else.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ LABEL_LAUNCH = "bindery.launch-id"
 LABEL_IMAGE = "bindery.image"
 LABEL_REPO = "bindery.repo"
 LABEL_STARTED = "bindery.started"
+LABEL_WARM = "bindery.warm"
+"""Present on sessions started for the warm pool (claimed or not)."""
 
 JUPYTER_PORT = 8888
 
@@ -40,6 +47,8 @@ class SessionSpec:
     token: str = field(repr=False)
     repo: str
     limits: Limits
+    warm: bool = False
+    """Start unclaimed, for the warm pool: invisible to `list_sessions` until claimed."""
 
 
 @dataclass(frozen=True)
@@ -53,10 +62,29 @@ class Session:
     target: str
     """Base URL (scheme, host, port) at which the gateway reaches the session's Jupyter."""
     running: bool
+    memory_reservation: int = 0
+    warm: bool = False
+    """Waiting in the warm pool, not yet claimed by a launch."""
 
 
 class Runtime(Protocol):
-    async def list_sessions(self) -> list[Session]: ...
+    def node_names(self) -> list[str]: ...
+
+    async def node_memory(self, node: str) -> int:
+        """Memory the node has for sessions, in bytes (reservations are placed within it)."""
+        ...
+
+    async def list_sessions(self) -> list[Session]:
+        """Every session that belongs to a launch (unclaimed warm sessions excluded)."""
+        ...
+
+    async def list_warm(self) -> list[Session]:
+        """Warm sessions not yet claimed."""
+        ...
+
+    async def get(self, key: str) -> Session | None:
+        """The session started or claimed under `key` (a launch's session name), on any node."""
+        ...
 
     async def has_image(self, node: str, image: str) -> bool: ...
 
@@ -64,6 +92,12 @@ class Runtime(Protocol):
 
     async def start(self, node: str, spec: SessionSpec) -> Session: ...
 
-    async def stop(self, name: str) -> bool: ...
+    async def claim(self, warm: Session, key: str) -> Session:
+        """Hand a warm session to the launch whose session name is `key`."""
+        ...
+
+    async def stop(self, name: str) -> bool:
+        """Stop and remove the session named `name`; False if none existed."""
+        ...
 
     async def close(self) -> None: ...

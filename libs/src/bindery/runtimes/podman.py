@@ -2,11 +2,17 @@
 
 In: session specs to start, names to stop. Out: containers labelled for Bindery, published on
 127.0.0.1 only, limited in memory, CPU and pids, as uid 1000 with every capability dropped.
+
+Container names: `<instance>-<key>` for a session started or claimed by a launch (key = the
+launch's session name, so a redelivered launch finds its container on whichever node it runs),
+`<instance>-warm-<name>` for a warm session nobody has claimed yet. Claiming renames it.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -21,6 +27,7 @@ from bindery.runtimes.base import (
     LABEL_REPO,
     LABEL_SESSION,
     LABEL_STARTED,
+    LABEL_WARM,
     RuntimeError_,
     Session,
     SessionSpec,
@@ -77,21 +84,58 @@ class PodmanRuntime:
         self._instance = instance
         self.nodes = {name: PodmanNode(name, url) for name, url in nodes.items()}
 
-    def _container_name(self, session: str) -> str:
-        return f"{self._instance}-{session}"
+    def _container_name(self, key: str) -> str:
+        return f"{self._instance}-{key}"
+
+    def _warm_name(self, name: str) -> str:
+        return f"{self._instance}-warm-{name}"
+
+    def node_names(self) -> list[str]:
+        return list(self.nodes)
+
+    async def node_memory(self, node: str) -> int:
+        info = await self.nodes[node].request("GET", "/info")
+        return int(info["MemTotal"])
 
     async def close(self) -> None:
         for node in self.nodes.values():
             await node.close()
 
-    async def list_sessions(self) -> list[Session]:
-        filters = quote(json.dumps({"label": [f"{LABEL_INSTANCE}={self._instance}"]}))
-        sessions: list[Session] = []
+    async def _find(self, *labels: str) -> list[tuple[PodmanNode, dict[str, Any]]]:
+        """Inspect every container of this instance carrying all `labels`, on every node."""
+        filters = quote(json.dumps({"label": [f"{LABEL_INSTANCE}={self._instance}", *labels]}))
+        found = []
         for node in self.nodes.values():
             for item in await node.request("GET", f"/containers/json?all=true&filters={filters}"):
-                detail = await node.request("GET", f"/containers/{item['Id']}/json")
-                sessions.append(_session_from_inspect(node.name, detail))
-        return sessions
+                try:
+                    detail = await node.request("GET", f"/containers/{item['Id']}/json")
+                except RuntimeError_ as exc:
+                    # Removed since the listing: podman answers 500 "no such container".
+                    if "no such container" in str(exc):
+                        continue
+                    raise
+                found.append((node, detail))
+        return found
+
+    async def _all(self) -> list[Session]:
+        return [
+            _session_from_inspect(node.name, detail, self._warm_name)
+            for node, detail in await self._find()
+        ]
+
+    async def list_sessions(self) -> list[Session]:
+        return [session for session in await self._all() if not session.warm]
+
+    async def list_warm(self) -> list[Session]:
+        return [session for session in await self._all() if session.warm]
+
+    async def get(self, key: str) -> Session | None:
+        container = quote(self._container_name(key))
+        for node in self.nodes.values():
+            detail = await node.request("GET", f"/containers/{container}/json", ok=(200, 404))
+            if detail and "Id" in detail:
+                return _session_from_inspect(node.name, detail, self._warm_name)
+        return None
 
     async def has_image(self, node: str, image: str) -> bool:
         result = await self.nodes[node].request(
@@ -119,6 +163,8 @@ class PodmanRuntime:
             LABEL_REPO: spec.repo,
             LABEL_STARTED: datetime.now(UTC).isoformat(),
         }
+        if spec.warm:
+            labels[LABEL_WARM] = "true"
         body = {
             "Image": spec.image,
             "Cmd": jupyter_command(spec.name),
@@ -129,6 +175,8 @@ class PodmanRuntime:
             "HostConfig": {
                 "Memory": spec.limits.memory_limit,
                 "MemoryReservation": spec.limits.memory_reservation,
+                # No swap on top: over the limit the kernel is killed instead of thrashing.
+                "MemorySwap": spec.limits.memory_limit,
                 "NanoCpus": int(spec.limits.cpus * 1e9),
                 "PidsLimit": spec.limits.pids,
                 "CapDrop": ["ALL"],
@@ -136,28 +184,35 @@ class PodmanRuntime:
                 "PortBindings": {f"{JUPYTER_PORT}/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]},
             },
         }
-        name = quote(self._container_name(spec.name))
+        name = quote(self._warm_name(spec.name) if spec.warm else self._container_name(spec.name))
         # 409: a redelivered launch already created this container; starting it again is harmless.
         await target.request("POST", f"/containers/create?name={name}", body=body, ok=(201, 409))
         await target.request("POST", f"/containers/{name}/start", ok=(204, 304))
         detail = await target.request("GET", f"/containers/{name}/json")
-        return _session_from_inspect(node, detail)
+        return _session_from_inspect(node, detail, self._warm_name)
+
+    async def claim(self, warm: Session, key: str) -> Session:
+        """Rename the warm container to the launch's key: one step, so it is claimed once."""
+        node = self.nodes[warm.node]
+        old, new = quote(self._warm_name(warm.name)), quote(self._container_name(key))
+        await node.request("POST", f"/containers/{old}/rename?name={new}", ok=(204,))
+        return replace(warm, warm=False)
 
     async def stop(self, name: str) -> bool:
         """Stop and remove the session's container wherever it runs; False if none existed."""
-        container = quote(self._container_name(name))
-        for node in self.nodes.values():
-            found = await node.request("GET", f"/containers/{container}/json", ok=(200, 404))
-            if found is None or "Id" not in found:
-                continue
-            await node.request("POST", f"/containers/{container}/stop?t=3", ok=(204, 304, 404))
+        found = await self._find(f"{LABEL_SESSION}={name}")
+        for node, detail in found:
+            container = detail["Id"]
+            await node.request("POST", f"/containers/{container}/stop?t=2", ok=(204, 304, 404))
             await node.request("DELETE", f"/containers/{container}?force=true", ok=(200, 204, 404))
-            return True
-        return False
+        return bool(found)
 
 
-def _session_from_inspect(node: str, detail: dict[str, Any]) -> Session:
+def _session_from_inspect(
+    node: str, detail: dict[str, Any], warm_name: Callable[[str], str]
+) -> Session:
     labels = detail.get("Config", {}).get("Labels") or {}
+    name = labels.get(LABEL_SESSION, "")
     ports = (detail.get("NetworkSettings") or {}).get("Ports") or {}
     bindings = ports.get(f"{JUPYTER_PORT}/tcp") or []
     target = ""
@@ -165,8 +220,9 @@ def _session_from_inspect(node: str, detail: dict[str, Any]) -> Session:
         host = bindings[0].get("HostIp") or "127.0.0.1"
         target = f"http://{host}:{bindings[0]['HostPort']}"
     started = labels.get(LABEL_STARTED)
+    unclaimed = LABEL_WARM in labels and detail.get("Name", "").lstrip("/") == warm_name(name)
     return Session(
-        name=labels.get(LABEL_SESSION, ""),
+        name=name,
         node=node,
         launch_id=labels.get(LABEL_LAUNCH, ""),
         image=labels.get(LABEL_IMAGE, ""),
@@ -174,4 +230,6 @@ def _session_from_inspect(node: str, detail: dict[str, Any]) -> Session:
         started=datetime.fromisoformat(started) if started else datetime.now(UTC),
         target=target,
         running=bool((detail.get("State") or {}).get("Running")),
+        memory_reservation=int((detail.get("HostConfig") or {}).get("MemoryReservation") or 0),
+        warm=unclaimed,
     )

@@ -1,4 +1,5 @@
-"""Wires the scheduler: settings, the podman runtime over every node, subscriptions."""
+"""Wires the scheduler: settings, the runtime over every node, reconciliation, subscriptions,
+and the background loop that keeps popular images pre-pulled and the warm pool filled."""
 
 from __future__ import annotations
 
@@ -17,9 +18,12 @@ def main() -> None:
     settings.require_secret()
 
     async def start(bus: Bus) -> None:
-        nodes = settings.node_urls()
-        runtime = PodmanRuntime(settings.instance, nodes)
+        runtime = PodmanRuntime(settings.instance, settings.node_urls())
         http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-        await subscribe(bus, Scheduler(settings, runtime, list(nodes), bus.publish, http))
+        scheduler = await Scheduler.create(settings, runtime, bus.publish, http)
+        # The view must be whole before the first (possibly redelivered) launch arrives.
+        await scheduler.reconcile()
+        await subscribe(bus, scheduler)
+        scheduler.background(scheduler.maintain_forever())
 
     service.run("scheduler", settings, settings.health_port, start)

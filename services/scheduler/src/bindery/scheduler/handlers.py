@@ -4,19 +4,33 @@ from __future__ import annotations
 
 from bindery.bus import Bus, topology
 from bindery.events import Event, IdleDetected, ImageBuilt, RefResolved
+from bindery.naming import repo_key
 from bindery.scheduler.launch import LaunchOrder, Scheduler
 
 
 async def subscribe(bus: Bus, scheduler: Scheduler) -> None:
-    async def on_event(event: Event) -> None:
-        if (isinstance(event, RefResolved) and event.image_exists and not event.build_only) or (
-            isinstance(event, ImageBuilt) and not event.build_only
-        ):
-            await scheduler.launch(
-                LaunchOrder(event.launch_id, event.image, event.repo_url, event.resolved_ref)
+    async def on_launch(event: Event) -> None:
+        if isinstance(event, RefResolved) and event.image_exists and not event.build_only:
+            order = LaunchOrder(
+                event.launch_id, event.image, event.repo_url, event.resolved_ref, event.repo_key
             )
-        elif isinstance(event, IdleDetected):
+        elif isinstance(event, ImageBuilt) and not event.build_only:
+            order = LaunchOrder(
+                event.launch_id,
+                event.image,
+                event.repo_url,
+                event.resolved_ref,
+                repo_key(event.repo_url),
+            )
+        else:
+            return
+        await scheduler.launch(order)
+
+    async def on_stop(event: Event) -> None:
+        if isinstance(event, IdleDetected):
             await scheduler.stop(event)
 
-    # Launches wait for Jupyter while holding their delivery; allow many at once.
-    await bus.consume(topology.SCHEDULER, on_event, prefetch=32)
+    # Launches hold their delivery while they wait for a seat and for Jupyter; stops travel on a
+    # queue of their own so a full launch queue can never hold back the stop that frees a seat.
+    await bus.consume(topology.SCHEDULER, on_launch, prefetch=scheduler.settings.launch_prefetch)
+    await bus.consume(topology.SCHEDULER_STOPS, on_stop, prefetch=32)

@@ -1,31 +1,48 @@
 """The scheduler's domain: an image to run becomes a ready session, an idle one is stopped.
 
-In: ref-resolved (image present), image-built, idle-detected. Out: pod-scheduled, pod-ready,
-launch-failed, pod-stopped. Placement prefers a node that already holds the image, because
-pulling dominates launch time. Handlers are idempotent: the session name comes from the launch
-id, so a redelivered launch finds its container instead of starting a twin.
+In: ref-resolved (image present), image-built, idle-detected; the runtime's sessions at start.
+Out: launch-queued, image-pulling, pod-scheduled, pod-ready, launch-failed, pod-stopped.
+
+A launch takes a seat (admission: quotas, capacity, the waiting queue), then either claims a warm
+session of its image or starts one on the chosen node, pulling the image first when that node
+lacks it, and waits until Jupyter answers. Handlers are idempotent: a launch's key (its session
+name) comes from its launch id, and the runtime finds a session by that key on any node, so a
+redelivered launch resumes its session instead of starting a twin.
+
+In the background the scheduler keeps popular images on more nodes and the warm pool filled.
+One scheduler process owns the quotas: run a single replica (a restart hands over cleanly).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import structlog
 
+from bindery import telemetry
 from bindery.events import (
     Event,
     FailureReason,
     IdleDetected,
+    ImagePulling,
     LaunchFailed,
+    LaunchQueued,
     PodReady,
     PodScheduled,
     PodStopped,
 )
-from bindery.naming import session_name
+from bindery.naming import repo_key, session_name
 from bindery.runtimes import Limits, Runtime, RuntimeError_, Session, SessionSpec
+from bindery.scheduler import metrics
+from bindery.scheduler.admission import REPOSITORY, Admission, QueueTimeout
+from bindery.scheduler.cluster import Cluster, Seat
+from bindery.scheduler.popularity import Popularity, warm_targets
 from bindery.scheduler.settings import SchedulerSettings
 from bindery.tokens import session_token
 
@@ -40,6 +57,7 @@ class LaunchOrder:
     image: str
     repo_url: str
     resolved_ref: str
+    repo_key: str
 
 
 class NotReady(Exception):
@@ -50,9 +68,49 @@ class NotReady(Exception):
 class Scheduler:
     settings: SchedulerSettings
     runtime: Runtime
-    node_names: list[str]
     publish: Publish
     http: aiohttp.ClientSession
+    cluster: Cluster
+    popularity: Popularity = field(init=False)
+    admission: Admission = field(init=False)
+    resumed: set[str] = field(default_factory=set)
+    """Sessions found by a redelivered launch since start: not orphans."""
+    _pulls: dict[tuple[str, str], asyncio.Task[None]] = field(default_factory=dict)
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    _maintain_soon: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.popularity = Popularity(self.settings.popularity_window)
+        self.admission = Admission(
+            self.cluster,
+            self.settings.repo_quota,
+            self.settings.total_quota,
+            self.settings.memory_reservation,
+            evict=self._evict,
+        )
+        metrics.watch(self.admission)
+
+    def _evict(self, seat: Seat) -> None:
+        log.info("pool.evicted", name=seat.name, node=seat.node, image=seat.image)
+        self.background(self._stop_quietly(seat.name, "evicted for a launch"))
+
+    @classmethod
+    async def create(
+        cls,
+        settings: SchedulerSettings,
+        runtime: Runtime,
+        publish: Publish,
+        http: aiohttp.ClientSession,
+    ) -> Scheduler:
+        capacity = {}
+        for node in runtime.node_names():
+            try:
+                capacity[node] = settings.node_memory or await runtime.node_memory(node)
+            except (RuntimeError_, aiohttp.ClientError, OSError) as exc:
+                # A node that is down gets no sessions until the scheduler restarts.
+                log.error("node.unreachable", node=node, error=str(exc))
+                capacity[node] = 0
+        return cls(settings, runtime, publish, http, Cluster(capacity))
 
     @property
     def limits(self) -> Limits:
@@ -63,47 +121,77 @@ class Scheduler:
             pids=self.settings.pids_limit,
         )
 
-    async def place(self, image: str) -> str:
-        """A node holding the image, else the first node after pulling it there."""
-        for node in self.node_names:
-            if await self.runtime.has_image(node, image):
-                return node
-        node = self.node_names[0]
-        await self.runtime.pull(node, image)
-        return node
+    def token(self, name: str) -> str:
+        return session_token(self.settings.require_secret(), name)
 
-    async def launch(self, order: LaunchOrder) -> None:
-        name = session_name(order.repo_url, order.launch_id)
-        token = session_token(self.settings.require_secret(), name)
-        structlog.contextvars.bind_contextvars(session=name)
+    def background(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- start: rebuild the view from the runtime -----------------------------------------
+
+    async def reconcile(self) -> None:
+        """Adopt live sessions and warm ones; remove dead containers and, after the startup
+        timeout, running ones that never answered and that no redelivered launch came back for.
+        """
+        for session in await self.runtime.list_sessions() + await self.runtime.list_warm():
+            if not session.running:
+                log.info("reconcile.removed", session=session.name, why="not running")
+                await self.runtime.stop(session.name)
+                continue
+            self.cluster.learn_image(session.node, session.image)
+            self.popularity.record(session.image, session.repo)
+            seat = Seat(
+                session.name,
+                session.node,
+                session.image,
+                session.memory_reservation or self.settings.memory_reservation,
+                repo_key="" if session.warm else repo_key(session.repo),
+                pool=session.warm,
+            )
+            self.cluster.occupy(seat)
+            self.background(self._adopt(session, seat))
+        log.info("reconcile.done", seats=len(self.cluster.seats))
+
+    async def _adopt(self, session: Session, seat: Seat) -> None:
         try:
-            node = await self.place(order.image)
-            await self.publish(
-                PodScheduled(launch_id=order.launch_id, session=name, node=node, image=order.image)
-            )
-            spec = SessionSpec(
-                name=name,
-                image=order.image,
-                launch_id=order.launch_id,
-                token=token,
-                repo=order.repo_url,
-                limits=self.limits,
-            )
-            session = await self.runtime.start(node, spec)
-            await self.wait_until_ready(session, token)
+            await self.wait_until_ready(session, self.token(session.name))
+        except NotReady:
+            if session.name in self.resumed:
+                return  # its launch came back and handles the failure itself
+            log.warning("reconcile.orphan_removed", session=session.name, node=session.node)
+            await self._stop_quietly(session.name, "orphan")
+            return
+        if seat.pool and self.cluster.seats.get(seat.name) is seat:
+            seat.warm = session
+            self.admission.pump()
+
+    # --- launches ---------------------------------------------------------------------------
+
+    @metrics.timed_launch
+    async def launch(self, order: LaunchOrder) -> None:
+        key = session_name(order.repo_url, order.launch_id)
+        structlog.contextvars.bind_contextvars(session=key)
+        self.popularity.record(order.image, order.repo_url)
+        name = key
+        try:
+            session = await self._resume(order, key)
+            if session is None:
+                session = await self._seat_and_start(order, key)
+            name = session.name
+            await self.wait_until_ready(session, self.token(name))
+        except QueueTimeout as exc:
+            await self._fail(order, key, FailureReason.NO_CAPACITY, self._queue_message(exc))
+            return
         except (RuntimeError_, NotReady) as exc:
             log.warning("launch.failed", error=str(exc))
-            await self.runtime.stop(name)
-            await self.publish(
-                LaunchFailed(
-                    launch_id=order.launch_id,
-                    service="scheduler",
-                    reason=FailureReason.START_FAILED,
-                    message=f"The session could not start: {exc}",
-                )
+            await self._fail(
+                order, name, FailureReason.START_FAILED, f"The session could not start: {exc}"
             )
             return
-        log.info("launch.ready", node=session.node)
+        log.info("launch.ready", node=session.node, name=name)
         await self.publish(
             PodReady(
                 launch_id=order.launch_id,
@@ -115,26 +203,246 @@ class Scheduler:
                 resolved_ref=order.resolved_ref,
             )
         )
+        self._maintain_soon.set()
 
+    async def _resume(self, order: LaunchOrder, key: str) -> Session | None:
+        """The session a previous delivery of this launch started, if it still runs."""
+        session = await self.runtime.get(key)
+        if session is None:
+            return None
+        self.resumed.add(session.name)
+        if session.running:
+            log.info("launch.resumed", node=session.node, name=session.name)
+            if session.name not in self.cluster.seats:
+                self.cluster.occupy(
+                    Seat(
+                        session.name,
+                        session.node,
+                        session.image,
+                        self.settings.memory_reservation,
+                        order.repo_key,
+                    )
+                )
+            return session
+        await self.runtime.stop(session.name)
+        self.admission.release(session.name)
+        return None
+
+    @telemetry.traced("placement")
+    async def _seat_and_start(self, order: LaunchOrder, key: str) -> Session:
+        self.admission.release(key)  # a seat left by an earlier delivery that died early
+        await self.refresh_holders(order.image)
+        waiter = self.admission.enqueue(key, order.repo_key, order.image)
+
+        async def notify(position: int, limit: str) -> None:
+            log.info("launch.queued", position=position, limit=limit)
+            await self.publish(
+                LaunchQueued(
+                    launch_id=order.launch_id,
+                    repo_key=order.repo_key,
+                    position=position,
+                    limit=limit,
+                )
+            )
+
+        admitted = await self.admission.wait(waiter, self.settings.queue_timeout, notify)
+        seat = admitted.seat
+        if admitted.warm is not None:
+            try:
+                session = await self.runtime.claim(admitted.warm, key)
+            except RuntimeError_ as exc:
+                # The warm session vanished (stopped by hand?): start one where it was.
+                log.warning("pool.claim_failed", error=str(exc))
+                self.cluster.release(seat.name)
+                seat = Seat(key, seat.node, order.image, seat.reservation, order.repo_key)
+                self.cluster.occupy(seat)
+            else:
+                log.info("pool.claimed", name=session.name, node=session.node)
+                metrics.WARM_POOL_HITS.inc()
+                await self._scheduled(order, session.name, session.node)
+                return session
+        if not admitted.holds_image:
+            await self.publish(
+                ImagePulling(launch_id=order.launch_id, node=seat.node, image=order.image)
+            )
+            await self.pull(seat.node, order.image)
+        await self._scheduled(order, key, seat.node)
+        spec = self._spec(key, order.image, order.repo_url, order.launch_id)
+        with telemetry.span("container.start"):
+            session = await self.runtime.start(seat.node, spec)
+        self.cluster.learn_image(seat.node, order.image)
+        return session
+
+    async def _scheduled(self, order: LaunchOrder, name: str, node: str) -> None:
+        await self.publish(
+            PodScheduled(launch_id=order.launch_id, session=name, node=node, image=order.image)
+        )
+
+    def _spec(
+        self, name: str, image: str, repo: str, launch_id: str, warm: bool = False
+    ) -> SessionSpec:
+        return SessionSpec(
+            name=name,
+            image=image,
+            launch_id=launch_id,
+            token=self.token(name),
+            repo=repo,
+            limits=self.limits,
+            warm=warm,
+        )
+
+    def _queue_message(self, exc: QueueTimeout) -> str:
+        minutes = self.settings.queue_timeout / 60
+        if exc.limit == REPOSITORY:
+            what = (
+                f"This repository already has {self.settings.repo_quota} sessions running, "
+                "its limit"
+            )
+        else:
+            what = "Bindery has no room for another session right now"
+        return f"{what}, and none ended within {minutes:.0f} minutes. Please try again later."
+
+    async def _fail(self, order: LaunchOrder, name: str, reason: FailureReason, msg: str) -> None:
+        metrics.launch_failed()
+        await self._stop_quietly(name, "launch failed")
+        await self.publish(
+            LaunchFailed(launch_id=order.launch_id, service="scheduler", reason=reason, message=msg)
+        )
+
+    @telemetry.traced("readiness")
     async def wait_until_ready(self, session: Session, token: str) -> None:
         url = f"{session.target}/user/{session.name}/api/status"
         headers = {"Authorization": f"token {token}"}
-        deadline = asyncio.get_running_loop().time() + self.settings.startup_timeout
-        delay = 0.05
-        while asyncio.get_running_loop().time() < deadline:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.startup_timeout
+        while loop.time() < deadline:
             try:
                 async with self.http.get(url, headers=headers) as resp:
                     if resp.status == 200:
                         return
             except (aiohttp.ClientError, TimeoutError):
                 pass
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.5)
+            # Short and fixed: Jupyter needs about a second, and every poll step is launch time.
+            await asyncio.sleep(0.05)
         raise NotReady(f"Jupyter did not answer within {self.settings.startup_timeout:.0f} s")
+
+    # --- images -----------------------------------------------------------------------------
+
+    async def refresh_holders(self, image: str) -> None:
+        for node in self.runtime.node_names():
+            try:
+                present = await self.runtime.has_image(node, image)
+            except (RuntimeError_, aiohttp.ClientError) as exc:
+                log.warning("node.unreachable", node=node, error=str(exc))
+                continue
+            self.cluster.learn_image(node, image, present)
+
+    @telemetry.traced("image.pull")
+    async def pull(self, node: str, image: str) -> None:
+        """Pull once per node and image, however many launches wait for it."""
+        task = self._pulls.get((node, image))
+        if task is None:
+            log.info("image.pulling", node=node, image=image)
+            task = asyncio.create_task(self.runtime.pull(node, image))
+            self._pulls[(node, image)] = task
+            task.add_done_callback(lambda _: self._pulls.pop((node, image), None))
+        await asyncio.shield(task)
+        self.cluster.learn_image(node, image)
+
+    # --- stops ------------------------------------------------------------------------------
 
     async def stop(self, event: IdleDetected) -> None:
         if await self.runtime.stop(event.session):
             log.info("session.stopped", session=event.session, reason=event.reason.value)
+        self.admission.release(event.session)
         await self.publish(
             PodStopped(launch_id=event.launch_id, session=event.session, reason=event.reason)
         )
+        self._maintain_soon.set()
+
+    async def _stop_quietly(self, name: str, why: str) -> None:
+        try:
+            await self.runtime.stop(name)
+        except (RuntimeError_, aiohttp.ClientError) as exc:
+            log.warning("session.stop_failed", session=name, why=why, error=str(exc))
+        self.admission.release(name)
+
+    # --- background: pre-pulls and the warm pool --------------------------------------------
+
+    async def maintain_forever(self) -> None:
+        while True:
+            try:
+                await self.maintain()
+            except Exception:
+                log.exception("maintain.failed")
+            self._maintain_soon.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._maintain_soon.wait(), self.settings.maintain_interval)
+
+    async def maintain(self) -> None:
+        await self.prepull()
+        await self.fill_pool()
+
+    async def prepull(self) -> None:
+        """Put each popular image on `prepull_nodes` nodes, so later launches rarely pull."""
+        nodes = self.runtime.node_names()
+        for image in self.popularity.popular(self.settings.prepull_launches):
+            holders = self.cluster.holding(image)
+            wanted = min(self.settings.prepull_nodes, len(nodes)) - len(holders)
+            for node in [n for n in nodes if n not in holders][: max(wanted, 0)]:
+                log.info("image.prepull", node=node, image=image)
+                try:
+                    await self.pull(node, image)
+                except RuntimeError_ as exc:
+                    log.warning("image.prepull_failed", node=node, image=image, error=str(exc))
+
+    async def fill_pool(self) -> None:
+        """Bring the warm pool to its targets; launches waiting for room come first."""
+        if self.settings.warm_pool_size == 0:
+            return
+        targets = warm_targets(self.popularity.counts(), self.settings.warm_pool_size)
+        current = self.cluster.pool_by_image()
+        for seat in self.cluster.pool_seats():
+            if seat.warm is not None and current[seat.image] > targets[seat.image]:
+                current[seat.image] -= 1
+                self.admission.release(seat.name)  # unclaimable from now on
+                self.background(self._stop_quietly(seat.name, "pool shrinks"))
+        starts = []
+        for image, wanted in targets.items():
+            for _ in range(wanted - current[image]):
+                if self.admission.waiters:
+                    break
+                choice = self.cluster.choose(image, self.settings.memory_reservation)
+                if choice is None:
+                    break
+                repo = self.popularity.repos.get(image, "")
+                pool_id = uuid.uuid4().hex
+                seat = Seat(
+                    session_name(repo, pool_id),
+                    choice.node,
+                    image,
+                    self.settings.memory_reservation,
+                    pool=True,
+                )
+                self.cluster.occupy(seat)
+                starts.append(
+                    self._start_warm(seat, self._spec(seat.name, image, repo, pool_id, True))
+                )
+        await asyncio.gather(*starts)
+
+    async def _start_warm(self, seat: Seat, spec: SessionSpec) -> None:
+        try:
+            if seat.node not in self.cluster.holding(seat.image):
+                await self.pull(seat.node, seat.image)
+            session = await self.runtime.start(seat.node, spec)
+            await self.wait_until_ready(session, self.token(seat.name))
+        except (RuntimeError_, NotReady, aiohttp.ClientError) as exc:
+            log.warning("pool.start_failed", name=seat.name, error=str(exc))
+            await self._stop_quietly(seat.name, "warm start failed")
+            return
+        if self.cluster.seats.get(seat.name) is seat:
+            seat.warm = session
+            log.info("pool.ready", name=seat.name, node=seat.node, image=seat.image)
+            self.admission.pump()
+        else:  # evicted while it started
+            await self._stop_quietly(seat.name, "evicted while starting")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from bindery.settings import CommonSettings
 
 GiB = 1024**3
@@ -14,7 +16,7 @@ class SchedulerSettings(CommonSettings):
     """mybinder.org's limit: above it the kernel is killed, the Jupyter server lives on."""
 
     memory_reservation: int = 1 * GiB
-    """mybinder.org's guarantee."""
+    """mybinder.org's guarantee; placement fits these reservations within each node's memory."""
 
     cpu_limit: float = 1.0
     """One core each, so one busy session cannot starve a 2-core node."""
@@ -24,3 +26,38 @@ class SchedulerSettings(CommonSettings):
 
     startup_timeout: float = 120.0
     """How long Jupyter may take to answer /api/status before the launch fails."""
+
+    node_memory: int = Field(default=0, ge=0)
+    """Memory reservations each node accepts, in bytes. 0: the memory the node reports. Set it
+    lower to keep room for the node's own services (or, in tests, to fill a node quickly)."""
+
+    repo_quota: int = Field(default=100, ge=1)
+    """Concurrent sessions per repository, mybinder.org's default per-repository limit."""
+
+    total_quota: int = Field(default=1000, ge=1)
+    """Concurrent sessions overall; capacity usually binds first, this caps a misconfigured
+    node size."""
+
+    queue_timeout: float = Field(default=600.0, ge=0)
+    """How long a launch over quota or capacity waits for a seat before failing. BinderHub fails
+    at once (its issue #861); ten minutes lets a class of students ride out a wave of launches."""
+
+    launch_prefetch: int = Field(default=500, ge=1)
+    """Launches this scheduler holds at once (starting or waiting in the queue). Each keeps its
+    message unacknowledged, so a scheduler that dies mid-launch hands it to its successor."""
+
+    warm_pool_size: int = Field(default=0, ge=0)
+    """Sessions kept started for the most launched images (0: no pool). Each holds a memory
+    reservation, so the pool yields to real launches when a node is full."""
+
+    popularity_window: float = 3600.0
+    """Launches counted for popularity (warm pool, pre-pulls) within this many seconds."""
+
+    prepull_launches: int = Field(default=3, ge=1)
+    """Launches within the popularity window that make an image popular enough to pre-pull."""
+
+    prepull_nodes: int = Field(default=3, ge=1)
+    """How many nodes a popular image is kept on; more nodes make pulls at launch rarer."""
+
+    maintain_interval: float = 30.0
+    """How often the warm pool and pre-pulls are brought up to date (also after each launch)."""

@@ -1,0 +1,147 @@
+"""Quotas and the waiting queue: which launch may take a seat now, and where the others stand.
+
+In: launches asking for a seat (session name, repository key, image), seats released. Out: an
+admitted launch's seat (a warm session of its image, or a node chosen by the cluster view), or
+its position in the queue, re-reported whenever it changes, until a configurable wait runs out.
+
+Launches wait in arrival order. Each pump walks the queue front to back and admits every launch
+that fits, so a repository at its quota never holds up launches of other repositories, and a
+launch blocked by the total quota or by capacity keeps its place ahead of later ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from bindery.runtimes import Session
+from bindery.scheduler.cluster import Cluster, Seat
+
+REPOSITORY = "repository"
+TOTAL = "total"
+
+
+@dataclass(frozen=True)
+class Admitted:
+    seat: Seat
+    holds_image: bool
+    warm: Session | None = None
+    """The warm session to claim, when the pool had one for the image."""
+
+
+@dataclass
+class Waiter:
+    name: str
+    repo_key: str
+    image: str
+    admitted: Admitted | None = None
+    position: int = 0
+    limit: str = ""
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class QueueTimeout(Exception):
+    def __init__(self, limit: str) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+
+Notify = Callable[[int, str], Awaitable[None]]
+
+
+@dataclass
+class Admission:
+    cluster: Cluster
+    repo_quota: int
+    total_quota: int
+    reservation: int
+    evict: Callable[[Seat], None]
+    """Called with a warm seat given up to make room; the caller stops its session."""
+
+    waiters: list[Waiter] = field(default_factory=list)
+
+    def enqueue(self, name: str, repo_key: str, image: str) -> Waiter:
+        waiter = Waiter(name, repo_key, image)
+        self.waiters.append(waiter)
+        self.pump()
+        return waiter
+
+    def withdraw(self, waiter: Waiter) -> None:
+        if waiter in self.waiters:
+            self.waiters.remove(waiter)
+            self.pump()
+
+    def release(self, name: str) -> Seat | None:
+        seat = self.cluster.release(name)
+        if seat is not None:
+            self.pump()
+        return seat
+
+    def pump(self) -> None:
+        """Admit every waiter that fits, front to back; re-rank the rest."""
+        ranks: Counter[tuple[str, str]] = Counter()
+        for waiter in list(self.waiters):
+            limit = self._try_admit(waiter)
+            if limit is None:
+                self.waiters.remove(waiter)
+                waiter.changed.set()
+                continue
+            key = (limit, waiter.repo_key if limit == REPOSITORY else "")
+            ranks[key] += 1
+            if (waiter.position, waiter.limit) != (ranks[key], limit):
+                waiter.position, waiter.limit = ranks[key], limit
+                waiter.changed.set()
+
+    def _try_admit(self, waiter: Waiter) -> str | None:
+        """Admit `waiter` and return None, or return the limit that holds it back."""
+        cluster = self.cluster
+        if cluster.repo_sessions(waiter.repo_key) >= self.repo_quota:
+            return REPOSITORY
+        if cluster.launched_sessions() >= self.total_quota:
+            return TOTAL
+        warm = cluster.take_warm(waiter.image)
+        if warm is not None and warm.warm is not None:
+            seat = Seat(warm.name, warm.node, warm.image, warm.reservation, waiter.repo_key)
+            cluster.occupy(seat)
+            waiter.admitted = Admitted(seat, holds_image=True, warm=warm.warm)
+            return None
+        choice = cluster.choose(waiter.image, self.reservation)
+        if choice is None:
+            victim = cluster.evictable_warm(self.reservation, keep=waiter.image)
+            if victim is not None:
+                cluster.release(victim.name)
+                self.evict(victim)
+                choice = cluster.choose(waiter.image, self.reservation)
+        if choice is None:
+            return TOTAL
+        seat = Seat(waiter.name, choice.node, waiter.image, self.reservation, waiter.repo_key)
+        cluster.occupy(seat)
+        waiter.admitted = Admitted(seat, holds_image=choice.holds_image)
+        return None
+
+    async def wait(self, waiter: Waiter, patience: float, notify: Notify) -> Admitted:
+        """Wait for `waiter`'s seat, calling `notify(position, limit)` on every change."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + patience
+        reported: tuple[int, str] = (0, "")
+        try:
+            while True:
+                waiter.changed.clear()
+                if waiter.admitted is not None:
+                    return waiter.admitted
+                if (waiter.position, waiter.limit) != reported:
+                    reported = (waiter.position, waiter.limit)
+                    await notify(*reported)
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise QueueTimeout(waiter.limit)
+                try:
+                    await asyncio.wait_for(waiter.changed.wait(), remaining)
+                except TimeoutError:
+                    continue
+        finally:
+            if waiter.admitted is None:
+                self.withdraw(waiter)

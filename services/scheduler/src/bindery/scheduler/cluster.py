@@ -1,0 +1,113 @@
+"""The scheduler's view of the nodes: what each holds, what is reserved on it, which seats exist.
+
+In: node capacities (from the runtime or settings), sessions adopted at start, launches placed,
+sessions stopped, images seen on nodes. Out: placement choices. Pure and synchronous, so a
+decision and the reservation it makes can never be split by another launch's await.
+
+A seat is one session's claim on a node: a running session, a launch starting, or a warm session
+waiting in the pool. Quotas count seats that belong to a repository; capacity counts them all.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from bindery.runtimes import Session
+
+
+@dataclass
+class Seat:
+    name: str
+    node: str
+    image: str
+    reservation: int
+    repo_key: str = ""
+    pool: bool = False
+    """Held for the warm pool: counts for capacity, not for quotas, until a launch claims it."""
+    warm: Session | None = None
+    """The pool's session once it answers; only then can a launch claim it."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    node: str
+    holds_image: bool
+
+
+@dataclass
+class Cluster:
+    capacity: dict[str, int]
+    """Bytes of memory reservations each node accepts."""
+
+    seats: dict[str, Seat] = field(default_factory=dict)
+    holders: dict[str, set[str]] = field(default_factory=dict)
+    """image -> nodes known to hold it (learned from the runtime, pulls and starts)."""
+
+    def reserved(self, node: str) -> int:
+        return sum(seat.reservation for seat in self.seats.values() if seat.node == node)
+
+    def free(self, node: str) -> int:
+        return self.capacity[node] - self.reserved(node)
+
+    def sessions_on(self, node: str) -> int:
+        return sum(1 for seat in self.seats.values() if seat.node == node)
+
+    def learn_image(self, node: str, image: str, present: bool = True) -> None:
+        nodes = self.holders.setdefault(image, set())
+        if present:
+            nodes.add(node)
+        else:
+            nodes.discard(node)
+
+    def holding(self, image: str) -> set[str]:
+        return set(self.holders.get(image, ()))
+
+    def choose(self, image: str, reservation: int) -> Choice | None:
+        """A node with room, preferring those holding the image; ties go to the emptiest node.
+
+        Most free memory first spreads sessions (and their pressure) over the nodes; equal free
+        memory falls back to fewer sessions, then the name, so the choice is reproducible.
+        """
+        fitting = [node for node in self.capacity if self.free(node) >= reservation]
+        if not fitting:
+            return None
+        holders = self.holding(image)
+        candidates = [node for node in fitting if node in holders] or fitting
+        best = min(candidates, key=lambda n: (-self.free(n), self.sessions_on(n), n))
+        return Choice(best, best in holders)
+
+    def occupy(self, seat: Seat) -> None:
+        self.seats[seat.name] = seat
+
+    def release(self, name: str) -> Seat | None:
+        return self.seats.pop(name, None)
+
+    def repo_sessions(self, repo_key: str) -> int:
+        return sum(1 for seat in self.seats.values() if seat.repo_key == repo_key and not seat.pool)
+
+    def launched_sessions(self) -> int:
+        return sum(1 for seat in self.seats.values() if not seat.pool)
+
+    def pool_seats(self) -> list[Seat]:
+        return [seat for seat in self.seats.values() if seat.pool]
+
+    def pool_by_image(self) -> Counter[str]:
+        """Warm sessions per image, counting those still starting."""
+        return Counter(seat.image for seat in self.pool_seats())
+
+    def take_warm(self, image: str) -> Seat | None:
+        """A ready warm seat for `image`, on the node with the most free memory."""
+        seats = [seat for seat in self.pool_seats() if seat.image == image and seat.warm]
+        return max(seats, key=lambda s: (self.free(s.node), s.name), default=None)
+
+    def evictable_warm(self, reservation: int, keep: str) -> Seat | None:
+        """A ready warm seat of another image whose removal makes room for `reservation`."""
+        for seat in sorted(self.pool_seats(), key=lambda s: s.name):
+            if (
+                seat.warm is not None
+                and seat.image != keep
+                and self.free(seat.node) + seat.reservation >= reservation
+            ):
+                return seat
+        return None

@@ -1,0 +1,51 @@
+"""Which images are launched most: the warm pool and the pre-pulls follow them.
+
+In: each launch's image (and repository, to name warm sessions readably). Out: images ranked by
+launches within a sliding window, the popular ones, and how many warm sessions each deserves.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Popularity:
+    window: float
+    launches: dict[str, deque[float]] = field(default_factory=dict)
+    repos: dict[str, str] = field(default_factory=dict)
+    """image -> repository URL it was built from."""
+
+    def record(self, image: str, repo_url: str, now: float | None = None) -> None:
+        self.launches.setdefault(image, deque()).append(time.monotonic() if now is None else now)
+        self.repos[image] = repo_url
+
+    def counts(self, now: float | None = None) -> Counter[str]:
+        horizon = (time.monotonic() if now is None else now) - self.window
+        counts: Counter[str] = Counter()
+        for image, times in list(self.launches.items()):
+            while times and times[0] < horizon:
+                times.popleft()
+            if times:
+                counts[image] = len(times)
+            else:
+                del self.launches[image]
+        return counts
+
+    def popular(self, threshold: int, now: float | None = None) -> list[str]:
+        return [image for image, n in self.counts(now).most_common() if n >= threshold]
+
+
+def warm_targets(counts: Counter[str], pool_size: int) -> Counter[str]:
+    """Deal the pool's sessions to the most launched images, one each in turn.
+
+    With one popular image it gets every slot; with more images than slots, the top ones get one.
+    Ties rank by name so the plan does not flap between equally popular images.
+    """
+    ranked = sorted(counts, key=lambda image: (-counts[image], image))[:pool_size]
+    targets: Counter[str] = Counter()
+    for slot in range(pool_size if ranked else 0):
+        targets[ranked[slot % len(ranked)]] += 1
+    return targets
