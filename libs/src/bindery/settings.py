@@ -39,6 +39,17 @@ class CommonSettings(BaseSettings):
     nodes: str = "node-1=unix:///run/bindery/node-1.sock"
     """Comma-separated `name=podman API URL`; each node has its own image store."""
 
+    runtime: Literal["podman", "kubernetes"] = "podman"
+    """Where sessions run. Podman needs nothing but its sockets, so it is the default; Kubernetes
+    uses the in-cluster service account, or the kubeconfig outside a cluster."""
+
+    kubernetes_namespace: str = "bindery-sessions"
+    """Sessions get a namespace of their own, so NetworkPolicies can fence them off as a whole."""
+
+    kubernetes_node_selector: str = ""
+    """Label selector for the nodes sessions may run on (empty: every Ready, schedulable node),
+    e.g. `hub.jupyter.org/node-purpose=user` to keep them off the services' nodes."""
+
     session_secret: str = Field(default="", repr=False)
     """Session tokens are HMACs of the session name with this secret, so no token ever travels on
     the broker or sits in a container label. Empty means: refuse to start (see `require_secret`)."""

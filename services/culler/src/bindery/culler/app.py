@@ -12,7 +12,7 @@ from bindery.bus import Bus
 from bindery.culler.cull import Culler
 from bindery.culler.handlers import subscribe
 from bindery.culler.settings import CullerSettings
-from bindery.runtimes import PodmanRuntime
+from bindery.runtimes import make_runtime
 
 
 def main() -> None:
@@ -21,7 +21,7 @@ def main() -> None:
 
     async def start(bus: Bus) -> None:
         culler = Culler(settings.idle_timeout, settings.max_age, bus.publish)
-        runtime = PodmanRuntime(settings.instance, settings.node_urls())
+        runtime = await make_runtime(settings)
         culler.adopt(await runtime.list_sessions())
         await runtime.close()
         await subscribe(bus, culler)

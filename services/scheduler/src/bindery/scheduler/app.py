@@ -7,7 +7,7 @@ import aiohttp
 
 from bindery import service
 from bindery.bus import Bus
-from bindery.runtimes import PodmanRuntime
+from bindery.runtimes import make_runtime
 from bindery.scheduler.handlers import subscribe
 from bindery.scheduler.launch import Scheduler
 from bindery.scheduler.settings import SchedulerSettings
@@ -18,7 +18,7 @@ def main() -> None:
     settings.require_secret()
 
     async def start(bus: Bus) -> None:
-        runtime = PodmanRuntime(settings.instance, settings.node_urls())
+        runtime = await make_runtime(settings)
         http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         scheduler = await Scheduler.create(settings, runtime, bus.publish, http)
         # The view must be whole before the first (possibly redelivered) launch arrives.

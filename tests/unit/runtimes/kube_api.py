@@ -1,0 +1,233 @@
+"""A local stand-in for the Kubernetes API: the pod and node endpoints Bindery's runtime uses.
+
+Every pod body it receives (created, or after a patch) is validated against the Kubernetes
+schemas with kubernetes-validate, strictly (unknown fields are errors). An invalid body gets the
+422 a real API server answers and is kept in `invalid`, which the fixtures assert is empty.
+
+A tiny "kubelet" gives created pods a phase, an IP and container states: session pods run (with
+a pod IP from `ip_for`, where a test may serve a fake Jupyter), pull pods complete and add their
+image to the node's `status.images`, unless the node's registry is marked broken.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+from aiohttp import web
+
+K8S_VERSION = "1.30"
+"""The Kubernetes minor whose schemas requests must satisfy: an old-enough cluster to target."""
+
+
+def schema_errors(resource: dict[str, Any]) -> str | None:
+    """Why `resource` is not a valid Kubernetes object, or None if it is."""
+    try:
+        kubernetes_validate.validate(resource, K8S_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        return f"{'.'.join(str(p) for p in exc.path)}: {exc.message}"
+    return None
+
+
+def node(
+    name: str,
+    *,
+    memory: str = "8Gi",
+    images: tuple[str, ...] = (),
+    ready: bool = True,
+    cordoned: bool = False,
+    labels: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, **(labels or {})}},
+        "spec": {"unschedulable": True} if cordoned else {},
+        "status": {
+            "allocatable": {"cpu": "2", "memory": memory, "pods": "110"},
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+            "images": [{"names": [image], "sizeBytes": 1000} for image in images],
+        },
+    }
+
+
+def _matches(labels: dict[str, str], selector: str) -> bool:
+    """Equality (`k=v`) and existence (`k`) requirements, comma-separated: what Bindery sends."""
+    for requirement in filter(None, selector.split(",")):
+        key, has_value, value = requirement.partition("=")
+        if key not in labels or (has_value and labels[key] != value):
+            return False
+    return True
+
+
+def _status(code: int, reason: str, message: str) -> web.Response:
+    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason}
+    return web.json_response({**body, "message": message, "code": code}, status=code)
+
+
+@dataclass
+class FakeKubernetes:
+    nodes: dict[str, dict[str, Any]]
+    pods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    created: list[dict[str, Any]] = field(default_factory=list)
+    """Every pod body accepted by a create, in order."""
+    deleted: list[tuple[str, str | None]] = field(default_factory=list)
+    """(pod name, gracePeriodSeconds) of every delete."""
+    invalid: list[str] = field(default_factory=list)
+    broken_registry: set[str] = field(default_factory=set)
+    """Nodes whose image pulls fail."""
+    ip_for: Callable[[int], str] = lambda n: f"10.0.0.{n}"
+    url: str = ""
+    _counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        pods = "/api/v1/namespaces/{namespace}/pods"
+        app.router.add_get("/api/v1/nodes", self.list_nodes)
+        app.router.add_get("/api/v1/nodes/{name}", self.read_node)
+        app.router.add_get(pods, self.list_pods)
+        app.router.add_post(pods, self.create_pod)
+        app.router.add_get(pods + "/{name}", self.read_pod)
+        app.router.add_patch(pods + "/{name}", self.patch_pod)
+        app.router.add_delete(pods + "/{name}", self.delete_pod)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def kubeconfig(self, directory: Path) -> Path:
+        path = directory / "kubeconfig"
+        path.write_text(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"
+            f"clusters: [{{name: fake, cluster: {{server: '{self.url}'}}}}]\n"
+            "users: [{name: bindery, user: {token: not-a-secret}}]\n"
+            "contexts: [{name: fake, context: {cluster: fake, user: bindery}}]\n"
+        )
+        return path
+
+    # --- nodes -----------------------------------------------------------------------------
+
+    async def list_nodes(self, request: web.Request) -> web.Response:
+        selector = request.query.get("labelSelector", "")
+        items = [n for n in self.nodes.values() if _matches(n["metadata"]["labels"], selector)]
+        return web.json_response({"apiVersion": "v1", "kind": "NodeList", "items": items})
+
+    async def read_node(self, request: web.Request) -> web.Response:
+        found = self.nodes.get(request.match_info["name"])
+        if found is None:
+            return _status(404, "NotFound", f'nodes "{request.match_info["name"]}" not found')
+        return web.json_response(found)
+
+    # --- pods ------------------------------------------------------------------------------
+
+    async def list_pods(self, request: web.Request) -> web.Response:
+        selector = request.query.get("labelSelector", "")
+        items = [
+            p for p in self.pods.values() if _matches(p["metadata"].get("labels", {}), selector)
+        ]
+        return web.json_response({"apiVersion": "v1", "kind": "PodList", "items": items})
+
+    async def create_pod(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        errors = schema_errors(body)
+        if errors is not None:
+            self.invalid.append(errors)
+            return _status(422, "Invalid", f"Pod is invalid: {errors}")
+        name = body["metadata"]["name"]
+        if name in self.pods:
+            return _status(409, "AlreadyExists", f'pods "{name}" already exists')
+        if body["metadata"].get("namespace") not in (None, request.match_info["namespace"]):
+            return _status(400, "BadRequest", "the namespace of the object does not match")
+        self.created.append(copy.deepcopy(body))
+        pod = copy.deepcopy(body)
+        pod["metadata"]["creationTimestamp"] = datetime.now(UTC).isoformat()
+        pod["status"] = self._kubelet(pod)
+        self.pods[name] = pod
+        return web.json_response(pod, status=201)
+
+    def _kubelet(self, pod: dict[str, Any]) -> dict[str, Any]:
+        node_name = pod["spec"]["nodeName"]
+        container = pod["spec"]["containers"][0]
+        image = container["image"]
+        state: dict[str, Any]
+        if node_name in self.broken_registry:
+            state = {"waiting": {"reason": "ErrImagePull", "message": "connection refused"}}
+            phase = "Pending"
+        elif pod["spec"]["restartPolicy"] == "Never" and container.get("command") == ["true"]:
+            state = {"terminated": {"exitCode": 0, "reason": "Completed"}}
+            phase = "Succeeded"
+        else:
+            state = {"running": {"startedAt": datetime.now(UTC).isoformat()}}
+            phase = "Running"
+        if "waiting" not in state:
+            held = self.nodes[node_name]["status"]["images"]
+            if not any(image in entry["names"] for entry in held):
+                held.append({"names": [image], "sizeBytes": 1000})
+        status: dict[str, Any] = {
+            "phase": phase,
+            "containerStatuses": [
+                {
+                    "name": container["name"],
+                    "image": image,
+                    "imageID": "" if "waiting" in state else f"{image}@sha256:{'0' * 64}",
+                    "ready": phase == "Running",
+                    "restartCount": 0,
+                    "state": state,
+                }
+            ],
+        }
+        if phase == "Running":
+            status["podIP"] = self.ip_for(next(self._counter))
+        return status
+
+    def _missing(self, request: web.Request) -> web.Response:
+        return _status(404, "NotFound", f'pods "{request.match_info["name"]}" not found')
+
+    async def read_pod(self, request: web.Request) -> web.Response:
+        pod = self.pods.get(request.match_info["name"])
+        return self._missing(request) if pod is None else web.json_response(pod)
+
+    async def patch_pod(self, request: web.Request) -> web.Response:
+        pod = self.pods.get(request.match_info["name"])
+        if pod is None:
+            return self._missing(request)
+        if request.content_type != "application/json-patch+json":
+            return _status(415, "UnsupportedMediaType", f"unexpected {request.content_type}")
+        patched = copy.deepcopy(pod)
+        for op in await request.json():
+            *parents, key = op["path"].strip("/").split("/")
+            key = key.replace("~1", "/").replace("~0", "~")
+            target = patched
+            for part in parents:
+                target = target[part]
+            if op["op"] == "test" and target.get(key) != op["value"]:
+                return _status(422, "Invalid", f"the test of {op['path']} failed")
+            if op["op"] in ("replace", "add"):
+                target[key] = op["value"]
+        errors = schema_errors({k: v for k, v in patched.items() if k != "status"})
+        if errors is not None:
+            self.invalid.append(errors)
+            return _status(422, "Invalid", f"Pod is invalid: {errors}")
+        self.pods[pod["metadata"]["name"]] = patched
+        return web.json_response(patched)
+
+    async def delete_pod(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        pod = self.pods.pop(name, None)
+        if pod is None:
+            return self._missing(request)
+        self.deleted.append((name, request.query.get("gracePeriodSeconds")))
+        return web.json_response(pod)

@@ -1,0 +1,226 @@
+"""The Kubernetes runtime against a local API server that validates every body it receives
+against the Kubernetes schemas: the pods it creates, where, with which limits and isolation,
+and how sessions are found, claimed, stopped and images pulled."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import kubernetes_validate
+import pytest
+from kubernetes_asyncio.config import kube_config
+
+from bindery.runtimes import KubernetesRuntime, Limits, RuntimeError_, SessionSpec, make_runtime
+from bindery.runtimes.kubernetes import parse_memory
+from bindery.settings import CommonSettings
+from tests.unit.runtimes.kube_api import K8S_VERSION, FakeKubernetes, node
+
+GiB = 1024**3
+IMAGE = "registry.example:5000/bindery/demo:abc123"
+LIMITS = Limits(memory_limit=2 * GiB, memory_reservation=1 * GiB, cpus=1.0, pids=512)
+
+
+def spec(name: str, *, warm: bool = False) -> SessionSpec:
+    return SessionSpec(
+        name=name,
+        image=IMAGE,
+        launch_id=f"launch-{name}",
+        token="t" * 64,
+        repo="https://github.com/owner/demo",
+        limits=LIMITS,
+        warm=warm,
+    )
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[FakeKubernetes]:
+    fake = FakeKubernetes(
+        nodes={
+            "node-a": node("node-a", memory="16393852Ki", labels={"pool": "user"}),
+            "node-b": node("node-b", memory="8Gi", images=(IMAGE,), labels={"pool": "user"}),
+            "cordoned": node("cordoned", cordoned=True, labels={"pool": "user"}),
+            "not-ready": node("not-ready", ready=False, labels={"pool": "user"}),
+            "core": node("core"),
+        }
+    )
+    await fake.start()
+    yield fake
+    await fake.close()
+    assert fake.invalid == [], "the runtime sent a body the Kubernetes schemas reject"
+
+
+@pytest.fixture
+async def runtime(
+    api: FakeKubernetes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[KubernetesRuntime]:
+    # The scheduler's own path: BINDERY_RUNTIME=kubernetes and a kubeconfig, through make_runtime.
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(api.kubeconfig(tmp_path)))
+    settings = CommonSettings(
+        runtime="kubernetes",
+        instance="test",
+        kubernetes_namespace="sessions",
+        kubernetes_node_selector="pool=user",
+    )
+    made = await make_runtime(settings)
+    assert isinstance(made, KubernetesRuntime)
+    made._poll_interval = 0.01
+    yield made
+    await made.close()
+
+
+async def test_the_validator_rejects_a_broken_pod(api: FakeKubernetes) -> None:
+    """The guard the other tests rely on: a body the schemas reject is refused and recorded."""
+    broken = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "broken"},
+        "spec": {
+            "containers": [
+                # `drop` must be a list, and `memory_limit` is no field of a container.
+                {"name": "c", "image": IMAGE, "securityContext": {"capabilities": {"drop": "ALL"}}},
+            ],
+            "nodename": "node-a",
+        },
+    }
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{api.url}/api/v1/namespaces/sessions/pods", json=broken) as resp,
+    ):
+        assert resp.status == 422
+    assert api.pods == {} and len(api.invalid) == 1
+    api.invalid.clear()
+
+
+async def test_sessions_go_only_to_ready_schedulable_nodes_the_selector_names(
+    runtime: KubernetesRuntime,
+) -> None:
+    assert sorted(runtime.node_names()) == ["node-a", "node-b"]
+
+
+async def test_node_memory_and_images_come_from_the_node_status(
+    runtime: KubernetesRuntime,
+) -> None:
+    assert await runtime.node_memory("node-a") == 16393852 * 1024
+    assert await runtime.node_memory("node-b") == 8 * GiB
+    assert await runtime.has_image("node-b", IMAGE)
+    assert not await runtime.has_image("node-a", IMAGE)
+
+
+async def test_a_session_is_a_limited_isolated_pod_on_the_chosen_node(
+    runtime: KubernetesRuntime, api: FakeKubernetes
+) -> None:
+    session = await runtime.start("node-a", spec("demo-1"))
+    [body] = api.created
+    pod_spec = body["spec"]
+    [container] = pod_spec["containers"]
+    assert body["metadata"]["namespace"] == "sessions"
+    assert pod_spec["nodeName"] == "node-a"
+    assert parse_memory(container["resources"]["requests"]["memory"]) == 1 * GiB
+    assert parse_memory(container["resources"]["limits"]["memory"]) == 2 * GiB
+    assert container["resources"]["limits"]["cpu"] == "1000m"
+    assert body["metadata"]["annotations"]["bindery.pids-limit"] == "512"
+    assert pod_spec["automountServiceAccountToken"] is False
+    assert pod_spec["enableServiceLinks"] is False
+    assert pod_spec["securityContext"]["runAsUser"] == 1000
+    assert pod_spec["securityContext"]["runAsNonRoot"] is True
+    security = container["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert {"name": "JUPYTER_TOKEN", "value": "t" * 64} in container["env"]
+    assert "--ServerApp.base_url=/user/demo-1/" in container["args"]
+    labels = body["metadata"]["labels"]
+    assert labels["bindery.instance"] == "test" and labels["bindery.session"] == "demo-1"
+    assert body["metadata"]["annotations"]["bindery.image"] == IMAGE
+    # What the scheduler probes: Jupyter on the pod's IP.
+    pod_ip = api.pods["test-demo-1"]["status"]["podIP"]
+    assert session.target == f"http://{pod_ip}:8888"
+    assert session.running and session.node == "node-a"
+    assert session.memory_reservation == 1 * GiB
+    assert session.repo == "https://github.com/owner/demo"
+
+
+async def test_a_redelivered_start_finds_its_pod_instead_of_a_twin(
+    runtime: KubernetesRuntime, api: FakeKubernetes
+) -> None:
+    first = await runtime.start("node-a", spec("demo-1"))
+    again = await runtime.start("node-a", spec("demo-1"))
+    assert len(api.created) == 1 and list(api.pods) == ["test-demo-1"]
+    assert again.target == first.target
+    found = await runtime.get("demo-1")
+    assert found is not None and found.launch_id == "launch-demo-1"
+
+
+async def test_warm_sessions_are_listed_apart_and_claimed_once(
+    runtime: KubernetesRuntime, api: FakeKubernetes
+) -> None:
+    await runtime.start("node-a", spec("launched"))
+    warm = await runtime.start("node-b", spec("pool-1", warm=True))
+    assert warm.warm
+    assert [s.name for s in await runtime.list_sessions()] == ["launched"]
+    assert [s.name for s in await runtime.list_warm()] == ["pool-1"]
+    assert await runtime.get("key-1") is None
+
+    claimed = await runtime.claim(warm, "key-1")
+    assert not claimed.warm and claimed.name == "pool-1"
+    found = await runtime.get("key-1")
+    assert found is not None and found.name == "pool-1" and not found.warm
+    assert await runtime.list_warm() == []
+    with pytest.raises(RuntimeError_, match="claiming"):
+        await runtime.claim(warm, "key-2")
+    assert await runtime.get("key-2") is None
+
+
+async def test_stop_deletes_the_pod_and_reports_whether_it_existed(
+    runtime: KubernetesRuntime, api: FakeKubernetes
+) -> None:
+    await runtime.start("node-a", spec("demo-1"))
+    assert await runtime.stop("demo-1")
+    assert api.deleted == [("test-demo-1", "2")]
+    assert await runtime.list_sessions() == []
+    assert not await runtime.stop("demo-1")
+
+
+async def test_pull_runs_a_pod_of_the_image_on_the_node_then_removes_it(
+    runtime: KubernetesRuntime, api: FakeKubernetes
+) -> None:
+    await runtime.pull("node-a", IMAGE)
+    [body] = api.created
+    assert body["spec"]["nodeName"] == "node-a" and body["spec"]["containers"][0]["image"] == IMAGE
+    assert body["metadata"]["labels"] == {"bindery.instance": "test", "bindery.pull": "true"}
+    assert api.pods == {}, "the pull pod is deleted"
+    assert await runtime.has_image("node-a", IMAGE)
+    assert await runtime.list_sessions() == [], "a pull pod is no session"
+
+
+async def test_a_pull_that_cannot_reach_the_registry_fails_with_the_reason(
+    runtime: KubernetesRuntime, api: FakeKubernetes
+) -> None:
+    api.broken_registry.add("node-a")
+    with pytest.raises(RuntimeError_, match="could not be pulled"):
+        await runtime.pull("node-a", IMAGE)
+    assert api.pods == {}
+    with pytest.raises(RuntimeError_, match="ErrImagePull"):
+        await runtime.start("node-a", spec("demo-1"))
+
+
+@pytest.mark.parametrize(
+    ("quantity", "expected"),
+    [
+        ("2147483648", 2 * GiB),
+        ("16Gi", 16 * GiB),
+        ("1500M", 1_500_000_000),
+        ("1.5Gi", 3 * GiB // 2),
+    ],
+)
+def test_memory_quantities(quantity: str, expected: int) -> None:
+    assert parse_memory(quantity) == expected
+
+
+def test_an_unknown_quantity_is_a_clear_error() -> None:
+    with pytest.raises(RuntimeError_, match="unexpected memory quantity"):
+        parse_memory("2 gigs")
