@@ -1,23 +1,30 @@
-"""One local HTTP server answering like the repository providers' public APIs, for resolver tests.
+"""One local HTTP server answering like the repository providers' public APIs, for resolver and
+builder tests.
 
 It serves the documented response shapes of each API the resolver calls (GitHub commits and
 gists with ETag/If-None-Match and 304, GitLab commits, the DOI resolver's redirects, Zenodo
 records, Figshare article versions, Dataverse datasets, HydroShare science metadata, CKAN
 package_show, Software Heritage revisions/directories), plus the failure modes that matter: 404,
 422, 5xx, rate limits (GitHub 403 + X-RateLimit-Remaining: 0, 429 + Retry-After), redirects,
-and a host that never answers. Every request is recorded (path as sent, headers) so tests can
-check quoting, tokens and how often a provider was asked.
+and a host that never answers. For the builder's content providers it also serves records' files
+as repo2docker's providers download them: Zenodo's files listing and content links, Figshare's
+article version with download URLs, Dataverse's dataset files and datafile access, CKAN
+resources, Software Heritage's vault (POST to cook a directory, then its tar.gz). Every request
+is recorded (path as sent, headers) so tests can check quoting, tokens and how often a provider
+was asked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
+import tarfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from aiohttp import web
 
@@ -42,13 +49,27 @@ class FakeProviders:
     """DOI -> landing URL the resolver redirects to."""
     zenodo_records: dict[str, int] = field(default_factory=dict)
     """record id -> the id the API answers with (a concept id redirects to its latest)."""
+    zenodo_files: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    """record id -> {file key: content}: the record's files listing and downloads."""
+    figshare_files: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    """"<article>.v<version>" -> {file name: content}."""
     figshare_versions: dict[str, list[int]] = field(default_factory=dict)
     dataverse: dict[str, dict[str, Any]] = field(default_factory=dict)
     """"doi:..." -> data block."""
+    dataverse_files: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    """"doi:..." -> {"dir/name" or "name": content}: the latest version's files."""
     hydroshare_modified: dict[str, str] = field(default_factory=dict)
     ckan_modified: dict[str, str] = field(default_factory=dict)
+    ckan_resources: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    """dataset id -> its resources ({"id", "url"}) as package_show lists them."""
+    downloads: dict[str, bytes] = field(default_factory=dict)
+    """path under /files/ -> content: whatever a resource URL points to."""
     swh_objects: set[str] = field(default_factory=set)
     """"revision/<hash>" or "directory/<hash>"."""
+    swh_directories: dict[str, list[tarfile.TarInfo | tuple[str, bytes]]] = field(
+        default_factory=dict
+    )
+    """directory hash -> the vault's archive: files (name, content) or raw members (links)."""
     rate_limited: set[str] = field(default_factory=set)
     """Services ("github", "gitlab", "swh") currently answering with their rate-limit reply."""
     broken: set[str] = field(default_factory=set)
@@ -69,6 +90,8 @@ class FakeProviders:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_route("GET", r"/{tail:.*}", self._dispatch)
+        # Software Heritage's vault is asked to cook a directory with a POST.
+        app.router.add_route("POST", r"/swh/{tail:.*}", self._dispatch)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -84,7 +107,11 @@ class FakeProviders:
         path = request.raw_path.split("?", 1)[0]
         self.seen.append(Seen(request.raw_path, dict(request.headers)))
         # Dataverse serves its API from the site root, next to its landing pages.
-        service = "dataverse" if path.startswith("/api/datasets/") else path.split("/", 2)[1]
+        service = (
+            "dataverse"
+            if path.startswith(("/api/datasets/", "/api/access/"))
+            else path.split("/", 2)[1]
+        )
         if service in self.silent:
             await self._release.wait()
             return web.Response(status=503)
@@ -100,6 +127,7 @@ class FakeProviders:
             "hydroshare": self._hydroshare,
             "ckan": self._ckan,
             "swh": self._swh,
+            "files": self._files,
         }.get(service)
         if handler is None:
             return web.Response(status=404)
@@ -171,21 +199,70 @@ class FakeProviders:
             return web.Response(status=404, text="DOI Not Found")
         return web.Response(status=302, headers={"Location": landing}, text="")
 
-    # --- Zenodo: /zenodo/api/records/{id} ---
+    # --- Zenodo: /zenodo/api/records/{id}[/files[/{key}/content]] ---
 
     async def _zenodo(self, request: web.Request, parts: list[str]) -> web.StreamResponse:
-        if parts[:2] != ["api", "records"] or len(parts) != 3:
+        if parts[:2] != ["api", "records"] or len(parts) not in (3, 4, 6):
             return web.Response(status=200, text="<html>landing page</html>")
         answer = self.zenodo_records.get(parts[2])
         if answer is None:
             return _json({"status": 404, "message": "PID does not exist."}, 404)
         if str(answer) != parts[2]:
             return web.Response(status=302, headers={"Location": f"/zenodo/api/records/{answer}"})
-        return _json({"id": answer, "conceptrecid": "1", "doi": f"10.5281/zenodo.{answer}"})
+        files = self.zenodo_files.get(parts[2], {})
+        api = self.url(f"/zenodo/api/records/{answer}")
+        if len(parts) == 3:
+            return _json(
+                {
+                    "id": answer,
+                    "conceptrecid": "1",
+                    "doi": f"10.5281/zenodo.{answer}",
+                    "links": {"files": f"{api}/files"},
+                    "metadata": {"upload_type": "software"},
+                }
+            )
+        if len(parts) == 4 and parts[3] == "files":
+            entries = [
+                {
+                    "key": key,
+                    "size": len(body),
+                    "links": {"content": f"{api}/files/{quote(key, safe='')}/content"},
+                }
+                for key, body in files.items()
+            ]
+            return _json({"enabled": True, "entries": entries})
+        content = (
+            files.get(unquote(parts[4])) if parts[3] == "files" and parts[5] == "content" else None
+        )
+        if content is None:
+            return _json({"status": 404, "message": "The requested file does not exist."}, 404)
+        return web.Response(body=content, content_type="application/octet-stream")
 
-    # --- Figshare API: /figshare/v2/articles/{id}/versions ---
+    # --- Figshare: /figshare/v2/articles/{id}/versions[/{v}], /figshare/ndownloader/{a.vN}/{name}
 
     async def _figshare(self, request: web.Request, parts: list[str]) -> web.StreamResponse:
+        if parts[:1] == ["ndownloader"] and len(parts) == 3:
+            content = self.figshare_files.get(parts[1], {}).get(unquote(parts[2]))
+            if content is None:
+                return web.Response(status=404)
+            return web.Response(body=content, content_type="application/octet-stream")
+        if len(parts) == 5 and parts[:2] == ["v2", "articles"] and parts[3] == "versions":
+            key = f"{parts[2]}.v{parts[4]}"
+            if key not in self.figshare_files:
+                return _json(
+                    {"message": "Entity not found: article", "code": "EntityNotFound"}, 404
+                )
+            files = [
+                {
+                    "id": n,
+                    "name": name,
+                    "size": len(body),
+                    "is_link_only": False,
+                    "download_url": self.url(f"/figshare/ndownloader/{key}/{quote(name, safe='')}"),
+                }
+                for n, (name, body) in enumerate(self.figshare_files[key].items())
+            ]
+            return _json({"id": int(parts[2]), "version": int(parts[4]), "files": files})
         if len(parts) != 4 or parts[:2] != ["v2", "articles"] or parts[3] != "versions":
             return _json({"message": "Not found", "code": "NotFound"}, 404)
         versions = self.figshare_versions.get(parts[2])
@@ -201,6 +278,11 @@ class FakeProviders:
     # --- Dataverse: /dataverse/api/datasets/:persistentId?persistentId=doi:... ---
 
     async def _dataverse(self, request: web.Request, parts: list[str]) -> web.StreamResponse:
+        if parts[:2] == ["access", "datafile"] and len(parts) == 3:
+            found = self._dataverse_file(int(parts[2])) if parts[2].isdigit() else None
+            if found is None:
+                return _json({"status": "ERROR", "message": "File not found"}, 404)
+            return web.Response(body=found, content_type="application/octet-stream")
         pid = request.query.get("persistentId", "")
         data = self.dataverse.get(pid)
         if data is None:
@@ -208,7 +290,26 @@ class FakeProviders:
                 {"status": "ERROR", "message": f"Dataset with Persistent ID {pid} not found."},
                 404,
             )
+        files = [
+            {
+                "label": path.rpartition("/")[2],
+                **({"directoryLabel": path.rpartition("/")[0]} if "/" in path else {}),
+                "dataFile": {"id": self._dataverse_file_id(pid, path), "filename": path},
+            }
+            for path in self.dataverse_files.get(pid, {})
+        ]
+        if files:
+            data = {**data, "latestVersion": {**data.get("latestVersion", {}), "files": files}}
         return _json({"status": "OK", "data": data})
+
+    def _dataverse_file_id(self, pid: str, path: str) -> int:
+        return 1000 + [(p, f) for p in self.dataverse_files for f in self.dataverse_files[p]].index(
+            (pid, path)
+        )
+
+    def _dataverse_file(self, file_id: int) -> bytes | None:
+        every = [body for files in self.dataverse_files.values() for body in files.values()]
+        return every[file_id - 1000] if 0 <= file_id - 1000 < len(every) else None
 
     # --- HydroShare: /hydroshare/hsapi/resource/{id}/scimeta/elements ---
 
@@ -231,7 +332,12 @@ class FakeProviders:
         if modified is None:
             error = {"message": "Not found", "__type": "Not Found Error"}
             return _json({"success": False, "error": error}, 404)
-        result = {"id": "0f3c", "name": request.query["id"], "metadata_modified": modified}
+        result = {
+            "id": "0f3c",
+            "name": request.query["id"],
+            "metadata_modified": modified,
+            "resources": self.ckan_resources.get(request.query["id"], []),
+        }
         return _json({"help": "...", "success": True, "result": result})
 
     # --- Software Heritage: /swh/api/1/{revision|directory}/{hash}/ ---
@@ -243,10 +349,39 @@ class FakeProviders:
                 429,
                 {"X-RateLimit-Limit": "120", "X-RateLimit-Remaining": "0", "Retry-After": "30"},
             )
+        if parts[2:4] == ["vault", "directory"] and len(parts) >= 5:
+            return self._swh_vault(parts[4], raw=parts[5:6] == ["raw"])
         key = "/".join(parts[2:4])
         if key not in self.swh_objects:
             return _json({"exception": "NotFoundExc", "reason": f"{key} not found"}, 404)
         return _json({"id": parts[3], "directory": "d" * 40})
+
+    def _swh_vault(self, directory: str, raw: bool) -> web.Response:
+        members = self.swh_directories.get(directory)
+        if members is None:
+            return _json({"exception": "NotFoundExc", "reason": "directory not found"}, 404)
+        if not raw:
+            fetch_url = self.url(f"/swh/api/1/vault/directory/{directory}/raw/")
+            return _json({"id": 1, "status": "done", "fetch_url": fetch_url})
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+            for member in members:
+                if isinstance(member, tarfile.TarInfo):
+                    tar.addfile(member)
+                    continue
+                name, body = member
+                info = tarfile.TarInfo(f"{directory}/{name}")
+                info.size = len(body)
+                tar.addfile(info, io.BytesIO(body))
+        return web.Response(body=archive.getvalue(), content_type="application/gzip")
+
+    # --- Plain downloads (CKAN resources point anywhere): /files/{path} ---
+
+    async def _files(self, request: web.Request, parts: list[str]) -> web.StreamResponse:
+        content = self.downloads.get(unquote("/".join(parts)))
+        if content is None:
+            return web.Response(status=404)
+        return web.Response(body=content, content_type="application/octet-stream")
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

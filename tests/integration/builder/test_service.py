@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -23,7 +24,8 @@ from bindery.events import (
     LaunchFailed,
     RefResolved,
 )
-from tests.integration.builder.test_build import manifest_status
+from tests.integration.builder.test_build import manifest_status, podman_run
+from tests.support.fakeproviders import FakeProviders
 from tests.support.gitrepo import make_repo, notebook
 
 REPO = Path(__file__).resolve().parents[3]
@@ -36,7 +38,23 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def builder_service(amqp_url: str, registry: str, base_image: str) -> Iterator[None]:
+def providers() -> Iterator[FakeProviders]:
+    """A Zenodo for the builder service, on a loop of its own (the service lives across tests)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = FakeProviders()
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
+    yield server
+    asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def builder_service(
+    amqp_url: str, registry: str, base_image: str, providers: FakeProviders
+) -> Iterator[None]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BINDERY_")}
     env.update(
@@ -45,6 +63,7 @@ def builder_service(amqp_url: str, registry: str, base_image: str) -> Iterator[N
         BINDERY_HEALTH_PORT=str(port),
         BINDERY_REGISTRY=registry,
         BINDERY_LOG_FORMAT="json",
+        BINDERY_ZENODO_URL=providers.url("/zenodo"),
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "bindery.builder"],
@@ -144,3 +163,35 @@ async def test_a_failing_build_fails_the_launch_with_a_reason(
     assert isinstance(failed, LaunchFailed)
     assert (failed.reason, failed.service) == (FailureReason.STEP_FAILED, "builder")
     assert "about to fail" in failed.message
+
+
+async def test_a_zenodo_record_is_fetched_and_built(
+    bus: Bus,
+    launch_events: "asyncio.Queue[Event]",
+    image_name: str,
+    providers: FakeProviders,
+) -> None:
+    providers.zenodo_records["5151"] = 5151
+    providers.zenodo_files["5151"] = {"requirements.txt": b"pyfiglet\n", "data.csv": b"a,b\n"}
+    # As the resolver emits it for the DOI 10.5281/zenodo.5151 (RefResolved's docstring).
+    event = RefResolved(
+        launch_id=uuid.uuid4().hex,
+        provider="zenodo",
+        spec="10.5281/zenodo.5151",
+        repo_url=providers.url("/zenodo/records/5151"),
+        ref="",
+        resolved_ref="5151",
+        repo_key="zenodo/5151",
+        image=image_name,
+        image_exists=False,
+    )
+    await bus.publish(event)
+
+    events = await events_until_done(launch_events, event.launch_id)
+
+    built = events[-1]
+    assert isinstance(built, ImageBuilt), events[-1]
+    fetched = [e.message for e in events if isinstance(e, BuildLog) and e.phase == "fetching"]
+    assert any("data.csv" in m for m in fetched), fetched
+    assert manifest_status(image_name) == 200
+    assert podman_run(image_name, "cat", "data.csv") == "a,b\n"

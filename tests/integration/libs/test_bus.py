@@ -39,7 +39,8 @@ async def test_event_reaches_the_bound_queue_and_is_acked(bus: Bus) -> None:
     await bus.consume(spec, handler)
     sent = LaunchRequested(launch_id="l-deliver", provider="git", spec="x/main")
     await bus.publish(sent)
-    assert await asyncio.wait_for(received.get(), 10) == sent
+    got = await asyncio.wait_for(received.get(), 10)
+    assert got.model_dump() == sent.model_dump()
 
 
 async def test_malformed_message_goes_to_dead_letter_and_consumer_survives(

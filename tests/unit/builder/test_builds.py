@@ -226,6 +226,25 @@ async def test_a_local_path_is_built_from_its_file_url() -> None:
     assert runner.requests[0].repo_url == "file:///srv/my%20repo"
 
 
+async def test_a_data_repository_is_built_as_its_provider_says() -> None:
+    runner, bus = FakeRunner(), Bus()
+    runner.release.set()
+    event = resolved(
+        "L1",
+        provider="zenodo",
+        spec="10.5281/zenodo.3242074",
+        repo_url="https://zenodo.org/records/3242074",
+        ref="",
+        resolved_ref="3242074",
+    )
+    await make(runner, bus).on_ref_resolved(event)
+    assert runner.requests == [
+        BuildRequest(
+            "https://zenodo.org/records/3242074", "3242074", "reg/bindery/r:1", provider="zenodo"
+        )
+    ]
+
+
 async def test_logs_the_broker_refuses_do_not_fail_the_build() -> None:
     runner, bus = FakeRunner(), Bus(fail_logs=True)
     runner.release.set()

@@ -30,6 +30,7 @@ def build_options(settings: BuilderSettings) -> BuildOptions:
         env_repository=f"{settings.registry}/{settings.image_prefix}env",
         max_repo_bytes=settings.max_repo_bytes,
         max_log_bytes=settings.max_log_bytes,
+        provider_hosts=settings.provider_hosts(),
     )
 
 

@@ -1,6 +1,7 @@
 """Runs one build in a subprocess (``build_one``) and tells how it went.
 
-In: a BuildRequest (repository URL, commit, image name) and BuildOptions (the host's setup).
+In: a BuildRequest (provider, repository URL, commit or record version, image name) and
+BuildOptions (the host's setup, the data-repository providers' hosts included).
 Out: every log line to an async callback as it comes, then a BuildResult with a failure reason
 code when it failed: ``timeout``, ``oom``, ``step_failed`` (naming the step), ``too_large`` (the
 repository or the log over its limit), ``clone_failed``, ``push_failed``, ``invalid_request`` or
@@ -22,9 +23,11 @@ import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from bindery.builder.sources import ProviderHosts
 
 
 class FailureReason(StrEnum):
@@ -44,6 +47,8 @@ class BuildRequest:
     ref: str
     image: str
     push: bool = True
+    provider: str = "git"
+    """The launch's provider: says how ``repo_url`` and ``ref`` are read and fetched."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,8 @@ class BuildOptions:
     """Environment images are ``<this>:<key>``; empty: ``env`` beside the image."""
     max_repo_bytes: int = 0
     max_log_bytes: int = 0
+    provider_hosts: ProviderHosts = field(default_factory=ProviderHosts)
+    """Where the data-repository providers are: the only hosts their records are fetched from."""
     # Time a stopped build gets to fail its step and let podman clean up, before SIGKILL.
     kill_grace: float = 10.0
 
@@ -102,6 +109,7 @@ def command(request: BuildRequest, options: BuildOptions) -> list[str]:
         sys.executable,
         "-m",
         "bindery.builder.build_one",
+        f"--provider={request.provider}",
         f"--repo={request.repo_url}",
         f"--ref={request.ref}",
         f"--image={request.image}",
@@ -121,6 +129,8 @@ def command(request: BuildRequest, options: BuildOptions) -> list[str]:
         cmd.append(f"--env-repository={options.env_repository}")
     if options.index_url:
         cmd.append(f"--index-url={options.index_url}")
+    if options.provider_hosts != ProviderHosts():
+        cmd.append(f"--provider-hosts={options.provider_hosts.to_json()}")
     return cmd
 
 

@@ -1,8 +1,12 @@
 """One build in its own process.
 
-``python -m bindery.builder.build_one --repo=URL --ref=SHA --image=NAME [--push]``
+``python -m bindery.builder.build_one --provider=P --repo=URL --ref=VERSION --image=NAME [--push]``
 
-In: a repository URL, a commit and the image name, all validated here (they come from strangers).
+In: the provider, its repository URL and resolved version (a commit, a record version) and the
+image name, all validated here (they come from strangers; sources.py has the rules per provider).
+Git-like providers are cloned by repo2docker's Git content provider; data repositories (Zenodo,
+Figshare, Dataverse, HydroShare, CKAN, Software Heritage) are fetched by repo2docker's own
+providers, pinned to the validated record (datarepos.py) rather than picked by their detect().
 Out: one JSON object per line on stdout -- ``{"phase": ..., "message": ...}`` while it works, then
 ``{"phase": "built", ...}`` and exit 0, or ``{"phase": "failed", "reason": ..., "message": ...}``
 and exit 1.
@@ -25,19 +29,17 @@ from typing import Any
 from repo2docker.app import Repo2Docker
 from repo2docker.contentproviders import Git
 from repo2docker.engine import BuildError, ImageLoadError
+from repo2docker.utils import R2dState
 from traitlets.config import Config
 
+from bindery.builder import datarepos
 from bindery.builder.baseimage import base_image_name
 from bindery.builder.buildpacks import BUILDPACKS, DEFAULT_BUILDPACK, BuildContext
 from bindery.builder.engine import PodmanEngine
+from bindery.builder.sources import DEFAULT_SCHEMES, ProviderHosts, Source, check_source
 
-# Commits only: the resolver turned branches and tags into one, and a SHA cannot be an option.
-REF_PATTERN = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 # An image reference as the OCI distribution spec allows it, starting with no dash.
 IMAGE_PATTERN = re.compile(r"[a-z0-9][a-z0-9._/:-]{0,254}(@sha256:[0-9a-f]{64})?")
-# A URL with a scheme, no whitespace or quoting: git never sees anything it could read as an option.
-URL_PATTERN = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*)://[^\s\"'\\]+")
-DEFAULT_SCHEMES = ("https", "http", "git", "ssh")
 # Long lines (progress bars, minified output) are cut: the log is for people.
 MAX_MESSAGE_CHARS = 8192
 
@@ -70,10 +72,20 @@ class _Repo2Docker(Repo2Docker):  # type: ignore[misc]
     """repo2docker whose fetch failures are told apart from build failures."""
 
     max_repo_bytes = 0
+    source: Source
+    provider_hosts = ProviderHosts()
 
     def fetch(self, url: str, ref: str, checkout_path: str) -> None:
         try:
-            super().fetch(url, ref, checkout_path)
+            if self.source.is_git:
+                super().fetch(url, ref, checkout_path)
+            else:
+                self.log.info(
+                    f"Fetching {self.source.url} ({self.source.provider} {self.source.version})\n",
+                    extra={"phase": R2dState.FETCHING},
+                )
+                for line in datarepos.fetch(self.source, self.provider_hosts, checkout_path):
+                    self.log.info(line, extra={"phase": R2dState.FETCHING})
         except Exception as e:
             raise CloneFailed(f"Could not fetch {url} at {ref}: {e}") from e
         size = tree_size(checkout_path)
@@ -96,8 +108,12 @@ def tree_size(path: str) -> int:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bindery.builder.build_one")
-    parser.add_argument("--repo", required=True, help="repository URL")
-    parser.add_argument("--ref", required=True, help="full commit SHA")
+    parser.add_argument("--provider", default="git", help="the launch's provider (gh, zenodo, ...)")
+    parser.add_argument("--repo", required=True, help="repository URL (or SWHID)")
+    parser.add_argument("--ref", required=True, help="full commit SHA, or the record's version")
+    parser.add_argument(
+        "--provider-hosts", default="", help="ProviderHosts as JSON; default: the public services"
+    )
     parser.add_argument("--image", required=True, help="name to tag (and push) the image as")
     parser.add_argument("--push", action="store_true", help="push the image once built")
     parser.add_argument("--base-image", default="", help="default: bindery.builder.baseimage's")
@@ -122,14 +138,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def validate(args: argparse.Namespace) -> None:
-    """Raise ValueError unless repo, ref and images are what they claim to be; an environment
-    repository left empty becomes ``env`` beside the image."""
-    schemes = args.allow_scheme or DEFAULT_SCHEMES
-    url = URL_PATTERN.fullmatch(args.repo)
-    if url is None or url["scheme"] not in schemes:
-        raise ValueError(f"repository must be a URL with scheme {'/'.join(schemes)}")
-    if REF_PATTERN.fullmatch(args.ref) is None:
-        raise ValueError("ref must be a full commit SHA")
+    """Raise ValueError unless provider, repo, ref and images are what they claim to be. Sets
+    ``args.source`` (the validated repository) and ``args.hosts``; an environment repository left
+    empty becomes ``env`` beside the image."""
+    args.hosts = (
+        ProviderHosts.from_json(args.provider_hosts) if args.provider_hosts else ProviderHosts()
+    )
+    args.source = check_source(
+        args.provider, args.repo, args.ref, args.hosts, tuple(args.allow_scheme) or DEFAULT_SCHEMES
+    )
     if not args.env_repository:
         args.env_repository = args.image.rpartition(":")[0].rpartition("/")[0] + "/env"
     for image in (args.image, args.env_repository):
@@ -145,8 +162,10 @@ def make_app(args: argparse.Namespace) -> Repo2Docker:
     config.PodmanEngine.index_url = args.index_url
     app = _Repo2Docker(config=config)
     app.max_repo_bytes = args.max_repo_bytes
-    app.repo = args.repo
-    app.ref = args.ref
+    app.source = args.source
+    app.provider_hosts = args.hosts
+    app.repo = args.source.url
+    app.ref = args.source.version
     app.output_image_spec = args.image
     # We push ourselves, after the build, so pushing is its own phase with its own failure.
     app.push = False
@@ -155,7 +174,7 @@ def make_app(args: argparse.Namespace) -> Repo2Docker:
     app.user_id = 1000
     app.user_name = "jovyan"
     # Only git: the URL is validated, so the Local provider could only ever match a host path a
-    # stranger named, and the data-repository providers make network calls in detect().
+    # stranger named. Data repositories bypass detection altogether (_Repo2Docker.fetch).
     app.content_providers = [Git]
     app.buildpacks = BUILDPACKS
     app.default_buildpack = DEFAULT_BUILDPACK

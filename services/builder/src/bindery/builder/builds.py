@@ -128,7 +128,9 @@ class Builder:
     @metrics.in_progress
     @telemetry.traced("build")
     async def _build(self, event: RefResolved, build: _Build) -> BuildResult:
-        request = BuildRequest(_source_url(event.repo_url), event.resolved_ref, event.image)
+        request = BuildRequest(
+            _source_url(event.repo_url), event.resolved_ref, event.image, provider=event.provider
+        )
         phases = telemetry.PhaseSpans("build")
 
         async def on_line(line: BuildLine) -> None:

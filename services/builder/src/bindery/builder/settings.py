@@ -6,7 +6,10 @@ import socket
 
 from pydantic import Field
 
+from bindery.builder.sources import ProviderHosts
 from bindery.settings import CommonSettings, Profile
+
+_PUBLIC = ProviderHosts()
 
 GiB = 1024**3
 
@@ -66,6 +69,35 @@ class BuilderSettings(CommonSettings):
     """This replica's name, which names its queue of sticky builds. Empty: `<host>-<health
     port>`, stable across restarts on one host, so a restarted replica takes its queue (and the
     launches waiting in it) back; give each replica of a StatefulSet its pod name."""
+
+    # Where data repositories are fetched from: the resolver's settings of the same names (one
+    # BINDERY_ZENODO_URL serves both), so a record is fetched from the host it was resolved on.
+    # Records are only ever fetched from these hosts, whatever their metadata says.
+    zenodo_url: str = _PUBLIC.zenodo_url
+    figshare_url: str = _PUBLIC.figshare_url
+    figshare_api_url: str = _PUBLIC.figshare_api_url
+    figshare_download_url: str = _PUBLIC.figshare_download_url
+    """Figshare serves files from a host of their own (ndownloader), not from its API's."""
+    hydroshare_url: str = _PUBLIC.hydroshare_url
+    dataverse_hosts: list[str] = Field(default_factory=lambda: list(_PUBLIC.dataverse_hosts))
+    dataverse_scheme: str = _PUBLIC.dataverse_scheme
+    swh_api_url: str = _PUBLIC.swh_api_url
+    ckan_hosts: list[str] = Field(default_factory=list)
+    """CKAN sites builds may fetch from; empty: any site the resolver accepted (it refuses sites
+    resolving to internal addresses). Files come only from the dataset's own site."""
+
+    def provider_hosts(self) -> ProviderHosts:
+        return ProviderHosts(
+            zenodo_url=self.zenodo_url,
+            figshare_url=self.figshare_url,
+            figshare_api_url=self.figshare_api_url,
+            figshare_download_url=self.figshare_download_url,
+            hydroshare_url=self.hydroshare_url,
+            dataverse_hosts=tuple(self.dataverse_hosts),
+            dataverse_scheme=self.dataverse_scheme,
+            swh_api_url=self.swh_api_url,
+            ckan_hosts=tuple(self.ckan_hosts),
+        )
 
     def replica_name(self) -> str:
         return self.builder_replica or f"{socket.gethostname().lower()}-{self.health_port}"
