@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 
 from bindery.builder.baseimage import base_image_name
-from tests.e2e.test_launch import run_in_kernel
 from tests.support.gitrepo import make_repo, notebook
+from tests.support.kernel import run_code
 from tests.support.stack import INSTANCE, Stack, build_path, launch
 
 pytestmark = pytest.mark.e2e
@@ -38,7 +38,7 @@ async def launch_and_probe(
     ready = events[-1]
     assert ready["phase"] == "ready", json.dumps(events[-5:], indent=1)
     try:
-        output = await run_in_kernel(http, ready["url"], ready["token"], probe)
+        output = (await run_code(http, ready["url"], ready["token"], probe)).output
     finally:
         stop_session(ready["launch_id"])
     return Session(events, output)
@@ -125,26 +125,95 @@ async def test_runtime_txt_python_is_honoured(root_session: dict[str, str]) -> N
     assert root_session.get("python") == "3.11", root_session
 
 
-async def test_binder_folder_wins_over_the_root(
-    stack: Stack, http: aiohttp.ClientSession, repos: Path
+@pytest.mark.parametrize(
+    ("files", "probe", "key", "expected"),
+    [
+        pytest.param(
+            {
+                # Read, these would fail the build.
+                "requirements.txt": "no-such-package-bindery-test==1.0\n",
+                "postBuild": "#!/bin/bash\nexit 1\n",
+                "binder/requirements.txt": "pyfiglet==1.0.2\n",
+                "binder/postBuild": "#!/bin/bash\necho from-binder > ~/postbuild-marker\n",
+            },
+            "import os, pyfiglet; "
+            "print('marker', open(os.path.expanduser('~/postbuild-marker')).read().strip())",
+            "marker",
+            "from-binder",
+            id="binder-folder-wins-over-the-root",
+        ),
+        pytest.param(
+            {
+                "setup.py": "from setuptools import setup\n"
+                "setup(name='bindery-setuppy-probe', version='0.1', py_modules=['setuppy_probe'],"
+                " install_requires=['pyfiglet'])\n",
+                "setuppy_probe.py": "ANSWER = 42\n",
+            },
+            VERSION + "import pyfiglet; print('version', version('bindery-setuppy-probe'))",
+            "version",
+            "0.1",
+            id="setup-py-is-installed",
+        ),
+        pytest.param(
+            {
+                "pyproject.toml": '[project]\nname = "bindery-pyproject-probe"\nversion = "0.2"\n'
+                'dependencies = ["tabulate"]\n\n'
+                '[build-system]\nrequires = ["setuptools>=61"]\n'
+                'build-backend = "setuptools.build_meta"\n\n'
+                '[tool.setuptools]\npy-modules = ["pyproject_probe"]\n',
+                "pyproject_probe.py": "ANSWER = 42\n",
+            },
+            VERSION + "import tabulate; print('version', version('bindery-pyproject-probe'))",
+            "version",
+            "0.2",
+            id="pyproject-toml-project-is-installed",
+        ),
+        pytest.param(
+            {"Pipfile": '[packages]\ntabulate = "==0.9.0"\n\n[dev-packages]\npyfiglet = "*"\n'},
+            VERSION + "import pyfiglet; print('version', version('tabulate'))",
+            "version",
+            "0.9.0",
+            id="pipfile-packages-are-installed",
+        ),
+        pytest.param(
+            {
+                "Pipfile": '[packages]\ntabulate = "*"\n',
+                "Pipfile.lock": json.dumps(
+                    {"_meta": {}, "default": {"tabulate": {"version": "==0.8.10"}}, "develop": {}}
+                ),
+            },
+            VERSION + "print('version', version('tabulate'))",
+            "version",
+            "0.8.10",
+            id="pipfile-lock-wins-over-the-pipfile",
+        ),
+        pytest.param(
+            {
+                "Dockerfile": f"FROM {base_image_name()}\n"
+                "RUN echo from-dockerfile > /home/jovyan/.dockerfile-marker\n",
+                "requirements.txt": "no-such-package-bindery-test==1.0\n",
+            },
+            "print('marker', open('/home/jovyan/.dockerfile-marker').read().strip())",
+            "marker",
+            "from-dockerfile",
+            id="dockerfile-is-built-as-it-is",
+        ),
+    ],
+)
+async def test_configuration_file_takes_effect_in_the_session(
+    stack: Stack,
+    http: aiohttp.ClientSession,
+    repos: Path,
+    request: pytest.FixtureRequest,
+    files: dict[str, str],
+    probe: str,
+    key: str,
+    expected: str,
 ) -> None:
-    repo = repos / "configs-binder"
-    make_repo(
-        repo,
-        {
-            # Read, these would fail the build.
-            "requirements.txt": "no-such-package-bindery-test==1.0\n",
-            "postBuild": "#!/bin/bash\nexit 1\n",
-            "binder/requirements.txt": "pyfiglet==1.0.2\n",
-            "binder/postBuild": "#!/bin/bash\necho from-binder > ~/postbuild-marker\n",
-        },
-    )
-    probe = (
-        "import os, pyfiglet; "
-        "print('marker', open(os.path.expanduser('~/postbuild-marker')).read().strip())"
-    )
+    repo = repos / f"configs-{request.node.callspec.id}"
+    make_repo(repo, files)
     session = await launch_and_probe(http, stack, repo, probe)
-    assert lines(session.output).get("marker") == "from-binder", session.output
+    assert lines(session.output).get(key) == expected, session.output
 
 
 async def test_binder_and_dot_binder_together_fail_clearly(
@@ -155,73 +224,6 @@ async def test_binder_and_dot_binder_together_fail_clearly(
     failed = await launch_failure(http, stack, repo)
     assert failed.get("reason") == "step_failed", failed
     assert "'binder' and a '.binder'" in failed["message"]
-
-
-async def test_setup_py_is_installed(
-    stack: Stack, http: aiohttp.ClientSession, repos: Path
-) -> None:
-    repo = repos / "configs-setup-py"
-    make_repo(
-        repo,
-        {
-            "setup.py": "from setuptools import setup\n"
-            "setup(name='bindery-setuppy-probe', version='0.1', py_modules=['setuppy_probe'],"
-            " install_requires=['pyfiglet'])\n",
-            "setuppy_probe.py": "ANSWER = 42\n",
-        },
-    )
-    probe = VERSION + "import pyfiglet; print('version', version('bindery-setuppy-probe'))"
-    session = await launch_and_probe(http, stack, repo, probe)
-    assert lines(session.output).get("version") == "0.1", session.output
-
-
-async def test_pyproject_toml_project_is_installed(
-    stack: Stack, http: aiohttp.ClientSession, repos: Path
-) -> None:
-    repo = repos / "configs-pyproject"
-    make_repo(
-        repo,
-        {
-            "pyproject.toml": '[project]\nname = "bindery-pyproject-probe"\nversion = "0.2"\n'
-            'dependencies = ["tabulate"]\n\n'
-            '[build-system]\nrequires = ["setuptools>=61"]\n'
-            'build-backend = "setuptools.build_meta"\n\n'
-            '[tool.setuptools]\npy-modules = ["pyproject_probe"]\n',
-            "pyproject_probe.py": "ANSWER = 42\n",
-        },
-    )
-    probe = VERSION + "import tabulate; print('version', version('bindery-pyproject-probe'))"
-    session = await launch_and_probe(http, stack, repo, probe)
-    assert lines(session.output).get("version") == "0.2", session.output
-
-
-async def test_pipfile_packages_are_installed(
-    stack: Stack, http: aiohttp.ClientSession, repos: Path
-) -> None:
-    repo = repos / "configs-pipfile"
-    make_repo(
-        repo,
-        {
-            "Pipfile": '[packages]\ntabulate = "==0.9.0"\n\n[dev-packages]\npyfiglet = "*"\n',
-        },
-    )
-    probe = VERSION + "import pyfiglet; print('version', version('tabulate'))"
-    session = await launch_and_probe(http, stack, repo, probe)
-    assert lines(session.output).get("version") == "0.9.0", session.output
-
-
-async def test_pipfile_lock_wins_over_the_pipfile(
-    stack: Stack, http: aiohttp.ClientSession, repos: Path
-) -> None:
-    repo = repos / "configs-pipfile-lock"
-    lock = {"_meta": {}, "default": {"tabulate": {"version": "==0.8.10"}}, "develop": {}}
-    make_repo(
-        repo,
-        {"Pipfile": '[packages]\ntabulate = "*"\n', "Pipfile.lock": json.dumps(lock)},
-    )
-    probe = VERSION + "print('version', version('tabulate'))"
-    session = await launch_and_probe(http, stack, repo, probe)
-    assert lines(session.output).get("version") == "0.8.10", session.output
 
 
 async def test_environment_yml_without_conda_installs_what_pypi_has(
@@ -250,23 +252,6 @@ async def test_runtime_txt_asking_for_another_python_fails_naming_the_one_there(
     failed = await launch_failure(http, stack, repo)
     assert failed.get("reason") == "step_failed", failed
     assert "python-3.8" in failed["message"] and "python-3.11" in failed["message"]
-
-
-async def test_dockerfile_is_built_as_it_is(
-    stack: Stack, http: aiohttp.ClientSession, repos: Path
-) -> None:
-    repo = repos / "configs-dockerfile"
-    make_repo(
-        repo,
-        {
-            "Dockerfile": f"FROM {base_image_name()}\n"
-            "RUN echo from-dockerfile > /home/jovyan/.dockerfile-marker\n",
-            "requirements.txt": "no-such-package-bindery-test==1.0\n",
-        },
-    )
-    probe = "print('marker', open('/home/jovyan/.dockerfile-marker').read().strip())"
-    session = await launch_and_probe(http, stack, repo, probe)
-    assert lines(session.output).get("marker") == "from-dockerfile", session.output
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bindery.bus import Bus
 from bindery.bus.eventlog import read, replay
 from tests.support.gitrepo import make_repo, notebook
-from tests.support.stack import HEALTH_PORTS, REPO, VHOST, Stack, build_path, launch
+from tests.support.stack import HEALTH_PORTS, VHOST, Stack, build_path, fresh_vhost, launch
 
 pytestmark = pytest.mark.e2e
 
@@ -114,10 +114,7 @@ async def test_events_read_back_in_order_and_replay_into_a_fresh_vhost(
     assert [t for t in types if t in expected] == expected, types
     assert recorded[0].producer == "gateway" and recorded[-1].producer == "scheduler"
 
-    infra = str(REPO / "scripts/infra.sh")
-    subprocess.run([infra, "vhost-delete", REPLAY_VHOST], check=True, capture_output=True)
-    subprocess.run([infra, "vhost", REPLAY_VHOST], check=True, capture_output=True)
-    replay_url = url.rsplit("/", 1)[0] + "/" + REPLAY_VHOST
+    replay_url = fresh_vhost(REPLAY_VHOST)
     into = Bus(replay_url, "replay", connect_timeout=10)
     await into.connect()
     try:

@@ -28,6 +28,7 @@ from bindery.events import Event, FailureReason, LaunchFailed, LaunchRequested
 from bindery.resolver.resolve import Resolver
 from bindery.resolver.settings import ResolverSettings
 from bindery.settings import Profile
+from tests.support.fakeproviders import BINDERHUB_PROVIDERS
 from tests.support.gitrepo import make_repo
 from tests.support.stack import Stack
 
@@ -290,18 +291,7 @@ async def test_repoproviders_lists_the_catalogue_the_gateway_checks_against(
     async with http.get(f"{stack.gateway}/api/repoproviders") as resp:
         assert resp.status == 200
         providers = await resp.json()
-    assert {p["id"] for p in providers} == {
-        "gh",
-        "gl",
-        "gist",
-        "git",
-        "zenodo",
-        "figshare",
-        "dataverse",
-        "hydroshare",
-        "ckan",
-        "swhid",
-    }
+    assert {p["id"] for p in providers} == BINDERHUB_PROVIDERS
     github = next(p for p in providers if p["id"] == "gh")
     assert github["displayName"] == "GitHub" and github["ref"]["enabled"] is True
     assert github["spec"]["validateRegex"] and github["detect"]["regex"].startswith(

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import uuid
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from tests.support.gitrepo import make_repo, notebook
+from tests.support.kernel import run_code
 from tests.support.stack import Stack, build_path, launch, running_sessions
 
 pytestmark = pytest.mark.e2e
@@ -32,48 +31,6 @@ async def first_launch(stack: Stack, http: aiohttp.ClientSession, sample_repo: P
 
 def phases(events: list[dict]) -> list[str]:
     return [event["phase"] for event in events]
-
-
-async def run_in_kernel(http: aiohttp.ClientSession, url: str, token: str, code: str) -> str:
-    headers = {"Authorization": f"token {token}"}
-    async with http.post(f"{url}api/kernels", headers=headers, json={}) as resp:
-        assert resp.status == 201, await resp.text()
-        kernel = await resp.json()
-    ws_url = url.replace("http://", "ws://") + f"api/kernels/{kernel['id']}/channels"
-    msg_id = uuid.uuid4().hex
-    request = {
-        "header": {
-            "msg_id": msg_id,
-            "msg_type": "execute_request",
-            "username": "test",
-            "session": uuid.uuid4().hex,
-            "version": "5.3",
-        },
-        "parent_header": {},
-        "metadata": {},
-        "content": {
-            "code": code,
-            "silent": False,
-            "store_history": False,
-            "user_expressions": {},
-            "allow_stdin": False,
-        },
-        "channel": "shell",
-    }
-    output = []
-    async with http.ws_connect(ws_url, headers=headers) as ws:
-        await ws.send_str(json.dumps(request))
-        async for message in ws:
-            data = json.loads(message.data)
-            if data.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            if data["msg_type"] == "stream":
-                output.append(data["content"]["text"])
-            elif data["msg_type"] == "error":
-                output.append("\n".join(data["content"]["traceback"]))
-            elif data["msg_type"] == "status" and data["content"]["execution_state"] == "idle":
-                break
-    return "".join(output)
 
 
 async def test_link_becomes_a_working_session(
@@ -101,7 +58,7 @@ async def test_link_becomes_a_working_session(
     ) as resp:
         assert resp.status == 200, "the repository's files are in the session"
 
-    assert "answer PYFIGLET 42" in await run_in_kernel(http, url, token, PROBE)
+    assert "answer PYFIGLET 42" in (await run_code(http, url, token, PROBE)).output
 
 
 async def test_second_launch_of_the_same_ref_skips_the_build(

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import AsyncIterator
 
 import pytest
 
 from bindery.bus import Bus
-from tests.support.stack import REPO, SLOT
+from tests.support.stack import SLOT, fresh_vhost
 
 VHOST = f"bindery-integration-{SLOT}"
-AMQP_URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
 
 
 @pytest.fixture(scope="session")
 def amqp_url() -> str:
-    infra = str(REPO / "scripts/infra.sh")
-    subprocess.run([infra, "vhost-delete", VHOST], check=True, capture_output=True)
-    subprocess.run([infra, "vhost", VHOST], check=True, capture_output=True)
-    return AMQP_URL
+    return fresh_vhost(VHOST)
 
 
 @pytest.fixture

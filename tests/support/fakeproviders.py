@@ -28,6 +28,11 @@ from urllib.parse import quote, unquote
 
 from aiohttp import web
 
+BINDERHUB_PROVIDERS = frozenset(
+    {"gh", "gl", "gist", "git", "zenodo", "figshare", "dataverse", "hydroshare", "ckan", "swhid"}
+)
+"""The provider ids BinderHub launches from: Bindery's catalogue must offer exactly these."""
+
 
 @dataclass
 class Seen:

@@ -43,6 +43,13 @@ def rabbitmqctl(*args: str) -> None:
     subprocess.run([str(REPO / "scripts/infra.sh"), *args], check=True, capture_output=True)
 
 
+def fresh_vhost(name: str) -> str:
+    """The AMQP URL of virtual host `name`, emptied of whatever an earlier run left there."""
+    rabbitmqctl("vhost-delete", name)
+    rabbitmqctl("vhost", name)
+    return f"amqp://guest:guest@127.0.0.1:5672/{name}"
+
+
 @dataclass
 class Stack:
     env: dict[str, str]
@@ -151,8 +158,7 @@ def running_sessions() -> list[str]:
 
 def started_stack(log_dir: Path) -> Iterator[Stack]:
     log_dir.mkdir(parents=True, exist_ok=True)
-    rabbitmqctl("vhost-delete", VHOST)
-    rabbitmqctl("vhost", VHOST)
+    fresh_vhost(VHOST)
     remove_test_sessions()
     stack = Stack(stack_env(log_dir), log_dir)
     try:

@@ -10,9 +10,7 @@ dashboards built for mybinder.org read Bindery's histograms the same way.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import (
@@ -23,6 +21,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+from bindery.decorators import Async, P, R, around
 
 #: BinderHub's LAUNCH_BUCKETS: starting a server from an image is seconds, rarely minutes.
 LAUNCH_BUCKETS = (2, 5, 10, 20, 30, 60, 120, 300, 600, float("inf"))
@@ -54,26 +54,11 @@ QUEUE_DEPTH = Gauge(
 )
 
 Refresh = Callable[[], Awaitable[None]]
-P = ParamSpec("P")
-R = TypeVar("R")
 
 
-def tracks(
-    gauge: Gauge,
-) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Callable[P, Coroutine[Any, Any, R]]]:
+def tracks(gauge: Gauge) -> Callable[[Async[P, R]], Async[P, R]]:
     """Decorator: `gauge` counts the calls of a coroutine function in progress."""
-
-    def decorate(
-        func: Callable[P, Coroutine[Any, Any, R]],
-    ) -> Callable[P, Coroutine[Any, Any, R]]:
-        @functools.wraps(func)
-        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            with gauge.track_inprogress():
-                return await func(*args, **kwargs)
-
-        return wrapper
-
-    return decorate
+    return around(gauge.track_inprogress)
 
 
 def render() -> bytes:

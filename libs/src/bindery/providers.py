@@ -2,7 +2,8 @@
 
 In: nothing (static data). Out: `PROVIDERS` for the gateway's `GET /api/repoproviders` (BinderHub's
 `display_config` shape, which launch forms use to detect a provider from a pasted URL), the
-gateway's quick syntax check before a launch is accepted, and the resolver's list of names.
+gateway's quick syntax check before a launch is accepted, the resolver's list of names, and the
+default Dataverse installations the resolver and the builder both trust.
 The resolver stays the authority on what a spec means; these patterns only turn away what can
 never be valid, early and with a message a person can act on.
 
@@ -60,8 +61,35 @@ class Provider:
         return config
 
 
+DATAVERSE_HOSTS = (
+    "dataverse.harvard.edu",
+    "dataverse.nl",
+    "data.goettingen-research-online.de",
+    "borealisdata.ca",
+    "dataverse.no",
+    "recherche.data.gouv.fr",
+    "edmond.mpg.de",
+)
+"""The public Dataverse installations a DOI may lead to, by default: the resolver resolves DOIs
+only to these and the builder fetches files only from them, so both read this one list."""
+
 _GIT_REF = "Git ref (branch, tag, or commit)"
 _NO_REF = "No ref: the identifier names one version"
+
+
+def _doi_provider(provider_id: str, name: str, example: str, doi_regex: str) -> Provider:
+    """A data repository launched by DOI, bare or as a doi.org link; `doi_regex` its DOIs."""
+    return Provider(
+        id=provider_id,
+        display_name=f"{name} DOI",
+        repo_label=f"{name} DOI ({example})",
+        placeholder=example,
+        ref_label=_NO_REF,
+        ref_enabled=False,
+        validate_regex=_DOI,
+        detect_regexes=(rf"^(https://doi\.org/|doi:)?(?<repo>{doi_regex})$",),
+    )
+
 
 PROVIDERS: dict[str, Provider] = {
     p.id: p
@@ -105,27 +133,12 @@ PROVIDERS: dict[str, Provider] = {
             ),
             url_encode=True,
         ),
-        Provider(
-            id="zenodo",
-            display_name="Zenodo DOI",
-            repo_label="Zenodo DOI (10.5281/zenodo.3242074)",
-            placeholder="10.5281/zenodo.3242074",
-            ref_label=_NO_REF,
-            ref_enabled=False,
-            validate_regex=_DOI,
-            detect_regexes=(r"^(https://doi\.org/|doi:)?(?<repo>10\.5281/zenodo\.[0-9]+)$",),
-        ),
-        Provider(
-            id="figshare",
-            display_name="Figshare DOI",
-            repo_label="Figshare DOI (10.6084/m9.figshare.9782777.v1)",
-            placeholder="10.6084/m9.figshare.9782777.v1",
-            ref_label=_NO_REF,
-            ref_enabled=False,
-            validate_regex=_DOI,
-            detect_regexes=(
-                r"^(https://doi\.org/|doi:)?(?<repo>10\.6084/m9\.figshare\.[0-9]+(\.v[0-9]+)?)$",
-            ),
+        _doi_provider("zenodo", "Zenodo", "10.5281/zenodo.3242074", r"10\.5281/zenodo\.[0-9]+"),
+        _doi_provider(
+            "figshare",
+            "Figshare",
+            "10.6084/m9.figshare.9782777.v1",
+            r"10\.6084/m9\.figshare\.[0-9]+(\.v[0-9]+)?",
         ),
         Provider(
             id="hydroshare",
@@ -137,16 +150,7 @@ PROVIDERS: dict[str, Provider] = {
             validate_regex=r"^.*[0-9a-f]{32}.*$",
             detect_regexes=(r"^https://www\.hydroshare\.org/resource/(?<repo>[0-9a-f]{32})/?$",),
         ),
-        Provider(
-            id="dataverse",
-            display_name="Dataverse DOI",
-            repo_label="Dataverse DOI (10.7910/DVN/TJCLKP)",
-            placeholder="10.7910/DVN/TJCLKP",
-            ref_label=_NO_REF,
-            ref_enabled=False,
-            validate_regex=_DOI,
-            detect_regexes=(r"^(https://doi\.org/|doi:)?(?<repo>10\.7910/DVN/[A-Za-z0-9]+)$",),
-        ),
+        _doi_provider("dataverse", "Dataverse", "10.7910/DVN/TJCLKP", r"10\.7910/DVN/[A-Za-z0-9]+"),
         Provider(
             id="ckan",
             display_name="CKAN dataset",

@@ -12,11 +12,10 @@ stages open child spans with `span()` or `@traced()`.
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -33,14 +32,12 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from bindery.decorators import Async, P, R, around
 from bindery.settings import CommonSettings
 
 # W3C trace context only (traceparent/tracestate): the one format every tracer understands.
 _PROPAGATOR = TraceContextTextMapPropagator()
 _TRACER_NAME = "bindery"
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 
 class JsonLinesSpanExporter(SpanExporter):
@@ -192,19 +189,6 @@ def http_middleware(prefixes: tuple[str, ...]) -> Middleware:
     return trace_requests
 
 
-def traced(
-    name: str,
-) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Callable[P, Coroutine[Any, Any, R]]]:
+def traced(name: str) -> Callable[[Async[P, R]], Async[P, R]]:
     """Decorator: run a coroutine function inside a span named `name` (a launch stage)."""
-
-    def decorate(
-        func: Callable[P, Coroutine[Any, Any, R]],
-    ) -> Callable[P, Coroutine[Any, Any, R]]:
-        @functools.wraps(func)
-        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            with span(name):
-                return await func(*args, **kwargs)
-
-        return wrapper
-
-    return decorate
+    return around(lambda: span(name))

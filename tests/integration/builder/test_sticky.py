@@ -5,7 +5,6 @@ The replicas here are bare consumers of the queues the builder consumes
 """
 
 import asyncio
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -13,7 +12,7 @@ import pytest
 
 from bindery.bus import Bus, topology
 from bindery.events import Event, RefResolved
-from tests.support.stack import REPO, SLOT
+from tests.support.stack import SLOT, fresh_vhost, rabbitmqctl
 
 VHOST = f"bindery-integration-{SLOT}-sticky"
 
@@ -21,11 +20,8 @@ VHOST = f"bindery-integration-{SLOT}-sticky"
 @pytest.fixture
 def amqp_url() -> Iterator[str]:
     """A virtual host of its own: no replica queue left by other tests takes a share."""
-    infra = str(REPO / "scripts/infra.sh")
-    subprocess.run([infra, "vhost-delete", VHOST], check=True, capture_output=True)
-    subprocess.run([infra, "vhost", VHOST], check=True, capture_output=True)
-    yield f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
-    subprocess.run([infra, "vhost-delete", VHOST], check=True, capture_output=True)
+    yield fresh_vhost(VHOST)
+    rabbitmqctl("vhost-delete", VHOST)
 
 
 @pytest.fixture

@@ -16,18 +16,15 @@ from bindery.bus import Bus, QueueSpec
 from bindery.bus.eventlog import read
 from bindery.events import Event, FailureReason, LaunchFailed, LaunchRequested, RefResolved
 from tests.integration.conftest import VHOST
-from tests.support.stack import REPO
+from tests.support.stack import fresh_vhost
 from tests.support.tracing import memory_exporter
 
 REPLAY_VHOST = f"{VHOST}-replay"
 
 
 @pytest.fixture(scope="module")
-def replay_url(amqp_url: str) -> str:
-    infra = str(REPO / "scripts/infra.sh")
-    subprocess.run([infra, "vhost-delete", REPLAY_VHOST], check=True, capture_output=True)
-    subprocess.run([infra, "vhost", REPLAY_VHOST], check=True, capture_output=True)
-    return amqp_url.rsplit("/", 1)[0] + "/" + REPLAY_VHOST
+def replay_url() -> str:
+    return fresh_vhost(REPLAY_VHOST)
 
 
 @pytest.fixture

@@ -50,44 +50,44 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def git_daemon(served: dict[str, str]) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            "git",
-            "daemon",
-            "--listen=127.0.0.1",
-            f"--port={port}",
-            f"--base-path={served['root']}",
-            "--reuseaddr",
-            served["root"],
-        ],
-    )
+@contextlib.contextmanager
+def serving(command: list[str], port: int, cwd: Path | None = None) -> Iterator[None]:
+    """Run a server on `port` for the duration; ready once the port takes connections."""
+    proc = subprocess.Popen(command, cwd=cwd)
     for _ in range(100):
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
             break
         time.sleep(0.05)
-    yield f"git://127.0.0.1:{port}/project.git"
-    proc.terminate()
-    proc.wait()
+    try:
+        yield
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def git_daemon(served: dict[str, str]) -> Iterator[str]:
+    port = free_port()
+    command = [
+        "git",
+        "daemon",
+        "--listen=127.0.0.1",
+        f"--port={port}",
+        f"--base-path={served['root']}",
+        "--reuseaddr",
+        served["root"],
+    ]
+    with serving(command, port):
+        yield f"git://127.0.0.1:{port}/project.git"
 
 
 @pytest.fixture(scope="module")
 def http_git(served: dict[str, str]) -> Iterator[str]:
     """`git http-backend` behind Python's CGI-capable server, like a real smart-HTTP host."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.githttp", served["root"], str(port)],
-        cwd=Path(__file__).resolve().parents[3],
-    )
-    for _ in range(100):
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/project.git"
-    proc.terminate()
-    proc.wait()
+    command = [sys.executable, "-m", "tests.support.githttp", served["root"], str(port)]
+    with serving(command, port, cwd=Path(__file__).resolve().parents[3]):
+        yield f"http://127.0.0.1:{port}/project.git"
 
 
 async def resolve(url: str, ref: str) -> str:

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from bindery.events import PodReady
 from tests.integration.scheduler.conftest import Harness, MakeScheduler, container_ip
-from tests.integration.scheduler.kernel import run_code
+from tests.support.kernel import run_code
 
 PROBE = r"""
 import json, socket, ssl, urllib.request

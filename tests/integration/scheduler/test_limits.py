@@ -10,7 +10,7 @@ import aiohttp
 
 from bindery.events import PodReady
 from tests.integration.scheduler.conftest import Harness, MakeScheduler
-from tests.integration.scheduler.kernel import run_code, start_kernel
+from tests.support.kernel import run_code, start_kernel
 
 
 def address(h: Harness, ready: PodReady) -> tuple[str, str]:

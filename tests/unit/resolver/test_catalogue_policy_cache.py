@@ -12,19 +12,7 @@ from bindery.resolver.cache import LookupCache
 from bindery.resolver.errors import ResolveError
 from bindery.resolver.policy import SpecPolicy
 from bindery.resolver.settings import ResolverSettings, SpecConfig
-
-BINDERHUB_PROVIDERS = {
-    "gh",
-    "gl",
-    "gist",
-    "git",
-    "zenodo",
-    "figshare",
-    "dataverse",
-    "hydroshare",
-    "ckan",
-    "swhid",
-}
+from tests.support.fakeproviders import BINDERHUB_PROVIDERS
 
 
 def test_catalogue_lists_every_binderhub_provider_with_labels_and_patterns() -> None:

@@ -11,9 +11,10 @@ ordinary session, found by that key if the launch is redelivered and by its name
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import Protocol, TypedDict
 
 LABEL_INSTANCE = "bindery.instance"
 LABEL_SESSION = "bindery.session"
@@ -65,6 +66,50 @@ class Session:
     memory_reservation: int = 0
     warm: bool = False
     """Waiting in the warm pool, not yet claimed by a launch."""
+
+
+def jupyter_command(name: str) -> list[str]:
+    """Jupyter under /user/<name>/; the token comes from JUPYTER_TOKEN, never the command line."""
+    return [
+        "jupyter",
+        "lab",
+        "--ip=0.0.0.0",
+        f"--port={JUPYTER_PORT}",
+        "--no-browser",
+        f"--ServerApp.base_url=/user/{name}/",
+        "--ServerApp.allow_remote_access=True",
+        "--ServerApp.root_dir=/home/jovyan",
+    ]
+
+
+class Description(TypedDict):
+    """What a session records about its launch, as `Session` fields."""
+
+    launch_id: str
+    image: str
+    repo: str
+    started: datetime
+
+
+def describe(spec: SessionSpec) -> dict[str, str]:
+    """The launch id, image, repository and start time a runtime stores on a session."""
+    return {
+        LABEL_LAUNCH: spec.launch_id,
+        LABEL_IMAGE: spec.image,
+        LABEL_REPO: spec.repo,
+        LABEL_STARTED: datetime.now(UTC).isoformat(),
+    }
+
+
+def description(stored: Mapping[str, str]) -> Description:
+    """Read back what `describe` stored (a session started by an older version may lack some)."""
+    started = stored.get(LABEL_STARTED)
+    return Description(
+        launch_id=stored.get(LABEL_LAUNCH, ""),
+        image=stored.get(LABEL_IMAGE, ""),
+        repo=stored.get(LABEL_REPO, ""),
+        started=datetime.fromisoformat(started) if started else datetime.now(UTC),
+    )
 
 
 class Runtime(Protocol):

@@ -35,7 +35,6 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -46,16 +45,15 @@ from bindery.runtimes.base import (
     JUPYTER_PORT,
     LABEL_IMAGE,
     LABEL_INSTANCE,
-    LABEL_LAUNCH,
-    LABEL_REPO,
     LABEL_SESSION,
-    LABEL_STARTED,
     LABEL_WARM,
     RuntimeError_,
     Session,
     SessionSpec,
+    describe,
+    description,
+    jupyter_command,
 )
-from bindery.runtimes.podman import jupyter_command
 
 LABEL_KEY = "bindery.key"
 """The launch's session name (empty on an unclaimed warm pod): what `get` selects on."""
@@ -314,13 +312,7 @@ class KubernetesRuntime:
                 LABEL_KEY: "" if spec.warm else spec.name,
                 **({LABEL_WARM: "true"} if spec.warm else {}),
             },
-            annotations={
-                LABEL_LAUNCH: spec.launch_id,
-                LABEL_IMAGE: spec.image,
-                LABEL_REPO: spec.repo,
-                LABEL_STARTED: datetime.now(UTC).isoformat(),
-                ANNOTATION_PIDS: str(limits.pids),
-            },
+            annotations={**describe(spec), ANNOTATION_PIDS: str(limits.pids)},
             container={
                 "name": "notebook",
                 "image": spec.image,
@@ -433,16 +425,12 @@ def _target(pod_ip: str | None) -> str:
 def _session_from_pod(pod: Any) -> Session:
     labels = pod.metadata.labels or {}
     annotations = pod.metadata.annotations or {}
-    started = annotations.get(LABEL_STARTED)
     requests = pod.spec.containers[0].resources.requests or {}
     status = pod.status
     return Session(
         name=labels.get(LABEL_SESSION, ""),
         node=pod.spec.node_name or "",
-        launch_id=annotations.get(LABEL_LAUNCH, ""),
-        image=annotations.get(LABEL_IMAGE, ""),
-        repo=annotations.get(LABEL_REPO, ""),
-        started=datetime.fromisoformat(started) if started else datetime.now(UTC),
+        **description(annotations),
         target=_target(status.pod_ip if status else None),
         running=_serving(pod) and pod.metadata.deletion_timestamp is None,
         memory_reservation=parse_memory(requests["memory"]) if "memory" in requests else 0,

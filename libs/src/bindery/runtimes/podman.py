@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -21,33 +20,18 @@ import aiohttp
 
 from bindery.runtimes.base import (
     JUPYTER_PORT,
-    LABEL_IMAGE,
     LABEL_INSTANCE,
-    LABEL_LAUNCH,
-    LABEL_REPO,
     LABEL_SESSION,
-    LABEL_STARTED,
     LABEL_WARM,
     RuntimeError_,
     Session,
     SessionSpec,
+    describe,
+    description,
+    jupyter_command,
 )
 
 API = "/v1.41"
-
-
-def jupyter_command(name: str) -> list[str]:
-    """Jupyter under /user/<name>/; the token comes from JUPYTER_TOKEN, never the command line."""
-    return [
-        "jupyter",
-        "lab",
-        "--ip=0.0.0.0",
-        f"--port={JUPYTER_PORT}",
-        "--no-browser",
-        f"--ServerApp.base_url=/user/{name}/",
-        "--ServerApp.allow_remote_access=True",
-        "--ServerApp.root_dir=/home/jovyan",
-    ]
 
 
 class PodmanNode:
@@ -155,14 +139,7 @@ class PodmanRuntime:
 
     async def start(self, node: str, spec: SessionSpec) -> Session:
         target = self.nodes[node]
-        labels = {
-            LABEL_INSTANCE: self._instance,
-            LABEL_SESSION: spec.name,
-            LABEL_LAUNCH: spec.launch_id,
-            LABEL_IMAGE: spec.image,
-            LABEL_REPO: spec.repo,
-            LABEL_STARTED: datetime.now(UTC).isoformat(),
-        }
+        labels = {LABEL_INSTANCE: self._instance, LABEL_SESSION: spec.name, **describe(spec)}
         if spec.warm:
             labels[LABEL_WARM] = "true"
         body = {
@@ -219,15 +196,11 @@ def _session_from_inspect(
     if bindings:
         host = bindings[0].get("HostIp") or "127.0.0.1"
         target = f"http://{host}:{bindings[0]['HostPort']}"
-    started = labels.get(LABEL_STARTED)
     unclaimed = LABEL_WARM in labels and detail.get("Name", "").lstrip("/") == warm_name(name)
     return Session(
         name=name,
         node=node,
-        launch_id=labels.get(LABEL_LAUNCH, ""),
-        image=labels.get(LABEL_IMAGE, ""),
-        repo=labels.get(LABEL_REPO, ""),
-        started=datetime.fromisoformat(started) if started else datetime.now(UTC),
+        **description(labels),
         target=target,
         running=bool((detail.get("State") or {}).get("Running")),
         memory_reservation=int((detail.get("HostConfig") or {}).get("MemoryReservation") or 0),

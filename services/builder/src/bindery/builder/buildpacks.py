@@ -381,7 +381,27 @@ class PythonBuildPack(BinderyBuildPack):
         return os.path.exists("setup.py") or installable
 
 
-class PipfileBuildPack(BinderyBuildPack):
+class _RequirementsListBuildPack(BinderyBuildPack):
+    """A pack that turns the repository's files into one requirements list, `LIST`, installed
+    with uv in the environment image (the list, not the repository, decides that image)."""
+
+    LIST: str
+
+    def generated_file_names(self) -> list[str]:
+        return [self.LIST]
+
+    def requirements_list(self, requirements: list[str]) -> dict[str, str]:
+        """`generated_files` for these requirements, one a line."""
+        return {self.LIST: "".join(f"{line}\n" for line in requirements)}
+
+    @lru_cache  # noqa: B019
+    def get_preassemble_scripts(self) -> list[tuple[str, str]]:
+        scripts: list[tuple[str, str]] = super().get_preassemble_scripts()
+        install = f"uv pip install --requirement {GENERATED_DIR}/{self.LIST}"
+        return [*scripts, ("${NB_USER}", install)]
+
+
+class PipfileBuildPack(_RequirementsListBuildPack):
     """Pipfile.lock (or Pipfile without one), default and dev packages, as repo2docker's
     ``pipenv install --dev`` would; installed with uv from a list made of them. Local paths
     (``{path = "."}``) are installed with the repository."""
@@ -394,17 +414,8 @@ class PipfileBuildPack(BinderyBuildPack):
             return False
         return any(os.path.exists(self.binder_path(f)) for f in ("Pipfile", "Pipfile.lock"))
 
-    def generated_file_names(self) -> list[str]:
-        return [self.LIST]
-
     def generated_files(self, context: BuildContext) -> dict[str, str]:
-        return {self.LIST: "".join(f"{line}\n" for line in self._requirements()[0])}
-
-    @lru_cache  # noqa: B019
-    def get_preassemble_scripts(self) -> list[tuple[str, str]]:
-        scripts: list[tuple[str, str]] = super().get_preassemble_scripts()
-        install = f"uv pip install --requirement {GENERATED_DIR}/{self.LIST}"
-        return [*scripts, ("${NB_USER}", install)]
+        return self.requirements_list(self._requirements()[0])
 
     @lru_cache  # noqa: B019
     def get_assemble_scripts(self) -> list[tuple[str, str]]:
@@ -472,7 +483,7 @@ def pipfile_requirement(name: str, entry: object) -> tuple[str, str | None]:
     return spec, None
 
 
-class EnvironmentYmlBuildPack(BinderyBuildPack):
+class EnvironmentYmlBuildPack(_RequirementsListBuildPack):
     """environment.yml without a reachable conda channel: its ``pip:`` section, and those conda
     dependencies that the package index has under the same name; the log names every one
     skipped. The Python is the base image's whatever the file asks for (said in the log)."""
@@ -494,9 +505,6 @@ class EnvironmentYmlBuildPack(BinderyBuildPack):
             if os.path.exists(path):
                 return path
         return None
-
-    def generated_file_names(self) -> list[str]:
-        return [self.LIST]
 
     def notes(self) -> list[str]:
         return self._notes
@@ -529,13 +537,7 @@ class EnvironmentYmlBuildPack(BinderyBuildPack):
             )
         else:
             self._notes.append("environment.yml: no conda dependency was skipped.")
-        return {self.LIST: "".join(f"{line}\n" for line in requirements + pip)}
-
-    @lru_cache  # noqa: B019
-    def get_preassemble_scripts(self) -> list[tuple[str, str]]:
-        scripts: list[tuple[str, str]] = super().get_preassemble_scripts()
-        install = f"uv pip install --requirement {GENERATED_DIR}/{self.LIST}"
-        return [*scripts, ("${NB_USER}", install)]
+        return self.requirements_list(requirements + pip)
 
     @lru_cache  # noqa: B019
     def get_assemble_scripts(self) -> list[tuple[str, str]]:

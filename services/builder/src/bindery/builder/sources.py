@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
 
+from bindery.providers import DATAVERSE_HOSTS
+
 GIT_PROVIDERS = frozenset({"gh", "gist", "gl", "git"})
 DATA_PROVIDERS = frozenset({"zenodo", "figshare", "hydroshare", "dataverse", "ckan", "swhid"})
 
@@ -54,15 +56,7 @@ class ProviderHosts:
     figshare_api_url: str = "https://api.figshare.com/v2"
     figshare_download_url: str = "https://ndownloader.figshare.com"
     hydroshare_url: str = "https://www.hydroshare.org"
-    dataverse_hosts: tuple[str, ...] = (
-        "dataverse.harvard.edu",
-        "dataverse.nl",
-        "data.goettingen-research-online.de",
-        "borealisdata.ca",
-        "dataverse.no",
-        "recherche.data.gouv.fr",
-        "edmond.mpg.de",
-    )
+    dataverse_hosts: tuple[str, ...] = DATAVERSE_HOSTS
     dataverse_scheme: str = "https"
     swh_api_url: str = "https://archive.softwareheritage.org/api/1"
     ckan_hosts: tuple[str, ...] = ()

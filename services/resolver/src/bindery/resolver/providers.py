@@ -48,6 +48,8 @@ from bindery.settings import Profile
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 _FIGSHARE_LANDING = re.compile(r"/articles/(?:[^/]+/)*?(\d+)(?:/(\d+))?/?$")
 _NOT_FOUND = frozenset({404, 410, 422})
+_NOT_PUBLIC = _NOT_FOUND | {401, 403}
+"""What APIs answer for something private: to a stranger, the same as missing."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,11 @@ class Resolution:
     resolved_ref: str
     immutable: bool
     """The spec itself named one version (a full SHA, a DOI with a version): cache forever."""
+
+
+def _commit(repo_url: str, ref: str, sha: str) -> Resolution:
+    """A git commit; a ref that is itself a full SHA can never move."""
+    return Resolution(repo_url, ref, sha, bool(_SHA.match(ref)))
 
 
 def _q(component: str) -> str:
@@ -126,7 +133,7 @@ class Providers:
         commit = await resolve_commit(
             target.repo_url, target.ref, self.settings.profile, self.settings.git_timeout
         )
-        return Resolution(target.repo_url, target.ref, commit, bool(_SHA.match(target.ref)))
+        return _commit(target.repo_url, target.ref, commit)
 
     def _github_headers(self) -> dict[str, str]:
         headers = {"Accept": "application/vnd.github+json"}
@@ -134,29 +141,36 @@ class Providers:
             headers["Authorization"] = f"Bearer {self.settings.github_token}"
         return headers
 
+    async def _forge_commit(
+        self,
+        url: str,
+        *,
+        source: str,
+        headers: dict[str, str],
+        missing: frozenset[int],
+        not_found: str,
+        field: str,
+    ) -> str:
+        """The commit a forge's commits API names at `url` (its `field`), or REF_NOT_FOUND."""
+        reply = await self.api.get(url, source=source, headers=headers, revalidate=True)
+        if reply.status in missing:
+            raise ResolveError(not_found, FailureReason.REF_NOT_FOUND)
+        return self._expect_sha(_need(_ok(reply, source), source, field), source)
+
     async def _github(self, target: GitHubTarget) -> Resolution:
         name = f"{target.owner}/{target.repo}"
-        url = (
+        sha = await self._forge_commit(
             f"{self.settings.github_api_url}/repos/{_q(target.owner)}/{_q(target.repo)}"
-            f"/commits/{_q(target.ref)}"
+            f"/commits/{_q(target.ref)}",
+            source="GitHub",
+            headers=self._github_headers(),
+            missing=_NOT_FOUND | {409},
+            not_found=f"Could not find {target.ref!r} in the GitHub repository {name}: no such "
+            "branch, tag or commit, or the repository does not exist or is private",
+            field="sha",
         )
-        reply = await self.api.get(
-            url, source="GitHub", headers=self._github_headers(), revalidate=True
-        )
-        if reply.status in _NOT_FOUND or reply.status == 409:
-            raise ResolveError(
-                f"Could not find {target.ref!r} in the GitHub repository {name}: no such branch, "
-                "tag or commit, or the repository does not exist or is private",
-                FailureReason.REF_NOT_FOUND,
-            )
-        sha = self._expect_sha(_need(_ok(reply, "GitHub"), "GitHub", "sha"), "GitHub")
         # GitHub names are case-insensitive: one spelling, one image.
-        return Resolution(
-            f"{self.settings.github_url}/{name.lower()}",
-            target.ref,
-            sha,
-            bool(_SHA.match(target.ref)),
-        )
+        return _commit(f"{self.settings.github_url}/{name.lower()}", target.ref, sha)
 
     async def _gist(self, target: GistTarget) -> Resolution:
         url = f"{self.settings.github_api_url}/gists/{_q(target.gist_id)}"
@@ -185,35 +199,26 @@ class Providers:
                 f"The gist {target.gist_id} has no revision {target.ref}",
                 FailureReason.REF_NOT_FOUND,
             )
-        return Resolution(
+        return _commit(
             f"{self.settings.gist_url}/{target.user}/{target.gist_id}.git",
             target.ref,
             self._expect_sha(resolved, "GitHub"),
-            bool(_SHA.match(target.ref)),
         )
 
     async def _gitlab(self, target: GitLabTarget) -> Resolution:
-        url = (
+        sha = await self._forge_commit(
             f"{self.settings.gitlab_url}/api/v4/projects/{_q(target.namespace)}"
-            f"/repository/commits/{_q(target.ref)}"
+            f"/repository/commits/{_q(target.ref)}",
+            source="GitLab",
+            headers=(
+                {"PRIVATE-TOKEN": self.settings.gitlab_token} if self.settings.gitlab_token else {}
+            ),
+            missing=_NOT_PUBLIC,
+            not_found=f"Could not find {target.ref!r} in the GitLab project {target.namespace}: "
+            "no such branch, tag or commit, or the project does not exist or is private",
+            field="id",
         )
-        headers = (
-            {"PRIVATE-TOKEN": self.settings.gitlab_token} if self.settings.gitlab_token else {}
-        )
-        reply = await self.api.get(url, source="GitLab", headers=headers, revalidate=True)
-        if reply.status in _NOT_FOUND or reply.status in {401, 403}:
-            raise ResolveError(
-                f"Could not find {target.ref!r} in the GitLab project {target.namespace}: no "
-                "such branch, tag or commit, or the project does not exist or is private",
-                FailureReason.REF_NOT_FOUND,
-            )
-        sha = self._expect_sha(_need(_ok(reply, "GitLab"), "GitLab", "id"), "GitLab")
-        return Resolution(
-            f"{self.settings.gitlab_url}/{target.namespace}.git",
-            target.ref,
-            sha,
-            bool(_SHA.match(target.ref)),
-        )
+        return _commit(f"{self.settings.gitlab_url}/{target.namespace}.git", target.ref, sha)
 
     async def _landing(self, doi: str, source: str, hosts: set[str]) -> str:
         """Where the DOI resolver sends a DOI; it must be one of the provider's hosts."""
@@ -293,7 +298,7 @@ class Providers:
         reply = await self.api.get(
             f"{site}/api/datasets/:persistentId?persistentId={_q('doi:' + doi)}", source="Dataverse"
         )
-        if reply.status in _NOT_FOUND or reply.status in {401, 403}:
+        if reply.status in _NOT_PUBLIC:
             raise ResolveError(
                 f"No public Dataverse dataset {doi} on {site}", FailureReason.REF_NOT_FOUND
             )
@@ -316,7 +321,7 @@ class Providers:
         reply = await self.api.get(
             f"{base}/hsapi/resource/{resource_id}/scimeta/elements", source="HydroShare"
         )
-        if reply.status in _NOT_FOUND or reply.status in {401, 403}:
+        if reply.status in _NOT_PUBLIC:
             raise ResolveError(
                 f"No public HydroShare resource {resource_id}", FailureReason.REF_NOT_FOUND
             )
@@ -336,7 +341,7 @@ class Providers:
         reply = await self.api.get(
             f"{target.api_base}/package_show?id={_q(target.dataset_id)}", source="The CKAN site"
         )
-        if reply.status in _NOT_FOUND or reply.status in {401, 403}:
+        if reply.status in _NOT_PUBLIC:
             raise ResolveError(
                 f"No public CKAN dataset {target.dataset_id} at {target.url}",
                 FailureReason.REF_NOT_FOUND,

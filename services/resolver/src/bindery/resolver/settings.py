@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from bindery.providers import DATAVERSE_HOSTS
 from bindery.settings import CommonSettings
 
 
@@ -88,17 +89,7 @@ class ResolverSettings(CommonSettings):
     figshare_url: str = "https://figshare.com"
     figshare_api_url: str = "https://api.figshare.com/v2"
     hydroshare_url: str = "https://www.hydroshare.org"
-    dataverse_hosts: list[str] = Field(
-        default_factory=lambda: [
-            "dataverse.harvard.edu",
-            "dataverse.nl",
-            "data.goettingen-research-online.de",
-            "borealisdata.ca",
-            "dataverse.no",
-            "recherche.data.gouv.fr",
-            "edmond.mpg.de",
-        ]
-    )
+    dataverse_hosts: list[str] = Field(default_factory=lambda: list(DATAVERSE_HOSTS))
     """Dataverse installations a DOI may lead to (https only). A DOI pointing elsewhere is
     refused: the resolver never requests a host a stranger chose through a DOI record."""
 

@@ -1,4 +1,8 @@
-"""Run code in a session's Jupyter kernel over the kernel websocket, as JupyterLab does."""
+"""Run code in a session's Jupyter kernel over the kernel websocket, as JupyterLab does.
+
+In: a session's URL and token and the code to run; out: what the code printed (stdout, stderr,
+tracebacks) and how the run ended. Shared by the integration and e2e tests.
+"""
 
 from __future__ import annotations
 
@@ -42,7 +46,13 @@ async def run_code(
         },
         "parent_header": {},
         "metadata": {},
-        "content": {"code": code, "silent": False, "store_history": False, "allow_stdin": False},
+        "content": {
+            "code": code,
+            "silent": False,
+            "store_history": False,
+            "user_expressions": {},
+            "allow_stdin": False,
+        },
         "channel": "shell",
     }
     output: list[str] = []
