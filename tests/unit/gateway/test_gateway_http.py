@@ -4,153 +4,39 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from bindery.events import (
     BuildLog,
-    BuildStarted,
     Event,
     FailureReason,
-    ImageBuilt,
     LaunchFailed,
     LaunchRequested,
     PodReady,
-    PodScheduled,
     PodStopped,
-    RefResolved,
     SessionActivity,
     StopReason,
 )
-from bindery.gateway.app import create_app
-from bindery.gateway.deps import Gateway
-from bindery.gateway.handlers import EventHandlers
 from bindery.gateway.health import registry_reachable
 from bindery.gateway.proxy import flush_activity, forward_headers, rebuild_routes
-from bindery.gateway.settings import GatewaySettings
 from bindery.runtimes import Session
 from bindery.tokens import session_token
-
-SECRET = "x" * 32
-GIT_SPEC = "https%3A%2F%2Fexample.org%2Fowner%2Frepo.git/main"
-
-
-@dataclass
-class FakeBus:
-    connected: bool = True
-    published: list[Event] = field(default_factory=list)
-    on_publish: Callable[[Event], Awaitable[None]] | None = None
-    fail: bool = False
-
-    async def publish(self, event: Event, headers: dict[str, str] | None = None) -> None:
-        if self.fail:
-            raise ConnectionError("broker down")
-        self.published.append(event)
-        if self.on_publish is not None:
-            await self.on_publish(event)
-
-
-@dataclass
-class Harness:
-    client: TestClient[Any, Any]
-    gateway: Gateway
-    bus: FakeBus
-    handlers: EventHandlers
-    registry_ok: list[bool]
-
-
-def settings(**kw: Any) -> GatewaySettings:
-    return GatewaySettings(session_secret=SECRET, public_url="http://gw.example:8585", **kw)
-
-
-@pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
-    bus = FakeBus()
-    registry_ok = [True]
-
-    async def registry_check() -> bool:
-        return registry_ok[0]
-
-    gateway = Gateway.create(
-        settings(keepalive_interval=0.05, progress_terminal_grace=0.05),
-        bus,
-        registry_check=registry_check,
-    )
-    client = TestClient(TestServer(create_app(gateway)))
-    await client.start_server()
-    try:
-        yield Harness(client, gateway, bus, EventHandlers(gateway), registry_ok)
-    finally:
-        await client.close()
-
-
-def parse_sse(text: str) -> list[tuple[str | None, dict[str, Any]]]:
-    events = []
-    for block in text.split("\n\n"):
-        ident, data = None, None
-        for line in block.split("\n"):
-            if line.startswith("id: "):
-                ident = line[4:]
-            elif line.startswith("data: "):
-                data = json.loads(line[6:])
-        if data is not None:
-            events.append((ident, data))
-    return events
-
-
-def full_launch(h: Harness, *, session: str = "repo-abc") -> Callable[[Event], Awaitable[None]]:
-    """Answer a launch-requested with the whole flow, synchronously inside publish(): the
-    gateway must already be listening when it publishes."""
-
-    async def answer(event: Event) -> None:
-        if not isinstance(event, LaunchRequested):
-            return
-        lid = event.launch_id
-        await h.handlers.on_event(event)  # the echo of our own request
-        await h.handlers.on_event(
-            RefResolved(
-                launch_id=lid,
-                provider=event.provider,
-                spec=event.spec,
-                repo_url="https://example.org/owner/repo.git",
-                ref="main",
-                resolved_ref="c" * 40,
-                repo_key="k",
-                image="127.0.0.1:5000/repo:ccc",
-                image_exists=False,
-            )
-        )
-        await h.handlers.on_event(BuildStarted(launch_id=lid, image="img", builder="b"))
-        for i in range(3):
-            await h.handlers.on_log(BuildLog(launch_id=lid, image="img", message=f"step {i}\n"))
-        await h.handlers.on_event(
-            ImageBuilt(
-                launch_id=lid, image="img", repo_url="u", resolved_ref="c", duration_seconds=1
-            )
-        )
-        await h.handlers.on_event(
-            PodScheduled(launch_id=lid, session=session, node="n", image="img")
-        )
-        await h.handlers.on_event(
-            PodReady(
-                launch_id=lid,
-                session=session,
-                node="n",
-                image="img",
-                target="http://127.0.0.1:1",
-                repo_url="https://example.org/owner/repo.git",
-            )
-        )
-
-    return answer
+from tests.unit.gateway.fakes import (
+    GIT_SPEC,
+    S1_TOKEN,
+    SECRET,
+    Harness,
+    full_launch,
+    parse_sse,
+)
 
 
 async def test_build_streams_the_whole_launch(harness: Harness) -> None:
@@ -291,15 +177,18 @@ async def test_reconnect_with_last_event_id_resumes_without_new_launch(harness: 
 
 
 async def test_health(harness: Harness) -> None:
+    def summary(body: dict[str, Any]) -> tuple[bool, bool, bool]:
+        return body["ok"], body["broker"], body["registry"]
+
     resp = await harness.client.get("/health")
-    assert (resp.status, await resp.json()) == (200, {"broker": True, "registry": True})
+    assert (resp.status, summary(await resp.json())) == (200, (True, True, True))
     harness.registry_ok[0] = False
     resp = await harness.client.get("/health")
-    assert (resp.status, await resp.json()) == (503, {"broker": True, "registry": False})
+    assert (resp.status, summary(await resp.json())) == (503, (False, True, False))
     harness.bus.connected = False
     harness.registry_ok[0] = True
     resp = await harness.client.get("/health")
-    assert (resp.status, await resp.json()) == (503, {"broker": False, "registry": True})
+    assert (resp.status, summary(await resp.json())) == (503, (False, False, True))
 
 
 async def test_registry_reachable() -> None:
@@ -414,10 +303,10 @@ async def test_proxy_http_keeps_path_query_host_and_auth(
     target = str(upstream.make_url("")).rstrip("/")
     harness.gateway.routes.add("s1", target, "l" * 32)
     resp = await harness.client.post(
-        "/user/s1/api/contents/a%2Fb%20c.ipynb?token=T&x=1",
+        f"/user/s1/api/contents/a%2Fb%20c.ipynb?token={S1_TOKEN}&x=1",
         data=b"y" * 100_000,
         headers={
-            "Authorization": "token T",
+            "Authorization": f"token {S1_TOKEN}",
             "Origin": "http://gw.example:8585",
             "Cookie": "_xsrf=1",
             "Proxy-Authorization": "secret",
@@ -426,14 +315,14 @@ async def test_proxy_http_keeps_path_query_host_and_auth(
     assert resp.status == 200
     seen = await resp.json()
     assert seen["method"] == "POST"
-    assert seen["raw_path"] == "/user/s1/api/contents/a%2Fb%20c.ipynb?token=T&x=1"
+    assert seen["raw_path"] == f"/user/s1/api/contents/a%2Fb%20c.ipynb?token={S1_TOKEN}&x=1"
     assert seen["headers"]["Host"] == f"{harness.client.host}:{harness.client.port}"
-    assert seen["headers"]["Authorization"] == "token T"
+    assert seen["headers"]["Authorization"] == f"token {S1_TOKEN}"
     assert seen["headers"]["Origin"] == "http://gw.example:8585"
     assert seen["headers"]["Cookie"] == "_xsrf=1"
     assert "Proxy-Authorization" not in seen["headers"]
     assert seen["body_length"] == 100_000
-    assert resp.headers.getall("Set-Cookie") == ["a=1; Path=/user/s1/", "b=2; Path=/user/s1/"]
+    assert resp.headers.getall("Set-Cookie")[:2] == ["a=1; Path=/user/s1/", "b=2; Path=/user/s1/"]
     route = harness.gateway.routes.get("s1")
     assert route is not None and route.last_activity > 0
 
@@ -443,12 +332,12 @@ async def test_proxy_never_keeps_cookies_between_clients(
 ) -> None:
     """Set-Cookie from a session goes to the browser only: the proxy's pool has no jar."""
     harness.gateway.routes.add("s1", f"http://localhost:{upstream.port}", "l" * 32)
-    resp = await harness.client.get("/user/s1/api/first")
-    assert len(resp.headers.getall("Set-Cookie")) == 2
+    resp = await harness.client.get("/user/s1/api/first", params={"token": S1_TOKEN})
+    assert len(resp.headers.getall("Set-Cookie")) == 3  # the session's two and the gateway's
     url = harness.client.make_url("/user/s1/api/second")
     async with (
         aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as stranger,
-        stranger.get(url) as second,
+        stranger.get(url, headers={"Authorization": f"token {S1_TOKEN}"}) as second,
     ):
         seen = await second.json()
     assert "Cookie" not in seen["headers"]
@@ -456,7 +345,7 @@ async def test_proxy_never_keeps_cookies_between_clients(
 
 async def test_proxy_streams_large_bodies(harness: Harness, upstream: TestServer) -> None:
     harness.gateway.routes.add("s1", str(upstream.make_url("")), "l" * 32)
-    resp = await harness.client.get("/user/s1/big")
+    resp = await harness.client.get("/user/s1/big", params={"token": S1_TOKEN})
     assert resp.status == 200
     total = 0
     async for chunk in resp.content.iter_any():
@@ -471,8 +360,8 @@ async def test_proxy_websocket_both_ways_with_close_code(
     route = harness.gateway.routes.get("s1")
     assert route is not None
     ws = await harness.client.ws_connect(
-        "/user/s1/ws?token=T",
-        headers={"Origin": "http://gw.example:8585", "Authorization": "token T"},
+        f"/user/s1/ws?token={S1_TOKEN}",
+        headers={"Origin": "http://gw.example:8585", "Authorization": f"token {S1_TOKEN}"},
         protocols=("v1.kernel.websocket.jupyter.org",),
     )
     assert ws.protocol == "v1.kernel.websocket.jupyter.org"
@@ -480,7 +369,7 @@ async def test_proxy_websocket_both_ways_with_close_code(
     assert hello == {
         "origin": "http://gw.example:8585",
         "host": f"{harness.client.host}:{harness.client.port}",
-        "auth": "token T",
+        "auth": f"token {S1_TOKEN}",
     }
     before = route.last_activity
     await ws.send_str("hi")
@@ -503,7 +392,7 @@ async def test_unknown_session_is_404(harness: Harness) -> None:
 
 async def test_dead_session_is_502(harness: Harness, unused_tcp_port: int) -> None:
     harness.gateway.routes.add("s1", f"http://127.0.0.1:{unused_tcp_port}", "l" * 32)
-    resp = await harness.client.get("/user/s1/api/status")
+    resp = await harness.client.get("/user/s1/api/status", params={"token": S1_TOKEN})
     assert resp.status == 502
 
 

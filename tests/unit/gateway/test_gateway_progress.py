@@ -162,13 +162,39 @@ def test_first_terminal_event_wins() -> None:
 async def test_terminal_grace_lets_late_log_lines_in_first() -> None:
     h = hub(terminal_grace=0.01)
     launch = h.open(L, "git", "u/HEAD")
+    h.record(BuildStarted(launch_id=L, image="i", builder="b"))
     h.record(LaunchFailed(launch_id=L, service="b", reason=FailureReason.OOM, message="oom"))
     h.record(LaunchFailed(launch_id=L, service="s", reason=FailureReason.INTERNAL, message="2nd"))
     h.record(BuildLog(launch_id=L, image="i", message="Killed\n"))
     assert not launch.finished
-    assert await launch.wait(1, 5.0)
-    assert [e.payload["message"] for e in launch.since(0)] == ["Killed\n", "oom"]
+    assert await launch.wait(2, 5.0)  # after `building` (1) and `Killed` (2)
+    assert [e.payload["message"] for e in launch.since(1)] == ["Killed\n", "oom"]
     assert launch.finished
+
+
+def test_failure_without_a_build_is_not_delayed() -> None:
+    h = hub(terminal_grace=10.0)
+    launch = h.open(L, "git", "u/HEAD")
+    failed = LaunchFailed(
+        launch_id=L, service="resolver", reason=FailureReason.REF_NOT_FOUND, message="no ref"
+    )
+    assert h.record(failed) is not None and launch.finished
+
+
+async def test_a_chatty_log_holds_the_failure_only_up_to_the_maximum() -> None:
+    h = hub(terminal_grace=0.05, terminal_grace_max=0.2)
+    launch = h.open(L, "git", "u/HEAD")
+    h.record(BuildLog(launch_id=L, image="i", message="0\n"))
+    h.record(LaunchFailed(launch_id=L, service="b", reason=FailureReason.OOM, message="oom"))
+    started = asyncio.get_running_loop().time()
+    n = 0
+    while not launch.finished:  # a line every 10 ms: the log never goes quiet
+        n += 1
+        h.record(BuildLog(launch_id=L, image="i", message=f"{n}\n"))
+        await launch.wait(launch.next_seq - 1, 0.01)
+    held = asyncio.get_running_loop().time() - started
+    assert 0.15 < held < 1.0
+    assert launch.since(-1)[-1].payload["phase"] == "failed"
 
 
 def test_cached_ready_is_not_delayed() -> None:

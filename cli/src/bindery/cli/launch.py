@@ -140,7 +140,7 @@ async def follow(
                         attempts = 0
                         if payload.get("phase") in ("ready", "failed"):
                             return dict(payload)
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:  # refused, reset, cut mid-body
             if last_id is None:
                 raise LaunchError(
                     f"cannot reach Bindery at {gateway} ({exc or type(exc).__name__}): is it "

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Coroutine
+from typing import Any
 
 import structlog
 from aiohttp import web
 
-from bindery import logs
+from bindery import logs, telemetry
 from bindery.gateway.app import create_app
-from bindery.gateway.deps import Gateway
+from bindery.gateway.deps import Gateway, NodeCheck
 from bindery.gateway.handlers import subscribe
 from bindery.gateway.settings import GatewaySettings
-from bindery.runtimes import PodmanRuntime
+from bindery.runtimes import PodmanRuntime, make_runtime
+from bindery.runtimes.podman import PodmanNode
 from bindery.service import make_bus
 
 log = structlog.get_logger("bindery.gateway")
@@ -22,8 +25,14 @@ log = structlog.get_logger("bindery.gateway")
 async def serve(settings: GatewaySettings) -> None:
     bus = make_bus(settings, "gateway")
     await bus.connect()
-    runtime = PodmanRuntime(settings.instance, settings.node_urls())
-    gateway = Gateway.create(settings, bus, runtime)
+    runtime = await make_runtime(settings)
+    # Podman nodes answer pings; a Kubernetes cluster reports its nodes itself.
+    node_checks = (
+        {name: ping(node) for name, node in runtime.nodes.items()}
+        if isinstance(runtime, PodmanRuntime)
+        else {}
+    )
+    gateway = Gateway.create(settings, bus, runtime, node_checks=node_checks)
     # Subscribe before serving: no /build stream may start before its answers can arrive.
     await subscribe(bus, gateway)
     # aiohttp's access log would print query strings, which may hold tokens: ours does not.
@@ -41,13 +50,33 @@ async def serve(settings: GatewaySettings) -> None:
     await runner.cleanup()
     await bus.close()
     await runtime.close()
+    telemetry.shutdown()
+
+
+def ping(node: PodmanNode) -> NodeCheck:
+    async def check() -> bool:
+        await node.request("GET", "/_ping")
+        return True
+
+    return check
 
 
 def main() -> None:
     settings = GatewaySettings()
     settings.require_secret()
     logs.configure("gateway", settings.log_format, settings.log_level)
-    asyncio.run(serve(settings))
+    telemetry.configure("gateway", settings)
+    run(serve(settings))
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """On uvloop where it is installed: the proxy's per-request cost is mostly the loop's."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,11 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from bindery.gateway import health, launch, pages
+from bindery import telemetry
+from bindery.gateway import buildlog, health, info, launch, metrics, pages, repoproviders
 from bindery.gateway.deps import Gateway
 from bindery.gateway.keys import CLIENT, GATEWAY, PROXY
+from bindery.gateway.metrics import BANNED, REQUEST_SECONDS, REQUESTS, family
 from bindery.gateway.proxy import Proxy, rebuild_routes_until_done, run_activity_flusher
 
 log = structlog.get_logger("bindery.gateway")
@@ -45,6 +47,9 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
         log.exception("http.unhandled", method=request.method, path=request.path)
         return web.json_response({"message": "Internal error in the gateway."}, status=500)
     finally:
+        label = family(request.path)
+        REQUESTS.labels(family=label, status=f"{status // 100}xx").inc()
+        REQUEST_SECONDS.labels(family=label).observe(time.monotonic() - started)
         quiet = request.path.startswith(_QUIET_PREFIXES)
         (log.debug if quiet else log.info)(
             "http.request",
@@ -53,6 +58,22 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
             status=status,
             duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
+
+
+_NEVER_BANNED = ("/health", "/metrics")
+
+
+@web.middleware
+async def refuse_banned(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Banned networks get nothing but a 403 saying so (health checks and scrapes still work)."""
+    abuse = request.app[GATEWAY].abuse
+    if abuse is not None and not request.path.startswith(_NEVER_BANNED) and abuse.banned(request):
+        BANNED.inc()
+        return web.json_response(
+            {"message": "Your network is banned from this Bindery because of abuse seen from it."},
+            status=403,
+        )
+    return await handler(request)
 
 
 async def proxy_handler(request: web.Request) -> web.StreamResponse:
@@ -64,7 +85,12 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = gateway.settings
     client = Proxy.make_client(settings.proxy_max_connections, settings.proxy_connect_timeout)
     app[CLIENT] = client
-    app[PROXY] = Proxy(gateway.routes, client)
+    app[PROXY] = Proxy(
+        gateway.routes,
+        client,
+        settings.require_secret(),
+        secure_cookie=settings.public_url.startswith("https://"),
+    )
     if gateway.registry_check is None:
         base_url = f"{settings.registry_scheme}://{settings.registry}"
 
@@ -96,6 +122,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     await client.close()
+    if gateway.abuse is not None:
+        gateway.abuse.close()
 
 
 async def _on_shutdown(app: web.Application) -> None:
@@ -106,7 +134,9 @@ async def _on_shutdown(app: web.Application) -> None:
 
 
 def create_app(gateway: Gateway) -> web.Application:
-    app = web.Application(middlewares=[access_log])
+    app = web.Application(
+        middlewares=[access_log, refuse_banned, telemetry.http_middleware(("/build/",))]
+    )
     app[GATEWAY] = gateway
     app.cleanup_ctx.append(_resources)
     app.on_shutdown.append(_on_shutdown)
@@ -117,6 +147,14 @@ def create_app(gateway: Gateway) -> web.Application:
     router.add_get(r"/v2/{tail:[\s\S]*}", pages.launch_page)
     router.add_get(r"/build/{tail:[\s\S]*}", launch.build)
     router.add_get("/health", health.health)
+    router.add_get("/api/builds/{build_id}/log", buildlog.build_log)
+    router.add_get("/api/repoproviders", repoproviders.repoproviders)
+    router.add_get("/versions", info.versions)
+    router.add_get("/metrics", metrics.handler(gateway))
+    router.add_get("/api/openapi.json", info.openapi)
+    router.add_get("/badge.svg", pages.badge)
+    router.add_get("/badge_logo.svg", pages.badge_logo)
+    router.add_get("/favicon.ico", pages.favicon)
     router.add_static("/static/", pages.STATIC, append_version=False)
     router.add_route("*", "/user/{session}", proxy_handler)
     router.add_route("*", r"/user/{session}/{tail:[\s\S]*}", proxy_handler)

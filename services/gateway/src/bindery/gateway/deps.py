@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from bindery.events import Event
+from bindery.gateway.abuse import AbuseGuard, AddressLog, RateLimiter, parse_networks
 from bindery.gateway.progress import ProgressHub
 from bindery.gateway.proxy import RouteTable, SessionLister
 from bindery.gateway.settings import GatewaySettings
 
 RegistryCheck = Callable[[], Awaitable[bool]]
+NodeCheck = Callable[[], Awaitable[bool]]
 
 
 class Publisher(Protocol):
@@ -33,6 +36,10 @@ class Gateway:
     """Only used at start, to rebuild routes; None skips that (tests)."""
     registry_check: RegistryCheck | None = None
     """None: ask the registry over HTTP (set at app start with the shared client)."""
+    node_checks: dict[str, NodeCheck] = field(default_factory=dict)
+    """Runtime node name -> whether it answers, for /health; empty: no nodes reported."""
+    abuse: AbuseGuard | None = None
+    """Banned networks, launch rate limit, address log; None: none of them (tests)."""
 
     @classmethod
     def create(
@@ -41,6 +48,7 @@ class Gateway:
         bus: Publisher,
         runtime: SessionLister | None = None,
         registry_check: RegistryCheck | None = None,
+        node_checks: dict[str, NodeCheck] | None = None,
     ) -> Gateway:
         progress = ProgressHub(
             public_url=settings.public_url,
@@ -50,5 +58,25 @@ class Gateway:
             max_total_entries=settings.progress_max_total_entries,
             retention=settings.progress_retention,
             terminal_grace=settings.progress_terminal_grace,
+            terminal_grace_max=settings.progress_terminal_grace_max,
         )
-        return cls(settings, bus, progress, RouteTable(), runtime, registry_check)
+        abuse = AbuseGuard(
+            banned=parse_networks(settings.banned_networks.split(",")),
+            trusted_proxies=parse_networks(settings.trusted_proxies.split(",")),
+            limiter=RateLimiter(settings.launch_rate_per_minute, settings.launch_rate_burst),
+            address_log=(
+                AddressLog(Path(settings.client_log_dir), settings.client_log_retention_days)
+                if settings.client_log_dir
+                else None
+            ),
+        )
+        return cls(
+            settings,
+            bus,
+            progress,
+            RouteTable(),
+            runtime,
+            registry_check,
+            node_checks or {},
+            abuse,
+        )

@@ -1,8 +1,9 @@
-"""The pages people see: the home page form and the launch page that follows a launch.
+"""The pages people see: the home page form, the launch page that follows a launch, badges.
 
 The HTML is static (no templating of user input into it): the launch page's script reads the
 provider/spec from its own address. Scripts come only from this origin (no CDN: the network is
-closed, and a Content-Security-Policy forbids anything else).
+closed, and a Content-Security-Policy forbids anything else); xterm.js is vendored under
+static/vendor/ (see services/gateway/vendor-web.mjs).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 from aiohttp import web
 
 from bindery.gateway.specs import InvalidSpec, parse_raw_spec
-from bindery.gateway.urlpath import launch_link
+from bindery.gateway.urlpath import encode_component, launch_link
+from bindery.providers import PROVIDERS, detect
 
 HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
@@ -29,6 +31,15 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
+# xterm.js adds <style> elements for its theme and cell sizes: the launch page allows inline
+# styles (no user input is ever templated into a page, so they cannot carry an injection).
+LAUNCH_PAGE_HEADERS = {
+    **PAGE_HEADERS,
+    "Content-Security-Policy": PAGE_HEADERS["Content-Security-Policy"].replace(
+        "style-src 'self'", "style-src 'self' 'unsafe-inline'"
+    ),
+}
+IMAGE_HEADERS = {"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"}
 
 
 @cache
@@ -36,9 +47,9 @@ def template(name: str) -> str:
     return (TEMPLATES / name).read_text(encoding="utf-8")
 
 
-def page(body: str, status: int = 200) -> web.Response:
+def page(body: str, status: int = 200, headers: dict[str, str] = PAGE_HEADERS) -> web.Response:
     return web.Response(
-        text=body, status=status, content_type="text/html", charset="utf-8", headers=PAGE_HEADERS
+        text=body, status=status, content_type="text/html", charset="utf-8", headers=headers
     )
 
 
@@ -60,16 +71,51 @@ def redirect(location: str, status: int = 303) -> web.Response:
     return web.Response(status=status, headers={"Location": location})
 
 
+def form_link(repo: str, ref: str, path: str, kind: str, provider: str = "") -> str:
+    """The launch link for the home page's fields, detecting the provider as home.js does: a URL
+    a provider recognises (github.com, gitlab.com, DOIs...) goes to it, anything else is a git
+    repository URL. A ref typed into the form wins over one found in the URL."""
+    entry = PROVIDERS.get(provider)
+    if entry is None:
+        detected = detect(repo)
+        if detected is not None and detected[0] != "git":
+            found, spec = detected
+            entry = PROVIDERS[found]
+            if entry.ref_enabled and ref.strip() and ref.strip() != "HEAD":
+                spec = spec.rsplit("/", 1)[0] + "/" + encode_component(ref.strip())
+            link = f"/v2/{found}/{spec}"
+            return launch_link_path(link, path, kind)
+    if entry is None:
+        entry = PROVIDERS["git"]
+    return launch_link(
+        repo,
+        ref,
+        path,
+        kind,
+        provider=entry.id,
+        encode_repo=entry.url_encode,
+        ref_enabled=entry.ref_enabled,
+    )
+
+
+def launch_link_path(link: str, path: str, kind: str) -> str:
+    """`link` with the form's path added as its urlpath."""
+    with_path = launch_link("x", "", path, kind)
+    query = with_path.partition("?")[2]
+    return f"{link}?{query}" if query else link
+
+
 async def launch_form(request: web.Request) -> web.Response:
     """The home page form without JavaScript: GET /launch?repo=...&ref=...&path=...&kind=..."""
     repo = request.query.get("repo", "").strip()
     if not repo:
         return error_page("Nothing to launch", "Enter a repository URL to launch.", 400)
-    link = launch_link(
+    link = form_link(
         repo,
         request.query.get("ref", ""),
         request.query.get("path", ""),
         request.query.get("kind", "file"),
+        request.query.get("provider", ""),
     )
     return redirect(link)
 
@@ -79,4 +125,27 @@ async def launch_page(request: web.Request) -> web.Response:
         parse_raw_spec(request.raw_path, "/v2/")
     except InvalidSpec as exc:
         return error_page("This launch link is not valid", str(exc), 400)
-    return page(template("launch.html"))
+    return page(template("launch.html"), headers=LAUNCH_PAGE_HEADERS)
+
+
+@cache
+def _static_bytes(name: str) -> bytes:
+    return (STATIC / name).read_bytes()
+
+
+def svg(name: str) -> web.Response:
+    return web.Response(
+        body=_static_bytes(name), content_type="image/svg+xml", headers=IMAGE_HEADERS
+    )
+
+
+async def badge(_request: web.Request) -> web.Response:
+    return svg("badge.svg")
+
+
+async def badge_logo(_request: web.Request) -> web.Response:
+    return svg("badge_logo.svg")
+
+
+async def favicon(_request: web.Request) -> web.Response:
+    return svg("favicon.svg")

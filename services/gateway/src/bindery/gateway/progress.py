@@ -20,7 +20,9 @@ from bindery.events import (
     BuildStarted,
     Event,
     ImageBuilt,
+    ImagePulling,
     LaunchFailed,
+    LaunchQueued,
     LaunchRequested,
     PodReady,
     PodScheduled,
@@ -62,7 +64,9 @@ def to_payload(event: Event, *, public_url: str, secret: str) -> Payload | None:
         case BuildStarted():
             payload = {"phase": "building", "message": f"Building image {event.image}\n"}
         case BuildLog():
-            payload = {"phase": event.phase, "message": event.message}
+            # BinderHub clients write messages as they come: each must end its own line.
+            message = event.message if event.message.endswith("\n") else event.message + "\n"
+            payload = {"phase": event.phase, "message": message}
         case ImageBuilt(build_only=True):
             payload = {"phase": "ready", "imageName": event.image, "message": "Done! Image built\n"}
         case ImageBuilt():
@@ -70,6 +74,20 @@ def to_payload(event: Event, *, public_url: str, secret: str) -> Payload | None:
                 "phase": "built",
                 "imageName": event.image,
                 "message": "Built image, launching...\n",
+            }
+        case LaunchQueued():
+            which = "this repository's" if event.limit == "repository" else "Bindery's"
+            payload = {
+                "phase": "waiting",
+                "message": f"All of {which} sessions are in use: position {event.position} "
+                "in the queue, the launch goes on as soon as one ends.\n",
+                "queue_position": event.position,
+                "queue_limit": event.limit,
+            }
+        case ImagePulling():
+            payload = {
+                "phase": "pulling",
+                "message": f"Pulling image {event.image} onto {event.node}...\n",
             }
         case PodScheduled():
             payload = {"phase": "launching", "message": "Launching server...\n"}
@@ -114,6 +132,8 @@ class LaunchProgress:
     dropped: int = 0
     finished_at: float | None = None
     terminal_pending: bool = False
+    building: bool = False
+    """A build started (build-started or a log line seen): its log lines may still be on the way."""
     last_log_at: float = 0.0
     updated_at: float = field(default_factory=time.monotonic)
     seen_event_ids: set[str] = field(default_factory=set)
@@ -174,6 +194,7 @@ class ProgressHub:
         max_total_entries: int = 500_000,
         retention: float = 3600.0,
         terminal_grace: float = 0.0,
+        terminal_grace_max: float = 2.0,
     ) -> None:
         self._public_url = public_url.rstrip("/")
         self._secret = secret
@@ -183,6 +204,7 @@ class ProgressHub:
         self._total_entries = 0
         self._retention = retention
         self._terminal_grace = terminal_grace
+        self._terminal_grace_max = max(terminal_grace, terminal_grace_max)
         self._launches: OrderedDict[str, LaunchProgress] = OrderedDict()
         self.closing = False
 
@@ -233,24 +255,52 @@ class ProgressHub:
         if event.event_id in launch.seen_event_ids:
             return None
         launch.seen_event_ids.add(event.event_id)
+        if isinstance(event, PodReady):
+            payload.update(self._binder_fields(launch, event.resolved_ref))
         now = time.monotonic()
+        if isinstance(event, BuildLog | BuildStarted):
+            launch.building = True
         if isinstance(event, BuildLog):
             launch.last_log_at = now
         if payload.get("phase") in TERMINAL_PHASES:
             if launch.finished or launch.terminal_pending:
                 return None  # the first terminal event wins
             # Build logs travel on their own channel, so a build's last lines may arrive just
-            # after the failure they explain: hold the terminal event back a moment if so.
-            logs_flowing = now - launch.last_log_at < 2.0
-            if self._terminal_grace > 0 and (payload["phase"] == "failed" or logs_flowing):
+            # after the failure they explain. Hold a build's failure until its log has been
+            # quiet for the grace (longer while lines keep coming, up to the maximum); hold
+            # `ready` only while lines still flow. Without a build nothing is held.
+            logs_flowing = now - launch.last_log_at < self._terminal_grace
+            failed_build = payload["phase"] == "failed" and launch.building
+            if self._terminal_grace > 0 and (failed_build or logs_flowing):
                 launch.terminal_pending = True
                 asyncio.get_running_loop().call_later(
-                    self._terminal_grace, self._append_terminal, launch, payload
+                    self._terminal_grace, self._settle_terminal, launch, payload, now
                 )
                 return None
         return self._append(launch, payload)
 
-    def _append_terminal(self, launch: LaunchProgress, payload: Payload) -> None:
+    def _binder_fields(self, launch: LaunchProgress, resolved_ref: str) -> Payload:
+        """The fields BinderHub adds to `ready`, which its clients use for share links."""
+        if not launch.provider:
+            return {}
+        request = f"v2/{launch.provider}/{launch.spec}"
+        persistent = request
+        if resolved_ref and "/" in launch.spec:
+            persistent = f"v2/{launch.provider}/{launch.spec.rsplit('/', 1)[0]}/{resolved_ref}"
+        return {
+            "binder_launch_host": self._public_url + "/",
+            "binder_request": request,
+            "binder_persistent_request": persistent,
+        }
+
+    def _settle_terminal(self, launch: LaunchProgress, payload: Payload, held_at: float) -> None:
+        now = time.monotonic()
+        quiet_for = now - launch.last_log_at
+        if quiet_for < self._terminal_grace and now - held_at < self._terminal_grace_max:
+            asyncio.get_running_loop().call_later(
+                self._terminal_grace - quiet_for, self._settle_terminal, launch, payload, held_at
+            )
+            return
         launch.terminal_pending = False
         if not launch.finished:
             self._append(launch, payload)

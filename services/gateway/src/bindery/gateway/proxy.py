@@ -5,11 +5,18 @@ and, on start, from the runtime. Out: the same request at the session, path, que
 cookies and Authorization unchanged (Jupyter runs under /user/<session>/, enforces its token and
 checks a websocket's Origin against Host). Activity is noted in memory per request and message;
 `ActivityFlusher` publishes it in batches so no request waits on the broker.
+
+The gateway checks the session's token too (defence in depth: a Jupyter misconfigured to accept
+anything, or an image that starts its own server, still sits behind it). Tokens are
+HMAC(secret, session), so the check is local. A valid token in the query or the Authorization
+header earns an HttpOnly cookie scoped to `/user/<session>/`, which JupyterLab's later requests
+and websockets carry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -25,6 +32,7 @@ from yarl import URL
 
 from bindery.events import SessionActivity
 from bindery.runtimes import Session
+from bindery.tokens import session_token
 
 log = structlog.get_logger("bindery.gateway.proxy")
 
@@ -172,12 +180,45 @@ def bad_gateway(message: str) -> web.Response:
     return web.json_response({"message": message}, status=502)
 
 
+def forbidden() -> web.Response:
+    return web.json_response(
+        {
+            "message": "This session needs its token: open it from the link its launch page "
+            "gave, or send `Authorization: token <token>`."
+        },
+        status=403,
+    )
+
+
+TOKEN_COOKIE = "bindery-session-token"  # noqa: S105 (a cookie name)
+
+
+def presented_token(request: web.Request) -> tuple[str, bool]:
+    """The token a request carries and whether it came from the cookie."""
+    cookie = request.cookies.get(TOKEN_COOKIE, "")
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() in ("token", "bearer") and credentials.strip():
+        return credentials.strip(), False
+    if request.query.get("token"):
+        return request.query["token"], False
+    return cookie, True
+
+
 class Proxy:
     """Carries requests to sessions through one shared client connection pool."""
 
-    def __init__(self, routes: RouteTable, client: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        routes: RouteTable,
+        client: aiohttp.ClientSession,
+        secret: str,
+        *,
+        secure_cookie: bool = False,
+    ) -> None:
         self._routes = routes
         self._client = client
+        self._secret = secret
+        self._secure_cookie = secure_cookie
         self._sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
 
     @staticmethod
@@ -201,14 +242,21 @@ class Proxy:
             query = request.raw_path.partition("?")[2]
             location = f"/user/{session}/" + (f"?{query}" if query else "")
             return web.Response(status=302, headers={"Location": location})
+        token, from_cookie = presented_token(request)
+        expected = session_token(self._secret, session)
+        if not hmac.compare_digest(token.encode(), expected.encode()):
+            return forbidden()
         route.touch()
         url = URL(route.target + request.raw_path, encoded=True)
         upgrade = request.headers.get("Upgrade", "").lower()
         if upgrade == "websocket" and request.method == "GET":
             return await self._websocket(request, route, url)
-        return await self._http(request, url)
+        cookie = None if from_cookie else (session, expected)
+        return await self._http(request, url, cookie)
 
-    async def _http(self, request: web.Request, url: URL) -> web.StreamResponse:
+    async def _http(
+        self, request: web.Request, url: URL, cookie: tuple[str, str] | None = None
+    ) -> web.StreamResponse:
         headers = forward_headers(request.headers)
         data = request.content if request.body_exists else None
         try:
@@ -220,6 +268,15 @@ class Proxy:
             return bad_gateway("The session did not answer; it may be starting or stopping.")
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(forward_headers(upstream.headers))
+        if cookie is not None and request.cookies.get(TOKEN_COOKIE) != cookie[1]:
+            response.set_cookie(
+                TOKEN_COOKIE,
+                cookie[1],
+                path=f"/user/{cookie[0]}/",
+                httponly=True,
+                samesite="Lax",
+                secure=self._secure_cookie,
+            )
         try:
             await response.prepare(request)
             async for chunk in upstream.content.iter_any():

@@ -39,10 +39,16 @@ class GatewaySettings(CommonSettings):
     """Events kept over all launches (lines of up to a few hundred bytes: ~100 MiB at most);
     whole launches, least recently updated first, go beyond that."""
 
-    progress_terminal_grace: float = Field(default=0.5, ge=0)
+    progress_terminal_grace: float = Field(default=0.25, ge=0)
     """Build logs travel on their own channel: a build's last lines can arrive just after the
-    failure they explain. `failed` (and `ready` while log lines are still arriving) waits this
-    long so those lines come first; a cached launch's `ready` is not delayed."""
+    failure they explain. A build's `failed` (and `ready` while lines still arrive) is held until
+    the log has been quiet this long, so those lines come first; a launch without a build (a
+    missing ref, a cached image) is never held. A quarter second covers the broker's delivery
+    of a backlog that the builder published before its failure."""
+
+    progress_terminal_grace_max: float = Field(default=2.0, ge=0)
+    """The longest a terminal event is held while log lines keep coming: the person waiting
+    should not wait on a chatty log."""
 
     registry_timeout: float = Field(default=2.0, gt=0)
     """/health answers within a load balancer's check timeout even if the registry hangs."""
@@ -57,6 +63,31 @@ class GatewaySettings(CommonSettings):
 
     routes_retry_interval: float = Field(default=5.0, gt=0)
     """Retry rebuilding routes from the runtime at this pace until one listing succeeds."""
+
+    banned_networks: str = ""
+    """Comma-separated CIDRs refused everything but /health and /metrics (abuse seen from them)."""
+
+    trusted_proxies: str = ""
+    """Comma-separated CIDRs of reverse proxies in front of the gateway: for requests from them the
+    client address comes from X-Forwarded-For. Empty: the socket peer is the client, so a client
+    cannot pick its own address by sending the header."""
+
+    launch_rate_per_minute: float = Field(default=10.0, ge=0)
+    """New launches per client address per minute once its burst is spent (0: no limit). Resumed
+    streams do not count. A launch costs a build or a session, a page view costs nothing."""
+
+    launch_rate_burst: int = Field(default=30, ge=1)
+    """Launches one address may start at once: a classroom behind one NAT clicks the same badge
+    together (mybinder.org's workshops are tens of people)."""
+
+    client_log_dir: str = ".bindery/client-addresses"
+    """Where launch records with client addresses go (one file per UTC day); empty: nowhere."""
+
+    client_log_retention_days: int = Field(default=30, ge=1)
+    """mybinder.org keeps IP addresses 30 days, for abuse handling only; older files are deleted."""
+
+    max_sessions: int = Field(default=0, ge=0)
+    """Sessions the deployment runs at once, for /health's quota headroom (0: not reported)."""
 
     @field_validator("public_url")
     @classmethod

@@ -76,10 +76,24 @@ def encode_component(value: str) -> str:
     return quote(value, safe=_ENCODE_SAFE)
 
 
-def launch_link(repo_url: str, ref: str = "", path: str = "", kind: str = "file") -> str:
-    """The `/v2/git/...` link of the home page form; `kind` is `file` (opened in JupyterLab) or
-    `url` (a URL path inside the session)."""
-    link = f"/v2/git/{encode_component(repo_url.strip())}/{encode_component(ref.strip() or 'HEAD')}"
+def launch_link(
+    repo: str,
+    ref: str = "",
+    path: str = "",
+    kind: str = "file",
+    *,
+    provider: str = "git",
+    encode_repo: bool = True,
+    ref_enabled: bool = True,
+) -> str:
+    """The `/v2/<provider>/<spec>` link of the home page form. `repo` is the provider's
+    repository part (a URL for git, `owner/name` for gh), percent-encoded when the provider
+    wants it; `kind` is `file` (opened in JupyterLab) or `url` (a URL path inside the session)."""
+    repo = repo.strip()
+    spec = encode_component(repo) if encode_repo else repo
+    if ref_enabled:
+        spec += "/" + encode_component(ref.strip() or "HEAD")
+    link = f"/v2/{provider}/{spec}"
     path = path.strip()
     if path:
         urlpath = path if kind == "url" else "lab/tree/" + path.lstrip("/")

@@ -66,9 +66,13 @@
     return target;
   }
 
-  function launchLink(repoUrl, ref, path, kind) {
-    var link = "/v2/git/" + encodeURIComponent(repoUrl.trim()) + "/" +
-      encodeURIComponent(ref.trim() || "HEAD");
+  // `repo` is the provider's repository part (a URL for git, owner/name for gh).
+  function launchLink(repo, ref, path, kind, provider, encodeRepo, refEnabled) {
+    provider = provider || "git";
+    repo = repo.trim();
+    var spec = encodeRepo === false ? repo : encodeURIComponent(repo);
+    if (refEnabled !== false) spec += "/" + encodeURIComponent(ref.trim() || "HEAD");
+    var link = "/v2/" + provider + "/" + spec;
     path = path.trim();
     if (path) {
       var urlpath = kind === "url" ? path : "lab/tree/" + path.replace(/^\/+/, "");

@@ -1,0 +1,61 @@
+"""The gateway's own Prometheus metrics, served with the shared ones (`bindery.metrics`).
+
+In: counts and timings noted by the request middleware and the launch handler; gauges read at
+scrape time from the route table and the progress buffers. Label values are bounded (route
+families, status classes, provider names), never paths, addresses or ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import Counter, Gauge, Histogram
+
+from bindery import metrics as shared
+from bindery.gateway.deps import Gateway
+
+REQUESTS = Counter(
+    "bindery_gateway_requests_total",
+    "HTTP requests answered by the gateway",
+    ["family", "status"],
+)
+REQUEST_SECONDS = Histogram(
+    "bindery_gateway_request_seconds",
+    "Time to answer a request (for streams and websockets: their whole life)",
+    ["family"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 600),
+)
+LAUNCHES_REQUESTED = Counter(
+    "bindery_gateway_launches_requested_total", "Launches started from this gateway", ["provider"]
+)
+LAUNCHES_RESUMED = Counter(
+    "bindery_gateway_launches_resumed_total", "Progress streams resumed instead of relaunched"
+)
+RATE_LIMITED = Counter(
+    "bindery_gateway_rate_limited_total", "Requests refused by the per-address rate limit"
+)
+BANNED = Counter("bindery_gateway_banned_total", "Requests refused from a banned network")
+ROUTES = Gauge("bindery_gateway_routes", "Sessions this gateway can route to")
+LAUNCHES_BUFFERED = Gauge(
+    "bindery_gateway_launches_buffered", "Launches whose progress this replica keeps for replay"
+)
+
+
+def family(path: str) -> str:
+    """A bounded label for a path: its first segment among the known ones."""
+    first = path.split("/", 2)[1] if path.count("/") >= 1 else ""
+    known = {"build", "v2", "user", "static", "health", "metrics", "versions", "api", "badge"}
+    if first.startswith("badge"):
+        return "badge"
+    return first if first in known else ("home" if first == "" else "other")
+
+
+def handler(gateway: Gateway) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """`GET /metrics`, with the gauges read from `gateway` first."""
+
+    async def refresh() -> None:
+        ROUTES.set(len(gateway.routes))
+        LAUNCHES_BUFFERED.set(len(gateway.progress))
+
+    return shared.route(refresh)

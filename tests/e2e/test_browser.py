@@ -1,0 +1,146 @@
+"""A person's whole path in headless Chromium, through the real stack: the home page, a fixture
+repository typed in, the launch page's live build log, JupyterLab, a cell run and its output.
+A screenshot of each stage is kept in .bindery/test-results/browser/."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Page, expect
+
+from tests.support.browser import chromium, screenshot_path
+from tests.support.gitrepo import make_repo
+from tests.support.stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+PROBE = "import six; print('answer', six.moves.reduce(lambda a, b: a * b, range(1, 8)))"
+EXPECTED = "answer 5040"
+# A build step that takes a few seconds and says so as it goes: the log is seen streaming.
+POST_BUILD = "#!/bin/sh\nfor i in 1 2 3 4 5 6; do echo preparing step $i; sleep 1; done\n"
+
+
+def python_notebook(source: str) -> str:
+    """A notebook that names its kernel, so JupyterLab starts it without asking."""
+    return json.dumps(
+        {
+            "cells": [
+                {
+                    "cell_type": "code",
+                    "metadata": {},
+                    "source": source,
+                    "outputs": [],
+                    "execution_count": None,
+                }
+            ],
+            "metadata": {
+                "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+            },
+            "nbformat": 4,
+            "nbformat_minor": 5,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def browser_repo(repos: Path) -> Path:
+    path = repos / "browser"
+    # A fresh commit every run: the image is really built, so there is a build log to watch.
+    make_repo(
+        path,
+        {
+            "requirements.txt": "six==1.16.0\n",
+            "analysis.ipynb": python_notebook(PROBE),
+            "run-id.txt": uuid.uuid4().hex,
+            "postBuild": POST_BUILD,
+        },
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with chromium() as browser:
+        yield browser
+
+
+async def terminal_text(page: Page) -> str:
+    """Every line the launch page's terminal holds (its scrollback too, not just what shows)."""
+    return str(
+        await page.evaluate(
+            """() => {
+              const t = window.binderyTerminal;
+              if (!t) return "";
+              const b = t.buffer.active, out = [];
+              for (let i = 0; i < b.length; i++) out.push(b.getLine(i).translateToString(true));
+              return out.join("\\n");
+            }"""
+        )
+    )
+
+
+async def test_home_to_running_cell(stack: Stack, browser: Browser, browser_repo: Path) -> None:
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    shot = lambda stage: screenshot_path("browser", stage)  # noqa: E731
+    try:
+        await page.goto(stack.gateway + "/")
+        await page.fill("#repo", f"file://{browser_repo}")
+        await page.fill("#ref", "main")
+        await page.fill("#path", "analysis.ipynb")
+        link = page.locator("#link")
+        await expect(link).to_contain_text("/v2/git/file%3A%2F%2F")
+        await expect(link).to_contain_text("urlpath=lab%2Ftree%2Fanalysis.ipynb")
+        await expect(page.locator("#badge-md")).to_contain_text("/badge_logo.svg")
+        await page.screenshot(path=shot("1-home"), full_page=True)
+
+        await page.click("#launch")
+        await page.wait_for_url(re.compile(r".*/v2/git/.*"))
+        # The build log streams into the terminal (xterm.js) while the image builds: the
+        # repository's postBuild prints a line a second for a few seconds.
+        await page.wait_for_function(
+            """() => {
+              const t = window.binderyTerminal;
+              if (!t) return false;
+              const b = t.buffer.active;
+              let text = "";
+              for (let i = 0; i < b.length; i++) text += b.getLine(i).translateToString(true);
+              return text.includes("preparing step 2");
+            }""",
+            timeout=600_000,
+        )
+        await page.screenshot(path=shot("2-build-log"), full_page=True)
+        log = await terminal_text(page)
+        assert "Resolved main to" in log
+        assert re.search(r"STEP \d+/\d+", log, re.IGNORECASE), "repo2docker's build steps show"
+        assert "preparing step 1" in log
+        building = page.locator("#steps [data-step=building]")
+        assert await building.get_attribute("data-state") == "current"
+
+        # Ready: the page sends the browser into JupyterLab at the requested file.
+        await page.wait_for_url(
+            re.compile(r".*/user/[^/]+/lab/tree/analysis\.ipynb.*"), timeout=600_000
+        )
+        assert page.url.startswith(stack.gateway + "/user/"), "the session is on our origin"
+        notebook = page.locator(".jp-Notebook")
+        await notebook.wait_for(timeout=120_000)
+        await page.screenshot(path=shot("3-jupyterlab"))
+
+        # Once the kernel (over the proxied websocket) is idle, run the cell and see its output.
+        await page.get_by_text(re.compile(r"\| Idle$")).first.wait_for(timeout=120_000)
+        await page.locator(".jp-Cell .jp-InputArea-editor").first.click()
+        await page.keyboard.press("Shift+Enter")
+        output = page.locator(".jp-OutputArea-output").first
+        await expect(output).to_contain_text(EXPECTED, timeout=120_000)
+        await page.screenshot(path=shot("4-cell-output"))
+    except Exception:
+        with contextlib.suppress(Exception):  # the page may be mid-navigation: best effort
+            await page.screenshot(path=shot("failure"), full_page=True, timeout=5_000)
+        raise
+    finally:
+        await page.close()

@@ -1,0 +1,255 @@
+"""The launch page in headless Chromium against a gateway whose launches are answered by a fake
+bus (no broker, no build): hostile urlpath values never take the browser, or a Location header,
+off the gateway's origin, and a failure is shown with its reason and what to do about it."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from urllib.parse import quote, urljoin, urlsplit
+
+import aiohttp
+import pytest
+from aiohttp import web
+from playwright.async_api import Browser, Page, Request
+
+from bindery.events import (
+    BuildLog,
+    Event,
+    FailureReason,
+    LaunchFailed,
+    LaunchRequested,
+    PodReady,
+    PodScheduled,
+    RefResolved,
+)
+from bindery.gateway.app import create_app
+from bindery.gateway.deps import Gateway
+from bindery.gateway.handlers import EventHandlers
+from bindery.gateway.settings import GatewaySettings
+from tests.support.browser import chromium, screenshot_path
+
+SECRET = "s" * 32
+SPEC = quote("https://example.org/owner/repo.git", safe="") + "/main"
+
+HOSTILE = [
+    "https://evil.example/",
+    "//evil.example/x",
+    "\\\\evil.example/x",
+    "/\\evil.example",
+    "javascript:alert(document.domain)",
+    "JaVaScRiPt:alert(1)",
+    "\tjavascript:alert(1)",
+    "data:text/html,<script>alert(1)</script>",
+    "http:evil.example",
+    " //evil.example",
+    "../../../evil",
+    "lab/../../../..",
+    "%2e%2e/%2e%2e/%2e%2e/x",
+    "%252e%252e/%252e%252e/x",
+    "/%2F%2Fevil.example",
+    "lab/..%2F..%2F..%2Fx",
+    "%5c%5cevil.example",
+    "..\\..\\evil",
+    "lab#//evil.example",
+    "/%09/evil.example",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class FakeBus:
+    """Answers each launch-requested at once: a cached image and a session `s1`, or a failure."""
+
+    handlers: EventHandlers | None = None
+    upstream: str = ""
+    fail_with: FailureReason | None = None
+    published: list[Event] = field(default_factory=list)
+    connected: bool = True
+
+    async def publish(self, event: Event, headers: dict[str, str] | None = None) -> None:
+        self.published.append(event)
+        if not isinstance(event, LaunchRequested) or self.handlers is None:
+            return
+        on, lid = self.handlers.on_event, event.launch_id
+        await on(event)
+        await on(
+            RefResolved(
+                launch_id=lid,
+                provider=event.provider,
+                spec=event.spec,
+                repo_url="https://example.org/owner/repo.git",
+                ref="main",
+                resolved_ref="c" * 40,
+                repo_key="k",
+                image="img",
+                image_exists=self.fail_with is None,
+            )
+        )
+        if self.fail_with is not None:
+            for i in range(30):
+                await self.handlers.on_log(
+                    BuildLog(launch_id=lid, image="img", message=f"Step {i}/30 : RUN thing\n")
+                )
+            await on(
+                LaunchFailed(
+                    launch_id=lid,
+                    service="builder",
+                    reason=self.fail_with,
+                    message="The command 'pip install nope' returned a non-zero code: 1",
+                )
+            )
+            return
+        await on(PodScheduled(launch_id=lid, session="s1", node="n", image="img"))
+        await on(PodReady(launch_id=lid, session="s1", node="n", image="img", target=self.upstream))
+
+
+@dataclass
+class Site:
+    url: str
+    bus: FakeBus
+
+
+async def fake_jupyter(request: web.Request) -> web.Response:
+    return web.Response(
+        text="<!doctype html><title>session</title><h1>inside s1</h1>", content_type="text/html"
+    )
+
+
+@pytest.fixture(scope="module")
+async def site() -> AsyncIterator[Site]:
+    jupyter = web.Application()
+    jupyter.router.add_get("/user/s1/{tail:.*}", fake_jupyter)
+    jupyter_runner = web.AppRunner(jupyter)
+    await jupyter_runner.setup()
+    jupyter_port = free_port()
+    await web.TCPSite(jupyter_runner, "127.0.0.1", jupyter_port).start()
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    bus = FakeBus(upstream=f"http://127.0.0.1:{jupyter_port}")
+    settings = GatewaySettings(
+        session_secret=SECRET,
+        public_url=url,
+        client_log_dir="",
+        progress_terminal_grace=0.05,
+        launch_rate_per_minute=0,
+    )
+    gateway = Gateway.create(settings, bus)
+    bus.handlers = EventHandlers(gateway)
+    runner = web.AppRunner(create_app(gateway))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield Site(url, bus)
+    finally:
+        await runner.cleanup()
+        await jupyter_runner.cleanup()
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with chromium() as browser:
+        yield browser
+
+
+async def follow(page: Page, site: Site, query: str) -> list[str]:
+    """Open the launch page with `query`; returns every URL the browser requested."""
+    requested: list[str] = []
+
+    def note(request: Request) -> None:
+        requested.append(request.url)
+
+    page.on("request", note)
+    await page.goto(f"{site.url}/v2/git/{SPEC}?{query}")
+    await page.wait_for_url(f"{site.url}/user/s1/**", timeout=20_000)
+    await page.wait_for_selector("h1:has-text('inside s1')")
+    page.remove_listener("request", note)
+    return requested
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+async def test_hostile_urlpath_stays_inside_the_session(
+    browser: Browser, site: Site, value: str
+) -> None:
+    page = await browser.new_page()
+    try:
+        requested = await follow(page, site, "urlpath=" + quote(value, safe=""))
+        origin = urlsplit(site.url)
+        for url in requested:
+            parts = urlsplit(url)
+            assert (parts.scheme, parts.netloc) == (origin.scheme, origin.netloc), url
+        final = urlsplit(page.url)
+        assert (final.scheme, final.netloc) == (origin.scheme, origin.netloc)
+        assert final.path.startswith("/user/s1/")
+        assert final.path == "/user/s1/lab", "an unsafe urlpath falls back to the default"
+    finally:
+        await page.close()
+
+
+@pytest.mark.parametrize("legacy", ["labpath", "filepath"])
+async def test_hostile_legacy_paths_stay_inside_the_session(
+    browser: Browser, site: Site, legacy: str
+) -> None:
+    page = await browser.new_page()
+    try:
+        await follow(page, site, f"{legacy}=" + quote("../../../../evil", safe=""))
+        assert urlsplit(page.url).path == "/user/s1/lab"
+    finally:
+        await page.close()
+
+
+async def test_safe_urlpath_is_opened(browser: Browser, site: Site) -> None:
+    page = await browser.new_page()
+    try:
+        await follow(page, site, "urlpath=" + quote("lab/tree/docs/a b.ipynb", safe=""))
+        assert urlsplit(page.url).path == "/user/s1/lab/tree/docs/a%20b.ipynb"
+    finally:
+        await page.close()
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+async def test_no_location_header_leaves_the_origin(site: Site, value: str) -> None:
+    """The no-JavaScript form and the session redirect build Location headers from input."""
+    async with aiohttp.ClientSession() as http:
+        for path, params in [
+            ("/launch", {"repo": "https://example.org/r.git", "path": value, "kind": "url"}),
+            ("/launch", {"repo": value, "path": value, "kind": "file"}),
+        ]:
+            async with http.get(site.url + path, params=params, allow_redirects=False) as resp:
+                assert resp.status in (303, 400)
+                location = resp.headers.get("Location")
+                if location is not None:
+                    assert location.startswith("/") and not location.startswith(("//", "/\\"))
+                    resolved = urlsplit(urljoin(site.url + path, location))
+                    assert resolved.netloc == urlsplit(site.url).netloc
+        raw = site.url + "/user/s1?" + quote(value, safe="=&")
+        async with http.get(raw, allow_redirects=False) as resp:
+            location = resp.headers.get("Location", "/user/s1/")
+            assert urlsplit(urljoin(raw, location)).netloc == urlsplit(site.url).netloc
+
+
+async def test_failure_says_why_and_what_to_do(browser: Browser, site: Site) -> None:
+    site.bus.fail_with = FailureReason.STEP_FAILED
+    page = await browser.new_page()
+    try:
+        await page.goto(f"{site.url}/v2/git/{SPEC}")
+        failure = page.locator("#failure")
+        await failure.wait_for(state="visible", timeout=20_000)
+        assert await page.locator("#failure-title").inner_text() == "The build failed"
+        assert "requirements.txt" in await page.locator("#failure-advice").inner_text()
+        assert "pip install nope" in await page.locator("#failure-message").inner_text()
+        tail = await page.locator("#failure-log").inner_text()
+        assert "Step 29/30" in tail and "Step 0/30" not in tail, "the log's last lines"
+        assert await page.get_attribute("#favicon", "href") == "/static/favicon-failed.svg"
+        assert await page.title() == "failed · Bindery"
+        await page.screenshot(path=screenshot_path("launch-page", "failed"), full_page=True)
+    finally:
+        site.bus.fail_with = None
+        await page.close()

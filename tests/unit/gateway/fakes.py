@@ -1,0 +1,141 @@
+"""Fakes for the gateway's unit tests: a bus that records (and can answer) what is published,
+and a harness holding a gateway app served by aiohttp's test server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp.test_utils import TestClient, TestServer
+
+from bindery.events import (
+    BuildLog,
+    BuildStarted,
+    Event,
+    ImageBuilt,
+    LaunchRequested,
+    PodReady,
+    PodScheduled,
+    RefResolved,
+)
+from bindery.gateway.app import create_app
+from bindery.gateway.deps import Gateway
+from bindery.gateway.handlers import EventHandlers
+from bindery.gateway.settings import GatewaySettings
+from bindery.tokens import session_token
+
+SECRET = "x" * 32
+GIT_SPEC = "https%3A%2F%2Fexample.org%2Fowner%2Frepo.git/main"
+S1_TOKEN = session_token(SECRET, "s1")
+
+
+@dataclass
+class FakeBus:
+    connected: bool = True
+    published: list[Event] = field(default_factory=list)
+    on_publish: Callable[[Event], Awaitable[None]] | None = None
+    fail: bool = False
+
+    async def publish(self, event: Event, headers: dict[str, str] | None = None) -> None:
+        if self.fail:
+            raise ConnectionError("broker down")
+        self.published.append(event)
+        if self.on_publish is not None:
+            await self.on_publish(event)
+
+
+@dataclass
+class Harness:
+    client: TestClient[Any, Any]
+    gateway: Gateway
+    bus: FakeBus
+    handlers: EventHandlers
+    registry_ok: list[bool]
+
+
+def settings(**kw: Any) -> GatewaySettings:
+    kw.setdefault("client_log_dir", "")
+    return GatewaySettings(session_secret=SECRET, public_url="http://gw.example:8585", **kw)
+
+
+def parse_sse(text: str) -> list[tuple[str | None, dict[str, Any]]]:
+    events = []
+    for block in text.split("\n\n"):
+        ident, data = None, None
+        for line in block.split("\n"):
+            if line.startswith("id: "):
+                ident = line[4:]
+            elif line.startswith("data: "):
+                data = json.loads(line[6:])
+        if data is not None:
+            events.append((ident, data))
+    return events
+
+
+def full_launch(h: Harness, *, session: str = "repo-abc") -> Callable[[Event], Awaitable[None]]:
+    """Answer a launch-requested with the whole flow, synchronously inside publish(): the
+    gateway must already be listening when it publishes."""
+
+    async def answer(event: Event) -> None:
+        if not isinstance(event, LaunchRequested):
+            return
+        lid = event.launch_id
+        await h.handlers.on_event(event)  # the echo of our own request
+        await h.handlers.on_event(
+            RefResolved(
+                launch_id=lid,
+                provider=event.provider,
+                spec=event.spec,
+                repo_url="https://example.org/owner/repo.git",
+                ref="main",
+                resolved_ref="c" * 40,
+                repo_key="k",
+                image="127.0.0.1:5000/repo:ccc",
+                image_exists=False,
+            )
+        )
+        await h.handlers.on_event(BuildStarted(launch_id=lid, image="img", builder="b"))
+        for i in range(3):
+            await h.handlers.on_log(BuildLog(launch_id=lid, image="img", message=f"step {i}\n"))
+        await h.handlers.on_event(
+            ImageBuilt(
+                launch_id=lid, image="img", repo_url="u", resolved_ref="c", duration_seconds=1
+            )
+        )
+        await h.handlers.on_event(
+            PodScheduled(launch_id=lid, session=session, node="n", image="img")
+        )
+        await h.handlers.on_event(
+            PodReady(
+                launch_id=lid,
+                session=session,
+                node="n",
+                image="img",
+                target="http://127.0.0.1:1",
+                repo_url="https://example.org/owner/repo.git",
+            )
+        )
+
+    return answer
+
+
+async def make_harness(**kw: Any) -> AsyncIterator[Harness]:
+    bus = FakeBus()
+    registry_ok = [True]
+
+    async def registry_check() -> bool:
+        return registry_ok[0]
+
+    gateway = Gateway.create(
+        settings(**{"keepalive_interval": 0.05, "progress_terminal_grace": 0.05, **kw}),
+        bus,
+        registry_check=registry_check,
+    )
+    client = TestClient(TestServer(create_app(gateway)))
+    await client.start_server()
+    try:
+        yield Harness(client, gateway, bus, EventHandlers(gateway), registry_ok)
+    finally:
+        await client.close()
