@@ -1,4 +1,4 @@
-"""`make bench`: run every benchmark script in bench/ (each writes bench/results/<name>.json).
+"""`make bench`: run every `*_bench.py` script in bench/ (each writes bench/results/<name>.json).
 
 Each benchmark measures its anchor in the same run (raw `podman run`, configurable-http-proxy,
 a plain pip build), so the JSON holds both numbers side by side.
@@ -14,7 +14,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def main() -> int:
-    scripts = sorted(p for p in HERE.glob("*.py") if p.name not in {"run.py", "__init__.py"})
+    scripts = sorted(HERE.glob("*_bench.py"))
     failed = []
     for script in scripts:
         print(f"[bench] {script.name}", flush=True)
