@@ -227,6 +227,13 @@ def main() -> int:
         "benchmark": "proxy",
         "anchor": "configurable-http-proxy (npm), same run, same upstream and load",
         "target": "gateway throughput >= CHP's and p99 <= CHP's at every concurrency",
+        "setup": {
+            "gateway": "one process: bindery.gateway's app (all middlewares, token check, "
+            "activity) on aiohttp + uvloop",
+            "chp": "one node process: configurable-http-proxy, default target, no auth",
+            "upstream": "one process: aiohttp + uvloop, 1 KiB HTTP answer and websocket echo",
+            "load": "one process: aiohttp client, closed loop, N workers / N websockets",
+        },
         "seconds_per_round": options.seconds,
         "rounds": options.rounds,
         "machine": {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -19,7 +20,7 @@ from bindery import telemetry
 from bindery.gateway import buildlog, health, info, launch, metrics, pages, repoproviders
 from bindery.gateway.deps import Gateway
 from bindery.gateway.keys import CLIENT, GATEWAY, PROXY
-from bindery.gateway.metrics import BANNED, REQUEST_SECONDS, REQUESTS, family
+from bindery.gateway.metrics import BANNED, family, observe_request
 from bindery.gateway.proxy import Proxy, rebuild_routes_until_done, run_activity_flusher
 
 log = structlog.get_logger("bindery.gateway")
@@ -47,17 +48,19 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
         log.exception("http.unhandled", method=request.method, path=request.path)
         return web.json_response({"message": "Internal error in the gateway."}, status=500)
     finally:
-        label = family(request.path)
-        REQUESTS.labels(family=label, status=f"{status // 100}xx").inc()
-        REQUEST_SECONDS.labels(family=label).observe(time.monotonic() - started)
-        quiet = request.path.startswith(_QUIET_PREFIXES)
-        (log.debug if quiet else log.info)(
-            "http.request",
-            method=request.method,
-            path=request.path,
-            status=status,
-            duration_ms=round((time.monotonic() - started) * 1000, 1),
-        )
+        path = request.path
+        seconds = time.monotonic() - started
+        observe_request(family(path), status, seconds)
+        # Proxied requests are the hot path: their line is built only when someone reads it.
+        quiet = path.startswith(_QUIET_PREFIXES)
+        if not quiet or log.is_enabled_for(logging.DEBUG):
+            (log.debug if quiet else log.info)(
+                "http.request",
+                method=request.method,
+                path=path,
+                status=status,
+                duration_ms=round(seconds * 1000, 1),
+            )
 
 
 _NEVER_BANNED = ("/health", "/metrics")
@@ -156,6 +159,7 @@ def create_app(gateway: Gateway) -> web.Application:
     router.add_get("/badge_logo.svg", pages.badge_logo)
     router.add_get("/favicon.ico", pages.favicon)
     router.add_static("/static/", pages.STATIC, append_version=False)
-    router.add_route("*", "/user/{session}", proxy_handler)
+    # Proxied paths are nearly all requests: their pattern is tried first among /user/ routes.
     router.add_route("*", r"/user/{session}/{tail:[\s\S]*}", proxy_handler)
+    router.add_route("*", "/user/{session}", proxy_handler)
     return app

@@ -7,6 +7,7 @@ families, status classes, provider names), never paths, addresses or ids.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -42,13 +43,31 @@ LAUNCHES_BUFFERED = Gauge(
 )
 
 
+_FAMILIES = frozenset({"build", "v2", "user", "static", "health", "metrics", "versions", "api"})
+
+
 def family(path: str) -> str:
     """A bounded label for a path: its first segment among the known ones."""
     first = path.split("/", 2)[1] if path.count("/") >= 1 else ""
-    known = {"build", "v2", "user", "static", "health", "metrics", "versions", "api", "badge"}
     if first.startswith("badge"):
         return "badge"
-    return first if first in known else ("home" if first == "" else "other")
+    return first if first in _FAMILIES else ("home" if first == "" else "other")
+
+
+@functools.cache
+def _children(family: str, status_class: str) -> tuple[Counter, Histogram]:
+    # `labels()` takes a lock and builds a key on every call; the label sets are few and bounded.
+    return (
+        REQUESTS.labels(family=family, status=status_class),
+        REQUEST_SECONDS.labels(family=family),
+    )
+
+
+def observe_request(family: str, status: int, seconds: float) -> None:
+    """Count one answered request and its duration."""
+    count, duration = _children(family, f"{status // 100}xx")
+    count.inc()
+    duration.observe(seconds)
 
 
 def handler(gateway: Gateway) -> Callable[[web.Request], Awaitable[web.Response]]:

@@ -1,4 +1,5 @@
-"""Reverse proxy for `/user/<session>/...`: HTTP and websockets, streamed both ways.
+"""Reverse proxy for `/user/<session>/...`: HTTP and websockets, streamed both ways (a small
+answer of known length goes out in one write with its headers; websocket frames pass as bytes).
 
 In: requests for a session; routes (session -> Jupyter's base URL) from pod-ready/pod-stopped
 and, on start, from the runtime. Out: the same request at the session, path, query, Host, Origin,
@@ -16,13 +17,15 @@ and websockets carry.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from http.cookies import Morsel
+from typing import Literal, Protocol
 
 import aiohttp
 import structlog
@@ -62,20 +65,22 @@ WEBSOCKET_HANDSHAKE = frozenset(
 )
 
 
-def forward_headers(headers: Mapping[str, str], drop: Iterable[str] = ()) -> CIMultiDict[str]:
+def forward_headers(
+    headers: Mapping[str, str], drop: frozenset[str] = frozenset()
+) -> CIMultiDict[str]:
     """Copy end-to-end headers (all values of repeated ones), dropping hop-by-hop headers and
     any header the Connection header names."""
-    named: set[str] = set(drop)
-    getall = getattr(headers, "getall", None)
-    connection = getall("Connection", []) if getall else [headers.get("Connection", "")]
-    for value in connection:
-        named.update(token.strip().lower() for token in value.split(",") if token.strip())
+    skip = HOP_BY_HOP | drop if drop else HOP_BY_HOP
+    if "Connection" in headers:  # rare on HTTP/1.1 keep-alive: parse only when present
+        getall = getattr(headers, "getall", None)
+        connection = getall("Connection", []) if getall else [headers["Connection"]]
+        named = {token.strip().lower() for value in connection for token in value.split(",")}
+        skip = skip | named
     out: CIMultiDict[str] = CIMultiDict()
+    add = out.add
     for key, value in headers.items():
-        lower = key.lower()
-        if lower in HOP_BY_HOP or lower in named:
-            continue
-        out.add(key, value)
+        if key.lower() not in skip:
+            add(key, value)
     return out
 
 
@@ -193,6 +198,20 @@ def forbidden() -> web.Response:
 TOKEN_COOKIE = "bindery-session-token"  # noqa: S105 (a cookie name)
 
 
+@functools.lru_cache(maxsize=4096)
+def token_cookie(session: str, token: str, secure: bool) -> str:
+    """The Set-Cookie value for a session's token, formatted once per session (API clients
+    that send `Authorization` on every request and keep no cookie get it on every answer)."""
+    morsel: Morsel[str] = Morsel()
+    morsel.set(TOKEN_COOKIE, token, token)
+    morsel["path"] = f"/user/{session}/"
+    morsel["samesite"] = "Lax"
+    morsel["httponly"] = True  # type: ignore[assignment]  # Morsel flags take a bool
+    if secure:
+        morsel["secure"] = True  # type: ignore[assignment]
+    return morsel.OutputString()
+
+
 def presented_token(request: web.Request) -> tuple[str, bool]:
     """The token a request carries and whether it came from the cookie."""
     cookie = request.cookies.get(TOKEN_COOKIE, "")
@@ -202,6 +221,14 @@ def presented_token(request: web.Request) -> tuple[str, bool]:
     if request.query.get("token"):
         return request.query["token"], False
     return cookie, True
+
+
+# Bodies up to this size (with a Content-Length) are read whole and answered in one write with
+# their headers; larger or open-ended ones are streamed chunk by chunk as they arrive. Jupyter's
+# API answers (contents listings, kernel and session lists) are mostly a few KiB.
+BUFFERED_BODY_LIMIT = 256 * 1024
+# Statuses whose answer has no body, whatever Content-Length says (HEAD's neither).
+_NO_BODY_STATUS = frozenset({204, 304})
 
 
 class Proxy:
@@ -217,9 +244,12 @@ class Proxy:
     ) -> None:
         self._routes = routes
         self._client = client
-        self._secret = secret
+        # HMAC once per session, not per request: tokens are a pure function of the name.
+        self._token_for = functools.lru_cache(maxsize=4096)(
+            functools.partial(session_token, secret)
+        )
         self._secure_cookie = secure_cookie
-        self._sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+        self._sockets: weakref.WeakSet[web.WebSocketResponse[Literal[False]]] = weakref.WeakSet()
 
     @staticmethod
     def make_client(max_connections: int, connect_timeout: float) -> aiohttp.ClientSession:
@@ -243,7 +273,7 @@ class Proxy:
             location = f"/user/{session}/" + (f"?{query}" if query else "")
             return web.Response(status=302, headers={"Location": location})
         token, from_cookie = presented_token(request)
-        expected = session_token(self._secret, session)
+        expected: str = self._token_for(session)
         if not hmac.compare_digest(token.encode(), expected.encode()):
             return forbidden()
         route.touch()
@@ -266,17 +296,17 @@ class Proxy:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             log.warning("proxy.upstream_failed", path=url.path, error=str(exc))
             return bad_gateway("The session did not answer; it may be starting or stopping.")
+        length = upstream.content_length
+        if (
+            length is not None
+            and length <= BUFFERED_BODY_LIMIT
+            and request.method != "HEAD"
+            and upstream.status not in _NO_BODY_STATUS
+        ):
+            return await self._buffered(request, upstream, cookie)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(forward_headers(upstream.headers))
-        if cookie is not None and request.cookies.get(TOKEN_COOKIE) != cookie[1]:
-            response.set_cookie(
-                TOKEN_COOKIE,
-                cookie[1],
-                path=f"/user/{cookie[0]}/",
-                httponly=True,
-                samesite="Lax",
-                secure=self._secure_cookie,
-            )
+        self._set_cookie(request, response, cookie)
         try:
             await response.prepare(request)
             async for chunk in upstream.content.iter_any():
@@ -290,6 +320,36 @@ class Proxy:
         finally:
             upstream.release()
         return response
+
+    async def _buffered(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        cookie: tuple[str, str] | None,
+    ) -> web.StreamResponse:
+        """A small body with a known length: one write of headers and body together."""
+        try:
+            body = await upstream.read()
+        except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
+            log.info("proxy.stream_aborted", error=type(exc).__name__)
+            return bad_gateway("The session stopped answering in the middle of a response.")
+        finally:
+            upstream.release()
+        response = web.Response(
+            status=upstream.status,
+            reason=upstream.reason,
+            body=body,
+            headers=forward_headers(upstream.headers),
+        )
+        self._set_cookie(request, response, cookie)
+        return response
+
+    def _set_cookie(
+        self, request: web.Request, response: web.StreamResponse, cookie: tuple[str, str] | None
+    ) -> None:
+        if cookie is not None and request.cookies.get(TOKEN_COOKIE) != cookie[1]:
+            session, token = cookie
+            response.headers.add("Set-Cookie", token_cookie(session, token, self._secure_cookie))
 
     async def _websocket(self, request: web.Request, route: Route, url: URL) -> web.StreamResponse:
         protocols = [
@@ -306,6 +366,7 @@ class Proxy:
                 max_msg_size=0,
                 autoping=True,
                 timeout=aiohttp.ClientWSTimeout(ws_close=10.0),
+                decode_text=False,
             )
         except aiohttp.WSServerHandshakeError as exc:
             # Jupyter refused (wrong token, bad Origin...): tell the browser the same status.
@@ -316,10 +377,15 @@ class Proxy:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             log.warning("proxy.ws_upstream_failed", error=str(exc))
             return bad_gateway("The session did not accept the websocket.")
-        client = web.WebSocketResponse(
+        # Messages pass through as they came: text frames stay bytes (no decode and re-encode;
+        # the receiving end validates UTF-8), and no permessage-deflate toward the browser,
+        # which the session itself (Jupyter's default) does not use either.
+        client = web.WebSocketResponse[Literal[False]](
             protocols=(upstream.protocol,) if upstream.protocol else (),
             max_msg_size=0,
             autoping=True,
+            compress=False,
+            decode_text=False,
         )
         try:
             await client.prepare(request)
@@ -341,17 +407,18 @@ class Proxy:
             await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"gateway restarting")
 
 
+_DATA_FRAMES = frozenset({aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY})
+
+
 async def _pump(
-    source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-    sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    source: web.WebSocketResponse[Literal[False]] | aiohttp.ClientWebSocketResponse[Literal[False]],
+    sink: web.WebSocketResponse[Literal[False]] | aiohttp.ClientWebSocketResponse[Literal[False]],
     touch: Callable[[], None],
 ) -> None:
     async for message in source:
         touch()
-        if message.type == aiohttp.WSMsgType.TEXT:
-            await sink.send_str(message.data)
-        elif message.type == aiohttp.WSMsgType.BINARY:
-            await sink.send_bytes(message.data)
+        if message.type in _DATA_FRAMES:
+            await sink.send_frame(message.data, message.type)
         elif message.type == aiohttp.WSMsgType.ERROR:
             break
     if not sink.closed:
@@ -359,8 +426,8 @@ async def _pump(
 
 
 async def bridge(
-    client: web.WebSocketResponse,
-    upstream: aiohttp.ClientWebSocketResponse,
+    client: web.WebSocketResponse[Literal[False]],
+    upstream: aiohttp.ClientWebSocketResponse[Literal[False]],
     touch: Callable[[], None],
 ) -> None:
     """Copy messages both ways until one side closes, then close the other with its code."""

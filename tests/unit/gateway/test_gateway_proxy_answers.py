@@ -1,0 +1,77 @@
+"""Small answers the proxy sends in one piece must reach the browser exactly as the session sent
+them: encoded bytes untouched, no body for HEAD/204/304, and the token cookie on the first one."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from tests.unit.gateway.fakes import S1_TOKEN, Harness
+
+NOTEBOOK = gzip.compress(b'{"cells": []}' * 100)
+
+
+def session_app() -> web.Application:
+    async def notebook(request: web.Request) -> web.Response:
+        return web.Response(
+            body=NOTEBOOK,
+            headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+        )
+
+    async def unchanged(_request: web.Request) -> web.Response:
+        return web.Response(status=304, headers={"ETag": '"v1"'})
+
+    app = web.Application()
+    app.router.add_route("*", "/user/s1/files/nb.ipynb", notebook)
+    app.router.add_get("/user/s1/unchanged", unchanged)
+    return app
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[TestServer]:
+    server = TestServer(session_app())
+    await server.start_server()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+async def test_small_encoded_body_passes_byte_for_byte(
+    harness: Harness, session: TestServer
+) -> None:
+    harness.gateway.routes.add("s1", str(session.make_url("")), "l" * 32)
+    resp = await harness.client.get(
+        "/user/s1/files/nb.ipynb", params={"token": S1_TOKEN}, auto_decompress=False
+    )
+    assert resp.status == 200
+    assert resp.headers["Content-Encoding"] == "gzip"
+    assert resp.headers["Content-Length"] == str(len(NOTEBOOK))
+    assert await resp.read() == NOTEBOOK
+    assert "bindery-session-token" in resp.cookies
+
+
+async def test_head_and_not_modified_carry_no_body(harness: Harness, session: TestServer) -> None:
+    harness.gateway.routes.add("s1", str(session.make_url("")), "l" * 32)
+    auth = {"Authorization": f"token {S1_TOKEN}"}
+    head = await harness.client.head("/user/s1/files/nb.ipynb", headers=auth)
+    assert head.status == 200
+    assert head.headers["Content-Length"] == str(len(NOTEBOOK))
+    assert await head.read() == b""
+    unchanged = await harness.client.get("/user/s1/unchanged", headers=auth)
+    assert unchanged.status == 304
+    assert unchanged.headers["ETag"] == '"v1"'
+    assert await unchanged.read() == b""
+
+
+async def test_session_root_without_slash_redirects_into_it(
+    harness: Harness, session: TestServer
+) -> None:
+    harness.gateway.routes.add("s1", str(session.make_url("")), "l" * 32)
+    resp = await harness.client.get(f"/user/s1?token={S1_TOKEN}", allow_redirects=False)
+    assert resp.status == 302
+    assert resp.headers["Location"] == f"/user/s1/?token={S1_TOKEN}"
