@@ -5,7 +5,6 @@ A screenshot of each stage is kept in .bindery/test-results/browser/."""
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -15,7 +14,7 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 
 from tests.support.browser import chromium, screenshot_path
-from tests.support.gitrepo import make_repo
+from tests.support.gitrepo import make_repo, notebook
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -26,28 +25,6 @@ EXPECTED = "answer 5040"
 POST_BUILD = "#!/bin/sh\nfor i in 1 2 3 4 5 6; do echo preparing step $i; sleep 1; done\n"
 
 
-def python_notebook(source: str) -> str:
-    """A notebook that names its kernel, so JupyterLab starts it without asking."""
-    return json.dumps(
-        {
-            "cells": [
-                {
-                    "cell_type": "code",
-                    "metadata": {},
-                    "source": source,
-                    "outputs": [],
-                    "execution_count": None,
-                }
-            ],
-            "metadata": {
-                "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
-            },
-            "nbformat": 4,
-            "nbformat_minor": 5,
-        }
-    )
-
-
 @pytest.fixture(scope="module")
 def browser_repo(repos: Path) -> Path:
     path = repos / "browser"
@@ -56,7 +33,7 @@ def browser_repo(repos: Path) -> Path:
         path,
         {
             "requirements.txt": "six==1.16.0\n",
-            "analysis.ipynb": python_notebook(PROBE),
+            "analysis.ipynb": notebook(PROBE),
             "run-id.txt": uuid.uuid4().hex,
             "postBuild": POST_BUILD,
         },

@@ -24,6 +24,7 @@ def git(repo: Path, *args: str) -> str:
 
 
 def notebook(source: str) -> str:
+    """A one-cell notebook that names its kernel, so JupyterLab starts it without asking."""
     return json.dumps(
         {
             "cells": [
@@ -35,7 +36,9 @@ def notebook(source: str) -> str:
                     "execution_count": None,
                 }
             ],
-            "metadata": {},
+            "metadata": {
+                "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+            },
             "nbformat": 4,
             "nbformat_minor": 5,
         }
