@@ -127,6 +127,15 @@ cmd_down() {
         fi
     done
     for s in "${SERVICES[@]}"; do rm -f "$RUN/$s.pid"; done
+    # The sessions these services started go too: nothing a user did survives a session.
+    local instance ids
+    instance="$( (grep -E '^BINDERY_INSTANCE=' "$ENV_FILE" 2>/dev/null || true) | tail -n 1 | cut -d= -f2)"
+    ids="$(podman ps -aq --filter "label=bindery.instance=${instance:-bindery}" 2>/dev/null || true)"
+    if [ -n "$ids" ]; then
+        log "removing $(echo "$ids" | wc -l) session container(s)"
+        # shellcheck disable=SC2086 # one id per word
+        podman rm -f -t 2 $ids >/dev/null 2>&1 || true
+    fi
     log "services down"
 }
 
