@@ -1,16 +1,17 @@
-"""Wires the archiver: settings, the archive (which remembers what its files already hold),
-subscriptions.
+"""Wires the archiver: settings, the archive (which remembers what its files already hold), the
+launches in flight rebuilt from the event log, then the live subscriptions.
 
 The archiver is a singleton: replicas would split one launch's events between them.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 from bindery import service
 from bindery.archiver.archive import Archive
-from bindery.archiver.handlers import subscribe
+from bindery.archiver.handlers import replay_in_flight, subscribe
 from bindery.archiver.settings import ArchiverSettings
 from bindery.bus import Bus
 
@@ -25,6 +26,9 @@ def main() -> None:
             max_open=settings.max_open_launches,
         )
         archive.load()
+        await replay_in_flight(
+            settings.amqp_url, archive, timedelta(seconds=settings.max_launch_duration)
+        )
         await subscribe(bus, archive)
 
     service.run("archiver", settings, settings.health_port, start)

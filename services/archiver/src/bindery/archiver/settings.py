@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
+
 from bindery.settings import CommonSettings
 
 
@@ -21,3 +23,10 @@ class ArchiverSettings(CommonSettings):
     max_open_launches: int = 10_000
     """Launches followed until they end; past this the oldest is dropped (a launch whose end
     was lost must not grow memory for ever)."""
+
+    max_launch_duration: float = Field(default=7200.0, gt=0)
+    """Seconds of the event log replayed at start, to rebuild the launches in flight when the
+    archiver stopped. The longest a launch can last: the scheduler's queue timeout (600 s),
+    resolve timeout (45 s), build timeout (3600 s) and startup timeout (120 s) make about 73
+    minutes; two hours leaves room for delays between them. Keep it under the event log's
+    `event_log_max_age`, or the log no longer holds the oldest of them."""
