@@ -64,6 +64,8 @@ def builder_service(
         BINDERY_REGISTRY=registry,
         BINDERY_LOG_FORMAT="json",
         BINDERY_ZENODO_URL=providers.url("/zenodo"),
+        # The storage is shared with every other test run: test_prune.py prunes its own images.
+        BINDERY_PRUNE_INTERVAL="0",
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "bindery.builder"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 
@@ -10,6 +11,7 @@ from bindery.builder.baseimage import base_image_name
 from bindery.builder.build import BuildOptions
 from bindery.builder.builds import Builder
 from bindery.builder.handlers import subscribe
+from bindery.builder.prune import PrunePolicy, Pruner
 from bindery.builder.settings import BuilderSettings
 from bindery.bus import Bus
 
@@ -34,9 +36,21 @@ def build_options(settings: BuilderSettings) -> BuildOptions:
     )
 
 
+def prune_policy(settings: BuilderSettings, options: BuildOptions) -> PrunePolicy:
+    return PrunePolicy(
+        prefix=f"{settings.registry}/{settings.image_prefix}",
+        env_repository=options.env_repository,
+        keep_env_images=settings.prune_keep_env_images,
+        prune_after=settings.prune_after,
+        base_image=options.base_image,
+    )
+
+
 def main() -> None:
     settings = BuilderSettings()
     options = build_options(settings)
+    pruner = Pruner(prune_policy(settings, options))
+    background: set[asyncio.Task[None]] = set()
 
     async def start(bus: Bus) -> None:
         replica = settings.replica_name()
@@ -48,5 +62,8 @@ def main() -> None:
             recently_built=settings.recently_built,
         )
         await subscribe(bus, builder, replica, settings.prefetch)
+        if settings.prune_interval > 0:
+            # Held so the task is not garbage-collected; the loop cancels it at the end.
+            background.add(asyncio.create_task(pruner.run_every(settings.prune_interval)))
 
     service.run("builder", settings, settings.health_port, start)

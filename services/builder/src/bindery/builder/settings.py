@@ -57,6 +57,22 @@ class BuilderSettings(CommonSettings):
     """A build writing more log than this is stopped with 'too_large': real builds write a few
     MiB at most, and a runaway loop printing forever would fill every gateway's buffer."""
 
+    prune_after: float = 3600.0
+    """Seconds after which the local copy of a per-commit image (pushed when built), a dangling
+    image or an environment image beyond the newest kept ones is removed from podman's storage,
+    when no container uses it. An hour: a launch repeated soon after its build starts from the
+    local copy without a pull, and no build still running uses an image that old."""
+
+    prune_keep_env_images: int = Field(default=20, ge=0)
+    """Environment images kept locally whatever their age, newest first: they are the layer
+    cache that lets a content-only commit build in seconds. Twenty: each holds only its own
+    environment layers above the shared base image, typically tens to hundreds of MiB."""
+
+    prune_interval: float = Field(default=600.0, ge=0)
+    """Seconds between prune passes (the first at start): disk grows by at most what ten
+    minutes of builds write, and a pass (one `podman images` and a few `rmi`) costs little.
+    0: never prune, for hosts whose storage others clean (the test suites, which share one)."""
+
     base_image: str = ""
     """Empty: the base image scripts/base-image.sh builds from this package's baseimage/ files,
     whose name bindery.builder.baseimage computes."""
