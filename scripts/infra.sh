@@ -213,8 +213,10 @@ node_up() {
     fi
     rm -f "$sock"
     log "starting podman node-$n on unix://$sock"
-    setsid nohup podman "${flags[@]}" system service --time=0 "unix://$sock" \
-        >> "$LOGS/node-$n.log" 2>&1 < /dev/null &
+    # From the run dir: conmon records a session's OOM kill as a file named `oom` in its
+    # working directory, which must not land in the checkout.
+    (cd "$RUN" && exec setsid nohup podman "${flags[@]}" system service --time=0 "unix://$sock" \
+        >> "$LOGS/node-$n.log" 2>&1 < /dev/null) &
     echo $! > "$pidfile"
     if ! wait_for "node-$n" node_ping "$n"; then
         tail -n 20 "$LOGS/node-$n.log" >&2 || true
