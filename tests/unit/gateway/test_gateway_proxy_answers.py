@@ -3,6 +3,7 @@ them: encoded bytes untouched, no body for HEAD/204/304, and the token cookie on
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 from collections.abc import AsyncIterator
 
@@ -10,6 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from bindery.gateway.proxy import RouteTable
 from tests.unit.gateway.fakes import S1_TOKEN, Harness
 
 NOTEBOOK = gzip.compress(b'{"cells": []}' * 100)
@@ -75,3 +77,16 @@ async def test_session_root_without_slash_redirects_into_it(
     resp = await harness.client.get(f"/user/s1?token={S1_TOKEN}", allow_redirects=False)
     assert resp.status == 302
     assert resp.headers["Location"] == f"/user/s1/?token={S1_TOKEN}"
+
+
+async def test_a_request_right_after_a_restart_waits_for_the_rebuilt_routes() -> None:
+    """Sessions outlive a gateway restart: until their routes are back, unknown is not 404."""
+    routes = RouteTable()
+    lookup = asyncio.create_task(routes.find("survivor", wait=5))
+    await asyncio.sleep(0)
+    assert not lookup.done()
+    routes.add("survivor", "http://127.0.0.1:1", "launch")
+    routes.rebuilt.set()
+    route = await asyncio.wait_for(lookup, 1)
+    assert route is not None and route.target == "http://127.0.0.1:1"
+    assert await routes.find("never-existed", wait=5) is None, "after the rebuild: no waiting"

@@ -109,7 +109,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             name="activity-flusher",
         )
     ]
-    if gateway.runtime is not None:
+    if gateway.runtime is None:
+        gateway.routes.rebuilt.set()
+    else:
         tasks.append(
             asyncio.create_task(
                 rebuild_routes_until_done(

@@ -17,6 +17,7 @@ and websockets carry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hmac
 import time
@@ -38,6 +39,10 @@ from bindery.runtimes import Session
 from bindery.tokens import session_token
 
 log = structlog.get_logger("bindery.gateway.proxy")
+
+REBUILD_WAIT_SECONDS = 10.0
+"""How long a request for an unknown session waits for the start-up rebuild of routes: a
+listing of every node takes well under a second, even with hundreds of sessions."""
 
 HOP_BY_HOP = frozenset(
     {
@@ -113,6 +118,9 @@ class RouteTable:
 
     def __init__(self) -> None:
         self._routes: dict[str, Route] = {}
+        # Set once the routes of sessions that outlived a restart are back (or there is no
+        # runtime to ask): until then an unknown session may be one of them, not a 404.
+        self.rebuilt = asyncio.Event()
 
     def __len__(self) -> int:
         return len(self._routes)
@@ -122,6 +130,15 @@ class RouteTable:
 
     def get(self, session: str) -> Route | None:
         return self._routes.get(session)
+
+    async def find(self, session: str, wait: float) -> Route | None:
+        """The session's route; right after a start, wait up to `wait` s for the rebuild."""
+        route = self._routes.get(session)
+        if route is None and not self.rebuilt.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.rebuilt.wait(), wait)
+            route = self._routes.get(session)
+        return route
 
     def add(self, session: str, target: str, launch_id: str) -> Route:
         route = self._routes.get(session)
@@ -265,7 +282,7 @@ class Proxy:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         session = request.match_info["session"]
-        route = self._routes.get(session)
+        route = await self._routes.find(session, REBUILD_WAIT_SECONDS)
         if route is None:
             return not_found(session)
         if "tail" not in request.match_info:  # /user/<session> -> /user/<session>/
@@ -472,4 +489,5 @@ async def rebuild_routes_until_done(
             await asyncio.sleep(retry_interval)
             continue
         log.info("routes.rebuilt", added=added, total=len(routes))
+        routes.rebuilt.set()
         return
