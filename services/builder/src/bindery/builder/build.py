@@ -62,6 +62,10 @@ class BuildOptions:
     push_tls_verify: bool = False
     allowed_schemes: tuple[str, ...] = ("https", "http", "git", "ssh")
     index_url: str = ""
+    conda_channel_alias: str = ""
+    conda_default_channels: tuple[str, ...] = ("conda-forge",)
+    conda_pkgs_dir: str = ""
+    """Empty: bindery.builder.conda's default."""
     env_repository: str = ""
     """Environment images are ``<this>:<key>``; empty: ``env`` beside the image."""
     max_repo_bytes: int = 0
@@ -129,6 +133,11 @@ def command(request: BuildRequest, options: BuildOptions) -> list[str]:
         cmd.append(f"--env-repository={options.env_repository}")
     if options.index_url:
         cmd.append(f"--index-url={options.index_url}")
+    if options.conda_channel_alias:
+        cmd.append(f"--conda-channel-alias={options.conda_channel_alias}")
+        cmd += [f"--conda-default-channel={name}" for name in options.conda_default_channels]
+    if options.conda_pkgs_dir:
+        cmd.append(f"--conda-pkgs-dir={options.conda_pkgs_dir}")
     if options.provider_hosts != ProviderHosts():
         cmd.append(f"--provider-hosts={options.provider_hosts.to_json()}")
     return cmd

@@ -121,6 +121,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--memory-limit", type=int, default=0, help="bytes per build step")
     parser.add_argument("--push-tls-verify", action="store_true")
     parser.add_argument("--index-url", default="", help="package index handed to the build")
+    parser.add_argument("--conda-channel-alias", default="", help="empty: no conda channel")
+    parser.add_argument(
+        "--conda-default-channel",
+        action="append",
+        default=[],
+        help="channel of an environment.yml listing none (repeatable; default conda-forge)",
+    )
+    parser.add_argument("--conda-pkgs-dir", default="", help="conda package cache")
     parser.add_argument(
         "--env-repository",
         default="",
@@ -184,6 +192,10 @@ def make_app(args: argparse.Namespace) -> Repo2Docker:
             push_env=args.push,
             index_url=args.index_url or BuildContext.index_url,
             ca_bundle=args.ca_bundle,
+            conda_channel_alias=args.conda_channel_alias,
+            conda_default_channels=tuple(args.conda_default_channel)
+            or BuildContext.conda_default_channels,
+            conda_pkgs_dir=args.conda_pkgs_dir or BuildContext.conda_pkgs_dir,
         )
     }
     app.base_image = args.base_image or base_image_name()

@@ -51,6 +51,8 @@ from repo2docker.utils import is_local_pip_requirement, open_guess_encoding
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
+from bindery.builder import conda
+
 # Part of every environment key: bump it when a change here changes what an environment holds.
 BUILDPACK_VERSION = "2"
 # The base image's Python (Debian bookworm's python3): uv could fetch others only from its
@@ -76,6 +78,13 @@ class BuildContext:
     index_url: str = "https://pypi.org/simple"
     """The package index (simple API) environment.yml's conda dependencies are looked up in."""
     ca_bundle: str = ""
+    conda_channel_alias: str = ""
+    """conda's channel_alias: channel ``NAME`` is ``<alias>/NAME``. Empty: no conda channel,
+    environment.yml takes the PyPI route."""
+    conda_default_channels: tuple[str, ...] = ("conda-forge",)
+    """The channels of an environment.yml that lists none (or lists ``defaults``)."""
+    conda_pkgs_dir: str = conda.DEFAULT_PKGS_DIR
+    """Where conda archives and repodata are cached, shared by builds, never in an image."""
 
 
 # Sourced by every build step: the CA bundle and package index the build was handed as secrets
@@ -132,6 +141,9 @@ ENV {{ name }}={{ value }}
 {% endfor %}
 {% for name in generated %}
 COPY --chmod=0644 generated/{{ name }} {{ generated_dir }}/{{ name }}
+{% endfor %}
+{% for src, dst in overlays %}
+COPY --chown={{ uid }}:{{ uid }} {{ src }}/ {{ dst }}/
 {% endfor %}
 {% for src, dst in files|dictsort %}
 COPY --chown={{ uid }}:{{ uid }} src/{{ src }} ${REPO_DIR}/{{ dst }}
@@ -195,6 +207,16 @@ class BinderyBuildPack(BaseImage):  # type: ignore[misc]
         """Lines for the build log that say what was made of the repository's files."""
         return []
 
+    def overlays(self) -> list[tuple[str, str]]:
+        """(directory of the environment context, image path) pairs copied onto the image
+        after the generated files; ``stage`` fills the directories."""
+        return []
+
+    def stage(self, env_dir: Path, context: BuildContext) -> Iterator[str]:
+        """Fill the overlays in ``env_dir`` (log lines out): only when the environment image
+        is built, so what they hold is not hashed into its key (the generated files say it)."""
+        return iter(())
+
     def render_env(self, build_args: dict[str, str], generated: list[str]) -> str:
         return ENV_TEMPLATE.render(
             base_image=self.base_image,
@@ -205,6 +227,7 @@ class BinderyBuildPack(BaseImage):  # type: ignore[misc]
             build_env=self.get_build_env(),
             generated=generated,
             generated_dir=GENERATED_DIR,
+            overlays=self.overlays(),
             files=self.get_preassemble_script_files(),
             preassemble=_directives(self.get_preassemble_scripts()),
             env=self.get_env(),
@@ -258,6 +281,7 @@ class BinderyBuildPack(BaseImage):  # type: ignore[misc]
                 yield f"Environment {env_image} pulled from the registry\n"
             else:
                 yield f"Building the environment {env_image}\n"
+                yield from self.stage(env_dir, context)
                 yield from client.build(
                     path=str(env_dir),
                     tag=env_image,
@@ -484,17 +508,33 @@ def pipfile_requirement(name: str, entry: object) -> tuple[str, str | None]:
 
 
 class EnvironmentYmlBuildPack(_RequirementsListBuildPack):
-    """environment.yml without a reachable conda channel: its ``pip:`` section, and those conda
-    dependencies that the package index has under the same name; the log names every one
-    skipped. The Python is the base image's whatever the file asks for (said in the log)."""
+    """environment.yml, as repo2docker does where a conda channel is configured and reachable:
+    its conda dependencies solved against its ``channels:`` (only channel names, under the
+    builder's channel alias; an empty list or ``defaults`` means the builder's default
+    channels, ``nodefaults`` is ignored, a ``channel::`` prefix on a dependency is dropped) and
+    installed over the base image's venv (bindery.builder.conda), then its ``pip:`` section with
+    uv. A dependency no channel has, or a conflict, fails the build with the solver's
+    explanation.
+
+    Without a channel (none configured, or its repodata unreachable: the log says which and
+    why): its ``pip:`` section, and those conda dependencies that the package index has under
+    the same name; the log names every one skipped.
+
+    Either way the Python is the base image's whatever the file asks for (said in the log), as
+    runtime.txt's is not: pinning an older Python is common in environment.yml files and most of
+    them work unchanged on 3.11, and the kernel must be the base image's Jupyter's Python."""
 
     LIST = "environment-requirements.txt"
+    LOCK = "environment-conda-lock.json"
     # Conda packages the base image already provides in another form.
     PROVIDED = frozenset({"python", "pip"})
+    # Where the conda packages are staged in the environment's build context.
+    PREFIX_DIR = "conda-prefix"
 
     def __init__(self, base_image: str) -> None:
         super().__init__(base_image)
         self._notes: list[str] = []
+        self._lock: conda.Lock | None = None
 
     def detect(self) -> bool:
         return self._path() is not None
@@ -509,21 +549,65 @@ class EnvironmentYmlBuildPack(_RequirementsListBuildPack):
     def notes(self) -> list[str]:
         return self._notes
 
+    def overlays(self) -> list[tuple[str, str]]:
+        return [(self.PREFIX_DIR, conda.PREFIX)] if self._lock and self._lock.records else []
+
+    def stage(self, env_dir: Path, context: BuildContext) -> Iterator[str]:
+        if self._lock and self._lock.records:
+            staging = env_dir / self.PREFIX_DIR
+            yield from conda.stage(
+                self._lock, staging, Path(context.conda_pkgs_dir), context.ca_bundle
+            )
+
     def generated_files(self, context: BuildContext) -> dict[str, str]:
-        conda, pip, _ = self._dependencies()
+        specs, pip, _ = self._dependencies()
         self._notes = []
-        names = [
-            conda_name(spec) for spec in conda if conda_name(spec).lower() not in self.PROVIDED
-        ]
-        python = [spec for spec in conda if conda_name(spec).lower() == "python"]
+        self._lock = None
+        python = [spec for spec in specs if conda_name(spec).lower() == "python"]
         if python:
             self._notes.append(
                 f"environment.yml asks for {python[0]!r}: this Bindery has Python "
                 f"{PYTHON_VERSION} only, which is used."
             )
+        wanted = [spec for spec in specs if conda_name(spec).lower() not in self.PROVIDED]
+        if not context.conda_channel_alias:
+            self._notes.append("environment.yml: this Bindery has no conda channel configured.")
+            return self._pypi_route(wanted, pip, context)
+        alias = context.conda_channel_alias
+        names = conda.channel_names(self._channels(), context.conda_default_channels)
+        try:
+            # "conda-forge::numpy": the channel prefix goes, the channels listed are used.
+            lock = conda.resolve(
+                names,
+                [spec.split("::", 1)[-1] for spec in wanted],
+                alias,
+                Path(context.conda_pkgs_dir),
+                context.ca_bundle,
+            )
+        except conda.ChannelUnreachable as e:
+            self._notes.append(
+                f"environment.yml: the conda channel(s) {', '.join(names)} at {alias} could not "
+                f"be reached: {e}"
+            )
+            return self._pypi_route(wanted, pip, context)
+        self._lock = lock
+        self._notes.append(
+            f"environment.yml: {len(lock.records)} conda packages solved from "
+            f"{', '.join(names)} at {alias} for {conda.PLATFORM}, installed into {conda.PREFIX}"
+            + ("; then its pip: section with uv." if pip else ".")
+        )
+        return {self.LOCK: lock.text(), **self.requirements_list(pip)}
+
+    def generated_file_names(self) -> list[str]:
+        return [self.LOCK, self.LIST] if self._lock else [self.LIST]
+
+    def _pypi_route(
+        self, specs: list[str], pip: list[str], context: BuildContext
+    ) -> dict[str, str]:
+        names = [conda_name(spec) for spec in specs]
         found = packages_on_index(names, context.index_url, context.ca_bundle)
         requirements = [
-            conda_to_pip(spec) for spec in conda if found.get(conda_name(spec).lower(), False)
+            conda_to_pip(spec) for spec in specs if found.get(conda_name(spec).lower(), False)
         ]
         skipped = [name for name in names if not found.get(name.lower(), False)]
         self._notes.append(
@@ -554,8 +638,7 @@ class EnvironmentYmlBuildPack(_RequirementsListBuildPack):
         return scripts
 
     @lru_cache  # noqa: B019
-    def _dependencies(self) -> tuple[list[str], list[str], list[str]]:
-        """(conda specs, pip requirements, pip lines that name local files)."""
+    def _environment(self) -> dict[str, Any]:
         path = self._path()
         assert path is not None
         try:
@@ -563,9 +646,22 @@ class EnvironmentYmlBuildPack(_RequirementsListBuildPack):
                 env = YAML(typ="safe").load(f) or {}
         except (OSError, YAMLError) as e:
             raise UnsupportedRepository(f"{path} is not valid YAML: {e}") from e
-        if not isinstance(env, dict) or not isinstance(env.get("dependencies") or [], list):
-            raise UnsupportedRepository(f"{path}: 'dependencies' must be a list")
-        conda: list[str] = []
+        if not isinstance(env, dict):
+            raise UnsupportedRepository(f"{path}: not a mapping of channels and dependencies")
+        for key in ("dependencies", "channels"):
+            if not isinstance(env.get(key) or [], list):
+                raise UnsupportedRepository(f"{path}: '{key}' must be a list")
+        return env
+
+    def _channels(self) -> list[str]:
+        return [str(channel) for channel in self._environment().get("channels") or []]
+
+    @lru_cache  # noqa: B019
+    def _dependencies(self) -> tuple[list[str], list[str], list[str]]:
+        """(conda specs, pip requirements, pip lines that name local files)."""
+        path = self._path()
+        env = self._environment()
+        specs: list[str] = []
         pip: list[str] = []
         local: list[str] = []
         for item in env.get("dependencies") or []:
@@ -576,10 +672,10 @@ class EnvironmentYmlBuildPack(_RequirementsListBuildPack):
                 spec = str(item).strip()
                 if not CONDA_SPEC.fullmatch(spec):
                     raise UnsupportedRepository(f"{path}: cannot read dependency {spec!r}")
-                conda.append(spec)
+                specs.append(spec)
             else:
                 raise UnsupportedRepository(f"{path}: cannot read dependency {item!r}")
-        return conda, pip, local
+        return specs, pip, local
 
 
 # A conda match spec as environment.yml files write them: [channel::]name[ version[ build]] or

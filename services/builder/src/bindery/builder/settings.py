@@ -6,6 +6,7 @@ import socket
 
 from pydantic import Field
 
+from bindery.builder import conda
 from bindery.builder.sources import ProviderHosts
 from bindery.settings import CommonSettings, Profile
 
@@ -44,6 +45,22 @@ class BuilderSettings(CommonSettings):
     index_url: str = ""
     """Package index (PEP 503 simple API) for pip and uv inside builds, e.g. a corporate mirror;
     empty for PyPI. Handed to builds as a secret, since such URLs often hold credentials."""
+
+    conda_channel_alias: str = ""
+    """conda's channel_alias: where environment.yml's channels are, channel NAME being
+    `<alias>/NAME` (https://conda.anaconda.org for the public channels, or a mirror). Only
+    names are taken from environment.yml, never URLs, so builds fetch from this host only.
+    Empty (the default, as this machine reaches no conda host): environment.yml installs its
+    pip: section and the conda dependencies PyPI has under the same name; so does a build whose
+    channel does not answer, saying so in its log."""
+
+    conda_default_channels: list[str] = Field(default_factory=lambda: ["conda-forge"])
+    """The channels of an environment.yml that lists none, or lists `defaults`: conda-forge,
+    as repo2docker (Anaconda's own `defaults` channels are not under the alias)."""
+
+    conda_pkgs_dir: str = conda.DEFAULT_PKGS_DIR
+    """conda's package cache: downloaded archives (sha256-verified) and repodata, shared by all
+    builds on this host and never in an image. Under the builder user's ~/.cache."""
 
     image_prefix: str = "bindery/"
     """The resolver's (same variable): environment images are
