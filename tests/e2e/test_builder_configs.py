@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from bindery.builder.baseimage import base_image_name
+from tests.support.condachannel import CHANNEL, PROBE_VERSION
 from tests.support.gitrepo import make_repo, notebook
 from tests.support.kernel import run_code
 from tests.support.stack import INSTANCE, Stack, build_path, launch
@@ -241,7 +242,42 @@ async def test_environment_yml_without_conda_installs_what_pypi_has(
     probe = VERSION + "import pyfiglet; print('version', version('tabulate'))"
     session = await launch_and_probe(http, stack, repo, probe)
     assert lines(session.output).get("version", "").startswith("0.9."), session.output
+    # The stack's channel host has no conda-forge: the log says so, and which were skipped.
+    assert "conda-forge at http://127.0.0.1:" in session.log, session.log
+    assert "could not be reached" in session.log and "404" in session.log
     assert "skipped conda dependencies not on the package index: r-ggplot2" in session.log
+
+
+CONDA_PROBE = """
+import subprocess, sys, bindery_probe, pyfiglet
+print("module", bindery_probe.__file__)
+print("python", sys.executable)
+print("entry", subprocess.run(["bindery-probe"], capture_output=True, text=True).stdout.strip())
+print("where", subprocess.run(["bindery-probe-where"], capture_output=True, text=True).stdout)
+"""
+
+
+async def test_environment_yml_from_a_conda_channel_installs_its_packages(
+    stack: Stack, http: aiohttp.ClientSession, repos: Path
+) -> None:
+    repo = repos / "configs-environment-yml-conda"
+    make_repo(
+        repo,
+        {
+            "environment.yml": f"name: probe\nchannels: [{CHANNEL}]\ndependencies:\n"
+            "  - python=3.11\n  - bindery-probe\n  - pip:\n    - pyfiglet==1.0.2\n",
+        },
+    )
+    session = await launch_and_probe(http, stack, repo, CONDA_PROBE)
+    found = lines(session.output)
+    assert found.get("module") == (
+        "/srv/venv/lib/python3.11/site-packages/bindery_probe/__init__.py"
+    ), session.output
+    assert found.get("python") == "/srv/venv/bin/python"
+    # The entry point runs; the file it reads had its prefix placeholder made /srv/venv.
+    assert found.get("entry") == f"bindery-probe {PROBE_VERSION} /srv/venv/share/bindery-probe"
+    assert found.get("where") == "/srv/venv"
+    assert f"2 conda packages solved from {CHANNEL}" in session.log, session.log
 
 
 async def test_runtime_txt_asking_for_another_python_fails_naming_the_one_there(

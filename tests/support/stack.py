@@ -21,6 +21,8 @@ from urllib.parse import quote
 
 import aiohttp
 
+from tests.support.condachannel import served_channel
+
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("resolver", "builder", "scheduler", "culler", "archiver", "gateway")
 # BINDERY_TEST_SLOT lets several test runs share this machine: each slot has its own ports,
@@ -162,15 +164,22 @@ def started_stack(log_dir: Path) -> Iterator[Stack]:
     log_dir.mkdir(parents=True, exist_ok=True)
     fresh_vhost(VHOST)
     remove_test_sessions()
-    stack = Stack(stack_env(log_dir), log_dir)
-    try:
-        for service in SERVICES:
-            stack.start(service)
-        yield stack
-    finally:
-        for service in list(stack.processes):
-            stack.stop(service)
-        remove_test_sessions()
+    # The builder's conda channel alias is the test channel, which has only the channel
+    # bindery-test: environment.yml files listing it take the conda route, the others (listing
+    # conda-forge, or no channel: the default conda-forge) the PyPI route for an unreachable one.
+    with served_channel(log_dir / "conda-channel") as channel:
+        env = stack_env(log_dir)
+        env["BINDERY_CONDA_CHANNEL_ALIAS"] = channel.alias
+        env["BINDERY_CONDA_PKGS_DIR"] = str(log_dir / "conda-pkgs")
+        stack = Stack(env, log_dir)
+        try:
+            for service in SERVICES:
+                stack.start(service)
+            yield stack
+        finally:
+            for service in list(stack.processes):
+                stack.stop(service)
+            remove_test_sessions()
 
 
 def build_path(repo_url: str, ref: str) -> str:

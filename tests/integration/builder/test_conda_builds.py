@@ -1,0 +1,105 @@
+"""environment.yml built from a real conda channel (made and served on 127.0.0.1 by the test):
+the packages work in the image as if conda had installed them into /srv/venv."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bindery.builder.build import BuildOptions, BuildRequest, run_build
+from tests.integration.builder.conftest import Log
+from tests.integration.builder.test_build import podman_run
+from tests.support.condachannel import CHANNEL, PROBE_VERSION, ServedChannel, served_channel
+from tests.support.gitrepo import commit, make_repo, notebook
+
+
+@pytest.fixture(scope="module")
+def channel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedChannel]:
+    with served_channel(tmp_path_factory.mktemp("channel")) as served:
+        yield served
+
+
+@pytest.fixture
+def conda_options(options: BuildOptions, channel: ServedChannel, tmp_path: Path) -> BuildOptions:
+    # A package cache of this test's own, so what it downloads is what this build needed.
+    return dataclasses.replace(
+        options, conda_channel_alias=channel.alias, conda_pkgs_dir=str(tmp_path / "pkgs")
+    )
+
+
+PROBE = """
+import bindery_probe, pyfiglet, subprocess, sys
+print(sys.executable, bindery_probe.__version__, bindery_probe.__file__)
+print(subprocess.run(["bindery-probe"], capture_output=True, text=True, check=True).stdout)
+"""
+
+
+async def test_conda_packages_install_over_the_venv_and_the_environment_is_reused(
+    tmp_path: Path, conda_options: BuildOptions, image_name: str, channel: ServedChannel
+) -> None:
+    repo = tmp_path / "repo"
+    environment = (
+        f"name: probe\nchannels: [{CHANNEL}]\ndependencies:\n  - python=3.11\n"
+        "  - bindery-probe\n  - pip\n  - pip:\n    - pyfiglet==1.0.2\n"
+    )
+    first = make_repo(repo, {"environment.yml": environment, "a.ipynb": notebook("1")})
+    log = Log()
+    result = await run_build(
+        BuildRequest(f"file://{repo}", first, image_name, push=False), log, conda_options
+    )
+    assert result.ok, result.message + "\n" + log.text()
+    text = log.text()
+    assert f"2 conda packages solved from {CHANNEL} at {channel.alias}" in text
+    assert "2 downloaded, 0 from the package cache" in text
+
+    out = podman_run(image_name, "/srv/venv/bin/python", "-c", PROBE).split()
+    assert out[:3] == [
+        "/srv/venv/bin/python",
+        PROBE_VERSION,
+        "/srv/venv/lib/python3.11/site-packages/bindery_probe/__init__.py",
+    ]
+    # The entry point ran and read the file whose placeholder was replaced by /srv/venv.
+    assert out[3:] == ["bindery-probe", PROBE_VERSION, "/srv/venv/share/bindery-probe"]
+    assert podman_run(image_name, "bindery-probe-where").strip() == "/srv/venv"
+    assert podman_run(image_name, "cat", "/srv/venv/share/bindery-probe/prefix.txt") == (
+        "/srv/venv/share/bindery-probe\n"
+    )
+    # The environment can be inspected: conda-meta and the lock, owned by the user.
+    listing = podman_run(image_name, "ls", "-ln", "/srv/venv/conda-meta")
+    assert "bindery-probe-1.2.3-pyh_0.json" in listing and " 1000 1000 " in listing
+    lock = podman_run(image_name, "cat", "/usr/local/share/bindery/environment-conda-lock.json")
+    assert f"{channel.alias}/{CHANNEL}/noarch/bindery-probe-1.2.3-pyh_0.conda" in lock
+
+    # Another commit of the same environment: its image is reused, nothing is downloaded.
+    second = commit(repo, {"a.ipynb": notebook("2")}, "edit the notebook")
+    second_image = image_name.replace(":latest", ":second")
+    log = Log()
+    try:
+        request = BuildRequest(f"file://{repo}", second, second_image, push=False)
+        result = await run_build(request, log, conda_options)
+        assert result.ok, result.message + "\n" + log.text()
+        assert podman_run(second_image, "bindery-probe-where").strip() == "/srv/venv"
+    finally:
+        subprocess.run(["podman", "rmi", "--force", second_image], capture_output=True)
+    text = log.text()
+    assert "exists: adding the repository only" in text, text
+    assert "downloaded" not in text and "uv pip install" not in text
+
+
+async def test_an_environment_no_channel_can_satisfy_fails_with_the_solvers_reason(
+    tmp_path: Path, conda_options: BuildOptions, image_name: str
+) -> None:
+    repo = tmp_path / "repo"
+    environment = f"channels: [{CHANNEL}]\ndependencies:\n  - bindery-needs-py310\n"
+    sha = make_repo(repo, {"environment.yml": environment})
+    log = Log()
+    result = await run_build(
+        BuildRequest(f"file://{repo}", sha, image_name, push=False), log, conda_options
+    )
+    assert not result.ok
+    assert result.reason is not None and result.reason.value == "step_failed"
+    assert "cannot be solved" in result.message and "python >=3.10,<3.11" in result.message
