@@ -29,6 +29,7 @@ def build_options(settings: BuilderSettings) -> BuildOptions:
         push_tls_verify=settings.registry_scheme == "https",
         allowed_schemes=settings.allowed_schemes(),
         index_url=settings.index_url,
+        cran_mirror=settings.cran_mirror,
         conda_channel_alias=settings.conda_channel_alias,
         conda_default_channels=tuple(settings.conda_default_channels),
         conda_pkgs_dir=settings.conda_pkgs_dir,

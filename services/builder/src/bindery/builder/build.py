@@ -62,6 +62,8 @@ class BuildOptions:
     push_tls_verify: bool = False
     allowed_schemes: tuple[str, ...] = ("https", "http", "git", "ssh")
     index_url: str = ""
+    cran_mirror: str = ""
+    """The checked cran_mirror setting (bindery.builder.cran); empty: none."""
     conda_channel_alias: str = ""
     conda_default_channels: tuple[str, ...] = ("conda-forge",)
     conda_pkgs_dir: str = ""
@@ -133,6 +135,8 @@ def command(request: BuildRequest, options: BuildOptions) -> list[str]:
         cmd.append(f"--env-repository={options.env_repository}")
     if options.index_url:
         cmd.append(f"--index-url={options.index_url}")
+    if options.cran_mirror:
+        cmd.append(f"--cran-mirror={options.cran_mirror}")
     if options.conda_channel_alias:
         cmd.append(f"--conda-channel-alias={options.conda_channel_alias}")
         cmd += [f"--conda-default-channel={name}" for name in options.conda_default_channels]

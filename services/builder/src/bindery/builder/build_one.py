@@ -35,6 +35,7 @@ from traitlets.config import Config
 from bindery.builder import datarepos
 from bindery.builder.baseimage import base_image_name
 from bindery.builder.buildpacks import BUILDPACKS, DEFAULT_BUILDPACK, BuildContext
+from bindery.builder.cran import check_mirror_setting
 from bindery.builder.engine import PodmanEngine
 from bindery.builder.sources import DEFAULT_SCHEMES, ProviderHosts, Source, check_source
 
@@ -121,6 +122,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--memory-limit", type=int, default=0, help="bytes per build step")
     parser.add_argument("--push-tls-verify", action="store_true")
     parser.add_argument("--index-url", default="", help="package index handed to the build")
+    parser.add_argument(
+        "--cran-mirror", default="", help="CRAN mirror URL or directory for R builds"
+    )
     parser.add_argument("--conda-channel-alias", default="", help="empty: no conda channel")
     parser.add_argument(
         "--conda-default-channel",
@@ -155,6 +159,7 @@ def validate(args: argparse.Namespace) -> None:
     args.source = check_source(
         args.provider, args.repo, args.ref, args.hosts, tuple(args.allow_scheme) or DEFAULT_SCHEMES
     )
+    args.cran_mirror = check_mirror_setting(args.cran_mirror)
     if not args.env_repository:
         args.env_repository = args.image.rpartition(":")[0].rpartition("/")[0] + "/env"
     for image in (args.image, args.env_repository):
@@ -192,6 +197,7 @@ def make_app(args: argparse.Namespace) -> Repo2Docker:
             push_env=args.push,
             index_url=args.index_url or BuildContext.index_url,
             ca_bundle=args.ca_bundle,
+            cran_mirror=args.cran_mirror,
             conda_channel_alias=args.conda_channel_alias,
             conda_default_channels=tuple(args.conda_default_channel)
             or BuildContext.conda_default_channels,

@@ -52,12 +52,15 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from bindery.builder import conda
+from bindery.builder.cran import CranMirror, rprofile
 
 # Part of every environment key: bump it when a change here changes what an environment holds.
 BUILDPACK_VERSION = "2"
 # The base image's Python (Debian bookworm's python3): uv could fetch others only from its
 # download host, which builds cannot reach.
 PYTHON_VERSION = "3.11"
+# Debian bookworm's r-base-core: the only R builds can install (no other R binaries reachable).
+R_VERSION = "4.2.2"
 # Where generated install lists (Pipfile, environment.yml) land in the environment image, so
 # what was installed can be read in the session.
 GENERATED_DIR = "/usr/local/share/bindery"
@@ -85,6 +88,9 @@ class BuildContext:
     """The channels of an environment.yml that lists none (or lists ``defaults``)."""
     conda_pkgs_dir: str = conda.DEFAULT_PKGS_DIR
     """Where conda archives and repodata are cached, shared by builds, never in an image."""
+    cran_mirror: str = ""
+    """The builder's checked cran_mirror setting (bindery.builder.cran); empty: none, and R
+    repositories fail at once."""
 
 
 # Sourced by every build step: the CA bundle and package index the build was handed as secrets
@@ -139,6 +145,9 @@ WORKDIR ${REPO_DIR}
 {% for name, value in build_env %}
 ENV {{ name }}={{ value }}
 {% endfor %}
+{% for directive in build %}
+{{ directive }}
+{% endfor %}
 {% for name in generated %}
 COPY --chmod=0644 generated/{{ name }} {{ generated_dir }}/{{ name }}
 {% endfor %}
@@ -192,7 +201,7 @@ class BinderyBuildPack(BaseImage):  # type: ignore[misc]
     def check(self) -> None:
         """Raise UnsupportedRepository before any work if the repository asks for the impossible."""
         name, version, _ = self.runtime
-        if name == "python" and version and not _same_python(version):
+        if name == "python" and version and not _same_version(version, PYTHON_VERSION):
             raise UnsupportedRepository(
                 f"runtime.txt asks for python-{version}, but this Bindery has Python "
                 f"{PYTHON_VERSION} only (available: python-{PYTHON_VERSION} or python-3). "
@@ -217,6 +226,10 @@ class BinderyBuildPack(BaseImage):  # type: ignore[misc]
         is built, so what they hold is not hashed into its key (the generated files say it)."""
         return iter(())
 
+    def volumes(self, context: BuildContext) -> list[str]:
+        """Host directories build steps see (``podman build --volume``), never in a layer."""
+        return []
+
     def render_env(self, build_args: dict[str, str], generated: list[str]) -> str:
         return ENV_TEMPLATE.render(
             base_image=self.base_image,
@@ -225,6 +238,9 @@ class BinderyBuildPack(BaseImage):  # type: ignore[misc]
             repo_dir=build_args.get("REPO_DIR", f"/home/{build_args.get('NB_USER', 'jovyan')}"),
             build_env_path=BUILD_ENV_PATH,
             build_env=self.get_build_env(),
+            # Independent of the repository, so podman's layer cache shares them between
+            # repositories of the same kind: before anything of the repository is copied.
+            build=_directives(self.get_build_scripts()),
             generated=generated,
             generated_dir=GENERATED_DIR,
             overlays=self.overlays(),
@@ -269,6 +285,7 @@ class BinderyBuildPack(BaseImage):  # type: ignore[misc]
         context: BuildContext = extra_build_kwargs.get("bindery") or BuildContext()
         self.check()
         limits = {"memory": memory_limit, "memswap": memory_limit} if memory_limit else {}
+        volumes = self.volumes(context)
         with tempfile.TemporaryDirectory(prefix="bindery-env-") as scratch:
             generated = self.generated_files(context)
             yield from (note + "\n" for note in self.notes())
@@ -288,6 +305,7 @@ class BinderyBuildPack(BaseImage):  # type: ignore[misc]
                     buildargs=build_args,
                     container_limits=limits,
                     platform=platform,
+                    volumes=volumes,
                 )
                 if context.push_env:
                     yield from client.push(env_image)
@@ -300,6 +318,7 @@ class BinderyBuildPack(BaseImage):  # type: ignore[misc]
                 buildargs=build_args,
                 container_limits=limits,
                 platform=platform,
+                volumes=volumes,
             )
 
     def _write_env_context(
@@ -741,11 +760,14 @@ class _MissingHost(BaseImage):  # type: ignore[misc]
         return ""
 
     def build(self, *args: Any, **kwargs: Any) -> Iterator[str]:
-        raise UnsupportedRepository(
-            f"This repository needs {self.WHAT}, which come from {self.HOST}. This Bindery "
-            f"cannot reach {self.HOST} and has no mirror of it configured, so it cannot build "
-            "this repository."
-        )
+        raise UnsupportedRepository(missing_host(self.WHAT, self.HOST))
+
+
+def missing_host(what: str, host: str) -> str:
+    return (
+        f"This repository needs {what}, which come from {host}. This Bindery cannot reach "
+        f"{host} and has no mirror of it configured, so it cannot build this repository."
+    )
 
 
 class JuliaBuildPack(_MissingHost):
@@ -767,16 +789,160 @@ class NixBuildPack(_MissingHost):
         return os.path.exists(self.binder_path("default.nix"))
 
 
-class RBuildPack(_MissingHost):
+class RBuildPack(PythonBuildPack):
+    """install.R, DESCRIPTION or a runtime.txt ``r-...``, with R from Debian and R packages from
+    the configured CRAN mirror (bindery.builder.cran); without one the build fails at once
+    naming the hosts repo2docker would use. As repo2docker's RBuildPack: install.R run with
+    Rscript before the repository is copied (again after it, if that failed), a root
+    DESCRIPTION installed with ``remotes::install_local()``, the IRkernel in Jupyter, packages
+    in ``R_LIBS_USER``; and everything the Python pack reads (requirements.txt, ...) too."""
+
     WHAT = "R packages (install.R, DESCRIPTION or an r- runtime.txt)"
     HOST = "CRAN (cloud.r-project.org) and Posit Package Manager (packagemanager.posit.co)"
+    # Debian's: r-base-dev brings the compilers CRAN's source packages need, r-cran-irkernel
+    # the kernel (registered in /usr/share/jupyter, which /srv/venv's Jupyter reads), and
+    # r-cran-remotes what installs a DESCRIPTION.
+    PACKAGES = ("r-base-core", "r-base-dev", "r-cran-irkernel", "r-cran-remotes")
+    RPROFILE = "Rprofile.site"
+    RSCRIPT = "Rscript --no-save --no-restore --no-init-file --no-environ"
+
+    def __init__(self, base_image: str) -> None:
+        super().__init__(base_image)
+        self._notes: list[str] = []
 
     def detect(self) -> bool:
         if self.runtime[0] == "r":
             return True
         if os.path.exists(self.binder_path("install.R")):
             return True
-        return not self.binder_dir and os.path.exists("DESCRIPTION")
+        return self._description() is not None
+
+    def check(self) -> None:
+        super().check()
+        name, version, _ = self.runtime
+        if name == "r" and version and not _same_version(version, R_VERSION):
+            short = ".".join(R_VERSION.split(".")[:2])
+            raise UnsupportedRepository(
+                f"runtime.txt asks for r-{version}, but this Bindery has R {R_VERSION} only "
+                f"(Debian 12's). Change runtime.txt to r-{short} (or r-{short}-<date>)."
+            )
+
+    def build(
+        self,
+        client: Any,
+        image_spec: str,
+        memory_limit: int,
+        build_args: dict[str, str],
+        cache_from: list[str],
+        extra_build_kwargs: dict[str, Any],
+        platform: str | None = None,
+    ) -> Iterator[str]:
+        context: BuildContext = extra_build_kwargs.get("bindery") or BuildContext()
+        if not context.cran_mirror:
+            raise UnsupportedRepository(missing_host(self.WHAT, self.HOST))
+        problem = CranMirror(context.cran_mirror).problem()
+        if problem:
+            raise UnsupportedRepository(problem)
+        yield from super().build(
+            client, image_spec, memory_limit, build_args, cache_from, extra_build_kwargs, platform
+        )
+
+    def volumes(self, context: BuildContext) -> list[str]:
+        return CranMirror(context.cran_mirror).volumes()
+
+    def generated_file_names(self) -> list[str]:
+        return [*super().generated_file_names(), self.RPROFILE]
+
+    def generated_files(self, context: BuildContext) -> dict[str, str]:
+        mirror = CranMirror(context.cran_mirror)
+        self._notes = [f"R {R_VERSION} from Debian. {mirror.describe()}"]
+        date = self.runtime[2]
+        if self.runtime[0] == "r" and date:
+            self._notes.append(
+                f"runtime.txt asks for CRAN as it was on {date}: a mirror has no snapshots, so "
+                "R packages are installed from the mirror as it is now."
+            )
+        return {**super().generated_files(context), self.RPROFILE: rprofile(mirror)}
+
+    def notes(self) -> list[str]:
+        return [*super().notes(), *self._notes]
+
+    @lru_cache  # noqa: B019
+    def get_build_env(self) -> list[tuple[str, str]]:
+        # Packages go where the user can add more in the session (repo2docker's place).
+        env: list[tuple[str, str]] = super().get_build_env()
+        return [*env, ("R_LIBS_USER", "${APP_BASE}/rlibs")]
+
+    @lru_cache  # noqa: B019
+    def get_build_scripts(self) -> list[tuple[str, str]]:
+        scripts: list[tuple[str, str]] = super().get_build_scripts()
+        install = rf"""
+            apt-get -qq update && \
+            apt-get install -qq --yes --no-install-recommends {" ".join(self.PACKAGES)} \
+                > /dev/null && \
+            apt-get -qq clean && \
+            rm -rf /var/lib/apt/lists/* && \
+            install -d -o ${{NB_USER}} -g ${{NB_USER}} ${{R_LIBS_USER}} && \
+            R --version | head -n 1
+            """
+        return [*scripts, ("root", install)]
+
+    @lru_cache  # noqa: B019
+    def get_preassemble_script_files(self) -> dict[str, str]:
+        files: dict[str, str] = super().get_preassemble_script_files()
+        install_r = self._install_r()
+        if install_r:
+            files[install_r] = install_r
+        return files
+
+    @lru_cache  # noqa: B019
+    def get_preassemble_scripts(self) -> list[tuple[str, str]]:
+        # The mirror before anything that installs R packages.
+        profile = f"cat {GENERATED_DIR}/{self.RPROFILE} >> /etc/R/Rprofile.site"
+        scripts: list[tuple[str, str]] = [("root", profile), *super().get_preassemble_scripts()]
+        install_r = self._install_r()
+        if install_r:
+            # repo2docker's: most install.R files need nothing of the repository, so they run
+            # in the environment; one that fails there runs again after the repository is
+            # copied (get_assemble_scripts).
+            scripts.append(
+                (
+                    "${NB_USER}",
+                    f"{self.RSCRIPT} {install_r} && touch /tmp/.preassembled || true && "
+                    "rm -rf /tmp/downloaded_packages",
+                )
+            )
+        return scripts
+
+    @lru_cache  # noqa: B019
+    def get_assemble_scripts(self) -> list[tuple[str, str]]:
+        scripts: list[tuple[str, str]] = super().get_assemble_scripts()
+        install_r = self._install_r()
+        if install_r:
+            scripts.append(
+                (
+                    "${NB_USER}",
+                    f"if [ ! -f /tmp/.preassembled ]; then {self.RSCRIPT} {install_r}; "
+                    "rm -rf /tmp/downloaded_packages; fi",
+                )
+            )
+        if self._description():
+            scripts.append(
+                (
+                    "${NB_USER}",
+                    'R --no-save --no-restore --no-init-file --no-environ --quiet -e "'
+                    'remotes::install_local()"',
+                )
+            )
+        return scripts
+
+    def _install_r(self) -> str | None:
+        path: str = self.binder_path("install.R")
+        return path if os.path.exists(path) else None
+
+    def _description(self) -> str | None:
+        """A DESCRIPTION counts at the root only, and only without a binder/ folder."""
+        return "DESCRIPTION" if not self.binder_dir and os.path.exists("DESCRIPTION") else None
 
 
 # repo2docker's detection order; the first whose detect() says yes builds the repository.
@@ -801,10 +967,10 @@ def context_digest(directory: Path) -> str:
     return digest.hexdigest()[:32]
 
 
-def _same_python(version: str) -> bool:
-    """runtime.txt's python-3 or python-3.11(.x) is the base image's Python."""
+def _same_version(version: str, available: str) -> bool:
+    """runtime.txt's python-3 or python-3.11(.x) is Python 3.11; r-4 or r-4.2 is R 4.2.2."""
     wanted = version.split(".")
-    have = PYTHON_VERSION.split(".")
+    have = available.split(".")
     return wanted[: len(have)] == have[: len(wanted)]
 
 

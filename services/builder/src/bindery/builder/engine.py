@@ -13,7 +13,7 @@ import subprocess
 import tarfile
 import tempfile
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -67,11 +67,13 @@ class PodmanEngine(ContainerEngine):  # type: ignore[misc]
         path: str = "",
         labels: Mapping[str, str] | None = None,
         platform: str | None = None,
+        volumes: Sequence[str] = (),
         **kwargs: Any,
     ) -> Iterator[str]:
         """Build ``tag`` from a context tarball (``fileobj``) or directory (``path``).
 
-        ``load`` needs nothing: podman builds straight into its local store.
+        ``load`` needs nothing: podman builds straight into its local store. ``volumes``
+        (``SRC:DST[:OPTIONS]``) are mounted into every RUN step and committed to no layer.
         """
         with tempfile.TemporaryDirectory(prefix="bindery-context-") as scratch:
             index_secret = Path(scratch, "pipindex")
@@ -95,6 +97,7 @@ class PodmanEngine(ContainerEngine):  # type: ignore[misc]
             if platform:
                 cmd.append(f"--platform={platform}")
             cmd += [f"--cache-from={image}" for image in cache_from or []]
+            cmd += [f"--volume={volume}" for volume in volumes]
             cmd += _limit_options(container_limits or {}, self.memory_limit)
             cmd += [f"--build-arg={k}={v}" for k, v in (buildargs or {}).items()]
             cmd += [f"--label={k}={v}" for k, v in (labels or {}).items()]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import socket
+from typing import Annotated
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from bindery.builder import conda
+from bindery.builder.cran import check_mirror_setting
 from bindery.builder.sources import ProviderHosts
 from bindery.settings import CommonSettings, Profile
 
@@ -61,6 +63,14 @@ class BuilderSettings(CommonSettings):
     conda_pkgs_dir: str = conda.DEFAULT_PKGS_DIR
     """conda's package cache: downloaded archives (sha256-verified) and repodata, shared by all
     builds on this host and never in an image. Under the builder user's ~/.cache."""
+
+    cran_mirror: Annotated[str, AfterValidator(check_mirror_setting)] = ""
+    """Where R builds (install.R, DESCRIPTION) get packages, since CRAN and Posit Package Manager
+    are not reachable from every Bindery: an http(s) URL of a CRAN mirror (an internal Posit
+    Package Manager, a CRAN mirror), which sessions keep as R's repository, or an absolute
+    directory laid out as a CRAN repository (src/contrib/PACKAGES and the tarballs: an rsync of
+    CRAN, miniCRAN), mounted read-only into build steps only. Empty: R repositories fail at once,
+    naming the hosts they need."""
 
     image_prefix: str = "bindery/"
     """The resolver's (same variable): environment images are
