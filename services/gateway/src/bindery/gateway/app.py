@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
+import aiohttp
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -86,12 +87,16 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     gateway = app[GATEWAY]
     settings = gateway.settings
-    client = Proxy.make_client(settings.proxy_max_connections, settings.proxy_connect_timeout)
+    # For the gateway's own checks; proxied requests go through the proxy's pool.
+    client = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.proxy_connect_timeout)
+    )
     app[CLIENT] = client
     app[PROXY] = Proxy(
         gateway.routes,
-        client,
         settings.require_secret(),
+        max_connections=settings.proxy_max_connections,
+        connect_timeout=settings.proxy_connect_timeout,
         secure_cookie=settings.public_url.startswith("https://"),
     )
     if gateway.registry_check is None:

@@ -21,20 +21,20 @@ import contextlib
 import functools
 import hmac
 import time
-import weakref
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.cookies import Morsel
-from typing import Literal, Protocol
+from typing import Protocol
 
-import aiohttp
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
 from bindery.events import SessionActivity
+from bindery.gateway.splice import BrowserEnd, SessionEnd, Splice
+from bindery.gateway.upstream import Exchange, Pool, Target, UpstreamError
 from bindery.runtimes import Session
 from bindery.tokens import session_token
 
@@ -58,16 +58,12 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-# aiohttp makes its own websocket handshake upstream; the browser's must not be copied over it.
-WEBSOCKET_HANDSHAKE = frozenset(
-    {
-        "sec-websocket-key",
-        "sec-websocket-version",
-        "sec-websocket-extensions",
-        "sec-websocket-protocol",
-        "sec-websocket-accept",
-    }
-)
+_HOP_BY_HOP_RAW = frozenset(name.encode() for name in HOP_BY_HOP)
+
+
+def _named_by_connection(values: Iterable[str]) -> set[str]:
+    """Headers a Connection header names are hop-by-hop too."""
+    return {token.strip().lower() for value in values for token in value.split(",")}
 
 
 def forward_headers(
@@ -79,8 +75,7 @@ def forward_headers(
     if "Connection" in headers:  # rare on HTTP/1.1 keep-alive: parse only when present
         getall = getattr(headers, "getall", None)
         connection = getall("Connection", []) if getall else [headers["Connection"]]
-        named = {token.strip().lower() for value in connection for token in value.split(",")}
-        skip = skip | named
+        skip = skip | _named_by_connection(connection)
     out: CIMultiDict[str] = CIMultiDict()
     add = out.add
     for key, value in headers.items():
@@ -89,15 +84,51 @@ def forward_headers(
     return out
 
 
-def sendable_close_code(code: int | None) -> int:
-    """A close code one may send: 1005/1006/1015 only describe what happened to a connection."""
-    if code is None or code == 1005:
-        return 1000
-    if code in (1006, 1015):
-        return 1011
-    if 1000 <= code <= 1014 or 3000 <= code <= 4999:
-        return code
-    return 1000
+def forward_raw_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """`forward_headers` for headers as they came on the wire (bytes, in order)."""
+    raw = list(raw)
+    skip = _HOP_BY_HOP_RAW
+    connection = [v.decode("latin-1") for k, v in raw if k.lower() == b"connection"]
+    if connection:
+        skip = skip | {name.encode("latin-1") for name in _named_by_connection(connection)}
+    return [(k, v) for k, v in raw if k.lower() not in skip]
+
+
+def request_head(request: web.BaseRequest, route: Route, *, upgrade: bool = False) -> bytes:
+    """The request line and headers to send the session: path, query and every end-to-end
+    header byte for byte (Host, Origin, cookies, Authorization, Sec-WebSocket-*)."""
+    path = route.prefix + request.raw_path
+    lines = [f"{request.method} {path} HTTP/1.1".encode("utf-8", "surrogateescape")]
+    lines.extend(k + b": " + v for k, v in forward_raw_headers(request.raw_headers))
+    if "Host" not in request.headers:  # HTTP/1.0 browsers may omit it; 1.1 requires it
+        lines.append(f"Host: {route.host}:{route.port}".encode())
+    if upgrade:
+        lines.append(b"Upgrade: websocket\r\nConnection: Upgrade")
+    elif request.body_exists and request.content_length is None:
+        lines.append(b"Transfer-Encoding: chunked")  # re-framed: the browser's was hop-by-hop
+    lines.append(b"\r\n")
+    return b"\r\n".join(lines)
+
+
+def answer_headers(raw: Iterable[tuple[bytes, bytes]]) -> CIMultiDict[str]:
+    """A session's answer headers for the browser, hop-by-hop ones dropped."""
+    return CIMultiDict(
+        (k.decode("latin-1"), v.decode("utf-8", "surrogateescape"))
+        for k, v in forward_raw_headers(raw)
+    )
+
+
+def parse_answer_head(head: bytes) -> tuple[int, str, CIMultiDict[str]]:
+    """Status, reason and end-to-end headers of an answer head (the websocket handshake's)."""
+    status_line, *lines = head.rstrip(b"\r\n").split(b"\r\n")
+    parts = status_line.split(b" ", 2)
+    try:
+        status = int(parts[1])
+    except (IndexError, ValueError):
+        return 502, "Bad Gateway", CIMultiDict()
+    reason = parts[2].decode("latin-1") if len(parts) > 2 else ""
+    raw = [(k.strip(), v.strip()) for k, _, v in (line.partition(b":") for line in lines)]
+    return status, reason, answer_headers(raw)
 
 
 @dataclass
@@ -108,6 +139,28 @@ class Route:
     last_activity: float = 0.0
     """Wall-clock time of the last request or message (0: none since the route was added)."""
     flushed_activity: float = 0.0
+    # Where to connect, parsed once from the target: (host, port, tls) and the path before
+    # /user/<session>/ (empty for Jupyter at the root of its server).
+    address: Target = field(init=False)
+    prefix: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        url = URL(self.target)
+        tls = url.scheme in ("https", "wss")
+        self.address = (url.host or "127.0.0.1", url.port or (443 if tls else 80), tls)
+        self.prefix = url.raw_path.rstrip("/")
+
+    @property
+    def host(self) -> str:
+        return self.address[0]
+
+    @property
+    def port(self) -> int:
+        return self.address[1]
+
+    @property
+    def tls(self) -> bool:
+        return self.address[2]
 
     def touch(self) -> None:
         self.last_activity = time.time()
@@ -249,36 +302,28 @@ _NO_BODY_STATUS = frozenset({204, 304})
 
 
 class Proxy:
-    """Carries requests to sessions through one shared client connection pool."""
+    """Carries requests to sessions over one shared pool of kept-alive connections."""
 
     def __init__(
         self,
         routes: RouteTable,
-        client: aiohttp.ClientSession,
         secret: str,
         *,
+        max_connections: int = 1000,
+        connect_timeout: float = 10.0,
         secure_cookie: bool = False,
     ) -> None:
         self._routes = routes
-        self._client = client
+        # No cookie jar (cookies of one session never reach another), no decompression
+        # (bodies pass through as the session encoded them), no read timeout.
+        self._pool = Pool(max_connections, connect_timeout)
+        self._connect_timeout = connect_timeout
         # HMAC once per session, not per request: tokens are a pure function of the name.
         self._token_for = functools.lru_cache(maxsize=4096)(
             functools.partial(session_token, secret)
         )
         self._secure_cookie = secure_cookie
-        self._sockets: weakref.WeakSet[web.WebSocketResponse[Literal[False]]] = weakref.WeakSet()
-
-    @staticmethod
-    def make_client(max_connections: int, connect_timeout: float) -> aiohttp.ClientSession:
-        """The shared pool: no cookie jar (cookies of one session must never reach another), no
-        decompression (bodies pass through as the session encoded them), no read timeout."""
-        return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=0),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout),
-        )
+        self._splices: set[Splice] = set()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         session = request.match_info["session"]
@@ -294,71 +339,84 @@ class Proxy:
         if not hmac.compare_digest(token.encode(), expected.encode()):
             return forbidden()
         route.touch()
-        url = URL(route.target + request.raw_path, encoded=True)
-        upgrade = request.headers.get("Upgrade", "").lower()
-        if upgrade == "websocket" and request.method == "GET":
-            return await self._websocket(request, route, url)
+        if request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket":
+            return await self._websocket(request, route)
         cookie = None if from_cookie else (session, expected)
-        return await self._http(request, url, cookie)
+        return await self._http(request, route, cookie)
 
     async def _http(
-        self, request: web.Request, url: URL, cookie: tuple[str, str] | None = None
+        self, request: web.Request, route: Route, cookie: tuple[str, str] | None = None
     ) -> web.StreamResponse:
-        headers = forward_headers(request.headers)
-        data = request.content if request.body_exists else None
+        body: bytes | AsyncIterator[bytes] | None = None
+        if request.body_exists:
+            length = request.content_length
+            if length is not None and length <= BUFFERED_BODY_LIMIT:
+                body = await request.read()  # sent with the head, in one write
+            else:
+                body = _body_chunks(request, chunked=length is None)
         try:
-            upstream = await self._client.request(
-                request.method, url, headers=headers, data=data, allow_redirects=False
+            exchange = await self._pool.request(
+                route.address,
+                request_head(request, route),
+                body,
+                head_only=request.method == "HEAD",
             )
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            log.warning("proxy.upstream_failed", path=url.path, error=str(exc))
+        except UpstreamError as exc:
+            log.warning("proxy.upstream_failed", path=request.path, error=str(exc))
             return bad_gateway("The session did not answer; it may be starting or stopping.")
-        length = upstream.content_length
-        if (
-            length is not None
-            and length <= BUFFERED_BODY_LIMIT
-            and request.method != "HEAD"
-            and upstream.status not in _NO_BODY_STATUS
-        ):
-            return await self._buffered(request, upstream, cookie)
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        response.headers.extend(forward_headers(upstream.headers))
+        try:
+            answer = exchange.answer
+            headers = answer_headers(answer.headers)
+            length = answer.expected
+            if answer.complete or (
+                length is not None and length <= BUFFERED_BODY_LIMIT
+            ):  # a small body of known length: one write of headers and body together
+                try:
+                    data = await exchange.read()
+                except UpstreamError as exc:
+                    log.info("proxy.stream_aborted", error=str(exc))
+                    return bad_gateway("The session stopped answering in the middle of a response.")
+                reason = answer.reason.decode("latin-1")
+                response: web.StreamResponse
+                if request.method == "HEAD" or answer.status in _NO_BODY_STATUS:
+                    # Headers only, Content-Length as the session said (aiohttp sends them).
+                    response = web.StreamResponse(
+                        status=answer.status, reason=reason, headers=headers
+                    )
+                else:
+                    response = web.Response(
+                        status=answer.status, reason=reason, body=data, headers=headers
+                    )
+                self._set_cookie(request, response, cookie)
+                return response
+            return await self._stream(request, exchange, headers, cookie)
+        finally:
+            exchange.end()
+
+    async def _stream(
+        self,
+        request: web.Request,
+        exchange: Exchange,
+        headers: CIMultiDict[str],
+        cookie: tuple[str, str] | None,
+    ) -> web.StreamResponse:
+        """A large or open-ended body: passed on chunk by chunk as it arrives (with the
+        session's Content-Length when it sent one, so the browser's copy is not re-chunked)."""
+        answer = exchange.answer
+        response = web.StreamResponse(
+            status=answer.status, reason=answer.reason.decode("latin-1"), headers=headers
+        )
         self._set_cookie(request, response, cookie)
         try:
             await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
+            async for chunk in exchange.chunks():
                 await response.write(chunk)
             await response.write_eof()
-        except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
+        except (UpstreamError, ConnectionError, TimeoutError) as exc:
             # Headers may be gone already: all we can do is end the connection.
             log.info("proxy.stream_aborted", error=type(exc).__name__)
             if request.transport is not None:
                 request.transport.close()
-        finally:
-            upstream.release()
-        return response
-
-    async def _buffered(
-        self,
-        request: web.Request,
-        upstream: aiohttp.ClientResponse,
-        cookie: tuple[str, str] | None,
-    ) -> web.StreamResponse:
-        """A small body with a known length: one write of headers and body together."""
-        try:
-            body = await upstream.read()
-        except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
-            log.info("proxy.stream_aborted", error=type(exc).__name__)
-            return bad_gateway("The session stopped answering in the middle of a response.")
-        finally:
-            upstream.release()
-        response = web.Response(
-            status=upstream.status,
-            reason=upstream.reason,
-            body=body,
-            headers=forward_headers(upstream.headers),
-        )
-        self._set_cookie(request, response, cookie)
         return response
 
     def _set_cookie(
@@ -368,98 +426,103 @@ class Proxy:
             session, token = cookie
             response.headers.add("Set-Cookie", token_cookie(session, token, self._secure_cookie))
 
-    async def _websocket(self, request: web.Request, route: Route, url: URL) -> web.StreamResponse:
-        protocols = [
-            p.strip()
-            for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
-            if p.strip()
-        ]
-        headers = forward_headers(request.headers, drop=WEBSOCKET_HANDSHAKE)
+    async def _websocket(self, request: web.Request, route: Route) -> web.StreamResponse:
+        """Handshake with the session on a connection of its own, answer the browser with the
+        session's 101, then splice the two connections' bytes (`splice.py`)."""
+        browser = request.transport
+        if browser is None:  # the browser already left
+            return web.Response(status=499)
         try:
-            upstream = await self._client.ws_connect(
-                url,
-                headers=headers,
-                protocols=protocols,
-                max_msg_size=0,
-                autoping=True,
-                timeout=aiohttp.ClientWSTimeout(ws_close=10.0),
-                decode_text=False,
-            )
-        except aiohttp.WSServerHandshakeError as exc:
-            # Jupyter refused (wrong token, bad Origin...): tell the browser the same status.
-            return web.json_response(
-                {"message": f"The session refused the websocket ({exc.status})."},
-                status=exc.status if 400 <= exc.status < 600 else 502,
-            )
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            log.warning("proxy.ws_upstream_failed", error=str(exc))
+            session, end, head = await self._handshake(request, route)
+        except (OSError, TimeoutError) as exc:
+            log.warning("proxy.ws_upstream_failed", error=str(exc) or type(exc).__name__)
             return bad_gateway("The session did not accept the websocket.")
-        # Messages pass through as they came: text frames stay bytes (no decode and re-encode;
-        # the receiving end validates UTF-8), and no permessage-deflate toward the browser,
-        # which the session itself (Jupyter's default) does not use either.
-        client = web.WebSocketResponse[Literal[False]](
-            protocols=(upstream.protocol,) if upstream.protocol else (),
-            max_msg_size=0,
-            autoping=True,
-            compress=False,
-            decode_text=False,
-        )
+        status, reason, headers = parse_answer_head(head)
+        if status != 101:
+            # Jupyter refused (wrong token, bad Origin...): tell the browser the same status.
+            session.close()
+            return web.json_response(
+                {"message": f"The session refused the websocket ({status})."},
+                status=status if 400 <= status < 600 else 502,
+            )
+        answer = _Switched(status=101, reason=reason, headers=headers)
+        answer.headers["Upgrade"] = "websocket"
+        answer.headers["Connection"] = "Upgrade"
         try:
-            await client.prepare(request)
-        except Exception:
-            await upstream.close()
+            await answer.prepare(request)
+        except BaseException:
+            session.close()
             raise
-        self._sockets.add(client)
+        handler = request.protocol
+        splice = Splice(browser, session, route.touch, handler.connection_lost)
+        browser.set_protocol(BrowserEnd(splice))
+        # What the browser sent after its handshake, before the splice, aiohttp kept aside.
+        tail = _Tail(session.write)
+        handler.set_parser(tail)  # type: ignore[arg-type]  # any object with feed_data/feed_eof
+        end.splice(splice)
+        if session.is_closing():
+            splice.session_lost()
+        self._splices.add(splice)
         try:
-            await bridge(client, upstream, route.touch)
+            await splice.done
         finally:
-            self._sockets.discard(client)
-            if not upstream.closed:
-                await upstream.close()
-        return client
+            self._splices.discard(splice)
+            if not splice.done.done():  # cancelled: end both connections
+                splice.going_away()
+        return answer
+
+    async def _handshake(
+        self, request: web.Request, route: Route
+    ) -> tuple[asyncio.Transport, SessionEnd, bytes]:
+        """Open a connection to the session and send it the browser's handshake; returns the
+        connection and the head of the session's answer."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self._connect_timeout):
+            session, end = await loop.create_connection(
+                SessionEnd, route.host, route.port, ssl=route.tls or None
+            )
+            try:
+                session.write(request_head(request, route, upgrade=True))
+                return session, end, await end.answer
+            except BaseException:
+                session.close()
+                raise
 
     async def close(self) -> None:
         """Shutting down: tell every browser websocket we are going away (1001)."""
-        for ws in list(self._sockets):
-            await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"gateway restarting")
+        for splice in list(self._splices):
+            splice.going_away()
+        self._pool.close()
 
 
-_DATA_FRAMES = frozenset({aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY})
+async def _body_chunks(request: web.Request, *, chunked: bool) -> AsyncIterator[bytes]:
+    """A large request body as it arrives; chunk-framed when the browser sent no length."""
+    async for chunk in request.content.iter_any():
+        yield b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk
+    if chunked:
+        yield b"0\r\n\r\n"
 
 
-async def _pump(
-    source: web.WebSocketResponse[Literal[False]] | aiohttp.ClientWebSocketResponse[Literal[False]],
-    sink: web.WebSocketResponse[Literal[False]] | aiohttp.ClientWebSocketResponse[Literal[False]],
-    touch: Callable[[], None],
-) -> None:
-    async for message in source:
-        touch()
-        if message.type in _DATA_FRAMES:
-            await sink.send_frame(message.data, message.type)
-        elif message.type == aiohttp.WSMsgType.ERROR:
-            break
-    if not sink.closed:
-        await sink.close(code=sendable_close_code(source.close_code))
+class _Switched(web.StreamResponse):
+    """The 101 answer: after it the connection carries the spliced websocket, not HTTP."""
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
 
 
-async def bridge(
-    client: web.WebSocketResponse[Literal[False]],
-    upstream: aiohttp.ClientWebSocketResponse[Literal[False]],
-    touch: Callable[[], None],
-) -> None:
-    """Copy messages both ways until one side closes, then close the other with its code."""
-    tasks = {
-        asyncio.create_task(_pump(client, upstream, touch)),
-        asyncio.create_task(_pump(upstream, client, touch)),
-    }
-    try:
-        _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        if pending:
-            _, pending = await asyncio.wait(pending, timeout=10.0)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+class _Tail:
+    """Takes what aiohttp read past a websocket handshake (the parser slot is how aiohttp hands
+    over an upgraded connection's bytes) and sends it on."""
+
+    def __init__(self, write: Callable[[bytes], None]) -> None:
+        self._write = write
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        self._write(data)
+        return False, b""
+
+    def feed_eof(self) -> None:
+        return None
 
 
 class SessionLister(Protocol):

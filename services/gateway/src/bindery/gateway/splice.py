@@ -1,0 +1,209 @@
+"""A proxied websocket after its handshake: bytes spliced between two transports.
+
+In: the browser's transport (taken over from aiohttp once the 101 went out) and the session's
+(opened by the proxy, which read the session's 101 on it). Out: every byte either side sends,
+written to the other as it came: no frame is parsed, unmasked, re-masked or re-encoded, so
+close codes, subprotocols and extensions pass end to end. Each chunk notes activity for the
+culler. Reading pauses on one side while the other's write buffer is full; when either side
+closes, so does the other.
+
+Only the headers of the session's frames are followed (`FrameEdges`), so the gateway knows
+where a frame of its own may go: 1011 when the session vanished without a close frame, 1001
+when the gateway shuts down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+_CLOSE_OPCODE = 0x8
+
+
+def close_frame(code: int, reason: bytes = b"") -> bytes:
+    """An unmasked close frame (server to browser)."""
+    payload = code.to_bytes(2, "big") + reason[:123]
+    return bytes((0x80 | _CLOSE_OPCODE, len(payload))) + payload
+
+
+class FrameEdges:
+    """Follows the frame boundaries of one direction from the frame headers alone."""
+
+    __slots__ = ("_head", "_skip", "closing")
+
+    def __init__(self) -> None:
+        self._head = b""  # the start of a frame header split across chunks
+        self._skip = 0  # payload bytes of the current frame still to come
+        self.closing = False
+        """A close frame went by: the connection ends on purpose."""
+
+    @property
+    def between_frames(self) -> bool:
+        return not self._skip and not self._head
+
+    def feed(self, data: bytes) -> None:
+        if self._head:
+            data = self._head + data
+            self._head = b""
+            pos = 0
+        else:
+            pos = self._skip
+        end = len(data)
+        while pos < end:
+            if end - pos < 2:
+                self._head = data[pos:]
+                self._skip = 0
+                return
+            second = data[pos + 1]
+            length = second & 0x7F
+            header = 2 if length < 126 else (4 if length == 126 else 10)
+            if second & 0x80:  # masked (browser to session frames)
+                header += 4
+            if end - pos < header:
+                self._head = data[pos:]
+                self._skip = 0
+                return
+            if length == 126:
+                length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+            elif length == 127:
+                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+            if data[pos] & 0x0F == _CLOSE_OPCODE:
+                self.closing = True
+            pos += header + length
+        self._skip = pos - end
+
+
+class Splice:
+    """The two ends of one websocket; `done` resolves once either side has gone."""
+
+    def __init__(
+        self,
+        browser: asyncio.Transport,
+        session: asyncio.Transport,
+        touch: Callable[[], None],
+        on_browser_lost: Callable[[BaseException | None], None],
+    ) -> None:
+        self.browser = browser
+        self.session = session
+        self.touch = touch
+        self.from_session = FrameEdges()
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._on_browser_lost = on_browser_lost
+
+    def browser_lost(self, exc: BaseException | None) -> None:
+        self.session.close()
+        self._finish()
+        self._on_browser_lost(exc)
+
+    def session_lost(self) -> None:
+        if not self.browser.is_closing():
+            if not self.from_session.closing and self.from_session.between_frames:
+                self.browser.write(close_frame(1011, b"session gone"))
+            self.browser.close()  # after what is buffered is written
+        self._finish()
+
+    def going_away(self) -> None:
+        """The gateway shuts down: a browser between two frames hears 1001 first."""
+        if not self.browser.is_closing():
+            if not self.from_session.closing and self.from_session.between_frames:
+                self.browser.write(close_frame(1001, b"gateway restarting"))
+            self.browser.close()
+        self.session.close()
+
+    def _finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+def _pause(transport: asyncio.Transport) -> None:
+    if not transport.is_closing():
+        transport.pause_reading()
+
+
+def _resume(transport: asyncio.Transport) -> None:
+    if not transport.is_closing():
+        transport.resume_reading()
+
+
+class BrowserEnd(asyncio.Protocol):
+    """The browser's connection once spliced: its bytes go to the session as they come."""
+
+    def __init__(self, splice: Splice) -> None:
+        self._splice = splice
+        self._write = splice.session.write
+        self._touch = splice.touch
+
+    def data_received(self, data: bytes) -> None:
+        self._write(data)
+        self._touch()
+
+    def eof_received(self) -> bool:
+        return False  # a half-closed websocket is a closed one
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._splice.browser_lost(exc)
+
+    def pause_writing(self) -> None:
+        _pause(self._splice.session)
+
+    def resume_writing(self) -> None:
+        _resume(self._splice.session)
+
+
+class SessionEnd(asyncio.Protocol):
+    """The connection to the session: first its handshake answer, then bytes to the browser."""
+
+    MAX_HEAD = 64 * 1024
+
+    def __init__(self) -> None:
+        self.answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        """The session's answer to the handshake, up to its blank line."""
+        self._early = b""
+        self._splice: Splice | None = None
+        self._forward: Callable[[bytes], None] = self._handshake
+
+    def _handshake(self, data: bytes) -> None:
+        self._early += data
+        if self.answer.done():  # the session spoke first after its 101: keep it for later
+            return
+        end = self._early.find(b"\r\n\r\n")
+        if end >= 0:
+            head, self._early = self._early[: end + 4], self._early[end + 4 :]
+            self.answer.set_result(head)
+        elif len(self._early) > self.MAX_HEAD:
+            self.answer.set_exception(ConnectionError("oversized handshake answer"))
+
+    def splice(self, splice: Splice) -> None:
+        """From now on, bytes go to the browser; those that came early go first."""
+        self._splice = splice
+        write, feed, touch = splice.browser.write, splice.from_session.feed, splice.touch
+
+        def forward(data: bytes) -> None:
+            write(data)
+            feed(data)
+            touch()
+
+        self._forward = forward
+        if self._early:
+            early, self._early = self._early, b""
+            forward(early)
+
+    def data_received(self, data: bytes) -> None:
+        self._forward(data)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(exc or ConnectionError("the session closed the connection"))
+        if self._splice is not None:
+            self._splice.session_lost()
+
+    def pause_writing(self) -> None:
+        if self._splice is not None:
+            _pause(self._splice.browser)
+
+    def resume_writing(self) -> None:
+        if self._splice is not None:
+            _resume(self._splice.browser)
