@@ -262,7 +262,6 @@ def test_environment_yml_installs_what_the_index_has_and_names_what_it_skipped(
     [
         ({"Project.toml": ""}, "julialang"),
         ({"REQUIRE": ""}, "julialang"),
-        ({"default.nix": ""}, "nixos.org"),
     ],
 )
 def test_unreachable_ecosystems_are_refused_naming_the_host(

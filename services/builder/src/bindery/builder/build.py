@@ -62,12 +62,15 @@ class BuildOptions:
     push_tls_verify: bool = False
     allowed_schemes: tuple[str, ...] = ("https", "http", "git", "ssh")
     index_url: str = ""
-    cran_mirror: str = ""
-    """The checked cran_mirror setting (bindery.builder.cran); empty: none."""
     conda_channel_alias: str = ""
     conda_default_channels: tuple[str, ...] = ("conda-forge",)
     conda_pkgs_dir: str = ""
     """Empty: bindery.builder.conda's default."""
+    cran_mirror: str = ""
+    """The checked cran_mirror setting (bindery.builder.cran); empty: none."""
+    nix_channel: str = ""
+    nix_substituters: tuple[str, ...] = ()
+    """The checked nix_channel and nix_substituters settings (bindery.builder.nixpack)."""
     env_repository: str = ""
     """Environment images are ``<this>:<key>``; empty: ``env`` beside the image."""
     max_repo_bytes: int = 0
@@ -135,13 +138,16 @@ def command(request: BuildRequest, options: BuildOptions) -> list[str]:
         cmd.append(f"--env-repository={options.env_repository}")
     if options.index_url:
         cmd.append(f"--index-url={options.index_url}")
-    if options.cran_mirror:
-        cmd.append(f"--cran-mirror={options.cran_mirror}")
     if options.conda_channel_alias:
         cmd.append(f"--conda-channel-alias={options.conda_channel_alias}")
         cmd += [f"--conda-default-channel={name}" for name in options.conda_default_channels]
     if options.conda_pkgs_dir:
         cmd.append(f"--conda-pkgs-dir={options.conda_pkgs_dir}")
+    if options.cran_mirror:
+        cmd.append(f"--cran-mirror={options.cran_mirror}")
+    if options.nix_channel:
+        cmd.append(f"--nix-channel={options.nix_channel}")
+    cmd += [f"--nix-substituter={url}" for url in options.nix_substituters]
     if options.provider_hosts != ProviderHosts():
         cmd.append(f"--provider-hosts={options.provider_hosts.to_json()}")
     return cmd

@@ -32,7 +32,7 @@ from repo2docker.engine import BuildError, ImageLoadError
 from repo2docker.utils import R2dState
 from traitlets.config import Config
 
-from bindery.builder import datarepos
+from bindery.builder import datarepos, nixpack
 from bindery.builder.baseimage import base_image_name
 from bindery.builder.buildpacks import BUILDPACKS, DEFAULT_BUILDPACK, BuildContext
 from bindery.builder.cran import check_mirror_setting
@@ -122,9 +122,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--memory-limit", type=int, default=0, help="bytes per build step")
     parser.add_argument("--push-tls-verify", action="store_true")
     parser.add_argument("--index-url", default="", help="package index handed to the build")
-    parser.add_argument(
-        "--cran-mirror", default="", help="CRAN mirror URL or directory for R builds"
-    )
     parser.add_argument("--conda-channel-alias", default="", help="empty: no conda channel")
     parser.add_argument(
         "--conda-default-channel",
@@ -133,6 +130,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="channel of an environment.yml listing none (repeatable; default conda-forge)",
     )
     parser.add_argument("--conda-pkgs-dir", default="", help="conda package cache")
+    parser.add_argument(
+        "--cran-mirror", default="", help="CRAN mirror URL or directory for R builds"
+    )
+    parser.add_argument("--nix-channel", default="", help="nixpkgs channel URL or directory")
+    parser.add_argument(
+        "--nix-substituter",
+        action="append",
+        default=[],
+        help="Nix binary cache URL or file:///DIR (repeatable)",
+    )
     parser.add_argument(
         "--env-repository",
         default="",
@@ -160,6 +167,8 @@ def validate(args: argparse.Namespace) -> None:
         args.provider, args.repo, args.ref, args.hosts, tuple(args.allow_scheme) or DEFAULT_SCHEMES
     )
     args.cran_mirror = check_mirror_setting(args.cran_mirror)
+    args.nix_channel = nixpack.check_channel_setting(args.nix_channel)
+    args.nix_substituter = [nixpack.check_substituter_setting(u) for u in args.nix_substituter]
     if not args.env_repository:
         args.env_repository = args.image.rpartition(":")[0].rpartition("/")[0] + "/env"
     for image in (args.image, args.env_repository):
@@ -197,11 +206,13 @@ def make_app(args: argparse.Namespace) -> Repo2Docker:
             push_env=args.push,
             index_url=args.index_url or BuildContext.index_url,
             ca_bundle=args.ca_bundle,
-            cran_mirror=args.cran_mirror,
             conda_channel_alias=args.conda_channel_alias,
             conda_default_channels=tuple(args.conda_default_channel)
             or BuildContext.conda_default_channels,
             conda_pkgs_dir=args.conda_pkgs_dir or BuildContext.conda_pkgs_dir,
+            cran_mirror=args.cran_mirror,
+            nix_channel=args.nix_channel,
+            nix_substituters=tuple(args.nix_substituter),
         )
     }
     app.base_image = args.base_image or base_image_name()

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field
 
-from bindery.builder import conda
+from bindery.builder import conda, nixpack
 from bindery.builder.cran import check_mirror_setting
 from bindery.builder.sources import ProviderHosts
 from bindery.settings import CommonSettings, Profile
@@ -71,6 +71,22 @@ class BuilderSettings(CommonSettings):
     directory laid out as a CRAN repository (src/contrib/PACKAGES and the tarballs: an rsync of
     CRAN, miniCRAN), mounted read-only into build steps only. Empty: R repositories fail at once,
     naming the hosts they need."""
+
+    nix_channel: Annotated[str, AfterValidator(nixpack.check_channel_setting)] = ""
+    """Where default.nix's <nixpkgs> comes from, since nixos.org is not reachable from every
+    Bindery: a nixpkgs channel or tarball URL (`nix-channel --add`), or an absolute directory
+    holding a nixpkgs tree (its default.nix at the top), mounted read-only into build steps and
+    copied into the image. Either way images keep it as NIX_PATH's nixpkgs, since sessions
+    evaluate default.nix again at start. Empty: a default.nix asking for <nixpkgs> or the
+    network fails at once naming the hosts; one using builtins only still builds."""
+
+    nix_substituters: list[Annotated[str, AfterValidator(nixpack.check_substituter_setting)]] = (
+        Field(default_factory=list)
+    )
+    """Binary caches Nix build steps substitute from instead of building (cache.nixos.org being
+    unreachable): http(s) URLs or file:///DIR directories (mounted read-only into build steps
+    only; add ?trusted=1 to accept paths not signed by a key Nix trusts). Empty: everything
+    default.nix needs is built from source."""
 
     image_prefix: str = "bindery/"
     """The resolver's (same variable): environment images are
