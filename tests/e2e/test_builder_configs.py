@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,12 @@ import aiohttp
 import pytest
 
 from bindery.builder.baseimage import base_image_name
+from bindery.builder.cran import PUBLIC_CRAN
 from tests.support.condachannel import CHANNEL, PROBE_VERSION
+from tests.support.cranmirror import PROBE as R_PROBE_PACKAGE
+from tests.support.cranmirror import PROBE_ANSWER
 from tests.support.gitrepo import make_repo, notebook
-from tests.support.kernel import run_code
+from tests.support.kernel import run_code, start_kernel
 from tests.support.stack import INSTANCE, Stack, build_path, launch
 
 pytestmark = pytest.mark.e2e
@@ -293,15 +297,13 @@ async def test_runtime_txt_asking_for_another_python_fails_naming_the_one_there(
 @pytest.mark.parametrize(
     ("files", "host"),
     [
-        ({"install.R": 'install.packages("ggplot2")\n'}, "cloud.r-project.org"),
-        ({"DESCRIPTION": "Package: probe\nVersion: 0.1\n"}, "cloud.r-project.org"),
         (
             {"Project.toml": '[deps]\nExample = "7876af07-990d-54b4-ab0e-23690620f79a"\n'},
             "julialang",
         ),
         ({"default.nix": "with import <nixpkgs> {}; hello\n"}, "nixos.org"),
     ],
-    ids=["install.R", "DESCRIPTION", "Project.toml", "default.nix"],
+    ids=["Project.toml", "default.nix"],
 )
 async def test_unreachable_ecosystems_fail_at_once_naming_the_host(
     stack: Stack, http: aiohttp.ClientSession, repos: Path, files: dict[str, str], host: str
@@ -311,3 +313,32 @@ async def test_unreachable_ecosystems_fail_at_once_naming_the_host(
     failed = await launch_failure(http, stack, repo)
     assert failed.get("reason") == "step_failed", failed
     assert host in failed["message"] and "no mirror" in failed["message"], failed["message"]
+
+
+R_PROBE = f"""
+library({R_PROBE_PACKAGE.name})
+cat("answer", probe_answer(), "\\n")
+cat("repos", getOption("repos"), "\\n")
+"""
+
+
+async def test_install_r_packages_work_in_the_sessions_r_kernel(
+    stack: Stack, http: aiohttp.ClientSession, repos: Path
+) -> None:
+    """The stack's builder has a CRAN-like directory (tests/support/stack.py) with the probe."""
+    repo = repos / "configs-install-r"
+    # A comment of its own: its environment is built in this run, from the stack's mirror.
+    install_r = f'# {uuid.uuid4().hex}\ninstall.packages("{R_PROBE_PACKAGE.name}")\n'
+    make_repo(repo, {"install.R": install_r, "index.ipynb": notebook("1")})
+    events = await launch(http, stack.gateway, build_path(f"file://{repo}", "main"))
+    ready = events[-1]
+    assert ready["phase"] == "ready", json.dumps(events[-5:], indent=1)
+    try:
+        kernel = await start_kernel(http, ready["url"], ready["token"], name="ir")
+        outcome = await run_code(http, ready["url"], ready["token"], R_PROBE, kernel=kernel)
+    finally:
+        stop_session(ready["launch_id"])
+    found = lines(outcome.output)
+    assert found.get("answer", "").strip() == PROBE_ANSWER, Session(events, outcome.output).log
+    # The mirror directory was there for the build only: the session has a reachable default.
+    assert found.get("repos", "").strip() == PUBLIC_CRAN, outcome.output

@@ -20,9 +20,13 @@ class Outcome:
     """idle (the code finished), or restarting/dead (the kernel died under it)."""
 
 
-async def start_kernel(http: aiohttp.ClientSession, url: str, token: str) -> str:
+async def start_kernel(
+    http: aiohttp.ClientSession, url: str, token: str, name: str | None = None
+) -> str:
+    """A new kernel of kernelspec ``name`` (the server's default: python3); its id."""
     headers = {"Authorization": f"token {token}"}
-    async with http.post(f"{url}api/kernels", headers=headers, json={}) as resp:
+    body = {"name": name} if name else {}
+    async with http.post(f"{url}api/kernels", headers=headers, json=body) as resp:
         assert resp.status == 201, await resp.text()
         kernel: dict[str, str] = await resp.json()
     return kernel["id"]

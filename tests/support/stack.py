@@ -22,6 +22,7 @@ from urllib.parse import quote
 import aiohttp
 
 from tests.support.condachannel import served_channel
+from tests.support.cranmirror import make_cran_mirror
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("resolver", "builder", "scheduler", "culler", "archiver", "gateway")
@@ -171,6 +172,8 @@ def started_stack(log_dir: Path) -> Iterator[Stack]:
         env = stack_env(log_dir)
         env["BINDERY_CONDA_CHANNEL_ALIAS"] = channel.alias
         env["BINDERY_CONDA_PKGS_DIR"] = str(log_dir / "conda-pkgs")
+        # R repositories install from a CRAN-like directory holding the probe package.
+        env["BINDERY_CRAN_MIRROR"] = str(make_cran_mirror(log_dir / "cran"))
         stack = Stack(env, log_dir)
         try:
             for service in SERVICES:
