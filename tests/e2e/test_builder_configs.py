@@ -342,3 +342,42 @@ async def test_install_r_packages_work_in_the_sessions_r_kernel(
     assert found.get("answer", "").strip() == PROBE_ANSWER, Session(events, outcome.output).log
     # The mirror directory was there for the build only: the session has a reachable default.
     assert found.get("repos", "").strip() == PUBLIC_CRAN, outcome.output
+
+
+NIX_SHELL = """\
+# A shell of builtins only: its variable names a store path built with the image.
+let
+  greeting = derivation {
+    name = "greeting";
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" "echo hello from a nix build > $out" ];
+  };
+in derivation {
+  name = "shell";
+  system = builtins.currentSystem;
+  builder = "/bin/sh";
+  args = [ "-c" "echo unused > $out" ];
+  GREETING = greeting;
+}
+"""
+
+NIX_PROBE = """
+import os
+path = os.environ.get("GREETING", "")
+print("store", path.startswith("/nix/store/"))
+print("greeting", open(path).read().strip() if path else None)
+"""
+
+
+async def test_default_nix_shell_reaches_the_kernel(
+    stack: Stack, http: aiohttp.ClientSession, repos: Path
+) -> None:
+    """With no Nix mirror configured, a default.nix of builtins only still builds; the session
+    runs inside its nix-shell, so the kernel sees the shell's variables."""
+    repo = repos / "configs-default-nix"
+    make_repo(repo, {"default.nix": NIX_SHELL, "index.ipynb": notebook("1")})
+    session = await launch_and_probe(http, stack, repo, NIX_PROBE)
+    found = lines(session.output)
+    assert found.get("store") == "True", session.output + session.log
+    assert found.get("greeting") == "hello from a nix build", session.output
