@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from bindery.builder.buildpacks import (
     GENERATED_DIR,
@@ -21,6 +22,7 @@ from bindery.builder.cran import (
     check_mirror_setting,
     rprofile,
 )
+from bindery.builder.settings import BuilderSettings
 from tests.support.cranmirror import make_cran_mirror
 from tests.unit.builder.test_buildpacks import (
     BUILD_ARGS,
@@ -72,6 +74,16 @@ def test_mirror_settings_accepted(value: str, expected: str) -> None:
 def test_mirror_settings_refused(value: str, complaint: str) -> None:
     with pytest.raises(ValueError, match=complaint.replace("(", r"\(").replace(")", r"\)")):
         check_mirror_setting(value)
+
+
+def test_the_builder_refuses_to_start_with_a_bad_mirror_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BINDERY_CRAN_MIRROR", "/srv/cran/")
+    assert BuilderSettings().cran_mirror == "/srv/cran"
+    monkeypatch.setenv("BINDERY_CRAN_MIRROR", "cran")
+    with pytest.raises(ValidationError, match="neither an http"):
+        BuilderSettings()
 
 
 def test_a_url_mirror_is_the_repository_of_builds_and_sessions() -> None:
