@@ -115,6 +115,10 @@ class Splice:
             self.done.set_result(None)
 
 
+def _nothing() -> None:
+    return None
+
+
 def _pause(transport: asyncio.Transport) -> None:
     if not transport.is_closing():
         transport.pause_reading()
@@ -160,7 +164,10 @@ class SessionEnd(asyncio.Protocol):
         """The session's answer to the handshake, up to its blank line."""
         self._early = b""
         self._splice: Splice | None = None
-        self._forward: Callable[[bytes], None] = self._handshake
+        # Set by `splice`; data_received calls them directly (the hot path).
+        self._write: Callable[[bytes], object] | None = None
+        self._feed: Callable[[bytes], None] = self._handshake
+        self._touch: Callable[[], None] = _nothing
 
     def _handshake(self, data: bytes) -> None:
         self._early += data
@@ -176,20 +183,18 @@ class SessionEnd(asyncio.Protocol):
     def splice(self, splice: Splice) -> None:
         """From now on, bytes go to the browser; those that came early go first."""
         self._splice = splice
-        write, feed, touch = splice.browser.write, splice.from_session.feed, splice.touch
-
-        def forward(data: bytes) -> None:
-            write(data)
-            feed(data)
-            touch()
-
-        self._forward = forward
+        self._feed = splice.from_session.feed
+        self._touch = splice.touch
+        self._write = splice.browser.write
         if self._early:
             early, self._early = self._early, b""
-            forward(early)
+            self.data_received(early)
 
     def data_received(self, data: bytes) -> None:
-        self._forward(data)
+        if self._write is not None:
+            self._write(data)
+        self._feed(data)
+        self._touch()
 
     def eof_received(self) -> bool:
         return False
