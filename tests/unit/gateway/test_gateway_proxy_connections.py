@@ -100,6 +100,28 @@ async def test_a_session_dropping_kept_connections_causes_no_error(harness: Harn
             assert (resp.status, await resp.read()) == (200, b"ok")
 
 
+async def test_an_answer_ended_by_closing_the_connection_arrives_whole(
+    harness: Harness,
+) -> None:
+    async def answer_until_close(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+        for part in (b"no ", b"length, ", b"just the end"):
+            writer.write(part)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer_until_close, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    harness.gateway.routes.add("s1", f"http://127.0.0.1:{port}", "l" * 32)
+    async with server:
+        for _ in range(2):
+            resp = await harness.client.get("/user/s1/api/status", headers=AUTH)
+            assert (resp.status, await resp.read()) == (200, b"no length, just the end")
+
+
 @pytest.mark.parametrize("framing", ["length", "chunked"])
 async def test_large_uploads_reach_the_session_whole(
     harness: Harness, session: TestServer, framing: str

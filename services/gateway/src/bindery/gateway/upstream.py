@@ -76,6 +76,8 @@ class _Connection(asyncio.Protocol):
         self.head: asyncio.Future[Answer] | None = None
         self.idle_since = 0.0
         self.reusable = True
+        self.until_close = False
+        """The current answer's body ends when the session closes the connection."""
         self.received = False
         """Any byte of an answer came on this connection (so the request must not be resent)."""
         self._writable: asyncio.Future[None] | None = None
@@ -100,6 +102,8 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         self.reusable = False
         self._pool.forget(self)
+        if self.until_close and exc is None and self.answer is not None:
+            self.on_message_complete()  # llhttp has no end-of-input call: the close is the end
         self._fail(UpstreamError(str(exc) if exc else "the session closed the connection"))
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
@@ -140,6 +144,9 @@ class _Connection(asyncio.Protocol):
                 answer.expected = int(value)
         if not self._parser.should_keep_alive():
             self.reusable = False
+            self.until_close = answer.expected is None and not any(
+                name.lower() == b"transfer-encoding" for name, _ in answer.headers
+            )
         if self.head is not None and not self.head.done():
             self.head.set_result(answer)
 
@@ -186,6 +193,7 @@ class _Connection(asyncio.Protocol):
         self.answer = answer
         self.head = asyncio.get_running_loop().create_future()
         self.received = False
+        self.until_close = False
 
     def drained(self, answer: Answer | None) -> None:
         """The reader of `answer` took its buffered body: read the session again."""
@@ -232,41 +240,47 @@ class Pool:
         `head_only`: a HEAD request, whose answer has headers only."""
         await self._slots.acquire()
         try:
-            for attempt in (0, 1):
-                conn = await self._connection(target, fresh=attempt > 0)
-                answer = Answer()
-                conn.taken(answer)
-                assert conn.transport is not None and conn.head is not None
-                try:
-                    if isinstance(body, bytes | None):
-                        conn.transport.write(head + body if body else head)
-                    else:
-                        await conn.write(head)
-                        async for chunk in body:
-                            await conn.write(chunk)
-                    await conn.head
-                except UpstreamError:
-                    conn.close()
-                    # A kept connection the session closed meanwhile: say it once more.
-                    if attempt == 0 and conn.idle_since and not conn.received:
-                        if not isinstance(body, bytes | None):
-                            raise
-                        continue
-                    raise
-                if head_only:
-                    # llhttp would wait for the body the headers announce: this connection is
-                    # done after this answer.
-                    conn.reusable = False
-                    conn.answer = None
-                    answer.complete = True
-                    conn.close()
-                return Exchange(self, conn, answer)
-            raise AssertionError("unreachable")  # pragma: no cover
+            conn, answer = await self._send(target, head, body)
         except BaseException:
             self._slots.release()
             raise
+        if head_only:
+            # llhttp would wait for the body the headers announce: this connection is done.
+            conn.answer = None
+            answer.complete = True
+            conn.close()
+        return Exchange(self, conn, answer)
 
-    async def _connection(self, target: Target, fresh: bool) -> _Connection:
+    async def _send(
+        self, target: Target, head: bytes, body: bytes | AsyncIterator[bytes] | None
+    ) -> tuple[_Connection, Answer]:
+        replayable = isinstance(body, bytes | None)
+        conn = await self._connection(target)
+        while True:
+            answer = Answer()
+            conn.taken(answer)
+            assert conn.head is not None
+            try:
+                if isinstance(body, bytes | None):
+                    await conn.write(head + body if body else head)
+                else:
+                    await conn.write(head)
+                    async for chunk in body:
+                        await conn.write(chunk)
+                await conn.head
+                return conn, answer
+            except UpstreamError:
+                conn.close()
+                # A kept connection the session closed as this request went out (its idle
+                # timeout): nothing was answered, so say it once more on a new connection.
+                if not (conn.idle_since and not conn.received and replayable):
+                    raise
+                conn = await self._connection(target, fresh=True)
+            except BaseException:  # cancelled (the browser left): this answer goes nowhere
+                conn.close()
+                raise
+
+    async def _connection(self, target: Target, fresh: bool = False) -> _Connection:
         if not fresh:
             idle = self._idle.get(target)
             now = time.monotonic()
