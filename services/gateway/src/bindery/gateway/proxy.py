@@ -1,11 +1,14 @@
-"""Reverse proxy for `/user/<session>/...`: HTTP and websockets, streamed both ways (a small
-answer of known length goes out in one write with its headers; websocket frames pass as bytes).
+"""Reverse proxy for `/user/<session>/...`: HTTP and websockets, streamed both ways.
 
 In: requests for a session; routes (session -> Jupyter's base URL) from pod-ready/pod-stopped
 and, on start, from the runtime. Out: the same request at the session, path, query, Host, Origin,
 cookies and Authorization unchanged (Jupyter runs under /user/<session>/, enforces its token and
-checks a websocket's Origin against Host). Activity is noted in memory per request and message;
-`ActivityFlusher` publishes it in batches so no request waits on the broker.
+checks a websocket's Origin against Host), over the kept-alive pool of `upstream.py`; a small
+answer of known length goes back in one write with its headers, a larger one chunk by chunk.
+A websocket's handshake goes to the session on a connection of its own; after the session's 101
+the two connections are spliced as bytes (`splice.py`). Activity is noted in memory per request
+and per websocket chunk; `run_activity_flusher` publishes it in batches so no request waits on
+the broker.
 
 The gateway checks the session's token too (defence in depth: a Jupyter misconfigured to accept
 anything, or an image that starts its own server, still sits behind it). Tokens are
