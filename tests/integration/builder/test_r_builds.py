@@ -68,8 +68,10 @@ async def test_a_description_repository_is_installed_with_its_imports(
     tmp_path: Path, r_options: BuildOptions, image_name: str
 ) -> None:
     repo = tmp_path / "repo"
-    # A file of its own, so the install step is not taken from the layer cache of a last run.
-    sha = make_repo(repo, {**REPO_PACKAGE.files(), "README.md": uuid.uuid4().hex})
+    files = REPO_PACKAGE.files()
+    # A field of its own: the environment (keyed on DESCRIPTION) is built here, from the mirror.
+    files["DESCRIPTION"] += f"X-Bindery-Test: {uuid.uuid4().hex}\n"
+    sha = make_repo(repo, files)
     log = Log()
     request = BuildRequest(f"file://{repo}", sha, image_name, push=False)
 

@@ -155,16 +155,28 @@ def test_binder_install_r_and_root_description(repo: Path) -> None:
         env_lines(pack)
     )
     # With a binder/ folder the root DESCRIPTION is not read (repo2docker's rule).
-    assert "remotes::install_local()" not in "\n".join(content_lines(pack))
+    assert "remotes::install_local" not in "\n".join(content_lines(pack))
 
 
-def test_a_root_description_is_installed_with_the_repository(repo: Path) -> None:
+def test_a_root_description_is_installed_with_the_repository_after_its_dependencies(
+    repo: Path,
+) -> None:
     write(repo, {"DESCRIPTION": "Package: x\nImports: y\n"})
     pack = picked()
     assert isinstance(pack, RBuildPack)
-    assert not any("Rscript" in line for line in env_lines(pack))
+    env = env_lines(pack)
+    assert not any("Rscript" in line for line in env)
+    # Its dependencies with the environment, keyed on the DESCRIPTION ...
+    copy = env.index("COPY --chown=1000:1000 src/DESCRIPTION ${REPO_DIR}/DESCRIPTION")
+    deps = next(i for i, line in enumerate(env) if "remotes::install_deps" in line)
+    assert copy < deps
+    assert env[deps].endswith(
+        "R --no-save --no-restore --no-init-file --no-environ --quiet -e "
+        "\"remotes::install_deps(upgrade = 'never')\""
+    )
+    # ... the package itself with the repository, from its folder (no `R CMD build`).
     assert content_lines(pack)[-1].endswith(
-        'R --no-save --no-restore --no-init-file --no-environ --quiet -e "remotes::install_local()"'
+        "-e \"remotes::install_local(build = FALSE, upgrade = 'never')\""
     )
 
 

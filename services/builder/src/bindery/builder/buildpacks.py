@@ -910,7 +910,9 @@ class RBuildPack(PythonBuildPack):
     naming the hosts repo2docker would use. As repo2docker's RBuildPack: install.R run with
     Rscript before the repository is copied (again after it, if that failed), a root
     DESCRIPTION installed with ``remotes::install_local()``, the IRkernel in Jupyter, packages
-    in ``R_LIBS_USER``; and everything the Python pack reads (requirements.txt, ...) too."""
+    in ``R_LIBS_USER``; and everything the Python pack reads (requirements.txt, ...) too. A
+    DESCRIPTION's dependencies are installed in the environment (keyed on it), so a commit that
+    changes only the package's code reinstalls the package alone."""
 
     WHAT = "R packages (install.R, DESCRIPTION or an r- runtime.txt)"
     HOST = "CRAN (cloud.r-project.org) and Posit Package Manager (packagemanager.posit.co)"
@@ -920,6 +922,7 @@ class RBuildPack(PythonBuildPack):
     PACKAGES = ("r-base-core", "r-base-dev", "r-cran-irkernel", "r-cran-remotes")
     RPROFILE = "Rprofile.site"
     RSCRIPT = "Rscript --no-save --no-restore --no-init-file --no-environ"
+    R = "R --no-save --no-restore --no-init-file --no-environ --quiet -e"
 
     def __init__(self, base_image: str) -> None:
         super().__init__(base_image)
@@ -1005,9 +1008,9 @@ class RBuildPack(PythonBuildPack):
     @lru_cache  # noqa: B019
     def get_preassemble_script_files(self) -> dict[str, str]:
         files: dict[str, str] = super().get_preassemble_script_files()
-        install_r = self._install_r()
-        if install_r:
-            files[install_r] = install_r
+        for path in (self._install_r(), self._description()):
+            if path:
+                files[path] = path
         return files
 
     @lru_cache  # noqa: B019
@@ -1027,6 +1030,8 @@ class RBuildPack(PythonBuildPack):
                     "rm -rf /tmp/downloaded_packages",
                 )
             )
+        if self._description():
+            scripts.append(("${NB_USER}", f"{self.R} \"remotes::install_deps(upgrade = 'never')\""))
         return scripts
 
     @lru_cache  # noqa: B019
@@ -1042,13 +1047,10 @@ class RBuildPack(PythonBuildPack):
                 )
             )
         if self._description():
-            scripts.append(
-                (
-                    "${NB_USER}",
-                    'R --no-save --no-restore --no-init-file --no-environ --quiet -e "'
-                    'remotes::install_local()"',
-                )
-            )
+            # build = FALSE: `R CMD build` would first copy and tar the whole home folder (the
+            # repository is the home folder, caches included), minutes for nothing.
+            install = "remotes::install_local(build = FALSE, upgrade = 'never')"
+            scripts.append(("${NB_USER}", f'{self.R} "{install}"'))
         return scripts
 
     def _install_r(self) -> str | None:
