@@ -7,7 +7,7 @@ from one more process (closed loop: each of N workers sends its next request whe
 answered, over raw asyncio protocols on uvloop so the load generator is not what limits either
 proxy on a small machine; every answer is checked). Results: bench/results/proxy.json.
 
-    .venv/bin/python bench/proxy_bench.py [--seconds 3] [--rounds 3] [--concurrency 1,10,50]
+    .venv/bin/python bench/proxy_bench.py [--seconds 2] [--rounds 7] [--concurrency 1,10,50]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import os
 import platform
 import secrets
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -276,8 +277,8 @@ async def ws_load(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=3.0, help="measured time per round")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per proxy and cell")
+    parser.add_argument("--seconds", type=float, default=2.0, help="measured time per round")
+    parser.add_argument("--rounds", type=int, default=7, help="rounds per proxy and cell")
     parser.add_argument("--concurrency", default="1,10,50")
     options = parser.parse_args()
     levels = [int(c) for c in options.concurrency.split(",")]
@@ -326,13 +327,14 @@ def main() -> int:
         wait_http(f"http://127.0.0.1:{chp}/user/s1/ready")
         headers = {"Authorization": f"token {token}"}
         proxies = {"gateway": gateway, "chp": chp}
-        # The machine is shared: the two proxies take turns, several short rounds each, and
-        # each keeps its median round, so a burst of background load hits both alike.
+        # The machine is shared: the two proxies take turns (who goes first alternates), several
+        # short rounds each, and each figure is the median of a proxy's rounds, so a burst of
+        # background load hits both alike and no single round decides a cell.
         for kind in ("http", "websocket"):
             for level in levels:
                 rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in proxies}
-                for _ in range(options.rounds):
-                    for name, port in proxies.items():
+                for turn in range(options.rounds):
+                    for name, port in sorted(proxies.items(), reverse=turn % 2 == 1):
                         if kind == "http":
                             path = "/user/s1/api/contents"
                             load = http_load(port, path, headers, level, options.seconds)
@@ -341,10 +343,15 @@ def main() -> int:
                             load = ws_load(port, path, headers, level, options.seconds)
                         rounds[name].append(asyncio.run(load))
                 for name, cells in rounds.items():
-                    cells.sort(key=lambda c: c["throughput_per_s"])
                     cell = {
-                        **cells[len(cells) // 2],
+                        "requests": sum(c["requests"] for c in cells),
+                        "errors": sum(c["errors"] for c in cells),
+                        **{
+                            figure: statistics.median(c[figure] for c in cells)
+                            for figure in ("throughput_per_s", "p50_ms", "p99_ms")
+                        },
                         "rounds_throughput_per_s": [c["throughput_per_s"] for c in cells],
+                        "rounds_p99_ms": [c["p99_ms"] for c in cells],
                     }
                     results.setdefault(kind, {}).setdefault(str(level), {})[name] = cell
                     print(f"{kind:9} c={level:<3} {name:8} {cell}", flush=True)
@@ -374,6 +381,9 @@ def main() -> int:
             "websocket echoes checked byte for byte. It replaced an aiohttp client that spent "
             "more CPU per request than either proxy on the shared 2 cores",
         },
+        "statistic": "per cell and proxy: the median over rounds of throughput, p50 and p99 "
+        "(each round: 1 s warm-up, then seconds_per_round measured; the two proxies alternate "
+        "who goes first); requests and errors: totals over the rounds",
         "seconds_per_round": options.seconds,
         "rounds": options.rounds,
         "machine": {
