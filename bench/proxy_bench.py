@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,7 @@ class _WebSocketWorker(_Worker):
         self.handshake = handshake
         self.payload = payload
         self.buffer = b""
+        self.closing = False
         self.open: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -186,9 +188,11 @@ class _WebSocketWorker(_Worker):
             self.open.set_exception(_Closed())
 
     def finish(self) -> None:
+        """Close as a browser does: a close frame, then wait for the proxy's before hanging up
+        (hanging up with the echo unread would reset the connection)."""
         assert self.transport is not None
         self.transport.write(b"\x88\x82\x00\x00\x00\x00\x03\xe8")  # close 1000, zero mask
-        self.transport.close()
+        self.closing = True
 
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer + data if self.buffer else data
@@ -216,6 +220,10 @@ class _WebSocketWorker(_Worker):
             opcode = buffer[0] & 0x0F
             payload = buffer[header : header + length]
             buffer = buffer[header + length :]
+            if self.closing:
+                if opcode == 0x8 and self.transport is not None:
+                    self.transport.close()
+                continue
             self.answered(opcode == 0x1 and payload == self.payload)
         self.buffer = buffer
 
@@ -227,6 +235,15 @@ def _masked_text_frame(payload: bytes) -> bytes:
     size = len(payload)
     length = bytes((0x80 | size,)) if size < 126 else bytes((0x80 | 126,)) + size.to_bytes(2, "big")
     return bytes((0x81,)) + length + key + masked
+
+
+async def _ended(workers: Sequence[_Worker], run: _Run) -> None:
+    """Wait for every worker's connection to end; one the proxy never closes is an error."""
+    await asyncio.wait([w.lost for w in workers], timeout=run.stop_at + 10 - time.perf_counter())
+    for worker in workers:
+        if not worker.lost.done() and worker.transport is not None:
+            run.errors += 1
+            worker.transport.abort()
 
 
 async def http_load(
@@ -245,7 +262,7 @@ async def http_load(
         workers.append(worker)
     for worker in workers:
         worker.send()
-    await asyncio.gather(*(w.lost for w in workers))
+    await _ended(workers, run)
     return summary(run.latencies, run.errors, seconds)
 
 
@@ -271,7 +288,7 @@ async def ws_load(
         workers.append(worker)
     for worker in workers:
         worker.send()
-    await asyncio.gather(*(w.lost for w in workers))
+    await _ended(workers, run)
     return summary(run.latencies, run.errors, seconds)
 
 
