@@ -451,6 +451,7 @@ class Proxy:
         answer = _Switched(status=101, reason=reason, headers=headers)
         answer.headers["Upgrade"] = "websocket"
         answer.headers["Connection"] = "Upgrade"
+        answer.force_close()  # no HTTP request ever follows on this connection
         try:
             await answer.prepare(request)
         except BaseException:
