@@ -2,8 +2,6 @@
 Dockerfile and key, the repository's thin layer, and the clear refusals."""
 
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,15 +24,6 @@ from bindery.builder.buildpacks import (
 
 BASE = "localhost/bindery-base:test"
 BUILD_ARGS = {"NB_USER": "jovyan", "NB_UID": "1000"}
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Iterator[Path]:
-    # repo2docker's buildpacks read the checkout as the working directory.
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    yield tmp_path
-    os.chdir(cwd)
 
 
 def write(repo: Path, files: dict[str, str]) -> None:

@@ -171,14 +171,6 @@ def test_a_channel_that_does_not_answer_is_unreachable(channel: ServedChannel, c
         conda.resolve([CHANNEL], ["numpy"], "http://127.0.0.1:9", cache)
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> Iterator[Path]:
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    yield tmp_path
-    os.chdir(cwd)
-
-
 class FakeEngine:
     """What the buildpack asks of the engine; records the environment builds."""
 

@@ -1,7 +1,6 @@
 """default.nix repositories: what their code needs, the mirror settings, the Dockerfiles and the
 start script the Nix pack makes, and the refusal without a channel."""
 
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,9 +16,8 @@ from bindery.builder.buildpacks import (
     UnsupportedRepository,
 )
 from bindery.builder.nixpack import NixMirror, needs
+from tests.unit.builder.test_buildpacks import BASE, BUILD_ARGS, write
 
-BASE = "localhost/bindery-base:test"
-BUILD_ARGS = {"NB_USER": "jovyan", "NB_UID": "1000"}
 BUILTINS_ONLY = """\
 # A shell needing nothing but builtins.
 let
@@ -32,20 +30,6 @@ let
 in derivation { name = "shell"; system = builtins.currentSystem; builder = "/bin/sh";
   GREETING = greeting; }
 """
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Iterator[Path]:
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    yield tmp_path
-    os.chdir(cwd)
-
-
-def write(repo: Path, files: dict[str, str]) -> None:
-    for name, content in files.items():
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        (repo / name).write_text(content)
 
 
 class Client:

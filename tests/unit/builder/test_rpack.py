@@ -1,8 +1,6 @@
 """R repositories (install.R, DESCRIPTION, runtime.txt ``r-``): the CRAN mirror setting, what the
 R pack renders for each form of mirror, and the clear refusals (issue 3)."""
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,15 +32,6 @@ from tests.unit.builder.test_buildpacks import (
 )
 
 PPM = "https://ppm.example.org/cran/__linux__/bookworm/latest"
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Iterator[Path]:
-    # repo2docker's buildpacks read the checkout as the working directory.
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    yield tmp_path
-    os.chdir(cwd)
 
 
 @pytest.mark.parametrize(
