@@ -203,6 +203,9 @@ class BinderyBuildPack(BaseImage):  # type: ignore[misc]
     """The two-stage build every Python-based pack shares; apt.txt, postBuild and start as
     repo2docker's BaseImage reads them. Subclasses add install steps."""
 
+    def configure(self, context: BuildContext) -> None:
+        """Take what this pack needs of the host's settings, before check()."""
+
     def check(self) -> None:
         """Raise UnsupportedRepository before any work if the repository asks for the impossible."""
         name, version, _ = self.runtime
@@ -288,6 +291,7 @@ class BinderyBuildPack(BaseImage):  # type: ignore[misc]
     ) -> Iterator[str]:
         """Make (or find) the environment image, then the image ``FROM`` it with the repository."""
         context: BuildContext = extra_build_kwargs.get("bindery") or BuildContext()
+        self.configure(context)
         self.check()
         limits = {"memory": memory_limit, "memswap": memory_limit} if memory_limit else {}
         volumes = self.volumes(context)
@@ -805,21 +809,8 @@ class NixBuildPack(BinderyBuildPack):
     def detect(self) -> bool:
         return os.path.exists(self.binder_path("default.nix"))
 
-    def build(
-        self,
-        client: Any,
-        image_spec: str,
-        memory_limit: int,
-        build_args: dict[str, str],
-        cache_from: list[str],
-        extra_build_kwargs: dict[str, Any],
-        platform: str | None = None,
-    ) -> Iterator[str]:
-        context: BuildContext = extra_build_kwargs.get("bindery") or BuildContext()
+    def configure(self, context: BuildContext) -> None:
         self._mirror = nixpack.NixMirror(context.nix_channel, context.nix_substituters)
-        yield from super().build(
-            client, image_spec, memory_limit, build_args, cache_from, extra_build_kwargs, platform
-        )
 
     def check(self) -> None:
         super().check()

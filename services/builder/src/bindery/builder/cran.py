@@ -14,9 +14,9 @@ R's Rprofile.site in the image, which point R at the mirror).
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+
+from bindery.builder.mirrors import checked_directory, checked_url
 
 # Where a directory mirror is seen inside build steps.
 CRAN_MOUNT = "/run/bindery/cran"
@@ -26,11 +26,6 @@ CRAN_MOUNT = "/run/bindery/cran"
 PUBLIC_CRAN = "https://cloud.r-project.org"
 # The index files R's available.packages() reads, any one of which makes a repository.
 INDEX_FILES = ("PACKAGES", "PACKAGES.gz", "PACKAGES.rds")
-# Characters a mirror URL may hold: it is written into an R string, so no quotes, backslashes
-# or spaces.
-_URL_CHARS = re.compile(r"[A-Za-z0-9._~:/?#\[\]@!&()*+,;=%-]+")
-# A directory goes into ``podman build --volume SRC:DST:ro``: no colon or comma there.
-_DIR_CHARS = re.compile(r"/[A-Za-z0-9._/+@-]*")
 
 
 def check_mirror_setting(value: str) -> str:
@@ -39,22 +34,8 @@ def check_mirror_setting(value: str) -> str:
     if not value:
         return ""
     if value.startswith("/"):
-        if not _DIR_CHARS.fullmatch(value):
-            raise ValueError(
-                f"CRAN mirror directory {value!r}: only letters, digits and ._/+@- are accepted"
-            )
-        return os.path.normpath(value)
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(
-            f"CRAN mirror {value!r} is neither an http(s) URL nor an absolute directory"
-        )
-    if parts.username or parts.password:
-        # The URL stays in every image as R's default repository: no credentials in it.
-        raise ValueError("CRAN mirror URL: credentials would be kept in every image; drop them")
-    if not _URL_CHARS.fullmatch(value):
-        raise ValueError(f"CRAN mirror URL {value!r} holds characters R code cannot quote")
-    return value.rstrip("/")
+        return checked_directory(value, "CRAN mirror directory")
+    return checked_url(value, "CRAN mirror", ("http", "https"), or_directory=True)
 
 
 @dataclass(frozen=True)

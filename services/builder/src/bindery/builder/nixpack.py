@@ -24,6 +24,8 @@ import shlex
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from bindery.builder.mirrors import SAFE_PATH, checked_directory, checked_url
+
 # What this Bindery would need without a mirror: repo2docker's channel and binary cache.
 HOSTS = "nixos.org (the nixpkgs channel) and cache.nixos.org (its binary cache)"
 # Where directories of the settings are seen inside build steps (read-only, in no layer).
@@ -36,10 +38,6 @@ CHANNEL_PATH = "/home/${NB_USER}/.nix-defexpr/channels/nixpkgs"
 # image's venv. Also what spares nix-shell evaluating <nixpkgs> for bashInteractive.
 SHELL_DIR = "/usr/local/lib/bindery/nix-shell"
 WRAPPER = "/usr/local/bin/nix-shell-wrapper"
-# A directory goes into `podman build --volume SRC:DST:ro`: no colon or comma there.
-_DIR_CHARS = re.compile(r"/[A-Za-z0-9._/+@-]*")
-# What may stand in a Dockerfile RUN line unquoted-safe after shlex.quote: no newlines.
-_URL_CHARS = re.compile(r"[A-Za-z0-9._~:/?#\[\]@!&()*+,;=%-]+")
 
 
 def check_channel_setting(value: str) -> str:
@@ -48,38 +46,20 @@ def check_channel_setting(value: str) -> str:
     if not value:
         return ""
     if value.startswith("/"):
-        return _checked_directory(value, "Nix channel directory")
-    return _checked_url(value, "Nix channel", ("http", "https"))
+        return checked_directory(value, "Nix channel directory")
+    return checked_url(value, "Nix channel", ("http", "https"), or_directory=True)
 
 
 def check_substituter_setting(value: str) -> str:
     """One ``nix_substituters`` entry: an http(s) binary cache URL or ``file:///DIR[?...]``."""
     value = value.strip()
-    url = _checked_url(value, "Nix substituter", ("http", "https", "file"))
+    url = checked_url(value, "Nix substituter", ("http", "https", "file"))
     parts = urlsplit(url)
     if parts.scheme == "file":
         if parts.netloc:
             raise ValueError(f"Nix substituter {value!r}: write a directory as file:///DIR")
-        _checked_directory(parts.path, "Nix substituter directory")
+        checked_directory(parts.path, "Nix substituter directory")
     return url
-
-
-def _checked_directory(value: str, what: str) -> str:
-    if not _DIR_CHARS.fullmatch(value):
-        raise ValueError(f"{what} {value!r}: only letters, digits and ._/+@- are accepted")
-    return os.path.normpath(value)
-
-
-def _checked_url(value: str, what: str, schemes: tuple[str, ...]) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in schemes or not (parts.hostname or parts.scheme == "file"):
-        raise ValueError(f"{what} {value!r} is not a {'/'.join(schemes)} URL")
-    if parts.username or parts.password:
-        # Build steps' command lines stay in the image's history.
-        raise ValueError(f"{what} URL: credentials would be kept in every image; drop them")
-    if not _URL_CHARS.fullmatch(value):
-        raise ValueError(f"{what} URL {value!r} holds characters a build step cannot quote")
-    return value.rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -303,6 +283,6 @@ exec nix-shell "${{REPO_DIR}}/{nix_file}" --command \\
 def wrapper(nix_file: str, start: str) -> str:
     """The start script; paths relative to the repository (binder/default.nix, binder/start)."""
     for path in (nix_file, start):
-        if not _DIR_CHARS.fullmatch("/" + path):
+        if not SAFE_PATH.fullmatch("/" + path):
             raise ValueError(f"unexpected repository path {path!r}")
     return WRAPPER_TEMPLATE.format(nix_file=nix_file, start=start)
