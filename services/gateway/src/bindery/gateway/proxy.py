@@ -317,8 +317,8 @@ class Proxy:
         secure_cookie: bool = False,
     ) -> None:
         self._routes = routes
-        # No cookie jar (cookies of one session never reach another), no decompression
-        # (bodies pass through as the session encoded them), no read timeout.
+        # The pool keeps no cookies (one session's never reach another), decodes no body (each
+        # passes as the session encoded it) and has no read timeout (kernels run for hours).
         self._pool = Pool(max_connections, connect_timeout)
         self._connect_timeout = connect_timeout
         # HMAC once per session, not per request: tokens are a pure function of the name.
@@ -371,30 +371,35 @@ class Proxy:
             answer = exchange.answer
             headers = answer_headers(answer.headers)
             length = answer.expected
-            if answer.complete or (
-                length is not None and length <= BUFFERED_BODY_LIMIT
-            ):  # a small body of known length: one write of headers and body together
-                try:
-                    data = await exchange.read()
-                except UpstreamError as exc:
-                    log.info("proxy.stream_aborted", error=str(exc))
-                    return bad_gateway("The session stopped answering in the middle of a response.")
-                reason = answer.reason.decode("latin-1")
-                response: web.StreamResponse
-                if request.method == "HEAD" or answer.status in _NO_BODY_STATUS:
-                    # Headers only, Content-Length as the session said (aiohttp sends them).
-                    response = web.StreamResponse(
-                        status=answer.status, reason=reason, headers=headers
-                    )
-                else:
-                    response = web.Response(
-                        status=answer.status, reason=reason, body=data, headers=headers
-                    )
-                self._set_cookie(request, response, cookie)
-                return response
+            if answer.complete or (length is not None and length <= BUFFERED_BODY_LIMIT):
+                return await self._whole(request, exchange, headers, cookie)
             return await self._stream(request, exchange, headers, cookie)
         finally:
             exchange.end()
+
+    async def _whole(
+        self,
+        request: web.Request,
+        exchange: Exchange,
+        headers: CIMultiDict[str],
+        cookie: tuple[str, str] | None,
+    ) -> web.StreamResponse:
+        """A small body of known length (or none): one write of headers and body together."""
+        answer = exchange.answer
+        try:
+            data = await exchange.read()
+        except UpstreamError as exc:
+            log.info("proxy.stream_aborted", error=str(exc))
+            return bad_gateway("The session stopped answering in the middle of a response.")
+        reason = answer.reason.decode("latin-1")
+        response: web.StreamResponse
+        if request.method == "HEAD" or answer.status in _NO_BODY_STATUS:
+            # Headers only, Content-Length as the session said (aiohttp sends them as they are).
+            response = web.StreamResponse(status=answer.status, reason=reason, headers=headers)
+        else:
+            response = web.Response(status=answer.status, reason=reason, body=data, headers=headers)
+        self._set_cookie(request, response, cookie)
+        return response
 
     async def _stream(
         self,
