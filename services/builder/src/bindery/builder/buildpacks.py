@@ -204,7 +204,8 @@ class BinderyBuildPack(BaseImage):  # type: ignore[misc]
     repo2docker's BaseImage reads them. Subclasses add install steps."""
 
     def configure(self, context: BuildContext) -> None:
-        """Take what this pack needs of the host's settings, before check()."""
+        """Take what this pack needs of the host's settings, before check(); raise
+        UnsupportedRepository when they cannot build this kind of repository."""
 
     def check(self) -> None:
         """Raise UnsupportedRepository before any work if the repository asks for the impossible."""
@@ -926,6 +927,13 @@ class RBuildPack(PythonBuildPack):
             return True
         return self._description() is not None
 
+    def configure(self, context: BuildContext) -> None:
+        if not context.cran_mirror:
+            raise UnsupportedRepository(missing_host(self.WHAT, self.HOST))
+        problem = CranMirror(context.cran_mirror).problem()
+        if problem:
+            raise UnsupportedRepository(problem)
+
     def check(self) -> None:
         super().check()
         name, version, _ = self.runtime
@@ -935,26 +943,6 @@ class RBuildPack(PythonBuildPack):
                 f"runtime.txt asks for r-{version}, but this Bindery has R {R_VERSION} only "
                 f"(Debian 12's). Change runtime.txt to r-{short} (or r-{short}-<date>)."
             )
-
-    def build(
-        self,
-        client: Any,
-        image_spec: str,
-        memory_limit: int,
-        build_args: dict[str, str],
-        cache_from: list[str],
-        extra_build_kwargs: dict[str, Any],
-        platform: str | None = None,
-    ) -> Iterator[str]:
-        context: BuildContext = extra_build_kwargs.get("bindery") or BuildContext()
-        if not context.cran_mirror:
-            raise UnsupportedRepository(missing_host(self.WHAT, self.HOST))
-        problem = CranMirror(context.cran_mirror).problem()
-        if problem:
-            raise UnsupportedRepository(problem)
-        yield from super().build(
-            client, image_spec, memory_limit, build_args, cache_from, extra_build_kwargs, platform
-        )
 
     def volumes(self, context: BuildContext) -> list[str]:
         return CranMirror(context.cran_mirror).volumes()
