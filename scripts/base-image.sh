@@ -4,6 +4,8 @@
 # <tag> is a hash of the files in the base image's build context; bindery.builder.baseimage
 # computes the same hash in Python, so services know the name without running this script.
 # Idempotent: when the image exists it only prints the name. `--name` prints it without building.
+# The image lives in the build sandbox's image store (rootless podman as the sandbox user, see
+# services/builder/src/bindery/builder/sandbox.py), where every build runs.
 #
 # Environment: BINDERY_CA_BUNDLE  CA bundle handed to pip/uv as a build secret
 #                                 (default: the host's, which trusts the TLS-intercepting proxy).
@@ -13,6 +15,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 context=$root/services/builder/src/bindery/builder/baseimage/context
 rootfs=localhost/bindery-rootfs:bookworm
 ca_bundle=${BINDERY_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
+podman() { "$root/.venv/bin/bindery-sandbox-podman" "$@"; }
 
 # One "sha256  ./path" line per file, in byte order of the paths, hashed again: a rename
 # changes the tag as much as an edit does.
@@ -37,5 +40,11 @@ secret=()
 if [[ -r $ca_bundle ]]; then
     secret=(--secret "id=pipca,src=$ca_bundle")
 fi
-podman build --layers "${secret[@]}" --tag "$image" "$context" >&2
+# The sandbox user reads the context: a copy of its own, on the sandbox's disk.
+build_user=${BINDERY_BUILD_USER:-bindery-build}
+sandbox_context=$(mktemp -d -p "$(getent passwd "$build_user" | cut -d: -f6)/tmp")
+trap 'rm -rf "$sandbox_context" ${rootfs_dir:+"$rootfs_dir"}' EXIT
+cp -r "$context/." "$sandbox_context"
+chown -R "$build_user:" "$sandbox_context"
+podman build --layers "${secret[@]}" --tag "$image" "$sandbox_context" >&2
 echo "$image"

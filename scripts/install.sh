@@ -3,9 +3,11 @@
 # when everything is already present: each step checks before it acts.
 #   1. Debian packages (apt-get update only when something is missing)
 #   2. podman engine configuration (/etc/containers/containers.conf, insecure local registry)
-#   3. uv, then `uv sync --all-packages` into <repo>/.venv
-#   4. npm packages, only if the repository has a package.json
-#   5. scripts/base-image.sh (the local base image), if present
+#   3. the build sandbox: the unprivileged user builds run as, with subordinate ids and a home
+#      on a disk image of its own (docs/security.md)
+#   4. uv, then `uv sync --all-packages` into <repo>/.venv
+#   5. npm packages, only if the repository has a package.json
+#   6. scripts/base-image.sh (the local base image, in the sandbox's image store)
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,7 +17,8 @@ BINDERY_REGISTRY="${BINDERY_REGISTRY:-127.0.0.1:5000}"
 CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 
 PACKAGES=(podman buildah runc skopeo debootstrap rabbitmq-server docker-registry git
-          chromium chromium-driver iptables curl openssl ca-certificates)
+          chromium chromium-driver iptables curl openssl ca-certificates slirp4netns uidmap
+          e2fsprogs)
 
 log() { printf '[install] %s\n' "$*"; }
 die() { printf '[install] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -86,7 +89,64 @@ insecure = true
 EOF
 install_file "$tmp" /etc/containers/registries.conf.d/50-bindery.conf
 
-# --- 3. uv and the Python workspace -------------------------------------------------------
+# --- 3. the build sandbox -----------------------------------------------------------------
+# Builds run rootless podman as this user (services/builder/.../sandbox.py): a repository's
+# Dockerfile or postBuild then has an unprivileged user's rights on the host, not root's.
+BUILD_USER="${BINDERY_BUILD_USER:-bindery-build}"
+BUILD_HOME="/var/lib/$BUILD_USER"
+BUILD_DISK_IMAGE="/var/lib/$BUILD_USER.ext4"
+if ! id "$BUILD_USER" >/dev/null 2>&1; then
+    useradd --system --user-group --home-dir "$BUILD_HOME" --no-create-home \
+        --shell /usr/sbin/nologin "$BUILD_USER"
+    log "created user $BUILD_USER"
+fi
+# Rootless podman maps a container's users to 65536 subordinate ids of the user's own.
+for ids in /etc/subuid /etc/subgid; do
+    touch "$ids"
+    if ! grep -q "^$BUILD_USER:" "$ids"; then
+        first=$(awk -F: 'BEGIN { n = 100000 } $2 + $3 > n { n = $2 + $3 } END { print n }' "$ids")
+        echo "$BUILD_USER:$first:65536" >> "$ids"
+        log "gave $BUILD_USER subordinate ids $first-$((first + 65535)) in $ids"
+    fi
+done
+# The sandbox's home (its image store, layer cache, build contexts) is a filesystem of its own:
+# builds filling it fail with 'too_large' and never fill the disk RabbitMQ and the sessions use.
+# Sparse: it takes only what builds write. BINDERY_BUILD_DISK sets its size on creation.
+if ! mountpoint -q "$BUILD_HOME"; then
+    if [ ! -f "$BUILD_DISK_IMAGE" ]; then
+        half_free=$(( $(df --output=avail -B1 /var/lib | tail -1) / 2 ))
+        size="${BINDERY_BUILD_DISK:-$(( half_free < 64 * 1024**3 ? half_free : 64 * 1024**3 ))}"
+        truncate -s "$size" "$BUILD_DISK_IMAGE"
+        mkfs.ext4 -q -F -m 0 -L bindery-build "$BUILD_DISK_IMAGE"
+        log "made the build disk $BUILD_DISK_IMAGE ($(numfmt --to=iec "$size"))"
+    fi
+    # Whatever the user still runs (podman's pause process) holds the directory underneath.
+    pkill -KILL -u "$BUILD_USER" 2>/dev/null || true
+    mkdir -p "$BUILD_HOME"
+    # Not nodev or nosuid: rootless runc remounts bind mounts read-only and cannot drop
+    # flags the mount is locked with (EPERM).
+    mount -o loop "$BUILD_DISK_IMAGE" "$BUILD_HOME"
+    log "mounted $BUILD_DISK_IMAGE at $BUILD_HOME"
+fi
+install -d -m 0700 -o "$BUILD_USER" -g "$BUILD_USER" "$BUILD_HOME" "$BUILD_HOME/tmp" \
+    "$BUILD_HOME/.config" "$BUILD_HOME/.config/containers"
+cat > "$tmp" <<'EOF'
+# Written by Bindery's scripts/install.sh for the build sandbox's rootless podman.
+[storage]
+driver = "overlay"
+EOF
+install_file "$tmp" "$BUILD_HOME/.config/containers/storage.conf"
+cat > "$tmp" <<'EOF'
+# Written by Bindery's scripts/install.sh: no systemd session for the sandbox user, so cgroups
+# are the builder's (it puts each build in a cgroup of its own) and events go to a file.
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+EOF
+install_file "$tmp" "$BUILD_HOME/.config/containers/containers.conf"
+chown -R "$BUILD_USER:$BUILD_USER" "$BUILD_HOME/.config"
+
+# --- 4. uv and the Python workspace -------------------------------------------------------
 find_uv() {
     if command -v uv >/dev/null 2>&1; then
         UV=(uv)
@@ -125,7 +185,7 @@ else
     log "no pyproject.toml yet: skipping uv sync"
 fi
 
-# --- 4. npm -------------------------------------------------------------------------------
+# --- 5. npm -------------------------------------------------------------------------------
 if [ -f package.json ]; then
     if [ -f package-lock.json ]; then
         if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
@@ -139,7 +199,7 @@ if [ -f package.json ]; then
     fi
 fi
 
-# --- 5. local base image ------------------------------------------------------------------
+# --- 6. local base image ------------------------------------------------------------------
 if [ -f scripts/base-image.sh ]; then
     log "scripts/base-image.sh"
     bash scripts/base-image.sh

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bindery.builder.build import BuildLine, BuildOptions
+from tests.support.sandbox import readable_dir, sandbox_podman
 
 REPO = Path(__file__).resolve().parents[3]
 REGISTRY = os.environ.get("BINDERY_REGISTRY", "127.0.0.1:5000")
@@ -48,11 +49,18 @@ def options(base_image: str) -> BuildOptions:
 
 
 @pytest.fixture
+def readable_tmp() -> Iterator[Path]:
+    """tmp_path for what build steps mount: readable by the build sandbox's user."""
+    with readable_dir() as path:
+        yield path
+
+
+@pytest.fixture
 def image_name(registry: str) -> Iterator[str]:
     """A fresh image name in the registry; the local copy is removed afterwards."""
     name = f"{registry}/bindery-test/builder-{uuid.uuid4().hex[:12]}:latest"
     yield name
-    subprocess.run(["podman", "rmi", "--force", name], capture_output=True, check=False)
+    subprocess.run([*sandbox_podman(), "rmi", "--force", name], capture_output=True, check=False)
 
 
 class Log:

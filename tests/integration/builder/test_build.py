@@ -16,14 +16,7 @@ import pytest
 from bindery.builder.build import BuildOptions, BuildRequest, FailureReason, run_build
 from tests.integration.builder.conftest import Log
 from tests.support.gitrepo import commit, make_repo, notebook
-
-
-def podman_run(image: str, *command: str) -> str:
-    out = subprocess.run(
-        ["podman", "run", "--rm", image, *command], capture_output=True, text=True, check=False
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout
+from tests.support.sandbox import podman_run, sandbox_podman
 
 
 def manifest_status(image: str) -> int:
@@ -87,7 +80,7 @@ async def test_a_notebook_change_reuses_the_environment_layers(
         assert result.ok, result.message
         assert podman_run(second_image, "cat", "a.ipynb") == notebook("2")
     finally:
-        subprocess.run(["podman", "rmi", "--force", second_image], capture_output=True)
+        subprocess.run([*sandbox_podman(), "rmi", "--force", second_image], capture_output=True)
 
     # The environment image of the first commit is the second's: only the repository is added.
     messages = [line.message for line in log.lines]
@@ -110,13 +103,16 @@ async def test_the_package_index_is_handed_to_the_build_and_left_in_no_layer(
     assert podman_run(image_name, "python", "-c", "import pyfiglet") == ""
     assert podman_run(image_name, "ls", "-A", "/run/secrets") == ""
     history = subprocess.run(
-        ["podman", "history", "--no-trunc", "--format={{.CreatedBy}}", image_name],
+        [*sandbox_podman(), "history", "--no-trunc", "--format={{.CreatedBy}}", image_name],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
     inspect = subprocess.run(
-        ["podman", "image", "inspect", image_name], capture_output=True, text=True, check=True
+        [*sandbox_podman(), "image", "inspect", image_name],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert index not in history and index not in inspect
 
@@ -169,7 +165,7 @@ async def test_the_image_serves_jupyter_lab_the_way_the_scheduler_starts_it(
     token = os.urandom(8).hex()
     container = subprocess.run(
         [
-            "podman", "run", "-d", "--rm", "--user=1000", f"-p=127.0.0.1:{port}:8888",
+            *sandbox_podman(), "run", "-d", "--rm", "--user=1000", f"-p=127.0.0.1:{port}:8888",
             f"--env=JUPYTER_TOKEN={token}", image_name,
             "jupyter", "lab", "--ip=0.0.0.0", "--port=8888", "--no-browser",
             "--ServerApp.base_url=/user/someone/",
@@ -190,7 +186,7 @@ async def test_the_image_serves_jupyter_lab_the_way_the_scheduler_starts_it(
                 time.sleep(0.2)
         assert '"name": "hello.ipynb"' in body
     finally:
-        subprocess.run(["podman", "rm", "-f", "-t", "0", container], capture_output=True)
+        subprocess.run([*sandbox_podman(), "rm", "-f", "-t", "0", container], capture_output=True)
 
 
 async def test_a_failing_step_reports_its_output(
@@ -260,7 +256,7 @@ def _no_build_containers_left() -> Iterator[None]:
     for _attempt in range(3):
         # podman exits 125 when a container vanishes while it lists: ask again.
         ps = subprocess.run(
-            ["podman", "ps", "--all", "--external", "--format", "{{.Image}}"],
+            [*sandbox_podman(), "ps", "--all", "--external", "--format", "{{.Image}}"],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         if ps.returncode == 0:

@@ -12,9 +12,9 @@ import pytest
 
 from bindery.builder.build import BuildOptions, BuildRequest, run_build
 from tests.integration.builder.conftest import Log
-from tests.integration.builder.test_build import podman_run
 from tests.support.condachannel import CHANNEL, PROBE_VERSION, ServedChannel, served_channel
 from tests.support.gitrepo import commit, make_repo, notebook
+from tests.support.sandbox import podman_run, sandbox_podman
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ async def test_conda_packages_install_over_the_venv_and_the_environment_is_reuse
         assert result.ok, result.message + "\n" + log.text()
         assert podman_run(second_image, "bindery-probe-where").strip() == "/srv/venv"
     finally:
-        subprocess.run(["podman", "rmi", "--force", second_image], capture_output=True)
+        subprocess.run([*sandbox_podman(), "rmi", "--force", second_image], capture_output=True)
     text = log.text()
     assert "exists: adding the repository only" in text, text
     assert "downloaded" not in text and "uv pip install" not in text

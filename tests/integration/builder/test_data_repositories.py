@@ -21,8 +21,9 @@ from bindery.builder import datarepos
 from bindery.builder.build import BuildOptions, BuildRequest, FailureReason, run_build
 from bindery.builder.sources import ProviderHosts, check_source
 from tests.integration.builder.conftest import Log
-from tests.integration.builder.test_build import manifest_status, podman_run
+from tests.integration.builder.test_build import manifest_status
 from tests.support.fakeproviders import FakeProviders
+from tests.support.sandbox import podman_run, sandbox_podman
 
 DATA = b"station,temperature\nbern,21.5\n"
 
@@ -105,7 +106,7 @@ async def test_a_zenodo_record_builds_into_an_image_with_its_files_and_packages(
         assert result.ok, result.message + "\n" + log.text()
         assert podman_run(second_image, "tail", "-n1", "data/weather.csv") == "chur,19\n"
     finally:
-        subprocess.run(["podman", "rmi", "--force", second_image], capture_output=True)
+        subprocess.run([*sandbox_podman(), "rmi", "--force", second_image], capture_output=True)
     messages = [line.message for line in log.lines]
     assert any(m.endswith("exists: adding the repository only") for m in messages), log.text()
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from bindery.builder.build import BuildOptions, BuildRequest, FailureReason, run_build
 from tests.integration.builder.conftest import Log
 from tests.support.gitrepo import make_repo, notebook
+from tests.support.sandbox import podman_run, sandbox_podman
 
 # The variable is a store path: nix-shell built the derivation it names while building the image.
 PROBE = """\
@@ -60,14 +61,6 @@ CACHED = """\
   };"""
 
 
-def podman_run(image: str, *command: str) -> str:
-    out = subprocess.run(
-        ["podman", "run", "--rm", image, *command], capture_output=True, text=True, check=False
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    return out.stdout
-
-
 async def build(repo_files: dict[str, str], repo: Path, image: str, options: BuildOptions) -> str:
     sha = make_repo(repo, {**repo_files, "index.ipynb": notebook("1")})
     log = Log()
@@ -96,9 +89,9 @@ async def test_a_builtins_only_shell_builds_without_a_mirror_and_runs_the_sessio
 
 
 async def test_nixpkgs_comes_from_the_configured_channel_directory(
-    tmp_path: Path, options: BuildOptions, image_name: str
+    tmp_path: Path, readable_tmp: Path, options: BuildOptions, image_name: str
 ) -> None:
-    channel = tmp_path / "channel"
+    channel = readable_tmp / "channel"
     channel.mkdir(mode=0o755)
     channel.chmod(0o755)
     (channel / "default.nix").write_text(
@@ -126,23 +119,23 @@ async def test_nixpkgs_comes_from_the_configured_channel_directory(
 
 
 async def test_a_store_path_comes_from_the_configured_binary_cache(
-    tmp_path: Path, options: BuildOptions, image_name: str
+    tmp_path: Path, readable_tmp: Path, options: BuildOptions, image_name: str
 ) -> None:
     # Distinct names: a build of an image that exists is skipped.
     maker_image, uncached_image = (image_name.replace(":latest", tag) for tag in (":mk", ":no"))
     builtins_repo = {"default.nix": shell_nix(GREETING, "cache maker")}
     await build(builtins_repo, tmp_path / "maker", maker_image, options)
-    cache = tmp_path / "cache"
+    cache = readable_tmp / "cache"
     cache.mkdir()
     cache.chmod(0o777)  # written by the image's user
     repo_files = {"default.nix": shell_nix(CACHED, uuid.uuid4().hex)}
-    maker = tmp_path / "in"
+    maker = readable_tmp / "in"
     maker.mkdir()
     maker.chmod(0o755)  # read by the image's user
     (maker / "cached.nix").write_text(repo_files["default.nix"])
     subprocess.run(
         [
-            "podman",
+            *sandbox_podman(),
             "run",
             "--rm",
             f"--volume={cache}:/cache",
@@ -169,4 +162,6 @@ async def test_a_store_path_comes_from_the_configured_binary_cache(
 
     out = podman_run(image_name, "python3", "-c", PROBE).splitlines()
     assert out[2] == "made for the cache"
-    subprocess.run(["podman", "rmi", "--force", maker_image], capture_output=True, check=False)
+    subprocess.run(
+        [*sandbox_podman(), "rmi", "--force", maker_image], capture_output=True, check=False
+    )

@@ -11,20 +11,29 @@ from pathlib import Path
 
 import pytest
 
-from bindery.builder.prune import Kind, LocalImage, PrunePolicy, Pruner, local_images
+from bindery.builder.prune import (
+    Kind,
+    LocalImage,
+    PrunePolicy,
+    Pruner,
+    local_images,
+    sandboxed,
+)
+from bindery.builder.sandbox import Sandbox
+from tests.support.sandbox import SANDBOX, sandbox_dir, sandbox_podman
 
 HOUR = 3600
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
 def podman(*args: str) -> str:
-    out = subprocess.run(["podman", *args], capture_output=True, text=True, check=False)
+    out = subprocess.run([*sandbox_podman(), *args], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 
 
 def exists(name: str) -> bool:
-    return subprocess.run(["podman", "image", "exists", name], check=False).returncode == 0
+    return subprocess.run([*sandbox_podman(), "image", "exists", name], check=False).returncode == 0
 
 
 class Images:
@@ -52,13 +61,18 @@ class Images:
 
 
 @pytest.fixture
-def images(tmp_path: Path) -> Iterator[Images]:
-    made = Images(f"127.0.0.1:5000/bindery-prune-{uuid.uuid4().hex[:10]}/", tmp_path)
-    yield made
+def images() -> Iterator[Images]:
+    with sandbox_dir() as context:
+        made = Images(f"127.0.0.1:5000/bindery-prune-{uuid.uuid4().hex[:10]}/", context)
+        yield made
     for container in made.containers:
-        subprocess.run(["podman", "rm", "--force", container], capture_output=True, check=False)
+        subprocess.run(
+            [*sandbox_podman(), "rm", "--force", container], capture_output=True, check=False
+        )
     for image_id in made.ids:
-        subprocess.run(["podman", "rmi", "--force", image_id], capture_output=True, check=False)
+        subprocess.run(
+            [*sandbox_podman(), "rmi", "--force", image_id], capture_output=True, check=False
+        )
 
 
 async def test_a_pass_removes_old_unused_images_and_keeps_the_rest(images: Images) -> None:
@@ -75,7 +89,8 @@ async def test_a_pass_removes_old_unused_images_and_keeps_the_rest(images: Image
     images.build("base:1", age=5 * HOUR)
 
     async def only_this_tests_images() -> list[LocalImage]:
-        return [image for image in await local_images() if image.id in images.ids]
+        listed = await local_images(sandboxed(SANDBOX))
+        return [image for image in listed if image.id in images.ids]
 
     policy = PrunePolicy(
         prefix=p,
@@ -84,7 +99,9 @@ async def test_a_pass_removes_old_unused_images_and_keeps_the_rest(images: Image
         prune_after=HOUR,
         base_image=f"{p}base:1",
     )
-    result = await Pruner(policy, list_images=only_this_tests_images).prune()
+    # A lock of its own: a build of another stack on this store must not make the pass skip.
+    sandbox = Sandbox(SANDBOX.user, lock_name="bindery-test-prune")
+    result = await Pruner(policy, sandbox, list_images=only_this_tests_images).prune()
 
     assert result.removed == {Kind.DANGLING: 1, Kind.COMMIT: 1, Kind.ENV: 1}
     assert result.failed == 0

@@ -2,8 +2,8 @@
 builder's cran_mirror setting), and refused at once without one (issue 3)."""
 
 import dataclasses
-import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,7 @@ from bindery.builder.cran import CRAN_MOUNT, PUBLIC_CRAN
 from tests.integration.builder.conftest import Log
 from tests.support.cranmirror import PROBE, PROBE_ANSWER, RPackage, make_cran_mirror
 from tests.support.gitrepo import make_repo, notebook
+from tests.support.sandbox import podman_run, readable_dir
 
 # A repository that is an R package of its own, needing the probe from the mirror.
 REPO_PACKAGE = RPackage(
@@ -23,17 +24,10 @@ REPO_PACKAGE = RPackage(
 )
 
 
-def podman_run(image: str, *command: str) -> str:
-    out = subprocess.run(
-        ["podman", "run", "--rm", image, *command], capture_output=True, text=True, check=False
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    return out.stdout
-
-
 @pytest.fixture(scope="module")
-def mirror(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_cran_mirror(tmp_path_factory.mktemp("cran"), [PROBE])
+def mirror() -> Iterator[Path]:
+    with readable_dir() as path:
+        yield make_cran_mirror(path / "cran", [PROBE])
 
 
 @pytest.fixture
@@ -97,11 +91,11 @@ async def test_without_a_mirror_an_r_repository_fails_at_once_naming_the_host(
 
 
 async def test_an_empty_mirror_directory_fails_at_once_saying_so(
-    tmp_path: Path, options: BuildOptions, image_name: str
+    tmp_path: Path, readable_tmp: Path, options: BuildOptions, image_name: str
 ) -> None:
     repo = tmp_path / "repo"
     sha = make_repo(repo, {"install.R": f'install.packages("{PROBE.name}")\n'})
-    empty = tmp_path / "empty-mirror"
+    empty = readable_tmp / "empty-mirror"
     empty.mkdir()
     log = Log()
     request = BuildRequest(f"file://{repo}", sha, image_name, push=False)

@@ -24,9 +24,10 @@ from bindery.events import (
     LaunchFailed,
     RefResolved,
 )
-from tests.integration.builder.test_build import manifest_status, podman_run
+from tests.integration.builder.test_build import manifest_status
 from tests.support.fakeproviders import FakeProviders
 from tests.support.gitrepo import make_repo, notebook
+from tests.support.sandbox import podman_run
 
 REPO = Path(__file__).resolve().parents[3]
 

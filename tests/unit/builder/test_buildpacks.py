@@ -45,8 +45,8 @@ def env_lines(pack: BinderyBuildPack, generated: list[str] | None = None) -> lis
     return pack.render_env(BUILD_ARGS, generated or []).splitlines()
 
 
-def content_lines(pack: BinderyBuildPack) -> list[str]:
-    return pack.render_content(BUILD_ARGS, "reg/env:key").splitlines()
+def content_lines(pack: BinderyBuildPack, repo_url: str = "https://example.org/r") -> list[str]:
+    return pack.render_content(BUILD_ARGS, "reg/env:key", repo_url).splitlines()
 
 
 def installs_in(lines: list[str]) -> list[str]:
@@ -75,7 +75,7 @@ def test_requirements_install_in_the_environment_and_the_repository_comes_after(
     assert env[install].endswith('uv pip install --requirement "requirements.txt"')
     # As jovyan, with the uv cache as a cache mount and the CA and index as secrets.
     assert env[install - 1] == "USER ${NB_USER}"
-    assert "--mount=type=cache,target=/home/jovyan/.cache/uv,uid=1000" in env[install]
+    assert "--mount=type=cache,id=@ENV_CACHE_ID@,target=/home/jovyan/.cache/uv" in env[install]
     assert "--mount=type=secret,id=pipindex" in env[install]
     content = content_lines(pack)
     assert content[0] == "FROM reg/env:key"
@@ -295,3 +295,26 @@ def test_label_values_cannot_break_out_of_the_dockerfile(repo: Path) -> None:
     assert (
         label == 'LABEL repo2docker.repo="https://example.org/x\\" RUN touch /pwned \\$HOME \\\\"'
     )
+
+
+def test_no_step_mounts_the_uv_cache_of_another_repository_or_environment(repo: Path) -> None:
+    """A build that plants code in its uv cache must not change what others install: the
+    repository's own scripts get caches of their own, the shared steps none."""
+    write(repo, {"requirements.txt": "pyfiglet\n", "postBuild": "#!/bin/sh\necho hi\n"})
+    pack = picked()
+
+    def cache_ids(lines: list[str]) -> set[str]:
+        return {
+            word.split("id=")[1].split(",")[0]
+            for line in lines
+            for word in line.split()
+            if word.startswith("--mount=type=cache")
+        }
+
+    first = cache_ids(content_lines(pack, "https://example.org/first"))
+    second = cache_ids(content_lines(pack, "https://example.org/second"))
+    assert len(first) == 1
+    assert next(iter(first)).startswith("uv-repo-")
+    assert first.isdisjoint(second)
+    # The environment's steps: its key's cache (named once the context is hashed) or none.
+    assert cache_ids(env_lines(pack)) == {"@ENV_CACHE_ID@"}

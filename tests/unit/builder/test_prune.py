@@ -3,6 +3,10 @@
 from collections.abc import Sequence
 
 from bindery.builder.prune import Kind, LocalImage, PrunePolicy, Pruner, choose
+from bindery.builder.sandbox import Sandbox
+
+# Its lock only (no such user is needed): builds and passes of this test alone.
+SANDBOX = Sandbox("bindery-test-prune", lock_name="bindery-test-prune-unit")
 
 NOW = 1_800_000_000.0
 HOUR = 3600.0
@@ -121,8 +125,27 @@ async def test_a_pass_removes_by_name_and_counts_what_podman_refused() -> None:
     async def listing() -> list[LocalImage]:
         return images
 
-    result = await Pruner(POLICY, run=podman, list_images=listing, clock=lambda: NOW).prune()
+    result = await Pruner(
+        POLICY, SANDBOX, run=podman, list_images=listing, clock=lambda: NOW
+    ).prune()
 
     assert podman.removed == [(f"{PREFIX}repo-a:1", f"{PREFIX}repo-a:latest"), ("dangling",)]
     assert result.removed == {Kind.DANGLING: 1, Kind.COMMIT: 1, Kind.ENV: 0}
     assert result.failed == 1
+
+
+async def test_no_pass_runs_beside_a_build() -> None:
+    """A build checks that its environment image is present, then uses it: a pass in between
+    would remove it under the build. The pass is skipped and nothing is removed."""
+    podman = FakePodman(refuse=set())
+
+    async def listing() -> list[LocalImage]:
+        return [image("dangling")]
+
+    pruner = Pruner(POLICY, SANDBOX, run=podman, list_images=listing, clock=lambda: NOW)
+    async with SANDBOX.building():
+        skipped = await pruner.prune()
+    assert podman.removed == []
+    assert sum(skipped.removed.values()) == 0
+    await pruner.prune()
+    assert podman.removed == [("dangling",)]

@@ -7,25 +7,37 @@ import os
 import subprocess
 
 from bindery import service
+from bindery.builder import cgroups
 from bindery.builder.baseimage import base_image_name
 from bindery.builder.build import BuildOptions
 from bindery.builder.builds import Builder
 from bindery.builder.handlers import subscribe
 from bindery.builder.prune import PrunePolicy, Pruner
+from bindery.builder.sandbox import Sandbox
 from bindery.builder.settings import BuilderSettings
 from bindery.bus import Bus
 
 
-def build_options(settings: BuilderSettings) -> BuildOptions:
+def build_options(settings: BuilderSettings, sandbox: Sandbox) -> BuildOptions:
     base_image = settings.base_image or base_image_name()
-    # Fail at start, not at every launch: without it each build fails on its FROM line.
-    if subprocess.run(["podman", "image", "exists", base_image], check=False).returncode != 0:
-        raise SystemExit(f"base image {base_image} is missing: run scripts/base-image.sh")
+    # Fail at start, not at every launch: without it each build fails on its FROM line. Run
+    # first from here, outside any build's cgroup, podman also starts the sandbox's pause
+    # process (which holds its user namespace) where no build's end will kill it.
+    exists = subprocess.run(sandbox.podman("image", "exists", base_image), check=False)
+    if exists.returncode != 0:
+        raise SystemExit(
+            f"base image {base_image} is missing from the build sandbox's image store: "
+            "run scripts/base-image.sh"
+        )
     return BuildOptions(
         timeout=settings.build_timeout,
         base_image=base_image,
         ca_bundle=settings.ca_bundle if os.path.isfile(settings.ca_bundle) else "",
         memory_limit=settings.build_memory_limit,
+        pids_limit=settings.build_pids_limit,
+        min_free_disk=settings.build_min_free_disk,
+        sandbox_user=sandbox.user,
+        cgroup_prefix=f"{settings.replica_name()}-",
         push_tls_verify=settings.registry_scheme == "https",
         allowed_schemes=settings.allowed_schemes(),
         index_url=settings.index_url,
@@ -54,8 +66,12 @@ def prune_policy(settings: BuilderSettings, options: BuildOptions) -> PrunePolic
 
 def main() -> None:
     settings = BuilderSettings()
-    options = build_options(settings)
-    pruner = Pruner(prune_policy(settings, options))
+    sandbox = Sandbox(settings.build_user)
+    sandbox.prepare()
+    options = build_options(settings, sandbox)
+    # The builds of this replica's killed predecessor, if any: their steps may still run.
+    cgroups.remove_stale(options.cgroup_prefix)
+    pruner = Pruner(prune_policy(settings, options), sandbox)
     background: set[asyncio.Task[None]] = set()
 
     async def start(bus: Bus) -> None:

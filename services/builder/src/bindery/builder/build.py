@@ -4,12 +4,15 @@ In: a BuildRequest (provider, repository URL, commit or record version, image na
 BuildOptions (the host's setup, the data-repository providers' hosts included).
 Out: every log line to an async callback as it comes, then a BuildResult with a failure reason
 code when it failed: ``timeout``, ``oom``, ``step_failed`` (naming the step), ``too_large`` (the
-repository or the log over its limit), ``clone_failed``, ``push_failed``, ``invalid_request`` or
+repository, the log or the disk over its limit), ``clone_failed``, ``push_failed``,
+``invalid_request``, ``disk_full`` (the sandbox's disk below its floor: no build started) or
 ``internal_error``.
 
-The subprocess leads its own process group; a timeout or a cancelled build (the service stopping)
-ends it, the processes of its build containers and anything else it started, and leaves podman's
-storage without stray build containers.
+The subprocess leads its own process group and runs in a cgroup of its own (its memory and
+process limits; bindery.builder.cgroups), with its temporary files on the build sandbox's disk.
+A timeout or a cancelled build (the service stopping) ends it, the processes of its build
+containers and anything else it started, and leaves podman's storage without stray build
+containers.
 """
 
 import asyncio
@@ -18,6 +21,8 @@ import ctypes
 import json
 import os
 import re
+import secrets
+import shutil
 import signal
 import sys
 import time
@@ -27,6 +32,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from bindery.builder.cgroups import BuildCgroup
+from bindery.builder.sandbox import DEFAULT_USER, Sandbox
 from bindery.builder.sources import ProviderHosts
 
 
@@ -38,6 +45,7 @@ class FailureReason(StrEnum):
     CLONE_FAILED = "clone_failed"
     PUSH_FAILED = "push_failed"
     INVALID_REQUEST = "invalid_request"
+    DISK_FULL = "disk_full"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -59,6 +67,14 @@ class BuildOptions:
     base_image: str = ""
     ca_bundle: str = ""
     memory_limit: int = 0
+    """Bytes for the whole build (its cgroup, swap included); 0 for none."""
+    pids_limit: int = 0
+    """Processes and threads for the whole build; 0 for none."""
+    min_free_disk: int = 0
+    """Below this many free bytes on the sandbox's disk, no build starts."""
+    sandbox_user: str = DEFAULT_USER
+    cgroup_prefix: str = "build-"
+    """Names this replica's build cgroups (``<prefix><12 hex digits>``)."""
     push_tls_verify: bool = False
     allowed_schemes: tuple[str, ...] = ("https", "http", "git", "ssh")
     index_url: str = ""
@@ -105,6 +121,8 @@ TAIL_LINES = 20
 LINE_LIMIT = 1 << 20
 # What a step killed by the kernel's OOM killer (SIGKILL, 128+9) leaves in podman's output.
 OOM_PATTERN = re.compile(r"exit status 137|exit code:? 137|signal: killed|(^|\s)Killed\s*$")
+# What a build out of room on the sandbox's disk leaves in podman's or a tool's output.
+NO_SPACE_PATTERN = re.compile(r"no space left on device|ENOSPC|Disk quota exceeded", re.I)
 # podman's announcement of each Dockerfile step: the last one seen before a failure is the step
 # that failed.
 STEP_PATTERN = re.compile(r"^STEP \d+/\d+: ")
@@ -122,7 +140,7 @@ def command(request: BuildRequest, options: BuildOptions) -> list[str]:
         f"--repo={request.repo_url}",
         f"--ref={request.ref}",
         f"--image={request.image}",
-        f"--memory-limit={options.memory_limit}",
+        f"--sandbox-user={options.sandbox_user}",
         f"--max-repo-bytes={options.max_repo_bytes}",
     ]
     cmd += [f"--allow-scheme={scheme}" for scheme in options.allowed_schemes]
@@ -176,15 +194,35 @@ def classify_failure(
     tail: Sequence[str],
     step: str = "",
     log_too_large: bool = False,
+    oom_killed: bool = False,
+    pids_limit_hit: int = 0,
 ) -> tuple[FailureReason, str]:
-    """Why a build that did not succeed failed, and what to tell the user."""
+    """Why a build that did not succeed failed, and what to tell the user.
+
+    ``oom_killed``: the build's cgroup saw the OOM killer; ``pids_limit_hit``: its process
+    limit, when a fork was refused at it (0 otherwise)."""
     if timed_out:
         return FailureReason.TIMEOUT, "The build took too long and was stopped."
     if log_too_large:
         return FailureReason.TOO_LARGE, "The build wrote more log than allowed and was stopped."
-    # build_one itself killed (the OOM killer), or a build step killed inside podman.
-    if returncode in (137, -signal.SIGKILL) or any(OOM_PATTERN.search(line) for line in tail):
+    # The cgroup's count, build_one itself killed, or a build step killed inside podman.
+    if (
+        oom_killed
+        or returncode in (137, -signal.SIGKILL)
+        or any(OOM_PATTERN.search(line) for line in tail)
+    ):
         return FailureReason.OOM, "The build ran out of memory.\n" + "\n".join(tail)
+    if any(NO_SPACE_PATTERN.search(line) for line in tail):
+        return FailureReason.TOO_LARGE, (
+            "The build ran out of disk space: the image is larger than this Bindery's build "
+            "disk allows.\n" + "\n".join(tail)
+        )
+    if pids_limit_hit:
+        failed = f"The build step {step!r} failed" if step else "The build failed"
+        return FailureReason.STEP_FAILED, (
+            f"{failed}: it started more than {pids_limit_hit} processes at once, this "
+            "Bindery's limit per build.\nLast lines of its log:\n" + "\n".join(tail)
+        )
     if final is not None and final.get("phase") == "failed":
         try:
             reason = FailureReason(str(final.get("reason")))
@@ -201,6 +239,63 @@ def classify_failure(
 async def run_build(request: BuildRequest, on_line: OnLine, options: BuildOptions) -> BuildResult:
     """Build (and push) ``request.image``, passing each log line to ``on_line`` as it comes."""
     started = time.monotonic()
+    sandbox = Sandbox(options.sandbox_user)
+    sandbox.prepare()
+    free = shutil.disk_usage(sandbox.tmp).free
+    if free < options.min_free_disk:
+        return BuildResult(
+            request.image,
+            FailureReason.DISK_FULL,
+            f"This Bindery's build disk has {free / 2**30:.1f} GiB free, below its floor of "
+            f"{options.min_free_disk / 2**30:.1f} GiB, so it starts no build until old images "
+            "are pruned. Please try again later.",
+            0.0,
+        )
+    cgroup = BuildCgroup(
+        options.cgroup_prefix + secrets.token_hex(6), options.memory_limit, options.pids_limit
+    )
+    cgroup.create()
+    try:
+        async with sandbox.building():
+            outcome = await _run(request, on_line, options, sandbox, cgroup)
+    finally:
+        oom_killed, refused_forks = cgroup.oom_kills > 0, cgroup.refused_forks
+        await asyncio.to_thread(cgroup.remove)
+    timed_out, log_too_large, returncode, final, tail, step = outcome
+    seconds = time.monotonic() - started
+    succeeded = not timed_out and not log_too_large and returncode == 0
+    if succeeded and final is not None and final["phase"] == "built":
+        return BuildResult(request.image, None, str(final.get("message", "")), seconds)
+    reason, message = classify_failure(
+        timed_out=timed_out,
+        returncode=returncode,
+        final=final,
+        tail=tail,
+        step=step,
+        log_too_large=log_too_large,
+        oom_killed=oom_killed,
+        pids_limit_hit=options.pids_limit if refused_forks else 0,
+    )
+    return BuildResult(request.image, reason, message, seconds)
+
+
+_Outcome = tuple[bool, bool, int | None, dict[str, Any] | None, tuple[str, ...], str]
+
+
+async def _run(
+    request: BuildRequest,
+    on_line: OnLine,
+    options: BuildOptions,
+    sandbox: Sandbox,
+    cgroup: BuildCgroup,
+) -> _Outcome:
+    """Run build_one in ``cgroup``, relaying its lines: (timed out, log too large, exit status,
+    final record, last lines, last step)."""
+
+    def in_cgroup() -> None:
+        cgroup.join()
+        _end_with_parent()
+
     proc = await asyncio.create_subprocess_exec(
         *command(request, options),
         stdin=asyncio.subprocess.DEVNULL,
@@ -208,7 +303,9 @@ async def run_build(request: BuildRequest, on_line: OnLine, options: BuildOption
         stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,
         limit=LINE_LIMIT,
-        preexec_fn=_end_with_parent,
+        preexec_fn=in_cgroup,
+        # Checkouts and contexts on the sandbox's disk, where they are handed to its user.
+        env={**os.environ, "TMPDIR": str(sandbox.tmp)},
     )
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     final: dict[str, Any] | None = None
@@ -247,21 +344,8 @@ async def run_build(request: BuildRequest, on_line: OnLine, options: BuildOption
         timed_out = True
     finally:
         # On timeout, and on cancellation (the service stopping), the build must not live on.
-        await _stop(proc, options.kill_grace)
-
-    seconds = time.monotonic() - started
-    succeeded = not timed_out and not log_too_large and proc.returncode == 0
-    if succeeded and final is not None and final["phase"] == "built":
-        return BuildResult(request.image, None, str(final.get("message", "")), seconds)
-    reason, message = classify_failure(
-        timed_out=timed_out,
-        returncode=proc.returncode,
-        final=final,
-        tail=tuple(tail),
-        step=step,
-        log_too_large=log_too_large,
-    )
-    return BuildResult(request.image, reason, message, seconds)
+        await _stop(proc, cgroup, options.kill_grace)
+    return timed_out, log_too_large, proc.returncode, final, tuple(tail), step
 
 
 # prctl(2) option: a signal for this process when its parent dies.
@@ -275,7 +359,7 @@ def _end_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-async def _stop(proc: asyncio.subprocess.Process, grace: float) -> None:
+async def _stop(proc: asyncio.subprocess.Process, cgroup: BuildCgroup, grace: float) -> None:
     """End the build and everything it started, leaving podman's storage clean.
 
     A signal to podman leaves its build containers behind and the step's processes running (they
@@ -290,7 +374,7 @@ async def _stop(proc: asyncio.subprocess.Process, grace: float) -> None:
         deadline = time.monotonic() + grace
         # Again and again: podman may start the next step's container in the meantime.
         while proc.returncode is None and time.monotonic() < deadline:
-            for pid in _step_processes(proc.pid):
+            for pid in _step_processes(proc.pid, cgroup):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(TimeoutError):
@@ -300,30 +384,11 @@ async def _stop(proc: asyncio.subprocess.Process, grace: float) -> None:
     await proc.wait()
 
 
-def _step_processes(root: int) -> list[int]:
-    """Descendants of ``root`` outside its process group: the processes of build containers."""
-    parents: dict[int, int] = {}
-    groups: dict[int, int] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue  # gone meanwhile
-        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
-        fields = stat[stat.rindex(")") + 2 :].split()
-        parents[int(entry.name)] = int(fields[1])
-        groups[int(entry.name)] = int(fields[2])
-    children: dict[int, list[int]] = {}
-    for pid, parent in parents.items():
-        children.setdefault(parent, []).append(pid)
+def _step_processes(root: int, cgroup: BuildCgroup) -> list[int]:
+    """The build's processes outside build_one's process group: those of build containers."""
     found = []
-    pending = list(children.get(root, []))
-    while pending:
-        pid = pending.pop()
-        if groups[pid] != groups.get(root, root):
-            found.append(pid)
-        pending += children.get(pid, [])
+    for pid in cgroup.processes():
+        with contextlib.suppress(ProcessLookupError):
+            if os.getpgid(pid) != root:
+                found.append(pid)
     return found

@@ -37,6 +37,7 @@ from bindery.builder.baseimage import base_image_name
 from bindery.builder.buildpacks import BUILDPACKS, DEFAULT_BUILDPACK, BuildContext
 from bindery.builder.cran import check_mirror_setting
 from bindery.builder.engine import PodmanEngine
+from bindery.builder.sandbox import DEFAULT_USER
 from bindery.builder.sources import DEFAULT_SCHEMES, ProviderHosts, Source, check_source
 
 # An image reference as the OCI distribution spec allows it, starting with no dash.
@@ -119,7 +120,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--push", action="store_true", help="push the image once built")
     parser.add_argument("--base-image", default="", help="default: bindery.builder.baseimage's")
     parser.add_argument("--ca-bundle", default="", help="CA bundle handed to the build")
-    parser.add_argument("--memory-limit", type=int, default=0, help="bytes per build step")
+    parser.add_argument(
+        "--sandbox-user", default=DEFAULT_USER, help="the unprivileged user podman runs as"
+    )
     parser.add_argument("--push-tls-verify", action="store_true")
     parser.add_argument("--index-url", default="", help="package index handed to the build")
     parser.add_argument("--conda-channel-alias", default="", help="empty: no conda channel")
@@ -179,7 +182,7 @@ def validate(args: argparse.Namespace) -> None:
 def make_app(args: argparse.Namespace) -> Repo2Docker:
     config = Config()
     config.PodmanEngine.ca_bundle = args.ca_bundle
-    config.PodmanEngine.memory_limit = args.memory_limit
+    config.PodmanEngine.sandbox_user = args.sandbox_user
     config.PodmanEngine.push_tls_verify = args.push_tls_verify
     config.PodmanEngine.index_url = args.index_url
     app = _Repo2Docker(config=config)
@@ -213,6 +216,7 @@ def make_app(args: argparse.Namespace) -> Repo2Docker:
             cran_mirror=args.cran_mirror,
             nix_channel=args.nix_channel,
             nix_substituters=tuple(args.nix_substituter),
+            repo_url=args.source.url,
         )
     }
     app.base_image = args.base_image or base_image_name()

@@ -96,6 +96,8 @@ class BuildContext:
     default.nix that asks for <nixpkgs> or the network fails at once."""
     nix_substituters: tuple[str, ...] = ()
     """The builder's checked nix_substituters: binary caches build steps substitute from."""
+    repo_url: str = ""
+    """The repository's URL: names its own uv cache (repository_cache_id)."""
 
 
 # Sourced by every build step: the CA bundle and package index the build was handed as secrets
@@ -112,14 +114,33 @@ fi
 BUILD_ENV_PATH = "/usr/local/lib/bindery/build-env.sh"
 
 # Every script step gets the build's CA bundle and package index (secrets, skipped silently when
-# the build has none) and uv's download cache (a cache mount shared by all builds on this host,
-# never in an image).
-RUN_PREFIX = (
+# the build has none). Steps that run the repository's own scripts also get a uv download cache
+# (a cache mount, never in an image) of their own: per environment key in the environment image,
+# per repository in the content image. No step ever mounts another repository's cache, so a
+# build that plants code in its cache changes only its own installs. The shared steps of a kind
+# (get_build_scripts, the same for every repository of it) mount none.
+SHARED_RUN_PREFIX = (
     "RUN --mount=type=secret,id=pipca,target=/run/secrets/pipca,mode=0444"
     " --mount=type=secret,id=pipindex,target=/run/secrets/pipindex,mode=0444"
-    " --mount=type=cache,target=/home/jovyan/.cache/uv,uid=1000,gid=1000"
     f" . {BUILD_ENV_PATH} &&"
 )
+# The environment's cache id is known only once its context (this Dockerfile included) is
+# hashed: the Dockerfile says this placeholder, and the written one the id.
+ENV_CACHE_ID = "@ENV_CACHE_ID@"
+
+
+def run_prefix(cache_id: str) -> str:
+    """RUN with the build's secrets and the uv cache ``cache_id``."""
+    return SHARED_RUN_PREFIX.replace(
+        " . ",
+        f" --mount=type=cache,id={cache_id},target=/home/jovyan/.cache/uv,uid=1000,gid=1000 . ",
+        1,
+    )
+
+
+def repository_cache_id(repo_url: str) -> str:
+    """The uv cache of one repository's content steps."""
+    return "uv-repo-" + hashlib.sha256(repo_url.encode()).hexdigest()[:32]
 
 
 def _quoted(value: object) -> str:
@@ -249,33 +270,37 @@ class BinderyBuildPack(BaseImage):  # type: ignore[misc]
             build_env=self.get_build_env(),
             # Independent of the repository, so podman's layer cache shares them between
             # repositories of the same kind: before anything of the repository is copied.
-            build=_directives(self.get_build_scripts()),
+            build=_directives(self.get_build_scripts(), prefix=SHARED_RUN_PREFIX),
             generated=generated,
             generated_dir=GENERATED_DIR,
             overlays=self.overlays(),
             files=self.get_preassemble_script_files(),
-            preassemble=_directives(self.get_preassemble_scripts()),
+            preassemble=_directives(
+                self.get_preassemble_scripts(), prefix=run_prefix(ENV_CACHE_ID)
+            ),
             env=self.get_env(),
         )
 
-    def render_content(self, build_args: dict[str, str], env_image: str) -> str:
+    def render_content(self, build_args: dict[str, str], env_image: str, repo_url: str) -> str:
+        prefix = run_prefix(repository_cache_id(repo_url))
         return CONTENT_TEMPLATE.render(
             env_image=env_image,
             uid=build_args.get("NB_UID", "1000"),
             # The environment image ends as the user: back to it after root's steps.
-            assemble=_directives(self.get_assemble_scripts(), start="${NB_USER}"),
+            assemble=_directives(self.get_assemble_scripts(), prefix, start="${NB_USER}"),
             labels=self.get_labels(),
             post_build_scripts=self.get_post_build_scripts(),
             start_script=self.get_start_script(),
             appendix=self.appendix,
-            run_prefix=RUN_PREFIX,
+            run_prefix=prefix,
         )
 
     def render(self, build_args: dict[str, str] | None = None) -> str:
         """Both Dockerfiles, for repo2docker's debug log (the environment's name is its key)."""
         build_args = build_args or {}
         env = self.render_env(build_args, sorted(self.generated_file_names()))
-        return env + "\n" + self.render_content(build_args, "<environment image>")
+        content = self.render_content(build_args, "<environment image>", "<repository>")
+        return env + "\n" + content
 
     def generated_file_names(self) -> list[str]:
         return []
@@ -294,14 +319,18 @@ class BinderyBuildPack(BaseImage):  # type: ignore[misc]
         context: BuildContext = extra_build_kwargs.get("bindery") or BuildContext()
         self.configure(context)
         self.check()
-        limits = {"memory": memory_limit, "memswap": memory_limit} if memory_limit else {}
         volumes = self.volumes(context)
         with tempfile.TemporaryDirectory(prefix="bindery-env-") as scratch:
             generated = self.generated_files(context)
             yield from (note + "\n" for note in self.notes())
             env_dir = Path(scratch, "env")
             self._write_env_context(env_dir, build_args, generated)
-            env_image = f"{context.env_repository}:{context_digest(env_dir)}"
+            env_key = context_digest(env_dir)
+            env_image = f"{context.env_repository}:{env_key}"
+            env_dockerfile = env_dir / "Dockerfile"
+            env_dockerfile.write_text(
+                env_dockerfile.read_text().replace(ENV_CACHE_ID, f"uv-env-{env_key}")
+            )
             if client.inspect_image(env_image) is not None:
                 yield f"Environment {env_image} exists: adding the repository only\n"
             elif context.push_env and client.pull(env_image):
@@ -313,20 +342,18 @@ class BinderyBuildPack(BaseImage):  # type: ignore[misc]
                     path=str(env_dir),
                     tag=env_image,
                     buildargs=build_args,
-                    container_limits=limits,
                     platform=platform,
                     volumes=volumes,
                 )
                 if context.push_env:
                     yield from client.push(env_image)
             dockerfile = Path(scratch, "Dockerfile.content")
-            dockerfile.write_text(self.render_content(build_args, env_image))
+            dockerfile.write_text(self.render_content(build_args, env_image, context.repo_url))
             yield from client.build(
                 path=os.getcwd(),
                 dockerfile=str(dockerfile),
                 tag=image_spec,
                 buildargs=build_args,
-                container_limits=limits,
                 platform=platform,
                 volumes=volumes,
             )
@@ -1070,9 +1097,9 @@ def _same_version(version: str, available: str) -> bool:
     return wanted[: len(have)] == have[: len(wanted)]
 
 
-def _directives(scripts: list[tuple[str, str]], start: str = "root") -> list[str]:
-    """Dockerfile lines for (user, script) pairs: USER when it changes, RUN with the mounts;
-    the user is ``start`` before and after them."""
+def _directives(scripts: list[tuple[str, str]], prefix: str, start: str = "root") -> list[str]:
+    """Dockerfile lines for (user, script) pairs: USER when it changes, RUN ``prefix`` (the
+    mounts); the user is ``start`` before and after them."""
     directives = []
     current_user = start
     for user, script in [*scripts, (start, "")]:
@@ -1080,5 +1107,5 @@ def _directives(scripts: list[tuple[str, str]], start: str = "root") -> list[str
             directives.append(f"USER {user}")
             current_user = user
         if script:
-            directives.append(f"{RUN_PREFIX} {textwrap.dedent(script.strip(chr(10)))}")
+            directives.append(f"{prefix} {textwrap.dedent(script.strip(chr(10)))}")
     return directives

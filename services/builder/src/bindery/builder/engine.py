@@ -1,7 +1,13 @@
 """repo2docker's container engine for podman: ``podman build`` and ``podman push``.
 
-In: repo2docker's calls (``build`` with the build context as a tar file object, ``inspect_image``).
-Out: the lines podman prints, as repo2docker's log; images in podman's local store and the registry.
+In: repo2docker's calls (``build`` with the build context as a tar file object or a directory,
+``inspect_image``).
+Out: the lines podman prints, as repo2docker's log; images in the build sandbox's image store and
+the registry.
+
+Every podman command runs in the build sandbox (bindery.builder.sandbox): rootless, as an
+unprivileged user, which is handed the build context and nothing else of the host. Pushes and
+pulls alone run where the sandbox's network rules let them reach the local registry.
 
 repo2docker's own docker engine needs ``docker buildx``, which podman lacks, and the published
 repo2podman plugin does not match repo2docker 2026.4.0's engine API; hence this plugin, registered
@@ -13,12 +19,14 @@ import subprocess
 import tarfile
 import tempfile
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from repo2docker.engine import BuildError, ContainerEngine, Image, ImageLoadError
-from traitlets import Bool, Int, Unicode
+from traitlets import Bool, Unicode
+
+from bindery.builder.sandbox import DEFAULT_USER, Sandbox, join_registry_cgroup
 
 # How many trailing output lines an error carries: enough to show the failing step.
 ERROR_TAIL_LINES = 20
@@ -45,12 +53,13 @@ class PodmanEngine(ContainerEngine):  # type: ignore[misc]
         help="Verify the registry's TLS certificate on push. Off by default because the local "
         "registry speaks plain HTTP on loopback.",
     )
-    memory_limit = Int(
-        0,
-        config=True,
-        help="Memory limit in bytes for each build step's container; 0 for none. A step over it "
-        "is killed, which the build runner reports as 'oom'.",
+    sandbox_user = Unicode(
+        DEFAULT_USER, config=True, help="The unprivileged host user podman runs as."
     )
+
+    @property
+    def sandbox(self) -> Sandbox:
+        return Sandbox(self.sandbox_user)
 
     def build(
         self,
@@ -74,8 +83,12 @@ class PodmanEngine(ContainerEngine):  # type: ignore[misc]
 
         ``load`` needs nothing: podman builds straight into its local store. ``volumes``
         (``SRC:DST[:OPTIONS]``) are mounted into every RUN step and committed to no layer.
+        ``container_limits`` are left to the build's cgroup (bindery.builder.cgroups): rootless
+        podman ignores them here. A directory context and the Dockerfile are handed to the
+        sandbox user where they are (build_one keeps its temporary files on the sandbox's disk).
         """
-        with tempfile.TemporaryDirectory(prefix="bindery-context-") as scratch:
+        sandbox = self.sandbox
+        with tempfile.TemporaryDirectory(prefix="bindery-context-", dir=sandbox.tmp) as scratch:
             index_secret = Path(scratch, "pipindex")
             if fileobj is not None:
                 context = Path(scratch, "context")
@@ -84,9 +97,11 @@ class PodmanEngine(ContainerEngine):  # type: ignore[misc]
                     tar.extractall(context, filter=_skip_unsafe_members)  # noqa: S202 -- filtered
             else:
                 context = Path(path)
+                sandbox.hand_over(context)
 
-            cmd = ["podman", "build", "--layers", f"--tag={tag}"]
+            cmd = ["build", "--layers", f"--tag={tag}"]
             if dockerfile:
+                sandbox.hand_over(context / dockerfile)
                 cmd.append(f"--file={context / dockerfile}")
             if self.ca_bundle:
                 cmd.append(f"--secret=id=pipca,src={self.ca_bundle}")
@@ -98,32 +113,40 @@ class PodmanEngine(ContainerEngine):  # type: ignore[misc]
                 cmd.append(f"--platform={platform}")
             cmd += [f"--cache-from={image}" for image in cache_from or []]
             cmd += [f"--volume={volume}" for volume in volumes]
-            cmd += _limit_options(container_limits or {}, self.memory_limit)
             cmd += [f"--build-arg={k}={v}" for k, v in (buildargs or {}).items()]
             cmd += [f"--label={k}={v}" for k, v in (labels or {}).items()]
             cmd.append(str(context))
-            yield from _stream(cmd, BuildError, f"Building {tag} failed")
+            sandbox.hand_over(Path(scratch))
+            yield from _stream(sandbox.podman(*cmd), BuildError, f"Building {tag} failed")
 
         if push:
             yield from self.push(tag)
 
     def push(self, image: str) -> Iterator[str]:
         """Push ``image`` to the registry its name points at."""
-        cmd = ["podman", "push", f"--tls-verify={str(self.push_tls_verify).lower()}", image]
-        yield from _stream(cmd, ImageLoadError, f"Pushing {image} failed")
+        cmd = self.sandbox.podman(
+            "push", f"--tls-verify={str(self.push_tls_verify).lower()}", image
+        )
+        yield from _stream(cmd, ImageLoadError, f"Pushing {image} failed", join_registry_cgroup)
 
     def pull(self, image: str) -> bool:
         """Pull ``image`` from its registry; False when it is not there (or unreachable)."""
-        cmd = ["podman", "pull", "--quiet", f"--tls-verify={str(self.push_tls_verify).lower()}"]
-        return subprocess.run([*cmd, image], capture_output=True, check=False).returncode == 0
+        cmd = self.sandbox.podman(
+            "pull", "--quiet", f"--tls-verify={str(self.push_tls_verify).lower()}", image
+        )
+        pulled = subprocess.run(
+            cmd, capture_output=True, check=False, preexec_fn=join_registry_cgroup
+        )
+        return pulled.returncode == 0
 
     def inspect_image(self, image: str) -> Image | None:
         """The image's tags and config, or None when podman's local store lacks it."""
-        exists = subprocess.run(["podman", "image", "exists", image], check=False)
+        podman = self.sandbox.podman
+        exists = subprocess.run(podman("image", "exists", image), check=False)
         if exists.returncode == 1:
             return None
         found = subprocess.run(
-            ["podman", "image", "inspect", image], capture_output=True, text=True, check=True
+            podman("image", "inspect", image), capture_output=True, text=True, check=True
         )
         info = json.loads(found.stdout)[0]
         return Image(tags=info.get("RepoTags") or [], config=info.get("Config") or {})
@@ -141,28 +164,24 @@ def _skip_unsafe_members(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo 
         return None
 
 
-def _limit_options(limits: Mapping[str, int], memory_limit: int) -> list[str]:
-    """podman options for repo2docker's container_limits, our own memory limit as the default."""
-    memory = limits.get("memory", memory_limit)
-    options = []
-    if memory:
-        # Same value for memory+swap as for memory: a build over its limit is killed, not swapped.
-        options += [f"--memory={memory}", f"--memory-swap={limits.get('memswap', memory)}"]
-    if "cpushares" in limits:
-        options.append(f"--cpu-shares={limits['cpushares']}")
-    if "cpusetcpus" in limits:
-        options.append(f"--cpuset-cpus={limits['cpusetcpus']}")
-    return options
-
-
-def _stream(cmd: list[str], error: type[Exception], summary: str) -> Iterator[str]:
+def _stream(
+    cmd: list[str],
+    error: type[Exception],
+    summary: str,
+    preexec_fn: Callable[[], None] | None = None,
+) -> Iterator[str]:
     """Yield the command's merged output line by line; raise ``error`` if it fails.
 
     The error message ends with the last lines of output, where the failing step shows.
     """
     tail: deque[str] = deque(maxlen=ERROR_TAIL_LINES)
     with subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        preexec_fn=preexec_fn,
     ) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:

@@ -30,6 +30,7 @@ from enum import StrEnum
 import structlog
 
 from bindery.builder import metrics
+from bindery.builder.sandbox import Sandbox
 
 log = structlog.get_logger("bindery.builder")
 
@@ -119,20 +120,24 @@ def choose(
 Run = Callable[[Sequence[str]], Awaitable[tuple[int, str]]]
 
 
-async def podman(args: Sequence[str]) -> tuple[int, str]:
-    """Run ``podman <args>``: its exit status and its output (stderr when it failed)."""
-    proc = await asyncio.create_subprocess_exec(
-        "podman",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    code = proc.returncode or 0
-    return code, (out if code == 0 else err).decode(errors="replace")
+def sandboxed(sandbox: Sandbox) -> Run:
+    """A Run of podman in the build sandbox, whose image store builds fill."""
+
+    async def podman(args: Sequence[str]) -> tuple[int, str]:
+        """``podman <args>``: its exit status and its output (stderr when it failed)."""
+        proc = await asyncio.create_subprocess_exec(
+            *sandbox.podman(*args),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+        code = proc.returncode or 0
+        return code, (out if code == 0 else err).decode(errors="replace")
+
+    return podman
 
 
-async def local_images(run: Run = podman) -> list[LocalImage]:
+async def local_images(run: Run) -> list[LocalImage]:
     # Without --all: intermediate layers (untagged, with children) go with the image above them.
     code, out = await run(["images", "--format", "json"])
     if code != 0:
@@ -150,7 +155,7 @@ async def local_images(run: Run = podman) -> list[LocalImage]:
     ]
 
 
-async def storage_root(run: Run = podman) -> str:
+async def storage_root(run: Run) -> str:
     code, out = await run(["info", "--format", "{{.Store.GraphRoot}}"])
     return out.strip() if code == 0 else ""
 
@@ -159,36 +164,46 @@ class Pruner:
     def __init__(
         self,
         policy: PrunePolicy,
+        sandbox: Sandbox,
         *,
-        run: Run = podman,
+        run: Run | None = None,
         list_images: Callable[[], Awaitable[list[LocalImage]]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._policy = policy
-        self._run = run
+        self._sandbox = sandbox
+        self._run = run = run or sandboxed(sandbox)
         self._list = list_images or (lambda: local_images(run))
         self._clock = clock
         self._lock = asyncio.Lock()
 
     async def prune(self) -> PruneResult:
-        """One pass of the policy; passes never overlap."""
+        """One pass of the policy; passes never overlap, and none runs beside a build (it
+        would remove what the build has just found present); then the pass is skipped."""
         async with self._lock:
-            root = await storage_root(self._run)
-            used_before = _disk_used(root)
-            removed = dict.fromkeys(Kind, 0)
-            failed = 0
-            for image, kind in choose(await self._list(), self._policy, self._clock()):
-                # By name, so an image never loses a name the listing did not show; a dangling
-                # one has only its id.
-                code, out = await self._run(["rmi", *(image.names or (image.id,))])
-                if code == 0:
-                    removed[kind] += 1
-                else:
-                    failed += 1
-                    log.info("build.prune_skipped", image=image.id[:12], error=out.strip()[-300:])
-            # What the disk got back, not the images' sizes: most of each image's size is layers
-            # it shares with the base image and the images kept.
-            freed = max(0, used_before - _disk_used(root))
+            with self._sandbox.pruning() as alone:
+                if not alone:
+                    log.info("build.prune_skipped_builds_running")
+                    return PruneResult(dict.fromkeys(Kind, 0), 0, 0)
+                return await self._prune()
+
+    async def _prune(self) -> PruneResult:
+        root = await storage_root(self._run)
+        used_before = _disk_used(root)
+        removed = dict.fromkeys(Kind, 0)
+        failed = 0
+        for image, kind in choose(await self._list(), self._policy, self._clock()):
+            # By name, so an image never loses a name the listing did not show; a dangling
+            # one has only its id.
+            code, out = await self._run(["rmi", *(image.names or (image.id,))])
+            if code == 0:
+                removed[kind] += 1
+            else:
+                failed += 1
+                log.info("build.prune_skipped", image=image.id[:12], error=out.strip()[-300:])
+        # What the disk got back, not the images' sizes: most of each image's size is layers
+        # it shares with the base image and the images kept.
+        freed = max(0, used_before - _disk_used(root))
         result = PruneResult(removed, freed, failed)
         metrics.observe_prune(result.removed.items(), result.bytes_freed)
         log.info(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field
 
@@ -13,6 +14,20 @@ from bindery.builder.sources import ProviderHosts
 from bindery.settings import CommonSettings, Profile
 
 _PUBLIC = ProviderHosts()
+
+
+def check_index_url(url: str) -> str:
+    """A package index URL holds no credentials: repository code in build steps can read it."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        raise ValueError(
+            "BINDERY_INDEX_URL must not hold credentials: repository code run by builds "
+            "(postBuild, setup.py) can read the index URL of its own step"
+        )
+    if url and parts.scheme not in ("https", "http"):
+        raise ValueError(f"BINDERY_INDEX_URL must be an http(s) URL, not {url!r}")
+    return url
+
 
 GiB = 1024**3
 
@@ -36,17 +51,34 @@ class BuilderSettings(CommonSettings):
     broker's consumer_timeout, so a build never loses its delivery."""
 
     build_memory_limit: int = 4 * GiB
-    """Per build step. Above it the step is killed and the launch fails with reason 'oom';
-    two builds at this limit leave most of a 24 GiB machine to the sessions."""
+    """Per build, all its steps and tools together (its cgroup; swap not allowed). Above it the
+    build is killed and the launch fails with reason 'oom'; two builds at this limit leave most
+    of a 24 GiB machine to the sessions."""
+
+    build_pids_limit: int = Field(default=4096, ge=0)
+    """Processes and threads per build (its cgroup): a fork bomb in a postBuild fails its own
+    build instead of the host. Compilers with parallel jobs use a few hundred; 0 for none."""
+
+    build_min_free_disk: int = Field(default=10 * GiB, ge=0)
+    """No build starts while the build sandbox's disk (scripts/install.sh: BINDERY_BUILD_DISK)
+    has less free space than this: the launch fails at once with reason 'no_capacity' instead
+    of a build failing halfway. Ten GiB: the largest mybinder.org images are a few GiB, built
+    in layers that need about twice that while they are committed."""
+
+    build_user: str = "bindery-build"
+    """The unprivileged host user builds run as (rootless podman, its own image store and
+    disk); scripts/install.sh creates it. Never root: a Dockerfile could then reach the host."""
 
     ca_bundle: str = "/etc/ssl/certs/ca-certificates.crt"
     """Handed to every build as a secret (never stored in an image), so pip, uv and git inside
     builds trust what the host trusts: TLS-intercepting proxies, private package indexes. Empty,
     or a path that does not exist, hands none."""
 
-    index_url: str = ""
+    index_url: Annotated[str, AfterValidator(check_index_url)] = ""
     """Package index (PEP 503 simple API) for pip and uv inside builds, e.g. a corporate mirror;
-    empty for PyPI. Handed to builds as a secret, since such URLs often hold credentials."""
+    empty for PyPI. Without credentials: build steps run repository code (postBuild, setup.py)
+    that can read the index its own step installs from, so a URL with a user or password is
+    refused (give a mirror that authenticates upstream itself)."""
 
     conda_channel_alias: str = ""
     """conda's channel_alias: where environment.yml's channels are, channel NAME being
