@@ -15,6 +15,7 @@ import pytest
 
 from bindery.builder.build import BuildOptions, BuildRequest, FailureReason, run_build
 from tests.integration.builder.conftest import Log
+from tests.support.canary import planted_canary
 from tests.support.gitrepo import commit, make_repo, notebook
 from tests.support.sandbox import podman_run, sandbox_podman
 
@@ -263,3 +264,35 @@ def _no_build_containers_left() -> Iterator[None]:
             break
     assert ps.returncode == 0, ps.stderr
     assert "bindery-base" not in ps.stdout
+
+
+async def test_a_fetch_in_the_sandbox_is_refused_the_host_at_connect_time(
+    options: BuildOptions, image_name: str
+) -> None:
+    """A repository host that resolves to loopback by build time (or redirects there) is
+    refused by the sandbox's network rules when the clone connects; the same clone as the
+    builder itself would have reached it."""
+    with planted_canary() as canary:
+        url = f"http://127.0.0.1:{canary.port}/someone/repo.git"
+        request = BuildRequest(url, "a" * 40, image_name, push=False)
+        direct = dataclasses.replace(options, allowed_schemes=("http",))
+        sandboxed = dataclasses.replace(direct, fetch_in_sandbox=True)
+
+        refused = await run_build(request, Log(), sandboxed)
+        assert refused.reason is FailureReason.CLONE_FAILED, refused.message
+        assert canary.hits == []
+
+        reached = await run_build(request, Log(), direct)
+        assert reached.reason is FailureReason.CLONE_FAILED, reached.message
+        assert canary.hits, "the control clone should have reached the canary"
+
+
+async def test_no_build_starts_below_the_free_disk_floor(
+    tmp_path: Path, options: BuildOptions, image_name: str
+) -> None:
+    repo = tmp_path / "repo"
+    sha = make_repo(repo, {"requirements.txt": "\n"})
+    floor = dataclasses.replace(options, min_free_disk=2**60)
+    result = await run_build(BuildRequest(f"file://{repo}", sha, image_name), Log(), floor)
+    assert result.reason is FailureReason.DISK_FULL
+    assert "free, below its floor" in result.message

@@ -17,6 +17,7 @@ from bindery.events import Event
 from bindery.runtimes import PodmanRuntime
 from bindery.scheduler.launch import LaunchOrder, Scheduler
 from bindery.scheduler.settings import SchedulerSettings
+from tests.support.sandbox import push, sandbox_podman
 from tests.support.stack import NODES, REPO, SLOT
 
 INSTANCE = f"bindery-it-sched-{SLOT}"
@@ -58,8 +59,9 @@ def session_image(two_nodes: list[str]) -> str:
         [str(REPO / "scripts/base-image.sh")], capture_output=True, text=True, check=True
     ).stdout.split()[-1]
     image = f"{IMAGE_REPOSITORY}:{base.rpartition(':')[2]}"
-    subprocess.run(["podman", "tag", base, image], check=True)
-    subprocess.run(["podman", "push", "--tls-verify=false", "-q", image], check=True)
+    # The base image is in the build sandbox's store, where builds push from.
+    subprocess.run(sandbox_podman("tag", base, image), check=True)
+    push(image)
     return image
 
 

@@ -16,6 +16,7 @@ from bindery.builder.prune import PrunePolicy, Pruner
 from bindery.builder.sandbox import Sandbox
 from bindery.builder.settings import BuilderSettings
 from bindery.bus import Bus
+from bindery.settings import Profile
 
 
 def build_options(settings: BuilderSettings, sandbox: Sandbox) -> BuildOptions:
@@ -37,6 +38,9 @@ def build_options(settings: BuilderSettings, sandbox: Sandbox) -> BuildOptions:
         pids_limit=settings.build_pids_limit,
         min_free_disk=settings.build_min_free_disk,
         sandbox_user=sandbox.user,
+        # Locally, file:// repositories are any path the builder may read; elsewhere every
+        # fetch is the sandbox's, under its network rules.
+        fetch_in_sandbox=settings.profile is not Profile.LOCAL,
         cgroup_prefix=f"{settings.replica_name()}-",
         push_tls_verify=settings.registry_scheme == "https",
         allowed_schemes=settings.allowed_schemes(),

@@ -73,6 +73,10 @@ class BuildOptions:
     min_free_disk: int = 0
     """Below this many free bytes on the sandbox's disk, no build starts."""
     sandbox_user: str = DEFAULT_USER
+    fetch_in_sandbox: bool = False
+    """Clone and download as the sandbox user, whose connections the network rules check
+    (production); else as the builder, which may read local paths (file:// in the local
+    profile)."""
     cgroup_prefix: str = "build-"
     """Names this replica's build cgroups (``<prefix><12 hex digits>``)."""
     push_tls_verify: bool = False
@@ -146,6 +150,8 @@ def command(request: BuildRequest, options: BuildOptions) -> list[str]:
     cmd += [f"--allow-scheme={scheme}" for scheme in options.allowed_schemes]
     if request.push:
         cmd.append("--push")
+    if options.fetch_in_sandbox:
+        cmd.append("--fetch-in-sandbox")
     if options.base_image:
         cmd.append(f"--base-image={options.base_image}")
     if options.ca_bundle:

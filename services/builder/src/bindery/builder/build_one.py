@@ -23,7 +23,8 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from repo2docker.app import Repo2Docker
@@ -35,9 +36,10 @@ from traitlets.config import Config
 from bindery.builder import datarepos, nixpack
 from bindery.builder.baseimage import base_image_name
 from bindery.builder.buildpacks import BUILDPACKS, DEFAULT_BUILDPACK, BuildContext
+from bindery.builder.checkout import check_checkout
 from bindery.builder.cran import check_mirror_setting
 from bindery.builder.engine import PodmanEngine
-from bindery.builder.sandbox import DEFAULT_USER
+from bindery.builder.sandbox import DEFAULT_USER, Sandbox
 from bindery.builder.sources import DEFAULT_SCHEMES, ProviderHosts, Source, check_source
 
 # An image reference as the OCI distribution spec allows it, starting with no dash.
@@ -71,31 +73,75 @@ class _ProtocolHandler(logging.Handler):
 
 
 class _Repo2Docker(Repo2Docker):  # type: ignore[misc]
-    """repo2docker whose fetch failures are told apart from build failures."""
+    """repo2docker whose fetch failures are told apart from build failures, and whose fetch
+    runs as the sandbox user when ``fetch_in_sandbox``."""
 
     max_repo_bytes = 0
     source: Source
     provider_hosts = ProviderHosts()
+    sandbox = Sandbox()
+    fetch_in_sandbox = False
 
     def fetch(self, url: str, ref: str, checkout_path: str) -> None:
         try:
-            if self.source.is_git:
-                super().fetch(url, ref, checkout_path)
+            if self.fetch_in_sandbox:
+                self.sandbox.hand_over(Path(checkout_path))
+                _as_user(self.sandbox, lambda: self._fetch(url, ref, checkout_path))
             else:
-                self.log.info(
-                    f"Fetching {self.source.url} ({self.source.provider} {self.source.version})\n",
-                    extra={"phase": R2dState.FETCHING},
-                )
-                for line in datarepos.fetch(self.source, self.provider_hosts, checkout_path):
-                    self.log.info(line, extra={"phase": R2dState.FETCHING})
+                self._fetch(url, ref, checkout_path)
         except Exception as e:
             raise CloneFailed(f"Could not fetch {url} at {ref}: {e}") from e
+        check_checkout(Path(checkout_path))
         size = tree_size(checkout_path)
         if self.max_repo_bytes and size > self.max_repo_bytes:
             raise TooLarge(
                 f"The repository is {size / 2**20:.0f} MiB with its history, over this Bindery's "
                 f"limit of {self.max_repo_bytes / 2**20:.0f} MiB."
             )
+
+    def _fetch(self, url: str, ref: str, checkout_path: str) -> None:
+        if self.source.is_git:
+            super().fetch(url, ref, checkout_path)
+            return
+        self.log.info(
+            f"Fetching {self.source.url} ({self.source.provider} {self.source.version})\n",
+            extra={"phase": R2dState.FETCHING},
+        )
+        for line in datarepos.fetch(self.source, self.provider_hosts, checkout_path):
+            self.log.info(line, extra={"phase": R2dState.FETCHING})
+
+
+def _as_user(sandbox: Sandbox, work: Callable[[], None]) -> None:
+    """Run ``work`` in a child process as the sandbox user; raise with its error if it fails.
+
+    Its connections are then the sandbox user's, which scripts/isolation.sh refuses the host,
+    the LAN and every private range at connect time: a name that resolved to a public address
+    when the link was resolved and to 127.0.0.1 now, a redirect, a submodule, all are checked
+    by the kernel when they connect.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        os.close(read_end)
+        code = 1
+        try:
+            account = sandbox.account
+            os.setgroups([])
+            os.setgid(account.pw_gid)
+            os.setuid(account.pw_uid)
+            os.environ.update(sandbox.environment())
+            work()
+            code = 0
+        except BaseException as e:  # whatever it is, the parent reports it
+            os.write(write_end, str(e).encode(errors="replace")[:MAX_MESSAGE_CHARS])
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as errors:
+        error = errors.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(error or "the fetch stopped unexpectedly")
 
 
 def tree_size(path: str) -> int:
@@ -122,6 +168,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--ca-bundle", default="", help="CA bundle handed to the build")
     parser.add_argument(
         "--sandbox-user", default=DEFAULT_USER, help="the unprivileged user podman runs as"
+    )
+    parser.add_argument(
+        "--fetch-in-sandbox",
+        action="store_true",
+        help="fetch as the sandbox user, under its network rules (production)",
     )
     parser.add_argument("--push-tls-verify", action="store_true")
     parser.add_argument("--index-url", default="", help="package index handed to the build")
@@ -189,6 +240,8 @@ def make_app(args: argparse.Namespace) -> Repo2Docker:
     app.max_repo_bytes = args.max_repo_bytes
     app.source = args.source
     app.provider_hosts = args.hosts
+    app.sandbox = Sandbox(args.sandbox_user)
+    app.fetch_in_sandbox = args.fetch_in_sandbox
     app.repo = args.source.url
     app.ref = args.source.version
     app.output_image_spec = args.image

@@ -53,6 +53,7 @@ from ruamel.yaml.error import YAMLError
 
 from bindery.builder import conda, nixpack
 from bindery.builder.cran import CranMirror, rprofile
+from bindery.builder.dockerfile import check_dockerfile
 
 # Part of every environment key: bump it when a change here changes what an environment holds.
 BUILDPACK_VERSION = "2"
@@ -1068,9 +1069,18 @@ class RBuildPack(PythonBuildPack):
         return "DESCRIPTION" if not self.binder_dir and os.path.exists("DESCRIPTION") else None
 
 
+class CheckedDockerBuildPack(DockerBuildPack):  # type: ignore[misc]
+    """A repository's own Dockerfile, built as repo2docker builds it once nothing in it could
+    reach the host (bindery.builder.dockerfile): refused before anything builds otherwise."""
+
+    def build(self, *args: Any, **kwargs: Any) -> Iterator[str]:
+        check_dockerfile(Path(self.binder_path(self.dockerfile)).read_text(errors="replace"))
+        yield from super().build(*args, **kwargs)
+
+
 # repo2docker's detection order; the first whose detect() says yes builds the repository.
 BUILDPACKS: list[type[BaseImage]] = [
-    DockerBuildPack,
+    CheckedDockerBuildPack,
     JuliaBuildPack,
     NixBuildPack,
     RBuildPack,

@@ -53,6 +53,7 @@ LAUNCH_REASONS = {
     FailureReason.CLONE_FAILED: LaunchFailure.CLONE_FAILED,
     FailureReason.PUSH_FAILED: LaunchFailure.INTERNAL,
     FailureReason.INVALID_REQUEST: LaunchFailure.INVALID_SPEC,
+    FailureReason.DISK_FULL: LaunchFailure.NO_CAPACITY,
     FailureReason.INTERNAL_ERROR: LaunchFailure.INTERNAL,
 }
 # Lines a joining launch is replayed; a longer log shows its end, where a failure shows.

@@ -1,0 +1,1 @@
+"""Containment of strangers' code: what sessions and builds can reach on this machine."""
