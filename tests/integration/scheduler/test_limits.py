@@ -1,6 +1,7 @@
 """Limits on real sessions (issue 5): a kernel allocating 3 GiB is killed while its Jupyter
 server lives on and runs a new kernel, and other sessions notice nothing; a fork bomb is held
-to the pids limit while the node keeps serving other sessions."""
+to the pids limit while the node keeps serving other sessions; a session writing past its disk
+limit is stopped with reason `disk` while one under it runs on."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import asyncio
 
 import aiohttp
 
-from bindery.events import PodReady
-from tests.integration.scheduler.conftest import Harness, MakeScheduler
+from bindery.events import PodReady, PodStopped, StopReason
+from tests.integration.scheduler.conftest import INSTANCE, Harness, MakeScheduler, podman
 from tests.support.kernel import run_code, start_kernel
+
+MiB = 1024**2
 
 
 def address(h: Harness, ready: PodReady) -> tuple[str, str]:
@@ -78,4 +81,49 @@ async def test_a_fork_bomb_hits_the_pids_limit_and_the_node_keeps_serving(
     after = await run_code(http, url, token, "print('calm')")
     assert after.output.strip() == "calm", "the bombed session itself recovers"
     await h.scheduler.launch(h.order("F3", session_image))
+    assert len(h.of(PodReady)) == 3, "the node still starts sessions"
+
+
+def write(ready: PodReady, mib: int) -> None:
+    """Write `mib` MiB into the session's home, as the session's own user."""
+    podman(
+        ready.node,
+        "exec",
+        f"{INSTANCE}-{ready.session}",
+        "dd",
+        "if=/dev/zero",
+        "of=/home/jovyan/written",
+        "bs=1M",
+        f"count={mib}",
+    )
+
+
+async def test_a_session_writing_past_its_disk_limit_is_stopped_and_says_why(
+    make_scheduler: MakeScheduler, session_image: str, http: aiohttp.ClientSession
+) -> None:
+    h = await make_scheduler(disk_limit=50 * MiB, disk_check_interval=0.5)
+    for launch in ("D1", "D2"):
+        await h.scheduler.launch(h.order(launch, session_image))
+    hog, calm = h.of(PodReady)
+    checks = asyncio.create_task(h.scheduler.check_disk_forever())
+    try:
+        write(calm, 10)
+        write(hog, 100)
+        async with asyncio.timeout(60):
+            while not h.of(PodStopped):
+                await asyncio.sleep(0.1)
+    finally:
+        checks.cancel()
+
+    [stopped] = h.of(PodStopped)
+    assert (stopped.launch_id, stopped.session, stopped.reason) == ("D1", hog.session, "disk")
+    assert stopped.reason is StopReason.DISK
+    assert [s.name for s in await h.runtime.list_sessions()] == [calm.session]
+    assert hog.session not in h.scheduler.cluster.seats, "its seat is free again"
+    # The session under the limit runs on, and another pass leaves it alone.
+    assert await h.scheduler.check_disk() == []
+    url, token = address(h, calm)
+    ran = await run_code(http, url, token, "print(open('/home/jovyan/written','rb').read(3))")
+    assert ran.output.strip() == "b'\\x00\\x00\\x00'"
+    await h.scheduler.launch(h.order("D3", session_image))
     assert len(h.of(PodReady)) == 3, "the node still starts sessions"

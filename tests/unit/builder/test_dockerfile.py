@@ -142,6 +142,11 @@ RUN pip install /wheels/*.whl
         ),
         pytest.param("FROM alpine\nRUN echo '# escape=`'", id="escape-text-not-comment"),
         pytest.param("", id="empty"),
+        # Fetched by buildah on the host, under the build user's network rules (the public
+        # internet only: scripts/isolation.sh refuses loopback, private ranges and metadata).
+        "FROM alpine\nADD https://example.org/data.csv /data/",
+        'FROM alpine\nADD ["https://example.org/x", "/x"]',
+        "FROM alpine\nONBUILD ADD https://example.org/x /x",
     ],
 )
 def test_benign_dockerfiles_pass(text: str) -> None:
@@ -384,12 +389,6 @@ RUN --mount=type=bind,from=base,source=/hostroot,target=/h,rw \\
             id="onbuild-cache",
         ),
         pytest.param(
-            "FROM alpine\nONBUILD ADD https://169.254.169.254/latest/meta-data /m",
-            2,
-            ["ADD of"],
-            id="onbuild-add-url",
-        ),
-        pytest.param(
             "FROM alpine\nONBUILD ONBUILD RUN ls", 2, ["ONBUILD ONBUILD"], id="onbuild-onbuild"
         ),
         pytest.param("FROM alpine\nONBUILD FROM busybox", 2, ["ONBUILD FROM"], id="onbuild-from"),
@@ -413,19 +412,7 @@ RUN --mount=type=bind,from=base,source=/hostroot,target=/h,rw \\
         ),
         pytest.param("FROM alpine\nADD /etc/shadow /x", 2, ["source"], id="add-absolute"),
         pytest.param(
-            "FROM alpine\nADD https://example.org/data.csv /data/",
-            2,
-            ["ADD of", "RUN step"],
-            id="add-https",
-        ),
-        pytest.param(
-            "FROM alpine\nADD http://127.0.0.1:15672/api/users /u", 2, ["ADD of"], id="add-loopback"
-        ),
-        pytest.param(
             "FROM alpine\nADD git@github.com:a/b.git /src", 2, ["ADD of"], id="add-git-ssh"
-        ),
-        pytest.param(
-            'FROM alpine\nADD ["https://example.org/x", "/x"]', 2, ["ADD of"], id="add-json-url"
         ),
         pytest.param("FROM alpine\nARG URL=https://x\nADD $URL /x", 3, ["URL"], id="add-variable"),
         pytest.param(
@@ -527,7 +514,7 @@ def test_base_image_triggers_pass(triggers: list[str]) -> None:
     [
         (["RUN --mount=type=cache,id=../../..,target=/h ls"], 1, "type=cache"),
         (["COPY . /app", "RUN --mount=type=bind,source=x,target=/h ls"], 2, "type=bind"),
-        (["ADD http://127.0.0.1/x /x"], 1, "ADD of"),
+        (["ADD git@github.com:a/b.git /x"], 1, "ADD of"),
         (["FROM alpine"], 1, "ONBUILD FROM"),
         (["RUN ls\nRUN --network=host ls"], 1, "control character"),
     ],

@@ -135,10 +135,22 @@ class FakeKubernetes:
 
     async def list_pods(self, request: web.Request) -> web.Response:
         selector = request.query.get("labelSelector", "")
+        fields = request.query.get("fieldSelector", "")
         items = [
-            p for p in self.pods.values() if _matches(p["metadata"].get("labels", {}), selector)
+            p
+            for p in self.pods.values()
+            if _matches(p["metadata"].get("labels", {}), selector)
+            and _matches({"spec.nodeName": p["spec"]["nodeName"]}, fields)
         ]
         return web.json_response({"apiVersion": "v1", "kind": "PodList", "items": items})
+
+    def evict(self, name: str, message: str) -> None:
+        """What the kubelet leaves of a pod it evicted: Failed, reason Evicted, its message."""
+        status = self.pods[name]["status"]
+        status.update(phase="Failed", reason="Evicted", message=message)
+        status.pop("podIP", None)
+        state = {"terminated": {"exitCode": 137, "reason": "ContainerStatusUnknown"}}
+        status["containerStatuses"][0].update(ready=False, state=state)
 
     async def create_pod(self, request: web.Request) -> web.Response:
         body = await request.json()

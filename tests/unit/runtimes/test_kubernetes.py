@@ -5,6 +5,7 @@ and how sessions are found, claimed, stopped and images pulled."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -19,17 +20,18 @@ from tests.unit.runtimes.kube_api import K8S_VERSION, FakeKubernetes, node
 
 GiB = 1024**3
 IMAGE = "registry.example:5000/bindery/demo:abc123"
-LIMITS = Limits(memory_limit=2 * GiB, memory_reservation=1 * GiB, cpus=1.0, pids=512)
+MiB = 1024**2
+LIMITS = Limits(memory_limit=2 * GiB, memory_reservation=1 * GiB, cpus=1.0, pids=512, disk=10 * GiB)
 
 
-def spec(name: str, *, warm: bool = False) -> SessionSpec:
+def spec(name: str, *, warm: bool = False, limits: Limits = LIMITS) -> SessionSpec:
     return SessionSpec(
         name=name,
         image=IMAGE,
         launch_id=f"launch-{name}",
         token="t" * 64,
         repo="https://github.com/owner/demo",
-        limits=LIMITS,
+        limits=limits,
         warm=warm,
     )
 
@@ -124,6 +126,10 @@ async def test_a_session_is_a_limited_isolated_pod_on_the_chosen_node(
     assert parse_memory(container["resources"]["limits"]["memory"]) == 2 * GiB
     assert container["resources"]["limits"]["cpu"] == "1000m"
     assert body["metadata"]["annotations"]["bindery.pids-limit"] == "512"
+    # The disk limit is the kubelet's to enforce; the request stays small so admission, which
+    # sums requests against the node's storage, never refuses what the scheduler placed.
+    assert parse_memory(container["resources"]["limits"]["ephemeral-storage"]) == 10 * GiB
+    assert parse_memory(container["resources"]["requests"]["ephemeral-storage"]) == 1 * GiB
     assert pod_spec["automountServiceAccountToken"] is False
     assert pod_spec["enableServiceLinks"] is False
     assert pod_spec["securityContext"]["runAsUser"] == 1000
@@ -224,3 +230,38 @@ def test_memory_quantities(quantity: str, expected: int) -> None:
 def test_an_unknown_quantity_is_a_clear_error() -> None:
     with pytest.raises(RuntimeError_, match="unexpected memory quantity"):
         parse_memory("2 gigs")
+
+
+async def test_a_disk_limit_below_the_usual_request_is_also_the_request(
+    runtime: KubernetesRuntime, api: FakeKubernetes
+) -> None:
+    small = replace(LIMITS, disk=50 * MiB)
+    await runtime.start("node-a", spec("demo-1", limits=small))
+    resources = api.created[0]["spec"]["containers"][0]["resources"]
+    assert parse_memory(resources["limits"]["ephemeral-storage"]) == 50 * MiB
+    assert parse_memory(resources["requests"]["ephemeral-storage"]) == 50 * MiB
+
+
+POD_OVER = "Pod ephemeral local storage usage exceeds the total limit of containers 10737418240. "
+CONTAINER_OVER = 'Container notebook exceeded its local ephemeral storage limit "10737418240". '
+NODE_SHORT = "The node was low on resource: ephemeral-storage. Threshold quantity: 10Gi. "
+
+
+async def test_disk_usage_reports_the_pods_the_kubelet_evicted_for_their_disk_limit(
+    runtime: KubernetesRuntime, api: FakeKubernetes
+) -> None:
+    for name in ("pod-over", "container-over", "node-short", "running"):
+        await runtime.start("node-a", spec(name))
+    await runtime.start("node-b", spec("elsewhere"))
+    api.evict("test-pod-over", POD_OVER)
+    api.evict("test-container-over", CONTAINER_OVER)
+    api.evict("test-node-short", NODE_SHORT)  # the node's shortage, not the session's limit
+    api.evict("test-elsewhere", POD_OVER)
+
+    usages = await runtime.disk_usage("node-a")
+    assert sorted(u.name for u in usages) == ["container-over", "pod-over"]
+    over = next(u for u in usages if u.name == "pod-over")
+    assert over.evicted and over.written == 10 * GiB and over.launch_id == "launch-pod-over"
+    assert [u.name for u in await runtime.disk_usage("node-b")] == ["elsewhere"]
+    running = await runtime.list_sessions()
+    assert not next(s for s in running if s.name == "pod-over").running

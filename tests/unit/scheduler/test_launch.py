@@ -26,6 +26,7 @@ from bindery.events import (
 )
 from bindery.naming import session_name
 from bindery.runtimes import Session, SessionSpec
+from bindery.runtimes.base import DiskUsage
 from bindery.scheduler.launch import LaunchOrder, Scheduler
 from bindery.scheduler.settings import SchedulerSettings
 
@@ -81,6 +82,11 @@ class FakeRuntime:
         for key in keys:
             del self.containers[key]
         return bool(keys)
+
+    async def disk_usage(self, node: str) -> list[DiskUsage]:
+        return [
+            DiskUsage(s.name, s.launch_id, 0) for s in self.containers.values() if s.node == node
+        ]
 
     async def close(self) -> None:
         pass

@@ -75,6 +75,8 @@ class StopReason(StrEnum):
     MAX_AGE = "max_age"
     ORPHANED = "orphaned"
     FAILED = "failed"
+    DISK = "disk"
+    """The session wrote more than its disk limit (`BINDERY_DISK_LIMIT`)."""
 
 
 @register

@@ -38,6 +38,10 @@ class Limits:
     memory_reservation: int
     cpus: float
     pids: int
+    disk: int
+    """Bytes a session may write beyond its image. Kubernetes enforces it (the pod's
+    `ephemeral-storage` limit: the kubelet evicts); podman cannot here (overlay on ext4 has no
+    per-container quota), so the scheduler measures and stops sessions over it."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,21 @@ class Session:
     memory_reservation: int = 0
     warm: bool = False
     """Waiting in the warm pool, not yet claimed by a launch."""
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    """What one session has written beyond its image, as its runtime saw it."""
+
+    name: str
+    launch_id: str
+    written: int | None
+    """Bytes in the session's writable layer: home, /tmp, packages installed at run time. Files
+    count by their apparent size, so a sparse file counts whole. None: not measurable this time
+    (files kept vanishing under podman's walk)."""
+    evicted: bool = False
+    """The runtime already ended the session for its disk (the kubelet's eviction); `written`
+    is then the limit it went over, a lower bound."""
 
 
 def jupyter_command(name: str) -> list[str]:
@@ -143,6 +162,10 @@ class Runtime(Protocol):
 
     async def stop(self, name: str) -> bool:
         """Stop and remove the session named `name`; False if none existed."""
+        ...
+
+    async def disk_usage(self, node: str) -> list[DiskUsage]:
+        """What the sessions on `node` have written (warm ones included), in one pass."""
         ...
 
     async def close(self) -> None: ...

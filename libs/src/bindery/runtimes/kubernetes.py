@@ -10,6 +10,13 @@ What maps where:
   over it is OOM-killed, Jupyter lives on), CPU -> `limits.cpu`. The CPU request is small on
   purpose: placement is by memory, and a request equal to the limit would let the kubelet admit
   only two sessions on a 2-core node.
+- disk -> `limits.ephemeral-storage` (the container's writable layer and logs): the kubelet
+  evicts a pod over it (its eviction manager checks about every 10 s). The request stays small
+  (`EPHEMERAL_STORAGE_REQUEST`): a request defaults to the limit, and the kubelet admits a pod
+  only while the requests fit the node's allocatable storage, so 10 GiB requests would cap a
+  node at a few sessions the scheduler, which places by memory, would not know of. `disk_usage`
+  reports the pods evicted for their limit so the scheduler removes them and says why. /dev/shm
+  is the container runtime's default (64 MiB in containerd and CRI-O), charged to memory.
 - pids: a pod has no pids field. The kubelet's `podPidsLimit` (KubeletConfiguration) enforces it
   for every pod of the node; deploy/ documents the setting, and the pod carries the limit the
   scheduler asked for in an annotation so an operator can compare.
@@ -47,6 +54,7 @@ from bindery.runtimes.base import (
     LABEL_INSTANCE,
     LABEL_SESSION,
     LABEL_WARM,
+    DiskUsage,
     RuntimeError_,
     Session,
     SessionSpec,
@@ -66,6 +74,13 @@ ANNOTATION_PIDS = "bindery.pids-limit"
 SESSION_UID = 1000
 CPU_REQUEST = "50m"
 """Enough for the kubelet's CPU accounting; the limit is what caps a busy session."""
+EPHEMERAL_STORAGE_REQUEST = 1024**3
+"""1 GiB, what a session usually writes (or the limit, if smaller). Under disk pressure the
+kubelet evicts the pods furthest above their request first: the heaviest writers."""
+
+_DISK_EVICTION = re.compile(r"ephemeral local storage|local ephemeral storage")
+"""The kubelet's messages for a pod or container over its own `ephemeral-storage` limit (not
+"The node was low on resource: ephemeral-storage", which is the node's shortage)."""
 
 PULL_ERRORS = frozenset(
     {
@@ -185,9 +200,12 @@ class KubernetesRuntime:
                 return True
         return False
 
-    async def _list(self, selector: str) -> list[Any]:
+    async def _list(self, selector: str, fields: str = "") -> list[Any]:
+        options: dict[str, Any] = {"field_selector": fields} if fields else {}
         try:
-            pods = await self._core.list_namespaced_pod(self.namespace, label_selector=selector)
+            pods = await self._core.list_namespaced_pod(
+                self.namespace, label_selector=selector, **options
+            )
         except ApiException as exc:
             raise _error("listing pods", exc) from exc
         return list(pods.items)
@@ -205,6 +223,30 @@ class KubernetesRuntime:
     async def get(self, key: str) -> Session | None:
         pods = await self._list(f"{LABEL_INSTANCE}={self._instance},{LABEL_KEY}={key}")
         return _session_from_pod(pods[0]) if pods else None
+
+    async def disk_usage(self, node: str) -> list[DiskUsage]:
+        """The pods on `node` the kubelet evicted for going over their `ephemeral-storage`
+        limit. Running pods are not measured here: the kubelet enforces their limit itself."""
+        pods = await self._list(
+            f"{LABEL_INSTANCE}={self._instance},{LABEL_SESSION}", f"spec.nodeName={node}"
+        )
+        usages = []
+        for pod in pods:
+            status = pod.status
+            if status is None or status.reason != "Evicted":
+                continue
+            if not _DISK_EVICTION.search(status.message or ""):
+                continue
+            limits = pod.spec.containers[0].resources.limits or {}
+            usages.append(
+                DiskUsage(
+                    name=(pod.metadata.labels or {}).get(LABEL_SESSION, ""),
+                    launch_id=description(pod.metadata.annotations or {})["launch_id"],
+                    written=parse_memory(limits.get("ephemeral-storage", "0")),
+                    evicted=True,
+                )
+            )
+        return usages
 
     async def _read(self, name: str) -> Any:
         """The pod named `name`, or None once it is gone."""
@@ -324,10 +366,12 @@ class KubernetesRuntime:
                     "requests": {
                         "memory": str(limits.memory_reservation),
                         "cpu": CPU_REQUEST,
+                        "ephemeral-storage": str(min(limits.disk, EPHEMERAL_STORAGE_REQUEST)),
                     },
                     "limits": {
                         "memory": str(limits.memory_limit),
                         "cpu": f"{round(limits.cpus * 1000)}m",
+                        "ephemeral-storage": str(limits.disk),
                     },
                 },
             },

@@ -41,8 +41,9 @@ Refused, per instruction (what stays allowed is listed; anything else is refused
 - ``COPY``/``ADD`` sources from the build context: no absolute paths, no ``..`` components.
   buildah's copier already confines them to the context; this refuses the intent early.
   Variables in sources and destinations are the engine's business (``COPY . ${HOME}``), except
-  in ``ADD`` sources, which can become URLs. ``ADD`` of URLs and git remotes is refused: buildah
-  fetches them itself, on the host's network (loopback services included), not in the step's.
+  in ``ADD`` sources, which can become URLs. ``ADD`` of http(s) URLs is allowed: buildah fetches
+  them on the host as the build user, whose network rules (scripts/isolation.sh) are the build
+  steps' (the public internet, no loopback or private range). Other remotes (git) are refused.
 - Here-documents (``RUN <<EOF``): buildah 1.28 does not implement them, so the body's lines
   would run as instructions; refused rather than built differently from what the author meant.
 - ``ONBUILD``: its trigger is checked like any instruction (it runs in whatever build uses the
@@ -186,6 +187,9 @@ _MOUNT_VALUE = re.compile(r"[A-Za-z0-9_./:+-]*")
 # `<<EOF`, `<<-EOF`, `<< "EOF"`, `3<<EOF`; not the here-string `<<<`.
 _HEREDOC = re.compile(r"(?<!<)<<(?!<)-?[ \t]*[\"']?[A-Za-z_]")
 _REMOTE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://|[^/@]+@[^/:]+:")
+# Remote ADD sources buildah fetches itself, from the host, as the build user: the sandbox's
+# network rules (scripts/isolation.sh) give it the public internet only, as build steps.
+_HTTP = re.compile(r"https?://", re.I)
 
 # A registry reference, [domain[:port]/]path[:tag][@digest] (distribution's grammar, any case)
 _LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
@@ -446,11 +450,11 @@ def _check_copy(instruction: Instruction, stages: _Stages) -> None:
                 instruction.line,
                 f"ADD source {source[:60]!r} is refused: a variable can expand to a URL",
             )
-        if keyword == "ADD" and _REMOTE.match(plain):
+        if keyword == "ADD" and _REMOTE.match(plain) and not _HTTP.match(plain):
             raise UnsafeDockerfile(
                 instruction.line,
-                f"ADD of {plain[:60]!r} is refused: buildah fetches it from the builder's host "
-                "network; download it in a RUN step",
+                f"ADD of {plain[:60]!r} is refused: only http(s) URLs are fetched; clone "
+                "repositories in a RUN step",
             )
         if source_from is None and (plain.startswith("/") or ".." in plain.split("/")):
             raise UnsafeDockerfile(

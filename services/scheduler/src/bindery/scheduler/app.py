@@ -1,5 +1,6 @@
 """Wires the scheduler: settings, the runtime over every node, reconciliation, subscriptions,
-and the background loop that keeps popular images pre-pulled and the warm pool filled."""
+and the background loops: one keeps popular images pre-pulled and the warm pool filled, one
+stops sessions over the disk limit."""
 
 from __future__ import annotations
 
@@ -25,5 +26,6 @@ def main() -> None:
         await scheduler.reconcile()
         await subscribe(bus, scheduler)
         scheduler.background(scheduler.maintain_forever())
+        scheduler.background(scheduler.check_disk_forever())
 
     service.run("scheduler", settings, settings.health_port, start)

@@ -1,7 +1,8 @@
 """The scheduler's domain: an image to run becomes a ready session, an idle one is stopped.
 
-In: ref-resolved (image present), image-built, idle-detected; the runtime's sessions at start.
-Out: launch-queued, image-pulling, pod-scheduled, pod-ready, launch-failed, pod-stopped.
+In: ref-resolved (image present), image-built, idle-detected; the runtime's sessions at start;
+the disk each session wrote. Out: launch-queued, image-pulling, pod-scheduled, pod-ready,
+launch-failed, pod-stopped.
 
 A launch takes a seat (admission: quotas, capacity, the waiting queue), then either claims a warm
 session of its image or starts one on the chosen node, pulling the image first when that node
@@ -9,7 +10,8 @@ lacks it, and waits until Jupyter answers. Handlers are idempotent: a launch's k
 name) comes from its launch id, and the runtime finds a session by that key on any node, so a
 redelivered launch resumes its session instead of starting a twin.
 
-In the background the scheduler keeps popular images on more nodes and the warm pool filled.
+In the background the scheduler keeps popular images on more nodes and the warm pool filled,
+and stops sessions that wrote more than the disk limit (`disk.py`; reason `disk`).
 One scheduler process owns the quotas: run a single replica (a restart hands over cleanly).
 """
 
@@ -36,12 +38,15 @@ from bindery.events import (
     PodReady,
     PodScheduled,
     PodStopped,
+    StopReason,
 )
 from bindery.naming import repo_key, session_name
 from bindery.runtimes import Limits, Runtime, RuntimeError_, Session, SessionSpec
+from bindery.runtimes.base import DiskUsage
 from bindery.scheduler import metrics
 from bindery.scheduler.admission import REPOSITORY, Admission, QueueTimeout
 from bindery.scheduler.cluster import Cluster, Seat
+from bindery.scheduler.disk import over_limit
 from bindery.scheduler.popularity import Popularity, warm_targets
 from bindery.scheduler.settings import SchedulerSettings
 from bindery.tokens import session_token
@@ -119,6 +124,7 @@ class Scheduler:
             memory_reservation=self.settings.memory_reservation,
             cpus=self.settings.cpu_limit,
             pids=self.settings.pids_limit,
+            disk=self.settings.disk_limit,
         )
 
     def token(self, name: str) -> str:
@@ -352,12 +358,14 @@ class Scheduler:
     # --- stops ------------------------------------------------------------------------------
 
     async def stop(self, event: IdleDetected) -> None:
-        if await self.runtime.stop(event.session):
-            log.info("session.stopped", session=event.session, reason=event.reason.value)
-        self.admission.release(event.session)
-        await self.publish(
-            PodStopped(launch_id=event.launch_id, session=event.session, reason=event.reason)
-        )
+        await self._end(event.launch_id, event.session, event.reason)
+
+    async def _end(self, launch_id: str, name: str, reason: StopReason) -> None:
+        """Stop a launched session and say why (pod-stopped): routes, culler, the user."""
+        if await self.runtime.stop(name):
+            log.info("session.stopped", session=name, reason=reason.value)
+        self.admission.release(name)
+        await self.publish(PodStopped(launch_id=launch_id, session=name, reason=reason))
         self._maintain_soon.set()
 
     async def _stop_quietly(self, name: str, why: str) -> None:
@@ -366,6 +374,56 @@ class Scheduler:
         except (RuntimeError_, aiohttp.ClientError) as exc:
             log.warning("session.stop_failed", session=name, why=why, error=str(exc))
         self.admission.release(name)
+
+    # --- background: disk limits -------------------------------------------------------------
+
+    async def check_disk_forever(self) -> None:
+        """Its own loop, not part of `maintain`: that runs after every launch, and a measure
+        costs the nodes a walk of every session's files."""
+        while True:
+            try:
+                await self.check_disk()
+            except Exception:
+                log.exception("disk.check_failed")
+            await asyncio.sleep(self.settings.disk_check_interval)
+
+    async def check_disk(self) -> list[DiskUsage]:
+        """Measure every node at once; stop the sessions over the disk limit (returned)."""
+        with metrics.DISK_CHECK_SECONDS.time():
+            measured = await asyncio.gather(
+                *(self._disk_usage(node) for node in self.runtime.node_names())
+            )
+        usages = [usage for node in measured for usage in node]
+        for usage in usages:
+            if usage.written is None:
+                log.warning("disk.unmeasured", session=usage.name, why="files vanished mid-walk")
+        over = over_limit(usages, self.settings.disk_limit)
+        for usage in over:
+            log.warning(
+                "session.disk_exceeded",
+                session=usage.name,
+                launch_id=usage.launch_id,
+                written=usage.written,
+                limit=self.settings.disk_limit,
+                evicted=usage.evicted,
+            )
+            metrics.DISK_STOPS.inc()
+            seat = self.cluster.seats.get(usage.name)
+            if seat is not None and seat.pool:  # nobody's session yet: nobody to tell
+                await self._stop_quietly(usage.name, "disk limit")
+                continue
+            try:
+                await self._end(usage.launch_id, usage.name, StopReason.DISK)
+            except (RuntimeError_, aiohttp.ClientError) as exc:
+                log.warning("session.stop_failed", session=usage.name, error=str(exc))
+        return over
+
+    async def _disk_usage(self, node: str) -> list[DiskUsage]:
+        try:
+            return await self.runtime.disk_usage(node)
+        except (RuntimeError_, aiohttp.ClientError, OSError) as exc:
+            log.warning("disk.unmeasured", node=node, error=str(exc))
+            return []
 
     # --- background: pre-pulls and the warm pool --------------------------------------------
 

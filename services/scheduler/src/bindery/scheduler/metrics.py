@@ -34,6 +34,14 @@ LAUNCHES_IN_PROGRESS = Gauge(
 WARM_POOL_HITS = Counter(
     "bindery_warm_pool_hits", "Launches served by claiming an already running warm session"
 )
+DISK_CHECK_SECONDS = Histogram(
+    "bindery_disk_check_duration_seconds",
+    "One measure of every session's disk use on every node (podman walks their files)",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+DISK_STOPS = Counter(
+    "bindery_disk_limit_stops", "Sessions stopped for writing more than the disk limit"
+)
 SESSIONS = Gauge("bindery_sessions", "Sessions holding a seat, launched (not warm)")
 WARM_SESSIONS = Gauge("bindery_warm_sessions", "Warm sessions waiting to be claimed")
 QUOTA_TOTAL = Gauge("bindery_quota_total", "Sessions allowed at once in all")

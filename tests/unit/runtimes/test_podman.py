@@ -1,0 +1,168 @@
+"""The podman runtime's disk measure against a stand-in podman API on a unix socket: one listing
+per node with sizes, only this instance's running sessions, and what each wrote; when a file
+vanishes under podman's walk, each session measured on its own."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from bindery.runtimes import PodmanRuntime
+
+MiB = 1024**2
+
+
+def container(name: str, launch_id: str, size_rw: int | None, **labels: str) -> dict[str, Any]:
+    """An entry of `GET /containers/json?size=true` as podman 4.3 answers it."""
+    return {
+        "Id": f"id-{name}",
+        "Names": [f"/test-{name}"],
+        "Labels": {
+            "bindery.instance": "test",
+            "bindery.session": name,
+            "bindery.launch-id": launch_id,
+            **labels,
+        },
+        "SizeRw": size_rw,
+        "SizeRootFs": 555_867_543,
+    }
+
+
+VANISHED = {
+    "cause": "no such file or directory",
+    "message": "lstat /var/lib/containers/storage/overlay/abc/diff/srv/venv/lib/python3.11/"
+    "site-packages/jinja2/__pycache__/parser.cpython-311.pyc.139822302562320: "
+    "no such file or directory",
+    "response": 500,
+}
+
+
+class FakePodman:
+    def __init__(self) -> None:
+        self.listed: list[dict[str, str]] = []
+        self.containers: list[dict[str, Any]] = []
+        self.racing: dict[str, int] = {}
+        """Container id -> how many more sized requests fail as podman's walk races a rename."""
+        self.inspected: list[str] = []
+        self.removed: set[str] = set()
+        """Container ids still listed but removed by the time they are inspected."""
+
+    def _races(self, ids: list[str]) -> bool:
+        racing = [i for i in ids if self.racing.get(i, 0) > 0]
+        for i in racing:
+            self.racing[i] -= 1
+        return bool(racing)
+
+    async def list_containers(self, request: web.Request) -> web.Response:
+        self.listed.append(dict(request.query))
+        if request.query.get("size") == "true" and self._races([c["Id"] for c in self.containers]):
+            return web.json_response(VANISHED, status=500)
+        return web.json_response(self.containers)
+
+    async def inspect(self, request: web.Request) -> web.Response:
+        ident = request.match_info["id"]
+        self.inspected.append(ident)
+        found = next((c for c in self.containers if c["Id"] == ident), None)
+        if found is None or ident in self.removed:
+            return web.json_response({"cause": "no such container", "response": 404}, status=404)
+        if self._races([ident]):
+            return web.json_response(VANISHED, status=500)
+        labels = found["Labels"]
+        return web.json_response({"Id": ident, "Config": {"Labels": labels}, **_sizes(found)})
+
+
+def _sizes(item: dict[str, Any]) -> dict[str, Any]:
+    return {"SizeRw": item["SizeRw"], "SizeRootFs": item["SizeRootFs"]}
+
+
+@pytest.fixture
+async def podman(tmp_path: Path) -> AsyncIterator[tuple[FakePodman, PodmanRuntime]]:
+    fake = FakePodman()
+    app = web.Application()
+    app.router.add_get("/v1.41/containers/json", fake.list_containers)
+    app.router.add_get("/v1.41/containers/{id}/json", fake.inspect)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    socket = tmp_path / "node-1.sock"
+    await web.UnixSite(runner, str(socket)).start()
+    runtime = PodmanRuntime("test", {"node-1": f"unix://{socket}"})
+    yield fake, runtime
+    await runtime.close()
+    await runner.cleanup()
+
+
+async def test_disk_usage_is_one_sized_listing_of_this_instances_running_sessions(
+    podman: tuple[FakePodman, PodmanRuntime],
+) -> None:
+    fake, runtime = podman
+    fake.containers = [
+        container("heavy", "L1", 100 * MiB),
+        container("light", "L2", 12),
+        container("pool-1", "P1", None, **{"bindery.warm": "true"}),
+    ]
+    usages = await runtime.disk_usage("node-1")
+
+    [query] = fake.listed
+    assert (query["all"], query["size"]) == ("false", "true")
+    assert json.loads(query["filters"]) == {"label": ["bindery.instance=test"]}
+    assert [(u.name, u.launch_id, u.written, u.evicted) for u in usages] == [
+        ("heavy", "L1", 100 * MiB, False),
+        ("light", "L2", 12, False),
+        ("pool-1", "P1", 0, False),
+    ]
+
+
+async def test_containers_without_a_session_label_are_not_sessions(
+    podman: tuple[FakePodman, PodmanRuntime],
+) -> None:
+    fake, runtime = podman
+    stray = container("x", "L", 5 * MiB)
+    del stray["Labels"]["bindery.session"]
+    fake.containers = [stray]
+    assert await runtime.disk_usage("node-1") == []
+
+
+async def test_a_file_vanishing_mid_walk_has_each_session_measured_on_its_own(
+    podman: tuple[FakePodman, PodmanRuntime],
+) -> None:
+    fake, runtime = podman
+    fake.containers = [
+        container("heavy", "L1", 100 * MiB),
+        container("busy", "L2", 70 * MiB),
+        container("light", "L3", 12),
+    ]
+    # The listing fails once for "busy"; measured alone it races twice more, then answers.
+    fake.racing = {"id-busy": 3}
+    usages = await runtime.disk_usage("node-1")
+    assert [(u.name, u.written) for u in usages] == [
+        ("heavy", 100 * MiB),
+        ("busy", 70 * MiB),
+        ("light", 12),
+    ]
+    assert fake.listed[1] == {"all": "false", "filters": fake.listed[0]["filters"]}
+    assert fake.inspected == ["id-heavy", "id-busy", "id-busy", "id-busy", "id-light"]
+
+
+async def test_a_session_that_races_every_attempt_is_unmeasured_not_fatal(
+    podman: tuple[FakePodman, PodmanRuntime],
+) -> None:
+    fake, runtime = podman
+    fake.containers = [container("churner", "L1", 1 * MiB), container("heavy", "L2", 90 * MiB)]
+    fake.racing = {"id-churner": 100}
+    usages = await runtime.disk_usage("node-1")
+    assert [(u.name, u.written) for u in usages] == [("churner", None), ("heavy", 90 * MiB)]
+
+
+async def test_a_session_removed_while_measured_is_left_out(
+    podman: tuple[FakePodman, PodmanRuntime],
+) -> None:
+    fake, runtime = podman
+    fake.containers = [container("gone", "L1", 1 * MiB), container("heavy", "L2", 90 * MiB)]
+    fake.racing, fake.removed = {"id-heavy": 1}, {"id-gone"}
+    usages = await runtime.disk_usage("node-1")
+    assert [(u.name, u.written) for u in usages] == [("heavy", 90 * MiB)]
