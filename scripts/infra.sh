@@ -10,6 +10,12 @@
 # usage: scripts/infra.sh up|down|status|restart
 #        scripts/infra.sh vhost NAME          create a vhost, grant guest full permissions
 #        scripts/infra.sh vhost-delete NAME   delete a vhost (harmless if absent)
+#        scripts/infra.sh access [NAME [DIR]] in vhost NAME (default /, which must exist): declare the
+#                                             topology and create or refresh one RabbitMQ user per
+#                                             service, allowed only what it uses; each service's
+#                                             AMQP URL goes to DIR/<service>.url, mode 0600
+#                                             (default .bindery/amqp). See libs/src/bindery/bus/access.py.
+#        The guest user stays, for administration and tests, usable from loopback only.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -296,6 +302,15 @@ cmd_vhost_delete() {
     log "vhost $name absent"
 }
 
+cmd_access() {
+    local name="${1:-/}" dir="${2:-$STATE/amqp}" python="$REPO/.venv/bin/python"
+    [ -x "$python" ] || die "no $python: run scripts/install.sh"
+    # One rabbitmqctl import_definitions: users, permissions, topic permissions, topology.
+    "$python" -m bindery.bus.access setup "$name" "$dir" >/dev/null \
+        || die "could not set up the services' users in vhost $name"
+    log "vhost $name: one user per service, URLs in $dir"
+}
+
 [ "$(id -u)" = 0 ] || die "run as root"
 case "${1:-}" in
     up) cmd_up ;;
@@ -304,5 +319,6 @@ case "${1:-}" in
     status) cmd_status ;;
     vhost) shift; cmd_vhost "$@" ;;
     vhost-delete) shift; cmd_vhost_delete "$@" ;;
-    *) echo "usage: $0 up|down|restart|status|vhost NAME|vhost-delete NAME" >&2; exit 2 ;;
+    access) shift; cmd_access "$@" ;;
+    *) echo "usage: $0 up|down|restart|status|vhost NAME|vhost-delete NAME|access [NAME [DIR]]" >&2; exit 2 ;;
 esac

@@ -3,6 +3,10 @@
 #   logs: .bindery/logs/<service>.log   pids: .bindery/run/<service>.pid
 #   environment: .bindery/env (created once with BINDERY_PROFILE=local and a random
 #   BINDERY_SESSION_SECRET; never overwritten; edit it to configure the services)
+#   broker: each service connects as a RabbitMQ user of its own, allowed only what it uses
+#   (libs/src/bindery/bus/access.py); `up` creates or refreshes them in vhost / with
+#   `scripts/infra.sh access` and gives each service its URL from .bindery/amqp/<service>.url.
+#   BINDERY_SESSION_SECRET reaches only the services in SECRET_HOLDERS.
 #
 # usage: scripts/services.sh up|down|restart|status
 set -euo pipefail
@@ -13,6 +17,7 @@ STATE="$REPO/.bindery"
 RUN="$STATE/run"
 LOGS="$STATE/logs"
 ENV_FILE="$STATE/env"
+AMQP_DIR="$STATE/amqp"
 PYTHON="$REPO/.venv/bin/python"
 WAIT_SECONDS="${BINDERY_SERVICES_WAIT:-60}"
 
@@ -26,6 +31,9 @@ declare -A HEALTH_URL=(
     [archiver]=http://127.0.0.1:8595/health
     [gateway]=http://127.0.0.1:8585/health
 )
+# The services that sign or check session tokens (bindery.bus.access.SESSION_SECRET_HOLDERS;
+# tests/unit/libs/test_access.py checks that both lists agree).
+SECRET_HOLDERS=(gateway scheduler)
 
 log() { printf '[services] %s\n' "$*"; }
 die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -56,25 +64,47 @@ EOF
     log "created $ENV_FILE"
 }
 
-cmd_up() {
-    [ -x "$PYTHON" ] || die "no $PYTHON: run scripts/install.sh (make install)"
-    ensure_env
+holds_secret() {
+    local h
+    for h in "${SECRET_HOLDERS[@]}"; do [ "$h" = "$1" ] && return 0; done
+    return 1
+}
+
+load_env() {  # the operator's settings, in this shell
     set -a
     # shellcheck disable=SC1090
     . "$ENV_FILE"
     set +a
-    export PYTHONUNBUFFERED=1
+}
 
-    local s pid started=()
+start() {  # start SERVICE in the background as its own broker user, with only its settings
+    local s="$1" url
+    url="$(cat "$AMQP_DIR/$s.url")"
+    (
+        load_env
+        export BINDERY_AMQP_URL="$url" PYTHONUNBUFFERED=1
+        holds_secret "$s" || unset BINDERY_SESSION_SECRET
+        exec setsid nohup "$PYTHON" -m "bindery.$s" >> "$LOGS/$s.log" 2>&1 < /dev/null
+    ) &
+    echo $! > "$RUN/$s.pid"
+    log "started $s (pid $!)"
+}
+
+cmd_up() {
+    [ -x "$PYTHON" ] || die "no $PYTHON: run scripts/install.sh (make install)"
+    ensure_env
+    # Users, permissions and topology; kept passwords, so running services keep working. With
+    # the operator's settings: the event log's retention, the broker's address.
+    (load_env && "$REPO/scripts/infra.sh" access / "$AMQP_DIR") \
+        || die "could not set up the services' broker users (is RabbitMQ up? make infra-up)"
+
+    local s pid
     for s in "${SERVICES[@]}"; do
         if pid="$(pid_of "$s")"; then
             log "$s already running (pid $pid)"
             continue
         fi
-        setsid nohup "$PYTHON" -m "bindery.$s" >> "$LOGS/$s.log" 2>&1 < /dev/null &
-        echo $! > "$RUN/$s.pid"
-        started+=("$s")
-        log "started $s (pid $!)"
+        start "$s"
     done
 
     local deadline=$((SECONDS + WAIT_SECONDS)) pending=("${SERVICES[@]}") still

@@ -1,4 +1,5 @@
-"""The end-to-end tests share one started stack (real broker, registry, podman, repo2docker)."""
+"""The end-to-end and security tests share one started stack (real broker, registry, podman,
+repo2docker), started when the first test asking for it runs."""
 
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
 """Start Bindery's five services as real processes against the real broker, registry and
 podman, in a RabbitMQ virtual host and a podman instance label of their own, so the tests never
 touch the stack `make up` runs. Every test in a run shares one started stack.
+
+As under `make up`, each service connects as a RabbitMQ user of its own (bindery.bus.access),
+and only the services that need it get the session secret; the tests themselves use guest.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from bindery.bus.access import SESSION_SECRET_HOLDERS
 from tests.support.condachannel import served_channel
 from tests.support.cranmirror import make_cran_mirror
 
@@ -40,6 +44,8 @@ INSTANCE = f"bindery-test-{SLOT}"
 NODE_COUNT = int(os.environ.get("BINDERY_NODE_COUNT", "2"))
 NODES = {f"node-{n}": f"unix:///run/bindery/node-{n}.sock" for n in range(1, NODE_COUNT + 1)}
 LOG_DIR = REPO / f".bindery/test-logs/slot-{SLOT}"
+#: Per virtual host, the services' AMQP URLs (`<service>.url`), written by `fresh_vhost`.
+AMQP_DIR = REPO / ".bindery/test-amqp"
 
 
 def rabbitmqctl(*args: str) -> None:
@@ -47,16 +53,29 @@ def rabbitmqctl(*args: str) -> None:
 
 
 def fresh_vhost(name: str) -> str:
-    """The AMQP URL of virtual host `name`, emptied of whatever an earlier run left there."""
+    """The admin (guest) AMQP URL of virtual host `name`, emptied of whatever an earlier run
+    left there, its topology declared and a user per service made (named `<name>-<service>`,
+    so they never collide with the users of `make up`; their URLs: `service_urls(name)`)."""
     rabbitmqctl("vhost-delete", name)
     rabbitmqctl("vhost", name)
+    rabbitmqctl("access", name, str(AMQP_DIR / name))
     return f"amqp://guest:guest@127.0.0.1:5672/{name}"
+
+
+def service_urls(vhost: str) -> dict[str, str]:
+    """Each service's AMQP URL in `vhost`, as `fresh_vhost` made them."""
+    return {
+        service: (AMQP_DIR / vhost / f"{service}.url").read_text().strip() for service in SERVICES
+    }
 
 
 @dataclass
 class Stack:
     env: dict[str, str]
+    """What every service gets (BINDERY_AMQP_URL is guest's, for the tests' own buses)..."""
     log_dir: Path
+    amqp_urls: dict[str, str] = field(default_factory=dict)
+    """... but each service connects with its own user's URL from here, when it has one."""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -66,6 +85,10 @@ class Stack:
     def start(self, service: str) -> None:
         log = (self.log_dir / f"{service}.log").open("ab")
         env = dict(self.env)
+        if service in self.amqp_urls:
+            env["BINDERY_AMQP_URL"] = self.amqp_urls[service]
+        if service not in SESSION_SECRET_HOLDERS:
+            env.pop("BINDERY_SESSION_SECRET", None)
         if service in HEALTH_PORTS:
             env["BINDERY_HEALTH_PORT"] = str(HEALTH_PORTS[service])
         self.processes[service] = subprocess.Popen(
@@ -174,7 +197,7 @@ def started_stack(log_dir: Path) -> Iterator[Stack]:
         env["BINDERY_CONDA_PKGS_DIR"] = str(log_dir / "conda-pkgs")
         # R repositories install from a CRAN-like directory holding the probe package.
         env["BINDERY_CRAN_MIRROR"] = str(make_cran_mirror(log_dir / "cran"))
-        stack = Stack(env, log_dir)
+        stack = Stack(env, log_dir, amqp_urls=service_urls(VHOST))
         try:
             for service in SERVICES:
                 stack.start(service)

@@ -25,12 +25,10 @@ Starter = Callable[[Bus], Awaitable[None]]
 
 
 def make_bus(settings: CommonSettings, service: str) -> Bus:
-    return Bus(
-        settings.amqp_url,
-        service,
-        event_log_max_age=settings.event_log_max_age,
-        event_log_max_bytes=settings.event_log_max_bytes,
-    )
+    """A service's bus. Services connect as their own broker user (bindery.bus.access), which
+    may not configure the shared topology: whoever set the virtual host up declared it, so the
+    event log's retention is that setup's setting, not the service's."""
+    return Bus(settings.amqp_url, service, declare_topology=False)
 
 
 async def serve(service: str, settings: CommonSettings, health_port: int, start: Starter) -> None:

@@ -1,7 +1,25 @@
-"""The RabbitMQ bus every service uses: publish events, consume them with one ack policy."""
+"""The RabbitMQ bus every service uses: publish events, consume them with one ack policy.
+
+The client (aio-pika, telemetry, metrics) loads on first use of `Bus`, `Handler` or `Retry`, so
+`python -m bindery.bus.access`, which needs only the topology and the event types, starts fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from bindery.bus import topology
-from bindery.bus.client import Bus, Handler, Retry
 from bindery.bus.topology import QueueSpec
 
+if TYPE_CHECKING:
+    from bindery.bus.client import Bus, Handler, Retry
+
 __all__ = ["Bus", "Handler", "QueueSpec", "Retry", "topology"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Bus", "Handler", "Retry"):
+        from bindery.bus import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

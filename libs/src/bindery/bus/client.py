@@ -1,5 +1,5 @@
-"""aio-pika client: connects with retries, declares the shared topology, publishes with
-confirms, and consumes with one ack/nack policy driven by exceptions.
+"""aio-pika client: connects with retries, declares the shared topology (or, as a service, only
+looks it up), publishes with confirms, and consumes with one ack/nack policy driven by exceptions.
 
 In: events to publish; queue specs with handlers. Out: messages on RabbitMQ; handler calls.
 Policy: success -> ack; `InvalidEvent` -> dead-letter (it can never succeed); `Retry` -> requeue
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import aio_pika
 import structlog
@@ -55,14 +55,19 @@ class Bus:
         event_log_max_bytes: int = 1_000_000_000,
         publish_timeout: float = 10.0,
         connect_timeout: float = 60.0,
+        declare_topology: bool = True,
     ) -> None:
+        """`declare_topology=False` is how services connect: as users that may not configure
+        the shared topology (bindery.bus.access), they only look up its exchanges and queues,
+        which whoever set the virtual host up declared; they still declare what is theirs
+        alone (a gateway's exclusive queues, a builder replica's queue)."""
         self._url = url
         self._service = service
-        self._event_log_args: dict[str, Any] = {
-            "x-queue-type": "stream",
-            "x-max-age": event_log_max_age,
-            "x-max-length-bytes": event_log_max_bytes,
-        }
+        self._topology = (
+            topology.declarations(event_log_max_age, event_log_max_bytes)
+            if declare_topology
+            else None
+        )
         self._publish_timeout = publish_timeout
         self._connect_timeout = connect_timeout
         self._connection: AbstractRobustConnection | None = None
@@ -94,60 +99,14 @@ class Bus:
         self._publish_channel = await self._connection.channel(publisher_confirms=True)
         # Build logs get a channel of their own so their volume never delays domain events.
         self._log_channel = await self._connection.channel(publisher_confirms=True)
-        await self._declare_topology(self._publish_channel)
+        if self._topology is not None:
+            await declare(self._publish_channel, self._topology)
         for name in (topology.EVENTS_EXCHANGE, topology.DEAD_LETTER_EXCHANGE):
             self._exchanges[name] = await self._publish_channel.get_exchange(name)
         self._exchanges[topology.LOGS_EXCHANGE] = await self._log_channel.get_exchange(
             topology.LOGS_EXCHANGE
         )
         log.info("bus.connected", service=self._service)
-
-    async def _declare_topology(self, channel: AbstractChannel) -> None:
-        events = await channel.declare_exchange(
-            topology.EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
-        )
-        await channel.declare_exchange(
-            topology.LOGS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
-        )
-        dlx = await channel.declare_exchange(
-            topology.DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
-        )
-        dead = await channel.declare_queue(topology.DEAD_LETTER_QUEUE, durable=True)
-        await dead.bind(dlx)
-        event_log = await channel.declare_queue(
-            topology.EVENT_LOG_STREAM, durable=True, arguments=self._event_log_args
-        )
-        await event_log.bind(events, routing_key="#")
-        build_log = await channel.declare_queue(
-            topology.BUILD_LOG_STREAM,
-            durable=True,
-            arguments={
-                "x-queue-type": "stream",
-                "x-max-age": topology.BUILD_LOG_MAX_AGE,
-                "x-max-length-bytes": topology.BUILD_LOG_MAX_BYTES,
-            },
-        )
-        await build_log.bind(topology.LOGS_EXCHANGE, routing_key="#")
-        # Sticky builds (see topology.BUILDS_EXCHANGE; needs rabbitmq_consistent_hash_exchange).
-        unclaimed = await channel.declare_exchange(
-            topology.BUILDS_UNCLAIMED_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
-        )
-        builds = await channel.declare_exchange(
-            topology.BUILDS_EXCHANGE,
-            aio_pika.ExchangeType.X_CONSISTENT_HASH,
-            durable=True,
-            arguments={
-                "hash-header": topology.BUILDS_HASH_HEADER,
-                "alternate-exchange": topology.BUILDS_UNCLAIMED_EXCHANGE,
-            },
-        )
-        await builds.bind(events, routing_key="ref-resolved")
-        spare = await channel.declare_queue(
-            topology.BUILDER.name,
-            durable=True,
-            arguments={"x-dead-letter-exchange": topology.DEAD_LETTER_EXCHANGE},
-        )
-        await spare.bind(unclaimed)
 
     async def close(self) -> None:
         if self._connection is not None:
@@ -210,19 +169,22 @@ class Bus:
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
         exchange = await channel.get_exchange(spec.exchange)
+        queue: AbstractQueue
         if spec.exclusive:
-            queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+            queue = await channel.declare_queue(
+                f"{topology.EXCLUSIVE_QUEUE_PREFIX}{self._service}.{uuid.uuid4().hex}",
+                exclusive=True,
+                auto_delete=True,
+            )
+        elif self._topology is None and spec in topology.SHARED_QUEUES:
+            queue = await _look_up(channel, spec)
         else:
             queue = await channel.declare_queue(
-                spec.name,
-                durable=True,
-                arguments={
-                    "x-dead-letter-exchange": topology.DEAD_LETTER_EXCHANGE,
-                    **spec.arguments,
-                },
+                spec.name, durable=True, arguments=topology.queue_arguments(spec)
             )
-        for key in spec.routing_keys:
-            await queue.bind(exchange, routing_key=key)
+        if not queue.passive:
+            for key in spec.routing_keys:
+                await queue.bind(exchange, routing_key=key)
         self._consumed.append(queue)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
@@ -310,6 +272,34 @@ class Bus:
             await message.ack()
         else:
             await message.reject(requeue=False)
+
+
+async def declare(channel: AbstractChannel, declared: topology.Topology) -> None:
+    """Declare the shared topology (idempotent): exchanges, then queues, then bindings."""
+    for exchange in declared.exchanges:
+        await channel.declare_exchange(
+            exchange.name, exchange.type, durable=True, arguments=dict(exchange.arguments)
+        )
+    for queue in declared.queues:
+        await channel.declare_queue(queue.name, durable=True, arguments=dict(queue.arguments))
+    for binding in declared.bindings:
+        if binding.destination_type == "exchange":
+            destination = await channel.get_exchange(binding.destination)
+            await destination.bind(binding.source, routing_key=binding.routing_key)
+        else:
+            bound = await channel.get_queue(binding.destination)
+            await bound.bind(binding.source, routing_key=binding.routing_key)
+
+
+async def _look_up(channel: AbstractChannel, spec: QueueSpec) -> AbstractQueue:
+    """A shared queue, declared (with its bindings) by whoever set the virtual host up."""
+    try:
+        return await channel.declare_queue(spec.name, passive=True)
+    except aio_pika.exceptions.ChannelNotFoundEntity as exc:
+        raise RuntimeError(
+            f"queue {spec.name} does not exist: set the virtual host up first "
+            "(scripts/infra.sh access, or python -m bindery.bus.access setup)"
+        ) from exc
 
 
 def _routing_headers(event: Event, headers: dict[str, str] | None) -> dict[str, str]:

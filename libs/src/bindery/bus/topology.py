@@ -6,6 +6,11 @@ because each must see the progress of the browsers it holds. Build logs have the
 so their volume never delays domain events. Every domain event is also kept in a stream: the
 event log that replay reads; every build-log line in another, which `GET /api/builds/<id>/log`
 reads. Builds of one repository go to one builder replica while it lives (`BUILDS_EXCHANGE`).
+
+`declarations()` lists what a virtual host holds before any service connects: every exchange,
+the shared queues and streams, and their bindings. Whoever sets the virtual host up declares them
+(`python -m bindery.bus.access setup`, or a `Bus` with `declare_topology=True`), because
+services run as users that may not configure them (bindery.bus.access).
 """
 
 from __future__ import annotations
@@ -76,15 +81,26 @@ ARCHIVER = QueueSpec(
         "launch-failed",
     ),
 )
+#: Exclusive queues are named here, not by the broker: a robust connection redeclares them by
+#: name when it reconnects, and the name says whose permissions cover them (bindery.bus.access).
+EXCLUSIVE_QUEUE_PREFIX = "bindery.exclusive."
 GATEWAY_EVENTS = QueueSpec(None, ("#",))
 GATEWAY_LOGS = QueueSpec(None, ("#",), exchange=LOGS_EXCHANGE)
 
 
+#: The durable queues services share, declared with their bindings by whoever sets the virtual
+#: host up: a service only looks them up (it may not configure them).
+SHARED_QUEUES = (RESOLVER, BUILDER, SCHEDULER, SCHEDULER_STOPS, CULLER, ARCHIVER)
+
+BUILDER_REPLICA_PREFIX = "bindery.builder.replica."
+
+
 def builder_replica(replica: str) -> QueueSpec:
     """The queue of one builder replica on BUILDS_EXCHANGE (binding key = weight on the ring).
-    Durable and not exclusive: a replica's death must not take the launches queued for it."""
+    Durable and not exclusive: a replica's death must not take the launches queued for it.
+    Its name is known only when the replica runs, so the builder declares it itself."""
     return QueueSpec(
-        f"bindery.builder.replica.{replica}",
+        f"{BUILDER_REPLICA_PREFIX}{replica}",
         ("1",),
         exchange=BUILDS_EXCHANGE,
         arguments={
@@ -96,3 +112,96 @@ def builder_replica(replica: str) -> QueueSpec:
 
 def exchange_for(event_type: str) -> str:
     return LOGS_EXCHANGE if event_type in LOG_EVENT_TYPES else EVENTS_EXCHANGE
+
+
+def queue_arguments(spec: QueueSpec) -> dict[str, Any]:
+    """What a durable consumer queue is declared with: its dead letters go to
+    DEAD_LETTER_EXCHANGE unless its spec names another."""
+    return {"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE, **spec.arguments}
+
+
+@dataclass(frozen=True)
+class ExchangeDeclaration:
+    name: str
+    type: str
+    arguments: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QueueDeclaration:
+    name: str
+    arguments: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Binding:
+    source: str
+    destination: str
+    routing_key: str
+    destination_type: str = "queue"
+    """`queue`, or `exchange` for an exchange-to-exchange binding."""
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Everything durable a virtual host holds before any service connects."""
+
+    exchanges: tuple[ExchangeDeclaration, ...]
+    queues: tuple[QueueDeclaration, ...]
+    bindings: tuple[Binding, ...]
+
+
+def declarations(
+    event_log_max_age: str = "7D", event_log_max_bytes: int = 1_000_000_000
+) -> Topology:
+    """The shared topology; the event log's retention comes from the settings of whoever
+    declares it (BINDERY_EVENT_LOG_MAX_AGE, BINDERY_EVENT_LOG_MAX_BYTES)."""
+    exchanges = (
+        ExchangeDeclaration(EVENTS_EXCHANGE, "topic"),
+        ExchangeDeclaration(LOGS_EXCHANGE, "topic"),
+        ExchangeDeclaration(DEAD_LETTER_EXCHANGE, "fanout"),
+        # Sticky builds (see BUILDS_EXCHANGE; needs rabbitmq_consistent_hash_exchange).
+        ExchangeDeclaration(BUILDS_UNCLAIMED_EXCHANGE, "fanout"),
+        ExchangeDeclaration(
+            BUILDS_EXCHANGE,
+            "x-consistent-hash",
+            {"hash-header": BUILDS_HASH_HEADER, "alternate-exchange": BUILDS_UNCLAIMED_EXCHANGE},
+        ),
+    )
+    queues = (
+        QueueDeclaration(DEAD_LETTER_QUEUE),
+        QueueDeclaration(
+            EVENT_LOG_STREAM,
+            {
+                "x-queue-type": "stream",
+                "x-max-age": event_log_max_age,
+                "x-max-length-bytes": event_log_max_bytes,
+            },
+        ),
+        QueueDeclaration(
+            BUILD_LOG_STREAM,
+            {
+                "x-queue-type": "stream",
+                "x-max-age": BUILD_LOG_MAX_AGE,
+                "x-max-length-bytes": BUILD_LOG_MAX_BYTES,
+            },
+        ),
+        *(QueueDeclaration(_named(spec), queue_arguments(spec)) for spec in SHARED_QUEUES),
+    )
+    bindings = (
+        Binding(DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, ""),
+        Binding(EVENTS_EXCHANGE, EVENT_LOG_STREAM, "#"),
+        Binding(LOGS_EXCHANGE, BUILD_LOG_STREAM, "#"),
+        Binding(EVENTS_EXCHANGE, BUILDS_EXCHANGE, "ref-resolved", destination_type="exchange"),
+        *(
+            Binding(spec.exchange, _named(spec), key)
+            for spec in SHARED_QUEUES
+            for key in spec.routing_keys
+        ),
+    )
+    return Topology(exchanges, queues, bindings)
+
+
+def _named(spec: QueueSpec) -> str:
+    assert spec.name is not None, "a shared queue has a name"
+    return spec.name
