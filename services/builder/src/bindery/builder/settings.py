@@ -194,6 +194,9 @@ class BuilderSettings(CommonSettings):
         return self.builder_replica or f"{socket.gethostname().lower()}-{self.health_port}"
 
     def allowed_schemes(self) -> tuple[str, ...]:
-        """The repository URL schemes builds accept: the resolver's, and file:// locally."""
-        schemes = ("https", "http", "git", "ssh")
-        return (*schemes, "file") if self.profile is Profile.LOCAL else schemes
+        """The repository URL schemes builds fetch: https only, as the fetch crosses the
+        internet and nothing else authenticates the host; locally also http, git and ssh (the
+        tests' servers on loopback) and file://."""
+        if self.profile is Profile.LOCAL:
+            return ("https", "http", "git", "ssh", "file")
+        return ("https",)
