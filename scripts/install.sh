@@ -138,10 +138,13 @@ EOF
 install_file "$tmp" "$BUILD_HOME/.config/containers/storage.conf"
 cat > "$tmp" <<'EOF'
 # Written by Bindery's scripts/install.sh: no systemd session for the sandbox user, so cgroups
-# are the builder's (it puts each build in a cgroup of its own) and events go to a file.
+# are the builder's (it puts each build in a cgroup of its own) and events go to a file. Build
+# steps may reach the host's loopback (10.0.2.2) through slirp4netns: scripts/isolation.sh
+# refuses all of it but the builders' package index forwarders.
 [engine]
 cgroup_manager = "cgroupfs"
 events_logger = "file"
+network_cmd_options = ["allow_host_loopback=true"]
 EOF
 install_file "$tmp" "$BUILD_HOME/.config/containers/containers.conf"
 chown -R "$BUILD_USER:$BUILD_USER" "$BUILD_HOME/.config"

@@ -24,7 +24,9 @@
 #                         REJECT: the broker, the registry, the services and the node sockets
 #                         are this host, whichever of its addresses a session aims at.
 #   BINDERY-SESSIONS-FWD  -> another session (any session bridge) REJECT, then BINDERY-EGRESS.
-#   BINDERY-BUILDS-OUT    -> the local registry (BINDERY_REGISTRY, tcp) from cgroup v2 group
+#   BINDERY-BUILDS-OUT    -> the builders' package index forwarders (127.0.0.1 tcp 8596-8599),
+#                         which serve an index with credentials without them; then
+#                         -> the local registry (BINDERY_REGISTRY, tcp) from cgroup v2 group
 #                         bindery-registry only, then BINDERY-EGRESS. Rootless podman's build
 #                         steps reach the network through slirp4netns and `ADD <url>` is fetched
 #                         by podman itself: both are processes of the build user in this host's
@@ -104,6 +106,9 @@ EGRESS=BINDERY-EGRESS
 REJECT=BINDERY-REJECT
 NETAVARK=NETAVARK_FORWARD
 REGISTRY_CGROUP=bindery-registry
+# The builders' package index forwarders (BINDERY_INDEX_FORWARDER_PORT, bindery.builder.
+# indexforward): build steps reach them at 10.0.2.2 through slirp4netns, as the build user.
+INDEX_FORWARDERS=8596:8599
 
 log() { printf '[isolation] %s\n' "$*"; }
 die() { printf '[isolation] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -274,6 +279,9 @@ build_rules() {  # build_rules 4|6
     read -r f a p <<< "$(registry_endpoint)"
     if [ "$f" = "$fam" ] && [ -n "$CGROUP_ROOT" ]; then
         echo "-A $OUT -d $a -p tcp --dport $p -m cgroup --path $REGISTRY_CGROUP -j RETURN"
+    fi
+    if [ "$fam" = 4 ]; then
+        echo "-A $OUT -d 127.0.0.1 -p tcp --dport $INDEX_FORWARDERS -j RETURN"
     fi
     echo "-A $OUT -j $EGRESS"
 }

@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 
 from bindery.builder.build import BuildOptions, BuildRequest, FailureReason, run_build
+from bindery.builder.indexforward import STEP_HOST, IndexForwarder
 from tests.integration.builder.conftest import Log
 from tests.support.canary import planted_canary
 from tests.support.gitrepo import commit, make_repo, notebook
+from tests.support.pypiindex import ANSWER, NAME, served_index
 from tests.support.sandbox import podman_run, sandbox_podman
 
 
@@ -296,3 +298,39 @@ async def test_no_build_starts_below_the_free_disk_floor(
     result = await run_build(BuildRequest(f"file://{repo}", sha, image_name), Log(), floor)
     assert result.reason is FailureReason.DISK_FULL
     assert "free, below its floor" in result.message
+
+
+async def test_an_index_with_credentials_reaches_builds_without_them(
+    tmp_path: Path, options: BuildOptions, image_name: str
+) -> None:
+    """The builder's forwarder serves a private index to the build's steps: the package
+    installs, and neither the steps (postBuild prints what it can see) nor the image hold the
+    index's password."""
+    with served_index() as index:
+        forwarder = IndexForwarder(index.url, port=8599)
+        await forwarder.start()
+        try:
+            private = dataclasses.replace(
+                options,
+                index_url=forwarder.url_for(STEP_HOST),
+                index_lookup_url=forwarder.url_for("127.0.0.1"),
+            )
+            repo = tmp_path / "repo"
+            post_build = (
+                "#!/bin/bash\nenv\ncat /run/secrets/* /etc/pip.conf 2>&1\n"
+                "python -c 'import bindery_index_probe as p; print(p.ANSWER)'\n"
+            )
+            sha = make_repo(repo, {"requirements.txt": f"{NAME}\n", "postBuild": post_build})
+            log = Log()
+            request = BuildRequest(f"file://{repo}", sha, image_name, push=False)
+            result = await run_build(request, log, private)
+        finally:
+            await forwarder.close()
+    assert result.ok, log.text()
+    assert ANSWER in log.text()
+    assert index.password not in log.text()
+    assert any(authorised for _, authorised in index.requests)
+    image = subprocess.run(
+        sandbox_podman("image", "inspect", image_name), capture_output=True, text=True, check=True
+    ).stdout
+    assert index.password not in image

@@ -3,6 +3,8 @@
 import pytest
 from pydantic import ValidationError
 
+from bindery.builder.app import index_forwarder
+from bindery.builder.indexforward import STEP_HOST
 from bindery.builder.settings import BuilderSettings
 from bindery.settings import Profile
 
@@ -12,14 +14,24 @@ def test_outside_the_local_profile_builds_fetch_over_https_only() -> None:
     assert "file" in BuilderSettings(profile=Profile.LOCAL).allowed_schemes()
 
 
-@pytest.mark.parametrize(
-    "url", ["https://user:secret@mirror.example.org/simple", "https://token@mirror.example.org/"]
-)
-def test_an_index_url_with_credentials_is_refused(url: str) -> None:
-    with pytest.raises(ValidationError, match="must not hold credentials"):
-        BuilderSettings(index_url=url)
+def test_an_index_with_credentials_reaches_builds_through_the_forwarder() -> None:
+    """Build steps get the forwarder's address, never the credentials (tests/integration/
+    builder/test_build.py shows a private index served that way)."""
+    settings = BuilderSettings(index_url="https://user:s3cret@mirror.example.org/pypi/simple")
+    forwarder = index_forwarder(settings)
+    assert forwarder is not None
+    assert forwarder.url_for(STEP_HOST) == "http://10.0.2.2:8596/pypi/simple"
+    assert "s3cret" not in forwarder.url_for(STEP_HOST)
+    assert forwarder.index.origin == "https://mirror.example.org"
 
 
-def test_an_index_url_without_credentials_is_kept() -> None:
+def test_an_index_without_credentials_is_handed_to_builds_as_it_is() -> None:
     url = "https://mirror.example.org/simple"
-    assert BuilderSettings(index_url=url).index_url == url
+    settings = BuilderSettings(index_url=url)
+    assert index_forwarder(settings) is None
+    assert settings.index_url == url
+
+
+def test_an_index_url_must_be_http() -> None:
+    with pytest.raises(ValidationError, match="http"):
+        BuilderSettings(index_url="file:///srv/index")

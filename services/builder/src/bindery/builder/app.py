@@ -12,6 +12,7 @@ from bindery.builder.baseimage import base_image_name
 from bindery.builder.build import BuildOptions
 from bindery.builder.builds import Builder
 from bindery.builder.handlers import subscribe
+from bindery.builder.indexforward import STEP_HOST, Index, IndexForwarder
 from bindery.builder.prune import PrunePolicy, Pruner
 from bindery.builder.sandbox import Sandbox
 from bindery.builder.settings import BuilderSettings
@@ -19,7 +20,17 @@ from bindery.bus import Bus
 from bindery.settings import Profile
 
 
-def build_options(settings: BuilderSettings, sandbox: Sandbox) -> BuildOptions:
+def index_forwarder(settings: BuilderSettings) -> IndexForwarder | None:
+    """The forwarder builds reach an index with credentials through; None for one without."""
+    if not Index.parse(settings.index_url).needs_forwarding:
+        return None
+    ca_bundle = settings.ca_bundle if os.path.isfile(settings.ca_bundle) else ""
+    return IndexForwarder(settings.index_url, settings.index_forwarder_port, ca_bundle)
+
+
+def build_options(
+    settings: BuilderSettings, sandbox: Sandbox, forwarder: IndexForwarder | None
+) -> BuildOptions:
     base_image = settings.base_image or base_image_name()
     # Fail at start, not at every launch: without it each build fails on its FROM line. Run
     # first from here, outside any build's cgroup, podman also starts the sandbox's pause
@@ -44,7 +55,8 @@ def build_options(settings: BuilderSettings, sandbox: Sandbox) -> BuildOptions:
         cgroup_prefix=f"{settings.replica_name()}-",
         push_tls_verify=settings.registry_scheme == "https",
         allowed_schemes=settings.allowed_schemes(),
-        index_url=settings.index_url,
+        index_url=forwarder.url_for(STEP_HOST) if forwarder else settings.index_url,
+        index_lookup_url=forwarder.url_for("127.0.0.1") if forwarder else "",
         conda_channel_alias=settings.conda_channel_alias,
         conda_default_channels=tuple(settings.conda_default_channels),
         conda_pkgs_dir=settings.conda_pkgs_dir,
@@ -72,13 +84,16 @@ def main() -> None:
     settings = BuilderSettings()
     sandbox = Sandbox(settings.build_user)
     sandbox.prepare()
-    options = build_options(settings, sandbox)
+    forwarder = index_forwarder(settings)
+    options = build_options(settings, sandbox, forwarder)
     # The builds of this replica's killed predecessor, if any: their steps may still run.
     cgroups.remove_stale(options.cgroup_prefix)
     pruner = Pruner(prune_policy(settings, options), sandbox)
     background: set[asyncio.Task[None]] = set()
 
     async def start(bus: Bus) -> None:
+        if forwarder is not None:
+            await forwarder.start()
         replica = settings.replica_name()
         builder = Builder(
             options,

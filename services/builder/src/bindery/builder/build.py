@@ -82,6 +82,9 @@ class BuildOptions:
     push_tls_verify: bool = False
     allowed_schemes: tuple[str, ...] = ("https", "http", "git", "ssh")
     index_url: str = ""
+    """The package index as build steps reach it; empty: PyPI."""
+    index_lookup_url: str = ""
+    """The same index as build_one reaches it on this host; empty: ``index_url``."""
     conda_channel_alias: str = ""
     conda_default_channels: tuple[str, ...] = ("conda-forge",)
     conda_pkgs_dir: str = ""
@@ -162,6 +165,8 @@ def command(request: BuildRequest, options: BuildOptions) -> list[str]:
         cmd.append(f"--env-repository={options.env_repository}")
     if options.index_url:
         cmd.append(f"--index-url={options.index_url}")
+    if options.index_lookup_url:
+        cmd.append(f"--index-lookup-url={options.index_lookup_url}")
     if options.conda_channel_alias:
         cmd.append(f"--conda-channel-alias={options.conda_channel_alias}")
         cmd += [f"--conda-default-channel={name}" for name in options.conda_default_channels]

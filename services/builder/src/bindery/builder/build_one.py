@@ -176,6 +176,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--push-tls-verify", action="store_true")
     parser.add_argument("--index-url", default="", help="package index handed to the build")
+    parser.add_argument(
+        "--index-lookup-url", default="", help="the same index from this host (default: the same)"
+    )
     parser.add_argument("--conda-channel-alias", default="", help="empty: no conda channel")
     parser.add_argument(
         "--conda-default-channel",
@@ -260,7 +263,7 @@ def make_app(args: argparse.Namespace) -> Repo2Docker:
         "bindery": BuildContext(
             env_repository=args.env_repository,
             push_env=args.push,
-            index_url=args.index_url or BuildContext.index_url,
+            index_url=args.index_lookup_url or args.index_url or BuildContext.index_url,
             ca_bundle=args.ca_bundle,
             conda_channel_alias=args.conda_channel_alias,
             conda_default_channels=tuple(args.conda_default_channel)

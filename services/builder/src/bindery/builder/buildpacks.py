@@ -110,6 +110,11 @@ if [ -r /run/secrets/pipindex ]; then
     PIP_INDEX_URL=$(cat /run/secrets/pipindex)
     UV_DEFAULT_INDEX=$PIP_INDEX_URL
     export PIP_INDEX_URL UV_DEFAULT_INDEX
+    # The builder's index forwarder (plain http on the host) is trusted as it is.
+    case $PIP_INDEX_URL in
+        http://*) host=${PIP_INDEX_URL#http://}; host=${host%%/*}
+                  export PIP_TRUSTED_HOST=$host UV_INSECURE_HOST=$host ;;
+    esac
 fi
 """
 BUILD_ENV_PATH = "/usr/local/lib/bindery/build-env.sh"

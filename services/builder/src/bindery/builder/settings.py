@@ -17,14 +17,7 @@ _PUBLIC = ProviderHosts()
 
 
 def check_index_url(url: str) -> str:
-    """A package index URL holds no credentials: repository code in build steps can read it."""
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        raise ValueError(
-            "BINDERY_INDEX_URL must not hold credentials: repository code run by builds "
-            "(postBuild, setup.py) can read the index URL of its own step"
-        )
-    if url and parts.scheme not in ("https", "http"):
+    if url and urlsplit(url).scheme not in ("https", "http"):
         raise ValueError(f"BINDERY_INDEX_URL must be an http(s) URL, not {url!r}")
     return url
 
@@ -76,9 +69,14 @@ class BuilderSettings(CommonSettings):
 
     index_url: Annotated[str, AfterValidator(check_index_url)] = ""
     """Package index (PEP 503 simple API) for pip and uv inside builds, e.g. a corporate mirror;
-    empty for PyPI. Without credentials: build steps run repository code (postBuild, setup.py)
-    that can read the index its own step installs from, so a URL with a user or password is
-    refused (give a mirror that authenticates upstream itself)."""
+    empty for PyPI. With credentials (https://user:token@host/simple), builds get the index
+    through the builder's forwarder (bindery.builder.indexforward) and never see them: build
+    steps run repository code, which can read the index URL of its step."""
+
+    index_forwarder_port: int = Field(default=8596, ge=8596, le=8599)
+    """Where the forwarder of an index with credentials listens, on 127.0.0.1: one of the ports
+    scripts/isolation.sh lets build steps reach there (8596-8599; one per builder replica on a
+    host)."""
 
     conda_channel_alias: str = ""
     """conda's channel_alias: where environment.yml's channels are, channel NAME being
