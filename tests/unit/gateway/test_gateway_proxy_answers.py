@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from bindery.events import PodStopped, StopReason
 from bindery.gateway.proxy import RouteTable
 from tests.unit.gateway.fakes import S1_TOKEN, Harness
 
@@ -90,3 +91,21 @@ async def test_a_request_right_after_a_restart_waits_for_the_rebuilt_routes() ->
     route = await asyncio.wait_for(lookup, 1)
     assert route is not None and route.target == "http://127.0.0.1:1"
     assert await routes.find("never-existed", wait=5) is None, "after the rebuild: no waiting"
+
+
+async def test_a_stopped_sessions_address_says_why_it_stopped(
+    harness: Harness, session: TestServer
+) -> None:
+    harness.gateway.routes.add("s1", str(session.make_url("")), "l" * 32)
+    await harness.handlers.on_event(
+        PodStopped(launch_id="l" * 32, session="s1", reason=StopReason.DISK)
+    )
+    resp = await harness.client.get(f"/user/s1/lab?token={S1_TOKEN}")
+    assert resp.status == 404
+    answer = await resp.json()
+    assert answer["stopped"] == "disk"
+    assert "wrote more to its disk than a session may" in answer["message"]
+    assert "Launch the repository again" in answer["message"]
+
+    never = await (await harness.client.get("/user/never-was/")).json()
+    assert never["stopped"] is None and "may have stopped or never existed" in never["message"]

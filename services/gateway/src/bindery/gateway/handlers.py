@@ -22,7 +22,7 @@ class EventHandlers:
             # The route first: a client told `ready` goes straight to the session.
             self._routes.add(event.session, event.target, event.launch_id)
         elif isinstance(event, PodStopped):
-            self._routes.remove(event.session)
+            self._routes.remove(event.session, event.reason)
         if isinstance(event, LaunchRequested):
             self._progress.requested(event)
         else:

@@ -20,6 +20,7 @@ and websockets carry.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import hmac
@@ -35,7 +36,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from bindery.events import SessionActivity
+from bindery.events import SessionActivity, StopReason
 from bindery.gateway.splice import BrowserEnd, SessionEnd, Splice
 from bindery.gateway.upstream import Exchange, Pool, Target, UpstreamError
 from bindery.runtimes import Session
@@ -44,6 +45,8 @@ from bindery.tokens import session_token
 log = structlog.get_logger("bindery.gateway.proxy")
 
 REBUILD_WAIT_SECONDS = 10.0
+# Stopped sessions whose reason a replica keeps: a day of mybinder.org's stops, a few MiB.
+STOPPED_REMEMBERED = 50_000
 """How long a request for an unknown session waits for the start-up rebuild of routes: a
 listing of every node takes well under a second, even with hundreds of sessions."""
 
@@ -174,6 +177,8 @@ class RouteTable:
 
     def __init__(self) -> None:
         self._routes: dict[str, Route] = {}
+        # Why recent sessions stopped, so their address says so instead of a bare 404.
+        self._stopped: collections.OrderedDict[str, StopReason] = collections.OrderedDict()
         # Set once the routes of sessions that outlived a restart are back (or there is no
         # runtime to ask): until then an unknown session may be one of them, not a 404.
         self.rebuilt = asyncio.Event()
@@ -205,11 +210,19 @@ class RouteTable:
         log.info("route.added", session=session, target=route.target)
         return route
 
-    def remove(self, session: str) -> bool:
+    def remove(self, session: str, reason: StopReason | None = None) -> bool:
         removed = self._routes.pop(session, None) is not None
         if removed:
             log.info("route.removed", session=session)
+        if reason is not None:
+            self._stopped[session] = reason
+            while len(self._stopped) > STOPPED_REMEMBERED:
+                self._stopped.popitem(last=False)
         return removed
+
+    def stop_reason(self, session: str) -> StopReason | None:
+        """Why ``session`` stopped, if this replica saw it stop recently."""
+        return self._stopped.get(session)
 
     def due_activity(self) -> list[Route]:
         """Routes with activity not yet published."""
@@ -247,11 +260,25 @@ async def run_activity_flusher(routes: RouteTable, publish: Publish, interval: f
             log.debug("activity.flushed", sessions=sent)
 
 
-def not_found(session: str) -> web.Response:
-    return web.json_response(
-        {"message": f"No running session named {session!r}: it may have stopped or never existed."},
-        status=404,
-    )
+# What the address of a stopped session says, by the reason it stopped.
+STOPPED_BECAUSE = {
+    StopReason.IDLE: "it was idle for too long",
+    StopReason.MAX_AGE: "it reached the longest time a session may run",
+    StopReason.DISK: "it wrote more to its disk than a session may",
+    StopReason.ORPHANED: "its launch was gone",
+    StopReason.FAILED: "its server stopped",
+}
+
+
+def not_found(session: str, reason: StopReason | None = None) -> web.Response:
+    if reason is None:
+        message = f"No running session named {session!r}: it may have stopped or never existed."
+    else:
+        message = (
+            f"The session {session!r} was stopped because {STOPPED_BECAUSE[reason]}. "
+            "Launch the repository again for a new session."
+        )
+    return web.json_response({"message": message, "stopped": reason}, status=404)
 
 
 def bad_gateway(message: str) -> web.Response:
@@ -332,7 +359,7 @@ class Proxy:
         session = request.match_info["session"]
         route = await self._routes.find(session, REBUILD_WAIT_SECONDS)
         if route is None:
-            return not_found(session)
+            return not_found(session, self._routes.stop_reason(session))
         if "tail" not in request.match_info:  # /user/<session> -> /user/<session>/
             query = request.raw_path.partition("?")[2]
             location = f"/user/{session}/" + (f"?{query}" if query else "")
