@@ -25,7 +25,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -37,7 +36,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.support.gitrepo import commit, make_repo, notebook  # noqa: E402
-from tests.support.sandbox import SANDBOX, sandbox_dir, sandbox_podman  # noqa: E402
+from tests.support.sandbox import (  # noqa: E402
+    SANDBOX,
+    readable_dir,
+    sandbox_dir,
+    sandbox_podman,
+)
 from tests.support.stack import LOG_DIR, Stack, build_path, launch, started_stack  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "build.json"
@@ -144,8 +148,9 @@ async def measure(repo: Path, first: str) -> dict[str, Any]:
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory(prefix="bindery-bench-") as scratch:
-        repo = Path(scratch, "numpy-repo")
+    # Readable by the resolver, which runs as the services' unprivileged user.
+    with readable_dir("bindery-bench-") as scratch:
+        repo = scratch / "numpy-repo"
         # A comment of its own: a new environment key, so the cold build really builds.
         requirements = f"numpy\n# bench run {uuid.uuid4().hex}\n"
         first = make_repo(repo, {"requirements.txt": requirements, "index.ipynb": notebook("1")})

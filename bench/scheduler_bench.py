@@ -19,7 +19,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from bindery.tokens import session_token
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.support.gitrepo import make_repo
+from tests.support.sandbox import readable_dir
 from tests.support.stack import (
     INSTANCE,
     NODES,
@@ -195,8 +195,9 @@ async def measure(stack: Stack, repo_url: str) -> dict[str, Any]:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        repo = Path(tmp) / "bench-scheduled"
+    # Readable by the resolver, which runs as the services' unprivileged user.
+    with readable_dir("bindery-bench-") as tmp:
+        repo = tmp / "bench-scheduled"
         make_repo(repo, {"README.md": "scheduler bench\n", "requirements.txt": "six==1.16.0\n"})
         stack_runs = started_stack(REPO / ".bindery/bench-logs/scheduler")
         stack = next(stack_runs)

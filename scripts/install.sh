@@ -18,7 +18,7 @@ CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 
 PACKAGES=(podman buildah runc skopeo debootstrap rabbitmq-server docker-registry git
           chromium chromium-driver iptables curl openssl ca-certificates slirp4netns uidmap
-          e2fsprogs)
+          e2fsprogs acl)
 
 log() { printf '[install] %s\n' "$*"; }
 die() { printf '[install] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -149,6 +149,24 @@ EOF
 install_file "$tmp" "$BUILD_HOME/.config/containers/containers.conf"
 chown -R "$BUILD_USER:$BUILD_USER" "$BUILD_HOME/.config"
 
+# The services that need no root run as this user (scripts/services.sh: UNPRIVILEGED).
+SERVICE_USER=bindery
+SERVICE_HOME="/var/lib/$SERVICE_USER"
+if ! id "$SERVICE_USER" >/dev/null 2>&1; then
+    useradd --system --user-group --home-dir "$SERVICE_HOME" --create-home \
+        --shell /usr/sbin/nologin "$SERVICE_USER"
+    log "created user $SERVICE_USER"
+fi
+install -d -m 0700 -o "$SERVICE_USER" -g "$SERVICE_USER" "$SERVICE_HOME"
+# The resolver's `git ls-remote` of a local profile's repository (file://, on this machine's
+# disk, owned by whoever made it): git refuses a repository its user does not own unless
+# safe.directory says otherwise. Outside the local profile the resolver refuses file:// anyway.
+cat > "$tmp" <<'EOF'
+# Written by Bindery's scripts/install.sh: the resolver reads local repositories of any owner.
+[safe]
+	directory = *
+EOF
+install_file "$tmp" "$SERVICE_HOME/.gitconfig"
 # --- 4. uv and the Python workspace -------------------------------------------------------
 find_uv() {
     if command -v uv >/dev/null 2>&1; then
@@ -187,6 +205,23 @@ if [ -f pyproject.toml ]; then
 else
     log "no pyproject.toml yet: skipping uv sync"
 fi
+
+# The service user runs the checkout's code with the workspace's interpreter: it must be able
+# to enter every directory down to them.
+# A Python under /root (pyenv; 0700) gets the user search permission on exactly the directories
+# it lacks it on, as an ACL: no other user gains anything, and /root's listing stays closed.
+python_prefix="$(.venv/bin/python -c 'import sys; print(sys.base_prefix)')"
+for target in "$REPO" "$python_prefix"; do
+    IFS=/ read -ra parts <<< "${target#/}"
+    dir=""
+    for part in "${parts[@]}"; do
+        dir="$dir/$part"
+        if ! setpriv --reuid="$SERVICE_USER" --regid="$SERVICE_USER" --init-groups test -x "$dir"; then
+            setfacl -m "u:$SERVICE_USER:x" "$dir"
+            log "gave $SERVICE_USER search permission on $dir (on the way to $target)"
+        fi
+    done
+done
 
 # --- 5. npm -------------------------------------------------------------------------------
 if [ -f package.json ]; then

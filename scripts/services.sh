@@ -7,6 +7,8 @@
 #   (libs/src/bindery/bus/access.py); `up` creates or refreshes them in vhost / with
 #   `scripts/infra.sh access` and gives each service its URL from .bindery/amqp/<service>.url.
 #   BINDERY_SESSION_SECRET reaches only the services in SECRET_HOLDERS.
+#   users: the services in UNPRIVILEGED run as the system user bindery (scripts/install.sh),
+#   the others as root (why: beside the list).
 #
 # usage: scripts/services.sh up|down|restart|status
 set -euo pipefail
@@ -34,6 +36,15 @@ declare -A HEALTH_URL=(
 # The services that sign or check session tokens (bindery.bus.access.SESSION_SECRET_HOLDERS;
 # tests/unit/libs/test_access.py checks that both lists agree).
 SECRET_HOLDERS=(gateway scheduler)
+# Who runs as whom. Root stays with those that need it: the builder sets up the build sandbox
+# (setpriv to the sandbox user, cgroups); the scheduler and the gateway use the podman node
+# sockets in /run/bindery (root's; whoever can use them can do anything podman can, so access to
+# them is root-equivalent), and so does the culler, which lists the sessions through them at
+# start to rebuild its view. The others run as SERVICE_USER (no capabilities, no new privileges)
+# and get exactly what they need (give_to_user). tests/support/stack.py starts the same list
+# (tests/unit/test_service_users.py checks that both agree).
+SERVICE_USER=bindery
+UNPRIVILEGED=(resolver archiver)
 
 log() { printf '[services] %s\n' "$*"; }
 die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -70,6 +81,12 @@ holds_secret() {
     return 1
 }
 
+unprivileged() {
+    local u
+    for u in "${UNPRIVILEGED[@]}"; do [ "$u" = "$1" ] && return 0; done
+    return 1
+}
+
 load_env() {  # the operator's settings, in this shell
     set -a
     # shellcheck disable=SC1090
@@ -77,14 +94,52 @@ load_env() {  # the operator's settings, in this shell
     set +a
 }
 
+user_home() { getent passwd "$SERVICE_USER" | cut -d: -f6; }
+
+# How a service starts as SERVICE_USER: its groups only, no capabilities, and no way to gain
+# any (setuid programs); HOME is set to the user's home beside it (git reads its config there).
+AS_USER=(setpriv --reuid="$SERVICE_USER" --regid="$SERVICE_USER" --init-groups --no-new-privs)
+
+check_user() {  # the user exists and can run the services' code
+    id "$SERVICE_USER" >/dev/null 2>&1 || die "no user $SERVICE_USER: run scripts/install.sh (make install)"
+    HOME="$(user_home)" "${AS_USER[@]}" "$PYTHON" -c 'import bindery.service' 2>/dev/null \
+        || die "$SERVICE_USER cannot run $PYTHON: run scripts/install.sh (make install)"
+}
+
+give_to_user() {  # give_to_user SERVICE: what SERVICE writes, made SERVICE_USER's (settings loaded)
+    local archive
+    if [ "$1" = archiver ]; then
+        # Its daily files (the directory its settings name, relative to this checkout).
+        archive="$("$PYTHON" -c 'from bindery.archiver.settings import ArchiverSettings as S
+print(S().archive_dir)')"
+        install -d -m 0700 -o "$SERVICE_USER" -g "$SERVICE_USER" "$archive"
+        find "$archive" -maxdepth 1 -type f -name 'events-*.jsonl' \
+            -exec chown "$SERVICE_USER:$SERVICE_USER" {} +
+    fi
+    # Spans, when they go to a file that every service appends to.
+    if [ "${BINDERY_TRACE_EXPORTER:-}" = file ] && [ -n "${BINDERY_TRACE_FILE:-}" ]; then
+        touch "$BINDERY_TRACE_FILE"
+        chown "$SERVICE_USER:$SERVICE_USER" "$BINDERY_TRACE_FILE"
+    fi
+}
+
 start() {  # start SERVICE in the background as its own broker user, with only its settings
     local s="$1" url
     url="$(cat "$AMQP_DIR/$s.url")"
+    # Before the service's own process exists: until it execs, its pid is this script's, which
+    # the health wait would take for a service that exited.
+    if unprivileged "$s"; then (load_env; give_to_user "$s"); fi
     (
+        local -a run=()
         load_env
         export BINDERY_AMQP_URL="$url" PYTHONUNBUFFERED=1
         holds_secret "$s" || unset BINDERY_SESSION_SECRET
-        exec setsid nohup "$PYTHON" -m "bindery.$s" >> "$LOGS/$s.log" 2>&1 < /dev/null
+        if unprivileged "$s"; then
+            HOME="$(user_home)"
+            run=("${AS_USER[@]}")
+        fi
+        # The log is opened here, by root: the service needs no right to it.
+        exec setsid nohup "${run[@]}" "$PYTHON" -m "bindery.$s" >> "$LOGS/$s.log" 2>&1 < /dev/null
     ) &
     echo $! > "$RUN/$s.pid"
     log "started $s (pid $!)"
@@ -92,6 +147,7 @@ start() {  # start SERVICE in the background as its own broker user, with only i
 
 cmd_up() {
     [ -x "$PYTHON" ] || die "no $PYTHON: run scripts/install.sh (make install)"
+    check_user
     ensure_env
     # Users, permissions and topology; kept passwords, so running services keep working. With
     # the operator's settings: the event log's retention, the broker's address.

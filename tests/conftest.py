@@ -9,6 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.support.sandbox import readable_dir
 from tests.support.stack import LOG_DIR, Stack, started_stack
 
 
@@ -24,5 +25,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture(scope="session")
-def repos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("repos")
+def repos() -> Iterator[Path]:
+    """Where tests make the repositories they launch: readable by the unprivileged resolver."""
+    with readable_dir("bindery-test-repos-") as path:
+        yield path

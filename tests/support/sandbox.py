@@ -63,11 +63,12 @@ def sandbox_dir() -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def readable_dir() -> Iterator[Path]:
-    """A directory anyone may read, removed afterwards: what an operator hands build steps
-    (a CRAN mirror, a Nix channel or cache) must be readable by the sandbox user, which pytest's
-    own temporary directories (mode 0700) are not."""
-    path = Path(tempfile.mkdtemp(prefix="bindery-test-shared-"))
+def readable_dir(prefix: str = "bindery-test-shared-") -> Iterator[Path]:
+    """A directory anyone may read, removed afterwards, which pytest's own temporary
+    directories (mode 0700) are not: what an operator hands build steps (a CRAN mirror, a Nix
+    channel or cache) must be readable by the sandbox user, and local repositories by the
+    services' user (the resolver reads them)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
     path.chmod(0o755)
     try:
         yield path

@@ -3,13 +3,15 @@ podman, in a RabbitMQ virtual host and a podman instance label of their own, so 
 touch the stack `make up` runs. Every test in a run shares one started stack.
 
 As under `make up`, each service connects as a RabbitMQ user of its own (bindery.bus.access),
-and only the services that need it get the session secret; the tests themselves use guest.
+only the services that need it get the session secret, and those that need no root run as the
+unprivileged user `bindery`; the tests themselves use guest, as root.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pwd
 import secrets
 import subprocess
 import sys
@@ -46,6 +48,39 @@ NODES = {f"node-{n}": f"unix:///run/bindery/node-{n}.sock" for n in range(1, NOD
 LOG_DIR = REPO / f".bindery/test-logs/slot-{SLOT}"
 #: Per virtual host, the services' AMQP URLs (`<service>.url`), written by `fresh_vhost`.
 AMQP_DIR = REPO / ".bindery/test-amqp"
+#: The services that need no root, the user they run as and how they become it: those of
+#: scripts/services.sh (UNPRIVILEGED, SERVICE_USER, AS_USER; tests/unit/test_service_users.py
+#: checks that they agree), so the tests run them as production does.
+SERVICE_USER = "bindery"
+UNPRIVILEGED = ("resolver", "archiver")
+AS_USER = (
+    "setpriv",
+    f"--reuid={SERVICE_USER}",
+    f"--regid={SERVICE_USER}",
+    "--init-groups",
+    "--no-new-privs",
+)
+
+
+def service_user() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        raise RuntimeError(f"no user {SERVICE_USER}: run scripts/install.sh") from None
+
+
+def give_to_user(path: Path, *, directory: bool) -> None:
+    """Make `path` (a directory and the files directly in it, or a file) the service user's."""
+    user = service_user()
+    if directory:
+        path.mkdir(parents=True, exist_ok=True)
+        path.chmod(0o700)
+        for child in path.iterdir():
+            if child.is_file() and not child.is_symlink():
+                os.chown(child, user.pw_uid, user.pw_gid)
+    else:
+        path.touch()
+    os.chown(path, user.pw_uid, user.pw_gid)
 
 
 def rabbitmqctl(*args: str) -> None:
@@ -91,8 +126,17 @@ class Stack:
             env.pop("BINDERY_SESSION_SECRET", None)
         if service in HEALTH_PORTS:
             env["BINDERY_HEALTH_PORT"] = str(HEALTH_PORTS[service])
+        command = [sys.executable, "-m", f"bindery.{service}"]
+        if service in UNPRIVILEGED:
+            # What it writes is given to the user first (scripts/services.sh: give_to_user).
+            if service == "archiver":
+                give_to_user(Path(env["BINDERY_ARCHIVE_DIR"]), directory=True)
+            if env.get("BINDERY_TRACE_EXPORTER") == "file" and env.get("BINDERY_TRACE_FILE"):
+                give_to_user(Path(env["BINDERY_TRACE_FILE"]), directory=False)
+            env["HOME"] = service_user().pw_dir
+            command = [*AS_USER, *command]
         self.processes[service] = subprocess.Popen(
-            [sys.executable, "-m", f"bindery.{service}"],
+            command,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
