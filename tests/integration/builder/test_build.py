@@ -320,7 +320,9 @@ async def test_an_index_with_credentials_reaches_builds_without_them(
                 "#!/bin/bash\nenv\ncat /run/secrets/* /etc/pip.conf 2>&1\n"
                 "python -c 'import bindery_index_probe as p; print(p.ANSWER)'\n"
             )
-            sha = make_repo(repo, {"requirements.txt": f"{NAME}\n", "postBuild": post_build})
+            # A comment of its own: a new environment key, so this run installs from the index.
+            requirements = f"{NAME}\n# {uuid.uuid4().hex}\n"
+            sha = make_repo(repo, {"requirements.txt": requirements, "postBuild": post_build})
             log = Log()
             request = BuildRequest(f"file://{repo}", sha, image_name, push=False)
             result = await run_build(request, log, private)
