@@ -6,7 +6,7 @@ shapes real Binder repositories use) must pass untouched.
 
 import pytest
 
-from bindery.builder.dockerfile import UnsafeDockerfile, check_dockerfile, check_onbuild_triggers
+from bindery.builder.dockerfile import UnsafeDockerfile, check_dockerfile
 
 SHA256 = "a" * 64
 
@@ -499,28 +499,3 @@ def test_a_long_dockerfile_reports_the_right_line() -> None:
     with pytest.raises(UnsafeDockerfile) as refused:
         check_dockerfile(text)
     assert refused.value.line == 2 + 50 * 4
-
-
-@pytest.mark.parametrize(
-    "triggers",
-    [[], ["COPY . /app"], ["RUN make", "WORKDIR /srv"], ["RUN --mount=type=tmpfs,target=/t ls"]],
-)
-def test_base_image_triggers_pass(triggers: list[str]) -> None:
-    check_onbuild_triggers(triggers)
-
-
-@pytest.mark.parametrize(
-    ("triggers", "line", "word"),
-    [
-        (["RUN --mount=type=cache,id=../../..,target=/h ls"], 1, "type=cache"),
-        (["COPY . /app", "RUN --mount=type=bind,source=x,target=/h ls"], 2, "type=bind"),
-        (["ADD git@github.com:a/b.git /x"], 1, "ADD of"),
-        (["FROM alpine"], 1, "ONBUILD FROM"),
-        (["RUN ls\nRUN --network=host ls"], 1, "control character"),
-    ],
-)
-def test_base_image_triggers_are_checked(triggers: list[str], line: int, word: str) -> None:
-    with pytest.raises(UnsafeDockerfile) as refused:
-        check_onbuild_triggers(triggers)
-    assert refused.value.line == line
-    assert word in str(refused.value)

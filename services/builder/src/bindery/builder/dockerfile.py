@@ -51,15 +51,15 @@ Refused, per instruction (what stays allowed is listed; anything else is refused
 - Unknown instructions.
 
 Not covered here: ONBUILD triggers inherited from a base image (``FROM someone/image``) are in
-that image's configuration, not in this text; ``check_onbuild_triggers`` checks them once the
-base image's configuration is known.
+that image's configuration, not in this text. They run in the sandbox like every step
+(docs/security.md).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 INSTRUCTIONS = frozenset(
@@ -244,15 +244,6 @@ def check_dockerfile(text: str) -> None:
     stages = _Stages()
     for number, line in _logical_lines(lines, escape):
         _check(_split(number, line), stages)
-
-
-def check_onbuild_triggers(triggers: Iterable[str]) -> None:
-    """Check a base image's ONBUILD triggers (its configuration's ``OnBuild``), which run in
-    the build that uses it; ``line`` is the trigger's position, from 1."""
-    for number, trigger in enumerate(triggers, start=1):
-        if _CONTROL.search(trigger):
-            raise UnsafeDockerfile(number, "control character in a base image's ONBUILD trigger")
-        _check_trigger(_split(number, trigger), _Stages())
 
 
 # --- From text to instructions, as imagebuilder reads it ----------------------------------------
