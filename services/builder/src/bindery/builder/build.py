@@ -272,25 +272,36 @@ async def run_build(request: BuildRequest, on_line: OnLine, options: BuildOption
     finally:
         oom_killed, refused_forks = cgroup.oom_kills > 0, cgroup.refused_forks
         await asyncio.to_thread(cgroup.remove)
-    timed_out, log_too_large, returncode, final, tail, step = outcome
     seconds = time.monotonic() - started
-    succeeded = not timed_out and not log_too_large and returncode == 0
+    final = outcome.final
+    succeeded = not outcome.timed_out and not outcome.log_too_large and outcome.returncode == 0
     if succeeded and final is not None and final["phase"] == "built":
         return BuildResult(request.image, None, str(final.get("message", "")), seconds)
     reason, message = classify_failure(
-        timed_out=timed_out,
-        returncode=returncode,
+        timed_out=outcome.timed_out,
+        returncode=outcome.returncode,
         final=final,
-        tail=tail,
-        step=step,
-        log_too_large=log_too_large,
+        tail=outcome.tail,
+        step=outcome.step,
+        log_too_large=outcome.log_too_large,
         oom_killed=oom_killed,
         pids_limit_hit=options.pids_limit if refused_forks else 0,
     )
     return BuildResult(request.image, reason, message, seconds)
 
 
-_Outcome = tuple[bool, bool, int | None, dict[str, Any] | None, tuple[str, ...], str]
+@dataclass(frozen=True)
+class _Outcome:
+    """How build_one ended, as its output told."""
+
+    timed_out: bool
+    log_too_large: bool
+    returncode: int | None
+    final: dict[str, Any] | None
+    """The last protocol record (built/failed), if any."""
+    tail: tuple[str, ...]
+    step: str
+    """The last Dockerfile step announced."""
 
 
 async def _run(
@@ -300,8 +311,7 @@ async def _run(
     sandbox: Sandbox,
     cgroup: BuildCgroup,
 ) -> _Outcome:
-    """Run build_one in ``cgroup``, relaying its lines: (timed out, log too large, exit status,
-    final record, last lines, last step)."""
+    """Run build_one in ``cgroup``, relaying its lines; how it ended."""
 
     def in_cgroup() -> None:
         cgroup.join()
@@ -356,7 +366,7 @@ async def _run(
     finally:
         # On timeout, and on cancellation (the service stopping), the build must not live on.
         await _stop(proc, cgroup, options.kill_grace)
-    return timed_out, log_too_large, proc.returncode, final, tuple(tail), step
+    return _Outcome(timed_out, log_too_large, proc.returncode, final, tuple(tail), step)
 
 
 # prctl(2) option: a signal for this process when its parent dies.
