@@ -6,13 +6,19 @@ schemas with kubernetes-validate, strictly (unknown fields are errors). An inval
 
 A tiny "kubelet" gives created pods a phase, an IP and container states: session pods run (with
 a pod IP from `ip_for`, where a test may serve a fake Jupyter), pull pods complete and add their
-image to the node's `status.images`, unless the node's registry is marked broken.
+image to the node's `status.images`, unless the node's registry is marked broken. A test ends a
+pod's container with `terminate` or evicts it with `evict`.
+
+Pods can be watched (`?watch=true`): every matching pod as ADDED, then every change as it
+happens (ADDED, MODIFIED, DELETED), one JSON object a line, as the API server streams them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import itertools
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -86,6 +92,7 @@ class FakeKubernetes:
     url: str = ""
     _counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _runner: web.AppRunner | None = None
+    _watchers: list[asyncio.Queue[tuple[str, dict[str, Any]] | None]] = field(default_factory=list)
 
     async def start(self) -> None:
         app = web.Application()
@@ -105,6 +112,8 @@ class FakeKubernetes:
         self.url = f"http://127.0.0.1:{port}"
 
     async def close(self) -> None:
+        for watcher in self._watchers:
+            watcher.put_nowait(None)  # an open watch would hold the server's cleanup up
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -133,16 +142,42 @@ class FakeKubernetes:
 
     # --- pods ------------------------------------------------------------------------------
 
-    async def list_pods(self, request: web.Request) -> web.Response:
+    async def list_pods(self, request: web.Request) -> web.StreamResponse:
         selector = request.query.get("labelSelector", "")
         fields = request.query.get("fieldSelector", "")
-        items = [
-            p
-            for p in self.pods.values()
-            if _matches(p["metadata"].get("labels", {}), selector)
-            and _matches({"spec.nodeName": p["spec"]["nodeName"]}, fields)
-        ]
+
+        def selected(pod: dict[str, Any]) -> bool:
+            return _matches(pod["metadata"].get("labels", {}), selector) and _matches(
+                {"spec.nodeName": pod["spec"]["nodeName"]}, fields
+            )
+
+        if request.query.get("watch", "").lower() == "true":
+            return await self._watch(request, selected)
+        items = [p for p in self.pods.values() if selected(p)]
         return web.json_response({"apiVersion": "v1", "kind": "PodList", "items": items})
+
+    async def _watch(
+        self, request: web.Request, selected: Callable[[dict[str, Any]], bool]
+    ) -> web.StreamResponse:
+        changes: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue()
+        for pod in self.pods.values():
+            changes.put_nowait(("ADDED", copy.deepcopy(pod)))
+        self._watchers.append(changes)
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        try:
+            while (change := await changes.get()) is not None:
+                kind, pod = change
+                if selected(pod):
+                    line = json.dumps({"type": kind, "object": pod}) + "\n"
+                    await response.write(line.encode())
+        finally:
+            self._watchers.remove(changes)
+        return response
+
+    def _changed(self, kind: str, pod: dict[str, Any]) -> None:
+        for watcher in self._watchers:
+            watcher.put_nowait((kind, copy.deepcopy(pod)))
 
     def evict(self, name: str, message: str) -> None:
         """What the kubelet leaves of a pod it evicted: Failed, reason Evicted, its message."""
@@ -151,6 +186,20 @@ class FakeKubernetes:
         status.pop("podIP", None)
         state = {"terminated": {"exitCode": 137, "reason": "ContainerStatusUnknown"}}
         status["containerStatuses"][0].update(ready=False, state=state)
+        self._changed("MODIFIED", self.pods[name])
+
+    def terminate(self, name: str, exit_code: int, reason: str = "") -> None:
+        """The pod's container exits (restartPolicy Never: the pod is over): Succeeded for
+        status 0, else Failed; `reason` as the kubelet gives it (Completed, Error, OOMKilled)."""
+        status = self.pods[name]["status"]
+        status["phase"] = "Succeeded" if exit_code == 0 else "Failed"
+        status.pop("podIP", None)
+        terminated = {
+            "exitCode": exit_code,
+            "reason": reason or ("Completed" if exit_code == 0 else "Error"),
+        }
+        status["containerStatuses"][0].update(ready=False, state={"terminated": terminated})
+        self._changed("MODIFIED", self.pods[name])
 
     async def create_pod(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -166,8 +215,10 @@ class FakeKubernetes:
         self.created.append(copy.deepcopy(body))
         pod = copy.deepcopy(body)
         pod["metadata"]["creationTimestamp"] = datetime.now(UTC).isoformat()
+        pod["metadata"]["uid"] = f"uid-{name}-{len(self.created)}"
         pod["status"] = self._kubelet(pod)
         self.pods[name] = pod
+        self._changed("ADDED", pod)
         return web.json_response(pod, status=201)
 
     def _kubelet(self, pod: dict[str, Any]) -> dict[str, Any]:
@@ -234,6 +285,7 @@ class FakeKubernetes:
             self.invalid.append(errors)
             return _status(422, "Invalid", f"Pod is invalid: {errors}")
         self.pods[pod["metadata"]["name"]] = patched
+        self._changed("MODIFIED", patched)
         return web.json_response(patched)
 
     async def delete_pod(self, request: web.Request) -> web.Response:
@@ -242,4 +294,5 @@ class FakeKubernetes:
         if pod is None:
             return self._missing(request)
         self.deleted.append((name, request.query.get("gracePeriodSeconds")))
+        self._changed("DELETED", pod)
         return web.json_response(pod)

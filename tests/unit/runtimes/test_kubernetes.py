@@ -1,9 +1,10 @@
 """The Kubernetes runtime against a local API server that validates every body it receives
 against the Kubernetes schemas: the pods it creates, where, with which limits and isolation,
-and how sessions are found, claimed, stopped and images pulled."""
+how sessions are found, claimed, stopped and images pulled, and how their ends are watched."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from kubernetes_asyncio.config import kube_config
 
 from bindery.runtimes import KubernetesRuntime, Limits, RuntimeError_, SessionSpec, make_runtime
+from bindery.runtimes.base import Exit
 from bindery.runtimes.kubernetes import parse_memory
 from bindery.settings import CommonSettings
 from tests.unit.runtimes.kube_api import K8S_VERSION, FakeKubernetes, node
@@ -265,3 +267,30 @@ async def test_disk_usage_reports_the_pods_the_kubelet_evicted_for_their_disk_li
     assert [u.name for u in await runtime.disk_usage("node-b")] == ["elsewhere"]
     running = await runtime.list_sessions()
     assert not next(s for s in running if s.name == "pod-over").running
+
+
+async def test_exits_come_from_a_watch_on_the_session_pods_with_the_kubelets_reason(
+    runtime: KubernetesRuntime, api: FakeKubernetes
+) -> None:
+    for name in ("done-before", "shut", "oom", "over", "stopped", "running"):
+        await runtime.start("node-a", spec(name))
+    api.terminate("test-done-before", 0)  # ended before anyone watched: reported too
+    await runtime.pull("node-b", IMAGE)  # a pull pod ends too: no session
+    exits = runtime.exits()
+    try:
+        assert await asyncio.wait_for(anext(exits), 10) == Exit("done-before", "node-a", 0)
+        api.terminate("test-shut", 0)
+        api.terminate("test-oom", 137, "OOMKilled")
+        api.evict("test-over", POD_OVER)
+        await runtime.stop("stopped")  # deleted: gone, nothing ended to report
+        api.terminate("test-shut", 0)  # a later change of an ended pod: reported once
+        seen = [await asyncio.wait_for(anext(exits), 10) for _ in range(3)]
+    finally:
+        await exits.aclose()
+    assert seen == [
+        Exit("shut", "node-a", 0),
+        Exit("oom", "node-a", 137, oom_killed=True),
+        Exit("over", "node-a", 137, disk_evicted=True),
+    ]
+    listed = {s.name: s for s in await runtime.list_sessions()}
+    assert listed["shut"].exit == Exit("shut", "node-a", 0) and listed["running"].exit is None

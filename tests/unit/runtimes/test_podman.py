@@ -1,10 +1,13 @@
-"""The podman runtime's disk measure against a stand-in podman API on a unix socket: one listing
-per node with sizes, only this instance's running sessions, and what each wrote; when a file
-vanishes under podman's walk, each session measured on its own."""
+"""The podman runtime against a stand-in podman API on a unix socket. Disk: one listing per node
+with sizes, only this instance's running sessions, and what each wrote; when a file vanishes
+under podman's walk, each session measured on its own. Exits: this instance's died events, with
+the exit status and the OOM killer's verdict, read again from the last one after a break."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,8 @@ import pytest
 from aiohttp import web
 
 from bindery.runtimes import PodmanRuntime
+from bindery.runtimes import podman as podman_runtime
+from bindery.runtimes.base import Exit
 
 MiB = 1024**2
 
@@ -51,6 +56,10 @@ class FakePodman:
         self.inspected: list[str] = []
         self.removed: set[str] = set()
         """Container ids still listed but removed by the time they are inspected."""
+        self.event_streams: list[dict[str, str]] = []
+        """The query of every events request, in order."""
+        self.events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        """Events to stream to the open events request; None ends that stream."""
 
     def _races(self, ids: list[str]) -> bool:
         racing = [i for i in ids if self.racing.get(i, 0) > 0]
@@ -73,7 +82,35 @@ class FakePodman:
         if self._races([ident]):
             return web.json_response(VANISHED, status=500)
         labels = found["Labels"]
-        return web.json_response({"Id": ident, "Config": {"Labels": labels}, **_sizes(found)})
+        state = found.get("State", {})
+        return web.json_response(
+            {"Id": ident, "Config": {"Labels": labels}, "State": state, **_sizes(found)}
+        )
+
+    async def stream_events(self, request: web.Request) -> web.StreamResponse:
+        self.event_streams.append(dict(request.query))
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        while (event := await self.events.get()) is not None:
+            await response.write(json.dumps(event).encode() + b"\n")
+        return response
+
+
+def died(name: str | None, code: int, at: int) -> dict[str, Any]:
+    """A died event as podman 4.3's libpod events API streams it."""
+    attributes = {"bindery.instance": "test", "containerExitCode": str(code), "name": "x"}
+    if name is not None:
+        attributes["bindery.session"] = name
+    ident = f"id-{name}"
+    return {
+        "status": "died",
+        "id": ident,
+        "Type": "container",
+        "Action": "died",
+        "Actor": {"ID": ident, "Attributes": attributes},
+        "time": at,
+        "timeNano": at * 10**9,
+    }
 
 
 def _sizes(item: dict[str, Any]) -> dict[str, Any]:
@@ -86,6 +123,7 @@ async def podman(tmp_path: Path) -> AsyncIterator[tuple[FakePodman, PodmanRuntim
     app = web.Application()
     app.router.add_get("/v1.41/containers/json", fake.list_containers)
     app.router.add_get("/v1.41/containers/{id}/json", fake.inspect)
+    app.router.add_get("/v4.0.0/libpod/events", fake.stream_events)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     socket = tmp_path / "node-1.sock"
@@ -93,6 +131,7 @@ async def podman(tmp_path: Path) -> AsyncIterator[tuple[FakePodman, PodmanRuntim
     runtime = PodmanRuntime("test", {"node-1": f"unix://{socket}"})
     yield fake, runtime
     await runtime.close()
+    fake.events.put_nowait(None)  # ends an events request still open, or the cleanup waits
     await runner.cleanup()
 
 
@@ -166,3 +205,37 @@ async def test_a_session_removed_while_measured_is_left_out(
     fake.racing, fake.removed = {"id-heavy": 1}, {"id-gone"}
     usages = await runtime.disk_usage("node-1")
     assert [(u.name, u.written) for u in usages] == [("heavy", 90 * MiB)]
+
+
+async def test_exits_are_this_instances_died_events_read_again_from_the_last_after_a_break(
+    podman: tuple[FakePodman, PodmanRuntime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, runtime = podman
+    monkeypatch.setattr(podman_runtime, "EVENTS_RECONNECT_DELAY", 0.01)
+    fake.containers = [
+        {**container("hog", "L2", 0), "State": {"OOMKilled": True, "ExitCode": 137}},
+    ]
+    began = int(time.time())
+    exits = runtime.exits()
+    try:
+        fake.events.put_nowait(died("shut", 0, began + 1))  # gone before it is inspected
+        assert await asyncio.wait_for(anext(exits), 10) == Exit("shut", "node-1", 0)
+        [first] = fake.event_streams
+        assert first["stream"] == "true" and began - 1 <= int(first["since"]) <= began + 1
+        assert json.loads(first["filters"]) == {
+            "type": ["container"],
+            "event": ["died"],
+            "label": ["bindery.instance=test"],
+        }
+        fake.events.put_nowait(died(None, 1, began + 2))  # not a session: skipped
+        fake.events.put_nowait(died("hog", 137, began + 3))
+        assert await asyncio.wait_for(anext(exits), 10) == Exit(
+            "hog", "node-1", 137, oom_killed=True
+        )
+
+        fake.events.put_nowait(None)  # the node's service restarts
+        fake.events.put_nowait(died("late", 1, began + 4))
+        assert await asyncio.wait_for(anext(exits), 10) == Exit("late", "node-1", 1)
+        assert int(fake.event_streams[1]["since"]) == began + 3, "from the last event seen"
+    finally:
+        await exits.aclose()

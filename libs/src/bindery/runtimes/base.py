@@ -11,7 +11,7 @@ ordinary session, found by that key if the launch is redelivered and by its name
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol, TypedDict
@@ -57,6 +57,22 @@ class SessionSpec:
 
 
 @dataclass(frozen=True)
+class Exit:
+    """How a session's server ended, as its runtime saw it."""
+
+    name: str
+    node: str
+    code: int | None = None
+    """Its exit status; None when the runtime no longer knew (the session was removed first)."""
+    oom_killed: bool = False
+    """The runtime says the kernel's OOM killer ended it. Kubernetes says so reliably; podman
+    only where its runtime and cgroups report it (not on this host's runc over cgroup v1, where
+    an OOM-killed server looks like any other SIGKILLed one)."""
+    disk_evicted: bool = False
+    """The kubelet evicted it for writing more than its `ephemeral-storage` limit."""
+
+
+@dataclass(frozen=True)
 class Session:
     name: str
     node: str
@@ -70,6 +86,8 @@ class Session:
     memory_reservation: int = 0
     warm: bool = False
     """Waiting in the warm pool, not yet claimed by a launch."""
+    exit: Exit | None = None
+    """How its server ended, once it has."""
 
 
 @dataclass(frozen=True)
@@ -166,6 +184,13 @@ class Runtime(Protocol):
 
     async def disk_usage(self, node: str) -> list[DiskUsage]:
         """What the sessions on `node` have written (warm ones included), in one pass."""
+        ...
+
+    def exits(self) -> AsyncGenerator[Exit, None]:
+        """Every session (warm ones included) whose server ends from now on, on any node, as
+        the runtime reports it; Bindery's own stops too. Runs until closed, reconnecting after
+        errors; an exit may be reported twice, and one that happens while the runtime cannot be
+        reached may be lost (callers reconcile with `list_sessions` now and then)."""
         ...
 
     async def close(self) -> None: ...

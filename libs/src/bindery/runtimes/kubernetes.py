@@ -27,6 +27,10 @@ What maps where:
   by default, `--node-status-max-images`), its room for sessions `status.allocatable.memory`.
 - Readiness: the pod's IP, port 8888, is the session's target; the scheduler probes Jupyter there.
 
+Exits: a watch on this instance's session pods reports each pod whose container terminated
+(restartPolicy Never: the pod is over), with the kubelet's reason (OOMKilled, an eviction for
+disk); a broken watch is started again, which lists every pod again (repeats are harmless).
+
 Pod names are `<instance>-<session name>` and never change. A warm pod carries `bindery.key=""`;
 claiming it is one JSON patch that tests the key is still empty and sets it to the launch's key,
 so two schedulers cannot claim the same pod. A session started by a launch has its key from the
@@ -40,12 +44,14 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
-from kubernetes_asyncio import client, config
+import aiohttp
+import structlog
+from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from bindery.runtimes.base import (
@@ -55,6 +61,7 @@ from bindery.runtimes.base import (
     LABEL_SESSION,
     LABEL_WARM,
     DiskUsage,
+    Exit,
     RuntimeError_,
     Session,
     SessionSpec,
@@ -62,6 +69,8 @@ from bindery.runtimes.base import (
     description,
     jupyter_command,
 )
+
+log = structlog.get_logger("bindery.runtimes.kubernetes")
 
 LABEL_KEY = "bindery.key"
 """The launch's session name (empty on an unclaimed warm pod): what `get` selects on."""
@@ -92,6 +101,9 @@ PULL_ERRORS = frozenset(
     }
 )
 """Waiting reasons that mean the image will not arrive; anything else is still on its way."""
+
+WATCH_RESTART_DELAY = 1.0
+"""Pause before watching again after the watch failed (API server restarting)."""
 
 _QUANTITY = re.compile(r"^([0-9.]+)([a-zA-Z]*)$")
 _SUFFIXES = {
@@ -210,9 +222,12 @@ class KubernetesRuntime:
             raise _error("listing pods", exc) from exc
         return list(pods.items)
 
+    @property
+    def _sessions_selector(self) -> str:
+        return f"{LABEL_INSTANCE}={self._instance},{LABEL_SESSION}"
+
     async def _all(self) -> list[Session]:
-        pods = await self._list(f"{LABEL_INSTANCE}={self._instance},{LABEL_SESSION}")
-        return [_session_from_pod(pod) for pod in pods]
+        return [_session_from_pod(pod) for pod in await self._list(self._sessions_selector)]
 
     async def list_sessions(self) -> list[Session]:
         return [session for session in await self._all() if not session.warm]
@@ -224,6 +239,32 @@ class KubernetesRuntime:
         pods = await self._list(f"{LABEL_INSTANCE}={self._instance},{LABEL_KEY}={key}")
         return _session_from_pod(pods[0]) if pods else None
 
+    async def exits(self) -> AsyncGenerator[Exit, None]:
+        # Pods whose end was reported: an ended pod stays until deleted, and may change meanwhile.
+        reported: set[str] = set()
+        while True:
+            watcher = watch.Watch()
+            try:
+                pods = watcher.stream(
+                    self._core.list_namespaced_pod,
+                    self.namespace,
+                    label_selector=self._sessions_selector,
+                )
+                async for change in pods:
+                    pod = change["object"]
+                    if change["type"] == "DELETED":
+                        reported.discard(pod.metadata.uid)
+                        continue
+                    ended = _exit_of_pod(pod)
+                    if ended is not None and pod.metadata.uid not in reported:
+                        reported.add(pod.metadata.uid)
+                        yield ended
+            except (ApiException, aiohttp.ClientError, OSError, ValueError) as exc:
+                log.warning("kubernetes.watch_broken", error=str(exc))
+            finally:
+                await watcher.close()
+            await asyncio.sleep(WATCH_RESTART_DELAY)
+
     async def disk_usage(self, node: str) -> list[DiskUsage]:
         """The pods on `node` the kubelet evicted for going over their `ephemeral-storage`
         limit. Running pods are not measured here: the kubelet enforces their limit itself."""
@@ -232,10 +273,7 @@ class KubernetesRuntime:
         )
         usages = []
         for pod in pods:
-            status = pod.status
-            if status is None or status.reason != "Evicted":
-                continue
-            if not _DISK_EVICTION.search(status.message or ""):
+            if not _evicted_for_disk(pod):
                 continue
             limits = pod.spec.containers[0].resources.limits or {}
             usages.append(
@@ -449,6 +487,31 @@ def _raise_if_failed(pod: Any) -> None:
         raise RuntimeError_(f"pod {pod.metadata.name} failed: {reason}")
 
 
+def _evicted_for_disk(pod: Any) -> bool:
+    status = pod.status
+    return bool(
+        status is not None
+        and status.reason == "Evicted"
+        and _DISK_EVICTION.search(status.message or "")
+    )
+
+
+def _exit_of_pod(pod: Any) -> Exit | None:
+    """How the pod's session ended, if it has: its container terminated, or it was evicted."""
+    state = _container_state(pod)
+    terminated = state.terminated if state is not None else None
+    evicted = _evicted_for_disk(pod)
+    if terminated is None and not evicted:
+        return None
+    return Exit(
+        name=(pod.metadata.labels or {}).get(LABEL_SESSION, ""),
+        node=pod.spec.node_name or "",
+        code=terminated.exit_code if terminated is not None else None,
+        oom_killed=terminated is not None and terminated.reason == "OOMKilled",
+        disk_evicted=evicted,
+    )
+
+
 def _serving(pod: Any) -> bool:
     return bool(pod.status and pod.status.phase == "Running" and pod.status.pod_ip)
 
@@ -479,4 +542,5 @@ def _session_from_pod(pod: Any) -> Session:
         running=_serving(pod) and pod.metadata.deletion_timestamp is None,
         memory_reservation=parse_memory(requests["memory"]) if "memory" in requests else 0,
         warm=LABEL_WARM in labels and not labels.get(LABEL_KEY),
+        exit=_exit_of_pod(pod),
     )

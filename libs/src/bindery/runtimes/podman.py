@@ -13,17 +13,24 @@ the writable layer, measured like the rest.
 Container names: `<instance>-<key>` for a session started or claimed by a launch (key = the
 launch's session name, so a redelivered launch finds its container on whichever node it runs),
 `<instance>-warm-<name>` for a warm session nobody has claimed yet. Claiming renames it.
+
+Exits: each node's libpod event stream (`died` events of this instance's containers), read
+from the time `exits` began and, after an error, again from the last event seen (podman keeps
+its events in a file, so nothing in between is lost; repeats are harmless).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
+import structlog
 
 from bindery.runtimes.base import (
     JUPYTER_PORT,
@@ -32,6 +39,7 @@ from bindery.runtimes.base import (
     LABEL_SESSION,
     LABEL_WARM,
     DiskUsage,
+    Exit,
     RuntimeError_,
     Session,
     SessionSpec,
@@ -41,6 +49,12 @@ from bindery.runtimes.base import (
 )
 
 API = "/v1.41"
+LIBPOD_API = "/v4.0.0/libpod"
+"""Podman's own API, for what the Docker-compatible one lacks: event filters by label."""
+EVENTS_RECONNECT_DELAY = 1.0
+"""Pause before reading a node's events again after the stream broke (node restarting)."""
+
+log = structlog.get_logger("bindery.runtimes.podman")
 
 
 class PodmanNode:
@@ -68,6 +82,11 @@ class PodmanNode:
     def raw(self, method: str, path: str) -> Any:
         return self._session.request(method, f"http://node{API}{path}")
 
+    def stream(self, path: str) -> Any:
+        """A libpod GET answered for as long as podman has more to say (an event stream)."""
+        endless = aiohttp.ClientTimeout(total=None, sock_connect=10)
+        return self._session.request("GET", f"http://node{LIBPOD_API}{path}", timeout=endless)
+
     async def close(self) -> None:
         await self._session.close()
 
@@ -94,8 +113,12 @@ class PodmanRuntime:
         for node in self.nodes.values():
             await node.close()
 
+    @property
+    def _instance_label(self) -> str:
+        return f"{LABEL_INSTANCE}={self._instance}"
+
     def _filters(self, *labels: str) -> str:
-        return quote(json.dumps({"label": [f"{LABEL_INSTANCE}={self._instance}", *labels]}))
+        return quote(json.dumps({"label": [self._instance_label, *labels]}))
 
     async def _find(self, *labels: str) -> list[tuple[PodmanNode, dict[str, Any]]]:
         """Inspect every container of this instance carrying all `labels`, on every node."""
@@ -225,6 +248,71 @@ class PodmanRuntime:
             usages.append(_disk_usage(labels, written))
         return usages
 
+    async def exits(self) -> AsyncGenerator[Exit, None]:
+        found: asyncio.Queue[Exit] = asyncio.Queue()
+        since = int(time.time())
+        readers = [
+            asyncio.create_task(self._read_exits(node, since, found.put))
+            for node in self.nodes.values()
+        ]
+        try:
+            while True:
+                yield await found.get()
+        finally:
+            for reader in readers:
+                reader.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+
+    async def _read_exits(
+        self, node: PodmanNode, since: int, found: Callable[[Exit], Awaitable[None]]
+    ) -> None:
+        """Follow `node`'s died events from `since` on, for good: a broken stream is read again
+        from the second of the last event it gave. Said once per outage, not once a second."""
+        filters = {"type": ["container"], "event": ["died"], "label": [self._instance_label]}
+        query = f"stream=true&filters={quote(json.dumps(filters))}"
+        broken = False
+        while True:
+            try:
+                async with node.stream(f"/events?{query}&since={since}") as resp:
+                    if resp.status != 200:
+                        raise RuntimeError_(f"{node.name}: events -> {resp.status}")
+                    if broken:
+                        log.info("node.events_back", node=node.name)
+                        broken = False
+                    async for line in resp.content:
+                        if not line.strip():
+                            continue
+                        event = json.loads(line)
+                        since = int(event.get("time") or since)
+                        ended = await self._exit_of(node, event)
+                        if ended is not None:
+                            await found(ended)
+            except (aiohttp.ClientError, OSError, RuntimeError_, ValueError) as exc:
+                if not broken:
+                    log.warning("node.events_broken", node=node.name, error=str(exc))
+                broken = True
+            await asyncio.sleep(EVENTS_RECONNECT_DELAY)
+
+    async def _exit_of(self, node: PodmanNode, event: dict[str, Any]) -> Exit | None:
+        """The session a died event is about and its exit status; whether the OOM killer ended
+        it is only in the container's state, read while it still exists."""
+        attributes = (event.get("Actor") or {}).get("Attributes") or {}
+        name = attributes.get(LABEL_SESSION)
+        if not name:
+            return None
+        code = attributes.get("containerExitCode")
+        try:
+            detail = await node.request("GET", f"/containers/{event['id']}/json", ok=(200, 404))
+        except RuntimeError_:
+            detail = None  # removed since it died (podman answers 500 "no such container")
+        state = (detail or {}).get("State") or {}
+        return Exit(
+            name,
+            node.name,
+            int(code) if code is not None else None,
+            oom_killed=bool(state.get("OOMKilled")),
+        )
+
     async def stop(self, name: str) -> bool:
         """Stop and remove the session's container wherever it runs; False if none existed."""
         found = await self._find(f"{LABEL_SESSION}={name}")
@@ -283,12 +371,18 @@ def _session_from_inspect(
         host = bindings[0].get("HostIp") or "127.0.0.1"
         target = f"http://{host}:{bindings[0]['HostPort']}"
     unclaimed = LABEL_WARM in labels and detail.get("Name", "").lstrip("/") == warm_name(name)
+    state = detail.get("State") or {}
+    # Podman says "stopped" from the process's end until its cleanup has run, then "exited".
+    exited = state.get("Status") in ("stopped", "exited")
     return Session(
         name=name,
         node=node,
         **description(labels),
         target=target,
-        running=bool((detail.get("State") or {}).get("Running")),
+        running=bool(state.get("Running")),
         memory_reservation=int((detail.get("HostConfig") or {}).get("MemoryReservation") or 0),
         warm=unclaimed,
+        exit=Exit(name, node, state.get("ExitCode"), bool(state.get("OOMKilled")))
+        if exited
+        else None,
     )
