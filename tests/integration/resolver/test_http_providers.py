@@ -407,7 +407,7 @@ async def test_banned_allowed_and_high_quota_specs(fake: FakeProviders) -> None:
     assert "banned" in message
     await harness.failed("gh", "%45vil-org/thing/main", FailureReason.BANNED)
     assert not fake.requests_to("/github/")
-    assert (await harness.resolved("gh", "owner/repo/main")).repo_config == {"quota": 100}
+    assert (await harness.resolved("gh", "owner/repo/main")).repo_config.quota == 100
     allow = Harness(make_settings(fake, allowed_specs=["gh/owner/repo/.*"], per_repo_quota=10))
-    assert (await allow.resolved("gh", "OWNER/repo/main")).repo_config == {"quota": 10}
+    assert (await allow.resolved("gh", "OWNER/repo/main")).repo_config.quota == 10
     await allow.failed("gl", "group%2Fsub%2Fproject/HEAD", FailureReason.BANNED)

@@ -20,6 +20,7 @@ from bindery.events import (
     ImageBuilt,
     LaunchFailed,
     RefResolved,
+    RepoConfig,
 )
 from bindery.events import FailureReason as LaunchFailure
 
@@ -183,6 +184,21 @@ async def test_launches_of_an_image_in_flight_join_its_build() -> None:
     ]
     assert bus.of("L1") == expected
     assert bus.of("L2") == expected
+
+
+async def test_each_launch_carries_its_own_repository_settings_to_the_scheduler() -> None:
+    runner, bus = FakeRunner(), Bus()
+    builder = make(runner, bus)
+    first = asyncio.create_task(builder.on_ref_resolved(resolved("L1", repo_config={"quota": 3})))
+    await runner.started.wait()
+    joined = asyncio.create_task(builder.on_ref_resolved(resolved("L2")))
+    while ("build-log", "STEP 1") not in bus.of("L2"):
+        await asyncio.sleep(0)
+    runner.release.set()
+    await asyncio.gather(first, joined)
+    await builder.on_ref_resolved(resolved("L3", repo_config={"quota": 9}))  # built moments ago
+    built = {e.launch_id: e.repo_config for e in bus.events if isinstance(e, ImageBuilt)}
+    assert built == {"L1": RepoConfig(quota=3), "L2": RepoConfig(), "L3": RepoConfig(quota=9)}
 
 
 async def test_an_image_built_moments_ago_is_reported_at_once() -> None:

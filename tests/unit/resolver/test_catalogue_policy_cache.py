@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from pydantic import ValidationError
 
-from bindery.events import FailureReason
+from bindery.events import FailureReason, RepoConfig
 from bindery.providers import PROVIDERS, detect, spec_syntax_error
 from bindery.resolver.cache import LookupCache
 from bindery.resolver.errors import ResolveError
@@ -82,16 +83,37 @@ def test_bans_match_any_letter_case_and_encoding() -> None:
 def test_allow_list_and_per_spec_config() -> None:
     rules = policy(
         allowed_specs=["gh/course/"],
-        high_quota_specs=["gh/course/big"],
+        high_quota_specs=["gh/course/big", "gh/course/open"],
         per_repo_quota=5,
         per_repo_quota_higher=50,
-        spec_config=[SpecConfig(pattern="gh/course/big", config={"quota": 80, "note": "x"})],
+        spec_config=[
+            SpecConfig(pattern="gh/course/big", config=RepoConfig(quota=80)),
+            SpecConfig.model_validate({"pattern": "gh/course/open", "config": {"quota": None}}),
+        ],
     )
     with pytest.raises(ResolveError):
         rules.check_allowed("gh", "other/repo/main")
     rules.check_allowed("gh", "Course/small/main")
-    assert rules.repo_config("gh", "course/small/main") == {"quota": 5}
-    assert rules.repo_config("gh", "course/BIG/main") == {"quota": 80, "note": "x"}
+    assert rules.repo_config("gh", "course/small/main") == RepoConfig(quota=5)
+    assert rules.repo_config("gh", "course/BIG/main") == RepoConfig(quota=80)
+    assert rules.repo_config("gh", "course/open/main") == RepoConfig(), "the scheduler's default"
+    assert policy().repo_config("gh", "any/repo/main") == RepoConfig()
+
+
+def test_a_per_repository_setting_that_nothing_applies_stops_the_resolver_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BINDERY_SPEC_CONFIG", '[{"pattern": "gh/x/.*", "config": {"note": "x"}}]')
+    with pytest.raises(ValidationError, match=r"config\.note\s+Extra inputs are not permitted"):
+        ResolverSettings()
+    for bad in ('{"quota": 0}', '{"quota": "many"}'):
+        monkeypatch.setenv("BINDERY_SPEC_CONFIG", f'[{{"pattern": "gh/x/.*", "config": {bad}}}]')
+        with pytest.raises(ValidationError, match=r"config\.quota"):
+            ResolverSettings()
+    monkeypatch.delenv("BINDERY_SPEC_CONFIG")
+    monkeypatch.setenv("BINDERY_PER_REPO_QUOTA", "0")
+    with pytest.raises(ValidationError, match="per_repo_quota"):
+        ResolverSettings()
 
 
 class Clock:

@@ -2,7 +2,13 @@
 
 from bindery.events.base import Event, InvalidEvent, event_types, parse_event
 from bindery.events.build import BuildLog, BuildStarted, ImageBuilt
-from bindery.events.launch import FailureReason, LaunchFailed, LaunchRequested, RefResolved
+from bindery.events.launch import (
+    FailureReason,
+    LaunchFailed,
+    LaunchRequested,
+    RefResolved,
+    RepoConfig,
+)
 from bindery.events.session import (
     IdleDetected,
     ImagePulling,
@@ -30,6 +36,7 @@ __all__ = [
     "PodScheduled",
     "PodStopped",
     "RefResolved",
+    "RepoConfig",
     "SessionActivity",
     "StopReason",
     "event_types",

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pydantic import Field
 
 from bindery.events.base import Event, register
+from bindery.events.launch import RepoConfig
 
 _BUILD_ID = re.compile(r"(?P<millis>[0-9a-f]{12})[0-9a-f]{8}")
 
@@ -63,3 +64,5 @@ class ImageBuilt(Event):
     resolved_ref: str
     duration_seconds: float = Field(ge=0)
     build_only: bool = False
+    repo_config: RepoConfig = Field(default_factory=RepoConfig)
+    """The launch's, from the ref-resolved it was built for: the scheduler applies it."""

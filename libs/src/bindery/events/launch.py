@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from bindery.events.base import Event, register
 
@@ -21,6 +21,17 @@ class LaunchRequested(Event):
     provider: str = Field(min_length=1, max_length=32)
     spec: str = Field(min_length=1, max_length=4096)
     build_only: bool = False
+
+
+class RepoConfig(BaseModel):
+    """Per-repository settings from the resolver's policy (`BINDERY_PER_REPO_QUOTA`,
+    `BINDERY_HIGH_QUOTA_SPECS`, `BINDERY_SPEC_CONFIG`), applied by the scheduler. Only settings
+    that take effect exist: any other key is refused (the resolver refuses it at start)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    quota: int | None = Field(default=None, ge=1)
+    """Concurrent sessions of this repository; None: the scheduler's `BINDERY_REPO_QUOTA`."""
 
 
 @register
@@ -55,11 +66,7 @@ class RefResolved(Event):
     image: str
     image_exists: bool
     build_only: bool = False
-    repo_config: dict[str, str | int | float | bool | None] = Field(
-        default_factory=dict,
-        description="per-repository settings from the resolver's spec patterns, e.g. `quota` "
-        "(concurrent sessions of this repository; absent = the scheduler's default)",
-    )
+    repo_config: RepoConfig = Field(default_factory=RepoConfig)
 
 
 class FailureReason(StrEnum):

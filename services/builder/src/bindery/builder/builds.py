@@ -197,6 +197,7 @@ class Builder:
                     resolved_ref=event.resolved_ref,
                     duration_seconds=result.seconds,
                     build_only=event.build_only,
+                    repo_config=event.repo_config,
                 )
             )
             return

@@ -1,7 +1,8 @@
 """Operator policy on specs: bans, an allow-list, higher quotas and per-repository settings.
 
 In: provider and raw spec. Out: `ResolveError(BANNED)` for a refused spec, and the
-`repo_config` dict that travels in ref-resolved (e.g. `quota`). Patterns are case-insensitive
+`RepoConfig` that travels in ref-resolved (the repository's `quota`, which the scheduler's
+admission enforces). Patterns are case-insensitive
 regexes matched from the start of `<provider>/<spec>` with the spec percent-decoded, so neither
 `DS-100/Textbook` nor `%44S-100/textbook` slips past a ban written for `ds-100/textbook`
 (BinderHub matches case-insensitively for the same reason).
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-from bindery.events import FailureReason
+from bindery.events import FailureReason, RepoConfig
 from bindery.resolver.errors import ResolveError
 from bindery.resolver.settings import ResolverSettings
 
@@ -28,7 +29,7 @@ class SpecPolicy:
     banned: tuple[re.Pattern[str], ...]
     allowed: tuple[re.Pattern[str], ...]
     high_quota: tuple[re.Pattern[str], ...]
-    spec_config: tuple[tuple[re.Pattern[str], dict[str, Any]], ...]
+    spec_config: tuple[tuple[re.Pattern[str], RepoConfig], ...]
     quota: int | None
     quota_higher: int | None
 
@@ -62,12 +63,11 @@ class SpecPolicy:
                 FailureReason.BANNED,
             )
 
-    def repo_config(self, provider: str, raw_spec: str) -> dict[str, Any]:
+    def repo_config(self, provider: str, raw_spec: str) -> RepoConfig:
         subject = self.subject(provider, raw_spec)
         higher = any(p.match(subject) for p in self.high_quota)
-        quota = self.quota_higher if higher else self.quota
-        config: dict[str, Any] = {} if quota is None else {"quota": quota}
-        for pattern, values in self.spec_config:
+        settings: dict[str, Any] = {"quota": self.quota_higher if higher else self.quota}
+        for pattern, config in self.spec_config:
             if pattern.match(subject):
-                config.update(values)
-        return config
+                settings.update(config.model_dump(exclude_unset=True))
+        return RepoConfig(**settings)

@@ -13,13 +13,20 @@ import math
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import structlog
 
 from bindery import telemetry
-from bindery.events import Event, FailureReason, LaunchFailed, LaunchRequested, RefResolved
+from bindery.events import (
+    Event,
+    FailureReason,
+    LaunchFailed,
+    LaunchRequested,
+    RefResolved,
+    RepoConfig,
+)
 from bindery.naming import repo_key, repo_slug
 from bindery.resolver.api import ApiClient
 from bindery.resolver.cache import LookupCache
@@ -92,7 +99,7 @@ class Resolver:
     async def close(self) -> None:
         await self.providers.api.close()
 
-    async def resolve(self, provider: str, raw_spec: str) -> tuple[Resolution, dict[str, Any]]:
+    async def resolve(self, provider: str, raw_spec: str) -> tuple[Resolution, RepoConfig]:
         if len(raw_spec) > self.settings.max_spec_length:
             raise ResolveError(
                 f"The link is longer than {self.settings.max_spec_length} characters"

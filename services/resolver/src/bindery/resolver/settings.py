@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from bindery.events import RepoConfig
 from bindery.providers import DATAVERSE_HOSTS
 from bindery.settings import CommonSettings
 
 
 class SpecConfig(BaseModel):
-    """Per-repository settings: every entry whose `pattern` matches a spec applies, in order."""
+    """Per-repository settings: every entry whose `pattern` matches a spec applies, in order.
+    `config` takes the keys of `RepoConfig` only (today `quota`): a key nothing would read stops
+    the resolver at start ("Extra inputs are not permitted"), rather than doing nothing."""
 
     pattern: str
-    config: dict[str, str | int | float | bool | None]
+    config: RepoConfig
 
 
 class ResolverSettings(CommonSettings):
@@ -56,14 +59,15 @@ class ResolverSettings(CommonSettings):
     high_quota_specs: list[str] = Field(default_factory=list)
     """Specs that get `per_repo_quota_higher` instead of `per_repo_quota` (workshops, courses)."""
 
-    per_repo_quota: int | None = None
+    per_repo_quota: int | None = Field(default=None, ge=1)
     """Concurrent sessions per repository; None leaves the scheduler's default. mybinder.org
     publishes a per-repository limit without a fixed number, so the operator chooses."""
 
-    per_repo_quota_higher: int | None = None
+    per_repo_quota_higher: int | None = Field(default=None, ge=1)
 
     spec_config: list[SpecConfig] = Field(default_factory=list)
-    """Per-repository configuration; a `quota` key overrides the quota above."""
+    """Per-repository configuration; a `quota` key overrides the quota above (the scheduler
+    enforces it)."""
 
     trusted_networks: list[str] = Field(default_factory=list)
     """CIDRs accepted as repository hosts although they are not global (an internal GitLab at
