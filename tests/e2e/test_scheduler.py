@@ -1,6 +1,8 @@
 """The scheduler through the whole started stack (issue 5): a launch over its repository's quota
 waits at a position the user sees and goes on when a session stops; killing the scheduler while
-a session starts leaves one ready session and no orphan."""
+a session starts leaves one ready session and no orphan. Issue 13: a session shut down from
+inside, or killed outside Bindery, gives its seat to the waiting launch and loses its route
+within seconds."""
 
 from __future__ import annotations
 
@@ -140,3 +142,41 @@ async def test_a_scheduler_killed_mid_launch_leaves_one_ready_session_and_no_orp
     everything = containers_with(f"bindery.repo={scheduler_repo}")
     assert everything == ours, "no container of this repository without a live launch"
     await stop_session(stack, ready)
+
+
+async def until_stopped(http: aiohttp.ClientSession, ready: dict[str, Any]) -> str:
+    """Wait (bounded) until the gateway no longer routes to the session; what it says then."""
+    auth = {"Authorization": f"token {ready['token']}", "Accept": "application/json"}
+    async with asyncio.timeout(30):
+        while True:
+            async with http.get(f"{ready['url']}api/status", headers=auth) as resp:
+                if resp.status == 404:
+                    return await resp.text()
+            await asyncio.sleep(0.2)
+
+
+async def test_a_session_ending_by_itself_frees_its_seat_and_loses_its_route_within_seconds(
+    stack: Stack, http: aiohttp.ClientSession, scheduler_repo: str, built: dict[str, Any]
+) -> None:
+    path = build_path(scheduler_repo, "main")
+    await until_gone(f"bindery.repo={scheduler_repo}")
+    with scheduler_settings(stack, BINDERY_REPO_QUOTA="1"):
+        first = (await launch(http, stack.gateway, path))[-1]
+        assert first["phase"] == "ready", first
+        second: list[dict[str, Any]] = []
+        async for event in launch_events(http, stack.gateway, path):
+            second.append(event)
+            if event.get("queue_position") == 1:  # waiting behind the first: shut it down
+                auth = {"Authorization": f"token {first['token']}"}
+                async with http.post(f"{first['url']}api/shutdown", headers=auth) as resp:
+                    assert resp.status == 200, await resp.text()
+        assert second[-1]["phase"] == "ready", second[-1]
+        assert "shut down" in await until_stopped(http, first)
+        await until_gone(f"bindery.session={session_of(first)}")
+
+        survivor = second[-1]
+        [container] = containers_with(f"bindery.session={session_of(survivor)}")
+        for url in NODES.values():  # outside Bindery, as an operator would
+            subprocess.run(["podman", "--url", url, "kill", container], capture_output=True)
+        assert "stopped unexpectedly" in await until_stopped(http, survivor)
+        await until_gone(f"bindery.session={session_of(survivor)}")

@@ -66,7 +66,7 @@ def test_every_configured_setting_exists() -> None:
 def test_the_scheduler_may_do_what_its_runtime_does() -> None:
     [rule] = find("Role", "bindery-session-manager")["rules"]
     assert rule["resources"] == ["pods"]
-    assert {"get", "list", "create", "patch", "delete"} <= set(rule["verbs"])
+    assert {"get", "list", "watch", "create", "patch", "delete"} <= set(rule["verbs"])
     [nodes] = find("ClusterRole", "bindery-node-reader")["rules"]
     assert nodes["resources"] == ["nodes"] and {"get", "list"} <= set(nodes["verbs"])
     scheduler = find("Deployment", "scheduler")["spec"]["template"]["spec"]

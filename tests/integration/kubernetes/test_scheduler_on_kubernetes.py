@@ -1,10 +1,13 @@
 """The scheduler, unchanged, launching through the Kubernetes runtime: it picks the node whose
 `status.images` hold the image, the pod lands there, and the launch is ready once Jupyter answers
-on the pod's IP with the session's token. The API server is the schema-validating stand-in; the
-"pod" is a Jupyter stand-in listening on a loopback address of its own, port 8888."""
+on the pod's IP with the session's token; when the kubelet reports the pod's server OOM-killed,
+its watch ends the session with that reason. The API server is the schema-validating stand-in;
+the "pod" is a Jupyter stand-in listening on a loopback address of its own, port 8888."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import pytest
 from aiohttp import web
 from kubernetes_asyncio.config import kube_config
 
-from bindery.events import Event, ImagePulling, PodReady
+from bindery.events import Event, ImagePulling, PodReady, PodStopped, StopReason
 from bindery.runtimes import KubernetesRuntime, make_runtime
 from bindery.scheduler.launch import LaunchOrder, Scheduler
 from bindery.scheduler.settings import SchedulerSettings
@@ -51,7 +54,7 @@ async def api() -> AsyncIterator[FakeKubernetes]:
     assert fake.invalid == []
 
 
-async def test_a_launch_lands_on_the_node_holding_its_image_and_becomes_ready(
+async def test_a_launch_lands_on_the_node_holding_its_image_and_ends_when_its_server_does(
     api: FakeKubernetes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
@@ -72,7 +75,22 @@ async def test_a_launch_lands_on_the_node_holding_its_image_and_becomes_ready(
     async with aiohttp.ClientSession() as http:
         scheduler = await Scheduler.create(settings, runtime, publish, http)
         await scheduler.launch(LaunchOrder("launch1", IMAGE, REPO, "abc", REPO))
+        exits = asyncio.create_task(scheduler.follow_exits_forever())
+        try:
+            [pod] = api.pods
+            api.terminate(pod, 137, "OOMKilled")
+            async with asyncio.timeout(30):
+                while not any(isinstance(e, PodStopped) for e in events):
+                    await asyncio.sleep(0.01)
+        finally:
+            exits.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await exits
         await runtime.close()
+
+    [stopped] = [e for e in events if isinstance(e, PodStopped)]
+    assert (stopped.launch_id, stopped.reason) == ("launch1", StopReason.OOM)
+    assert api.pods == {} and scheduler.cluster.seats == {}, "the pod is deleted, the seat free"
 
     [ready] = [e for e in events if isinstance(e, PodReady)]
     assert ready.node == "node-b" and ready.target == f"http://{POD_IP}:8888"

@@ -87,6 +87,26 @@ async def test_third_launch_of_a_repository_waits_first_in_line_and_goes_when_on
     assert admitted.seat.name == "c" and reported == [(1, REPOSITORY)]
 
 
+async def test_a_launch_carrying_its_repositorys_own_quota_is_held_at_that_number() -> None:
+    gate = admission(cluster(node_1=16), repo_quota=5)
+    assert gate.enqueue("a", "course", IMAGE, repo_quota=1).admitted
+    held = gate.enqueue("b", "course", IMAGE, repo_quota=1)
+    assert held.admitted is None and (held.position, held.limit) == (1, REPOSITORY)
+    assert gate.enqueue("c", "course", IMAGE, repo_quota=3).admitted, "its own quota: 3"
+    assert gate.enqueue("d", "other", IMAGE).admitted, "no quota of its own: the default 5"
+
+    async def notify(position: int, limit: str) -> None:
+        pass
+
+    with pytest.raises(QueueTimeout) as failure:
+        await gate.wait(held, 0.01, notify)
+    assert (failure.value.limit, failure.value.repo_quota) == (REPOSITORY, 1)
+    gate.release("a")
+    gate.release("c")
+    again = gate.enqueue("e", "course", IMAGE, repo_quota=1, launch_id="L-e")
+    assert again.admitted is not None and again.admitted.seat.launch_id == "L-e"
+
+
 async def test_positions_move_up_and_the_wait_ends_with_the_limit_that_held_it() -> None:
     gate = admission(cluster(node_1=16), total_quota=1)
     gate.enqueue("a", "r1", IMAGE)

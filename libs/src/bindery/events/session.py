@@ -77,6 +77,12 @@ class StopReason(StrEnum):
     FAILED = "failed"
     DISK = "disk"
     """The session wrote more than its disk limit (`BINDERY_DISK_LIMIT`)."""
+    SHUT_DOWN = "shut_down"
+    """Its Jupyter server exited cleanly by itself: File > Shut Down, `POST /api/shutdown`."""
+    CRASHED = "crashed"
+    """Its server exited with an error, or was killed or removed from outside Bindery."""
+    OOM = "oom"
+    """The kernel's OOM killer ended its server (as the runtime reports: Kubernetes does)."""
 
 
 @register

@@ -267,6 +267,9 @@ STOPPED_BECAUSE = {
     StopReason.DISK: "it wrote more to its disk than a session may",
     StopReason.ORPHANED: "its launch was gone",
     StopReason.FAILED: "its server stopped",
+    StopReason.SHUT_DOWN: "its Jupyter server was shut down from inside the session",
+    StopReason.CRASHED: "its Jupyter server stopped unexpectedly",
+    StopReason.OOM: "its Jupyter server ran out of memory",
 }
 
 

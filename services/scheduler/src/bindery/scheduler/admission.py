@@ -1,8 +1,9 @@
 """Quotas and the waiting queue: which launch may take a seat now, and where the others stand.
 
-In: launches asking for a seat (session name, repository key, image), seats released. Out: an
-admitted launch's seat (a warm session of its image, or a node chosen by the cluster view), or
-its position in the queue, re-reported whenever it changes, until a configurable wait runs out.
+In: launches asking for a seat (session name, repository key, image, and the repository's own
+quota when it has one), seats released. Out: an admitted launch's seat (a warm session of its
+image, or a node chosen by the cluster view), or its position in the queue, re-reported
+whenever it changes, until a configurable wait runs out.
 
 Launches wait in arrival order. Each pump walks the queue front to back and admits every launch
 that fits, so a repository at its quota never holds up launches of other repositories, and a
@@ -36,6 +37,9 @@ class Waiter:
     name: str
     repo_key: str
     image: str
+    repo_quota: int
+    """Concurrent sessions its repository may have (the launch's own, or the default)."""
+    launch_id: str = ""
     admitted: Admitted | None = None
     position: int = 0
     limit: str = ""
@@ -43,9 +47,11 @@ class Waiter:
 
 
 class QueueTimeout(Exception):
-    def __init__(self, limit: str) -> None:
+    def __init__(self, limit: str, repo_quota: int) -> None:
         super().__init__(limit)
         self.limit = limit
+        self.repo_quota = repo_quota
+        """The repository's quota that held the launch, when `limit` is REPOSITORY."""
 
 
 Notify = Callable[[int, str], Awaitable[None]]
@@ -55,6 +61,7 @@ Notify = Callable[[int, str], Awaitable[None]]
 class Admission:
     cluster: Cluster
     repo_quota: int
+    """For launches whose repository has no quota of its own."""
     total_quota: int
     reservation: int
     evict: Callable[[Seat], None]
@@ -62,8 +69,17 @@ class Admission:
 
     waiters: list[Waiter] = field(default_factory=list)
 
-    def enqueue(self, name: str, repo_key: str, image: str) -> Waiter:
-        waiter = Waiter(name, repo_key, image)
+    def enqueue(
+        self,
+        name: str,
+        repo_key: str,
+        image: str,
+        *,
+        launch_id: str = "",
+        repo_quota: int | None = None,
+    ) -> Waiter:
+        quota = self.repo_quota if repo_quota is None else repo_quota
+        waiter = Waiter(name, repo_key, image, quota, launch_id)
         self.waiters.append(waiter)
         self.pump()
         return waiter
@@ -97,13 +113,20 @@ class Admission:
     def _try_admit(self, waiter: Waiter) -> str | None:
         """Admit `waiter` and return None, or return the limit that holds it back."""
         cluster = self.cluster
-        if cluster.repo_sessions(waiter.repo_key) >= self.repo_quota:
+        if cluster.repo_sessions(waiter.repo_key) >= waiter.repo_quota:
             return REPOSITORY
         if cluster.launched_sessions() >= self.total_quota:
             return TOTAL
         warm = cluster.take_warm(waiter.image)
         if warm is not None and warm.warm is not None:
-            seat = Seat(warm.name, warm.node, warm.image, warm.reservation, waiter.repo_key)
+            seat = Seat(
+                warm.name,
+                warm.node,
+                warm.image,
+                warm.reservation,
+                waiter.repo_key,
+                launch_id=waiter.launch_id,
+            )
             cluster.occupy(seat)
             waiter.admitted = Admitted(seat, holds_image=True, warm=warm.warm)
             return None
@@ -116,7 +139,14 @@ class Admission:
                 choice = cluster.choose(waiter.image, self.reservation)
         if choice is None:
             return TOTAL
-        seat = Seat(waiter.name, choice.node, waiter.image, self.reservation, waiter.repo_key)
+        seat = Seat(
+            waiter.name,
+            choice.node,
+            waiter.image,
+            self.reservation,
+            waiter.repo_key,
+            launch_id=waiter.launch_id,
+        )
         cluster.occupy(seat)
         waiter.admitted = Admitted(seat, holds_image=choice.holds_image)
         return None
@@ -137,7 +167,7 @@ class Admission:
                     continue
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    raise QueueTimeout(waiter.limit)
+                    raise QueueTimeout(waiter.limit, waiter.repo_quota)
                 try:
                     await asyncio.wait_for(waiter.changed.wait(), remaining)
                 except TimeoutError:

@@ -1,6 +1,7 @@
 """Wires the scheduler: settings, the runtime over every node, reconciliation, subscriptions,
 and the background loops: one keeps popular images pre-pulled and the warm pool filled, one
-stops sessions over the disk limit."""
+stops sessions over the disk limit, one follows the runtime's exits and one reconciles the seats
+with the sessions the runtime lists, in case an exit went unreported."""
 
 from __future__ import annotations
 
@@ -27,5 +28,7 @@ def main() -> None:
         await subscribe(bus, scheduler)
         scheduler.background(scheduler.maintain_forever())
         scheduler.background(scheduler.check_disk_forever())
+        scheduler.background(scheduler.follow_exits_forever())
+        scheduler.background(scheduler.reconcile_forever())
 
     service.run("scheduler", settings, settings.health_port, start)

@@ -27,6 +27,8 @@ class Seat:
     """Held for the warm pool: counts for capacity, not for quotas, until a launch claims it."""
     warm: Session | None = None
     """The pool's session once it answers; only then can a launch claim it."""
+    launch_id: str = ""
+    """The launch it serves (a warm seat nobody claimed: its pool id), for its pod-stopped."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,12 @@ async def subscribe(bus: Bus, scheduler: Scheduler) -> None:
     async def on_launch(event: Event) -> None:
         if isinstance(event, RefResolved) and event.image_exists and not event.build_only:
             order = LaunchOrder(
-                event.launch_id, event.image, event.repo_url, event.resolved_ref, event.repo_key
+                event.launch_id,
+                event.image,
+                event.repo_url,
+                event.resolved_ref,
+                event.repo_key,
+                event.repo_config.quota,
             )
         elif isinstance(event, ImageBuilt) and not event.build_only:
             order = LaunchOrder(
@@ -21,6 +26,7 @@ async def subscribe(bus: Bus, scheduler: Scheduler) -> None:
                 event.repo_url,
                 event.resolved_ref,
                 repo_key(event.repo_url),
+                event.repo_config.quota,
             )
         else:
             return

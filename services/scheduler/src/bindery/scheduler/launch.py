@@ -1,8 +1,9 @@
 """The scheduler's domain: an image to run becomes a ready session, an idle one is stopped.
 
-In: ref-resolved (image present), image-built, idle-detected; the runtime's sessions at start;
-the disk each session wrote. Out: launch-queued, image-pulling, pod-scheduled, pod-ready,
-launch-failed, pod-stopped.
+In: ref-resolved (image present), image-built (each with the repository's own quota),
+idle-detected; the runtime's sessions at start, its exits as they happen and its session list
+now and then; the disk each session wrote. Out: launch-queued, image-pulling,
+pod-scheduled, pod-ready, launch-failed, pod-stopped.
 
 A launch takes a seat (admission: quotas, capacity, the waiting queue), then either claims a warm
 session of its image or starts one on the chosen node, pulling the image first when that node
@@ -10,8 +11,14 @@ lacks it, and waits until Jupyter answers. Handlers are idempotent: a launch's k
 name) comes from its launch id, and the runtime finds a session by that key on any node, so a
 redelivered launch resumes its session instead of starting a twin.
 
+A session whose server exits by itself (shut down, crashed, killed) gives its seat back
+at once and is removed, with a pod-stopped saying why (`exits.py`); a launch still starting
+fails instead. Bindery's own stops say why once.
+
 In the background the scheduler keeps popular images on more nodes and the warm pool filled,
-and stops sessions that wrote more than the disk limit (`disk.py`; reason `disk`).
+stops sessions that wrote more than the disk limit (`disk.py`; reason `disk`), follows the
+runtime's exits, and every `BINDERY_RECONCILE_INTERVAL` ends the seats whose session is gone
+without the runtime having said so.
 One scheduler process owns the quotas: run a single replica (a restart hands over cleanly).
 """
 
@@ -22,7 +29,7 @@ import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import structlog
@@ -42,11 +49,12 @@ from bindery.events import (
 )
 from bindery.naming import repo_key, session_name
 from bindery.runtimes import Limits, Runtime, RuntimeError_, Session, SessionSpec
-from bindery.runtimes.base import DiskUsage
+from bindery.runtimes.base import DiskUsage, Exit
 from bindery.scheduler import metrics
 from bindery.scheduler.admission import REPOSITORY, Admission, QueueTimeout
 from bindery.scheduler.cluster import Cluster, Seat
 from bindery.scheduler.disk import over_limit
+from bindery.scheduler.exits import ended_sessions, stop_reason
 from bindery.scheduler.popularity import Popularity, warm_targets
 from bindery.scheduler.settings import SchedulerSettings
 from bindery.tokens import session_token
@@ -54,6 +62,10 @@ from bindery.tokens import session_token
 log = structlog.get_logger("bindery.scheduler")
 
 Publish = Callable[[Event], Awaitable[None]]
+T = TypeVar("T")
+
+EXITS_RETRY_PAUSE = 1.0
+"""Before following the runtime's exits again after the stream failed."""
 
 
 @dataclass(frozen=True)
@@ -63,10 +75,32 @@ class LaunchOrder:
     repo_url: str
     resolved_ref: str
     repo_key: str
+    repo_quota: int | None = None
+    """The repository's own quota (`RepoConfig.quota`); None: `BINDERY_REPO_QUOTA`."""
 
 
 class NotReady(Exception):
     pass
+
+
+@dataclass
+class Progress:
+    """A launch between its order and its end, as the events about it find it."""
+
+    name: str
+    """Its session's name: the launch's key, or the warm session it was given."""
+    started: bool = False
+    """A session was started or claimed for it (or a redelivery found one): its exit is the
+    launch's business."""
+    exit: Exit | None = None
+    """Its server ended before the launch did."""
+    interrupted: asyncio.Event = field(default_factory=asyncio.Event)
+    """Its server ended: the launch's wait ends at once."""
+
+    def check(self) -> None:
+        """Raise what ended the launch early, if anything did."""
+        if self.exit is not None:
+            raise NotReady(f"its Jupyter server exited (status {self.exit.code})")
 
 
 @dataclass
@@ -80,6 +114,10 @@ class Scheduler:
     admission: Admission = field(init=False)
     resumed: set[str] = field(default_factory=set)
     """Sessions found by a redelivered launch since start: not orphans."""
+    _launches: dict[str, Progress] = field(default_factory=dict)
+    """Launches in progress, by launch id."""
+    _stopping: set[str] = field(default_factory=set)
+    """Sessions Bindery is stopping: their exit is its own doing, and it says why itself."""
     _pulls: dict[tuple[str, str], asyncio.Task[None]] = field(default_factory=dict)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _maintain_soon: asyncio.Event = field(default_factory=asyncio.Event)
@@ -139,13 +177,18 @@ class Scheduler:
     # --- start: rebuild the view from the runtime -----------------------------------------
 
     async def reconcile(self) -> None:
-        """Adopt live sessions and warm ones; remove dead containers and, after the startup
-        timeout, running ones that never answered and that no redelivered launch came back for.
+        """Adopt live sessions and warm ones; remove dead containers (saying why, for launched
+        ones: the gateway may still route to them) and, after the startup timeout, running ones
+        that never answered and that no redelivered launch came back for.
         """
-        for session in await self.runtime.list_sessions() + await self.runtime.list_warm():
+        for session in await self._all_sessions():
             if not session.running:
                 log.info("reconcile.removed", session=session.name, why="not running")
-                await self.runtime.stop(session.name)
+                if session.warm:
+                    await self.runtime.stop(session.name)
+                else:
+                    ended = session.exit or Exit(session.name, session.node)
+                    await self._end(session.launch_id, session.name, stop_reason(ended))
                 continue
             self.cluster.learn_image(session.node, session.image)
             self.popularity.record(session.image, session.repo)
@@ -156,10 +199,14 @@ class Scheduler:
                 session.memory_reservation or self.settings.memory_reservation,
                 repo_key="" if session.warm else repo_key(session.repo),
                 pool=session.warm,
+                launch_id=session.launch_id,
             )
             self.cluster.occupy(seat)
             self.background(self._adopt(session, seat))
         log.info("reconcile.done", seats=len(self.cluster.seats))
+
+    async def _all_sessions(self) -> list[Session]:
+        return await self.runtime.list_sessions() + await self.runtime.list_warm()
 
     async def _adopt(self, session: Session, seat: Seat) -> None:
         try:
@@ -181,27 +228,39 @@ class Scheduler:
         key = session_name(order.repo_url, order.launch_id)
         structlog.contextvars.bind_contextvars(session=key)
         self.popularity.record(order.image, order.repo_url)
-        name = key
+        progress = self._launches[order.launch_id] = Progress(key)
         try:
-            session = await self._resume(order, key)
+            await self._launch(order, progress)
+        finally:
+            if self._launches.get(order.launch_id) is progress:
+                del self._launches[order.launch_id]
+
+    async def _launch(self, order: LaunchOrder, progress: Progress) -> None:
+        try:
+            session = await self._resume(order, progress)
             if session is None:
-                session = await self._seat_and_start(order, key)
-            name = session.name
-            await self.wait_until_ready(session, self.token(name))
+                session = await self._seat_and_start(order, progress)
+            ready = self.wait_until_ready(session, self.token(session.name))
+            await self._unless_interrupted(progress, ready)
         except QueueTimeout as exc:
-            await self._fail(order, key, FailureReason.NO_CAPACITY, self._queue_message(exc))
+            await self._fail(
+                order, progress.name, FailureReason.NO_CAPACITY, self._queue_message(exc)
+            )
             return
         except (RuntimeError_, NotReady) as exc:
             log.warning("launch.failed", error=str(exc))
             await self._fail(
-                order, name, FailureReason.START_FAILED, f"The session could not start: {exc}"
+                order,
+                progress.name,
+                FailureReason.START_FAILED,
+                f"The session could not start: {exc}",
             )
             return
-        log.info("launch.ready", node=session.node, name=name)
+        log.info("launch.ready", node=session.node, name=session.name)
         await self.publish(
             PodReady(
                 launch_id=order.launch_id,
-                session=name,
+                session=session.name,
                 node=session.node,
                 image=order.image,
                 target=session.target,
@@ -210,15 +269,32 @@ class Scheduler:
             )
         )
         self._maintain_soon.set()
+        if progress.exit is not None:  # it ended while pod-ready was on its way: say so after
+            await self._ended_by_itself(progress.exit)
 
-    async def _resume(self, order: LaunchOrder, key: str) -> Session | None:
+    async def _unless_interrupted(self, progress: Progress, work: Coroutine[Any, Any, T]) -> T:
+        """`work`'s outcome, unless the launch's server ends first: then `work` (a wait, safe
+        to cancel) is cancelled and `Progress.check` says what happened."""
+        task = asyncio.ensure_future(work)
+        interrupted = asyncio.ensure_future(progress.interrupted.wait())
+        try:
+            await asyncio.wait((task, interrupted), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            task.cancel()
+            interrupted.cancel()
+        if not task.done():
+            progress.check()
+        return task.result()
+
+    async def _resume(self, order: LaunchOrder, progress: Progress) -> Session | None:
         """The session a previous delivery of this launch started, if it still runs."""
-        session = await self.runtime.get(key)
+        session = await self.runtime.get(progress.name)
         if session is None:
             return None
         self.resumed.add(session.name)
         if session.running:
             log.info("launch.resumed", node=session.node, name=session.name)
+            progress.name, progress.started = session.name, True
             if session.name not in self.cluster.seats:
                 self.cluster.occupy(
                     Seat(
@@ -227,6 +303,7 @@ class Scheduler:
                         session.image,
                         self.settings.memory_reservation,
                         order.repo_key,
+                        launch_id=order.launch_id,
                     )
                 )
             return session
@@ -235,10 +312,17 @@ class Scheduler:
         return None
 
     @telemetry.traced("placement")
-    async def _seat_and_start(self, order: LaunchOrder, key: str) -> Session:
+    async def _seat_and_start(self, order: LaunchOrder, progress: Progress) -> Session:
+        key = progress.name
         self.admission.release(key)  # a seat left by an earlier delivery that died early
         await self.refresh_holders(order.image)
-        waiter = self.admission.enqueue(key, order.repo_key, order.image)
+        waiter = self.admission.enqueue(
+            key,
+            order.repo_key,
+            order.image,
+            launch_id=order.launch_id,
+            repo_quota=order.repo_quota,
+        )
 
         async def notify(position: int, limit: str) -> None:
             log.info("launch.queued", position=position, limit=limit)
@@ -253,15 +337,25 @@ class Scheduler:
 
         admitted = await self.admission.wait(waiter, self.settings.queue_timeout, notify)
         seat = admitted.seat
+        progress.name = seat.name
         if admitted.warm is not None:
+            progress.started = True
             try:
                 session = await self.runtime.claim(admitted.warm, key)
             except RuntimeError_ as exc:
                 # The warm session vanished (stopped by hand?): start one where it was.
                 log.warning("pool.claim_failed", error=str(exc))
                 self.cluster.release(seat.name)
-                seat = Seat(key, seat.node, order.image, seat.reservation, order.repo_key)
+                seat = Seat(
+                    key,
+                    seat.node,
+                    order.image,
+                    seat.reservation,
+                    order.repo_key,
+                    launch_id=order.launch_id,
+                )
                 self.cluster.occupy(seat)
+                progress.name, progress.started = key, False
             else:
                 log.info("pool.claimed", name=session.name, node=session.node)
                 metrics.WARM_POOL_HITS.inc()
@@ -274,6 +368,7 @@ class Scheduler:
             await self.pull(seat.node, order.image)
         await self._scheduled(order, key, seat.node)
         spec = self._spec(key, order.image, order.repo_url, order.launch_id)
+        progress.started = True  # before the start returns: its exit may come first
         with telemetry.span("container.start"):
             session = await self.runtime.start(seat.node, spec)
         self.cluster.learn_image(seat.node, order.image)
@@ -300,10 +395,7 @@ class Scheduler:
     def _queue_message(self, exc: QueueTimeout) -> str:
         minutes = self.settings.queue_timeout / 60
         if exc.limit == REPOSITORY:
-            what = (
-                f"This repository already has {self.settings.repo_quota} sessions running, "
-                "its limit"
-            )
+            what = f"This repository already has {exc.repo_quota} sessions running, its limit"
         else:
             what = "Bindery has no room for another session right now"
         return f"{what}, and none ended within {minutes:.0f} minutes. Please try again later."
@@ -361,19 +453,102 @@ class Scheduler:
         await self._end(event.launch_id, event.session, event.reason)
 
     async def _end(self, launch_id: str, name: str, reason: StopReason) -> None:
-        """Stop a launched session and say why (pod-stopped): routes, culler, the user."""
-        if await self.runtime.stop(name):
-            log.info("session.stopped", session=name, reason=reason.value)
-        self.admission.release(name)
+        """Stop a launched session and say why (pod-stopped): routes, culler, the user. Once:
+        a session already being stopped, or already gone with its seat, has been (or will be)
+        explained by whoever stopped it."""
+        if name in self._stopping:
+            return
+        self._stopping.add(name)
+        try:
+            stopped = await self.runtime.stop(name)
+            seat = self.admission.release(name)
+        finally:
+            self._stopping.discard(name)
+        if not (stopped or seat):
+            return
+        log.info("session.stopped", session=name, reason=reason.value)
         await self.publish(PodStopped(launch_id=launch_id, session=name, reason=reason))
         self._maintain_soon.set()
 
     async def _stop_quietly(self, name: str, why: str) -> None:
+        self._stopping.add(name)
         try:
             await self.runtime.stop(name)
         except (RuntimeError_, aiohttp.ClientError) as exc:
             log.warning("session.stop_failed", session=name, why=why, error=str(exc))
+        finally:
+            self._stopping.discard(name)
         self.admission.release(name)
+
+    # --- sessions that end by themselves ------------------------------------------------------
+
+    async def follow_exits_forever(self) -> None:
+        """End each session as soon as the runtime reports that its server exited."""
+        while True:
+            try:
+                async with contextlib.aclosing(self.runtime.exits()) as exits:
+                    async for ended in exits:
+                        await self.session_exited(ended)
+            except Exception:
+                log.exception("exits.follow_failed")
+            await asyncio.sleep(EXITS_RETRY_PAUSE)
+
+    async def session_exited(self, ended: Exit) -> None:
+        """A session's server exited. A launch still in progress owns its session's fate: it
+        fails (or, ready already, ends the session after its pod-ready). Any other seat is ended
+        now, unless Bindery is stopping it itself."""
+        progress = next((p for p in self._launches.values() if p.name == ended.name), None)
+        if progress is None:
+            await self._ended_by_itself(ended)
+        elif progress.started and progress.exit is None:
+            progress.exit = ended
+            progress.interrupted.set()
+
+    async def _ended_by_itself(self, ended: Exit) -> None:
+        """Give the seat of a session that ended by itself back and remove what is left of it,
+        saying why (pod-stopped) unless it was a warm session nobody had claimed."""
+        seat = self.cluster.seats.get(ended.name)
+        if seat is None or ended.name in self._stopping:
+            return  # Bindery stopped it, or it was never this scheduler's
+        reason = stop_reason(ended)
+        log.info(
+            "session.ended_by_itself",
+            session=ended.name,
+            node=ended.node,
+            status=ended.code,
+            reason=reason.value,
+            warm=seat.pool,
+        )
+        metrics.SESSIONS_ENDED.labels(reason.value).inc()
+        if seat.pool:  # nobody's session yet: nobody to tell
+            await self._stop_quietly(ended.name, "warm session ended")
+        else:
+            await self._end(seat.launch_id, ended.name, reason)
+
+    async def reconcile_forever(self) -> None:
+        """The safety net under `follow_exits_forever`: exits the runtime never reported (a
+        node's event stream unreachable for a while, an event lost with a failed handling)."""
+        while True:
+            await asyncio.sleep(self.settings.reconcile_interval)
+            try:
+                await self.end_vanished()
+            except Exception:
+                log.exception("reconcile.failed")
+
+    async def end_vanished(self) -> list[Exit]:
+        """End every settled seat whose session the runtime lists as stopped or not at all;
+        return how those ended. Launches and warm sessions still starting find out themselves."""
+        starting = {progress.name for progress in self._launches.values()}
+        settled = [
+            seat
+            for seat in self.cluster.seats.values()
+            if seat.name not in starting and not (seat.pool and seat.warm is None)
+        ]
+        vanished = ended_sessions(settled, await self._all_sessions())
+        for ended in vanished:
+            log.warning("session.exit_missed", session=ended.name, node=ended.node)
+            await self.session_exited(ended)
+        return vanished
 
     # --- background: disk limits -------------------------------------------------------------
 

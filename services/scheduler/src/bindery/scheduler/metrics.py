@@ -42,6 +42,11 @@ DISK_CHECK_SECONDS = Histogram(
 DISK_STOPS = Counter(
     "bindery_disk_limit_stops", "Sessions stopped for writing more than the disk limit"
 )
+SESSIONS_ENDED = Counter(
+    "bindery_sessions_ended_by_themselves",
+    "Sessions whose server exited without Bindery stopping it, by the reason given",
+    ["reason"],
+)
 SESSIONS = Gauge("bindery_sessions", "Sessions holding a seat, launched (not warm)")
 WARM_SESSIONS = Gauge("bindery_warm_sessions", "Warm sessions waiting to be claimed")
 QUOTA_TOTAL = Gauge("bindery_quota_total", "Sessions allowed at once in all")

@@ -77,3 +77,9 @@ class SchedulerSettings(CommonSettings):
 
     maintain_interval: float = 30.0
     """How often the warm pool and pre-pulls are brought up to date (also after each launch)."""
+
+    reconcile_interval: float = Field(default=30.0, gt=0)
+    """How often the seats are compared with the sessions the runtime lists, so a session whose
+    end the runtime's events never reported (its node's event stream broken meanwhile) gives its
+    seat back within this time. The events themselves end a session within a second; this is
+    the safety net, and each pass lists (podman: inspects) every session on every node."""

@@ -1,0 +1,116 @@
+"""Capacity given back on real podman nodes (issue 13): a repository with a quota of its own
+queues its second launch while another repository launches; a session shut down from inside
+(Jupyter's `POST /api/shutdown`) or killed outside Bindery (`podman kill`) frees its seat within
+seconds, its container removed and its pod-stopped saying why, so the queued launch goes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+
+from bindery.events import LaunchQueued, PodReady, PodStopped, StopReason
+from bindery.scheduler.launch import LaunchOrder
+from tests.integration.scheduler.conftest import INSTANCE, Harness, MakeScheduler, podman
+
+REPO_A = "file:///srv/course"
+REPO_B = "file:///srv/other"
+
+
+def launch_id(label: str) -> str:
+    """Unique per run, so nothing of an earlier run can answer for this one."""
+    return f"{label}-{uuid.uuid4().hex[:8]}"
+
+
+def order(launch: str, image: str, repo: str, quota: int | None = None) -> LaunchOrder:
+    return LaunchOrder(launch, image, repo, "main", repo, quota)
+
+
+async def until(condition: Callable[[], object], within: float = 60.0) -> None:
+    """Wait for `condition`; `within` is a generous upper bound on a loaded 2-core machine."""
+    async with asyncio.timeout(within):
+        while not condition():
+            await asyncio.sleep(0.05)
+
+
+def containers(name: str) -> list[str]:
+    """The containers of the session `name` on any node, stopped ones included."""
+    return [
+        line
+        for node in ("node-1", "node-2")
+        for line in podman(
+            node, "ps", "-a", "--format", "{{.Names}}", "--filter", f"label=bindery.session={name}"
+        ).split()
+    ]
+
+
+@contextlib.asynccontextmanager
+async def following_exits(h: Harness) -> AsyncIterator[None]:
+    loop = asyncio.create_task(h.scheduler.follow_exits_forever())
+    try:
+        yield
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
+
+
+def ready(h: Harness, launch: str) -> PodReady | None:
+    return next((r for r in h.of(PodReady) if r.launch_id == launch), None)
+
+
+async def test_a_repository_at_its_own_quota_queues_and_a_shutdown_from_inside_frees_its_seat(
+    make_scheduler: MakeScheduler, session_image: str, http: aiohttp.ClientSession
+) -> None:
+    h = await make_scheduler(repo_quota=100, queue_timeout=600)
+    a1, a2, b1 = (launch_id(label) for label in ("A1", "A2", "B1"))
+    await h.scheduler.launch(order(a1, session_image, REPO_A, quota=1))
+    second = asyncio.create_task(h.scheduler.launch(order(a2, session_image, REPO_A, quota=1)))
+    await until(lambda: h.of(LaunchQueued))
+    assert [(q.launch_id, q.limit) for q in h.of(LaunchQueued)] == [(a2, "repository")]
+
+    await h.scheduler.launch(order(b1, session_image, REPO_B))
+    assert ready(h, b1) is not None and not second.done(), "another repository launches"
+
+    first = ready(h, a1)
+    assert first is not None
+    async with following_exits(h):
+        headers = {"Authorization": f"token {h.scheduler.token(first.session)}"}
+        url = f"{first.target}/user/{first.session}/api/shutdown"
+        async with http.post(url, headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+        await asyncio.wait_for(second, 60)
+    [stopped] = h.of(PodStopped)
+    assert (stopped.launch_id, stopped.session) == (a1, first.session)
+    assert stopped.reason is StopReason.SHUT_DOWN, "Jupyter exits 0 when shut down from inside"
+    assert containers(first.session) == [], "its container is removed"
+    assert ready(h, a2) is not None, "the queued launch got the seat"
+    running = {s.name for s in await h.runtime.list_sessions() if s.running}
+    assert set(h.scheduler.cluster.seats) == running, "the count is what runs"
+
+
+async def test_a_session_killed_outside_bindery_is_ended_by_its_event_or_by_reconciliation(
+    make_scheduler: MakeScheduler, session_image: str
+) -> None:
+    h = await make_scheduler()
+    k1, k2 = launch_id("K1"), launch_id("K2")
+    for launch in (k1, k2):
+        await h.scheduler.launch(order(launch, session_image, REPO_B))
+    first, second = ready(h, k1), ready(h, k2)
+    assert first is not None and second is not None
+
+    async with following_exits(h):
+        podman(first.node, "kill", f"{INSTANCE}-{first.session}")
+        await until(lambda: h.of(PodStopped))
+    assert [(e.launch_id, e.reason) for e in h.of(PodStopped)] == [(k1, StopReason.CRASHED)]
+    await until(lambda: containers(first.session) == [])
+
+    # Not following: only the periodic reconciliation can notice this one.
+    podman(second.node, "kill", f"{INSTANCE}-{second.session}")
+    ended = await h.scheduler.end_vanished()
+    assert [(e.name, e.code) for e in ended] == [(second.session, 137)]
+    assert [(e.launch_id, e.reason) for e in h.of(PodStopped)][1:] == [(k2, StopReason.CRASHED)]
+    assert containers(second.session) == [] and h.scheduler.cluster.seats == {}

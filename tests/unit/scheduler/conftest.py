@@ -1,0 +1,199 @@
+"""The scheduler against a fake runtime (sessions in a dict, exits on a queue, as podman reports
+them) and a local HTTP server answering for every session's Jupyter; events go to a list."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from bindery.events import Event
+from bindery.runtimes import Session, SessionSpec
+from bindery.runtimes.base import DiskUsage, Exit
+from bindery.scheduler.launch import LaunchOrder, Scheduler
+from bindery.scheduler.settings import SchedulerSettings
+
+GiB = 1024**3
+IMAGE = "127.0.0.1:5000/demo:abc"
+REPO = "https://example.org/demo"
+
+
+@dataclass
+class FakeRuntime:
+    target: str
+    images: dict[str, set[str]] = field(default_factory=lambda: {"node-1": set(), "node-2": set()})
+    containers: dict[str, Session] = field(default_factory=dict)
+    """container key -> session"""
+    starts: list[tuple[str, SessionSpec]] = field(default_factory=list)
+    pulls: list[tuple[str, str]] = field(default_factory=list)
+    exited: asyncio.Queue[Exit] = field(default_factory=asyncio.Queue)
+    """What `exits` reports next: every running session stopped, by itself or by Bindery."""
+    streams: int = 0
+    """How many times `exits` was (re)started."""
+
+    def node_names(self) -> list[str]:
+        return list(self.images)
+
+    async def node_memory(self, node: str) -> int:
+        return 2 * GiB
+
+    async def list_sessions(self) -> list[Session]:
+        return [s for s in self.containers.values() if not s.warm]
+
+    async def list_warm(self) -> list[Session]:
+        return [s for s in self.containers.values() if s.warm]
+
+    async def get(self, key: str) -> Session | None:
+        return self.containers.get(key)
+
+    async def has_image(self, node: str, image: str) -> bool:
+        return image in self.images[node]
+
+    async def pull(self, node: str, image: str) -> None:
+        self.pulls.append((node, image))
+        self.images[node].add(image)
+
+    async def start(self, node: str, spec: SessionSpec) -> Session:
+        self.starts.append((node, spec))
+        session = self.session(spec.name, node, spec.image, warm=spec.warm)
+        self.containers[f"warm-{spec.name}" if spec.warm else spec.name] = session
+        return session
+
+    async def claim(self, warm: Session, key: str) -> Session:
+        session = replace(self.containers.pop(f"warm-{warm.name}"), warm=False)
+        self.containers[key] = session
+        return session
+
+    async def stop(self, name: str) -> bool:
+        keys = [k for k, s in self.containers.items() if s.name == name]
+        for key in keys:
+            stopped = self.containers.pop(key)
+            if stopped.running:  # podman reports its own stops as exits too (SIGTERM: 143)...
+                self.exited.put_nowait(Exit(name, stopped.node, 143))
+                await asyncio.sleep(0.01)  # ...before its stop call returns
+        return bool(keys)
+
+    async def exits(self) -> AsyncIterator[Exit]:
+        self.streams += 1
+        while True:
+            yield await self.exited.get()
+
+    def end(self, name: str, code: int | None, **how: bool) -> Exit:
+        """The session's server exits by itself: its container stays, stopped, and is reported."""
+        key = next(k for k, s in self.containers.items() if s.name == name)
+        ended = Exit(name, self.containers[key].node, code, **how)
+        self.containers[key] = replace(self.containers[key], running=False, exit=ended)
+        self.exited.put_nowait(ended)
+        return ended
+
+    def running(self) -> set[str]:
+        return {s.name for s in self.containers.values() if s.running}
+
+    async def disk_usage(self, node: str) -> list[DiskUsage]:
+        return [
+            DiskUsage(s.name, s.launch_id, 0) for s in self.containers.values() if s.node == node
+        ]
+
+    async def close(self) -> None:
+        pass
+
+    def session(self, name: str, node: str, image: str = IMAGE, **kw: Any) -> Session:
+        fields: dict[str, Any] = {"launch_id": "l", "repo": REPO, "running": True} | kw
+        return Session(
+            name=name,
+            node=node,
+            image=image,
+            started=datetime.now(UTC),
+            target=self.target,
+            memory_reservation=GiB,
+            **fields,
+        )
+
+
+@pytest.fixture
+async def jupyter() -> AsyncIterator[str]:
+    """Answers /user/<name>/api/status like a started Jupyter, except for names with 'dead'."""
+
+    async def status(request: web.Request) -> web.Response:
+        if "dead" in request.match_info["name"]:
+            return web.Response(status=503)
+        return web.json_response({"started": "now"})
+
+    app = web.Application()
+    app.router.add_get("/user/{name}/api/status", status)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+@dataclass
+class Harness:
+    scheduler: Scheduler
+    runtime: FakeRuntime
+    events: list[Event]
+
+    def of(self, kind: type[E]) -> list[E]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    @contextlib.asynccontextmanager
+    async def following_exits(self) -> AsyncIterator[None]:
+        """The scheduler's exits loop, running while the block does."""
+        loop = asyncio.create_task(self.scheduler.follow_exits_forever())
+        try:
+            yield
+        finally:
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+
+
+async def until(condition: Callable[[], object], within: float = 10.0) -> None:
+    """Wait for `condition` to hold; `within` is an upper bound, not the mechanism."""
+    async with asyncio.timeout(within):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+Make = Callable[..., Awaitable[Harness]]
+E = TypeVar("E", bound=Event)
+
+
+@pytest.fixture
+async def make(jupyter: str) -> AsyncIterator[Make]:
+    sessions: list[aiohttp.ClientSession] = []
+
+    async def build(**overrides: Any) -> Harness:
+        settings = SchedulerSettings(
+            **{"session_secret": "s" * 32, "startup_timeout": 0.5, **overrides}
+        )
+        runtime = FakeRuntime(jupyter)
+        events: list[Event] = []
+
+        async def publish(event: Event) -> None:
+            events.append(event)
+
+        http = aiohttp.ClientSession()
+        sessions.append(http)
+        scheduler = await Scheduler.create(settings, runtime, publish, http)
+        return Harness(scheduler, runtime, events)
+
+    yield build
+    for http in sessions:
+        await http.close()
+
+
+def order(
+    launch_id: str, image: str = IMAGE, *, repo: str = REPO, repo_quota: int | None = None
+) -> LaunchOrder:
+    return LaunchOrder(launch_id, image, repo, "abc", repo, repo_quota)
