@@ -83,6 +83,8 @@ class StopReason(StrEnum):
     """Its server exited with an error, or was killed or removed from outside Bindery."""
     OOM = "oom"
     """The kernel's OOM killer ended its server (as the runtime reports: Kubernetes does)."""
+    ABANDONED = "abandoned"
+    """Every client left its launch before it was ready (launch-abandoned); it had started."""
 
 
 @register
