@@ -1,7 +1,8 @@
 """Prometheus metrics every service shares, and the `/metrics` route that serves them.
 
-In: the bus's counts of messages handled and published, queue depths asked of the broker at
-scrape time, and whatever service-specific metrics a service registers in the default registry.
+In: the bus's counts of messages handled and published, failed steps of background loops,
+queue depths asked of the broker at scrape time, and whatever service-specific metrics a
+service registers in the default registry.
 Out: Prometheus' text format on `GET /metrics` beside `/health`.
 
 Durations use BinderHub's bucket boundaries (launches 2 s..10 min, builds 1 min..2 h) so
@@ -46,6 +47,11 @@ EVENTS_PUBLISHED = Counter(
     "bindery_events_published",
     "Messages published, by event type and outcome (ok: confirmed by the broker, error)",
     ["event_type", "outcome"],
+)
+LOOP_ERRORS = Counter(
+    "bindery_loop_errors",
+    "Failed steps of a service's background loops (each retried at the next interval)",
+    ["service", "loop"],
 )
 QUEUE_DEPTH = Gauge(
     "bindery_queue_messages",

@@ -1,16 +1,20 @@
-"""Runs one service process: logging, tracing, the bus, health and metrics endpoints, and a
-clean stop on SIGTERM.
+"""Runs one service process: logging, tracing, the bus, health and metrics endpoints, its
+background loops, and a clean stop on SIGTERM.
 
-In: the service name, its settings, a `start` coroutine that subscribes handlers and may return
-extra background tasks. Out: a process that serves `/health` and `/metrics` on its health port
-until stopped.
+In: the service name, its settings, a `start` coroutine that subscribes handlers and returns the
+service's background loops (`Loop`: a step to repeat every interval), if any. Out: a process
+that serves `/health` and `/metrics` on its health port until stopped. The runner supervises the
+loops: a step that raises is logged, counted (`bindery_loop_errors_total`) and tried again at
+the next interval, so one bad round never ends a loop; a loop that keeps failing or has ended
+makes `/health` answer 503 naming it. On stop the loops are cancelled and awaited.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 
 import structlog
 from aiohttp import web
@@ -21,7 +25,113 @@ from bindery.settings import CommonSettings
 
 log = structlog.get_logger("bindery.service")
 
-Starter = Callable[[Bus], Awaitable[None]]
+
+@dataclass(frozen=True)
+class Loop:
+    """A background job of a service: `step` every `interval` seconds while the service runs.
+    The step bounds its own time (its requests' timeouts): the runner only sees how it ends."""
+
+    name: str
+    step: Callable[[], Awaitable[object]]
+    interval: float
+    unhealthy_after: int = 3
+    """Failed steps in a row after which `/health` fails: one failure may be a passing outage
+    (a publish that timed out), this many say the loop cannot do its job."""
+    close: Callable[[], Awaitable[object]] | None = None
+    """Releases what the steps use (an HTTP client...), once the loop has stopped."""
+
+
+Starter = Callable[[Bus], Awaitable[Iterable[Loop] | None]]
+
+
+@dataclass
+class _Supervised:
+    loop: Loop
+    task: asyncio.Task[None] = field(init=False)
+    failures_in_a_row: int = 0
+    last_error: str = ""
+
+
+class Loops:
+    """A service's background loops, each in a task of its own, supervised."""
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+        self._supervised: dict[str, _Supervised] = {}
+
+    def start(self, loops: Iterable[Loop]) -> None:
+        loops = list(loops)
+        names = [loop.name for loop in loops] + list(self._supervised)
+        if len(set(names)) < len(names):
+            raise ValueError(f"two loops share a name: {sorted(names)}")
+        for loop in loops:
+            state = self._supervised[loop.name] = _Supervised(loop)
+            state.task = asyncio.create_task(self._repeat(state), name=f"loop:{loop.name}")
+            state.task.add_done_callback(self._ended)
+
+    async def _repeat(self, state: _Supervised) -> None:
+        loop = state.loop
+        errors = metrics.LOOP_ERRORS.labels(self._service, loop.name)
+        while True:
+            await asyncio.sleep(loop.interval)
+            try:
+                await loop.step()
+            except Exception as exc:
+                state.failures_in_a_row += 1
+                state.last_error = f"{type(exc).__name__}: {exc}"
+                errors.inc()
+                log.exception(
+                    "loop.failed", loop=loop.name, failures_in_a_row=state.failures_in_a_row
+                )
+            else:
+                if state.failures_in_a_row:
+                    log.info(
+                        "loop.recovered", loop=loop.name, after_failures=state.failures_in_a_row
+                    )
+                state.failures_in_a_row = 0
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        # Only cancellation (the stop) or an exception that is not an Exception ends a loop.
+        if not task.cancelled():
+            log.error("loop.ended", loop=task.get_name(), error=repr(task.exception()))
+
+    def unhealthy(self) -> dict[str, str]:
+        """Each loop that fails the service's health, with why."""
+        found = {}
+        for name, state in self._supervised.items():
+            if state.task.done():
+                found[name] = "stopped"
+            elif state.failures_in_a_row >= state.loop.unhealthy_after:
+                found[name] = (
+                    f"failed {state.failures_in_a_row} times in a row, last: {state.last_error}"
+                )
+        return found
+
+    async def stop(self) -> None:
+        tasks = [state.task for state in self._supervised.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for state in self._supervised.values():
+            if state.loop.close is not None:
+                await state.loop.close()
+
+
+def health_route(
+    service: str, broker_connected: Callable[[], bool], loops: Loops
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """`/health`: 200 while the broker is connected and every loop works, else 503 saying which
+    part is not."""
+
+    async def health(_request: web.Request) -> web.Response:
+        broker = broker_connected()
+        failing = loops.unhealthy()
+        body: dict[str, object] = {"service": service, "broker": broker}
+        if failing:
+            body["failing_loops"] = failing
+        return web.json_response(body, status=200 if broker and not failing else 503)
+
+    return health
 
 
 def make_bus(settings: CommonSettings, service: str) -> Bus:
@@ -36,13 +146,10 @@ async def serve(service: str, settings: CommonSettings, health_port: int, start:
     telemetry.configure(service, settings)
     bus = make_bus(settings, service)
     await bus.connect()
-
-    async def health(_request: web.Request) -> web.Response:
-        ok = bus.connected
-        return web.json_response({"service": service, "broker": ok}, status=200 if ok else 503)
+    loops = Loops(service)
 
     app = web.Application()
-    app.router.add_get("/health", health)
+    app.router.add_get("/health", health_route(service, lambda: bus.connected, loops))
     app.router.add_get("/metrics", metrics.route(lambda: refresh_queue_depths(bus)))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -52,10 +159,11 @@ async def serve(service: str, settings: CommonSettings, health_port: int, start:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await start(bus)
+    loops.start(await start(bus) or ())
     log.info("service.started", health_port=health_port)
     await stop.wait()
     log.info("service.stopping")
+    await loops.stop()
     await runner.cleanup()
     await bus.close()
     telemetry.shutdown()
