@@ -281,9 +281,25 @@ def upstream_app() -> web.Application:
                 await sock.send_bytes(b"echo:" + msg.data)
         return sock
 
+    async def pinging(request: web.Request) -> web.WebSocketResponse:
+        """Pings the browser as Jupyter Server does, says when the pong came back."""
+        sock = web.WebSocketResponse(autoping=False)
+        await sock.prepare(request)
+        await sock.ping(b"jupyter")
+        async for msg in sock:
+            if msg.type == aiohttp.WSMsgType.PONG:
+                await sock.send_str("pong-seen")
+            elif msg.type == aiohttp.WSMsgType.PING:
+                await sock.pong(msg.data)
+            elif msg.type == aiohttp.WSMsgType.TEXT:
+                await sock.send_str("echo:" + msg.data)
+        return sock
+
     app.router.add_route("*", "/user/s1/api/{tail:.*}", echo)
+    app.router.add_route("*", "/user/s1/lab/{tail:.*}", echo)
     app.router.add_get("/user/s1/big", big)
     app.router.add_get("/user/s1/ws", ws)
+    app.router.add_get("/user/s1/pinging", pinging)
     return app
 
 
@@ -376,12 +392,62 @@ async def test_proxy_websocket_both_ways_with_close_code(
     assert (await ws.receive(timeout=5)).data == "echo:hi"
     await ws.send_bytes(b"\x00\x01")
     assert (await ws.receive(timeout=5)).data == b"echo:\x00\x01"
-    assert route.last_activity >= before > 0
+    assert route.last_activity > before == 0, "the handshake is not activity, messages are"
     await ws.send_str("close-me")
     msg = await ws.receive(timeout=5)
     assert msg.type == aiohttp.WSMsgType.CLOSE
     assert ws.close_code == 4001
     await ws.close()
+
+
+async def test_pings_pongs_and_what_the_session_sends_are_not_activity(
+    harness: Harness, upstream: TestServer
+) -> None:
+    """A tab left open answers Jupyter's pings every 30 s: that must not keep its session."""
+    harness.gateway.routes.add("s1", str(upstream.make_url("")), "l" * 32)
+    route = harness.gateway.routes.get("s1")
+    assert route is not None
+    ws = await harness.client.ws_connect(
+        "/user/s1/pinging", headers={"Authorization": f"token {S1_TOKEN}"}, autoping=False
+    )
+    ping = await ws.receive(timeout=5)
+    assert ping.type == aiohttp.WSMsgType.PING
+    await ws.pong(ping.data)
+    assert (await ws.receive(timeout=5)).data == "pong-seen"
+    await ws.ping(b"browser")
+    assert (await ws.receive(timeout=5)).type == aiohttp.WSMsgType.PONG
+    assert route.last_activity == 0
+    await ws.send_str("run this")
+    assert (await ws.receive(timeout=5)).data == "echo:run this"
+    assert route.last_activity > 0
+    await ws.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "activity"),
+    [
+        ("GET", "lab/tree/index.ipynb", True),
+        ("GET", "api/kernels", False),
+        ("GET", "api/sessions", False),
+        ("GET", "api/contents/notebooks?content=1", False),
+        ("GET", "lab/api/settings", False),
+        ("PUT", "api/contents/index.ipynb", True),
+        ("POST", "api/kernels", True),
+        ("DELETE", "api/kernels/k1", True),
+        ("OPTIONS", "api/kernels", False),
+    ],
+)
+async def test_requests_a_person_makes_are_activity_polling_is_not(
+    harness: Harness, upstream: TestServer, method: str, path: str, activity: bool
+) -> None:
+    harness.gateway.routes.add("s1", str(upstream.make_url("")), "l" * 32)
+    route = harness.gateway.routes.get("s1")
+    assert route is not None
+    resp = await harness.client.request(
+        method, f"/user/s1/{path}", headers={"Authorization": f"token {S1_TOKEN}"}
+    )
+    assert resp.status == 200
+    assert (route.last_activity > 0) is activity
 
 
 async def test_unknown_session_is_404(harness: Harness) -> None:

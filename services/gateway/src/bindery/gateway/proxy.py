@@ -6,9 +6,9 @@ cookies and Authorization unchanged (Jupyter runs under /user/<session>/, enforc
 checks a websocket's Origin against Host), over the kept-alive pool of `upstream.py`; a small
 answer of known length goes back in one write with its headers, a larger one chunk by chunk.
 A websocket's handshake goes to the session on a connection of its own; after the session's 101
-the two connections are spliced as bytes (`splice.py`). Activity is noted in memory per request
-and per websocket chunk; `run_activity_flusher` publishes it in batches so no request waits on
-the broker.
+the two connections are spliced as bytes (`splice.py`). Activity (what a person does, not what
+JupyterLab polls: activity.py) is noted in memory per request and per websocket message from
+the browser; `run_activity_flusher` publishes it in batches so no request waits on the broker.
 
 The gateway checks the session's token too (defence in depth: a Jupyter misconfigured to accept
 anything, or an image that starts its own server, still sits behind it). Tokens are
@@ -37,6 +37,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from bindery.events import SessionActivity, StopReason
+from bindery.gateway.activity import is_person_request
 from bindery.gateway.splice import BrowserEnd, SessionEnd, Splice
 from bindery.gateway.upstream import Exchange, Pool, Target, UpstreamError
 from bindery.runtimes import Session
@@ -143,7 +144,8 @@ class Route:
     target: str
     launch_id: str
     last_activity: float = 0.0
-    """Wall-clock time of the last request or message (0: none since the route was added)."""
+    """Wall-clock time of the last request or message a person caused (0: none since the route
+    was added)."""
     flushed_activity: float = 0.0
     # Where to connect, parsed once from the target: (host, port, tls) and the path before
     # /user/<session>/ (empty for Jupyter at the root of its server).
@@ -371,9 +373,10 @@ class Proxy:
         expected: str = self._token_for(session)
         if not hmac.compare_digest(token.encode(), expected.encode()):
             return forbidden()
-        route.touch()
         if request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._websocket(request, route)
+        if is_person_request(request.method, request.match_info["tail"]):
+            route.touch()
         cookie = None if from_cookie else (session, expected)
         return await self._http(request, route, cookie)
 
@@ -494,9 +497,11 @@ class Proxy:
             raise
         handler = request.protocol
         splice = Splice(browser, session, route.touch, handler.connection_lost)
-        browser.set_protocol(BrowserEnd(splice))
-        # What the browser sent after its handshake, before the splice, aiohttp kept aside.
-        tail = _Tail(session.write)
+        browser_end = BrowserEnd(splice)
+        browser.set_protocol(browser_end)
+        # What the browser sent after its handshake, before the splice, aiohttp kept aside: it
+        # goes the way of the rest, so its frames are followed too.
+        tail = _Tail(browser_end.data_received)
         handler.set_parser(tail)  # type: ignore[arg-type]  # any object with feed_data/feed_eof
         end.splice(splice)
         if session.is_closing():

@@ -3,19 +3,21 @@
 In: the browser's transport (taken over from aiohttp once the 101 went out) and the session's
 (opened by the proxy, which read the session's 101 on it). Out: every byte either side sends,
 written to the other as it came: no frame is parsed, unmasked, re-masked or re-encoded, so
-close codes, subprotocols and extensions pass end to end. Each chunk notes activity for the
-culler. Reading pauses on one side while the other's write buffer is full; when either side
-closes, so does the other.
+close codes, subprotocols and extensions pass end to end. Reading pauses on one side while the
+other's write buffer is full; when either side closes, so does the other.
 
-Only the headers of the session's frames are followed (`FrameEdges`), so the gateway knows
-where a frame of its own may go: 1011 when the session vanished without a close frame, 1001
-when the gateway shuts down.
+Only frame headers are followed (`FrameEdges`). The session's tell the gateway where a frame of
+its own may go: 1011 when the session vanished without a close frame, 1001 when the gateway
+shuts down. The browser's tell data frames (a person's messages: activity for the culler) from
+control frames (pongs to the session's pings: not activity; see activity.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+
+from bindery.gateway.activity import is_data_frame
 
 _CLOSE_OPCODE = 0x8
 
@@ -41,7 +43,9 @@ class FrameEdges:
     def between_frames(self) -> bool:
         return not self._skip and not self._head
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> bool:
+        """Follow one chunk; returns whether a data frame (not a control frame) began in it."""
+        data_frame = False
         if self._head:
             data = self._head + data
             self._head = b""
@@ -53,7 +57,7 @@ class FrameEdges:
             if end - pos < 2:
                 self._head = data[pos:]
                 self._skip = 0
-                return
+                return data_frame
             second = data[pos + 1]
             length = second & 0x7F
             header = 2 if length < 126 else (4 if length == 126 else 10)
@@ -62,15 +66,19 @@ class FrameEdges:
             if end - pos < header:
                 self._head = data[pos:]
                 self._skip = 0
-                return
+                return data_frame
             if length == 126:
                 length = int.from_bytes(data[pos + 2 : pos + 4], "big")
             elif length == 127:
                 length = int.from_bytes(data[pos + 2 : pos + 10], "big")
-            if data[pos] & 0x0F == _CLOSE_OPCODE:
+            opcode = data[pos] & 0x0F
+            if opcode == _CLOSE_OPCODE:
                 self.closing = True
+            elif is_data_frame(opcode):
+                data_frame = True
             pos += header + length
         self._skip = pos - end
+        return data_frame
 
 
 class Splice:
@@ -86,6 +94,8 @@ class Splice:
         self.browser = browser
         self.session = session
         self.touch = touch
+        """Notes activity: called when the browser sends a data frame."""
+        self.from_browser = FrameEdges()
         self.from_session = FrameEdges()
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._on_browser_lost = on_browser_lost
@@ -115,10 +125,6 @@ class Splice:
             self.done.set_result(None)
 
 
-def _nothing() -> None:
-    return None
-
-
 def _pause(transport: asyncio.Transport) -> None:
     if not transport.is_closing():
         transport.pause_reading()
@@ -135,11 +141,13 @@ class BrowserEnd(asyncio.Protocol):
     def __init__(self, splice: Splice) -> None:
         self._splice = splice
         self._write = splice.session.write
+        self._feed = splice.from_browser.feed
         self._touch = splice.touch
 
     def data_received(self, data: bytes) -> None:
         self._write(data)
-        self._touch()
+        if self._feed(data):
+            self._touch()
 
     def eof_received(self) -> bool:
         return False  # a half-closed websocket is a closed one
@@ -166,8 +174,7 @@ class SessionEnd(asyncio.Protocol):
         self._splice: Splice | None = None
         # Set by `splice`; data_received calls them directly (the hot path).
         self._write: Callable[[bytes], object] | None = None
-        self._feed: Callable[[bytes], None] = self._handshake
-        self._touch: Callable[[], None] = _nothing
+        self._feed: Callable[[bytes], object] = self._handshake
 
     def _handshake(self, data: bytes) -> None:
         self._early += data
@@ -184,7 +191,6 @@ class SessionEnd(asyncio.Protocol):
         """From now on, bytes go to the browser; those that came early go first."""
         self._splice = splice
         self._feed = splice.from_session.feed
-        self._touch = splice.touch
         self._write = splice.browser.write
         if self._early:
             early, self._early = self._early, b""
@@ -194,7 +200,6 @@ class SessionEnd(asyncio.Protocol):
         if self._write is not None:
             self._write(data)
         self._feed(data)
-        self._touch()
 
     def eof_received(self) -> bool:
         return False
