@@ -33,9 +33,10 @@ declare -A HEALTH_URL=(
     [archiver]=http://127.0.0.1:8595/health
     [gateway]=http://127.0.0.1:8585/health
 )
-# The services that sign or check session tokens (bindery.bus.access.SESSION_SECRET_HOLDERS;
-# tests/unit/libs/test_access.py checks that both lists agree).
-SECRET_HOLDERS=(gateway scheduler)
+# The services that make or check session tokens, or present them to sessions' Jupyter (the
+# culler); bindery.bus.access.SESSION_SECRET_HOLDERS, and tests/unit/libs/test_access.py checks
+# that both lists agree.
+SECRET_HOLDERS=(gateway scheduler culler)
 # Who runs as whom. Root stays with those that need it: the builder sets up the build sandbox
 # (setpriv to the sandbox user, cgroups); the scheduler and the gateway use the podman node
 # sockets in /run/bindery (root's; whoever can use them can do anything podman can, so access to

@@ -190,6 +190,8 @@ def stack_env(log_dir: Path) -> dict[str, str]:
             "BINDERY_IMAGE_PREFIX": "bindery-test/",
             # Test runs share one podman storage: the builder must not prune the others' images.
             "BINDERY_PRUNE_INTERVAL": "0",
+            # The gateway reports activity every second, so culling tests can use short limits.
+            "BINDERY_ACTIVITY_FLUSH_INTERVAL": "1",
             "BINDERY_PORT": str(GATEWAY_PORT),
             "BINDERY_PUBLIC_URL": f"http://127.0.0.1:{GATEWAY_PORT}",
             "BINDERY_CHECK_INTERVAL": "2",

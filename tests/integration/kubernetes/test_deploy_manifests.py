@@ -79,8 +79,11 @@ def test_session_pods_are_fenced_in_and_reach_only_public_addresses() -> None:
     assert {p["metadata"]["namespace"] for p in policies} == {namespace}
     deny = find("NetworkPolicy", "sessions-default-deny")["spec"]
     assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
-    ingress = find("NetworkPolicy", "sessions-from-gateway-and-scheduler")["spec"]
+    ingress = find("NetworkPolicy", "sessions-from-gateway-scheduler-and-culler")["spec"]
     assert ingress["podSelector"]["matchExpressions"][0]["key"] == LABEL_SESSION
+    [peer] = ingress["ingress"][0]["from"]
+    [components] = peer["podSelector"]["matchExpressions"]
+    assert set(components["values"]) == {"gateway", "scheduler", "culler"}
     assert ingress["ingress"][0]["ports"] == [{"protocol": "TCP", "port": JUPYTER_PORT}]
     egress = find("NetworkPolicy", "sessions-to-dns-and-public-internet")["spec"]
     blocks = [

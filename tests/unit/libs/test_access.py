@@ -159,7 +159,7 @@ def test_the_table_lists_what_each_service_publishes() -> None:
 
 def test_the_session_secret_goes_only_where_it_is_used() -> None:
     users = {s for s in SERVICES if any("require_secret(" in t for t in service_sources(s))}
-    assert users == SESSION_SECRET_HOLDERS == {"gateway", "scheduler"}
+    assert users == SESSION_SECRET_HOLDERS == {"gateway", "scheduler", "culler"}
     script = (REPO / "scripts/services.sh").read_text()
     listed = re.search(r"^SECRET_HOLDERS=\(([^)]*)\)", script, re.MULTILINE)
     assert listed is not None, "scripts/services.sh lists the services given the secret"

@@ -80,7 +80,8 @@ class Access:
     streams: tuple[str, ...] = ()
     """Streams it reads from an offset (the event log, the build log)."""
     session_secret: bool = False
-    """It signs or checks session tokens (BINDERY_SESSION_SECRET): nobody else gets it."""
+    """It makes, checks or presents session tokens (BINDERY_SESSION_SECRET): nobody else gets
+    it."""
 
 
 SERVICES: dict[str, Access] = {
@@ -94,7 +95,14 @@ SERVICES: dict[str, Access] = {
         consumes=(topology.SCHEDULER, topology.SCHEDULER_STOPS),
         session_secret=True,
     ),
-    "culler": Access(publishes=(IdleDetected,), consumes=(topology.CULLER,)),
+    # The culler reads back recent session activity after a restart, and asks each session's
+    # Jupyter (with its token) how busy its kernels are.
+    "culler": Access(
+        publishes=(IdleDetected,),
+        consumes=(topology.CULLER,),
+        streams=(topology.EVENT_LOG_STREAM,),
+        session_secret=True,
+    ),
     "archiver": Access(consumes=(topology.ARCHIVER,), streams=(topology.EVENT_LOG_STREAM,)),
     "gateway": Access(
         publishes=(LaunchRequested, SessionActivity),

@@ -3,8 +3,9 @@
 In: an AMQP URL whose virtual host holds the `bindery.event-log` stream, where to start (the
 first event kept, only new ones, or a time) and filters. Out: `Recorded` events in the order the
 broker appended them, each with its stream offset, producing service and headers (the trace
-context); `replay` publishes them unchanged (same ids, producer, headers) through another
-virtual host's events exchange, so services running there see exactly what the originals saw.
+context); `recent` the events of a window up to now, for a service rebuilding its view;
+`replay` publishes them unchanged (same ids, producer, headers) through another virtual host's
+events exchange, so services running there see exactly what the originals saw.
 
 A stream never says "that was the last one": reading stops once the broker has sent nothing for
 `idle` seconds (it sends a backlog as fast as the consumer takes it), unless `follow` is set.
@@ -13,10 +14,11 @@ A stream never says "that was the last one": reading stops once the broker has s
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Collection
+from contextlib import aclosing
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, cast
 
 import aio_pika
 import structlog
@@ -120,6 +122,24 @@ async def read(
             yield record
     finally:
         await connection.close()
+
+
+async def recent(url: str, window: timedelta, event_types: Collection[str]) -> AsyncIterator[Event]:
+    """Events of the types in `event_types` from the event log's last `window`, up to the call:
+    what a restarted service folds back into its view before it consumes its queue again.
+
+    Stops at the first event newer than the call rather than waiting for the log to fall quiet
+    (a busy log never does); newer events wait in the caller's queue anyway."""
+    began = datetime.now(UTC)
+    # `read` is an async generator: closing it here, not at garbage collection, closes its
+    # connection when the loop below stops early.
+    records = cast(AsyncGenerator[Recorded, None], read(url, start=began - window))
+    async with aclosing(records):
+        async for record in records:
+            if record.event.time > began:
+                return
+            if record.event.type in event_types:
+                yield record.event
 
 
 def _wanted(

@@ -1,37 +1,54 @@
-"""Wires the culler: rebuild the view from the runtime, subscribe, check on a timer.
+"""Wires the culler: its view rebuilt from the runtime, the event log and (at each check) the
+sessions themselves; the subscription; the check as a loop supervised by the service runner.
 
 The culler is a singleton: replicas would split the activity events between them.
 """
 
 from __future__ import annotations
 
-import asyncio
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+import structlog
 
 from bindery import service
 from bindery.bus import Bus
 from bindery.culler.cull import Culler
-from bindery.culler.handlers import subscribe
+from bindery.culler.handlers import replay_recent_activity, subscribe
+from bindery.culler.jupyter import JupyterActivity
 from bindery.culler.settings import CullerSettings
 from bindery.runtimes import make_runtime
+
+log = structlog.get_logger("bindery.culler")
 
 
 def main() -> None:
     settings = CullerSettings()
-    tasks: set[asyncio.Task[None]] = set()
+    secret = settings.require_secret()
 
-    async def start(bus: Bus) -> None:
-        culler = Culler(settings.idle_timeout, settings.max_age, bus.publish)
+    async def start(bus: Bus) -> list[service.Loop]:
+        http = aiohttp.ClientSession()  # closed by the runner, after the loop that uses it
+        culler = Culler(
+            settings.idle_timeout,
+            settings.max_age,
+            bus.publish,
+            JupyterActivity(http, secret, settings.activity_query_timeout),
+            ask_concurrency=settings.activity_query_concurrency,
+        )
+        began = datetime.now(UTC)
         runtime = await make_runtime(settings)
-        culler.adopt(await runtime.list_sessions())
-        await runtime.close()
+        try:
+            culler.adopt(await runtime.list_sessions())
+        finally:
+            await runtime.close()
+        try:
+            await replay_recent_activity(
+                settings.amqp_url, culler, timedelta(seconds=settings.idle_timeout)
+            )
+        except Exception as exc:  # no stream, no read permission, broker gone: start anyway
+            log.warning("cull.replay_failed", error=str(exc) or type(exc).__name__)
+            culler.presume_active(began)
         await subscribe(bus, culler)
-
-        async def tick() -> None:
-            while True:
-                await asyncio.sleep(settings.check_interval)
-                await culler.check()
-
-        task = asyncio.create_task(tick())
-        tasks.add(task)
+        return [service.Loop("check", culler.check, settings.check_interval, close=http.close)]
 
     service.run("culler", settings, settings.health_port, start)
