@@ -105,6 +105,19 @@ class DiskUsage:
     is then the limit it went over, a lower bound."""
 
 
+# Kernel culling inside a session, as mybinder.org configures its sessions: a kernel idle for 10
+# minutes is shut down even while a tab holds it open (cull_connected), never while it runs code
+# (cull_busy stays off); checked every minute. A session's kernels share its memory limit, so
+# this frees what a person left behind in notebooks they no longer use while they work in
+# another; the culler stops whole sessions idle that long anyway. A culled kernel is no activity
+# to Bindery's culler, so it does not lengthen the session.
+KERNEL_CULLING = (
+    "--MappingKernelManager.cull_idle_timeout=600",
+    "--MappingKernelManager.cull_interval=60",
+    "--MappingKernelManager.cull_connected=True",
+)
+
+
 def jupyter_command(name: str) -> list[str]:
     """Jupyter under /user/<name>/; the token comes from JUPYTER_TOKEN, never the command line."""
     return [
@@ -116,6 +129,7 @@ def jupyter_command(name: str) -> list[str]:
         f"--ServerApp.base_url=/user/{name}/",
         "--ServerApp.allow_remote_access=True",
         "--ServerApp.root_dir=/home/jovyan",
+        *KERNEL_CULLING,
     ]
 
 
