@@ -195,6 +195,8 @@ def stack_env(log_dir: Path) -> dict[str, str]:
             "BINDERY_PORT": str(GATEWAY_PORT),
             "BINDERY_PUBLIC_URL": f"http://127.0.0.1:{GATEWAY_PORT}",
             "BINDERY_CHECK_INTERVAL": "2",
+            # A launch nobody watches is cancelled this soon (tests/e2e/test_abandoned_launches).
+            "BINDERY_ABANDON_GRACE": "5",
             "BINDERY_NODES": ",".join(f"{name}={url}" for name, url in NODES.items()),
             "BINDERY_ARCHIVE_DIR": str(log_dir / "archive"),
             # Every service appends its spans here, so a test can follow one launch's trace.

@@ -105,7 +105,7 @@ async def test_a_stopped_sessions_address_says_why_it_stopped(
     answer = await resp.json()
     assert answer["stopped"] == "disk"
     assert "wrote more to its disk than a session may" in answer["message"]
-    assert "Launch the repository again" in answer["message"]
+    assert "launch the repository again" in answer["message"]
 
     never = await (await harness.client.get("/user/never-was/")).json()
     assert never["stopped"] is None and "may have stopped or never existed" in never["message"]

@@ -13,6 +13,7 @@ from bindery.events import (
     Event,
     FailureReason,
     ImageBuilt,
+    LaunchAbandoned,
     LaunchFailed,
     LaunchRequested,
     PodReady,
@@ -108,6 +109,23 @@ def test_a_failed_launch_names_its_reason_and_service(tmp_path: Path) -> None:
     assert record["failed_service"] == "resolver"
     assert record["provider"] == "Git" and record["ref"] == ""
     assert record["duration_seconds"]["total"] == 2.0
+
+
+def test_an_abandoned_launch_says_so_and_its_late_session_is_not_a_second_line(
+    tmp_path: Path,
+) -> None:
+    archive = Archive(tmp_path, origin="o")
+    events = built_launch("l-4")
+    for event in events[:3]:  # requested, resolved, build started
+        archive.observe(event)
+    archive.observe(LaunchAbandoned(launch_id="l-4", time=at(40)))
+    for event in events[3:]:  # the build finishes for the cache; a late ready changes nothing
+        archive.observe(event)
+    (record,) = lines(tmp_path)
+    assert (record["outcome"], record["status"]) == ("abandoned", "failure")
+    assert (record["failure_reason"], record["failed_service"]) == ("abandoned", "gateway")
+    assert record["built"] is True and record["duration_seconds"]["total"] == 40.0
+    assert record["duration_seconds"]["launch"] is None
 
 
 def test_redelivered_events_write_nothing_twice_even_after_a_restart(tmp_path: Path) -> None:

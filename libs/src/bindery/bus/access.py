@@ -54,6 +54,7 @@ from bindery.events import (
     IdleDetected,
     ImageBuilt,
     ImagePulling,
+    LaunchAbandoned,
     LaunchFailed,
     LaunchQueued,
     LaunchRequested,
@@ -105,7 +106,7 @@ SERVICES: dict[str, Access] = {
     ),
     "archiver": Access(consumes=(topology.ARCHIVER,), streams=(topology.EVENT_LOG_STREAM,)),
     "gateway": Access(
-        publishes=(LaunchRequested, SessionActivity),
+        publishes=(LaunchRequested, LaunchAbandoned, SessionActivity),
         consumes=(topology.GATEWAY_EVENTS, topology.GATEWAY_LOGS),
         streams=(topology.BUILD_LOG_STREAM,),
         session_secret=True,

@@ -65,7 +65,7 @@ RESOLVER = QueueSpec("bindery.resolver", ("launch-requested",))
 BUILDER = QueueSpec("bindery.builder.unclaimed", ("",), exchange=BUILDS_UNCLAIMED_EXCHANGE)
 SCHEDULER = QueueSpec("bindery.scheduler", ("ref-resolved", "image-built"))
 #: Apart from launches: launches waiting for a seat must never hold back the stop that frees one.
-SCHEDULER_STOPS = QueueSpec("bindery.scheduler-stops", ("idle-detected",))
+SCHEDULER_STOPS = QueueSpec("bindery.scheduler-stops", ("idle-detected", "launch-abandoned"))
 CULLER = QueueSpec("bindery.culler", ("pod-ready", "pod-stopped", "session-activity"))
 #: Every step of a launch, up to its end (pod-ready or launch-failed), for the launch archive.
 ARCHIVER = QueueSpec(
@@ -79,6 +79,7 @@ ARCHIVER = QueueSpec(
         "pod-scheduled",
         "pod-ready",
         "launch-failed",
+        "launch-abandoned",
     ),
 )
 #: Exclusive queues are named here, not by the broker: a robust connection redeclares them by

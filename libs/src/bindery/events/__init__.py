@@ -4,6 +4,7 @@ from bindery.events.base import Event, InvalidEvent, event_types, parse_event
 from bindery.events.build import BuildLog, BuildStarted, ImageBuilt
 from bindery.events.launch import (
     FailureReason,
+    LaunchAbandoned,
     LaunchFailed,
     LaunchRequested,
     RefResolved,
@@ -29,6 +30,7 @@ __all__ = [
     "ImageBuilt",
     "ImagePulling",
     "InvalidEvent",
+    "LaunchAbandoned",
     "LaunchFailed",
     "LaunchQueued",
     "LaunchRequested",

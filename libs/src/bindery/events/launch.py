@@ -1,6 +1,7 @@
 """Events of a launch's front half: the request, the resolved ref, and the terminal failure.
 
-Producers: gateway (launch-requested), resolver (ref-resolved), any service (launch-failed).
+Producers: gateway (launch-requested, launch-abandoned), resolver (ref-resolved), any service
+(launch-failed).
 """
 
 from __future__ import annotations
@@ -95,3 +96,12 @@ class LaunchFailed(Event):
     service: str
     reason: FailureReason
     message: str = Field(max_length=20_000)
+
+
+@register
+class LaunchAbandoned(Event):
+    """Terminal: every client watching the launch left before it was ready and none came back
+    within the grace period (`BINDERY_ABANDON_GRACE`). The scheduler starts no session for it
+    (or stops the one it started); a build in progress may finish, for the cache."""
+
+    type = "launch-abandoned"

@@ -93,6 +93,9 @@ class IdleDetected(Event):
 
     session: str
     reason: StopReason
+    idle_seconds: float | None = Field(
+        default=None, ge=0, description="for reason `idle`: how long nobody had used it"
+    )
 
 
 @register
@@ -101,3 +104,8 @@ class PodStopped(Event):
 
     session: str
     reason: StopReason
+    idle_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        description="for reason `idle`: how long nobody had used it (its address says so)",
+    )

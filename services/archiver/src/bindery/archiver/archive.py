@@ -1,15 +1,17 @@
 """The archiver's domain: the events of one launch fold into one line of the launch archive.
 
 In: launch-requested, ref-resolved, launch-queued, build-started, image-built, pod-scheduled,
-pod-ready, launch-failed. Out: when a launch ends (pod-ready, launch-failed, or image-built of a
-build-only launch), one JSON line appended to `<dir>/events-<YYYY-MM-DD>.jsonl` (the UTC day it
-ended), and the launch counters and histogram.
+pod-ready, launch-failed, launch-abandoned. Out: when a launch ends (pod-ready, launch-failed,
+launch-abandoned, or image-built of a build-only launch), one JSON line appended to
+`<dir>/events-<YYYY-MM-DD>.jsonl` (the UTC day it ended), and the launch counters and histogram.
 
 Each line holds BinderHub's launch event, schema `binderhub.jupyter.org/launch` version 6
 (provider, spec, ref, status, build_token, origin, request_origin) in mybinder.org's archive
 layout (timestamp, schema, version beside the fields), plus Bindery's own: launch id, outcome,
 failure reason and service, and the duration of each stage. Unlike mybinder.org's archive it
-records failed launches too. It never holds an IP address: no event carries one.
+records failed launches too, and launches abandoned by everyone watching them (outcome
+`abandoned`, status `failure`, reason `abandoned`: no session was given). It never holds an
+IP address: no event carries one.
 
 Redelivered events are harmless: a launch already written (this run, or found in today's and
 yesterday's files at start) is not written or counted again.
@@ -31,6 +33,7 @@ from bindery.events import (
     BuildStarted,
     Event,
     ImageBuilt,
+    LaunchAbandoned,
     LaunchFailed,
     LaunchQueued,
     LaunchRequested,
@@ -66,6 +69,18 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     if start is None or end is None:
         return None
     return round(max((end - start).total_seconds(), 0.0), 3)
+
+
+def outcome(terminal: Event) -> str:
+    """How a launch ended, by the event that ended it."""
+    match terminal:
+        case LaunchFailed():
+            return "failed"
+        case LaunchAbandoned():
+            return "abandoned"
+        case ImageBuilt():
+            return "built"
+    return "ready"
 
 
 @dataclass
@@ -131,7 +146,7 @@ class Archive:
                     return self._end(event, launch)
             case PodScheduled():
                 launch.scheduled = launch.scheduled or event.time
-            case PodReady() | LaunchFailed():
+            case PodReady() | LaunchFailed() | LaunchAbandoned():
                 return self._end(event, launch)
         return None
 
@@ -154,6 +169,7 @@ class Archive:
     def record(self, terminal: Event, launch: _Launch) -> dict[str, Any]:
         requested, resolved, built = launch.requested, launch.resolved, launch.built
         failed = terminal if isinstance(terminal, LaunchFailed) else None
+        abandoned = isinstance(terminal, LaunchAbandoned)
         provider = requested.provider if requested else (resolved.provider if resolved else "")
         spec = requested.spec if requested else (resolved.spec if resolved else "")
         image_ready = built.time if built else (resolved.time if resolved else None)
@@ -165,25 +181,25 @@ class Archive:
             "provider": BINDERHUB_PROVIDERS.get(provider, provider),
             "spec": spec,
             "ref": resolved.resolved_ref if resolved else "",
-            "status": "failure" if failed else "success",
+            "status": "failure" if failed or abandoned else "success",
             "build_token": False,
             "origin": self._origin,
             # BinderHub's Origin header of the request: the gateway does not pass it on.
             "request_origin": "",
             "launch_id": terminal.launch_id,
-            "outcome": "failed"
+            "outcome": outcome(terminal),
+            "failure_reason": failed.reason.value
             if failed
-            else ("built" if isinstance(terminal, ImageBuilt) else "ready"),
-            "failure_reason": failed.reason.value if failed else None,
-            "failed_service": failed.service if failed else None,
+            else ("abandoned" if abandoned else None),
+            "failed_service": failed.service if failed else ("gateway" if abandoned else None),
             "built": launch.build_started is not None,
             "queued": launch.queued,
             "duration_seconds": {
                 "total": _seconds(requested_at, terminal.time),
                 "resolve": _seconds(requested_at, resolved.time if resolved else None),
                 "build": round(built.duration_seconds, 3) if built else None,
-                "launch": None
-                if failed or isinstance(terminal, ImageBuilt)
-                else _seconds(image_ready, terminal.time),
+                "launch": _seconds(image_ready, terminal.time)
+                if isinstance(terminal, PodReady)
+                else None,
             },
         }

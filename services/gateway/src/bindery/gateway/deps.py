@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from bindery.events import Event
+import structlog
+
+from bindery.events import Event, LaunchAbandoned
 from bindery.gateway.abuse import AbuseGuard, AddressLog, RateLimiter, parse_networks
+from bindery.gateway.metrics import LAUNCHES_ABANDONED
 from bindery.gateway.progress import ProgressHub
 from bindery.gateway.proxy import RouteTable, SessionLister
 from bindery.gateway.settings import GatewaySettings
+
+log = structlog.get_logger("bindery.gateway")
 
 RegistryCheck = Callable[[], Awaitable[bool]]
 NodeCheck = Callable[[], Awaitable[bool]]
@@ -24,6 +30,28 @@ class Publisher(Protocol):
     def connected(self) -> bool: ...
 
     async def publish(self, event: Event, headers: dict[str, str] | None = None) -> None: ...
+
+
+def abandon_publisher(bus: Publisher) -> Callable[[str], None]:
+    """What the progress hub calls (from a timer) when nobody watches a launch any more: publish
+    launch-abandoned in the background. If that fails the launch goes on, and its session is
+    culled once idle: the slot comes back later, not never."""
+    pending: set[asyncio.Task[None]] = set()
+
+    async def publish(launch_id: str) -> None:
+        log.info("launch.abandoned", launch_id=launch_id)
+        LAUNCHES_ABANDONED.inc()
+        try:
+            await bus.publish(LaunchAbandoned(launch_id=launch_id))
+        except Exception as exc:
+            log.error("launch.abandon_publish_failed", launch_id=launch_id, error=str(exc))
+
+    def abandon(launch_id: str) -> None:
+        task = asyncio.create_task(publish(launch_id))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    return abandon
 
 
 @dataclass
@@ -59,6 +87,8 @@ class Gateway:
             retention=settings.progress_retention,
             terminal_grace=settings.progress_terminal_grace,
             terminal_grace_max=settings.progress_terminal_grace_max,
+            abandon_grace=settings.abandon_grace,
+            on_abandoned=abandon_publisher(bus),
         )
         abuse = AbuseGuard(
             banned=parse_networks(settings.banned_networks.split(",")),

@@ -9,6 +9,7 @@ from __future__ import annotations
 from bindery.bus import Bus, topology
 from bindery.events import BuildLog, Event, LaunchRequested, PodReady, PodStopped
 from bindery.gateway.deps import Gateway
+from bindery.gateway.ended import relaunch_link
 
 
 class EventHandlers:
@@ -20,9 +21,10 @@ class EventHandlers:
         """Domain events: progress for /build streams; routes from pod-ready and pod-stopped."""
         if isinstance(event, PodReady):
             # The route first: a client told `ready` goes straight to the session.
-            self._routes.add(event.session, event.target, event.launch_id)
+            relaunch = relaunch_link(event.repo_url, event.resolved_ref)
+            self._routes.add(event.session, event.target, event.launch_id, relaunch)
         elif isinstance(event, PodStopped):
-            self._routes.remove(event.session, event.reason)
+            self._routes.remove(event.session, event.reason, event.idle_seconds)
         if isinstance(event, LaunchRequested):
             self._progress.requested(event)
         else:

@@ -72,7 +72,7 @@ async def start_launch(
     """Open the launch's buffer (with `waiting`), then publish its request."""
     launch_id = uuid.uuid4().hex
     # Listen before publishing: the first answer may come back before publish() returns.
-    launch = gateway.progress.open(launch_id, provider, spec)
+    launch = gateway.progress.open(launch_id, provider, spec, build_only)
     log.info("launch.requested", launch_id=launch_id, provider=provider, build_only=build_only)
     LAUNCHES_REQUESTED.labels(provider=provider).inc()
     try:
@@ -201,14 +201,16 @@ async def stream(
     send_entry: SendEntry,
     send_keepalive: SendKeepalive,
 ) -> None:
-    """Send entries as they come, a keepalive when idle, until a terminal phase."""
-    while True:
-        for entry in launch.since(after):
-            await send_entry(launch, entry)
-            after = entry.seq
-            if entry.terminal:
+    """Send entries as they come, a keepalive when idle, until a terminal phase. The client
+    counts as watching the launch until it leaves (or the stream ends)."""
+    with progress.watching(launch):
+        while True:
+            for entry in launch.since(after):
+                await send_entry(launch, entry)
+                after = entry.seq
+                if entry.terminal:
+                    return
+            if progress.closing:
                 return
-        if progress.closing:
-            return
-        if not await launch.wait(after, keepalive):
-            await send_keepalive()
+            if not await launch.wait(after, keepalive):
+                await send_keepalive()

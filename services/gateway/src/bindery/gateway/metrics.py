@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
 
 from bindery import metrics as shared
-from bindery.gateway.deps import Gateway
+
+if TYPE_CHECKING:  # deps counts abandoned launches here: a runtime import would be a cycle
+    from bindery.gateway.deps import Gateway
 
 REQUESTS = Counter(
     "bindery_gateway_requests_total",
@@ -32,6 +35,10 @@ LAUNCHES_REQUESTED = Counter(
 )
 LAUNCHES_RESUMED = Counter(
     "bindery_gateway_launches_resumed_total", "Progress streams resumed instead of relaunched"
+)
+LAUNCHES_ABANDONED = Counter(
+    "bindery_gateway_launches_abandoned_total",
+    "Launches every client left before they were ready (their session slot was given back)",
 )
 RATE_LIMITED = Counter(
     "bindery_gateway_rate_limited_total", "Requests refused by the per-address rate limit"

@@ -4,14 +4,20 @@ In: every launch event this replica sees (its queue is bound to all of them). Ou
 `/build` payloads, numbered per launch, kept after the launch ends so a client that reconnects
 (`Last-Event-ID: <launch id>:<n>`) or asks later gets everything from where it stopped, the whole
 build log included. Listeners wait on the buffer itself, so there is no per-client queue to fill.
+
+The hub also counts who watches each launch. When every client has left a launch before its end
+and none comes back within the abandon grace, the launch is abandoned: its buffer ends with
+`failed` (reason `abandoned`, for a client that comes back later) and `on_abandoned` is called
+with its id, so the gateway can publish launch-abandoned and the session's slot goes back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +40,7 @@ Payload = dict[str, Any]
 
 TERMINAL_PHASES = frozenset({"ready", "failed"})
 WAITING_MESSAGE = "Waiting for a resolver to pick up the launch...\n"
+ABANDONED_REASON = "abandoned"
 
 
 def waiting_payload(launch_id: str) -> Payload:
@@ -127,6 +134,10 @@ class LaunchProgress:
     max_entries: int
     provider: str = ""
     spec: str = ""
+    build_only: bool = False
+    """A build-only launch holds no session: leaving it abandons nothing."""
+    watchers: int = 0
+    """Clients streaming this launch from this replica right now."""
     entries: deque[Entry] = field(default_factory=deque)
     next_seq: int = 0
     dropped: int = 0
@@ -195,6 +206,8 @@ class ProgressHub:
         retention: float = 3600.0,
         terminal_grace: float = 0.0,
         terminal_grace_max: float = 2.0,
+        abandon_grace: float = 30.0,
+        on_abandoned: Callable[[str], None] = lambda _launch_id: None,
     ) -> None:
         self._public_url = public_url.rstrip("/")
         self._secret = secret
@@ -205,6 +218,8 @@ class ProgressHub:
         self._retention = retention
         self._terminal_grace = terminal_grace
         self._terminal_grace_max = max(terminal_grace, terminal_grace_max)
+        self._abandon_grace = abandon_grace
+        self._on_abandoned = on_abandoned
         self._launches: OrderedDict[str, LaunchProgress] = OrderedDict()
         self.closing = False
 
@@ -224,10 +239,12 @@ class ProgressHub:
             self._launches.move_to_end(launch_id)
         return launch
 
-    def open(self, launch_id: str, provider: str, spec: str) -> LaunchProgress:
+    def open(
+        self, launch_id: str, provider: str, spec: str, build_only: bool = False
+    ) -> LaunchProgress:
         """Register a launch started here, before its request is published, with `waiting`."""
         launch = self._launch(launch_id)
-        launch.provider, launch.spec = provider, spec
+        launch.provider, launch.spec, launch.build_only = provider, spec, build_only
         self._append(launch, waiting_payload(launch_id))
         return launch
 
@@ -239,7 +256,7 @@ class ProgressHub:
             launch.provider = launch.provider or event.provider
             launch.spec = launch.spec or event.spec
         else:
-            self.open(event.launch_id, event.provider, event.spec)
+            self.open(event.launch_id, event.provider, event.spec, event.build_only)
 
     def fail(self, launch_id: str, message: str, reason: str = "internal") -> None:
         """A failure the gateway itself saw (e.g. the launch could not be published)."""
@@ -278,6 +295,40 @@ class ProgressHub:
                 )
                 return None
         return self._append(launch, payload)
+
+    @contextlib.contextmanager
+    def watching(self, launch: LaunchProgress) -> Iterator[None]:
+        """Count a client streaming `launch` while the block runs; the last one to leave an
+        unfinished launch starts the abandon grace."""
+        launch.watchers += 1
+        try:
+            yield
+        finally:
+            launch.watchers -= 1
+            if launch.watchers == 0 and self._abandonable(launch) and not self.closing:
+                asyncio.get_running_loop().call_later(
+                    self._abandon_grace, self._abandon_if_unwatched, launch
+                )
+
+    def _abandonable(self, launch: LaunchProgress) -> bool:
+        return not (launch.finished or launch.terminal_pending or launch.build_only)
+
+    def _abandon_if_unwatched(self, launch: LaunchProgress) -> None:
+        # A client that came back in the meantime, or an end that came first, keeps the launch.
+        if launch.watchers or not self._abandonable(launch) or self.closing:
+            return
+        self._append(
+            launch,
+            {
+                "phase": "failed",
+                "reason": ABANDONED_REASON,
+                "message": "The launch was cancelled: nobody watched it for "
+                f"{self._abandon_grace:.0f} s, so its session was not started. "
+                "Launch the repository again.\n",
+                "launch_id": launch.launch_id,
+            },
+        )
+        self._on_abandoned(launch.launch_id)
 
     def _binder_fields(self, launch: LaunchProgress, resolved_ref: str) -> Payload:
         """The fields BinderHub adds to `ready`, which its clients use for share links."""

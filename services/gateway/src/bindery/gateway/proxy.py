@@ -38,6 +38,7 @@ from yarl import URL
 
 from bindery.events import SessionActivity, StopReason
 from bindery.gateway.activity import is_person_request
+from bindery.gateway.ended import Ended, not_running, relaunch_link
 from bindery.gateway.splice import BrowserEnd, SessionEnd, Splice
 from bindery.gateway.upstream import Exchange, Pool, Target, UpstreamError
 from bindery.runtimes import Session
@@ -143,6 +144,8 @@ class Route:
     session: str
     target: str
     launch_id: str
+    relaunch: str = ""
+    """Where a person gets another session like this one once it ended (ended.relaunch_link)."""
     last_activity: float = 0.0
     """Wall-clock time of the last request or message a person caused (0: none since the route
     was added)."""
@@ -180,7 +183,7 @@ class RouteTable:
     def __init__(self) -> None:
         self._routes: dict[str, Route] = {}
         # Why recent sessions stopped, so their address says so instead of a bare 404.
-        self._stopped: collections.OrderedDict[str, StopReason] = collections.OrderedDict()
+        self._ended: collections.OrderedDict[str, Ended] = collections.OrderedDict()
         # Set once the routes of sessions that outlived a restart are back (or there is no
         # runtime to ask): until then an unknown session may be one of them, not a 404.
         self.rebuilt = asyncio.Event()
@@ -203,28 +206,31 @@ class RouteTable:
             route = self._routes.get(session)
         return route
 
-    def add(self, session: str, target: str, launch_id: str) -> Route:
+    def add(self, session: str, target: str, launch_id: str, relaunch: str = "") -> Route:
         route = self._routes.get(session)
         if route is not None and route.target == target:
             return route
-        route = Route(session, target.rstrip("/"), launch_id or session)
+        route = Route(session, target.rstrip("/"), launch_id or session, relaunch)
         self._routes[session] = route
         log.info("route.added", session=session, target=route.target)
         return route
 
-    def remove(self, session: str, reason: StopReason | None = None) -> bool:
-        removed = self._routes.pop(session, None) is not None
-        if removed:
+    def remove(
+        self, session: str, reason: StopReason | None = None, idle_seconds: float | None = None
+    ) -> bool:
+        route = self._routes.pop(session, None)
+        if route is not None:
             log.info("route.removed", session=session)
         if reason is not None:
-            self._stopped[session] = reason
-            while len(self._stopped) > STOPPED_REMEMBERED:
-                self._stopped.popitem(last=False)
-        return removed
+            relaunch = route.relaunch if route else ""
+            self._ended[session] = Ended(reason, relaunch, idle_seconds)
+            while len(self._ended) > STOPPED_REMEMBERED:
+                self._ended.popitem(last=False)
+        return route is not None
 
-    def stop_reason(self, session: str) -> StopReason | None:
-        """Why ``session`` stopped, if this replica saw it stop recently."""
-        return self._stopped.get(session)
+    def ended(self, session: str) -> Ended | None:
+        """Why ``session`` ended and how to relaunch it, if this replica saw it stop recently."""
+        return self._ended.get(session)
 
     def due_activity(self) -> list[Route]:
         """Routes with activity not yet published."""
@@ -260,30 +266,6 @@ async def run_activity_flusher(routes: RouteTable, publish: Publish, interval: f
         sent = await flush_activity(routes, publish)
         if sent:
             log.debug("activity.flushed", sessions=sent)
-
-
-# What the address of a stopped session says, by the reason it stopped.
-STOPPED_BECAUSE = {
-    StopReason.IDLE: "it was idle for too long",
-    StopReason.MAX_AGE: "it reached the longest time a session may run",
-    StopReason.DISK: "it wrote more to its disk than a session may",
-    StopReason.ORPHANED: "its launch was gone",
-    StopReason.FAILED: "its server stopped",
-    StopReason.SHUT_DOWN: "its Jupyter server was shut down from inside the session",
-    StopReason.CRASHED: "its Jupyter server stopped unexpectedly",
-    StopReason.OOM: "its Jupyter server ran out of memory",
-}
-
-
-def not_found(session: str, reason: StopReason | None = None) -> web.Response:
-    if reason is None:
-        message = f"No running session named {session!r}: it may have stopped or never existed."
-    else:
-        message = (
-            f"The session {session!r} was stopped because {STOPPED_BECAUSE[reason]}. "
-            "Launch the repository again for a new session."
-        )
-    return web.json_response({"message": message, "stopped": reason}, status=404)
 
 
 def bad_gateway(message: str) -> web.Response:
@@ -364,7 +346,7 @@ class Proxy:
         session = request.match_info["session"]
         route = await self._routes.find(session, REBUILD_WAIT_SECONDS)
         if route is None:
-            return not_found(session, self._routes.stop_reason(session))
+            return not_running(request, session, self._routes.ended(session))
         if "tail" not in request.match_info:  # /user/<session> -> /user/<session>/
             query = request.raw_path.partition("?")[2]
             location = f"/user/{session}/" + (f"?{query}" if query else "")
@@ -578,7 +560,7 @@ async def rebuild_routes(runtime: SessionLister, routes: RouteTable) -> int:
     added = 0
     for session in await runtime.list_sessions():
         if session.running and session.name and session.target and session.name not in routes:
-            routes.add(session.name, session.target, session.launch_id)
+            routes.add(session.name, session.target, session.launch_id, relaunch_link(session.repo))
             added += 1
     return added
 

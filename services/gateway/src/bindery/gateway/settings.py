@@ -19,8 +19,9 @@ class GatewaySettings(CommonSettings):
     """How people reach this gateway: a ready session's `url` is `<public_url>/user/<name>/`."""
 
     activity_flush_interval: float = Field(default=30.0, gt=0)
-    """Activity is recorded in memory per request and published once per interval per active
-    session: no request waits on the broker, and 30 s is 5% of the culler's 600 s idle timeout."""
+    """Activity (what a person does: activity.py) is recorded in memory as it happens and
+    published once per interval per active session: no request waits on the broker, and 30 s is
+    5% of the culler's 600 s idle timeout."""
 
     keepalive_interval: float = Field(default=15.0, gt=0)
     """Comment lines on idle event streams: builds can be silent for minutes, and proxies and load
@@ -49,6 +50,13 @@ class GatewaySettings(CommonSettings):
     progress_terminal_grace_max: float = Field(default=2.0, ge=0)
     """The longest a terminal event is held while log lines keep coming: the person waiting
     should not wait on a chatty log."""
+
+    abandon_grace: float = Field(default=30.0, gt=0)
+    """When every client watching a launch has left before it is ready and none comes back
+    within this long, the launch is abandoned: no session is started for it (BinderHub stops a
+    launch whose event stream closed). Long enough for a page reload or a flaky network's
+    reconnect; an SSE client's leaving is noticed at the next keepalive, up to
+    `keepalive_interval` later."""
 
     registry_timeout: float = Field(default=2.0, gt=0)
     """/health answers within a load balancer's check timeout even if the registry hangs."""

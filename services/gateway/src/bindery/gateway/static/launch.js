@@ -39,6 +39,8 @@
     start_failed: ["The session did not start",
       "The environment was built but Jupyter did not start in it: check the repository's " +
       "`start` script, then try again."],
+    abandoned: ["The launch was cancelled",
+      "Nobody watched it for a while, so its session was not started. Launch it again."],
     rate_limited: ["Too many launches",
       "Your address started too many launches in a short time: wait a minute, then try again."],
     internal: ["Something went wrong in Bindery",
