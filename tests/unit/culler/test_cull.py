@@ -66,6 +66,8 @@ async def test_idle_sessions_are_culled_once_and_active_ones_kept(h: Harness) ->
 
     await h.culler.check(T0 + timedelta(minutes=11))
     assert h.stopped() == [("idle", StopReason.IDLE)]
+    [request] = h.published
+    assert isinstance(request, IdleDetected) and request.idle_seconds == 11 * 60
     await h.culler.check(T0 + timedelta(minutes=12))
     assert len(h.published) == 1, "a stop already requested is not requested again at once"
 

@@ -151,8 +151,15 @@ class Culler:
                 launch_id=tracked.launch_id,
                 last_activity=tracked.last_activity.isoformat(),
             )
+            idle_for = (now - tracked.last_activity).total_seconds()
             await self.publish(
-                IdleDetected(launch_id=tracked.launch_id, session=name, reason=reason)
+                IdleDetected(
+                    launch_id=tracked.launch_id,
+                    session=name,
+                    reason=reason,
+                    # The session's address tells its person how long (gateway: ended.py).
+                    idle_seconds=idle_for if reason is StopReason.IDLE else None,
+                )
             )
             STOPS_REQUESTED.labels(reason.value).inc()
             tracked.requested_at = now
