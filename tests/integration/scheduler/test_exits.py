@@ -1,7 +1,8 @@
 """Capacity given back on real podman nodes (issue 13): a repository with a quota of its own
 queues its second launch while another repository launches; a session shut down from inside
 (Jupyter's `POST /api/shutdown`) or killed outside Bindery (`podman kill`) frees its seat within
-seconds, its container removed and its pod-stopped saying why, so the queued launch goes."""
+seconds, its container removed and its pod-stopped saying why, so the queued launch goes; a
+launch abandoned in the queue never starts, one abandoned mid-start leaves no container."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 
-from bindery.events import LaunchQueued, PodReady, PodStopped, StopReason
+from bindery.events import (
+    LaunchAbandoned,
+    LaunchQueued,
+    PodReady,
+    PodScheduled,
+    PodStopped,
+    StopReason,
+)
+from bindery.naming import session_name
 from bindery.scheduler.launch import LaunchOrder
 from tests.integration.scheduler.conftest import INSTANCE, Harness, MakeScheduler, podman
 
@@ -66,14 +75,20 @@ async def test_a_repository_at_its_own_quota_queues_and_a_shutdown_from_inside_f
     make_scheduler: MakeScheduler, session_image: str, http: aiohttp.ClientSession
 ) -> None:
     h = await make_scheduler(repo_quota=100, queue_timeout=600)
-    a1, a2, b1 = (launch_id(label) for label in ("A1", "A2", "B1"))
+    a1, a2, a3, b1 = (launch_id(label) for label in ("A1", "A2", "A3", "B1"))
     await h.scheduler.launch(order(a1, session_image, REPO_A, quota=1))
     second = asyncio.create_task(h.scheduler.launch(order(a2, session_image, REPO_A, quota=1)))
-    await until(lambda: h.of(LaunchQueued))
-    assert [(q.launch_id, q.limit) for q in h.of(LaunchQueued)] == [(a2, "repository")]
+    third = asyncio.create_task(h.scheduler.launch(order(a3, session_image, REPO_A, quota=1)))
+    await until(lambda: {q.launch_id for q in h.of(LaunchQueued)} == {a2, a3})
+    assert {q.limit for q in h.of(LaunchQueued)} == {"repository"}
 
     await h.scheduler.launch(order(b1, session_image, REPO_B))
     assert ready(h, b1) is not None and not second.done(), "another repository launches"
+
+    await h.scheduler.abandon(LaunchAbandoned(launch_id=a3))
+    await asyncio.wait_for(third, 30)
+    assert [type(e).__name__ for e in h.events if e.launch_id == a3] == ["LaunchQueued"]
+    assert containers(session_name(REPO_A, a3)) == [], "abandoned in the queue: never started"
 
     first = ready(h, a1)
     assert first is not None
@@ -114,3 +129,19 @@ async def test_a_session_killed_outside_bindery_is_ended_by_its_event_or_by_reco
     assert [(e.name, e.code) for e in ended] == [(second.session, 137)]
     assert [(e.launch_id, e.reason) for e in h.of(PodStopped)][1:] == [(k2, StopReason.CRASHED)]
     assert containers(second.session) == [] and h.scheduler.cluster.seats == {}
+
+
+async def test_a_launch_abandoned_mid_start_leaves_no_container(
+    make_scheduler: MakeScheduler, session_image: str
+) -> None:
+    h = await make_scheduler()
+    launch = launch_id("X1")
+    starting = asyncio.create_task(h.scheduler.launch(order(launch, session_image, REPO_B)))
+    await until(lambda: h.of(PodScheduled))  # its container is starting; Jupyter takes ~1 s
+    await h.scheduler.abandon(LaunchAbandoned(launch_id=launch))
+    await asyncio.wait_for(starting, 60)
+
+    name = session_name(REPO_B, launch)
+    assert h.of(PodReady) == []
+    assert [(e.session, e.reason) for e in h.of(PodStopped)] == [(name, StopReason.ABANDONED)]
+    assert containers(name) == [] and h.scheduler.cluster.seats == {}

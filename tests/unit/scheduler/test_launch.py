@@ -14,6 +14,7 @@ from bindery.events import (
     IdleDetected,
     ImageBuilt,
     ImagePulling,
+    LaunchAbandoned,
     LaunchFailed,
     LaunchQueued,
     PodReady,
@@ -157,9 +158,10 @@ async def test_a_launch_is_served_from_the_warm_pool(make: Make) -> None:
     assert h.of(PodReady)[-1].session == warm[0].name, "a redelivery finds the claimed session"
 
 
-async def test_the_handlers_pass_the_repositorys_quota_on() -> None:
+async def test_the_handlers_pass_the_repositorys_quota_and_abandonments_on() -> None:
     handlers: dict[str, Handler] = {}
     orders: list[LaunchOrder] = []
+    abandoned: list[str] = []
 
     class Bus:
         async def consume(self, spec: QueueSpec, handler: Handler, *, prefetch: int) -> str:
@@ -171,6 +173,9 @@ async def test_the_handlers_pass_the_repositorys_quota_on() -> None:
 
         async def launch(self, order: LaunchOrder) -> None:
             orders.append(order)
+
+        async def abandon(self, event: LaunchAbandoned) -> None:
+            abandoned.append(event.launch_id)
 
     await subscribe(Bus(), Scheduler())  # type: ignore[arg-type]
     resolved = RefResolved(
@@ -190,4 +195,6 @@ async def test_the_handlers_pass_the_repositorys_quota_on() -> None:
         launch_id="L2", image=IMAGE, repo_url=REPO, resolved_ref="abc", duration_seconds=1
     )
     await handlers[topology.SCHEDULER.name](built)
+    await handlers[topology.SCHEDULER_STOPS.name](LaunchAbandoned(launch_id="L3"))
     assert [(o.launch_id, o.repo_quota) for o in orders] == [("L1", 2), ("L2", None)]
+    assert abandoned == ["L3"]

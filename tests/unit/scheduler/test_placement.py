@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from bindery.runtimes import Session
-from bindery.scheduler.admission import REPOSITORY, TOTAL, Admission, QueueTimeout
+from bindery.scheduler.admission import REPOSITORY, TOTAL, Admission, QueueTimeout, Withdrawn
 from bindery.scheduler.cluster import Cluster, Seat
 from bindery.scheduler.popularity import Popularity, warm_targets
 
@@ -105,6 +105,26 @@ async def test_a_launch_carrying_its_repositorys_own_quota_is_held_at_that_numbe
     gate.release("c")
     again = gate.enqueue("e", "course", IMAGE, repo_quota=1, launch_id="L-e")
     assert again.admitted is not None and again.admitted.seat.launch_id == "L-e"
+
+
+async def test_a_launch_withdrawn_from_the_queue_stops_waiting_and_holds_no_place() -> None:
+    gate = admission(cluster(node_1=16), total_quota=1)
+    gate.enqueue("a", "r1", IMAGE)
+    second, third = gate.enqueue("b", "r2", IMAGE), gate.enqueue("c", "r3", IMAGE)
+
+    async def notify(position: int, limit: str) -> None:
+        pass
+
+    waiting = asyncio.create_task(gate.wait(second, 60, notify))
+    await asyncio.sleep(0)
+    gate.cancel("b")
+    with pytest.raises(Withdrawn):
+        await asyncio.wait_for(waiting, 10)
+    assert gate.waiters == [third] and third.position == 1
+    gate.cancel("a")  # admitted already: it keeps its seat, its caller gives it back
+    assert "a" in gate.cluster.seats
+    gate.release("a")
+    assert third.admitted is not None
 
 
 async def test_positions_move_up_and_the_wait_ends_with_the_limit_that_held_it() -> None:

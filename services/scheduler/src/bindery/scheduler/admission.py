@@ -1,9 +1,9 @@
 """Quotas and the waiting queue: which launch may take a seat now, and where the others stand.
 
 In: launches asking for a seat (session name, repository key, image, and the repository's own
-quota when it has one), seats released. Out: an admitted launch's seat (a warm session of its
-image, or a node chosen by the cluster view), or its position in the queue, re-reported
-whenever it changes, until a configurable wait runs out.
+quota when it has one), seats released, launches withdrawn. Out: an admitted launch's seat (a
+warm session of its image, or a node chosen by the cluster view), or its position in the
+queue, re-reported whenever it changes, until a configurable wait runs out or it is withdrawn.
 
 Launches wait in arrival order. Each pump walks the queue front to back and admits every launch
 that fits, so a repository at its quota never holds up launches of other repositories, and a
@@ -41,6 +41,7 @@ class Waiter:
     """Concurrent sessions its repository may have (the launch's own, or the default)."""
     launch_id: str = ""
     admitted: Admitted | None = None
+    withdrawn: bool = False
     position: int = 0
     limit: str = ""
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -52,6 +53,10 @@ class QueueTimeout(Exception):
         self.limit = limit
         self.repo_quota = repo_quota
         """The repository's quota that held the launch, when `limit` is REPOSITORY."""
+
+
+class Withdrawn(Exception):
+    """The launch left the queue before it got a seat (`Admission.cancel`)."""
 
 
 Notify = Callable[[int, str], Awaitable[None]]
@@ -88,6 +93,16 @@ class Admission:
         if waiter in self.waiters:
             self.waiters.remove(waiter)
             self.pump()
+
+    def cancel(self, name: str) -> None:
+        """Take the launch `name` out of the queue if it still waits: its `wait` raises
+        `Withdrawn`. An admitted launch keeps its seat; its caller gives it back."""
+        for waiter in self.waiters:
+            if waiter.name == name:
+                waiter.withdrawn = True
+                waiter.changed.set()
+                self.withdraw(waiter)
+                return
 
     def release(self, name: str) -> Seat | None:
         seat = self.cluster.release(name)
@@ -161,6 +176,8 @@ class Admission:
                 waiter.changed.clear()
                 if waiter.admitted is not None:
                     return waiter.admitted
+                if waiter.withdrawn:
+                    raise Withdrawn
                 if (waiter.position, waiter.limit) != reported:
                     reported = (waiter.position, waiter.limit)
                     await notify(*reported)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bindery.bus import Bus, topology
-from bindery.events import Event, IdleDetected, ImageBuilt, RefResolved
+from bindery.events import Event, IdleDetected, ImageBuilt, LaunchAbandoned, RefResolved
 from bindery.naming import repo_key
 from bindery.scheduler.launch import LaunchOrder, Scheduler
 
@@ -35,8 +35,11 @@ async def subscribe(bus: Bus, scheduler: Scheduler) -> None:
     async def on_stop(event: Event) -> None:
         if isinstance(event, IdleDetected):
             await scheduler.stop(event)
+        elif isinstance(event, LaunchAbandoned):
+            await scheduler.abandon(event)
 
-    # Launches hold their delivery while they wait for a seat and for Jupyter; stops travel on a
-    # queue of their own so a full launch queue can never hold back the stop that frees a seat.
+    # Launches hold their delivery while they wait for a seat and for Jupyter; stops (and
+    # abandonments, which end a launch waiting there) travel on a queue of their own so a full
+    # launch queue can never hold them back.
     await bus.consume(topology.SCHEDULER, on_launch, prefetch=scheduler.settings.launch_prefetch)
     await bus.consume(topology.SCHEDULER_STOPS, on_stop, prefetch=32)

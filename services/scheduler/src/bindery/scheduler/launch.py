@@ -1,8 +1,8 @@
 """The scheduler's domain: an image to run becomes a ready session, an idle one is stopped.
 
 In: ref-resolved (image present), image-built (each with the repository's own quota),
-idle-detected; the runtime's sessions at start, its exits as they happen and its session list
-now and then; the disk each session wrote. Out: launch-queued, image-pulling,
+idle-detected, launch-abandoned; the runtime's sessions at start, its exits as they happen and
+its session list now and then; the disk each session wrote. Out: launch-queued, image-pulling,
 pod-scheduled, pod-ready, launch-failed, pod-stopped.
 
 A launch takes a seat (admission: quotas, capacity, the waiting queue), then either claims a warm
@@ -11,7 +11,9 @@ lacks it, and waits until Jupyter answers. Handlers are idempotent: a launch's k
 name) comes from its launch id, and the runtime finds a session by that key on any node, so a
 redelivered launch resumes its session instead of starting a twin.
 
-A session whose server exits by itself (shut down, crashed, killed) gives its seat back
+A launch abandoned before it is ready (every client left) leaves the queue, or has the session
+it started stopped (pod-stopped `abandoned`); one that arrives after its abandonment starts
+nothing. A session whose server exits by itself (shut down, crashed, killed) gives its seat back
 at once and is removed, with a pod-stopped saying why (`exits.py`); a launch still starting
 fails instead. Bindery's own stops say why once.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -40,6 +43,7 @@ from bindery.events import (
     FailureReason,
     IdleDetected,
     ImagePulling,
+    LaunchAbandoned,
     LaunchFailed,
     LaunchQueued,
     PodReady,
@@ -51,7 +55,7 @@ from bindery.naming import repo_key, session_name
 from bindery.runtimes import Limits, Runtime, RuntimeError_, Session, SessionSpec
 from bindery.runtimes.base import DiskUsage, Exit
 from bindery.scheduler import metrics
-from bindery.scheduler.admission import REPOSITORY, Admission, QueueTimeout
+from bindery.scheduler.admission import REPOSITORY, Admission, QueueTimeout, Withdrawn
 from bindery.scheduler.cluster import Cluster, Seat
 from bindery.scheduler.disk import over_limit
 from bindery.scheduler.exits import ended_sessions, stop_reason
@@ -63,6 +67,10 @@ log = structlog.get_logger("bindery.scheduler")
 
 Publish = Callable[[Event], Awaitable[None]]
 T = TypeVar("T")
+
+ABANDONED_REMEMBERED = 10_000
+"""Abandoned launches remembered so their image-built, which may come up to a build's time
+limit later, starts nothing. Ids are 32 characters: well under a megabyte."""
 
 EXITS_RETRY_PAUSE = 1.0
 """Before following the runtime's exits again after the stream failed."""
@@ -83,6 +91,10 @@ class NotReady(Exception):
     pass
 
 
+class Abandoned(Exception):
+    """Every client left the launch before it was ready (launch-abandoned)."""
+
+
 @dataclass
 class Progress:
     """A launch between its order and its end, as the events about it find it."""
@@ -90,15 +102,19 @@ class Progress:
     name: str
     """Its session's name: the launch's key, or the warm session it was given."""
     started: bool = False
-    """A session was started or claimed for it (or a redelivery found one): its exit is the
-    launch's business."""
+    """A session was started or claimed for it (or a redelivery found one): stop it if it ends
+    without being ready."""
+    ready: bool = False
+    abandoned: bool = False
     exit: Exit | None = None
     """Its server ended before the launch did."""
     interrupted: asyncio.Event = field(default_factory=asyncio.Event)
-    """Its server ended: the launch's wait ends at once."""
+    """Abandoned, or its server ended: the launch's waits end at once."""
 
     def check(self) -> None:
         """Raise what ended the launch early, if anything did."""
+        if self.abandoned:
+            raise Abandoned
         if self.exit is not None:
             raise NotReady(f"its Jupyter server exited (status {self.exit.code})")
 
@@ -116,6 +132,8 @@ class Scheduler:
     """Sessions found by a redelivered launch since start: not orphans."""
     _launches: dict[str, Progress] = field(default_factory=dict)
     """Launches in progress, by launch id."""
+    _abandoned: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    """Launch ids abandoned before they reached the scheduler or were ready, oldest first."""
     _stopping: set[str] = field(default_factory=set)
     """Sessions Bindery is stopping: their exit is its own doing, and it says why itself."""
     _pulls: dict[tuple[str, str], asyncio.Task[None]] = field(default_factory=dict)
@@ -225,6 +243,10 @@ class Scheduler:
 
     @metrics.timed_launch
     async def launch(self, order: LaunchOrder) -> None:
+        if order.launch_id in self._abandoned:
+            log.info("launch.skipped", why="abandoned before the scheduler got it")
+            metrics.launch_abandoned()
+            return
         key = session_name(order.repo_url, order.launch_id)
         structlog.contextvars.bind_contextvars(session=key)
         self.popularity.record(order.image, order.repo_url)
@@ -242,6 +264,9 @@ class Scheduler:
                 session = await self._seat_and_start(order, progress)
             ready = self.wait_until_ready(session, self.token(session.name))
             await self._unless_interrupted(progress, ready)
+        except (Abandoned, Withdrawn):
+            await self._give_up(order, progress)
+            return
         except QueueTimeout as exc:
             await self._fail(
                 order, progress.name, FailureReason.NO_CAPACITY, self._queue_message(exc)
@@ -256,6 +281,7 @@ class Scheduler:
                 f"The session could not start: {exc}",
             )
             return
+        progress.ready = True
         log.info("launch.ready", node=session.node, name=session.name)
         await self.publish(
             PodReady(
@@ -273,8 +299,8 @@ class Scheduler:
             await self._ended_by_itself(progress.exit)
 
     async def _unless_interrupted(self, progress: Progress, work: Coroutine[Any, Any, T]) -> T:
-        """`work`'s outcome, unless the launch's server ends first: then `work` (a wait, safe
-        to cancel) is cancelled and `Progress.check` says what happened."""
+        """`work`'s outcome, unless the launch is abandoned or its server ends first: then
+        `work` (a wait, safe to cancel) is cancelled and `Progress.check` says what happened."""
         task = asyncio.ensure_future(work)
         interrupted = asyncio.ensure_future(progress.interrupted.wait())
         try:
@@ -285,6 +311,16 @@ class Scheduler:
         if not task.done():
             progress.check()
         return task.result()
+
+    async def _give_up(self, order: LaunchOrder, progress: Progress) -> None:
+        """An abandoned launch gives back its place in the queue (already done), its seat, and
+        the session it started, if any (pod-stopped `abandoned`: pod-scheduled went out)."""
+        log.info("launch.abandoned", name=progress.name, started=progress.started)
+        metrics.launch_abandoned()
+        if progress.started:
+            await self._end(order.launch_id, progress.name, StopReason.ABANDONED)
+        elif progress.name in self.cluster.seats:
+            await self._stop_quietly(progress.name, "abandoned")
 
     async def _resume(self, order: LaunchOrder, progress: Progress) -> Session | None:
         """The session a previous delivery of this launch started, if it still runs."""
@@ -316,6 +352,7 @@ class Scheduler:
         key = progress.name
         self.admission.release(key)  # a seat left by an earlier delivery that died early
         await self.refresh_holders(order.image)
+        progress.check()  # abandoned already: take no place in the queue
         waiter = self.admission.enqueue(
             key,
             order.repo_key,
@@ -339,6 +376,7 @@ class Scheduler:
         seat = admitted.seat
         progress.name = seat.name
         if admitted.warm is not None:
+            progress.check()  # abandoned while it was told its place: claim nothing
             progress.started = True
             try:
                 session = await self.runtime.claim(admitted.warm, key)
@@ -365,7 +403,8 @@ class Scheduler:
             await self.publish(
                 ImagePulling(launch_id=order.launch_id, node=seat.node, image=order.image)
             )
-            await self.pull(seat.node, order.image)
+            await self._unless_interrupted(progress, self.pull(seat.node, order.image))
+        progress.check()  # abandoned while it waited or pulled: start nothing
         await self._scheduled(order, key, seat.node)
         spec = self._spec(key, order.image, order.repo_url, order.launch_id)
         progress.started = True  # before the start returns: its exit may come first
@@ -479,6 +518,22 @@ class Scheduler:
         finally:
             self._stopping.discard(name)
         self.admission.release(name)
+
+    async def abandon(self, event: LaunchAbandoned) -> None:
+        """Every client left the launch before it was ready. Waiting, it leaves the queue;
+        starting, its session is stopped as soon as it can be; not here yet, it will start
+        nothing. Once ready, it is a session like any other and the event changes nothing."""
+        progress = self._launches.get(event.launch_id)
+        if progress is not None and progress.ready:
+            return
+        self._abandoned[event.launch_id] = None
+        while len(self._abandoned) > ABANDONED_REMEMBERED:
+            self._abandoned.popitem(last=False)
+        if progress is not None and not progress.abandoned:
+            log.info("launch.abandoning", name=progress.name, started=progress.started)
+            progress.abandoned = True
+            progress.interrupted.set()
+            self.admission.cancel(progress.name)
 
     # --- sessions that end by themselves ------------------------------------------------------
 

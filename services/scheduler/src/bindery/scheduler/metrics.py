@@ -3,8 +3,9 @@
 being ready to launch to the session answering, or the launch failing, by status, BinderHub's
 buckets); `bindery_launches_in_progress` is its `binderhub_inprogress_launches`.
 
-In: `timed_launch` around the coroutine that runs one launch, `launch_failed()` from within it
-when it fails, `watch(admission)` once. Out: the metrics in the default registry.
+In: `timed_launch` around the coroutine that runs one launch, `launch_failed()` or
+`launch_abandoned()` from within it when it ends without a session, `watch(admission)` once.
+Out: the metrics in the default registry.
 """
 
 from __future__ import annotations
@@ -80,6 +81,11 @@ def timed_launch(
 def launch_failed() -> None:
     """The launch running in this task ended without a session."""
     _status.set("failure")
+
+
+def launch_abandoned() -> None:
+    """The launch running in this task was abandoned by its clients before it was ready."""
+    _status.set("abandoned")
 
 
 def watch(admission: Admission) -> None:
