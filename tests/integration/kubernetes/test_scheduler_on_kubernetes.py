@@ -7,7 +7,6 @@ the "pod" is a Jupyter stand-in listening on a loopback address of its own, port
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,8 +15,10 @@ import pytest
 from aiohttp import web
 from kubernetes_asyncio.config import kube_config
 
+from bindery import service
 from bindery.events import Event, ImagePulling, PodReady, PodStopped, StopReason
 from bindery.runtimes import KubernetesRuntime, make_runtime
+from bindery.scheduler import app
 from bindery.scheduler.launch import LaunchOrder, Scheduler
 from bindery.scheduler.settings import SchedulerSettings
 from tests.support.stack import SLOT
@@ -75,7 +76,8 @@ async def test_a_launch_lands_on_the_node_holding_its_image_and_ends_when_its_se
     async with aiohttp.ClientSession() as http:
         scheduler = await Scheduler.create(settings, runtime, publish, http)
         await scheduler.launch(LaunchOrder("launch1", IMAGE, REPO, "abc", REPO))
-        exits = asyncio.create_task(scheduler.follow_exits_forever())
+        loops = service.Loops("scheduler")
+        loops.start(loop for loop in app.loops(scheduler) if loop.name == "exits")
         try:
             [pod] = api.pods
             api.terminate(pod, 137, "OOMKilled")
@@ -83,9 +85,7 @@ async def test_a_launch_lands_on_the_node_holding_its_image_and_ends_when_its_se
                 while not any(isinstance(e, PodStopped) for e in events):
                     await asyncio.sleep(0.01)
         finally:
-            exits.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await exits
+            await loops.stop()
         await runtime.close()
 
     [stopped] = [e for e in events if isinstance(e, PodStopped)]

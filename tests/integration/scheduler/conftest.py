@@ -4,6 +4,7 @@ list instead of the broker (the bus has its own integration tests)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,8 +14,10 @@ from typing import Any, TypeVar
 import aiohttp
 import pytest
 
+from bindery import service
 from bindery.events import Event
 from bindery.runtimes import PodmanRuntime
+from bindery.scheduler import app
 from bindery.scheduler.launch import LaunchOrder, Scheduler
 from bindery.scheduler.settings import SchedulerSettings
 from tests.support.sandbox import push, sandbox_podman
@@ -80,6 +83,17 @@ class Harness:
 
     def order(self, launch_id: str, image: str, repo: str = "file:///srv/demo") -> LaunchOrder:
         return LaunchOrder(launch_id, image, repo, "main", repo)
+
+    @contextlib.asynccontextmanager
+    async def loops(self, *names: str) -> AsyncIterator[None]:
+        """The scheduler's loops of these names, supervised as the service runs them, while
+        the block runs."""
+        loops = service.Loops("scheduler")
+        loops.start(loop for loop in app.loops(self.scheduler) if loop.name in names)
+        try:
+            yield
+        finally:
+            await loops.stop()
 
 
 MakeScheduler = Callable[..., Awaitable[Harness]]

@@ -7,9 +7,8 @@ launch abandoned in the queue never starts, one abandoned mid-start leaves no co
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import aiohttp
 
@@ -56,17 +55,6 @@ def containers(name: str) -> list[str]:
     ]
 
 
-@contextlib.asynccontextmanager
-async def following_exits(h: Harness) -> AsyncIterator[None]:
-    loop = asyncio.create_task(h.scheduler.follow_exits_forever())
-    try:
-        yield
-    finally:
-        loop.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await loop
-
-
 def ready(h: Harness, launch: str) -> PodReady | None:
     return next((r for r in h.of(PodReady) if r.launch_id == launch), None)
 
@@ -92,7 +80,7 @@ async def test_a_repository_at_its_own_quota_queues_and_a_shutdown_from_inside_f
 
     first = ready(h, a1)
     assert first is not None
-    async with following_exits(h):
+    async with h.loops("exits"):
         headers = {"Authorization": f"token {h.scheduler.token(first.session)}"}
         url = f"{first.target}/user/{first.session}/api/shutdown"
         async with http.post(url, headers=headers) as resp:
@@ -117,7 +105,7 @@ async def test_a_session_killed_outside_bindery_is_ended_by_its_event_or_by_reco
     first, second = ready(h, k1), ready(h, k2)
     assert first is not None and second is not None
 
-    async with following_exits(h):
+    async with h.loops("exits"):
         podman(first.node, "kill", f"{INSTANCE}-{first.session}")
         await until(lambda: h.of(PodStopped))
     assert [(e.launch_id, e.reason) for e in h.of(PodStopped)] == [(k1, StopReason.CRASHED)]

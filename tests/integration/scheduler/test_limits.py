@@ -115,15 +115,12 @@ async def test_a_session_writing_past_its_disk_limit_is_stopped_and_says_why(
     for launch in ("D1", "D2"):
         await h.scheduler.launch(h.order(launch, session_image))
     hog, calm = h.of(PodReady)
-    checks = asyncio.create_task(h.scheduler.check_disk_forever())
-    try:
+    async with h.loops("disk"):
         write(calm, 10)
         write(hog, 100)
         async with asyncio.timeout(60):
             while not h.of(PodStopped):
                 await asyncio.sleep(0.1)
-    finally:
-        checks.cancel()
 
     [stopped] = h.of(PodStopped)
     assert (stopped.launch_id, stopped.session, stopped.reason) == ("D1", hog.session, "disk")

@@ -14,9 +14,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from bindery import service
 from bindery.events import Event
 from bindery.runtimes import Session, SessionSpec
 from bindery.runtimes.base import DiskUsage, Exit
+from bindery.scheduler import app
 from bindery.scheduler.launch import LaunchOrder, Scheduler
 from bindery.scheduler.settings import SchedulerSettings
 
@@ -147,15 +149,15 @@ class Harness:
         return [e for e in self.events if isinstance(e, kind)]
 
     @contextlib.asynccontextmanager
-    async def following_exits(self) -> AsyncIterator[None]:
-        """The scheduler's exits loop, running while the block does."""
-        loop = asyncio.create_task(self.scheduler.follow_exits_forever())
+    async def loops(self, *names: str) -> AsyncIterator[None]:
+        """The scheduler's loops of these names, supervised as the service runs them, while
+        the block runs."""
+        loops = service.Loops("scheduler")
+        loops.start(loop for loop in app.loops(self.scheduler) if loop.name in names)
         try:
             yield
         finally:
-            loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loop
+            await loops.stop()
 
 
 async def until(condition: Callable[[], object], within: float = 10.0) -> None:

@@ -11,9 +11,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bindery import service
 from bindery.events import Event, PodStopped, StopReason
 from bindery.runtimes import RuntimeError_
 from bindery.runtimes.base import DiskUsage
+from bindery.scheduler import app
 from bindery.scheduler.cluster import Seat
 from bindery.scheduler.disk import over_limit
 from bindery.scheduler.launch import Scheduler
@@ -195,7 +197,8 @@ async def test_the_check_runs_on_its_own_interval_and_survives_a_failing_pass(
     runtime = FakeRuntime({"node-1": {"hog": 2 * GiB}, "node-2": {}})
     runtime.broken["node-1"] = ValueError("a bug, not a node outage")
     h = await make(runtime, disk_limit=1 * GiB, disk_check_interval=0.01)
-    loop = asyncio.create_task(h.scheduler.check_disk_forever())
+    loops = service.Loops("scheduler")
+    loops.start(loop for loop in app.loops(h.scheduler) if loop.name == "disk")
     try:
         await asyncio.wait_for(runtime.measured.wait(), 5)
         del runtime.broken["node-1"]
@@ -204,7 +207,7 @@ async def test_the_check_runs_on_its_own_interval_and_survives_a_failing_pass(
                 runtime.measured.clear()
                 await runtime.measured.wait()
     finally:
-        loop.cancel()
+        await loops.stop()
     assert h.stops() == [("launch-hog", "hog", StopReason.DISK)]
 
 

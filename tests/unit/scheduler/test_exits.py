@@ -83,7 +83,7 @@ async def test_a_session_shut_down_from_inside_frees_its_seat_for_the_waiting_la
     waiting = asyncio.create_task(h.scheduler.launch(order("L2")))
     await until(lambda: h.of(LaunchQueued))
     first = session_name(REPO, "L1")
-    async with h.following_exits():
+    async with h.loops("exits"):
         h.runtime.end(first, 0)
         await asyncio.wait_for(waiting, 10)
     assert stops(h) == [("L1", first, StopReason.SHUT_DOWN)]
@@ -96,7 +96,7 @@ async def test_a_session_bindery_stops_says_why_once(make: Make) -> None:
     h: Harness = await make()
     await h.scheduler.launch(order("L1"))
     name = session_name(REPO, "L1")
-    async with h.following_exits():
+    async with h.loops("exits"):
         # Its exit (143) reaches the loop while the stop is still under way.
         await h.scheduler.stop(IdleDetected(launch_id="L1", session=name, reason=StopReason.IDLE))
         assert h.runtime.exited.empty()
@@ -110,7 +110,7 @@ async def test_a_warm_session_that_ends_is_released_without_a_stop_event(make: M
     await h.scheduler.launch(order("L1"))
     await h.scheduler.maintain()
     [warm] = await h.runtime.list_warm()
-    async with h.following_exits():
+    async with h.loops("exits"):
         h.runtime.end(warm.name, 1)
         await until(lambda: warm.name not in h.scheduler.cluster.seats)
     assert stops(h) == [] and warm.name not in h.runtime.running()
@@ -123,7 +123,7 @@ async def test_a_session_ending_while_its_launch_starts_fails_the_launch_at_once
     h: Harness = await make(startup_timeout=120)
     launching = asyncio.create_task(h.scheduler.launch(LaunchOrder("L1", IMAGE, repo, "a", repo)))
     await until(lambda: h.runtime.running())
-    async with h.following_exits():
+    async with h.loops("exits"):
         h.runtime.end(session_name(repo, "L1"), 127)
         await asyncio.wait_for(launching, 30)
     [failed] = h.of(LaunchFailed)
@@ -152,10 +152,11 @@ async def test_an_exit_the_runtime_never_reported_is_found_by_reconciliation(mak
     starting.cancel()
 
 
-async def test_the_exits_loop_survives_a_broken_stream(make: Make) -> None:
+async def test_the_exits_loop_survives_a_failing_handling_and_keeps_its_stream(
+    make: Make,
+) -> None:
     h: Harness = await make()
     await h.scheduler.launch(order("L1"))
-    h.runtime.exited.put_nowait(Exit("", "node-1"))  # a bug's stand-in: breaks the handling
     real = h.scheduler.session_exited
     calls = 0
 
@@ -167,7 +168,10 @@ async def test_the_exits_loop_survives_a_broken_stream(make: Make) -> None:
         await real(ended)
 
     h.scheduler.session_exited = flaky  # type: ignore[method-assign]
-    async with h.following_exits():
-        h.runtime.end(session_name(REPO, "L1"), 0)
+    name = session_name(REPO, "L1")
+    async with h.loops("exits"):
+        h.runtime.exited.put_nowait(Exit(name, "node-1", 0))  # its handling fails
+        h.runtime.end(name, 0)  # reported again (podman repeats after a break)
         await until(lambda: h.of(PodStopped), within=30)
-    assert h.runtime.streams == 2, "followed again after the failure"
+    assert stops(h) == [("L1", name, StopReason.SHUT_DOWN)]
+    assert h.runtime.streams == 1, "one stream followed throughout"

@@ -25,6 +25,7 @@ from bindery.events import (
     StopReason,
 )
 from bindery.naming import session_name
+from bindery.scheduler import app
 from bindery.scheduler.handlers import subscribe
 from bindery.scheduler.launch import LaunchOrder
 from bindery.scheduler.settings import SchedulerSettings
@@ -198,3 +199,10 @@ async def test_the_handlers_pass_the_repositorys_quota_and_abandonments_on() -> 
     await handlers[topology.SCHEDULER_STOPS.name](LaunchAbandoned(launch_id="L3"))
     assert [(o.launch_id, o.repo_quota) for o in orders] == [("L1", 2), ("L2", None)]
     assert abandoned == ["L3"]
+
+
+async def test_the_runner_supervises_the_schedulers_loops_at_their_intervals(make: Make) -> None:
+    h: Harness = await make(disk_check_interval=7, reconcile_interval=9)
+    declared = {loop.name: loop.interval for loop in app.loops(h.scheduler)}
+    # Maintenance and exits wait inside their steps (for a launch, for the runtime's next exit).
+    assert declared == {"maintain": 0, "disk": 7, "exits": 0, "reconcile": 9}

@@ -1,7 +1,8 @@
 """Wires the scheduler: settings, the runtime over every node, reconciliation, subscriptions,
-and the background loops: one keeps popular images pre-pulled and the warm pool filled, one
-stops sessions over the disk limit, one follows the runtime's exits and one reconciles the seats
-with the sessions the runtime lists, in case an exit went unreported."""
+and the background loops, supervised by the service runner: one keeps popular images
+pre-pulled and the warm pool filled, one stops sessions over the disk limit, one follows the
+runtime's exits and one reconciles the seats with the sessions the runtime lists, in case an
+exit went unreported."""
 
 from __future__ import annotations
 
@@ -19,16 +20,25 @@ def main() -> None:
     settings = SchedulerSettings()
     settings.require_secret()
 
-    async def start(bus: Bus) -> None:
+    async def start(bus: Bus) -> list[service.Loop]:
         runtime = await make_runtime(settings)
         http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         scheduler = await Scheduler.create(settings, runtime, bus.publish, http)
         # The view must be whole before the first (possibly redelivered) launch arrives.
         await scheduler.reconcile()
         await subscribe(bus, scheduler)
-        scheduler.background(scheduler.maintain_forever())
-        scheduler.background(scheduler.check_disk_forever())
-        scheduler.background(scheduler.follow_exits_forever())
-        scheduler.background(scheduler.reconcile_forever())
+        return loops(scheduler)
 
     service.run("scheduler", settings, settings.health_port, start)
+
+
+def loops(scheduler: Scheduler) -> list[service.Loop]:
+    """The scheduler's background loops. Those whose step waits by itself (for a launch asking
+    for maintenance, for the runtime's next exit) run again as soon as a step ends."""
+    settings = scheduler.settings
+    return [
+        service.Loop("maintain", scheduler.maintain_when_due, 0),
+        service.Loop("disk", scheduler.check_disk, settings.disk_check_interval),
+        service.Loop("exits", scheduler.handle_next_exit, 0, close=scheduler.stop_following_exits),
+        service.Loop("reconcile", scheduler.end_vanished, settings.reconcile_interval),
+    ]

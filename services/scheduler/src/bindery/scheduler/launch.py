@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -73,7 +73,8 @@ ABANDONED_REMEMBERED = 10_000
 limit later, starts nothing. Ids are 32 characters: well under a megabyte."""
 
 EXITS_RETRY_PAUSE = 1.0
-"""Before following the runtime's exits again after the stream failed."""
+"""Before following the runtime's exits again after the stream itself failed, so a stream that
+fails at once does not spin (the loop's next step comes without a pause: exits come in bursts)."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,8 @@ class Scheduler:
     _pulls: dict[tuple[str, str], asyncio.Task[None]] = field(default_factory=dict)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _maintain_soon: asyncio.Event = field(default_factory=asyncio.Event)
+    _exits: AsyncGenerator[Exit, None] | None = None
+    """The runtime's exits, followed by `handle_next_exit`."""
 
     def __post_init__(self) -> None:
         self.popularity = Popularity(self.settings.popularity_window)
@@ -150,6 +153,7 @@ class Scheduler:
             evict=self._evict,
         )
         metrics.watch(self.admission)
+        self._maintain_soon.set()  # the pool and pre-pulls are brought up to date at start
 
     def _evict(self, seat: Seat) -> None:
         log.info("pool.evicted", name=seat.name, node=seat.node, image=seat.image)
@@ -537,16 +541,22 @@ class Scheduler:
 
     # --- sessions that end by themselves ------------------------------------------------------
 
-    async def follow_exits_forever(self) -> None:
-        """End each session as soon as the runtime reports that its server exited."""
-        while True:
-            try:
-                async with contextlib.aclosing(self.runtime.exits()) as exits:
-                    async for ended in exits:
-                        await self.session_exited(ended)
-            except Exception:
-                log.exception("exits.follow_failed")
+    async def handle_next_exit(self) -> None:
+        """Wait for the runtime's next exit and act on it: one step of the loop that ends each
+        session as soon as its server exits. The runtime's stream is kept from step to step."""
+        if self._exits is None:
+            self._exits = self.runtime.exits()
+        try:
+            ended = await anext(self._exits)
+        except Exception:
+            self._exits = None  # a stream that raised is over: the next step follows anew
             await asyncio.sleep(EXITS_RETRY_PAUSE)
+            raise
+        await self.session_exited(ended)
+
+    async def stop_following_exits(self) -> None:
+        if self._exits is not None:
+            await self._exits.aclose()
 
     async def session_exited(self, ended: Exit) -> None:
         """A session's server exited. A launch still in progress owns its session's fate: it
@@ -580,19 +590,11 @@ class Scheduler:
         else:
             await self._end(seat.launch_id, ended.name, reason)
 
-    async def reconcile_forever(self) -> None:
-        """The safety net under `follow_exits_forever`: exits the runtime never reported (a
-        node's event stream unreachable for a while, an event lost with a failed handling)."""
-        while True:
-            await asyncio.sleep(self.settings.reconcile_interval)
-            try:
-                await self.end_vanished()
-            except Exception:
-                log.exception("reconcile.failed")
-
     async def end_vanished(self) -> list[Exit]:
         """End every settled seat whose session the runtime lists as stopped or not at all;
-        return how those ended. Launches and warm sessions still starting find out themselves."""
+        return how those ended. Launches and warm sessions still starting find out themselves.
+        The safety net under the exits the runtime reports: it misses those of a node whose
+        event stream was unreachable a while, or whose handling failed."""
         starting = {progress.name for progress in self._launches.values()}
         settled = [
             seat
@@ -607,18 +609,10 @@ class Scheduler:
 
     # --- background: disk limits -------------------------------------------------------------
 
-    async def check_disk_forever(self) -> None:
-        """Its own loop, not part of `maintain`: that runs after every launch, and a measure
-        costs the nodes a walk of every session's files."""
-        while True:
-            try:
-                await self.check_disk()
-            except Exception:
-                log.exception("disk.check_failed")
-            await asyncio.sleep(self.settings.disk_check_interval)
-
     async def check_disk(self) -> list[DiskUsage]:
-        """Measure every node at once; stop the sessions over the disk limit (returned)."""
+        """Measure every node at once; stop the sessions over the disk limit (returned). A loop
+        of its own, not part of `maintain`: that runs after every launch, and a measure costs
+        the nodes a walk of every session's files."""
         with metrics.DISK_CHECK_SECONDS.time():
             measured = await asyncio.gather(
                 *(self._disk_usage(node) for node in self.runtime.node_names())
@@ -657,15 +651,13 @@ class Scheduler:
 
     # --- background: pre-pulls and the warm pool --------------------------------------------
 
-    async def maintain_forever(self) -> None:
-        while True:
-            try:
-                await self.maintain()
-            except Exception:
-                log.exception("maintain.failed")
-            self._maintain_soon.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._maintain_soon.wait(), self.settings.maintain_interval)
+    async def maintain_when_due(self) -> None:
+        """`maintain` every `maintain_interval`, or as soon as a launch or a stop asks for it
+        (the first pass at once): one step of its loop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._maintain_soon.wait(), self.settings.maintain_interval)
+        self._maintain_soon.clear()
+        await self.maintain()
 
     async def maintain(self) -> None:
         await self.prepull()
