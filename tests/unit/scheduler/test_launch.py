@@ -111,9 +111,13 @@ async def test_a_stop_frees_the_seat_for_the_waiting_launch(make: Make) -> None:
     while not h.of(LaunchQueued):
         await asyncio.sleep(0.01)
     first = session_name(REPO, "L1")
-    await h.scheduler.stop(IdleDetected(launch_id="L1", session=first, reason=StopReason.IDLE))
+    await h.scheduler.stop(
+        IdleDetected(launch_id="L1", session=first, reason=StopReason.IDLE, idle_seconds=700)
+    )
     await waiting
     assert [e.session for e in h.of(PodReady)] == [first, session_name(REPO, "L2")]
+    [stopped] = h.of(PodStopped)
+    assert (stopped.reason, stopped.idle_seconds) == (StopReason.IDLE, 700), "for its page"
 
 
 async def test_a_session_that_never_answers_fails_the_launch_and_is_removed(make: Make) -> None:

@@ -493,9 +493,11 @@ class Scheduler:
     # --- stops ------------------------------------------------------------------------------
 
     async def stop(self, event: IdleDetected) -> None:
-        await self._end(event.launch_id, event.session, event.reason)
+        await self._end(event.launch_id, event.session, event.reason, event.idle_seconds)
 
-    async def _end(self, launch_id: str, name: str, reason: StopReason) -> None:
+    async def _end(
+        self, launch_id: str, name: str, reason: StopReason, idle_seconds: float | None = None
+    ) -> None:
         """Stop a launched session and say why (pod-stopped): routes, culler, the user. Once:
         a session already being stopped, or already gone with its seat, has been (or will be)
         explained by whoever stopped it."""
@@ -510,7 +512,11 @@ class Scheduler:
         if not (stopped or seat):
             return
         log.info("session.stopped", session=name, reason=reason.value)
-        await self.publish(PodStopped(launch_id=launch_id, session=name, reason=reason))
+        await self.publish(
+            PodStopped(
+                launch_id=launch_id, session=name, reason=reason, idle_seconds=idle_seconds
+            )
+        )
         self._maintain_soon.set()
 
     async def _stop_quietly(self, name: str, why: str) -> None:
