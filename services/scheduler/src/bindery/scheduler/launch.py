@@ -513,9 +513,7 @@ class Scheduler:
             return
         log.info("session.stopped", session=name, reason=reason.value)
         await self.publish(
-            PodStopped(
-                launch_id=launch_id, session=name, reason=reason, idle_seconds=idle_seconds
-            )
+            PodStopped(launch_id=launch_id, session=name, reason=reason, idle_seconds=idle_seconds)
         )
         self._maintain_soon.set()
 
