@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,7 +25,7 @@ from bindery.bus import Bus
 from bindery.bus.eventlog import read
 from bindery.events import IdleDetected, PodReady, StopReason
 from tests.support.gitrepo import make_repo
-from tests.support.kernel import start_kernel
+from tests.support.kernel import execute, start_kernel
 from tests.support.stack import Stack, build_path, launch
 
 pytestmark = pytest.mark.e2e
@@ -41,23 +38,10 @@ SLOW = 15.0
 machine's delays in asking the session and publishing."""
 
 
-@contextmanager
-def culler_settings(stack: Stack, **env: str) -> Iterator[None]:
-    saved = dict(stack.env)
-    stack.env.update(env)
-    stack.restart("culler")
-    try:
-        yield
-    finally:
-        stack.env.clear()
-        stack.env.update(saved)
-        stack.restart("culler")
-
-
 @pytest.fixture(scope="module")
 def short_limits(stack: Stack) -> Iterator[None]:
-    with culler_settings(
-        stack, BINDERY_IDLE_TIMEOUT=str(IDLE), BINDERY_MAX_AGE="3600", BINDERY_CHECK_INTERVAL="1"
+    with stack.settings(
+        "culler", BINDERY_IDLE_TIMEOUT=str(IDLE), BINDERY_MAX_AGE="3600", BINDERY_CHECK_INTERVAL="1"
     ):
         yield
 
@@ -154,38 +138,11 @@ async def open_tab(session: Session, kernel: str) -> None:
 
 
 async def run_code(session: Session, kernel: str, code: str) -> None:
-    """Send one execute request over the kernel's websocket and wait until the kernel is idle
-    again (the websocket stays open meanwhile, pinged by Jupyter as a tab's is)."""
-    msg_id = uuid.uuid4().hex
-    request = {
-        "header": {
-            "msg_id": msg_id,
-            "msg_type": "execute_request",
-            "username": "test",
-            "session": uuid.uuid4().hex,
-            "version": "5.3",
-        },
-        "parent_header": {},
-        "metadata": {},
-        "content": {
-            "code": code,
-            "silent": False,
-            "store_history": False,
-            "user_expressions": {},
-            "allow_stdin": False,
-        },
-        "channel": "shell",
-    }
+    """Run `code` over the kernel's websocket until the kernel is idle again (the websocket
+    stays open meanwhile, pinged by Jupyter as a tab's is)."""
     async with session.channels(kernel) as ws:
-        await ws.send_str(json.dumps(request))
-        async for message in ws:
-            data = json.loads(message.data)
-            if (
-                data.get("parent_header", {}).get("msg_id") == msg_id
-                and data["msg_type"] == "status"
-                and data["content"]["execution_state"] == "idle"
-            ):
-                return
+        outcome = await execute(ws, code)
+    assert outcome.ended == "idle", outcome
 
 
 async def keep_saving(session: Session) -> None:
@@ -271,8 +228,11 @@ async def test_a_session_past_its_maximum_age_is_stopped_however_busy(
     stack: Stack, http: aiohttp.ClientSession, repo_url: str, decisions: Decisions
 ) -> None:
     max_age = 20.0
-    with culler_settings(
-        stack, BINDERY_IDLE_TIMEOUT="600", BINDERY_MAX_AGE=str(max_age), BINDERY_CHECK_INTERVAL="1"
+    with stack.settings(
+        "culler",
+        BINDERY_IDLE_TIMEOUT="600",
+        BINDERY_MAX_AGE=str(max_age),
+        BINDERY_CHECK_INTERVAL="1",
     ):
         old = await started(stack, http, repo_url)
         kernel = await old.kernel()

@@ -68,7 +68,7 @@ async def test_a_culled_sessions_page_says_why_and_relaunches_it(
         shot = lambda stage: screenshot_path("ended", stage)  # noqa: E731
         await page.goto(url + "lab")
         await expect(page.locator("h1")).to_have_text("This session has ended")
-        await expect(page.locator(".notice")).to_contain_text("nobody used it for 10 minutes")
+        await expect(page.locator(".error")).to_contain_text("nobody used it for 10 minutes")
         await page.screenshot(path=shot("1-ended"), full_page=True)
 
         await page.click("#relaunch")

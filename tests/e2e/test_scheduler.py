@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,19 +56,6 @@ async def stop_session(stack: Stack, ready: dict[str, Any]) -> None:
         await bus.close()
 
 
-@contextmanager
-def scheduler_settings(stack: Stack, **env: str) -> Iterator[None]:
-    saved = dict(stack.env)
-    stack.env.update(env)
-    stack.restart("scheduler")
-    try:
-        yield
-    finally:
-        stack.env.clear()
-        stack.env.update(saved)
-        stack.restart("scheduler")
-
-
 def containers_with(label: str) -> list[str]:
     """This stack's containers carrying `label` on every node, running or not."""
     found: list[str] = []
@@ -97,7 +82,7 @@ async def test_the_third_launch_waits_first_in_line_and_goes_on_when_a_session_s
     stack: Stack, http: aiohttp.ClientSession, scheduler_repo: str, built: dict[str, Any]
 ) -> None:
     path = build_path(scheduler_repo, "main")
-    with scheduler_settings(stack, BINDERY_REPO_QUOTA="2"):
+    with stack.settings("scheduler", BINDERY_REPO_QUOTA="2"):
         first = await launch(http, stack.gateway, path)
         second = await launch(http, stack.gateway, path)
         assert first[-1]["phase"] == second[-1]["phase"] == "ready"
@@ -160,7 +145,7 @@ async def test_a_session_ending_by_itself_frees_its_seat_and_loses_its_route_wit
 ) -> None:
     path = build_path(scheduler_repo, "main")
     await until_gone(f"bindery.repo={scheduler_repo}")
-    with scheduler_settings(stack, BINDERY_REPO_QUOTA="1"):
+    with stack.settings("scheduler", BINDERY_REPO_QUOTA="1"):
         first = (await launch(http, stack.gateway, path))[-1]
         assert first["phase"] == "ready", first
         second: list[dict[str, Any]] = []

@@ -39,6 +39,13 @@ async def run_code(
     kernel = kernel or await start_kernel(http, url, token)
     headers = {"Authorization": f"token {token}"}
     ws_url = url.replace("http://", "ws://") + f"api/kernels/{kernel}/channels"
+    async with http.ws_connect(ws_url, headers=headers) as ws:
+        return await execute(ws, code)
+
+
+async def execute(ws: aiohttp.ClientWebSocketResponse, code: str) -> Outcome:
+    """Send one execute request on an open kernel websocket; read until the kernel is idle
+    again (or dies, or the websocket closes)."""
     msg_id = uuid.uuid4().hex
     request = {
         "header": {
@@ -60,19 +67,18 @@ async def run_code(
         "channel": "shell",
     }
     output: list[str] = []
-    async with http.ws_connect(ws_url, headers=headers) as ws:
-        await ws.send_str(json.dumps(request))
-        async for message in ws:
-            data = json.loads(message.data)
-            state = data.get("content", {}).get("execution_state")
-            if data["msg_type"] == "status" and state in {"restarting", "dead"}:
-                return Outcome("".join(output), state)
-            if data.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            if data["msg_type"] == "stream":
-                output.append(data["content"]["text"])
-            elif data["msg_type"] == "error":
-                output.append("\n".join(data["content"]["traceback"]))
-            elif data["msg_type"] == "status" and state == "idle":
-                return Outcome("".join(output), "idle")
+    await ws.send_str(json.dumps(request))
+    async for message in ws:
+        data = json.loads(message.data)
+        state = data.get("content", {}).get("execution_state")
+        if data["msg_type"] == "status" and state in {"restarting", "dead"}:
+            return Outcome("".join(output), state)
+        if data.get("parent_header", {}).get("msg_id") != msg_id:
+            continue
+        if data["msg_type"] == "stream":
+            output.append(data["content"]["text"])
+        elif data["msg_type"] == "error":
+            output.append("\n".join(data["content"]["traceback"]))
+        elif data["msg_type"] == "status" and state == "idle":
+            return Outcome("".join(output), "idle")
     return Outcome("".join(output), "closed")

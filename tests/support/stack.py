@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,6 +176,19 @@ class Stack:
     def restart(self, service: str) -> None:
         self.stop(service)
         self.start(service)
+
+    @contextmanager
+    def settings(self, service: str, **env: str) -> Iterator[None]:
+        """Run `service` with `env` added to its settings for the block, then as before."""
+        saved = dict(self.env)
+        self.env.update(env)
+        self.restart(service)
+        try:
+            yield
+        finally:
+            self.env.clear()
+            self.env.update(saved)
+            self.restart(service)
 
 
 def stack_env(log_dir: Path) -> dict[str, str]:

@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from bindery.events import StopReason
-from bindery.gateway.pages import page, template
+from bindery.gateway.pages import error_page
 
 
 @dataclass(frozen=True)
@@ -97,14 +97,8 @@ def not_running(request: web.Request, session: str, ended: Ended | None) -> web.
         )
     title = "This session has ended" if ended else "No session here"
     action = (
-        f'<a class="button" id="relaunch" href="{html.escape(relaunch)}">Launch it again</a>'
+        f'<p><a class="button" id="relaunch" href="{html.escape(relaunch)}">Launch it again</a></p>'
         if relaunch
         else ""
     )
-    body = (
-        template("ended.html")
-        .replace("{{title}}", html.escape(title))
-        .replace("{{message}}", html.escape(text))
-        .replace("{{action}}", action)
-    )
-    return page(body, 404)
+    return error_page(title, text, 404, action)

@@ -53,11 +53,14 @@ def page(body: str, status: int = 200, headers: dict[str, str] = PAGE_HEADERS) -
     )
 
 
-def error_page(title: str, message: str, status: int) -> web.Response:
+def error_page(title: str, message: str, status: int, action: str = "") -> web.Response:
+    """A page saying what went wrong; `action` is HTML the caller built (escaped) for what the
+    person can do next, e.g. a relaunch button."""
     body = (
         template("error.html")
         .replace("{{title}}", html.escape(title))
         .replace("{{message}}", html.escape(message))
+        .replace("{{action}}", action)
     )
     return page(body, status)
 
