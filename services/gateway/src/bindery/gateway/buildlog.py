@@ -34,6 +34,9 @@ PREFETCH = 500
 # A stream never says "that was the last one": nothing for this long means the end of what it
 # holds. The broker sends a backlog as fast as it is taken, so this only delays running builds.
 IDLE_SECONDS = 1.0
+# Before the first message, though, the broker may first have to find the offset's chunk on
+# disk: on a loaded machine that takes longer than a gap between deliveries.
+FIRST_MESSAGE_SECONDS = 10.0
 # Upper bound for one request, however large the log.
 READ_SECONDS = 30.0
 # Stream time offsets are in whole seconds, and clocks of hosts differ a little.
@@ -77,11 +80,13 @@ async def read_build_log(url: str, build_id: str, since: Any) -> dict[str, Any] 
         lines: list[dict[str, str]] = []
         complete = False
         deadline = asyncio.get_running_loop().time() + READ_SECONDS
+        wait = FIRST_MESSAGE_SECONDS
         while asyncio.get_running_loop().time() < deadline:
             try:
-                message = await asyncio.wait_for(inbox.get(), IDLE_SECONDS)
+                message = await asyncio.wait_for(inbox.get(), wait)
             except TimeoutError:
                 break
+            wait = IDLE_SECONDS
             await message.ack()
             line = _line_of(message.body, build_id)
             if line is None or first_launch not in (None, line.launch_id):
