@@ -15,12 +15,11 @@ import pytest
 from aiohttp import web
 from kubernetes_asyncio.config import kube_config
 
-from bindery import service
 from bindery.events import Event, ImagePulling, PodReady, PodStopped, StopReason
 from bindery.runtimes import KubernetesRuntime, make_runtime
-from bindery.scheduler import app
 from bindery.scheduler.launch import LaunchOrder, Scheduler
 from bindery.scheduler.settings import SchedulerSettings
+from tests.support.schedulerloops import running_loops
 from tests.support.stack import SLOT
 from tests.unit.runtimes.kube_api import FakeKubernetes, node
 
@@ -76,16 +75,12 @@ async def test_a_launch_lands_on_the_node_holding_its_image_and_ends_when_its_se
     async with aiohttp.ClientSession() as http:
         scheduler = await Scheduler.create(settings, runtime, publish, http)
         await scheduler.launch(LaunchOrder("launch1", IMAGE, REPO, "abc", REPO))
-        loops = service.Loops("scheduler")
-        loops.start(loop for loop in app.loops(scheduler) if loop.name == "exits")
-        try:
+        async with running_loops(scheduler, "exits"):
             [pod] = api.pods
             api.terminate(pod, 137, "OOMKilled")
             async with asyncio.timeout(30):
                 while not any(isinstance(e, PodStopped) for e in events):
                     await asyncio.sleep(0.01)
-        finally:
-            await loops.stop()
         await runtime.close()
 
     [stopped] = [e for e in events if isinstance(e, PodStopped)]

@@ -14,13 +14,12 @@ from typing import Any, TypeVar
 import aiohttp
 import pytest
 
-from bindery import service
 from bindery.events import Event
 from bindery.runtimes import PodmanRuntime
-from bindery.scheduler import app
 from bindery.scheduler.launch import LaunchOrder, Scheduler
 from bindery.scheduler.settings import SchedulerSettings
 from tests.support.sandbox import push, sandbox_podman
+from tests.support.schedulerloops import running_loops
 from tests.support.stack import NODES, REPO, SLOT
 
 INSTANCE = f"bindery-it-sched-{SLOT}"
@@ -84,16 +83,10 @@ class Harness:
     def order(self, launch_id: str, image: str, repo: str = "file:///srv/demo") -> LaunchOrder:
         return LaunchOrder(launch_id, image, repo, "main", repo)
 
-    @contextlib.asynccontextmanager
-    async def loops(self, *names: str) -> AsyncIterator[None]:
+    def loops(self, *names: str) -> contextlib.AbstractAsyncContextManager[None]:
         """The scheduler's loops of these names, supervised as the service runs them, while
         the block runs."""
-        loops = service.Loops("scheduler")
-        loops.start(loop for loop in app.loops(self.scheduler) if loop.name in names)
-        try:
-            yield
-        finally:
-            await loops.stop()
+        return running_loops(self.scheduler, *names)
 
 
 MakeScheduler = Callable[..., Awaitable[Harness]]

@@ -14,13 +14,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bindery import service
 from bindery.events import Event
 from bindery.runtimes import Session, SessionSpec
 from bindery.runtimes.base import DiskUsage, Exit
-from bindery.scheduler import app
 from bindery.scheduler.launch import LaunchOrder, Scheduler
 from bindery.scheduler.settings import SchedulerSettings
+from tests.support.schedulerloops import running_loops
 
 GiB = 1024**3
 IMAGE = "127.0.0.1:5000/demo:abc"
@@ -148,16 +147,10 @@ class Harness:
     def of(self, kind: type[E]) -> list[E]:
         return [e for e in self.events if isinstance(e, kind)]
 
-    @contextlib.asynccontextmanager
-    async def loops(self, *names: str) -> AsyncIterator[None]:
+    def loops(self, *names: str) -> contextlib.AbstractAsyncContextManager[None]:
         """The scheduler's loops of these names, supervised as the service runs them, while
         the block runs."""
-        loops = service.Loops("scheduler")
-        loops.start(loop for loop in app.loops(self.scheduler) if loop.name in names)
-        try:
-            yield
-        finally:
-            await loops.stop()
+        return running_loops(self.scheduler, *names)
 
 
 async def until(condition: Callable[[], object], within: float = 10.0) -> None:

@@ -11,15 +11,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bindery import service
 from bindery.events import Event, PodStopped, StopReason
 from bindery.runtimes import RuntimeError_
 from bindery.runtimes.base import DiskUsage
-from bindery.scheduler import app
 from bindery.scheduler.cluster import Seat
 from bindery.scheduler.disk import over_limit
 from bindery.scheduler.launch import Scheduler
 from bindery.scheduler.settings import SchedulerSettings
+from tests.support.schedulerloops import running_loops
 
 GiB = 1024**3
 MiB = 1024**2
@@ -197,17 +196,13 @@ async def test_the_check_runs_on_its_own_interval_and_survives_a_failing_pass(
     runtime = FakeRuntime({"node-1": {"hog": 2 * GiB}, "node-2": {}})
     runtime.broken["node-1"] = ValueError("a bug, not a node outage")
     h = await make(runtime, disk_limit=1 * GiB, disk_check_interval=0.01)
-    loops = service.Loops("scheduler")
-    loops.start(loop for loop in app.loops(h.scheduler) if loop.name == "disk")
-    try:
+    async with running_loops(h.scheduler, "disk"):
         await asyncio.wait_for(runtime.measured.wait(), 5)
         del runtime.broken["node-1"]
         async with asyncio.timeout(5):
             while not h.stops():
                 runtime.measured.clear()
                 await runtime.measured.wait()
-    finally:
-        await loops.stop()
     assert h.stops() == [("launch-hog", "hog", StopReason.DISK)]
 
 
