@@ -8,10 +8,7 @@ launch's line when it ends.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
-from datetime import UTC, datetime, timedelta
-from typing import cast
+from datetime import timedelta
 
 import structlog
 
@@ -30,21 +27,10 @@ async def replay_in_flight(amqp_url: str, archive: Archive, window: timedelta) -
     Must finish before `subscribe`: a live end folded in before its launch's earlier stages
     would write a line without them. Events in both the log and the queue fold in twice,
     which the archive ignores (first times kept, launches written once)."""
-    started = datetime.now(UTC)
     count = 0
-    # `read` is an async generator: closing it now, not at garbage collection, closes its
-    # connection when the loop below breaks.
-    records = cast(
-        AsyncGenerator[eventlog.Recorded, None], eventlog.read(amqp_url, start=started - window)
-    )
-    async with aclosing(records):
-        async for record in records:
-            if record.event.time > started:
-                # Newer events wait in the queue anyway; a busy log would never fall idle.
-                break
-            if record.event.type in topology.ARCHIVER.routing_keys:
-                archive.observe(record.event)
-                count += 1
+    async for event in eventlog.recent(amqp_url, window, topology.ARCHIVER.routing_keys):
+        archive.observe(event)
+        count += 1
     log.info("archive.replayed", events=count, window_seconds=window.total_seconds())
     return count
 
