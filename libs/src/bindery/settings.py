@@ -9,8 +9,10 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bindery.origins import AllowedOrigins
 
 
 class Profile(StrEnum):
@@ -54,6 +56,11 @@ class CommonSettings(BaseSettings):
     """Session tokens are HMACs of the session name with this secret, so no token ever travels on
     the broker or sits in a container label. Empty means: refuse to start (see `require_secret`)."""
 
+    allowed_origins: str = "*"
+    """Other sites that may embed Bindery (Thebe, Jupyter Book's live code): `*` (mybinder.org's
+    choice), comma-separated origins, or empty for none. The gateway applies it to launches and
+    their progress, the scheduler to every session's Jupyter (bindery.origins)."""
+
     log_format: str = "json"
     log_level: str = "info"
 
@@ -74,6 +81,15 @@ class CommonSettings(BaseSettings):
 
     otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
     """OTLP over HTTP (protobuf): the OpenTelemetry collector's default port on this machine."""
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _valid_origins(cls, value: str) -> str:
+        AllowedOrigins.parse(value)  # a mistyped origin stops the service at start, not later
+        return value
+
+    def origins(self) -> AllowedOrigins:
+        return AllowedOrigins.parse(self.allowed_origins)
 
     def require_secret(self) -> str:
         if len(self.session_secret) < 16:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol, TypedDict
 
+from bindery.origins import NOBODY, AllowedOrigins
+
 LABEL_INSTANCE = "bindery.instance"
 LABEL_SESSION = "bindery.session"
 LABEL_LAUNCH = "bindery.launch-id"
@@ -54,6 +56,8 @@ class SessionSpec:
     limits: Limits
     warm: bool = False
     """Start unclaimed, for the warm pool: invisible to `list_sessions` until claimed."""
+    origins: AllowedOrigins = NOBODY
+    """Other sites whose pages may call the session's Jupyter (settings.allowed_origins)."""
 
 
 @dataclass(frozen=True)
@@ -118,18 +122,20 @@ KERNEL_CULLING = (
 )
 
 
-def jupyter_command(name: str) -> list[str]:
-    """Jupyter under /user/<name>/; the token comes from JUPYTER_TOKEN, never the command line."""
+def jupyter_command(spec: SessionSpec) -> list[str]:
+    """Jupyter under /user/<name>/, answering the origins allowed to embed Bindery; the token
+    comes from JUPYTER_TOKEN, never the command line."""
     return [
         "jupyter",
         "lab",
         "--ip=0.0.0.0",
         f"--port={JUPYTER_PORT}",
         "--no-browser",
-        f"--ServerApp.base_url=/user/{name}/",
+        f"--ServerApp.base_url=/user/{spec.name}/",
         "--ServerApp.allow_remote_access=True",
         "--ServerApp.root_dir=/home/jovyan",
         *KERNEL_CULLING,
+        *spec.origins.jupyter_options(),
     ]
 
 

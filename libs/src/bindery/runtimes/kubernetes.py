@@ -397,7 +397,7 @@ class KubernetesRuntime:
                 "name": "notebook",
                 "image": spec.image,
                 # args, not command: repo2docker's entrypoint must still run.
-                "args": jupyter_command(spec.name),
+                "args": jupyter_command(spec),
                 "env": [{"name": "JUPYTER_TOKEN", "value": spec.token}],
                 "ports": [{"name": "jupyter", "containerPort": JUPYTER_PORT, "protocol": "TCP"}],
                 "resources": {

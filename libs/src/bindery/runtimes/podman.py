@@ -179,7 +179,7 @@ class PodmanRuntime:
             labels[LABEL_WARM] = "true"
         body = {
             "Image": spec.image,
-            "Cmd": jupyter_command(spec.name),
+            "Cmd": jupyter_command(spec),
             "Env": [f"JUPYTER_TOKEN={spec.token}"],
             "User": "1000",
             "Labels": labels,

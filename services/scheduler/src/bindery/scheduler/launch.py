@@ -433,6 +433,7 @@ class Scheduler:
             repo=repo,
             limits=self.limits,
             warm=warm,
+            origins=self.settings.origins(),
         )
 
     def _queue_message(self, exc: QueueTimeout) -> str:
