@@ -1,4 +1,5 @@
-"""Reading the event log back, and replaying a slice of it into another virtual host.
+"""Reading the event log (and the other streams of events) back, and replaying a slice of it
+into another virtual host.
 
 In: an AMQP URL whose virtual host holds the `bindery.event-log` stream, where to start (the
 first event kept, only new ones, or a time) and filters. Out: `Recorded` events in the order the
@@ -6,6 +7,10 @@ broker appended them, each with its stream offset, producing service and headers
 context); `recent` the events of a window up to now, for a service rebuilding its view;
 `replay` publishes them unchanged (same ids, producer, headers) through another virtual host's
 events exchange, so services running there see exactly what the originals saw.
+
+`read` opens a connection per call (a command, a service starting). `StreamReader` holds one
+connection and channel for many reads at once, of any stream (the gateway's reads of the
+build-log stream), opening them again after the broker closed them.
 
 A stream never says "that was the last one": reading stops once the broker has sent nothing for
 `idle` seconds (it sends a backlog as fast as the consumer takes it), unless `follow` is set.
@@ -22,7 +27,12 @@ from typing import Any, Literal, cast
 
 import aio_pika
 import structlog
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
 
 from bindery.bus import topology
 from bindery.bus.client import Bus
@@ -41,6 +51,11 @@ _BROKER_HEADERS = frozenset({"x-stream-offset"})
 
 class NoEventLog(Exception):
     """The virtual host has no event log: no Bindery service has connected to it yet."""
+
+
+class StreamUnavailable(Exception):
+    """A `StreamReader` could not read: the broker is unreachable, closed the connection or
+    channel, or the stream does not exist. The next read tries again."""
 
 
 @dataclass(frozen=True)
@@ -107,21 +122,93 @@ async def read(
                 f"no event log in {url.rsplit('/', 1)[-1] or 'the default virtual host'}: "
                 "no Bindery service has connected to it yet"
             ) from exc
-        inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-        # A time offset starts at the stream chunk holding that time: filter the rest below.
-        await queue.consume(inbox.put, arguments={"x-stream-offset": start})
-        while True:
-            try:
-                message = await asyncio.wait_for(inbox.get(), None if follow else idle)
-            except TimeoutError:
-                return
-            await message.ack()
-            record = _recorded(message)
-            if record is None or not _wanted(record.event, start, until, launch_id, event_type):
-                continue
-            yield record
+        records = _consume(queue, start, idle=None if follow else idle)
+        async with aclosing(records):
+            async for record in records:
+                if _wanted(record.event, start, until, launch_id, event_type):
+                    yield record
     finally:
         await connection.close()
+
+
+async def _consume(
+    queue: AbstractQueue, start: Start, *, idle: float | None, first_idle: float | None = None
+) -> AsyncGenerator[Recorded, None]:
+    """The events of the stream `queue` from `start`, through a consumer of their own on its
+    channel, until the broker has sent nothing for `idle` seconds (`first_idle` before the first
+    message; None: wait forever). Messages are acked as they are taken, so the prefetch bounds
+    what waits in memory."""
+    inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+    # A time offset starts at the stream chunk holding that time: callers filter the rest.
+    tag = await queue.consume(inbox.put, arguments={"x-stream-offset": start})
+    try:
+        wait = idle if first_idle is None else first_idle
+        while True:
+            try:
+                message = await asyncio.wait_for(inbox.get(), wait)
+            except TimeoutError:
+                return
+            wait = idle
+            await message.ack()
+            record = _recorded(message)
+            if record is not None:
+                yield record
+    finally:
+        # The channel may carry other readers' consumers: end only this one, and ack what it
+        # was sent meanwhile (one by one: `multiple` would ack the others' deliveries too).
+        if not queue.channel.is_closed:
+            await queue.cancel(tag)
+            while not inbox.empty():
+                await inbox.get_nowait().ack()
+
+
+class StreamReader:
+    """Reads of streams in `url`'s virtual host, any number at once, over one connection and
+    channel (named `name` in the broker's list of connections). They are opened by the first
+    read, not before, and again by the read after the broker closed them: errors reach the
+    reads under way as `StreamUnavailable`, the next one reconnects."""
+
+    def __init__(self, url: str, name: str) -> None:
+        self._url = url
+        self._name = name
+        self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._opening = asyncio.Lock()
+
+    async def records(
+        self, stream: str, start: Start, *, idle: float, first_idle: float | None = None
+    ) -> AsyncGenerator[Recorded, None]:
+        """The events of `stream` from `start` (unfiltered: a time offset starts somewhat
+        earlier), until the broker has sent nothing for `idle` seconds (`first_idle` before the
+        first message)."""
+        try:
+            channel = await self._open()
+            queue = await channel.declare_queue(stream, passive=True)
+            records = _consume(queue, start, idle=idle, first_idle=first_idle)
+            async with aclosing(records):
+                async for record in records:
+                    yield record
+        except (OSError, aio_pika.exceptions.AMQPError) as exc:
+            raise StreamUnavailable(f"cannot read {stream}: {exc}") from exc
+
+    async def _open(self) -> AbstractChannel:
+        async with self._opening:
+            if self._connection is None or self._connection.is_closed:
+                self._connection = await aio_pika.connect(
+                    self._url, client_properties={"connection_name": self._name}
+                )
+                self._channel = None
+            if self._channel is None or self._channel.is_closed:
+                # A failed passive declare (no such stream) closes the channel, not the
+                # connection: a new channel on the same connection does.
+                self._channel = await self._connection.channel()
+                await self._channel.set_qos(prefetch_count=PREFETCH)
+            return self._channel
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = self._channel = None
 
 
 async def recent(url: str, window: timedelta, event_types: Collection[str]) -> AsyncIterator[Event]:

@@ -30,7 +30,10 @@ def build_started_at(build_id: str) -> datetime | None:
     match = _BUILD_ID.fullmatch(build_id)
     if match is None:
         return None
-    return datetime.fromtimestamp(int(match["millis"], 16) / 1000, UTC)
+    try:
+        return datetime.fromtimestamp(int(match["millis"], 16) / 1000, UTC)
+    except ValueError:  # 12 hex digits of milliseconds reach past the year 9999
+        return None
 
 
 @register

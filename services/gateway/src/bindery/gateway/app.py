@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from bindery import telemetry
+from bindery.bus.eventlog import StreamReader
 from bindery.gateway import buildlog, health, info, launch, metrics, pages, repoproviders
 from bindery.gateway.deps import Gateway
 from bindery.gateway.keys import CLIENT, GATEWAY, PROXY
@@ -99,6 +100,14 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         connect_timeout=settings.proxy_connect_timeout,
         secure_cookie=settings.public_url.startswith("https://"),
     )
+    if gateway.build_logs is None:
+        gateway.build_logs = buildlog.BuildLogs(
+            StreamReader(settings.amqp_url, "gateway build-log reader"),
+            cache_bytes=settings.build_log_cache_bytes,
+            max_reads=settings.build_log_max_reads,
+            read_wait=settings.build_log_read_wait,
+        )
+    build_logs = gateway.build_logs
     if gateway.registry_check is None:
         base_url = f"{settings.registry_scheme}://{settings.registry}"
 
@@ -132,6 +141,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     await client.close()
+    await build_logs.close()
     if gateway.abuse is not None:
         gateway.abuse.close()
 

@@ -2,112 +2,226 @@
 
 In: a build id -- every build log starts with `Build <id>: its log stays at /api/builds/<id>/log`.
 Out: JSON `{"build_id", "image", "complete", "lines": [{"phase", "message"}, ...]}`, read back
-from the build-log stream (`topology.BUILD_LOG_STREAM`), or 404 when the stream holds no line of
-that build (never built, or older than the stream's retention).
+from the build-log stream (`topology.BUILD_LOG_STREAM`); 404 with a message for an id that is
+no build id, or whose build the stream holds no line of (never built, or older than the stream's
+retention); 503 with a message when the broker cannot be read or too many reads are under way.
+
+Anyone may ask, so a request costs the broker little: reads go through the gateway's one
+`StreamReader` connection, at most `build_log_max_reads` at once (a request waits
+`build_log_read_wait` for a turn, then gets 503), requests for a build being read share that
+read, and finished logs are answered from a cache bounded in bytes (least recently asked first
+out). A running build's log is never cached: the next request reads what came since.
 
 The id starts with the build's start time, so reading starts there instead of at the stream's
 beginning. Each line is in the stream once per launch that followed the build; the first launch
-saw every line, so its copy is the log. Its line marked `final` ends the read; a build still
-running ends it when the stream has nothing more (`complete` is then false).
+saw every line, so its copy is the log. Its line marked `final` ends the read; so does reaching
+lines newer than the request (a running build: `complete` is then false), or lines from well
+after the build started without one of it (no such build).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+from collections import OrderedDict
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
-import aio_pika
 import structlog
-from aio_pika.abc import AbstractIncomingMessage
 from aiohttp import web
 
 from bindery.bus import topology
-from bindery.events import BuildLog, InvalidEvent, parse_event
+from bindery.bus.eventlog import Recorded, StreamUnavailable
+from bindery.events import BuildLog
 from bindery.events.build import build_started_at
 from bindery.gateway.keys import GATEWAY
+from bindery.gateway.metrics import BUILD_LOG_ANSWERS
 
 log = structlog.get_logger("bindery.gateway.buildlog")
 
-# Stream consumers must set a prefetch; a few hundred keeps a backlog flowing.
-PREFETCH = 500
 # A stream never says "that was the last one": nothing for this long means the end of what it
 # holds. The broker sends a backlog as fast as it is taken, so this only delays running builds.
 IDLE_SECONDS = 1.0
 # Before the first message, though, the broker may first have to find the offset's chunk on
 # disk: on a loaded machine that takes longer than a gap between deliveries.
 FIRST_MESSAGE_SECONDS = 10.0
-# Upper bound for one request, however large the log.
+# Upper bound for one read, however large the log.
 READ_SECONDS = 30.0
 # Stream time offsets are in whole seconds, and clocks of hosts differ a little.
 CLOCK_SLACK = timedelta(seconds=5)
+# A build's first line is published as it starts (builds.py), stamped by the same host's clock
+# as its id: lines this long after the id's time and none of it, and there is no such build.
+FIRST_LINE_WITHIN = timedelta(minutes=2)
 EPOCH = datetime.fromtimestamp(0, UTC)
 
+NOT_A_BUILD_ID = (
+    "{build_id!r} is not a build id: build ids are 20 hexadecimal digits, as in the first line "
+    "of a build's log (`Build <id>: its log stays at /api/builds/<id>/log`)."
+)
+NOT_KEPT = (
+    "No log of build {build_id} is kept: no build has that id, or it is older than the "
+    "build-log stream's retention. Launch the repository again to see a new build's log."
+)
+UNAVAILABLE = "Build logs are unavailable right now: try again in a minute."
+BUSY = "Too many build logs are being read right now: try again in a minute."
 
-async def build_log(request: web.Request) -> web.Response:
-    build_id = request.match_info["build_id"]
-    started = build_started_at(build_id)
-    if started is None:
-        return web.json_response({"message": f"{build_id!r} is not a build id."}, status=400)
+
+class Busy(Exception):
+    """Every read slot stayed taken for the whole wait."""
+
+
+class Records(Protocol):
+    """Where logs are read from: `bindery.bus.eventlog.StreamReader`, or a fake in tests."""
+
+    def records(
+        self, stream: str, start: datetime, *, idle: float, first_idle: float | None = None
+    ) -> AsyncGenerator[Recorded, None]: ...
+
+    async def close(self) -> None: ...
+
+
+class BuildLogs:
+    """Build logs as the endpoint answers them (JSON bodies), read through `source`."""
+
+    def __init__(
+        self, source: Records, *, cache_bytes: int, max_reads: int, read_wait: float
+    ) -> None:
+        self._source = source
+        self._cache: OrderedDict[str, bytes] = OrderedDict()
+        self._cache_bytes = 0
+        self._max_cache_bytes = cache_bytes
+        self._reads = asyncio.Semaphore(max_reads)
+        self._read_wait = read_wait
+        self._in_flight: dict[str, asyncio.Task[bytes | None]] = {}
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._cache_bytes
+
+    async def answer(self, build_id: str, started: datetime) -> bytes | None:
+        """The JSON body for the build, None if the stream keeps no line of it. Raises `Busy`
+        and `StreamUnavailable`."""
+        body = self._cache.get(build_id)
+        if body is not None:
+            self._cache.move_to_end(build_id)
+            BUILD_LOG_ANSWERS.labels("cache").inc()
+            return body
+        read = self._in_flight.get(build_id)
+        if read is None:
+            read = asyncio.create_task(self._read(build_id, started), name=f"build-log {build_id}")
+            self._in_flight[build_id] = read
+            read.add_done_callback(lambda done: self._done(build_id, done))
+            BUILD_LOG_ANSWERS.labels("read").inc()
+        else:
+            BUILD_LOG_ANSWERS.labels("shared").inc()
+        # Shielded: a client that leaves must not end the read the others wait for.
+        return await asyncio.shield(read)
+
+    def _done(self, build_id: str, read: asyncio.Task[bytes | None]) -> None:
+        del self._in_flight[build_id]
+        if not read.cancelled():
+            # Retrieved here, so a read whose clients all left logs no "never retrieved" error.
+            read.exception()
+
+    async def _read(self, build_id: str, started: datetime) -> bytes | None:
+        try:
+            async with asyncio.timeout(self._read_wait):
+                await self._reads.acquire()
+        except TimeoutError:
+            raise Busy from None
+        try:
+            found = await read_build_log(self._source, build_id, started)
+        finally:
+            self._reads.release()
+        if found is None:
+            return None
+        body = json.dumps(found).encode()
+        if found["complete"]:
+            self._remember(build_id, body)
+        return body
+
+    def _remember(self, build_id: str, body: bytes) -> None:
+        if len(body) > self._max_cache_bytes:
+            return  # it would push out everything else, and still not fit
+        self._cache[build_id] = body
+        self._cache_bytes += len(body)
+        while self._cache_bytes > self._max_cache_bytes:
+            _, oldest = self._cache.popitem(last=False)
+            self._cache_bytes -= len(oldest)
+
+    async def close(self) -> None:
+        await self._source.close()
+
+
+async def read_build_log(
+    source: Records, build_id: str, started: datetime
+) -> dict[str, Any] | None:
+    """The kept log of the build `build_id`, which started at `started`; None if it has none."""
+    began = datetime.now(UTC)
+    first_launch: str | None = None
+    image = ""
+    lines: list[dict[str, str]] = []
+    complete = False
+    records = source.records(
+        topology.BUILD_LOG_STREAM,
+        max(started - CLOCK_SLACK, EPOCH),  # the broker takes no time before 1970
+        idle=IDLE_SECONDS,
+        first_idle=FIRST_MESSAGE_SECONDS,
+    )
     try:
-        since = max(started - CLOCK_SLACK, EPOCH)  # the broker takes no time before 1970
-        found = await read_build_log(request.app[GATEWAY].settings.amqp_url, build_id, since)
-    except (OSError, aio_pika.exceptions.AMQPError) as exc:
-        log.error("buildlog.read_failed", build_id=build_id, error=str(exc))
-        return web.json_response(
-            {"message": "Build logs are unavailable right now: try again in a minute."},
-            status=503,
-        )
-    if found is None:
-        return web.json_response(
-            {"message": f"No log of build {build_id} is kept (too old, or no such build)."},
-            status=404,
-        )
-    return web.json_response(found)
-
-
-async def read_build_log(url: str, build_id: str, since: Any) -> dict[str, Any] | None:
-    """The kept log of ``build_id``, reading the stream from ``since``; None if it has none."""
-    connection = await aio_pika.connect(url, client_properties={"connection_name": "build-log"})
-    try:
-        channel = await connection.channel()
-        await channel.set_qos(prefetch_count=PREFETCH)
-        queue = await channel.declare_queue(topology.BUILD_LOG_STREAM, passive=True)
-        inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-        await queue.consume(inbox.put, arguments={"x-stream-offset": since})
-        first_launch: str | None = None
-        image = ""
-        lines: list[dict[str, str]] = []
-        complete = False
-        deadline = asyncio.get_running_loop().time() + READ_SECONDS
-        wait = FIRST_MESSAGE_SECONDS
-        while asyncio.get_running_loop().time() < deadline:
-            try:
-                message = await asyncio.wait_for(inbox.get(), wait)
-            except TimeoutError:
-                break
-            wait = IDLE_SECONDS
-            await message.ack()
-            line = _line_of(message.body, build_id)
-            if line is None or first_launch not in (None, line.launch_id):
-                continue
-            first_launch, image = line.launch_id, line.image
-            lines.append({"phase": line.phase, "message": line.message})
-            if line.final:
-                complete = True
-                break
+        async with asyncio.timeout(READ_SECONDS):
+            async for record in records:
+                event = record.event
+                if event.time > began:
+                    break  # what came after the request: the build is still running
+                mine = isinstance(event, BuildLog) and event.build_id == build_id
+                if not mine:
+                    if first_launch is None and event.time > started + FIRST_LINE_WITHIN:
+                        break
+                    continue
+                assert isinstance(event, BuildLog)
+                if first_launch not in (None, event.launch_id):
+                    continue
+                first_launch, image = event.launch_id, event.image
+                lines.append({"phase": event.phase, "message": event.message})
+                if event.final:
+                    complete = True
+                    break
+    except TimeoutError:
+        log.warning("buildlog.read_cut", build_id=build_id, lines=len(lines))
     finally:
-        await connection.close()
+        # Closed here, not at garbage collection: its consumer ends now.
+        await records.aclose()
     if first_launch is None:
         return None
     return {"build_id": build_id, "image": image, "complete": complete, "lines": lines}
 
 
-def _line_of(body: bytes, build_id: str) -> BuildLog | None:
-    try:
-        event = parse_event(body)
-    except InvalidEvent:
+def started_at(build_id: str) -> datetime | None:
+    """When the build `build_id` started; None if no build can have that id (not one's form,
+    or a time in the future)."""
+    started = build_started_at(build_id)
+    if started is None or started > datetime.now(UTC) + CLOCK_SLACK:
         return None
-    if isinstance(event, BuildLog) and event.build_id == build_id:
-        return event
-    return None
+    return started
+
+
+async def build_log(request: web.Request) -> web.Response:
+    build_id = request.match_info["build_id"]
+    started = started_at(build_id)
+    if started is None:
+        return web.json_response({"message": NOT_A_BUILD_ID.format(build_id=build_id)}, status=404)
+    logs = request.app[GATEWAY].build_logs
+    assert logs is not None, "set at app start"
+    try:
+        body = await logs.answer(build_id, started)
+    except Busy:
+        BUILD_LOG_ANSWERS.labels("busy").inc()
+        return web.json_response({"message": BUSY}, status=503)
+    except StreamUnavailable as exc:
+        log.error("buildlog.read_failed", build_id=build_id, error=str(exc))
+        return web.json_response({"message": UNAVAILABLE}, status=503)
+    if body is None:
+        return web.json_response({"message": NOT_KEPT.format(build_id=build_id)}, status=404)
+    return web.Response(body=body, content_type="application/json")

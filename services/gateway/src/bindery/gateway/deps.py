@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
@@ -16,6 +16,9 @@ from bindery.gateway.metrics import LAUNCHES_ABANDONED
 from bindery.gateway.progress import ProgressHub
 from bindery.gateway.proxy import RouteTable, SessionLister
 from bindery.gateway.settings import GatewaySettings
+
+if TYPE_CHECKING:  # buildlog's handler reads this Gateway: a runtime import would be a cycle
+    from bindery.gateway.buildlog import BuildLogs
 
 log = structlog.get_logger("bindery.gateway")
 
@@ -68,6 +71,8 @@ class Gateway:
     """Runtime node name -> whether it answers, for /health; empty: no nodes reported."""
     abuse: AbuseGuard | None = None
     """Banned networks, launch rate limit, address log; None: none of them (tests)."""
+    build_logs: BuildLogs | None = None
+    """None: read the build-log stream of `settings.amqp_url` (set at app start)."""
 
     @classmethod
     def create(

@@ -44,6 +44,12 @@ RATE_LIMITED = Counter(
     "bindery_gateway_rate_limited_total", "Requests refused by the per-address rate limit"
 )
 BANNED = Counter("bindery_gateway_banned_total", "Requests refused from a banned network")
+BUILD_LOG_ANSWERS = Counter(
+    "bindery_gateway_build_log_answers_total",
+    "Build-log requests by how they were answered: from the cache, by a read of the stream "
+    "(read), by joining a read under way (shared), or refused with every read slot taken (busy)",
+    ["source"],
+)
 ROUTES = Gauge("bindery_gateway_routes", "Sessions this gateway can route to")
 LAUNCHES_BUFFERED = Gauge(
     "bindery_gateway_launches_buffered", "Launches whose progress this replica keeps for replay"

@@ -58,6 +58,21 @@ class GatewaySettings(CommonSettings):
     reconnect; an SSE client's leaving is noticed at the next keepalive, up to
     `keepalive_interval` later."""
 
+    build_log_cache_bytes: int = Field(default=64 * 1024**2, ge=0)
+    """Finished build logs kept in memory for `GET /api/builds/<id>/log` (as their JSON answers),
+    least recently asked first out: a log someone links to is asked for again and again, and
+    each answer from the stream is a read of the broker's disk. A builder stops a log at 16 MiB
+    (its max_log_bytes), so the default holds at least a few of the largest."""
+
+    build_log_max_reads: int = Field(default=4, ge=1)
+    """Reads of the build-log stream at once (requests for a build being read share its read):
+    anyone may ask, and each read makes the broker send a stretch of the stream."""
+
+    build_log_read_wait: float = Field(default=5.0, gt=0)
+    """How long a request waits for a read of the build-log stream to be free before it gets
+    503: long enough for a few reads of finished logs to end, short enough that a flood of
+    requests is turned away instead of piling up."""
+
     registry_timeout: float = Field(default=2.0, gt=0)
     """/health answers within a load balancer's check timeout even if the registry hangs."""
 
