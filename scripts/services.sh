@@ -92,6 +92,9 @@ load_env() {  # the operator's settings, in this shell
     set -a
     # shellcheck disable=SC1090
     . "$ENV_FILE"
+    # Each session on an origin of its own (<session>.localhost: browsers resolve every name
+    # under localhost to loopback), unless the operator chose otherwise; empty: path mode.
+    : "${BINDERY_SESSIONS_HOST=localhost:${BINDERY_PORT:-8585}}"
     set +a
 }
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.support.localhost import client_session
 from tests.support.sandbox import readable_dir
 from tests.support.stack import LOG_DIR, Stack, started_stack
 
@@ -20,7 +21,7 @@ def stack() -> Iterator[Stack]:
 
 @pytest.fixture(scope="session")
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+    async with client_session(timeout=aiohttp.ClientTimeout(total=600)) as session:
         yield session
 
 

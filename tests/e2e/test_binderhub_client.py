@@ -66,7 +66,8 @@ async def test_official_client_reaches_ready(
     assert phases[0] == "waiting"
     assert "building" in phases and "launching" in phases
     ready = events[-1]
-    assert ready["url"].startswith(f"{stack.gateway}/user/")
+    session = ready["url"].rstrip("/").rsplit("/", 1)[-1]
+    assert ready["url"] == stack.session_url(session)
     assert ready["binder_request"] == f"v2/{spec}"
     assert ready["binder_launch_host"] == f"{stack.gateway}/"
     headers = {"Authorization": f"token {ready['token']}"}

@@ -9,6 +9,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from playwright.async_api import Browser, Page, expect
@@ -103,7 +104,9 @@ async def test_home_to_running_cell(stack: Stack, browser: Browser, browser_repo
         await page.wait_for_url(
             re.compile(r".*/user/[^/]+/lab/tree/analysis\.ipynb.*"), timeout=600_000
         )
-        assert page.url.startswith(stack.gateway + "/user/"), "the session is on our origin"
+        session = urlsplit(page.url).path.split("/")[2]
+        assert page.url.startswith(stack.session_url(session)), "on the session's own origin"
+        assert "token=" not in page.url and "code=" not in page.url, "no credential in sight"
         notebook = page.locator(".jp-Notebook")
         await notebook.wait_for(timeout=120_000)
         await page.screenshot(path=shot("3-jupyterlab"))

@@ -42,7 +42,7 @@ async def test_link_becomes_a_working_session(
     assert any(e["phase"] == "building" and e.get("message") for e in first_launch)
     ready = first_launch[-1]
     url, token = ready["url"], ready["token"]
-    assert url.startswith(f"{stack.gateway}/user/")
+    assert url == stack.session_url(url.rstrip("/").rsplit("/", 1)[-1]), "an origin of its own"
     assert ready["image"] and ready["launch_id"]
 
     async with http.get(f"{url}api/status", headers={"Authorization": f"token {token}"}) as resp:

@@ -117,6 +117,10 @@ class Stack:
     def gateway(self) -> str:
         return f"http://127.0.0.1:{GATEWAY_PORT}"
 
+    def session_url(self, session: str) -> str:
+        """Where a session is served: an origin of its own (BINDERY_SESSIONS_HOST)."""
+        return f"http://{session}.localhost:{GATEWAY_PORT}/user/{session}/"
+
     def start(self, service: str) -> None:
         log = (self.log_dir / f"{service}.log").open("ab")
         env = dict(self.env)
@@ -207,6 +211,8 @@ def stack_env(log_dir: Path) -> dict[str, str]:
             "BINDERY_ACTIVITY_FLUSH_INTERVAL": "1",
             "BINDERY_PORT": str(GATEWAY_PORT),
             "BINDERY_PUBLIC_URL": f"http://127.0.0.1:{GATEWAY_PORT}",
+            # Sessions on origins of their own, as under `make up` (tests/support/localhost.py).
+            "BINDERY_SESSIONS_HOST": f"localhost:{GATEWAY_PORT}",
             "BINDERY_CHECK_INTERVAL": "2",
             # A launch nobody watches is cancelled this soon (tests/e2e/test_abandoned_launches).
             "BINDERY_ABANDON_GRACE": "5",

@@ -103,3 +103,23 @@ class CommonSettings(BaseSettings):
             if name and url:
                 nodes[name] = url
         return nodes
+
+
+GiB = 1024**3
+
+
+class CapacitySettings(CommonSettings):
+    """How many sessions the deployment runs at once: the scheduler places sessions by these,
+    the gateway sizes its per-client limits by them. One `.bindery/env` (or one ConfigMap)
+    gives both services the same values."""
+
+    memory_reservation: int = 1 * GiB
+    """mybinder.org's guarantee; placement fits these reservations within each node's memory."""
+
+    node_memory: int = Field(default=0, ge=0)
+    """Memory reservations each node accepts, in bytes. 0: the memory the node reports. Set it
+    lower to keep room for the node's own services (or, in tests, to fill a node quickly)."""
+
+    total_quota: int = Field(default=1000, ge=1)
+    """Concurrent sessions overall; capacity usually binds first, this caps a misconfigured
+    node size."""

@@ -74,6 +74,19 @@ def parse_sse(text: str) -> list[tuple[str | None, dict[str, Any]]]:
     return events
 
 
+def same_but_handoff(first: list[Any], again: list[Any]) -> bool:
+    """Two replays of a launch agree except for the handoff codes (one fresh code per send)."""
+
+    def strip(item: Any) -> Any:
+        if isinstance(item, tuple):
+            return tuple(strip(part) for part in item)
+        if isinstance(item, dict):
+            return {k: v for k, v in item.items() if k != "handoff"}
+        return item
+
+    return [strip(i) for i in first] == [strip(i) for i in again]
+
+
 def full_launch(h: Harness, *, session: str = "repo-abc") -> Callable[[Event], Awaitable[None]]:
     """Answer a launch-requested with the whole flow, synchronously inside publish(): the
     gateway must already be listening when it publishes."""

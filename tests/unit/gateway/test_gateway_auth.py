@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from bindery.gateway.proxy import TOKEN_COOKIE
+from bindery.gateway.sessionauth import TOKEN_COOKIE
 from bindery.tokens import session_token
 from tests.unit.gateway.fakes import S1_TOKEN, SECRET, Harness
 

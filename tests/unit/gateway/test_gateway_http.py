@@ -36,6 +36,7 @@ from tests.unit.gateway.fakes import (
     Harness,
     full_launch,
     parse_sse,
+    same_but_handoff,
 )
 
 
@@ -64,11 +65,14 @@ async def test_build_streams_the_whole_launch(harness: Harness) -> None:
         "ready",
     ]
     assert all(data["launch_id"] == lid for _, data in events)
-    assert [ident for ident, _ in events] == [f"{lid}:{i}" for i in range(len(events))]
+    # Only the client that started the launch has its resume secret, in every event id.
+    resume = harness.gateway.credentials.resume_secret(lid)
+    assert [ident for ident, _ in events] == [f"{lid}:{i}:{resume}" for i in range(len(events))]
     assert "".join(d["message"] for _, d in events[3:6]) == "step 0\nstep 1\nstep 2\n"
     ready = events[-1][1]
     assert ready["url"] == "http://gw.example:8585/user/repo-abc/"
     assert ready["token"] == session_token(SECRET, "repo-abc")
+    assert harness.gateway.credentials.redeem("repo-abc", ready["handoff"])
     assert ready["image"] == "img"
     assert ready["repo_url"] == "https://example.org/owner/repo.git"
     # pod-ready also added the route.
@@ -164,10 +168,13 @@ async def test_reconnect_with_last_event_id_resumes_without_new_launch(harness: 
     harness.bus.on_publish = full_launch(harness)
     first = parse_sse(await (await harness.client.get(f"/build/git/{GIT_SPEC}")).text())
     lid = first[0][1]["launch_id"]
-    resp = await harness.client.get(f"/build/git/{GIT_SPEC}", headers={"Last-Event-ID": f"{lid}:3"})
+    # What EventSource sends back: the id of the last event it saw, resume secret included.
+    last_seen = first[3][0]
+    assert last_seen is not None and last_seen.startswith(f"{lid}:3:")
+    resp = await harness.client.get(f"/build/git/{GIT_SPEC}", headers={"Last-Event-ID": last_seen})
     again = parse_sse(await resp.text())
     assert len(harness.bus.published) == 1  # no second launch
-    assert again == first[4:]
+    assert same_but_handoff(again, first[4:])
 
     # Another spec with that id: a new launch, nothing of the first one.
     resp = await harness.client.get("/build/gh/o/r/HEAD", headers={"Last-Event-ID": f"{lid}:3"})

@@ -22,9 +22,7 @@ from bindery.events import (
     StopReason,
 )
 from bindery.gateway.progress import ProgressHub, to_payload
-from bindery.tokens import session_token
 
-SECRET = "s" * 32
 PUBLIC = "http://gw.example:8585"
 L = "a" * 32
 
@@ -46,7 +44,7 @@ def resolved(**kw: object) -> RefResolved:
 
 
 def payload(event: object) -> dict[str, object] | None:
-    return to_payload(event, public_url=PUBLIC, secret=SECRET)  # type: ignore[arg-type]
+    return to_payload(event, session_url=lambda s: f"{PUBLIC}/user/{s}/")  # type: ignore[arg-type]
 
 
 def test_ref_resolved_missing_image_is_fetching() -> None:
@@ -103,7 +101,6 @@ def test_pod_phases_and_ready_payload() -> None:
         "phase": "ready",
         "message": f"server running at {PUBLIC}/user/s-1/\n",
         "url": f"{PUBLIC}/user/s-1/",
-        "token": session_token(SECRET, "s-1"),
         "image": "img",
         "repo_url": "https://example.org/r.git",
         "launch_id": L,
@@ -136,7 +133,11 @@ def test_events_not_shown(event: object) -> None:
 
 
 def hub(**kw: int | float) -> ProgressHub:
-    return ProgressHub(public_url=PUBLIC, secret=SECRET, **kw)  # type: ignore[arg-type]
+    return ProgressHub(
+        public_url=PUBLIC,
+        session_url=lambda s: f"{PUBLIC}/user/{s}/",
+        **kw,  # type: ignore[arg-type]
+    )
 
 
 def test_hub_numbers_events_and_ignores_redeliveries() -> None:

@@ -7,7 +7,7 @@ import aiohttp
 from yarl import URL
 
 from bindery.events import ImagePulling, LaunchQueued, LaunchRequested
-from tests.unit.gateway.fakes import GIT_SPEC, Harness, full_launch, parse_sse
+from tests.unit.gateway.fakes import GIT_SPEC, Harness, full_launch, parse_sse, same_but_handoff
 
 
 async def receive_all(ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, object]]:
@@ -35,7 +35,8 @@ async def test_websocket_carries_the_same_events_as_sse(harness: Harness) -> Non
         "launching",
         "ready",
     ]
-    assert [m["id"] for m in messages] == [f"{lid}:{i}" for i in range(len(messages))]
+    resume = harness.gateway.credentials.resume_secret(lid)
+    assert [m["id"] for m in messages] == [f"{lid}:{i}:{resume}" for i in range(len(messages))]
     assert ws.close_code == 1000
 
 
@@ -47,12 +48,13 @@ async def test_websocket_resume_replays_the_rest_without_a_second_launch(
         await harness.client.ws_connect(URL(f"/build/git/{GIT_SPEC}", encoded=True))
     )
     lid = first[0]["launch_id"]
+    resume = harness.gateway.credentials.resume_secret(lid)
     again = await receive_all(
         await harness.client.ws_connect(
-            URL(f"/build/git/{GIT_SPEC}?launch_id={lid}&after=3", encoded=True)
+            URL(f"/build/git/{GIT_SPEC}?launch_id={lid}&after=3&resume={resume}", encoded=True)
         )
     )
-    assert again == first[4:]
+    assert same_but_handoff(again, first[4:])
     whole = await receive_all(
         await harness.client.ws_connect(
             URL(f"/build/git/{GIT_SPEC}?launch_id={lid}&after=-1", encoded=True)
@@ -66,8 +68,11 @@ async def test_sse_replay_from_the_start_by_launch_id(harness: Harness) -> None:
     harness.bus.on_publish = full_launch(harness)
     first = parse_sse(await (await harness.client.get(f"/build/git/{GIT_SPEC}")).text())
     lid = first[0][1]["launch_id"]
-    resp = await harness.client.get(f"/build/git/{GIT_SPEC}", params={"launch_id": lid})
-    assert parse_sse(await resp.text()) == first
+    resume = harness.gateway.credentials.resume_secret(lid)
+    resp = await harness.client.get(
+        f"/build/git/{GIT_SPEC}", params={"launch_id": lid, "resume": resume}
+    )
+    assert same_but_handoff(parse_sse(await resp.text()), first)
     assert len(harness.bus.published) == 1
 
 

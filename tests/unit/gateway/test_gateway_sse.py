@@ -30,6 +30,8 @@ def test_keepalive_is_a_comment() -> None:
 
 
 def test_last_event_id_round_trip() -> None:
-    assert sse.parse_last_event_id(sse.event_id("0f" * 16, 12)) == ("0f" * 16, 12)
+    assert sse.parse_last_event_id(sse.event_id("0f" * 16, 12)) == ("0f" * 16, 12, "")
+    resumable = sse.event_id("0f" * 16, 12, "ab" * 16)
+    assert sse.parse_last_event_id(resumable) == ("0f" * 16, 12, "ab" * 16)
     for bad in (None, "", "12", "abc", "x:1", "ab:-1", "ab:1:2", "AB:1"):
         assert sse.parse_last_event_id(bad) is None

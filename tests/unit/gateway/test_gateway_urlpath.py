@@ -12,8 +12,8 @@ import pytest
 
 from bindery.gateway.urlpath import (
     DEFAULT_URLPATH,
+    handoff_target,
     launch_link,
-    redirect_target,
     requested_urlpath,
     safe_urlpath,
 )
@@ -75,24 +75,24 @@ def test_relative_urlpaths_are_kept(value: str, expected: str) -> None:
 @pytest.mark.parametrize("value", [None, "", "/", "   "])
 def test_empty_urlpaths_mean_default(value: str | None) -> None:
     assert safe_urlpath(value) is None
-    assert redirect_target("/user/s/", value, "t").startswith("/user/s/lab?token=")
+    assert handoff_target("http://s.gw/user/s/", value, "c").endswith("?code=c&next=lab")
 
 
 @pytest.mark.parametrize("value", HOSTILE)
-def test_redirect_never_leaves_the_session(value: str) -> None:
-    session_url = "http://gw.example:8585/user/sess-1/"
-    target = redirect_target(urlsplit(session_url).path, value, "tok")
+def test_handoff_never_leaves_the_session(value: str) -> None:
+    session_url = "http://sess-1.gw.example:8585/user/sess-1/"
+    target = handoff_target(session_url, value, "code")
     resolved = urlsplit(urljoin(session_url, target))
-    assert resolved.netloc == "gw.example:8585"
-    assert resolved.path.startswith("/user/sess-1/")
-    assert target == "/user/sess-1/lab?token=tok"
+    assert resolved.netloc == "sess-1.gw.example:8585"
+    assert resolved.path == "/user/sess-1/.bindery/handoff"
+    assert resolved.query == "code=code&next=lab"
 
 
-def test_redirect_target_joins_query_and_encodes_token() -> None:
-    assert redirect_target("/user/s", "lab/tree/x.ipynb", "a b") == (
-        "/user/s/lab/tree/x.ipynb?token=a%20b"
+def test_handoff_target_carries_the_code_and_where_to_go_encoded() -> None:
+    assert handoff_target("http://gw/user/s", "lab/tree/x y.ipynb", "1.a.b") == (
+        "http://gw/user/s/.bindery/handoff?code=1.a.b&next=lab%2Ftree%2Fx%20y.ipynb"
     )
-    assert redirect_target("/user/s/", "lab?reset", "t") == "/user/s/lab?reset&token=t"
+    assert handoff_target("http://gw/user/s/", "lab?reset", "c").endswith("next=lab%3Freset")
 
 
 def test_requested_urlpath_reads_legacy_parameters() -> None:
@@ -127,8 +127,8 @@ def test_javascript_mirror_agrees() -> None:
         + "\nconst U = globalThis.BinderyUrlpath;"
         + "\nconsole.log(JSON.stringify({"
         + "safe: values.map((v) => U.safeUrlpath(v)),"
-        + "redirect: values.map((v) => U.redirectTarget("
-        + "'http://gw.example/user/s/', v, 't', 'http://gw.example/v2/git/x/HEAD')),"
+        + "handoff: values.map((v) => U.handoffTarget("
+        + "'http://s.gw.example/user/s/', v, '1.a.b', 'http://gw.example/v2/git/x/HEAD')),"
         + "link: U.launchLink('https://example.org/a b/r.git', '', 'docs/x.ipynb', 'file')"
         + "}));"
     )
@@ -137,5 +137,6 @@ def test_javascript_mirror_agrees() -> None:
     )
     result = json.loads(out.stdout)
     assert result["safe"] == [safe_urlpath(v) for v in values]
-    assert result["redirect"] == [redirect_target("/user/s/", v, "t") for v in values]
+    expected = [handoff_target("http://s.gw.example/user/s/", v, "1.a.b") for v in values]
+    assert result["handoff"] == expected
     assert result["link"] == launch_link("https://example.org/a b/r.git", "", "docs/x.ipynb")

@@ -15,7 +15,8 @@ from bindery.gateway.app import create_app
 from bindery.gateway.deps import Gateway, NodeCheck
 from bindery.gateway.handlers import subscribe
 from bindery.gateway.settings import GatewaySettings
-from bindery.runtimes import PodmanRuntime, make_runtime
+from bindery.runtimes import PodmanRuntime, Runtime, make_runtime
+from bindery.runtimes.capacity import node_memories, sessions_fitting
 from bindery.runtimes.podman import PodmanNode
 from bindery.service import make_bus
 
@@ -32,7 +33,9 @@ async def serve(settings: GatewaySettings) -> None:
         if isinstance(runtime, PodmanRuntime)
         else {}
     )
-    gateway = Gateway.create(settings, bus, runtime, node_checks=node_checks)
+    # The nodes are asked only when the operator did not say (`max_sessions`).
+    found = 0 if settings.max_sessions else await nodes_capacity(settings, runtime)
+    gateway = Gateway.create(settings, bus, runtime, node_checks=node_checks, capacity=found)
     # Subscribe before serving: no /build stream may start before its answers can arrive.
     await subscribe(bus, gateway)
     # aiohttp's access log would print query strings, which may hold tokens: ours does not.
@@ -51,6 +54,14 @@ async def serve(settings: GatewaySettings) -> None:
     await bus.close()
     await runtime.close()
     telemetry.shutdown()
+
+
+async def nodes_capacity(settings: GatewaySettings, runtime: Runtime) -> int:
+    """Sessions the nodes hold at once, as the scheduler admits them (a node down now counts
+    for none, as it does for the scheduler started now)."""
+    sessions = sessions_fitting(await node_memories(runtime, settings.node_memory), settings)
+    log.info("gateway.capacity", sessions=sessions)
+    return sessions
 
 
 def ping(node: PodmanNode) -> NodeCheck:

@@ -19,11 +19,24 @@ from aiohttp.typedefs import Handler
 
 from bindery import telemetry
 from bindery.bus.eventlog import StreamReader
-from bindery.gateway import buildlog, health, info, launch, metrics, pages, repoproviders
+from bindery.gateway import (
+    buildlog,
+    health,
+    info,
+    launch,
+    metrics,
+    pages,
+    repoproviders,
+    slowclients,
+)
 from bindery.gateway.deps import Gateway
+from bindery.gateway.fairness import Fairness
 from bindery.gateway.keys import CLIENT, GATEWAY, PROXY
 from bindery.gateway.metrics import BANNED, family, observe_request
 from bindery.gateway.proxy import Proxy, rebuild_routes_until_done, run_activity_flusher
+from bindery.gateway.sessionauth import handoff_handler
+from bindery.gateway.settings import GatewaySettings
+from bindery.gateway.urlpath import HANDOFF_PATH
 
 log = structlog.get_logger("bindery.gateway")
 
@@ -81,6 +94,11 @@ async def refuse_banned(request: web.Request, handler: Handler) -> web.StreamRes
     return await handler(request)
 
 
+def _secure(settings: GatewaySettings) -> bool:
+    """Cookies only over HTTPS when people reach the gateway over HTTPS."""
+    return settings.public_url.startswith("https://")
+
+
 async def proxy_handler(request: web.Request) -> web.StreamResponse:
     return await request.app[PROXY].handle(request)
 
@@ -95,10 +113,15 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[CLIENT] = client
     app[PROXY] = Proxy(
         gateway.routes,
-        settings.require_secret(),
-        max_connections=settings.proxy_max_connections,
+        gateway.credentials,
+        gateway.urls,
+        fairness=Fairness.of(settings),
+        # A client is counted as the launch limits count it (an IPv6 /64 is one client).
+        client_of=gateway.abuse.client if gateway.abuse is not None else lambda _request: None,
         connect_timeout=settings.proxy_connect_timeout,
-        secure_cookie=settings.public_url.startswith("https://"),
+        idle_timeout=settings.proxy_idle_timeout,
+        body_timeout=settings.client_body_timeout,
+        secure_cookie=_secure(settings),
     )
     if gateway.build_logs is None:
         gateway.build_logs = buildlog.BuildLogs(
@@ -155,7 +178,13 @@ async def _on_shutdown(app: web.Application) -> None:
 
 def create_app(gateway: Gateway) -> web.Application:
     app = web.Application(
-        middlewares=[access_log, refuse_banned, telemetry.http_middleware(("/build/",))]
+        middlewares=[
+            slowclients.head_deadline,
+            access_log,
+            refuse_banned,
+            gateway.urls.middleware(),
+            telemetry.http_middleware(("/build/",)),
+        ]
     )
     app[GATEWAY] = gateway
     app.cleanup_ctx.append(_resources)
@@ -176,7 +205,11 @@ def create_app(gateway: Gateway) -> web.Application:
     router.add_get("/badge_logo.svg", pages.badge_logo)
     router.add_get("/favicon.ico", pages.favicon)
     router.add_static("/static/", pages.STATIC, append_version=False)
-    # Proxied paths are nearly all requests: their pattern is tried first among /user/ routes.
+    router.add_get(
+        f"/user/{{session}}/{HANDOFF_PATH}",
+        handoff_handler(gateway.credentials, secure_cookie=_secure(gateway.settings)),
+    )
+    # Proxied paths are nearly all requests: their pattern is tried first among the rest.
     router.add_route("*", r"/user/{session}/{tail:[\s\S]*}", proxy_handler)
     router.add_route("*", "/user/{session}", proxy_handler)
     return app

@@ -11,11 +11,21 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 
 from bindery.events import Event, LaunchAbandoned
-from bindery.gateway.abuse import AbuseGuard, AddressLog, RateLimiter, parse_networks
+from bindery.gateway.abuse import (
+    AbuseGuard,
+    AddressLog,
+    RateLimiter,
+    client_burst,
+    client_cap,
+    parse_networks,
+)
 from bindery.gateway.metrics import LAUNCHES_ABANDONED
 from bindery.gateway.progress import ProgressHub
 from bindery.gateway.proxy import RouteTable, SessionLister
+from bindery.gateway.sessionauth import Credentials
+from bindery.gateway.sessionurls import SessionUrls
 from bindery.gateway.settings import GatewaySettings
+from bindery.origins import AllowedOrigins
 
 if TYPE_CHECKING:  # buildlog's handler reads this Gateway: a runtime import would be a cycle
     from bindery.gateway.buildlog import BuildLogs
@@ -63,6 +73,10 @@ class Gateway:
     bus: Publisher
     progress: ProgressHub
     routes: RouteTable
+    credentials: Credentials
+    urls: SessionUrls
+    origins: AllowedOrigins
+    """Other sites that may start launches and read their progress (settings.allowed_origins)."""
     runtime: SessionLister | None = None
     """Only used at start, to rebuild routes; None skips that (tests)."""
     registry_check: RegistryCheck | None = None
@@ -70,9 +84,11 @@ class Gateway:
     node_checks: dict[str, NodeCheck] = field(default_factory=dict)
     """Runtime node name -> whether it answers, for /health; empty: no nodes reported."""
     abuse: AbuseGuard | None = None
-    """Banned networks, launch rate limit, address log; None: none of them (tests)."""
+    """Banned networks, per-client launch limits, address log; None: none of them (tests)."""
     build_logs: BuildLogs | None = None
     """None: read the build-log stream of `settings.amqp_url` (set at app start)."""
+    capacity: int = 0
+    """Sessions the deployment runs at once (`settings.max_sessions`); 0: unknown."""
 
     @classmethod
     def create(
@@ -82,10 +98,15 @@ class Gateway:
         runtime: SessionLister | None = None,
         registry_check: RegistryCheck | None = None,
         node_checks: dict[str, NodeCheck] | None = None,
+        capacity: int = 0,
     ) -> Gateway:
+        """`capacity`: sessions the nodes hold, found at start, when `max_sessions` is 0."""
+        capacity = settings.max_sessions or capacity
+        cap = settings.max_launches_per_client or client_cap(capacity)
+        urls = SessionUrls(settings.public_url, settings.sessions_host)
         progress = ProgressHub(
             public_url=settings.public_url,
-            secret=settings.require_secret(),
+            session_url=urls.url,
             max_launches=settings.progress_max_launches,
             max_entries=settings.progress_max_entries,
             max_total_entries=settings.progress_max_total_entries,
@@ -98,20 +119,28 @@ class Gateway:
         abuse = AbuseGuard(
             banned=parse_networks(settings.banned_networks.split(",")),
             trusted_proxies=parse_networks(settings.trusted_proxies.split(",")),
-            limiter=RateLimiter(settings.launch_rate_per_minute, settings.launch_rate_burst),
+            limiter=RateLimiter(
+                settings.launch_rate_per_minute, settings.launch_rate_burst or client_burst(cap)
+            ),
             address_log=(
                 AddressLog(Path(settings.client_log_dir), settings.client_log_retention_days)
                 if settings.client_log_dir
                 else None
             ),
+            cap=cap,
+            ipv6_prefix=settings.client_ipv6_prefix,
         )
         return cls(
             settings,
             bus,
             progress,
             RouteTable(),
+            Credentials(settings.require_secret()),
+            urls,
+            settings.origins(),
             runtime,
             registry_check,
             node_checks or {},
             abuse,
+            capacity=capacity,
         )

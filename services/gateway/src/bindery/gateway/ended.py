@@ -28,7 +28,7 @@ class Ended:
 
     reason: StopReason
     relaunch: str = ""
-    """Same-origin path that launches the same repository and ref; empty: unknown."""
+    """The gateway's path that launches the same repository and ref; empty: unknown."""
     idle_seconds: float | None = None
     """For `idle`: how long the session had been idle when it was culled."""
 
@@ -82,10 +82,13 @@ def wants_page(request: web.Request) -> bool:
     return request.method == "GET" and accept.split(",", 1)[0].strip() == "text/html"
 
 
-def not_running(request: web.Request, session: str, ended: Ended | None) -> web.Response:
-    """The 404 for `/user/<session>/...` when no route exists."""
+def not_running(
+    request: web.Request, session: str, ended: Ended | None, home: str = ""
+) -> web.Response:
+    """The 404 for `/user/<session>/...` when no route exists; `home` is the gateway's URL when
+    this answers on the session's own origin (subdomain mode), so its links lead back."""
     text = message(session, ended)
-    relaunch = ended.relaunch if ended else ""
+    relaunch = home + ended.relaunch if ended and ended.relaunch else ""
     if not wants_page(request):
         return web.json_response(
             {
@@ -101,4 +104,4 @@ def not_running(request: web.Request, session: str, ended: Ended | None) -> web.
         if relaunch
         else ""
     )
-    return error_page(title, text, 404, action)
+    return error_page(title, text, 404, action, home)

@@ -53,11 +53,15 @@ def page(body: str, status: int = 200, headers: dict[str, str] = PAGE_HEADERS) -
     )
 
 
-def error_page(title: str, message: str, status: int, action: str = "") -> web.Response:
+def error_page(
+    title: str, message: str, status: int, action: str = "", home: str = ""
+) -> web.Response:
     """A page saying what went wrong; `action` is HTML the caller built (escaped) for what the
-    person can do next, e.g. a relaunch button."""
+    person can do next, e.g. a relaunch button. `home` is the gateway's URL for a page served
+    on another origin (a session's), empty on the gateway's own."""
     body = (
         template("error.html")
+        .replace("{{home}}", html.escape(home))
         .replace("{{title}}", html.escape(title))
         .replace("{{message}}", html.escape(message))
         .replace("{{action}}", action)

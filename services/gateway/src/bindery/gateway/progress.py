@@ -34,7 +34,6 @@ from bindery.events import (
     PodScheduled,
     RefResolved,
 )
-from bindery.tokens import session_token
 
 Payload = dict[str, Any]
 
@@ -47,8 +46,9 @@ def waiting_payload(launch_id: str) -> Payload:
     return {"phase": "waiting", "message": WAITING_MESSAGE, "launch_id": launch_id}
 
 
-def to_payload(event: Event, *, public_url: str, secret: str) -> Payload | None:
-    """The BinderHub event a client sees for `event`, or None if the event is not shown."""
+def to_payload(event: Event, *, session_url: Callable[[str], str]) -> Payload | None:
+    """The BinderHub event a client sees for `event`, or None if the event is not shown. A
+    ready session's token is not in it: launch.py adds it for the client entitled to it."""
     payload: Payload
     match event:
         case RefResolved(image_exists=True, build_only=True):
@@ -99,12 +99,11 @@ def to_payload(event: Event, *, public_url: str, secret: str) -> Payload | None:
         case PodScheduled():
             payload = {"phase": "launching", "message": "Launching server...\n"}
         case PodReady():
-            url = f"{public_url}/user/{event.session}/"
+            url = session_url(event.session)
             payload = {
                 "phase": "ready",
                 "message": f"server running at {url}\n",
                 "url": url,
-                "token": session_token(secret, event.session),
                 "image": event.image,
                 "repo_url": event.repo_url,
             }
@@ -138,6 +137,8 @@ class LaunchProgress:
     """A build-only launch holds no session: leaving it abandons nothing."""
     watchers: int = 0
     """Clients streaming this launch from this replica right now."""
+    session: str = ""
+    """The ready session's name, for the credentials only its launcher is given (launch.py)."""
     entries: deque[Entry] = field(default_factory=deque)
     next_seq: int = 0
     dropped: int = 0
@@ -199,7 +200,7 @@ class ProgressHub:
         self,
         *,
         public_url: str,
-        secret: str,
+        session_url: Callable[[str], str],
         max_launches: int = 1000,
         max_entries: int = 20_000,
         max_total_entries: int = 500_000,
@@ -210,7 +211,7 @@ class ProgressHub:
         on_abandoned: Callable[[str], None] = lambda _launch_id: None,
     ) -> None:
         self._public_url = public_url.rstrip("/")
-        self._secret = secret
+        self._session_url = session_url
         self._max_launches = max_launches
         self._max_entries = max_entries
         self._max_total_entries = max_total_entries
@@ -265,7 +266,7 @@ class ProgressHub:
 
     def record(self, event: Event) -> Entry | None:
         """Buffer the client-visible form of `event`; duplicates (redeliveries) are ignored."""
-        payload = to_payload(event, public_url=self._public_url, secret=self._secret)
+        payload = to_payload(event, session_url=self._session_url)
         if payload is None:
             return None
         launch = self._launch(event.launch_id)
@@ -273,6 +274,7 @@ class ProgressHub:
             return None
         launch.seen_event_ids.add(event.event_id)
         if isinstance(event, PodReady):
+            launch.session = event.session
             payload.update(self._binder_fields(launch, event.resolved_ref))
         now = time.monotonic()
         if isinstance(event, BuildLog | BuildStarted):

@@ -6,15 +6,19 @@ cookies and Authorization unchanged (Jupyter runs under /user/<session>/, enforc
 checks a websocket's Origin against Host), over the kept-alive pool of `upstream.py`; a small
 answer of known length goes back in one write with its headers, a larger one chunk by chunk.
 A websocket's handshake goes to the session on a connection of its own; after the session's 101
-the two connections are spliced as bytes (`splice.py`). Activity (what a person does, not what
+the two connections are spliced as bytes (`splice.py`). Each request and websocket holds its
+session's and its client's shares while it lasts (`fairness.py`: over them, a 503 saying
+why); bodies that stop arriving get 408 (`slowclients.py`), and a request or websocket with
+no byte moving either way for `idle_timeout` is closed. Activity (what a person does, not what
 JupyterLab polls: activity.py) is noted in memory per request and per websocket message from
 the browser; `run_activity_flusher` publishes it in batches so no request waits on the broker.
 
 The gateway checks the session's token too (defence in depth: a Jupyter misconfigured to accept
-anything, or an image that starts its own server, still sits behind it). Tokens are
-HMAC(secret, session), so the check is local. A valid token in the query or the Authorization
-header earns an HttpOnly cookie scoped to `/user/<session>/`, which JupyterLab's later requests
-and websockets carry.
+anything, or an image that starts its own server, still sits behind it): sessionauth.py. A valid
+token in the query or the Authorization header earns an HttpOnly cookie scoped to
+`/user/<session>/`, which JupyterLab's later requests and websockets carry. A CORS preflight
+carries no credentials by design: it goes to Jupyter unchecked (it can change nothing). A
+session's answers are confined to its own place (sessionurls.py).
 """
 
 from __future__ import annotations
@@ -22,13 +26,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import functools
-import hmac
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.cookies import Morsel
 from typing import Protocol
 
 import structlog
@@ -39,10 +40,19 @@ from yarl import URL
 from bindery.events import SessionActivity, StopReason
 from bindery.gateway.activity import is_person_request
 from bindery.gateway.ended import Ended, not_running, relaunch_link
+from bindery.gateway.fairness import Fairness, Refused, refused
+from bindery.gateway.sessionauth import (
+    TOKEN_COOKIE,
+    Credentials,
+    forbidden,
+    presented_tokens,
+    token_cookie,
+)
+from bindery.gateway.sessionurls import SessionUrls
+from bindery.gateway.slowclients import SlowBody, body_chunks, read_body, too_slow
 from bindery.gateway.splice import BrowserEnd, SessionEnd, Splice
 from bindery.gateway.upstream import Exchange, Pool, Target, UpstreamError
 from bindery.runtimes import Session
-from bindery.tokens import session_token
 
 log = structlog.get_logger("bindery.gateway.proxy")
 
@@ -272,44 +282,6 @@ def bad_gateway(message: str) -> web.Response:
     return web.json_response({"message": message}, status=502)
 
 
-def forbidden() -> web.Response:
-    return web.json_response(
-        {
-            "message": "This session needs its token: open it from the link its launch page "
-            "gave, or send `Authorization: token <token>`."
-        },
-        status=403,
-    )
-
-
-TOKEN_COOKIE = "bindery-session-token"  # noqa: S105 (a cookie name)
-
-
-@functools.lru_cache(maxsize=4096)
-def token_cookie(session: str, token: str, secure: bool) -> str:
-    """The Set-Cookie value for a session's token, formatted once per session (API clients
-    that send `Authorization` on every request and keep no cookie get it on every answer)."""
-    morsel: Morsel[str] = Morsel()
-    morsel.set(TOKEN_COOKIE, token, token)
-    morsel["path"] = f"/user/{session}/"
-    morsel["samesite"] = "Lax"
-    morsel["httponly"] = True  # type: ignore[assignment]  # Morsel flags take a bool
-    if secure:
-        morsel["secure"] = True  # type: ignore[assignment]
-    return morsel.OutputString()
-
-
-def presented_token(request: web.Request) -> tuple[str, bool]:
-    """The token a request carries and whether it came from the cookie."""
-    cookie = request.cookies.get(TOKEN_COOKIE, "")
-    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() in ("token", "bearer") and credentials.strip():
-        return credentials.strip(), False
-    if request.query.get("token"):
-        return request.query["token"], False
-    return cookie, True
-
-
 # Bodies up to this size (with a Content-Length) are read whole and answered in one write with
 # their headers; larger or open-ended ones are streamed chunk by chunk as they arrive. Jupyter's
 # API answers (contents listings, kernel and session lists) are mostly a few KiB.
@@ -324,21 +296,27 @@ class Proxy:
     def __init__(
         self,
         routes: RouteTable,
-        secret: str,
+        credentials: Credentials,
+        urls: SessionUrls,
         *,
-        max_connections: int = 1000,
+        fairness: Fairness,
+        client_of: Callable[[web.Request], Hashable | None],
         connect_timeout: float = 10.0,
+        idle_timeout: float = 600.0,
+        body_timeout: float = 30.0,
         secure_cookie: bool = False,
     ) -> None:
         self._routes = routes
-        # The pool keeps no cookies (one session's never reach another), decodes no body (each
-        # passes as the session encoded it) and has no read timeout (kernels run for hours).
-        self._pool = Pool(max_connections, connect_timeout)
+        # The pool keeps no cookies (one session's never reach another) and decodes no body
+        # (each passes as the session encoded it); `fairness` says how much may be in flight.
+        self._pool = Pool(connect_timeout)
+        self._fairness = fairness
+        self._client_of = client_of
         self._connect_timeout = connect_timeout
-        # HMAC once per session, not per request: tokens are a pure function of the name.
-        self._token_for = functools.lru_cache(maxsize=4096)(
-            functools.partial(session_token, secret)
-        )
+        self._idle_timeout = idle_timeout
+        self._body_timeout = body_timeout
+        self._credentials = credentials
+        self._urls = urls
         self._secure_cookie = secure_cookie
         self._splices: set[Splice] = set()
 
@@ -346,38 +324,74 @@ class Proxy:
         session = request.match_info["session"]
         route = await self._routes.find(session, REBUILD_WAIT_SECONDS)
         if route is None:
-            return not_running(request, session, self._routes.ended(session))
+            home = self._urls.public_url if self._urls.subdomains else ""
+            return not_running(request, session, self._routes.ended(session), home)
         if "tail" not in request.match_info:  # /user/<session> -> /user/<session>/
             query = request.raw_path.partition("?")[2]
             location = f"/user/{session}/" + (f"?{query}" if query else "")
             return web.Response(status=302, headers={"Location": location})
-        token, from_cookie = presented_token(request)
-        expected: str = self._token_for(session)
-        if not hmac.compare_digest(token.encode(), expected.encode()):
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            return await self._http(request, route)
+        tokens, from_cookie = presented_tokens(request)
+        if not self._credentials.token_matches(session, tokens):
             return forbidden()
         if request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._websocket(request, route)
         if is_person_request(request.method, request.match_info["tail"]):
             route.touch()
-        cookie = None if from_cookie else (session, expected)
+        cookie = None if from_cookie else (session, self._credentials.token(session))
         return await self._http(request, route, cookie)
 
     async def _http(
         self, request: web.Request, route: Route, cookie: tuple[str, str] | None = None
     ) -> web.StreamResponse:
-        body: bytes | AsyncIterator[bytes] | None = None
-        if request.body_exists:
-            length = request.content_length
-            if length is not None and length <= BUFFERED_BODY_LIMIT:
-                body = await request.read()  # sent with the head, in one write
-            else:
-                body = _body_chunks(request, chunked=length is None)
         try:
-            exchange = await self._pool.request(
-                route.address,
-                request_head(request, route),
-                body,
-                head_only=request.method == "HEAD",
+            held = self._fairness.request(route.session, self._client_of(request))
+        except Refused as exc:
+            return refused(exc)
+        try:
+            return await self._forward(request, route, cookie, held.connect)
+        finally:
+            held.release()
+
+    async def _forward(
+        self,
+        request: web.Request,
+        route: Route,
+        cookie: tuple[str, str] | None,
+        connect: Callable[[], Awaitable[None]],
+    ) -> web.StreamResponse:
+        body: bytes | AsyncIterator[bytes] | None = None
+        length = request.content_length
+        streamed = request.body_exists and (length is None or length > BUFFERED_BODY_LIMIT)
+        loop = asyncio.get_running_loop()
+        try:
+            if request.body_exists and not streamed:
+                # Read before taking a connection: a slow browser holds none of the session's.
+                body = await read_body(request.content, self._body_timeout)
+            await connect()
+            async with asyncio.timeout(self._idle_timeout) as quiet:
+                if streamed:
+
+                    def moved() -> None:
+                        quiet.reschedule(loop.time() + self._idle_timeout)
+
+                    body = _body_chunks(request, length is None, self._body_timeout, moved)
+                exchange = await self._pool.request(
+                    route.address,
+                    request_head(request, route),
+                    body,
+                    head_only=request.method == "HEAD",
+                )
+        except Refused as exc:
+            return refused(exc)
+        except SlowBody as exc:
+            return too_slow(exc)
+        except TimeoutError:
+            log.info("proxy.idle", path=request.path, seconds=self._idle_timeout)
+            return web.json_response(
+                {"message": f"The session sent nothing for {self._idle_timeout:g} s."},
+                status=504,
             )
         except UpstreamError as exc:
             log.warning("proxy.upstream_failed", path=request.path, error=str(exc))
@@ -385,6 +399,7 @@ class Proxy:
         try:
             answer = exchange.answer
             headers = answer_headers(answer.headers)
+            self._urls.confine(route.session, headers)
             length = answer.expected
             if answer.complete or (length is not None and length <= BUFFERED_BODY_LIMIT):
                 return await self._whole(request, exchange, headers, cookie)
@@ -402,8 +417,9 @@ class Proxy:
         """A small body of known length (or none): one write of headers and body together."""
         answer = exchange.answer
         try:
-            data = await exchange.read()
-        except UpstreamError as exc:
+            async with asyncio.timeout(self._idle_timeout):
+                data = await exchange.read()
+        except (UpstreamError, TimeoutError) as exc:
             log.info("proxy.stream_aborted", error=str(exc))
             return bad_gateway("The session stopped answering in the middle of a response.")
         reason = answer.reason.decode("latin-1")
@@ -430,10 +446,13 @@ class Proxy:
             status=answer.status, reason=answer.reason.decode("latin-1"), headers=headers
         )
         self._set_cookie(request, response, cookie)
+        loop = asyncio.get_running_loop()
         try:
             await response.prepare(request)
-            async for chunk in exchange.chunks():
-                await response.write(chunk)
+            async with asyncio.timeout(self._idle_timeout) as quiet:
+                async for chunk in exchange.chunks():
+                    await response.write(chunk)
+                    quiet.reschedule(loop.time() + self._idle_timeout)
             await response.write_eof()
         except (UpstreamError, ConnectionError, TimeoutError) as exc:
             # Headers may be gone already: all we can do is end the connection.
@@ -450,6 +469,19 @@ class Proxy:
             response.headers.add("Set-Cookie", token_cookie(session, token, self._secure_cookie))
 
     async def _websocket(self, request: web.Request, route: Route) -> web.StreamResponse:
+        try:
+            held = self._fairness.websocket(route.session, self._client_of(request))
+        except Refused as exc:
+            return refused(exc)
+        try:
+            await held.connect()
+            return await self._splice(request, route)
+        except Refused as exc:
+            return refused(exc)
+        finally:
+            held.release()
+
+    async def _splice(self, request: web.Request, route: Route) -> web.StreamResponse:
         """Handshake with the session on a connection of its own, answer the browser with the
         session's 101, then splice the two connections' bytes (`splice.py`)."""
         browser = request.transport
@@ -461,6 +493,7 @@ class Proxy:
             log.warning("proxy.ws_upstream_failed", error=str(exc) or type(exc).__name__)
             return bad_gateway("The session did not accept the websocket.")
         status, reason, headers = parse_answer_head(head)
+        self._urls.confine(route.session, headers)
         if status != 101:
             # Jupyter refused (wrong token, bad Origin...): tell the browser the same status.
             session.close()
@@ -478,7 +511,9 @@ class Proxy:
             session.close()
             raise
         handler = request.protocol
-        splice = Splice(browser, session, route.touch, handler.connection_lost)
+        splice = Splice(
+            browser, session, route.touch, handler.connection_lost, self._idle_timeout
+        )
         browser_end = BrowserEnd(splice)
         browser.set_protocol(browser_end)
         # What the browser sent after its handshake, before the splice, aiohttp kept aside: it
@@ -521,9 +556,13 @@ class Proxy:
         self._pool.close()
 
 
-async def _body_chunks(request: web.Request, *, chunked: bool) -> AsyncIterator[bytes]:
-    """A large request body as it arrives; chunk-framed when the browser sent no length."""
-    async for chunk in request.content.iter_any():
+async def _body_chunks(
+    request: web.Request, chunked: bool, idle: float, moved: Callable[[], None]
+) -> AsyncIterator[bytes]:
+    """A large request body as it arrives; chunk-framed when the browser sent no length.
+    `moved` is told of each chunk (the upload is not idle, however long it takes)."""
+    async for chunk in body_chunks(request.content, idle):
+        moved()
         yield b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk
     if chunked:
         yield b"0\r\n\r\n"

@@ -1,10 +1,10 @@
 """Where a ready session's browser goes: only ever a relative path inside the session.
 
 A launch link carries `urlpath` (or the legacy `labpath`/`filepath`) chosen by whoever wrote the
-link, and the redirect carries the session's token: a path that leaves the session (an absolute
-URL, `//host`, a backslash browsers treat as a slash, `javascript:`, `..` above the session) would
-hand the token to someone else. static/urlpath.js mirrors these functions for the launch page;
-keep them in step (tests/unit/gateway covers the Python side).
+link, and the browser goes there with the session's credentials: a path that leaves the session
+(an absolute URL, `//host`, a backslash browsers treat as a slash, `javascript:`, `..` above the
+session) would hand them to someone else. static/urlpath.js mirrors these functions for the
+launch page; keep them in step (tests/unit/gateway covers the Python side).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import re
 from urllib.parse import quote, unquote
 
 DEFAULT_URLPATH = "lab"
+HANDOFF_PATH = ".bindery/handoff"
+"""Under a session's prefix, `/user/<session>/.bindery/handoff`: Jupyter has no such route."""
 MAX_URLPATH_LENGTH = 2048
 
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.\-]*:", re.IGNORECASE)
@@ -63,12 +65,13 @@ def requested_urlpath(query: dict[str, str]) -> str:
     return DEFAULT_URLPATH
 
 
-def redirect_target(session_path: str, urlpath: str | None, token: str) -> str:
-    """Path (same origin) the browser is sent to: `/user/<name>/<urlpath>?token=<token>`."""
-    base = session_path if session_path.endswith("/") else session_path + "/"
+def handoff_target(session_url: str, urlpath: str | None, code: str) -> str:
+    """Where the launch page sends the browser: the session's handoff address (on the session's
+    own origin in subdomain mode), which trades the one-time `code` for the session's cookie and
+    goes on to `urlpath` inside the session (sessionauth.py)."""
+    base = session_url if session_url.endswith("/") else session_url + "/"
     path = safe_urlpath(urlpath) or DEFAULT_URLPATH
-    joiner = "&" if "?" in path else "?"
-    return f"{base}{path}{joiner}token={quote(token, safe='')}"
+    return f"{base}{HANDOFF_PATH}?code={encode_component(code)}&next={encode_component(path)}"
 
 
 def encode_component(value: str) -> str:

@@ -1,7 +1,9 @@
 // The launch page: follows /build/<provider>/<spec> over a websocket (EventSource if websockets
 // fail), shows phases as steps and a progress bar, the build log in a terminal (xterm.js), the
 // state in the favicon and title, a failure a person can act on, then opens the session.
-// A dropped connection resumes the same launch (launch_id + after); a reload replays it whole.
+// A dropped connection resumes the same launch (launch_id + after + the resume secret only this
+// page was given); a reload replays it whole. The session opens through its one-time handoff
+// code, so no token ever sits in the address bar or the history.
 (function () {
   "use strict";
   var U = window.BinderyUrlpath;
@@ -42,7 +44,10 @@
     abandoned: ["The launch was cancelled",
       "Nobody watched it for a while, so its session was not started. Launch it again."],
     rate_limited: ["Too many launches",
-      "Your address started too many launches in a short time: wait a minute, then try again."],
+      "Your network started too many launches in a short time: wait a minute, then try again."],
+    too_many_launches: ["You have too many sessions running",
+      "Each visitor may run only a few sessions at once here. Shut down one you no longer use " +
+      "(File > Shut Down in JupyterLab), then launch again."],
     internal: ["Something went wrong in Bindery",
       "This is not your repository's fault. Try again in a minute."]
   };
@@ -153,12 +158,17 @@
     sessionStorage.removeItem(storageKey);
     setPhase("ready");
     setFavicon("ready");
-    if (!data.url || !data.token) {
+    if (!data.url) {
       $("status").textContent = "Done: the image is built" +
         (data.imageName ? " (" + data.imageName + ")" : "") + ".";
       return;
     }
-    var target = U.redirectTarget(data.url, urlpath, data.token, location.href);
+    if (!data.handoff) {
+      $("status").textContent = "The session is ready, but only the browser tab that started " +
+        "this launch can open it.";
+      return;
+    }
+    var target = U.handoffTarget(data.url, urlpath, data.handoff, location.href);
     if (!target) {
       fail("internal", "Refusing to open a location outside the session.");
       return;
@@ -178,15 +188,21 @@
     }
   }
 
+  // The event id is `<launch id>:<n>[:<resume secret>]`; the secret is kept for reloads.
   var lastId = null;
-  var launchId = sessionStorage.getItem(storageKey);
+  var saved = (sessionStorage.getItem(storageKey) || "").split(":");
+  var launchId = saved[0] || null, resumeSecret = saved[1] || "";
 
   function handle(data) {
-    if (data.launch_id && data.launch_id !== launchId) {
-      launchId = data.launch_id;
-      sessionStorage.setItem(storageKey, launchId);
+    if (data.id) {
+      lastId = data.id;
+      var id = data.id.split(":");
+      if (id[0] !== launchId || (id[2] || "") !== resumeSecret) {
+        launchId = id[0];
+        resumeSecret = id[2] || "";
+        sessionStorage.setItem(storageKey, launchId + ":" + resumeSecret);
+      }
     }
-    if (data.id) lastId = data.id;
     if (data.message && data.phase !== "failed" && data.phase !== "ready") appendLog(data.message);
     if (data.phase === "failed") {
       fail(data.reason, data.message);
@@ -210,10 +226,10 @@
   function query() {
     var q = new URLSearchParams();
     if (buildOnly) q.set("build_only", "true");
-    var resumeId = lastId ? lastId.split(":")[0] : launchId;
-    if (resumeId) {
-      q.set("launch_id", resumeId);
+    if (launchId) {
+      q.set("launch_id", launchId);
       q.set("after", lastId ? lastId.split(":")[1] : "-1");
+      if (resumeSecret) q.set("resume", resumeSecret);
     }
     var s = q.toString();
     return s ? "?" + s : "";

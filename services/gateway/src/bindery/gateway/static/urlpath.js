@@ -1,9 +1,10 @@
 // Mirror of bindery/gateway/urlpath.py: keep the two in step.
-// The redirect into a session carries its token, so it may only go to a relative path inside the
+// The browser goes into a session with its credentials, so only to a relative path inside the
 // session: absolute URLs, //host, backslashes, javascript: and .. that leaves it are refused.
 (function (root) {
   "use strict";
   var DEFAULT_URLPATH = "lab";
+  var HANDOFF_PATH = ".bindery/handoff";
   var MAX_URLPATH_LENGTH = 2048;
   var SCHEME = /^[a-z][a-z0-9+.\-]*:/i;
   var CONTROL = /[\x00-\x1f\x7f]/;
@@ -53,17 +54,16 @@
     return DEFAULT_URLPATH;
   }
 
-  // Same-origin path only: the session's path from `sessionUrl`, never its host.
-  function redirectTarget(sessionUrl, urlpath, token, here) {
-    var base = new URL(sessionUrl, here).pathname;
+  // The session's handoff address (on its own origin in subdomain mode): it trades the one-time
+  // `code` for the session's cookie and goes on to `urlpath` inside the session.
+  function handoffTarget(sessionUrl, urlpath, code, here) {
+    var session = new URL(sessionUrl, here);
+    if (session.protocol !== "http:" && session.protocol !== "https:") return null;
+    var base = session.pathname;
     if (base.charAt(base.length - 1) !== "/") base += "/";
     var path = safeUrlpath(urlpath) || DEFAULT_URLPATH;
-    var target = base + path + (path.indexOf("?") === -1 ? "?" : "&") +
-      "token=" + encodeURIComponent(token);
-    var resolved = new URL(target, here);
-    var origin = new URL(here).origin;
-    if (resolved.origin !== origin || resolved.pathname.indexOf(base) !== 0) return null;
-    return target;
+    return session.origin + base + HANDOFF_PATH + "?code=" + encodeURIComponent(code) +
+      "&next=" + encodeURIComponent(path);
   }
 
   // `repo` is the provider's repository part (a URL for git, owner/name for gh).
@@ -85,7 +85,7 @@
     DEFAULT_URLPATH: DEFAULT_URLPATH,
     safeUrlpath: safeUrlpath,
     requestedUrlpath: requestedUrlpath,
-    redirectTarget: redirectTarget,
+    handoffTarget: handoffTarget,
     launchLink: launchLink,
   };
 })(typeof window !== "undefined" ? window : globalThis);
