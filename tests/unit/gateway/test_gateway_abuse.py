@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bindery.gateway.abuse import AddressLog, RateLimiter, parse_networks
+from bindery.gateway.abuse import AddressLog, RateLimiter, client_key, parse_networks
 from tests.unit.gateway.fakes import GIT_SPEC, Harness, full_launch, make_harness, parse_sse
 
 
@@ -63,7 +63,8 @@ async def test_too_many_launches_from_one_address_are_429_without_a_launch(
     assert resp.status == 429
     assert int(resp.headers["Retry-After"]) >= 1
     body = await resp.json()
-    assert body["phase"] == "failed" and "Too many launches" in body["message"]
+    assert body["phase"] == "failed" and body["reason"] == "rate_limited"
+    assert "Too many launches" in body["message"]
     assert len(guarded.bus.published) == 2
 
     # Another address is not affected; resuming a launch is not a new launch.
@@ -84,7 +85,7 @@ async def test_too_many_launches_from_one_address_are_429_without_a_launch(
 
 def test_rate_limiter_refills() -> None:
     limiter = RateLimiter(per_minute=60, burst=2)
-    a = ip_address("192.0.2.1")
+    a = client_key(ip_address("192.0.2.1"))
     assert limiter.allow(a, now=0) == 0 and limiter.allow(a, now=0) == 0
     assert limiter.allow(a, now=0) == pytest.approx(1.0)
     assert limiter.allow(a, now=1.0) == 0

@@ -16,9 +16,13 @@ class EventHandlers:
     def __init__(self, gateway: Gateway) -> None:
         self._progress = gateway.progress
         self._routes = gateway.routes
+        self._abuse = gateway.abuse
 
     async def on_event(self, event: Event) -> None:
-        """Domain events: progress for /build streams; routes from pod-ready and pod-stopped."""
+        """Domain events: progress for /build streams; routes from pod-ready and pod-stopped;
+        what each client holds (abuse.py) from launches' ends and sessions' starts and stops."""
+        if self._abuse is not None:
+            self._abuse.launches.observe(event)
         if isinstance(event, PodReady):
             # The route first: a client told `ready` goes straight to the session.
             relaunch = relaunch_link(event.repo_url, event.resolved_ref)

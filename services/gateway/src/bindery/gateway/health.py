@@ -1,8 +1,9 @@
 """`GET /health`: whether this gateway can launch, and what it depends on.
 
-Out: `broker`, `registry`, `nodes` (each runtime node's answer), `sessions` with the quota headroom
-when `BINDERY_MAX_SESSIONS` is set. 503 when a hard dependency is down: the broker, the registry,
-or every runtime node (one node down leaves the others to run sessions, so it is only reported).
+Out: `broker`, `registry`, `nodes` (each runtime node's answer), `sessions` with the headroom
+when the deployment's capacity is known (`BINDERY_MAX_SESSIONS`, or found from the nodes). 503
+when a hard dependency is down: the broker, the registry, or every runtime node (one node down
+leaves the others to run sessions, so it is only reported).
 """
 
 from __future__ import annotations
@@ -63,9 +64,9 @@ async def health(request: web.Request) -> web.Response:
         "nodes": nodes,
         "sessions": len(gateway.routes),
     }
-    if settings.max_sessions:
-        body["max_sessions"] = settings.max_sessions
-        body["headroom"] = max(0, settings.max_sessions - len(gateway.routes))
+    if gateway.capacity:
+        body["max_sessions"] = gateway.capacity
+        body["headroom"] = max(0, gateway.capacity - len(gateway.routes))
     return web.json_response(body, status=200 if ok else 503, headers={"Cache-Control": "no-store"})
 
 

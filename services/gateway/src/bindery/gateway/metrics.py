@@ -41,7 +41,11 @@ LAUNCHES_ABANDONED = Counter(
     "Launches every client left before they were ready (their session slot was given back)",
 )
 RATE_LIMITED = Counter(
-    "bindery_gateway_rate_limited_total", "Requests refused by the per-address rate limit"
+    "bindery_gateway_rate_limited_total", "Launches refused by the per-client rate limit"
+)
+TOO_MANY_LAUNCHES = Counter(
+    "bindery_gateway_too_many_launches_total",
+    "Launches refused because the client held its cap of sessions and launches in progress",
 )
 BANNED = Counter("bindery_gateway_banned_total", "Requests refused from a banned network")
 BUILD_LOG_ANSWERS = Counter(

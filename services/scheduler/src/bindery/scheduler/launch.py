@@ -54,6 +54,7 @@ from bindery.events import (
 from bindery.naming import repo_key, session_name
 from bindery.runtimes import Limits, Runtime, RuntimeError_, Session, SessionSpec
 from bindery.runtimes.base import DiskUsage, Exit
+from bindery.runtimes.capacity import node_memories
 from bindery.scheduler import metrics
 from bindery.scheduler.admission import REPOSITORY, Admission, QueueTimeout, Withdrawn
 from bindery.scheduler.cluster import Cluster, Seat
@@ -167,14 +168,7 @@ class Scheduler:
         publish: Publish,
         http: aiohttp.ClientSession,
     ) -> Scheduler:
-        capacity = {}
-        for node in runtime.node_names():
-            try:
-                capacity[node] = settings.node_memory or await runtime.node_memory(node)
-            except (RuntimeError_, aiohttp.ClientError, OSError) as exc:
-                # A node that is down gets no sessions until the scheduler restarts.
-                log.error("node.unreachable", node=node, error=str(exc))
-                capacity[node] = 0
+        capacity = await node_memories(runtime, settings.node_memory)
         return cls(settings, runtime, publish, http, Cluster(capacity))
 
     @property

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from bindery.settings import CommonSettings
-
-GiB = 1024**3
+from bindery.settings import CapacitySettings, GiB
 
 
-class SchedulerSettings(CommonSettings):
+class SchedulerSettings(CapacitySettings):
+    """Placement's sizes (`memory_reservation`, `node_memory`, `total_quota`) are in
+    `CapacitySettings`: the gateway reads them too."""
+
     health_port: int = 8593
 
     memory_limit: int = 2 * GiB
     """mybinder.org's limit: above it the kernel is killed, the Jupyter server lives on."""
-
-    memory_reservation: int = 1 * GiB
-    """mybinder.org's guarantee; placement fits these reservations within each node's memory."""
 
     cpu_limit: float = 1.0
     """One core each, so one busy session cannot starve a 2-core node."""
@@ -43,16 +41,8 @@ class SchedulerSettings(CommonSettings):
     startup_timeout: float = 120.0
     """How long Jupyter may take to answer /api/status before the launch fails."""
 
-    node_memory: int = Field(default=0, ge=0)
-    """Memory reservations each node accepts, in bytes. 0: the memory the node reports. Set it
-    lower to keep room for the node's own services (or, in tests, to fill a node quickly)."""
-
     repo_quota: int = Field(default=100, ge=1)
     """Concurrent sessions per repository, mybinder.org's default per-repository limit."""
-
-    total_quota: int = Field(default=1000, ge=1)
-    """Concurrent sessions overall; capacity usually binds first, this caps a misconfigured
-    node size."""
 
     queue_timeout: float = Field(default=600.0, ge=0)
     """How long a launch over quota or capacity waits for a seat before failing. BinderHub fails

@@ -1,0 +1,35 @@
+"""How many sessions the deployment runs at once, from its nodes' memory.
+
+In: a runtime and `CapacitySettings`. Out: the memory each node accepts for reservations (what
+the scheduler places within) and the number of sessions that fits in all, at most the total
+quota. The scheduler admits by the first; the gateway sizes per-client limits by the second.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+import structlog
+
+from bindery.runtimes.base import Runtime, RuntimeError_
+from bindery.settings import CapacitySettings
+
+log = structlog.get_logger("bindery.runtimes")
+
+
+async def node_memories(runtime: Runtime, node_memory: int) -> dict[str, int]:
+    """Bytes of reservations each node accepts: `node_memory` if set, else what it reports."""
+    memories = {}
+    for node in runtime.node_names():
+        try:
+            memories[node] = node_memory or await runtime.node_memory(node)
+        except (RuntimeError_, aiohttp.ClientError, OSError) as exc:
+            # A node that is down gets no sessions until the service restarts.
+            log.error("node.unreachable", node=node, error=str(exc))
+            memories[node] = 0
+    return memories
+
+
+def sessions_fitting(memories: dict[str, int], settings: CapacitySettings) -> int:
+    """Sessions the scheduler admits at once: whole reservations per node, within the quota."""
+    fitting = sum(memory // settings.memory_reservation for memory in memories.values())
+    return min(settings.total_quota, fitting)
