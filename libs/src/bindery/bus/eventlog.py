@@ -188,12 +188,15 @@ class StreamReader:
             async with aclosing(records):
                 async for record in records:
                     yield record
-        except (OSError, aio_pika.exceptions.AMQPError) as exc:
+        # RuntimeError: what aiormq raises for a channel or connection closed under it.
+        except (OSError, RuntimeError, aio_pika.exceptions.AMQPError) as exc:
             raise StreamUnavailable(f"cannot read {stream}: {exc}") from exc
 
     async def _open(self) -> AbstractChannel:
         async with self._opening:
-            if self._connection is None or self._connection.is_closed:
+            # A connection the broker closed is not `is_closed` (that means closed by us):
+            # it is no longer `connected`.
+            if self._connection is None or not self._connection.connected.is_set():
                 self._connection = await aio_pika.connect(
                     self._url, client_properties={"connection_name": self._name}
                 )

@@ -1,0 +1,136 @@
+"""`GET /api/builds/<id>/log` on the started stack (issue 12): many requests for one build are
+served by one read over the gateway's one broker connection for build logs; a finished log is
+then answered from the gateway's cache, with that connection gone; ids of no build are 404 with
+a message."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.support.gitrepo import make_repo
+from tests.support.stack import VHOST, Stack, build_path, launch
+
+pytestmark = pytest.mark.e2e
+
+BUILD_LINE = re.compile(r"Build (?P<id>[0-9a-f]{20}) on \S+: its log stays at")
+READER = "gateway build-log reader"
+ANSWERS = re.compile(r'^bindery_gateway_build_log_answers_total\{source="(\w+)"\} (\S+)$', re.M)
+
+
+def reader_connections() -> list[str]:
+    """The broker's ids of the gateway's build-log connections in this stack's virtual host
+    (rabbitmqctl's table: JSON would give ids close_connection does not take)."""
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "vhost", "pid", "client_properties"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rows = [line.split("\t", 2) for line in listed.splitlines()]
+    return [pid for vhost, pid, properties in rows if vhost == VHOST and READER in properties]
+
+
+async def answers(http: aiohttp.ClientSession, stack: Stack) -> dict[str, float]:
+    """The gateway's count of build-log requests by how they were answered."""
+    async with http.get(f"{stack.gateway}/metrics") as resp:
+        text = await resp.text()
+    return {source: float(value) for source, value in ANSWERS.findall(text)}
+
+
+@pytest.fixture(scope="module")
+async def build_id(stack: Stack, http: aiohttp.ClientSession, repos: Path) -> str:
+    """A finished build (build only: no session), whose log nobody has asked for yet."""
+    repo = repos / "build-logs"
+    make_repo(
+        repo,
+        {"requirements.txt": "", "postBuild": "#!/bin/bash\necho build-log-reads-say-hello\n"},
+    )
+    path = build_path(f"file://{repo}", "main") + "?build_only=true"
+    events = await launch(http, stack.gateway, path)
+    assert events[-1]["phase"] == "ready", events[-3:]
+    ids = {m["id"] for event in events for m in BUILD_LINE.finditer(str(event.get("message")))}
+    assert len(ids) == 1, ids
+    return ids.pop()
+
+
+async def test_many_requests_for_one_build_are_one_read_over_one_connection(
+    stack: Stack, http: aiohttp.ClientSession, build_id: str
+) -> None:
+    before = await answers(http, stack)
+
+    async def get() -> tuple[int, Any]:
+        async with http.get(f"{stack.gateway}/api/builds/{build_id}/log") as resp:
+            return resp.status, await resp.json()
+
+    got = await asyncio.gather(*(get() for _ in range(40)))
+
+    assert {status for status, _ in got} == {200}
+    logs = [body for _, body in got]
+    assert all(body == logs[0] for body in logs)
+    kept = logs[0]
+    assert kept["build_id"] == build_id and kept["complete"] is True
+    messages = [line["message"] for line in kept["lines"]]
+    assert BUILD_LINE.match(messages[0])
+    assert any("build-log-reads-say-hello" in message for message in messages)
+    assert messages[-1].startswith(f"Build {build_id} finished")
+
+    after = await answers(http, stack)
+    assert after.get("read", 0) - before.get("read", 0) == 1, "one read of the stream"
+    assert len(reader_connections()) == 1, "the gateway holds one connection for build logs"
+
+
+async def test_a_finished_log_is_answered_from_the_cache_without_the_broker(
+    stack: Stack, http: aiohttp.ClientSession, build_id: str
+) -> None:
+    url = f"{stack.gateway}/api/builds/{build_id}/log"
+    async with http.get(url) as resp:
+        assert resp.status == 200
+        first = await resp.json()
+
+    for pid in reader_connections():
+        subprocess.run(
+            ["rabbitmqctl", "-q", "close_connection", pid, "test: the stream is unreachable"],
+            check=True,
+            capture_output=True,
+        )
+    deadline = time.monotonic() + 30
+    while reader_connections():
+        assert time.monotonic() < deadline, "the broker did not close the connection"
+        await asyncio.sleep(0.2)
+
+    async with http.get(url) as resp:
+        assert resp.status == 200
+        assert await resp.json() == first
+    assert reader_connections() == [], "no read: the answer came from the cache"
+
+    # The next read connects again.
+    unknown = f"{int(time.time() * 1000) - 3_600_000:012x}00000000"
+    async with http.get(f"{stack.gateway}/api/builds/{unknown}/log") as resp:
+        assert resp.status == 404
+        assert f"No log of build {unknown} is kept" in (await resp.json())["message"]
+    assert len(reader_connections()) == 1
+
+
+@pytest.mark.parametrize(
+    ("build_id", "says"),
+    [
+        ("not-a-build", "is not a build id"),
+        ("ffffffffffffffffffff", "is not a build id"),  # past the year 9999: was a 500
+        ("0" * 20, "No log of build"),  # 1970: before the stream's retention
+        (f"{int(time.time() * 1000) - 60_000:012x}deadbeef", "No log of build"),
+    ],
+)
+async def test_ids_of_no_build_are_404_with_a_message(
+    stack: Stack, http: aiohttp.ClientSession, build_id: str, says: str
+) -> None:
+    async with http.get(f"{stack.gateway}/api/builds/{build_id}/log") as resp:
+        assert resp.status == 404
+        assert says in (await resp.json())["message"]
