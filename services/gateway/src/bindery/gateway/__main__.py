@@ -8,9 +8,9 @@ from collections.abc import Coroutine
 from typing import Any
 
 import structlog
-from aiohttp import web
 
 from bindery import logs, telemetry
+from bindery.gateway import slowclients
 from bindery.gateway.app import create_app
 from bindery.gateway.deps import Gateway, NodeCheck
 from bindery.gateway.handlers import subscribe
@@ -38,10 +38,9 @@ async def serve(settings: GatewaySettings) -> None:
     gateway = Gateway.create(settings, bus, runtime, node_checks=node_checks, capacity=found)
     # Subscribe before serving: no /build stream may start before its answers can arrive.
     await subscribe(bus, gateway)
-    # aiohttp's access log would print query strings, which may hold tokens: ours does not.
-    runner = web.AppRunner(create_app(gateway), access_log=None, shutdown_timeout=5.0)
-    await runner.setup()
-    await web.TCPSite(runner, settings.host, settings.port).start()
+    runner, server = await slowclients.serve(
+        create_app(gateway), settings, settings.host, settings.port
+    )
     log.info("gateway.started", url=settings.public_url, host=settings.host, port=settings.port)
 
     stop = asyncio.Event()
@@ -50,6 +49,7 @@ async def serve(settings: GatewaySettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("gateway.stopping")
+    server.close()
     await runner.cleanup()
     await bus.close()
     await runtime.close()

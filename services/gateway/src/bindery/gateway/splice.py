@@ -10,11 +10,16 @@ Only frame headers are followed (`FrameEdges`). The session's tell the gateway w
 its own may go: 1011 when the session vanished without a close frame, 1001 when the gateway
 shuts down. The browser's tell data frames (a person's messages: activity for the culler) from
 control frames (pongs to the session's pings: not activity; see activity.py).
+
+A websocket with no byte either way for `idle` seconds is closed (1001): any frame counts, so
+Jupyter's own pings keep its websockets open. What a side sends is held only as long as the
+other's transport buffers it: reading pauses beyond that, so no buffer grows without bound.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 from bindery.gateway.activity import is_data_frame
@@ -90,6 +95,7 @@ class Splice:
         session: asyncio.Transport,
         touch: Callable[[], None],
         on_browser_lost: Callable[[BaseException | None], None],
+        idle: float,
     ) -> None:
         self.browser = browser
         self.session = session
@@ -97,8 +103,22 @@ class Splice:
         """Notes activity: called when the browser sends a data frame."""
         self.from_browser = FrameEdges()
         self.from_session = FrameEdges()
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[None] = loop.create_future()
         self._on_browser_lost = on_browser_lost
+        self.moved = time.monotonic()
+        """When a byte last went either way."""
+        self._idle = idle
+        self._idle_timer = loop.call_later(idle, self._check_idle)
+
+    def _check_idle(self) -> None:
+        """Runs once per idle period at most (not per message): close if nothing moved."""
+        quiet = time.monotonic() - self.moved
+        if quiet < self._idle:
+            loop = asyncio.get_running_loop()
+            self._idle_timer = loop.call_later(self._idle - quiet, self._check_idle)
+        else:
+            self.going_away(b"idle")
 
     def browser_lost(self, exc: BaseException | None) -> None:
         self.session.close()
@@ -112,15 +132,17 @@ class Splice:
             self.browser.close()  # after what is buffered is written
         self._finish()
 
-    def going_away(self) -> None:
-        """The gateway shuts down: a browser between two frames hears 1001 first."""
+    def going_away(self, reason: bytes = b"gateway restarting") -> None:
+        """The gateway shuts down (or the websocket was idle): a browser between two frames
+        hears 1001 first."""
         if not self.browser.is_closing():
             if not self.from_session.closing and self.from_session.between_frames:
-                self.browser.write(close_frame(1001, b"gateway restarting"))
+                self.browser.write(close_frame(1001, reason))
             self.browser.close()
         self.session.close()
 
     def _finish(self) -> None:
+        self._idle_timer.cancel()
         if not self.done.done():
             self.done.set_result(None)
 
@@ -146,6 +168,7 @@ class BrowserEnd(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._write(data)
+        self._splice.moved = time.monotonic()
         if self._feed(data):
             self._touch()
 
@@ -170,15 +193,19 @@ class SessionEnd(asyncio.Protocol):
     def __init__(self) -> None:
         self.answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         """The session's answer to the handshake, up to its blank line."""
+        self._transport: asyncio.Transport | None = None
         self._early = b""
         self._splice: Splice | None = None
-        # Set by `splice`; data_received calls them directly (the hot path).
-        self._write: Callable[[bytes], object] | None = None
         self._feed: Callable[[bytes], object] = self._handshake
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
 
     def _handshake(self, data: bytes) -> None:
         self._early += data
         if self.answer.done():  # the session spoke first after its 101: keep it for later
+            if len(self._early) > self.MAX_HEAD and self._transport is not None:
+                self._transport.pause_reading()  # until the splice takes it (`splice`)
             return
         end = self._early.find(b"\r\n\r\n")
         if end >= 0:
@@ -191,14 +218,16 @@ class SessionEnd(asyncio.Protocol):
         """From now on, bytes go to the browser; those that came early go first."""
         self._splice = splice
         self._feed = splice.from_session.feed
-        self._write = splice.browser.write
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()  # paused if more than MAX_HEAD came early
         if self._early:
             early, self._early = self._early, b""
             self.data_received(early)
 
     def data_received(self, data: bytes) -> None:
-        if self._write is not None:
-            self._write(data)
+        if self._splice is not None:
+            self._splice.browser.write(data)
+            self._splice.moved = time.monotonic()
         self._feed(data)
 
     def eof_received(self) -> bool:

@@ -6,9 +6,9 @@ then the body, whole (`read`) or chunk by chunk (`chunks`) as it arrives, with t
 connection paused while the browser is slower than the session.
 
 Idle connections are kept per target and reused (most recently used first, so a burst leaves
-few warm ones); at most `limit` requests are in flight at once. A request that finds its kept
-connection closed by the session before any answer came is sent once more on a new one,
-when its body can be sent again.
+few warm ones); how many requests may be in flight at once is fairness.py's to say. A request
+that finds its kept connection closed by the session before any answer came is sent once more
+on a new one, when its body can be sent again.
 """
 
 from __future__ import annotations
@@ -222,9 +222,8 @@ class _Connection(asyncio.Protocol):
 class Pool:
     """Kept-alive connections to sessions, shared by every proxied request of a gateway."""
 
-    def __init__(self, limit: int, connect_timeout: float) -> None:
+    def __init__(self, connect_timeout: float) -> None:
         self._idle: dict[Target, deque[_Connection]] = {}
-        self._slots = asyncio.Semaphore(limit)
         self._connect_timeout = connect_timeout
 
     async def request(
@@ -238,18 +237,13 @@ class Pool:
         """Send a request; returns once the answer's head is in. `body` as bytes is sent with
         the head in one write; as an iterator, chunk by chunk (the head says how it's framed).
         `head_only`: a HEAD request, whose answer has headers only."""
-        await self._slots.acquire()
-        try:
-            conn, answer = await self._send(target, head, body)
-        except BaseException:
-            self._slots.release()
-            raise
+        conn, answer = await self._send(target, head, body)
         if head_only:
             # llhttp would wait for the body the headers announce: this connection is done.
             conn.answer = None
             answer.complete = True
             conn.close()
-        return Exchange(self, conn, answer)
+        return Exchange(conn, answer)
 
     async def _send(
         self, target: Target, head: bytes, body: bytes | AsyncIterator[bytes] | None
@@ -315,9 +309,6 @@ class Pool:
             if not idle:
                 del self._idle[conn.target]
 
-    def done(self) -> None:
-        self._slots.release()
-
     def close(self) -> None:
         for idle in self._idle.values():
             for conn in idle:
@@ -328,10 +319,9 @@ class Pool:
 class Exchange:
     """A request in flight: the answer's head is in; read its body, then it ends."""
 
-    __slots__ = ("_conn", "_ended", "_pool", "answer")
+    __slots__ = ("_conn", "_ended", "answer")
 
-    def __init__(self, pool: Pool, conn: _Connection, answer: Answer) -> None:
-        self._pool = pool
+    def __init__(self, conn: _Connection, answer: Answer) -> None:
         self._conn = conn
         self.answer = answer
         self._ended = False
@@ -366,4 +356,3 @@ class Exchange:
         if not self.answer.complete:  # abandoned midway: the connection can't be reused
             self._conn.answer = None
             self._conn.close()
-        self._pool.done()
