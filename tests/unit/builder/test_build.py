@@ -7,6 +7,8 @@ import pytest
 
 from bindery.builder import build_one
 from bindery.builder.build import (
+    LINE_LIMIT,
+    MAX_LINE_CHARS,
     BuildLine,
     BuildOptions,
     BuildRequest,
@@ -16,6 +18,7 @@ from bindery.builder.build import (
     parse_line,
     run_build,
 )
+from bindery.events import BuildLog
 
 SHA = "5b1503fb6fd79906a6d75af32d4a014b5f31dc61"
 TAIL = [f"line {i}" for i in range(20)]
@@ -74,6 +77,16 @@ def test_parse_line_separates_log_from_the_final_record() -> None:
         None,
     )
     assert parse_line("[1, 2]") == (BuildLine("log", "[1, 2]"), None)
+
+
+def test_long_lines_are_cut_whatever_wrote_them() -> None:
+    """A line up to the pipe's limit (1 MiB) once failed BuildLog's validation, and every later
+    line of that build was lost; every buffer downstream is bounded by a line's size."""
+    long = "x" * (LINE_LIMIT - 1)
+    for raw in (long, json.dumps({"phase": "building", "message": long})):
+        line, _ = parse_line(raw)
+        assert len(line.message) == MAX_LINE_CHARS
+        BuildLog(launch_id="a" * 32, image="i", phase=line.phase, message=line.message)
 
 
 def test_timeout_wins_over_everything() -> None:

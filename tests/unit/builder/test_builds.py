@@ -12,7 +12,7 @@ from bindery.builder.build import (
     FailureReason,
     OnLine,
 )
-from bindery.builder.builds import Builder
+from bindery.builder.builds import REPLAY_BYTES, Builder
 from bindery.events import (
     BuildLog,
     BuildStarted,
@@ -184,6 +184,31 @@ async def test_launches_of_an_image_in_flight_join_its_build() -> None:
     ]
     assert bus.of("L1") == expected
     assert bus.of("L2") == expected
+
+
+async def test_a_joining_launch_is_replayed_the_end_of_the_log_within_bounded_bytes() -> None:
+    class ChattyRunner(FakeRunner):
+        async def __call__(
+            self, request: BuildRequest, on_line: OnLine, options: BuildOptions
+        ) -> BuildResult:
+            for i in range(1000):  # ~8 MiB of log
+                await on_line(BuildLine("building", f"{i:04d}" + "x" * 8188))
+            return await super().__call__(request, on_line, options)
+
+    runner, bus = ChattyRunner(), Bus()
+    builder = make(runner, bus)
+    first = asyncio.create_task(builder.on_ref_resolved(resolved("L1")))
+    await runner.started.wait()
+    second = asyncio.create_task(builder.on_ref_resolved(resolved("L2")))
+    while ("build-log", "STEP 1") not in bus.of("L2"):
+        await asyncio.sleep(0)
+    runner.release.set()
+    await asyncio.gather(first, second)
+
+    replayed = [message for kind, message in bus.of("L2") if kind == "build-log"]
+    replayed = replayed[: replayed.index("STEP 1") + 1]
+    assert 0 < sum(len(message) for message in replayed) <= REPLAY_BYTES
+    assert replayed[-2].startswith("0999"), "the end of the log, where a failure shows"
 
 
 async def test_each_launch_carries_its_own_repository_settings_to_the_scheduler() -> None:

@@ -21,7 +21,7 @@ from bindery.events import (
     SessionActivity,
     StopReason,
 )
-from bindery.gateway.progress import ProgressHub, to_payload
+from bindery.gateway.progress import ProgressHub, entry_bytes, to_payload
 
 PUBLIC = "http://gw.example:8585"
 L = "a" * 32
@@ -205,31 +205,54 @@ def test_cached_ready_is_not_delayed() -> None:
     assert h.record(ready) is not None and launch.finished
 
 
-def test_buffer_keeps_the_newest_entries_per_launch() -> None:
-    h = hub(max_entries=10)
+def line(launch_id: str, size: int) -> BuildLog:
+    """A build-log line of `size` characters, newline included."""
+    return BuildLog(launch_id=launch_id, image="i", message="x" * (size - 1) + "\n")
+
+
+def test_buffer_keeps_the_newest_entries_per_launch_within_its_bytes() -> None:
+    one = entry_bytes(to_payload(line(L, 8192), session_url=str) or {})
+    h = hub(max_launch_bytes=10 * one)
     launch = h.open(L, "git", "u/HEAD")
-    for i in range(25):
-        h.record(BuildLog(launch_id=L, image="i", message=f"{i}\n"))
+    for _ in range(25):
+        h.record(line(L, 8192))
     entries = launch.since(-1)
     assert len(entries) == 10 and launch.dropped == 16
-    assert entries[-1].payload["message"] == "24\n"
+    assert launch.held_bytes <= 10 * one
     assert [e.seq for e in launch.since(20)] == [21, 22, 23, 24, 25]
 
+    # Short lines cost less: many more of them fit in the same bytes.
+    h = hub(max_launch_bytes=10 * one)
+    launch = h.open(L, "git", "u/HEAD")
+    for _ in range(100):
+        h.record(line(L, 10))
+    assert len(launch.since(-1)) == 101 and launch.dropped == 0
 
-def test_hub_bounds_launches_and_total_entries() -> None:
+
+def test_a_launchs_end_is_kept_however_large() -> None:
+    h = hub(max_launch_bytes=1000)
+    launch = h.open(L, "git", "u/HEAD")
+    h.fail(L, "x" * 5000)
+    assert launch.since(-1)[-1].payload["phase"] == "failed"
+
+
+def test_hub_bounds_launches_and_total_bytes() -> None:
     h = hub(max_launches=3)
     for i in range(5):
         h.open(f"{i:032x}", "git", "u/HEAD")
     assert len(h) == 3 and h.get(f"{0:032x}") is None and h.get(f"{4:032x}") is not None
 
-    h = hub(max_total_entries=100)
+    h = hub(max_total_bytes=100 * 1024)
     for i in range(5):
         lid = f"{i:032x}"
         h.open(lid, "git", "u/HEAD")
-        for j in range(40):
-            h.record(BuildLog(launch_id=lid, image="i", message=f"{j}\n"))
-    assert h.get(f"{4:032x}") is not None
-    assert sum(len(x.entries) for x in h.launches()) <= 100
+        for _ in range(5):
+            h.record(line(lid, 8192))
+    assert h.get(f"{4:032x}") is not None and h.get(f"{0:032x}") is None
+    assert sum(x.held_bytes for x in h.launches()) <= 100 * 1024
+    assert sum(e.size for x in h.launches() for e in x.entries) == sum(
+        x.held_bytes for x in h.launches()
+    )
 
 
 def test_finished_launches_expire_after_retention() -> None:

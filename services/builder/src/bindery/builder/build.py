@@ -126,6 +126,11 @@ class BuildResult:
 TAIL_LINES = 20
 # Buffer limit for one line of build output; build_one cuts its messages well below this.
 LINE_LIMIT = 1 << 20
+# The longest message of one log line, however it was written: the log is for people (long
+# progress bars and minified output are cut), and every line is held in memory by this builder
+# (a joining launch's replay) and by every gateway (a launch's progress), whose buffers are
+# bounded in bytes. A line over BuildLog's own limit would not even be published.
+MAX_LINE_CHARS = 8192
 # What a step killed by the kernel's OOM killer (SIGKILL, 128+9) leaves in podman's output.
 OOM_PATTERN = re.compile(r"exit status 137|exit code:? 137|signal: killed|(^|\s)Killed\s*$")
 # What a build out of room on the sandbox's disk leaves in podman's or a tool's output.
@@ -186,14 +191,15 @@ def parse_line(raw: str) -> tuple[BuildLine, dict[str, Any] | None]:
     """A protocol line, and the record itself when it is the final one (built/failed).
 
     Anything that is not a protocol line (a warning on stderr, a traceback) is still log.
+    Messages are cut at MAX_LINE_CHARS.
     """
     try:
         record = json.loads(raw)
     except json.JSONDecodeError:
         record = None
     if not isinstance(record, dict) or not isinstance(record.get("phase"), str):
-        return BuildLine("log", raw), None
-    line = BuildLine(record["phase"], str(record.get("message", "")))
+        return BuildLine("log", raw[:MAX_LINE_CHARS]), None
+    line = BuildLine(record["phase"], str(record.get("message", ""))[:MAX_LINE_CHARS])
     return line, record if line.phase in ("built", "failed") else None
 
 

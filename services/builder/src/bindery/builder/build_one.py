@@ -35,6 +35,7 @@ from traitlets.config import Config
 
 from bindery.builder import datarepos, nixpack
 from bindery.builder.baseimage import base_image_name
+from bindery.builder.build import MAX_LINE_CHARS
 from bindery.builder.buildpacks import BUILDPACKS, DEFAULT_BUILDPACK, BuildContext
 from bindery.builder.checkout import check_checkout
 from bindery.builder.cran import check_mirror_setting
@@ -44,8 +45,6 @@ from bindery.builder.sources import DEFAULT_SCHEMES, ProviderHosts, Source, chec
 
 # An image reference as the OCI distribution spec allows it, starting with no dash.
 IMAGE_PATTERN = re.compile(r"[a-z0-9][a-z0-9._/:-]{0,254}(@sha256:[0-9a-f]{64})?")
-# Long lines (progress bars, minified output) are cut: the log is for people.
-MAX_MESSAGE_CHARS = 8192
 
 
 class CloneFailed(Exception):
@@ -58,7 +57,7 @@ class TooLarge(Exception):
 
 def emit(phase: str, message: str = "", **fields: Any) -> None:
     """Write one protocol line to stdout."""
-    record = {"phase": phase, "message": message[:MAX_MESSAGE_CHARS], **fields}
+    record = {"phase": phase, "message": message[:MAX_LINE_CHARS], **fields}
     sys.stdout.write(json.dumps(record) + "\n")
     sys.stdout.flush()
 
@@ -133,7 +132,7 @@ def _as_user(sandbox: Sandbox, work: Callable[[], None]) -> None:
             work()
             code = 0
         except BaseException as e:  # whatever it is, the parent reports it
-            os.write(write_end, str(e).encode(errors="replace")[:MAX_MESSAGE_CHARS])
+            os.write(write_end, str(e).encode(errors="replace")[:MAX_LINE_CHARS])
         finally:
             os._exit(code)
     os.close(write_end)

@@ -16,6 +16,7 @@ line, marked ``final``, says how it ended.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -56,8 +57,10 @@ LAUNCH_REASONS = {
     FailureReason.DISK_FULL: LaunchFailure.NO_CAPACITY,
     FailureReason.INTERNAL_ERROR: LaunchFailure.INTERNAL,
 }
-# Lines a joining launch is replayed; a longer log shows its end, where a failure shows.
+# Lines a joining launch is replayed, at most, and the memory they may hold (lines are up to
+# 8 KiB): a longer log shows its end, where a failure shows.
 REPLAY_LINES = 2000
+REPLAY_BYTES = 2 * 1024**2
 # LaunchFailed.message's limit.
 MAX_FAILURE_MESSAGE = 20_000
 
@@ -69,9 +72,17 @@ class _Build:
     image: str
     launches: list[str]
     build_id: str = field(default_factory=new_build_id)
-    lines: deque[BuildLine] = field(default_factory=lambda: deque(maxlen=REPLAY_LINES))
+    lines: deque[BuildLine] = field(default_factory=deque)
+    """The end of the log so far, for launches that join (REPLAY_LINES, REPLAY_BYTES)."""
+    lines_bytes: int = 0
     task: asyncio.Task[BuildResult] | None = None
     logs_broken: bool = False
+
+    def keep(self, line: BuildLine) -> None:
+        self.lines.append(line)
+        self.lines_bytes += sys.getsizeof(line.message)
+        while len(self.lines) > REPLAY_LINES or self.lines_bytes > REPLAY_BYTES:
+            self.lines_bytes -= sys.getsizeof(self.lines.popleft().message)
 
 
 class Builder:
@@ -136,7 +147,7 @@ class Builder:
 
         async def on_line(line: BuildLine) -> None:
             phases.enter(line.phase)
-            build.lines.append(line)
+            build.keep(line)
             for launch_id in list(build.launches):
                 await self._publish_line(build, launch_id, line)
 

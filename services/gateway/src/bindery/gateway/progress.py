@@ -1,4 +1,5 @@
-"""Launch progress: events -> BinderHub phases, and a bounded in-memory buffer per launch.
+"""Launch progress: events -> BinderHub phases, and an in-memory buffer per launch, bounded in
+bytes per launch and over all launches (`entry_bytes`: mostly build-log lines, up to 8 KiB each).
 
 In: every launch event this replica sees (its queue is bound to all of them). Out: BinderHub
 `/build` payloads, numbered per launch, kept after the launch ends so a client that reconnects
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -115,10 +117,24 @@ def to_payload(event: Event, *, session_url: Callable[[str], str]) -> Payload | 
     return payload
 
 
+# What an entry holds beyond its strings: the Entry and its payload dict (tracemalloc: ~310
+# bytes for a build-log line's).
+ENTRY_OVERHEAD = 320
+
+
+def entry_bytes(payload: Payload) -> int:
+    """The memory an entry with `payload` holds, near enough to bound buffers by."""
+    return ENTRY_OVERHEAD + sum(
+        sys.getsizeof(value) for value in payload.values() if isinstance(value, str)
+    )
+
+
 @dataclass(frozen=True)
 class Entry:
     seq: int
     payload: Payload
+    size: int
+    """`entry_bytes(payload)`, taken when it was buffered."""
 
     @property
     def terminal(self) -> bool:
@@ -130,7 +146,7 @@ class LaunchProgress:
     """Everything shown so far for one launch, and a way to wait for more."""
 
     launch_id: str
-    max_entries: int
+    max_bytes: int
     provider: str = ""
     spec: str = ""
     build_only: bool = False
@@ -140,6 +156,8 @@ class LaunchProgress:
     session: str = ""
     """The ready session's name, for the credentials only its launcher is given (launch.py)."""
     entries: deque[Entry] = field(default_factory=deque)
+    held_bytes: int = 0
+    """What `entries` hold (`entry_bytes`)."""
     next_seq: int = 0
     dropped: int = 0
     finished_at: float | None = None
@@ -156,11 +174,13 @@ class LaunchProgress:
         return self.finished_at is not None
 
     def append(self, payload: Payload) -> Entry:
-        entry = Entry(self.next_seq, payload)
+        entry = Entry(self.next_seq, payload, entry_bytes(payload))
         self.next_seq += 1
         self.entries.append(entry)
-        if len(self.entries) > self.max_entries:
-            self.entries.popleft()
+        self.held_bytes += entry.size
+        # The oldest go first; the newest always stays (it may be the launch's end).
+        while self.held_bytes > self.max_bytes and len(self.entries) > 1:
+            self.held_bytes -= self.entries.popleft().size
             self.dropped += 1
         self.updated_at = time.monotonic()
         if entry.terminal and self.finished_at is None:
@@ -194,7 +214,8 @@ class LaunchProgress:
 
 
 class ProgressHub:
-    """All launches this replica buffers, bounded by count and by time after they ended."""
+    """All launches this replica buffers, bounded by count, by bytes and by time after they
+    ended."""
 
     def __init__(
         self,
@@ -202,8 +223,8 @@ class ProgressHub:
         public_url: str,
         session_url: Callable[[str], str],
         max_launches: int = 1000,
-        max_entries: int = 20_000,
-        max_total_entries: int = 500_000,
+        max_launch_bytes: int = 16 * 1024**2,
+        max_total_bytes: int = 256 * 1024**2,
         retention: float = 3600.0,
         terminal_grace: float = 0.0,
         terminal_grace_max: float = 2.0,
@@ -213,9 +234,9 @@ class ProgressHub:
         self._public_url = public_url.rstrip("/")
         self._session_url = session_url
         self._max_launches = max_launches
-        self._max_entries = max_entries
-        self._max_total_entries = max_total_entries
-        self._total_entries = 0
+        self._max_launch_bytes = max_launch_bytes
+        self._max_total_bytes = max_total_bytes
+        self._total_bytes = 0
         self._retention = retention
         self._terminal_grace = terminal_grace
         self._terminal_grace_max = max(terminal_grace, terminal_grace_max)
@@ -233,7 +254,7 @@ class ProgressHub:
     def _launch(self, launch_id: str) -> LaunchProgress:
         launch = self._launches.get(launch_id)
         if launch is None:
-            launch = LaunchProgress(launch_id, self._max_entries)
+            launch = LaunchProgress(launch_id, self._max_launch_bytes)
             self._launches[launch_id] = launch
             self.prune()
         else:
@@ -359,10 +380,10 @@ class ProgressHub:
             self._append(launch, payload)
 
     def _append(self, launch: LaunchProgress, payload: Payload) -> Entry:
-        before = len(launch.entries)
+        before = launch.held_bytes
         entry = launch.append(payload)
-        self._total_entries += len(launch.entries) - before
-        if self._total_entries > self._max_total_entries:
+        self._total_bytes += launch.held_bytes - before
+        if self._total_bytes > self._max_total_bytes:
             self.prune()
         return entry
 
@@ -375,13 +396,12 @@ class ProgressHub:
             or now - launch.updated_at > self._retention * 24
         ]
         for launch_id in expired:
-            self._total_entries -= len(self._launches.pop(launch_id).entries)
+            self._total_bytes -= self._launches.pop(launch_id).held_bytes
         while len(self._launches) > 1 and (
-            len(self._launches) > self._max_launches
-            or self._total_entries > self._max_total_entries
+            len(self._launches) > self._max_launches or self._total_bytes > self._max_total_bytes
         ):
             _, oldest = self._launches.popitem(last=False)
-            self._total_entries -= len(oldest.entries)
+            self._total_bytes -= oldest.held_bytes
 
     def close(self) -> None:
         """Shutting down: wake every listener so its stream ends."""

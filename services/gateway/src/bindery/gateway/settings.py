@@ -40,12 +40,15 @@ class GatewaySettings(CapacitySettings):
     progress_max_launches: int = Field(default=1000, ge=1)
     """Launches buffered at once; the least recently updated ones are dropped first."""
 
-    progress_max_entries: int = Field(default=20_000, ge=10)
-    """Events (mostly build-log lines) kept per launch; the oldest go first beyond that."""
+    progress_max_launch_bytes: int = Field(default=16 * 1024**2, ge=64 * 1024)
+    """Memory for one launch's events (mostly build-log lines, each up to 8 KiB plus ~300 bytes
+    of bookkeeping); the oldest go first beyond that. A builder stops a log at 16 MiB (its
+    max_log_bytes): a log of long lines is kept whole, one of many short lines loses its start,
+    which `/api/builds/<id>/log` still has."""
 
-    progress_max_total_entries: int = Field(default=500_000, ge=100)
-    """Events kept over all launches (lines of up to a few hundred bytes: ~100 MiB at most);
-    whole launches, least recently updated first, go beyond that."""
+    progress_max_total_bytes: int = Field(default=256 * 1024**2, ge=1024**2)
+    """Memory for the events of all launches; whole launches, least recently updated first, go
+    beyond that. Counted in bytes, not lines: a line can be 8 KiB."""
 
     progress_terminal_grace: float = Field(default=0.25, ge=0)
     """Build logs travel on their own channel: a build's last lines can arrive just after the
