@@ -140,6 +140,7 @@ async def site() -> AsyncIterator[Site]:
         client_log_dir="",
         progress_terminal_grace=0.05,
         launch_rate_per_minute=0,
+        max_launches_per_client=100_000,  # every test here launches from 127.0.0.1
     )
     gateway = Gateway.create(settings, bus)
     bus.handlers = EventHandlers(gateway)

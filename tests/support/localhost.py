@@ -44,7 +44,10 @@ class LocalhostResolver(AbstractResolver):
 
 
 def client_session(**kwargs: Any) -> aiohttp.ClientSession:
-    """An aiohttp client that reaches `*.localhost` as a browser does."""
+    """An aiohttp client that reaches `*.localhost` as a browser does, and keeps no cookies:
+    like an API client, each request carries the credentials its test gives it."""
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(resolver=LocalhostResolver()), **kwargs
+        connector=aiohttp.TCPConnector(resolver=LocalhostResolver()),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        **kwargs,
     )

@@ -211,6 +211,10 @@ def stack_env(log_dir: Path) -> dict[str, str]:
             "BINDERY_ACTIVITY_FLUSH_INTERVAL": "1",
             "BINDERY_PORT": str(GATEWAY_PORT),
             "BINDERY_PUBLIC_URL": f"http://127.0.0.1:{GATEWAY_PORT}",
+            # Every test launches from 127.0.0.1: one client whose launches are the whole suite's.
+            # Tests of the per-client limits set their own (tests/e2e/test_client_limits.py).
+            "BINDERY_MAX_LAUNCHES_PER_CLIENT": "100000",
+            "BINDERY_LAUNCH_RATE_PER_MINUTE": "0",
             # Sessions on origins of their own, as under `make up` (tests/support/localhost.py).
             "BINDERY_SESSIONS_HOST": f"localhost:{GATEWAY_PORT}",
             "BINDERY_CHECK_INTERVAL": "2",

@@ -198,3 +198,28 @@ async def test_other_origins_launch_only_when_allowed() -> None:
         own = await launch(h, Origin="http://gw.example:8585")
         assert own[-1]["phase"] == "ready"
         assert len(h.bus.published) == 2, "the refused page started nothing"
+
+
+async def test_the_cookie_counts_only_on_the_sessions_own_pages(harness: Harness) -> None:
+    """Sibling session origins are same-site: their pages get the cookie sent along, and must
+    not be able to use it (a terminal's websocket, a kernel's)."""
+    harness.gateway.routes.add("s-1", "http://127.0.0.1:1", "l-1")
+    cookie = {"Cookie": f"{TOKEN_COOKIE}={session_token(SECRET, 's-1')}"}
+    host = harness.client.server.host, harness.client.server.port
+    own = {**cookie, "Origin": f"http://{host[0]}:{host[1]}"}
+    sibling = {**cookie, "Origin": "http://s-2.gw.example:8585"}
+    assert (await harness.client.post("/user/s-1/api/terminals", headers=own)).status == 502
+    refused = await harness.client.post("/user/s-1/api/terminals", headers=sibling)
+    assert refused.status == 403
+    assert "own pages" in (await refused.json())["message"]
+    upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13"}
+    socket = await harness.client.get(
+        "/user/s-1/terminals/websocket/1",
+        headers={**sibling, **upgrade, "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="},
+    )
+    assert socket.status == 403
+    embedded = {
+        "Origin": "https://thebe.example",
+        "Authorization": f"token {session_token(SECRET, 's-1')}",
+    }
+    assert (await harness.client.post("/user/s-1/api/kernels", headers=embedded)).status == 502

@@ -45,6 +45,8 @@ from bindery.gateway.sessionauth import (
     TOKEN_COOKIE,
     Credentials,
     forbidden,
+    from_own_page,
+    not_from_own_page,
     presented_tokens,
     token_cookie,
 )
@@ -112,6 +114,13 @@ def forward_raw_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes,
     return [(k, v) for k, v in raw if k.lower() not in skip]
 
 
+# A request the gateway let in by its cookie carries the token to Jupyter in `Authorization`:
+# Jupyter checks it on every request (it never saw the token in a URL, so it set no login cookie
+# of its own), and a request authenticated by token needs no XSRF cookie, so a cookie a sibling
+# origin tossed for a parent domain cannot break it either.
+COOKIE_TOKEN = web.RequestKey("cookie_token", str)
+
+
 def request_head(request: web.BaseRequest, route: Route, *, upgrade: bool = False) -> bytes:
     """The request line and headers to send the session: path, query and every end-to-end
     header byte for byte (Host, Origin, cookies, Authorization, Sec-WebSocket-*)."""
@@ -120,6 +129,8 @@ def request_head(request: web.BaseRequest, route: Route, *, upgrade: bool = Fals
     lines.extend(k + b": " + v for k, v in forward_raw_headers(request.raw_headers))
     if "Host" not in request.headers:  # HTTP/1.0 browsers may omit it; 1.1 requires it
         lines.append(f"Host: {route.host}:{route.port}".encode())
+    if COOKIE_TOKEN in request:
+        lines.append(b"Authorization: token " + request[COOKIE_TOKEN].encode())
     if upgrade:
         lines.append(b"Upgrade: websocket\r\nConnection: Upgrade")
     elif request.body_exists and request.content_length is None:
@@ -335,6 +346,10 @@ class Proxy:
         tokens, from_cookie = presented_tokens(request)
         if not self._credentials.token_matches(session, tokens):
             return forbidden()
+        if from_cookie:
+            if not from_own_page(request):
+                return not_from_own_page()
+            request[COOKIE_TOKEN] = self._credentials.token(session)
         if request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._websocket(request, route)
         if is_person_request(request.method, request.match_info["tail"]):
@@ -511,9 +526,7 @@ class Proxy:
             session.close()
             raise
         handler = request.protocol
-        splice = Splice(
-            browser, session, route.touch, handler.connection_lost, self._idle_timeout
-        )
+        splice = Splice(browser, session, route.touch, handler.connection_lost, self._idle_timeout)
         browser_end = BrowserEnd(splice)
         browser.set_protocol(browser_end)
         # What the browser sent after its handshake, before the splice, aiohttp kept aside: it

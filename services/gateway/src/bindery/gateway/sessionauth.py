@@ -25,6 +25,7 @@ import secrets
 import time
 from collections import OrderedDict
 from http.cookies import Morsel
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -74,6 +75,27 @@ def presented_tokens(request: web.Request) -> tuple[list[str], bool]:
         if name == TOKEN_COOKIE
     ]
     return values, True
+
+
+def from_own_page(request: web.Request) -> bool:
+    """Whether a request comes from a page of the origin it is sent to (or from no page: a
+    navigation, a script outside a browser). Browsers send Origin with every websocket
+    handshake and every cross-origin or writing request, and sibling session origins are
+    same-site, so they get a session's SameSite=Lax cookie: that cookie must count only for
+    the session's own pages, or another session's page could open its terminals and kernels.
+    Pages elsewhere (Thebe) send the token itself and are checked by Jupyter's allow_origin."""
+    origin = request.headers.get("Origin")
+    return origin is None or urlsplit(origin).netloc.lower() == request.host.lower()
+
+
+def not_from_own_page() -> web.Response:
+    return web.json_response(
+        {
+            "message": "A session's cookie counts only on the session's own pages: a page "
+            "elsewhere must send the token (`Authorization: token <token>`)."
+        },
+        status=403,
+    )
 
 
 def forbidden() -> web.Response:
