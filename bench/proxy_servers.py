@@ -1,12 +1,15 @@
-"""Processes the proxy benchmark starts: a stand-in Jupyter (HTTP + websocket echo) and the
-gateway's proxy in front of it, each alone in its own process like in production.
+"""Processes the proxy and abuse benchmarks start: a stand-in Jupyter (HTTP + websocket echo,
+and a long poll that never answers) and the gateway in front of it, served as
+`python -m bindery.gateway` serves it (slowclients.serve, default settings), each alone in its
+own process like in production.
 
     python bench/proxy_servers.py upstream <port>
-    python bench/proxy_servers.py gateway <port> <upstream port> <secret>
+    python bench/proxy_servers.py gateway <port> <upstream port> <secret> [<session>,...]
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 from aiohttp import web
@@ -16,6 +19,12 @@ BODY = b"x" * 1024  # a small JSON-sized answer, like Jupyter's /api/contents fo
 
 async def echo_http(_request: web.Request) -> web.Response:
     return web.Response(body=BODY, content_type="application/json")
+
+
+async def hold(_request: web.Request) -> web.Response:
+    """A long poll whose answer never comes: what a client holding connections asks for."""
+    await asyncio.Event().wait()
+    raise AssertionError("unreachable")
 
 
 async def echo_ws(request: web.Request) -> web.WebSocketResponse:
@@ -31,8 +40,9 @@ async def echo_ws(request: web.Request) -> web.WebSocketResponse:
 
 def upstream(port: int) -> None:
     app = web.Application()
-    app.router.add_get("/user/s1/ws", echo_ws)
-    app.router.add_get("/user/s1/{tail:.*}", echo_http)
+    app.router.add_get("/user/{session}/ws", echo_ws)
+    app.router.add_get("/user/{session}/hold", hold)
+    app.router.add_get("/user/{session}/{tail:.*}", echo_http)
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
@@ -45,8 +55,9 @@ class NoBus:
         return None
 
 
-def gateway(port: int, upstream_port: int, secret: str) -> None:
+async def gateway(port: int, upstream_port: int, secret: str, sessions: list[str]) -> None:
     from bindery import logs
+    from bindery.gateway import slowclients
     from bindery.gateway.app import create_app
     from bindery.gateway.deps import Gateway
     from bindery.gateway.settings import GatewaySettings
@@ -59,13 +70,13 @@ def gateway(port: int, upstream_port: int, secret: str) -> None:
         launch_rate_per_minute=0,
     )
     gw = Gateway.create(settings, NoBus())
-    gw.routes.add("s1", f"http://127.0.0.1:{upstream_port}", "bench")
-    web.run_app(create_app(gw), host="127.0.0.1", port=port, access_log=None, print=None)
+    for session in sessions:
+        gw.routes.add(session, f"http://127.0.0.1:{upstream_port}", "bench")
+    await slowclients.serve(create_app(gw), settings, "127.0.0.1", port)
+    await asyncio.Event().wait()  # until terminated
 
 
 if __name__ == "__main__":
-    import asyncio
-
     import uvloop
 
     # The gateway runs on uvloop in production (its __main__); the stand-in Jupyter too, so the
@@ -75,4 +86,5 @@ if __name__ == "__main__":
     if role == "upstream":
         upstream(int(rest[0]))
     else:
-        gateway(int(rest[0]), int(rest[1]), rest[2])
+        sessions = rest[3].split(",") if len(rest) > 3 else ["s1"]
+        asyncio.run(gateway(int(rest[0]), int(rest[1]), rest[2], sessions))

@@ -100,11 +100,12 @@ LIMITS: dict[str, Any] = {
 
 
 @pytest.fixture
-async def gw() -> AsyncIterator[Served]:
+async def gw(request: pytest.FixtureRequest) -> AsyncIterator[Served]:
+    """The gateway with LIMITS, and what a test's `indirect` parameter changes of them."""
     sessions = Sessions()
     upstream = TestServer(sessions.app())
     await upstream.start_server()
-    gateway = Gateway.create(settings(**LIMITS), FakeBus())
+    gateway = Gateway.create(settings(**LIMITS | getattr(request, "param", {})), FakeBus())
     for name in SESSIONS:
         gateway.routes.add(name, str(upstream.make_url("")), "l" * 32)
     runner, server = await slowclients.serve(create_app(gateway), gateway.settings, "127.0.0.1", 0)
@@ -272,3 +273,21 @@ async def test_an_http_request_is_closed_only_when_nothing_moves(gw: Served) -> 
     async with gw.http.get("/user/victim/hold", headers=headers) as resp:
         assert resp.status == 504
         assert "sent nothing for 0.5 s" in (await resp.json())["message"]
+
+
+# Idle requests are closed after 60 s here: only the client's leaving can end these in time.
+@pytest.mark.parametrize("gw", [{"proxy_idle_timeout": 60}], indirect=True)
+async def test_a_long_poll_whose_client_left_gives_its_connection_back(gw: Served) -> None:
+    hog = "203.0.113.1"
+    held = [await hold(gw, "hog", hog) for _ in range(2)]
+    async with gw.http.get("/user/hog/api/status", headers=auth("hog", hog)) as resp:
+        assert resp.status == 503
+    for task in held:  # the browser goes away; the session never answers
+        task.cancel()
+    await asyncio.gather(*held, return_exceptions=True)
+    async with asyncio.timeout(10):
+        while True:
+            async with gw.http.get("/user/hog/api/status", headers=auth("hog", hog)) as resp:
+                if resp.status == 200:
+                    break
+                assert resp.status == 503

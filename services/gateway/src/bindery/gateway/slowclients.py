@@ -103,11 +103,14 @@ async def serve(
     """Serve `app` on host:port with the client deadlines; stop with `server.close()`, then
     `runner.cleanup()`."""
     # aiohttp's access log would print query strings, which may hold tokens: ours does not.
+    # A handler whose client left is cancelled: a proxied long poll gives its session's
+    # connection back then, not when the session answers (or `proxy_idle_timeout` later).
     runner = web.AppRunner(
         app,
         access_log=None,
         shutdown_timeout=5.0,
         keepalive_timeout=settings.client_keepalive_timeout,
+        handler_cancellation=True,
     )
     await runner.setup()
     handlers = runner.server
