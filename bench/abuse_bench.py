@@ -14,7 +14,7 @@ that never answers), since real sessions would measure podman, not the gateway. 
 alternate without and with the attack; each figure is the median over rounds.
 Results: bench/results/abuse.json.
 
-    .venv/bin/python bench/abuse_bench.py [--seconds 3] [--rounds 3] [--concurrency 10]
+    .venv/bin/python bench/abuse_bench.py [--seconds 3] [--rounds 5] [--concurrency 10]
 """
 
 from __future__ import annotations
@@ -143,12 +143,10 @@ class Attack:
             try:
                 for byte in head.encode() + b"a" * 100_000:
                     writer.write(bytes((byte,)))
-                    closed = asyncio.ensure_future(reader.read())
-                    done, _ = await asyncio.wait([closed], timeout=SLOWLORIS_BYTE_EVERY)
-                    if done:
+                    await asyncio.sleep(SLOWLORIS_BYTE_EVERY)
+                    if reader.at_eof() or writer.is_closing():  # the gateway cut it
                         self.slowloris_closed += 1
                         break
-                    closed.cancel()
             except OSError:
                 self.slowloris_closed += 1
             finally:
@@ -247,7 +245,7 @@ def main() -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="measured time per load")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=10, help="the victim's")
     options = parser.parse_args()
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
