@@ -16,6 +16,7 @@ import json
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -26,7 +27,7 @@ from playwright.async_api import Browser, Page, expect
 from bindery.tokens import session_token
 from tests.support.browser import chromium, screenshot_path
 from tests.support.gitrepo import make_repo, notebook
-from tests.support.stack import Stack
+from tests.support.stack import Stack, build_path
 
 pytestmark = pytest.mark.e2e
 
@@ -262,3 +263,42 @@ async def test_with_origins_restricted_another_site_gets_no_launch_and_no_token(
         finally:
             await page.close()
         assert await launches_requested(http, stack) == before, "a refused page started a launch"
+
+
+async def stream(
+    http: aiohttp.ClientSession, url: str, **headers: str
+) -> list[tuple[str, dict[str, Any]]]:
+    """A /build event stream as (id, event) pairs, up to its end."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    ident = ""
+    async with http.get(url, headers={"Accept": "text/event-stream", **headers}) as resp:
+        assert resp.status == 200, await resp.text()
+        async for raw in resp.content:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("id: "):
+                ident = line[4:]
+            elif line.startswith("data:"):
+                events.append((ident, json.loads(line[5:])))
+                if events[-1][1].get("phase") in {"ready", "failed"}:
+                    break
+    return events
+
+
+async def test_a_launch_id_alone_hands_out_no_session(
+    stack: Stack, http: aiohttp.ClientSession, victim_repo: Path
+) -> None:
+    """Launch ids are in logs, the event log, traces and the archive: knowing one must not be
+    enough to get into its session."""
+    url = stack.gateway + build_path(f"file://{victim_repo}", "main")
+    ident, ready = (await stream(http, url))[-1]
+    assert ready["phase"] == "ready" and ready["token"] and ready["handoff"], ready
+    launch_id, _, secret = ident.split(":")
+
+    stranger = (await stream(http, url, **{"Last-Event-ID": f"{launch_id}:0"}))[-1][1]
+    assert stranger["phase"] == "ready" and stranger["url"] == ready["url"]
+    assert "token" not in stranger and "handoff" not in stranger
+    async with http.get(f"{stranger['url']}api/status") as resp:
+        assert resp.status == 403
+
+    owner = (await stream(http, url, **{"Last-Event-ID": f"{launch_id}:0:{secret}"}))[-1][1]
+    assert owner["token"] == ready["token"], "the page that started it can resume with its secret"
