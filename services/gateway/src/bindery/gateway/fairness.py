@@ -151,6 +151,19 @@ class Held:
             share.forget_if_unused()
 
 
+# What is counted and what a person over the limit can do about it, for requests and websockets.
+_TOO_MANY = {
+    False: (
+        "requests in progress",
+        "wait for some to finish (or close some browser tabs)",
+    ),
+    True: (
+        "websockets open",
+        "close some notebooks, consoles, terminals or browser tabs",
+    ),
+}
+
+
 class Fairness:
     """The shares of every session and client with something in flight, and the gateway's."""
 
@@ -183,33 +196,33 @@ class Fairness:
 
     def request(self, session: str, client: Hashable | None) -> Held:
         """An HTTP request enters; `Refused` at once if its session or client has too many."""
-        shares = self._shares(session, client)
-        for share in shares:
-            if share.requests >= share.limits.requests:
-                _forget_unused(shares)
-                raise Refused(
-                    f"{share.who} has {share.limits.requests} requests in progress through "
-                    "this Bindery, its limit: wait for some to finish (or close some browser "
-                    "tabs), then retry."
-                )
-        for share in shares:
-            share.requests += 1
-        return Held(shares, self._wait, websocket=False)
+        return self._enter(session, client, websocket=False)
 
     def websocket(self, session: str, client: Hashable | None) -> Held:
         """A websocket opens; `Refused` at once if its session or client has too many."""
+        return self._enter(session, client, websocket=True)
+
+    def _enter(self, session: str, client: Hashable | None, *, websocket: bool) -> Held:
         shares = self._shares(session, client)
         for share in shares:
-            if share.websockets >= share.limits.websockets:
+            held, limit = (
+                (share.websockets, share.limits.websockets)
+                if websocket
+                else (share.requests, share.limits.requests)
+            )
+            if held >= limit:
                 _forget_unused(shares)
+                what, advice = _TOO_MANY[websocket]
                 raise Refused(
-                    f"{share.who} has {share.limits.websockets} websockets open through this "
-                    "Bindery, its limit: close some notebooks, consoles, terminals or browser "
-                    "tabs, then retry."
+                    f"{share.who} has {limit} {what} through this Bindery, its limit: {advice}, "
+                    "then retry."
                 )
         for share in shares:
-            share.websockets += 1
-        return Held(shares, self._wait, websocket=True)
+            if websocket:
+                share.websockets += 1
+            else:
+                share.requests += 1
+        return Held(shares, self._wait, websocket=websocket)
 
     def _shares(self, session: str, client: Hashable | None) -> tuple[_Share, ...]:
         own = self._sessions.get(session)
