@@ -48,6 +48,11 @@ EVENTS_PUBLISHED = Counter(
     "Messages published, by event type and outcome (ok: confirmed by the broker, error)",
     ["event_type", "outcome"],
 )
+PUBLISH_RETRIES = Counter(
+    "bindery_publish_retries",
+    "Publishes tried again after their connection or channel was lost, by routing key",
+    ["routing_key"],
+)
 LOOP_ERRORS = Counter(
     "bindery_loop_errors",
     "Failed steps of a service's background loops (each retried at the next interval)",

@@ -138,7 +138,12 @@ def make_bus(settings: CommonSettings, service: str) -> Bus:
     """A service's bus. Services connect as their own broker user (bindery.bus.access), which
     may not configure the shared topology: whoever set the virtual host up declared it, so the
     event log's retention is that setup's setting, not the service's."""
-    return Bus(settings.amqp_url, service, declare_topology=False)
+    return Bus(
+        settings.amqp_url,
+        service,
+        publish_retry_for=settings.publish_retry_seconds,
+        declare_topology=False,
+    )
 
 
 async def serve(service: str, settings: CommonSettings, health_port: int, start: Starter) -> None:

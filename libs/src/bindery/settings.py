@@ -33,6 +33,13 @@ class CommonSettings(BaseSettings):
     share one podman without seeing each other's sessions."""
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    publish_retry_seconds: float = Field(default=300.0, gt=0)
+    """How long a publish that lost its connection keeps trying again once the connection is
+    back. A broker restart takes about 15 s here (8 s to start, aio-pika's 5 s between
+    reconnects); a broker pod moved to another Kubernetes node, a minute or two. The handler
+    waiting meanwhile holds its delivery, which costs nothing: the broker has requeued it. Past
+    this, the outage is one an operator must see: the publish fails and its handler with it."""
+
     registry: str = "127.0.0.1:5000"
     """The local OCI registry; bound to loopback so sessions cannot reach it."""
 

@@ -98,12 +98,14 @@ def test_the_builder_declares_and_binds_its_replica_queue() -> None:
     assert not allows(builder.configure, "bindery.builder.replica.")
 
 
-def test_the_gateway_declares_exclusive_queues_and_reads_the_build_log_only() -> None:
+def test_the_gateway_declares_exclusive_queues_and_reads_both_logs() -> None:
     gateway = ALLOWED["gateway"]
     exclusive = f"{topology.EXCLUSIVE_QUEUE_PREFIX}gateway.0123abcd"
     assert allows(gateway.configure, exclusive)
     assert allows(gateway.read, topology.BUILD_LOG_STREAM)
-    assert not allows(gateway.read, topology.EVENT_LOG_STREAM)
+    # What its exclusive queue missed while the broker was away (gateway/recovery.py).
+    assert allows(gateway.read, topology.EVENT_LOG_STREAM)
+    assert not allows(gateway.read, topology.SCHEDULER.name or "")
     assert allows(gateway.topics[topology.EVENTS_EXCHANGE].read, "#")  # binds "#"
     assert allows(gateway.write, topology.DEAD_LETTER_EXCHANGE)  # copies dead letters there
     assert not allows(ALLOWED["resolver"].configure, exclusive)

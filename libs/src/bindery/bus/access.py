@@ -108,7 +108,8 @@ SERVICES: dict[str, Access] = {
     "gateway": Access(
         publishes=(LaunchRequested, LaunchAbandoned, SessionActivity),
         consumes=(topology.GATEWAY_EVENTS, topology.GATEWAY_LOGS),
-        streams=(topology.BUILD_LOG_STREAM,),
+        # The event log: what its queue missed while the broker was away (recovery.py).
+        streams=(topology.BUILD_LOG_STREAM, topology.EVENT_LOG_STREAM),
         session_secret=True,
     ),
 }

@@ -4,6 +4,13 @@ looks it up), publishes with confirms, and consumes with one ack/nack policy dri
 In: events to publish; queue specs with handlers. Out: messages on RabbitMQ; handler calls.
 Policy: success -> ack; `InvalidEvent` -> dead-letter (it can never succeed); `Retry` -> requeue
 after a pause; any other error -> requeue once, dead-letter if it fails again when redelivered.
+
+A broker restart closes every channel under the service while its handlers run. Their work goes
+on: a publish that fails because its connection or channel is gone is sent again once the robust
+connection has reopened them (until `publish_retry_for`); a delivery that was lost with its
+channel (the broker requeued it) is not settled; and its redelivery, recognised by its event id,
+waits for the handler already running on it, or is acked at once if that handler succeeded,
+instead of running a second one (`_Deliveries`).
 Every message carries the W3C trace context of its publisher in its headers; every handled
 message runs in a span continuing it, and is counted and timed in the service's metrics.
 """
@@ -13,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
@@ -23,6 +31,7 @@ from aio_pika.abc import (
     AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
+    AbstractRobustChannel,
     AbstractRobustConnection,
 )
 from opentelemetry.trace import SpanKind
@@ -35,6 +44,20 @@ from bindery.events import Event, InvalidEvent, parse_event
 log = structlog.get_logger("bindery.bus")
 
 Handler = Callable[[Event], Awaitable[None]]
+
+#: What a publish or a settlement raises when its connection or channel is gone (the broker
+#: restarted, the network broke), as opposed to the broker refusing it: worth trying again once
+#: the robust connection is back. TimeoutError: a confirm that never came, from a broker that
+#: died after taking the message; sending it again may duplicate it, and consumers drop the
+#: duplicate by its event id.
+CONNECTION_LOST = (
+    aio_pika.exceptions.AMQPConnectionError,
+    aio_pika.exceptions.ChannelInvalidStateError,
+    ConnectionError,
+    TimeoutError,
+)
+#: Event ids of handled deliveries remembered per process, to recognise their redeliveries.
+REMEMBERED_DELIVERIES = 10_000
 
 
 class Retry(Exception):
@@ -54,13 +77,17 @@ class Bus:
         event_log_max_age: str = "7D",
         event_log_max_bytes: int = 1_000_000_000,
         publish_timeout: float = 10.0,
+        publish_retry_for: float = 300.0,
         connect_timeout: float = 60.0,
         declare_topology: bool = True,
     ) -> None:
         """`declare_topology=False` is how services connect: as users that may not configure
         the shared topology (bindery.bus.access), they only look up its exchanges and queues,
         which whoever set the virtual host up declared; they still declare what is theirs
-        alone (a gateway's exclusive queues, a builder replica's queue)."""
+        alone (a gateway's exclusive queues, a builder replica's queue).
+
+        `publish_timeout` bounds one attempt (its confirm); `publish_retry_for` how long a
+        publish keeps trying again after losing its connection (BINDERY_PUBLISH_RETRY_SECONDS)."""
         self._url = url
         self._service = service
         self._topology = (
@@ -69,12 +96,14 @@ class Bus:
             else None
         )
         self._publish_timeout = publish_timeout
+        self._publish_retry_for = publish_retry_for
         self._connect_timeout = connect_timeout
         self._connection: AbstractRobustConnection | None = None
-        self._publish_channel: AbstractChannel | None = None
-        self._log_channel: AbstractChannel | None = None
+        self._publish_channel: AbstractRobustChannel | None = None
+        self._log_channel: AbstractRobustChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
         self._consumed: list[AbstractQueue] = []
+        self._deliveries = _Deliveries()
 
     @property
     def connected(self) -> bool:
@@ -108,14 +137,21 @@ class Bus:
         )
         log.info("bus.connected", service=self._service)
 
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        """Call `callback` each time the connection comes back after a loss, once its channels,
+        queues, bindings and consumers are restored. A queue of this process's own (exclusive)
+        went with the old connection: what was published meanwhile never reached it."""
+        assert self._connection is not None, "connect() first"
+        self._connection.reconnect_callbacks.add(lambda _connection: callback())
+
     async def close(self) -> None:
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
 
     async def publish(self, event: Event, headers: dict[str, str] | None = None) -> None:
-        """Publish and wait for the broker's confirm (bounded, so an outage is an error)."""
-        exchange = self._exchanges[topology.exchange_for(event.type)]
+        """Publish and wait for the broker's confirm; through a broken connection, again once
+        it is back (bounded, so a long outage is an error)."""
         with self._publish_span(event):
             message = aio_pika.Message(
                 event.to_json(),
@@ -128,9 +164,7 @@ class Bus:
                 headers=telemetry.inject(_routing_headers(event, headers)),
             )
             try:
-                await exchange.publish(
-                    message, routing_key=event.routing_key, timeout=self._publish_timeout
-                )
+                await self._publish(topology.exchange_for(event.type), message, event.routing_key)
             except Exception:
                 metrics.EVENTS_PUBLISHED.labels(event.type, "error").inc()
                 raise
@@ -138,8 +172,38 @@ class Bus:
 
     async def republish(self, message: aio_pika.Message, routing_key: str) -> None:
         """Publish a recorded message as it was (the event log's replay), with confirms."""
-        exchange = self._exchanges[topology.exchange_for(routing_key)]
-        await exchange.publish(message, routing_key=routing_key, timeout=self._publish_timeout)
+        await self._publish(topology.exchange_for(routing_key), message, routing_key)
+
+    async def _publish(self, exchange: str, message: aio_pika.Message, routing_key: str) -> None:
+        """Publish with confirms. A publish that fails because the connection or channel is
+        gone waits for the robust connection to reopen the channel and tries again, until
+        `publish_retry_for` has passed since the first try; the last error is raised then."""
+        # Build logs have a channel of their own (see connect).
+        channel = self._log_channel if exchange == topology.LOGS_EXCHANGE else self._publish_channel
+        assert channel is not None, "connect() first"
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self._publish_retry_for
+        pause = 0.2
+        while True:
+            try:
+                await self._exchanges[exchange].publish(
+                    message, routing_key=routing_key, timeout=self._publish_timeout
+                )
+                return
+            except CONNECTION_LOST as exc:
+                left = give_up - loop.time()
+                if left <= 0 or self._connection is None:
+                    raise
+                log.warning("bus.publish_retry", routing_key=routing_key, error=repr(exc))
+                metrics.PUBLISH_RETRIES.labels(routing_key).inc()
+                # The channel may not know yet that its connection is gone: pause before
+                # asking whether it is ready, or the retries would spin.
+                await asyncio.sleep(min(pause, left))
+                pause = min(pause * 2, 5.0)
+                try:
+                    await asyncio.wait_for(channel.ready(), max(give_up - loop.time(), 0.01))
+                except TimeoutError:
+                    raise exc from None
 
     @contextmanager
     def _publish_span(self, event: Event) -> Iterator[None]:
@@ -240,38 +304,86 @@ class Bus:
         except InvalidEvent as exc:
             log.error("bus.invalid_message", reason=str(exc), queue=spec.name)
             telemetry.fail("invalid message")
-            await self._dead_letter(message, spec)
+            await _settle(self._dead_letter(message, spec))
             return "invalid"
+        if await self._deliveries.handled(handler, event.event_id):
+            # Its first delivery was lost with its channel after (or while) the handler did
+            # the work: the redelivery only needs settling.
+            log.info("bus.redelivery_already_handled", event_id=event.event_id)
+            await _settle(message.ack())
+            return "duplicate"
         try:
-            await handler(event)
+            with self._deliveries.running(handler, event.event_id):
+                await handler(event)
         except Retry as exc:
             log.warning("bus.retry", reason=str(exc), delay=exc.delay)
             await asyncio.sleep(exc.delay)
-            await message.nack(requeue=True)
+            await _settle(message.nack(requeue=True))
             return "retry"
         except Exception as exc:
             telemetry.fail(f"{type(exc).__name__}: {exc}")
             if message.redelivered:
                 log.exception("bus.handler_failed_twice")
-                await self._dead_letter(message, spec)
+                await _settle(self._dead_letter(message, spec))
             else:
                 log.exception("bus.handler_failed")
-                await message.nack(requeue=True)
+                await _settle(message.nack(requeue=True))
             return "error"
-        await message.ack()
+        await _settle(message.ack())
         return "ok"
 
     async def _dead_letter(self, message: AbstractIncomingMessage, spec: QueueSpec) -> None:
         if spec.exclusive:
             # Exclusive queues have no dead-letter argument: copy the message there ourselves.
-            await self._exchanges[topology.DEAD_LETTER_EXCHANGE].publish(
+            await self._publish(
+                topology.DEAD_LETTER_EXCHANGE,
                 aio_pika.Message(message.body, headers=dict(message.headers or {})),
-                routing_key="",
-                timeout=self._publish_timeout,
+                "",
             )
             await message.ack()
         else:
             await message.reject(requeue=False)
+
+
+async def _settle(settlement: Awaitable[None]) -> None:
+    """Ack, nack or reject a delivery, unless its channel is gone: the broker has requeued it
+    then, and its redelivery is settled instead (`_Deliveries`)."""
+    try:
+        await settlement
+    except CONNECTION_LOST as exc:
+        log.warning("bus.delivery_lost", error=repr(exc))
+
+
+class _Deliveries:
+    """The events this process's handlers are running or have handled, by handler and event id,
+    so that a redelivery (its first delivery lost with a channel the broker closed, or a
+    publisher's retry of a message whose confirm was lost) neither runs a handler twice at once
+    nor redoes work that succeeded. Handled ids are remembered up to REMEMBERED_DELIVERIES."""
+
+    def __init__(self) -> None:
+        self._running: dict[tuple[Handler, str], asyncio.Event] = {}
+        self._done: OrderedDict[tuple[Handler, str], None] = OrderedDict()
+
+    async def handled(self, handler: Handler, event_id: str) -> bool:
+        """Whether `handler` succeeded on `event_id`, waiting for it if it is running."""
+        key = (handler, event_id)
+        running = self._running.get(key)
+        if running is not None:
+            await running.wait()
+        return key in self._done
+
+    @contextmanager
+    def running(self, handler: Handler, event_id: str) -> Iterator[None]:
+        key = (handler, event_id)
+        finished = self._running[key] = asyncio.Event()
+        try:
+            yield
+            self._done[key] = None
+            while len(self._done) > REMEMBERED_DELIVERIES:
+                self._done.popitem(last=False)
+        finally:
+            del self._running[key]
+            finished.set()
 
 
 async def declare(channel: AbstractChannel, declared: topology.Topology) -> None:

@@ -14,6 +14,7 @@ from bindery.gateway import slowclients
 from bindery.gateway.app import create_app
 from bindery.gateway.deps import Gateway, NodeCheck
 from bindery.gateway.handlers import subscribe
+from bindery.gateway.recovery import Recovery
 from bindery.gateway.settings import GatewaySettings
 from bindery.runtimes import PodmanRuntime, Runtime, make_runtime
 from bindery.runtimes.capacity import node_memories, sessions_fitting
@@ -37,7 +38,10 @@ async def serve(settings: GatewaySettings) -> None:
     found = 0 if settings.max_sessions else await nodes_capacity(settings, runtime)
     gateway = Gateway.create(settings, bus, runtime, node_checks=node_checks, capacity=found)
     # Subscribe before serving: no /build stream may start before its answers can arrive.
-    await subscribe(bus, gateway)
+    handlers = await subscribe(bus, gateway)
+    # What its exclusive queue missed while the broker was away comes from the event log.
+    recovery = Recovery(settings.amqp_url, gateway.progress, handlers.on_event)
+    bus.on_reconnect(recovery.reconnected)
     runner, server = await slowclients.serve(
         create_app(gateway), settings, settings.host, settings.port
     )
@@ -51,6 +55,7 @@ async def serve(settings: GatewaySettings) -> None:
     log.info("gateway.stopping")
     server.close()
     await runner.cleanup()
+    await recovery.close()
     await bus.close()
     await runtime.close()
     telemetry.shutdown()

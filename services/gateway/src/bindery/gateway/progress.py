@@ -21,6 +21,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from bindery.events import (
@@ -151,6 +152,9 @@ class LaunchProgress:
     spec: str = ""
     build_only: bool = False
     """A build-only launch holds no session: leaving it abandons nothing."""
+    opened: datetime = field(default_factory=lambda: datetime.now(UTC))
+    """When this replica first heard of the launch: its events in the event log come after
+    (recovery.py reads them back from there)."""
     watchers: int = 0
     """Clients streaming this launch from this replica right now."""
     session: str = ""
