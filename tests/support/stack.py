@@ -29,19 +29,43 @@ import aiohttp
 from bindery.bus.access import SESSION_SECRET_HOLDERS
 from tests.support.condachannel import served_channel
 from tests.support.cranmirror import make_cran_mirror
+from tests.support.privatebroker import PrivateBroker
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("resolver", "builder", "scheduler", "culler", "archiver", "gateway")
 # BINDERY_TEST_SLOT lets several test runs share this machine: each slot has its own ports,
 # RabbitMQ virtual host and podman instance label.
 SLOT = int(os.environ.get("BINDERY_TEST_SLOT", "0"))
-GATEWAY_PORT = 18585 + SLOT * 20
-HEALTH_PORTS = {
-    service: GATEWAY_PORT + 6 + index
-    for index, service in enumerate(("resolver", "builder", "scheduler", "culler", "archiver"))
-}
-VHOST = f"bindery-test-{SLOT}"
-INSTANCE = f"bindery-test-{SLOT}"
+
+
+@dataclass(frozen=True)
+class Slot:
+    """The ports, RabbitMQ virtual host and podman instance label of one started stack."""
+
+    number: int
+
+    @property
+    def gateway_port(self) -> int:
+        return 18585 + self.number * 20
+
+    @property
+    def health_ports(self) -> dict[str, int]:
+        services = ("resolver", "builder", "scheduler", "culler", "archiver")
+        return {service: self.gateway_port + 6 + index for index, service in enumerate(services)}
+
+    @property
+    def vhost(self) -> str:
+        return f"bindery-test-{self.number}"
+
+    @property
+    def instance(self) -> str:
+        return f"bindery-test-{self.number}"
+
+
+GATEWAY_PORT = Slot(SLOT).gateway_port
+HEALTH_PORTS = Slot(SLOT).health_ports
+VHOST = Slot(SLOT).vhost
+INSTANCE = Slot(SLOT).instance
 # `make test` starts two podman nodes with separate image stores (BINDERY_NODE_COUNT=2).
 NODE_COUNT = int(os.environ.get("BINDERY_NODE_COUNT", "2"))
 NODES = {f"node-{n}": f"unix:///run/bindery/node-{n}.sock" for n in range(1, NODE_COUNT + 1)}
@@ -112,14 +136,15 @@ class Stack:
     amqp_urls: dict[str, str] = field(default_factory=dict)
     """... but each service connects with its own user's URL from here, when it has one."""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    slot: Slot = Slot(SLOT)
 
     @property
     def gateway(self) -> str:
-        return f"http://127.0.0.1:{GATEWAY_PORT}"
+        return f"http://127.0.0.1:{self.slot.gateway_port}"
 
     def session_url(self, session: str) -> str:
         """Where a session is served: an origin of its own (BINDERY_SESSIONS_HOST)."""
-        return f"http://{session}.localhost:{GATEWAY_PORT}/user/{session}/"
+        return f"http://{session}.localhost:{self.slot.gateway_port}/user/{session}/"
 
     def start(self, service: str) -> None:
         log = (self.log_dir / f"{service}.log").open("ab")
@@ -128,8 +153,8 @@ class Stack:
             env["BINDERY_AMQP_URL"] = self.amqp_urls[service]
         if service not in SESSION_SECRET_HOLDERS:
             env.pop("BINDERY_SESSION_SECRET", None)
-        if service in HEALTH_PORTS:
-            env["BINDERY_HEALTH_PORT"] = str(HEALTH_PORTS[service])
+        if service in self.slot.health_ports:
+            env["BINDERY_HEALTH_PORT"] = str(self.slot.health_ports[service])
         command = [sys.executable, "-m", f"bindery.{service}"]
         if service in UNPRIVILEGED:
             # What it writes is given to the user first (scripts/services.sh: give_to_user).
@@ -160,7 +185,7 @@ class Stack:
     def health_url(self, service: str) -> str:
         if service == "gateway":
             return f"{self.gateway}/health"
-        return f"http://127.0.0.1:{HEALTH_PORTS[service]}/health"
+        return f"http://127.0.0.1:{self.slot.health_ports[service]}/health"
 
     def wait_healthy(self, service: str, limit: float = 60.0) -> None:
         deadline = time.monotonic() + limit
@@ -195,13 +220,16 @@ class Stack:
             self.restart(service)
 
 
-def stack_env(log_dir: Path) -> dict[str, str]:
+def stack_env(log_dir: Path, slot: Slot = Slot(SLOT), amqp_url: str = "") -> dict[str, str]:
+    """`amqp_url`: the tests' own (admin) URL; the shared broker's virtual host of `slot` by
+    default."""
+    port = slot.gateway_port
     env = {k: v for k, v in os.environ.items() if not k.startswith("BINDERY_")}
     env.update(
         {
             "BINDERY_PROFILE": "local",
-            "BINDERY_INSTANCE": INSTANCE,
-            "BINDERY_AMQP_URL": f"amqp://guest:guest@127.0.0.1:5672/{VHOST}",
+            "BINDERY_INSTANCE": slot.instance,
+            "BINDERY_AMQP_URL": amqp_url or f"amqp://guest:guest@127.0.0.1:5672/{slot.vhost}",
             "BINDERY_SESSION_SECRET": secrets.token_hex(32),
             "BINDERY_LOG_FORMAT": "json",
             "BINDERY_IMAGE_PREFIX": "bindery-test/",
@@ -209,14 +237,14 @@ def stack_env(log_dir: Path) -> dict[str, str]:
             "BINDERY_PRUNE_INTERVAL": "0",
             # The gateway reports activity every second, so culling tests can use short limits.
             "BINDERY_ACTIVITY_FLUSH_INTERVAL": "1",
-            "BINDERY_PORT": str(GATEWAY_PORT),
-            "BINDERY_PUBLIC_URL": f"http://127.0.0.1:{GATEWAY_PORT}",
+            "BINDERY_PORT": str(port),
+            "BINDERY_PUBLIC_URL": f"http://127.0.0.1:{port}",
             # Every test launches from 127.0.0.1: one client whose launches are the whole suite's.
             # Tests of the per-client limits set their own (tests/e2e/test_client_limits.py).
             "BINDERY_MAX_LAUNCHES_PER_CLIENT": "100000",
             "BINDERY_LAUNCH_RATE_PER_MINUTE": "0",
             # Sessions on origins of their own, as under `make up` (tests/support/localhost.py).
-            "BINDERY_SESSIONS_HOST": f"localhost:{GATEWAY_PORT}",
+            "BINDERY_SESSIONS_HOST": f"localhost:{port}",
             "BINDERY_CHECK_INTERVAL": "2",
             # A launch nobody watches is cancelled this soon (tests/e2e/test_abandoned_launches).
             "BINDERY_ABANDON_GRACE": "5",
@@ -230,19 +258,19 @@ def stack_env(log_dir: Path) -> dict[str, str]:
     return env
 
 
-def node_containers(url: str, check: bool = True) -> list[str]:
+def node_containers(url: str, check: bool = True, instance: str = INSTANCE) -> list[str]:
     """Ids of this stack's containers on the podman node at `url`."""
     return subprocess.run(
-        ["podman", "--url", url, "ps", "-aq", "--filter", f"label=bindery.instance={INSTANCE}"],
+        ["podman", "--url", url, "ps", "-aq", "--filter", f"label=bindery.instance={instance}"],
         capture_output=True,
         text=True,
         check=check,
     ).stdout.split()
 
 
-def remove_test_sessions() -> None:
+def remove_test_sessions(instance: str = INSTANCE) -> None:
     for url in NODES.values():
-        ids = node_containers(url, check=False)
+        ids = node_containers(url, check=False, instance=instance)
         if ids:
             subprocess.run(
                 ["podman", "--url", url, "rm", "-f", "-t", "1", *ids],
@@ -251,24 +279,31 @@ def remove_test_sessions() -> None:
             )
 
 
-def running_sessions() -> list[str]:
-    return [cid for url in NODES.values() for cid in node_containers(url)]
+def running_sessions(instance: str = INSTANCE) -> list[str]:
+    return [cid for url in NODES.values() for cid in node_containers(url, instance=instance)]
 
 
-def started_stack(log_dir: Path) -> Iterator[Stack]:
+def started_stack(
+    log_dir: Path, slot: Slot = Slot(SLOT), broker: PrivateBroker | None = None
+) -> Iterator[Stack]:
+    """The stack of `slot`, on the shared broker, or on `broker` (one the test may restart)."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    fresh_vhost(VHOST)
-    remove_test_sessions()
+    if broker is None:
+        admin_url = fresh_vhost(slot.vhost)
+        amqp_urls = service_urls(slot.vhost)
+    else:
+        admin_url, amqp_urls = broker.fresh_vhost(slot.vhost, AMQP_DIR / broker.node)
+    remove_test_sessions(slot.instance)
     # The builder's conda channel alias is the test channel, which has only the channel
     # bindery-test: environment.yml files listing it take the conda route, the others (listing
     # conda-forge, or no channel: the default conda-forge) the PyPI route for an unreachable one.
     with served_channel(log_dir / "conda-channel") as channel:
-        env = stack_env(log_dir)
+        env = stack_env(log_dir, slot, admin_url)
         env["BINDERY_CONDA_CHANNEL_ALIAS"] = channel.alias
         env["BINDERY_CONDA_PKGS_DIR"] = str(log_dir / "conda-pkgs")
         # R repositories install from a CRAN-like directory holding the probe package.
         env["BINDERY_CRAN_MIRROR"] = str(make_cran_mirror(log_dir / "cran"))
-        stack = Stack(env, log_dir, amqp_urls=service_urls(VHOST))
+        stack = Stack(env, log_dir, amqp_urls=amqp_urls, slot=slot)
         try:
             for service in SERVICES:
                 stack.start(service)
@@ -276,7 +311,7 @@ def started_stack(log_dir: Path) -> Iterator[Stack]:
         finally:
             for service in list(stack.processes):
                 stack.stop(service)
-            remove_test_sessions()
+            remove_test_sessions(slot.instance)
 
 
 def build_path(repo_url: str, ref: str) -> str:
