@@ -6,7 +6,8 @@ Policy: success -> ack; `InvalidEvent` -> dead-letter (it can never succeed); `R
 after a pause; any other error -> requeue once, dead-letter if it fails again when redelivered.
 
 A broker restart closes every channel under the service while its handlers run. Their work goes
-on: a publish that fails because its connection or channel is gone is sent again once the robust
+on (aio-pika cancels a consumer's callback when its channel closes: the handler runs apart from
+it): a publish that fails because its connection or channel is gone is sent again once the robust
 connection has reopened them (until `publish_retry_for`); a delivery that was lost with its
 channel (the broker requeued it) is not settled; and its redelivery, recognised by its event id,
 waits for the handler already running on it, or is acked at once if that handler succeeded,
@@ -104,6 +105,7 @@ class Bus:
         self._exchanges: dict[str, AbstractExchange] = {}
         self._consumed: list[AbstractQueue] = []
         self._deliveries = _Deliveries()
+        self._handling: set[asyncio.Future[None]] = set()
 
     @property
     def connected(self) -> bool:
@@ -145,6 +147,9 @@ class Bus:
         self._connection.reconnect_callbacks.add(lambda _connection: callback())
 
     async def close(self) -> None:
+        for handling in self._handling:
+            handling.cancel()
+        await asyncio.gather(*self._handling, return_exceptions=True)
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
@@ -252,7 +257,13 @@ class Bus:
         self._consumed.append(queue)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
-            await self._dispatch(message, handler, spec)
+            # A channel closing under a delivery (a broker restart) cancels this callback: the
+            # handler's work goes on regardless, its publishes waiting for the connection, and
+            # the message's redelivery waits for it (_Deliveries). Only `close` cancels it.
+            handling = asyncio.ensure_future(self._dispatch(message, handler, spec))
+            self._handling.add(handling)
+            handling.add_done_callback(self._handling.discard)
+            await asyncio.shield(handling)
 
         await queue.consume(on_message)
         return queue.name

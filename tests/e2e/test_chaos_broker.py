@@ -1,0 +1,194 @@
+"""RabbitMQ restarted mid-launch (issue 14): every launch ends once, ready or failed with a
+reason the page shows, and the event log and the archive agree.
+
+The stack runs on a RabbitMQ node of the test's own (tests/support/privatebroker.py), in a slot
+of its own (its ports, virtual host and podman label), so restarting the broker touches neither
+the shared one nor the stack the other e2e tests use. Each case follows a launch's /build
+stream as a browser does and restarts the broker (stop, then start on the same state) when the
+launch reaches its moment: just after it was requested, mid-build (its postBuild says so), and
+while its session starts. The matrix is printed at the end (`-s` shows it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bindery.bus.eventlog import read
+from tests.support.gitrepo import make_repo
+from tests.support.localhost import client_session
+from tests.support.privatebroker import PrivateBroker
+from tests.support.stack import (
+    LOG_DIR,
+    SLOT,
+    Slot,
+    Stack,
+    build_path,
+    launch_events,
+    running_sessions,
+    started_stack,
+)
+
+pytestmark = [pytest.mark.chaos, pytest.mark.e2e]
+
+#: Past the slots test runs use, so this stack's ports, vhost and podman label are its own.
+CHAOS_SLOT = Slot(SLOT + 50)
+MID_BUILD = "restart-the-broker-now"
+#: Upper bound on a launch through a restart (about 15 s) and a build of a few seconds.
+LAUNCH_LIMIT = 300
+TERMINAL_EVENTS = {"pod-ready", "launch-failed", "launch-abandoned"}
+#: Steps a launch takes once: a redelivery after the restart must not redo them.
+ONCE = {"launch-requested", "ref-resolved", "build-started", "image-built", "pod-scheduled"}
+
+Moment = Callable[[dict[str, Any]], bool]
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[PrivateBroker]:
+    directory = Path(tempfile.mkdtemp(prefix="bindery-chaos-broker-"))
+    broker = PrivateBroker(directory, CHAOS_SLOT.number)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.remove()
+
+
+@pytest.fixture(scope="module")
+def chaos_stack(broker: PrivateBroker) -> Iterator[Stack]:
+    yield from started_stack(LOG_DIR.parent / "chaos", CHAOS_SLOT, broker)
+
+
+@pytest.fixture(scope="module")
+async def chaos_http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with client_session(timeout=aiohttp.ClientTimeout(total=LAUNCH_LIMIT)) as session:
+        yield session
+
+
+@pytest.fixture(scope="module")
+def slow_repo(repos: Path) -> Path:
+    """Builds for about ten seconds after saying so: the broker restarts in the middle."""
+    path = repos / "chaos-broker"
+    make_repo(
+        path,
+        {"postBuild": f"#!/bin/bash\necho {MID_BUILD}\nsleep 10\necho built-after-restart\n"},
+    )
+    return path
+
+
+MATRIX: list[tuple[str, str]] = []
+
+
+async def launch_through_a_restart(
+    stack: Stack,
+    http: aiohttp.ClientSession,
+    broker: PrivateBroker,
+    path: str,
+    moment: Moment,
+) -> list[dict[str, Any]]:
+    """The launch's events as a browser sees them, the broker restarted (in a thread: the
+    stream keeps being read meanwhile) at the first event `moment` picks."""
+    events: list[dict[str, Any]] = []
+    restart: asyncio.Future[None] | None = None
+    async with asyncio.timeout(LAUNCH_LIMIT):
+        async for event in launch_events(http, stack.gateway, path):
+            events.append(event)
+            if restart is None and moment(event):
+                restart = asyncio.ensure_future(asyncio.to_thread(broker.restart))
+    assert restart is not None, f"the moment never came: {events}"
+    await restart
+    return events
+
+
+async def check_the_end(
+    stack: Stack, broker: PrivateBroker, fault: str, events: list[dict[str, Any]]
+) -> None:
+    """One end, shown to the page with a reason if it failed, in the event log and the archive
+    alike; a ready launch has its session running."""
+    terminal = [e for e in events if e.get("phase") in ("ready", "failed")]
+    ended = events[-1]
+    MATRIX.append((fault, f"{ended['phase']} {ended.get('reason', '')}".strip()))
+    assert len(terminal) == 1, terminal
+    if ended["phase"] == "failed":
+        assert ended.get("reason") and ended.get("message"), ended
+    launch_id = ended["launch_id"]
+    # Distinct events (a publisher's retry may repeat one under the same id: consumers drop it).
+    distinct = {
+        r.event.event_id: r.event.type
+        async for r in read(stack.env["BINDERY_AMQP_URL"], launch_id=launch_id)
+    }
+    logged = list(distinct.values())
+    assert [t for t in logged if t in TERMINAL_EVENTS] == [
+        "pod-ready" if ended["phase"] == "ready" else "launch-failed"
+    ], logged
+    repeated = {t for t in logged if t in ONCE and logged.count(t) > 1}
+    assert not repeated, f"steps done twice: {logged}"
+    record = await archived(stack, launch_id)
+    assert record["outcome"] == ("ready" if ended["phase"] == "ready" else "failed"), record
+    if ended["phase"] == "ready":
+        assert running_sessions(stack.slot.instance), "the ready session runs"
+
+
+async def archived(stack: Stack, launch_id: str, limit: float = 30.0) -> dict[str, Any]:
+    """The launch's one archive line (written just after its end reached the archiver)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while True:
+        found = [
+            record
+            for path in (stack.log_dir / "archive").glob("events-*.jsonl")
+            for line in path.read_text().splitlines()
+            if (record := json.loads(line))["launch_id"] == launch_id
+        ]
+        if found:
+            assert len(found) == 1, found
+            return found[0]
+        assert loop.time() < deadline, f"launch {launch_id} not archived"
+        await asyncio.sleep(0.2)
+
+
+def said(text: str) -> Moment:
+    return lambda event: text in str(event.get("message", ""))
+
+
+def phase(name: str) -> Moment:
+    return lambda event: event.get("phase") == name
+
+
+async def test_a_broker_restart_mid_build_ends_the_launch_once(
+    chaos_stack: Stack, chaos_http: aiohttp.ClientSession, broker: PrivateBroker, slow_repo: Path
+) -> None:
+    path = build_path(f"file://{slow_repo}", "main")
+    events = await launch_through_a_restart(chaos_stack, chaos_http, broker, path, said(MID_BUILD))
+    await check_the_end(chaos_stack, broker, "restart mid-build", events)
+    assert events[-1]["phase"] == "ready", events[-5:]
+
+
+async def test_a_broker_restart_while_the_session_starts_ends_the_launch_once(
+    chaos_stack: Stack, chaos_http: aiohttp.ClientSession, broker: PrivateBroker, slow_repo: Path
+) -> None:
+    # The image exists now (the case above built it): straight to the scheduler.
+    path = build_path(f"file://{slow_repo}", "main")
+    events = await launch_through_a_restart(
+        chaos_stack, chaos_http, broker, path, phase("launching")
+    )
+    await check_the_end(chaos_stack, broker, "restart mid-start", events)
+    assert events[-1]["phase"] == "ready", events[-5:]
+
+
+async def test_a_broker_restart_before_resolve_ends_the_launch_once(
+    chaos_stack: Stack, chaos_http: aiohttp.ClientSession, broker: PrivateBroker, slow_repo: Path
+) -> None:
+    path = build_path(f"file://{slow_repo}", "main")
+    events = await launch_through_a_restart(chaos_stack, chaos_http, broker, path, phase("waiting"))
+    await check_the_end(chaos_stack, broker, "restart before resolve", events)
+    print("\nbroker restarts / launches that ended once, with the log and archive agreeing:")
+    for fault, end in MATRIX:
+        print(f"  {fault:28} -> {end}")
