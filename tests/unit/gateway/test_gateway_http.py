@@ -164,6 +164,27 @@ async def test_broker_down_is_a_failed_event(harness: Harness) -> None:
     assert "broker" in events[-1][1]["message"]
 
 
+async def test_a_request_waiting_for_the_broker_shows_waiting_and_goes_on_once_sent(
+    harness: Harness,
+) -> None:
+    """Through a broker restart the request's publish waits (Bus.publish): the page watches
+    `waiting` meanwhile, and the launch goes on once it is sent."""
+    broker_back = asyncio.Event()
+    answer = full_launch(harness)
+
+    async def when_back(event: Event) -> None:
+        await broker_back.wait()
+        await answer(event)
+
+    harness.bus.on_publish = when_back
+    resp = await harness.client.get(f"/build/git/{GIT_SPEC}")
+    first = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 5)
+    assert parse_sse(first.decode())[0][1]["phase"] == "waiting"
+    broker_back.set()
+    events = parse_sse((first + await asyncio.wait_for(resp.content.read(), 5)).decode())
+    assert events[-1][1]["phase"] == "ready"
+
+
 async def test_reconnect_with_last_event_id_resumes_without_new_launch(harness: Harness) -> None:
     harness.bus.on_publish = full_launch(harness)
     first = parse_sse(await (await harness.client.get(f"/build/git/{GIT_SPEC}")).text())

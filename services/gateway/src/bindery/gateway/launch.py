@@ -125,8 +125,9 @@ def shown(gateway: Gateway, launch: LaunchProgress, entry: Entry, entitled: bool
 async def start_launch(
     gateway: Gateway, provider: str, spec: str, build_only: bool, client: Network | None = None
 ) -> LaunchProgress:
-    """Open the launch's buffer (with `waiting`), count it against `client`, then publish its
-    request."""
+    """Open the launch's buffer (with `waiting`), count it against `client`, and publish its
+    request in the background: through a broker restart the publish waits for the broker to come
+    back (Bus.publish), and the client watches `waiting` meanwhile instead of an empty answer."""
     launch_id = uuid.uuid4().hex
     # Listen before publishing: the first answer may come back before publish() returns.
     launch = gateway.progress.open(launch_id, provider, spec, build_only)
@@ -134,18 +135,27 @@ async def start_launch(
         gateway.abuse.launches.start(client, launch_id)
     log.info("launch.requested", launch_id=launch_id, provider=provider, build_only=build_only)
     LAUNCHES_REQUESTED.labels(provider=provider).inc()
-    try:
-        await gateway.bus.publish(
-            LaunchRequested(
-                launch_id=launch_id, provider=provider, spec=spec, build_only=build_only
-            )
-        )
-    except Exception as exc:
-        log.error("launch.publish_failed", launch_id=launch_id, error=str(exc))
-        gateway.progress.fail(launch_id, BUS_DOWN_MESSAGE)
-        if gateway.abuse:
-            gateway.abuse.launches.end(launch_id)
+    request = LaunchRequested(
+        launch_id=launch_id, provider=provider, spec=spec, build_only=build_only
+    )
+    publishing = asyncio.create_task(_publish_request(gateway, request))
+    _PUBLISHING.add(publishing)
+    publishing.add_done_callback(_PUBLISHING.discard)
     return launch
+
+
+#: Requests being published (the event loop holds tasks only weakly).
+_PUBLISHING: set[asyncio.Task[None]] = set()
+
+
+async def _publish_request(gateway: Gateway, request: LaunchRequested) -> None:
+    try:
+        await gateway.bus.publish(request)
+    except Exception as exc:
+        log.error("launch.publish_failed", launch_id=request.launch_id, error=str(exc))
+        gateway.progress.fail(request.launch_id, BUS_DOWN_MESSAGE)
+        if gateway.abuse:
+            gateway.abuse.launches.end(request.launch_id)
 
 
 async def build(request: web.Request) -> web.StreamResponse:
