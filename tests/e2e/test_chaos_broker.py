@@ -6,7 +6,8 @@ of its own (its ports, virtual host and podman label), so restarting the broker 
 the shared one nor the stack the other e2e tests use. Each case follows a launch's /build
 stream as a browser does and restarts the broker (stop, then start on the same state) when the
 launch reaches its moment: just after it was requested, mid-build (its postBuild says so), and
-while its session starts. The matrix is printed at the end (`-s` shows it).
+while its session starts; or requests the launch while the broker is down and starts it once
+the page shows `waiting`. The matrix is printed at the end (`-s` shows it).
 """
 
 from __future__ import annotations
@@ -86,30 +87,32 @@ def slow_repo(repos: Path) -> Path:
 MATRIX: list[tuple[str, str]] = []
 
 
-async def launch_through_a_restart(
-    stack: Stack,
-    http: aiohttp.ClientSession,
-    broker: PrivateBroker,
-    path: str,
-    moment: Moment,
+@pytest.fixture(scope="module", autouse=True)
+def matrix() -> Iterator[None]:
+    yield
+    print("\nbroker faults / how each launch ended (once, the log and archive agreeing):")
+    for fault, end in MATRIX:
+        print(f"  {fault:32} -> {end}")
+
+
+async def launch_with_a_fault(
+    stack: Stack, http: aiohttp.ClientSession, path: str, moment: Moment, fault: Callable[[], None]
 ) -> list[dict[str, Any]]:
-    """The launch's events as a browser sees them, the broker restarted (in a thread: the
+    """The launch's events as a browser sees them, `fault` done to the broker (in a thread: the
     stream keeps being read meanwhile) at the first event `moment` picks."""
     events: list[dict[str, Any]] = []
-    restart: asyncio.Future[None] | None = None
+    done: asyncio.Future[None] | None = None
     async with asyncio.timeout(LAUNCH_LIMIT):
         async for event in launch_events(http, stack.gateway, path):
             events.append(event)
-            if restart is None and moment(event):
-                restart = asyncio.ensure_future(asyncio.to_thread(broker.restart))
-    assert restart is not None, f"the moment never came: {events}"
-    await restart
+            if done is None and moment(event):
+                done = asyncio.ensure_future(asyncio.to_thread(fault))
+    assert done is not None, f"the moment never came: {events}"
+    await done
     return events
 
 
-async def check_the_end(
-    stack: Stack, broker: PrivateBroker, fault: str, events: list[dict[str, Any]]
-) -> None:
+async def check_the_end(stack: Stack, fault: str, events: list[dict[str, Any]]) -> None:
     """One end, shown to the page with a reason if it failed, in the event log and the archive
     alike; a ready launch has its session running."""
     terminal = [e for e in events if e.get("phase") in ("ready", "failed")]
@@ -166,8 +169,10 @@ async def test_a_broker_restart_mid_build_ends_the_launch_once(
     chaos_stack: Stack, chaos_http: aiohttp.ClientSession, broker: PrivateBroker, slow_repo: Path
 ) -> None:
     path = build_path(f"file://{slow_repo}", "main")
-    events = await launch_through_a_restart(chaos_stack, chaos_http, broker, path, said(MID_BUILD))
-    await check_the_end(chaos_stack, broker, "restart mid-build", events)
+    events = await launch_with_a_fault(
+        chaos_stack, chaos_http, path, said(MID_BUILD), broker.restart
+    )
+    await check_the_end(chaos_stack, "restart mid-build", events)
     assert events[-1]["phase"] == "ready", events[-5:]
 
 
@@ -176,10 +181,10 @@ async def test_a_broker_restart_while_the_session_starts_ends_the_launch_once(
 ) -> None:
     # The image exists now (the case above built it): straight to the scheduler.
     path = build_path(f"file://{slow_repo}", "main")
-    events = await launch_through_a_restart(
-        chaos_stack, chaos_http, broker, path, phase("launching")
+    events = await launch_with_a_fault(
+        chaos_stack, chaos_http, path, phase("launching"), broker.restart
     )
-    await check_the_end(chaos_stack, broker, "restart mid-start", events)
+    await check_the_end(chaos_stack, "restart mid-start", events)
     assert events[-1]["phase"] == "ready", events[-5:]
 
 
@@ -187,8 +192,21 @@ async def test_a_broker_restart_before_resolve_ends_the_launch_once(
     chaos_stack: Stack, chaos_http: aiohttp.ClientSession, broker: PrivateBroker, slow_repo: Path
 ) -> None:
     path = build_path(f"file://{slow_repo}", "main")
-    events = await launch_through_a_restart(chaos_stack, chaos_http, broker, path, phase("waiting"))
-    await check_the_end(chaos_stack, broker, "restart before resolve", events)
-    print("\nbroker restarts / launches that ended once, with the log and archive agreeing:")
-    for fault, end in MATRIX:
-        print(f"  {fault:28} -> {end}")
+    events = await launch_with_a_fault(
+        chaos_stack, chaos_http, path, phase("waiting"), broker.restart
+    )
+    await check_the_end(chaos_stack, "restart before resolve", events)
+    assert events[-1]["phase"] == "ready", events[-5:]
+
+
+async def test_a_launch_requested_while_the_broker_is_down_goes_on_once_it_is_back(
+    chaos_stack: Stack, chaos_http: aiohttp.ClientSession, broker: PrivateBroker, slow_repo: Path
+) -> None:
+    await asyncio.to_thread(broker.stop)
+    path = build_path(f"file://{slow_repo}", "main")
+    # The page shows `waiting` while the broker is down; then it starts.
+    events = await launch_with_a_fault(
+        chaos_stack, chaos_http, path, phase("waiting"), broker.start
+    )
+    await check_the_end(chaos_stack, "broker down at the request", events)
+    assert events[-1]["phase"] == "ready", events[-5:]
