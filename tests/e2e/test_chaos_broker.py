@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,8 @@ TERMINAL_EVENTS = {"pod-ready", "launch-failed", "launch-abandoned"}
 ONCE = {"launch-requested", "ref-resolved", "build-started", "image-built", "pod-scheduled"}
 
 Moment = Callable[[dict[str, Any]], bool]
+#: What is done to the broker at the moment, given the event that made it come.
+Fault = Callable[[dict[str, Any]], None]
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +100,7 @@ def matrix() -> Iterator[None]:
 
 
 async def launch_with_a_fault(
-    stack: Stack, http: aiohttp.ClientSession, path: str, moment: Moment, fault: Callable[[], None]
+    stack: Stack, http: aiohttp.ClientSession, path: str, moment: Moment, fault: Fault
 ) -> list[dict[str, Any]]:
     """The launch's events as a browser sees them, `fault` done to the broker (in a thread: the
     stream keeps being read meanwhile) at the first event `moment` picks."""
@@ -106,7 +110,7 @@ async def launch_with_a_fault(
         async for event in launch_events(http, stack.gateway, path):
             events.append(event)
             if done is None and moment(event):
-                done = asyncio.ensure_future(asyncio.to_thread(fault))
+                done = asyncio.ensure_future(asyncio.to_thread(fault, event))
     assert done is not None, f"the moment never came: {events}"
     await done
     return events
@@ -139,22 +143,48 @@ async def check_the_end(stack: Stack, fault: str, events: list[dict[str, Any]]) 
         assert running_sessions(stack.slot.instance), "the ready session runs"
 
 
+def archive_lines(stack: Stack, launch_id: str) -> list[dict[str, Any]]:
+    return [
+        record
+        for path in (stack.log_dir / "archive").glob("events-*.jsonl")
+        for line in path.read_text().splitlines()
+        if (record := json.loads(line))["launch_id"] == launch_id
+    ]
+
+
 async def archived(stack: Stack, launch_id: str, limit: float = 30.0) -> dict[str, Any]:
     """The launch's one archive line (written just after its end reached the archiver)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
-    while True:
-        found = [
-            record
-            for path in (stack.log_dir / "archive").glob("events-*.jsonl")
-            for line in path.read_text().splitlines()
-            if (record := json.loads(line))["launch_id"] == launch_id
-        ]
-        if found:
-            assert len(found) == 1, found
-            return found[0]
+    while not (found := archive_lines(stack, launch_id)):
         assert loop.time() < deadline, f"launch {launch_id} not archived"
         await asyncio.sleep(0.2)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def restart_while_the_gateway_sleeps(stack: Stack, broker: PrivateBroker) -> Fault:
+    """Restart the broker with the gateway stopped (SIGSTOP) until its launch has ended
+    elsewhere (archived): the other services reconnect and finish the launch while the
+    gateway's exclusive queue is gone, so only the event log can tell the gateway."""
+
+    def fault(event: dict[str, Any]) -> None:
+        gateway = stack.processes["gateway"]
+        gateway.send_signal(signal.SIGSTOP)
+        try:
+            broker.restart()
+            deadline = time.monotonic() + LAUNCH_LIMIT
+            while not archive_lines(stack, event["launch_id"]):
+                assert time.monotonic() < deadline, "the launch did not end without the gateway"
+                time.sleep(0.2)
+        finally:
+            gateway.send_signal(signal.SIGCONT)
+
+    return fault
+
+
+def restart(broker: PrivateBroker) -> Fault:
+    return lambda _event: broker.restart()
 
 
 def said(text: str) -> Moment:
@@ -170,7 +200,7 @@ async def test_a_broker_restart_mid_build_ends_the_launch_once(
 ) -> None:
     path = build_path(f"file://{slow_repo}", "main")
     events = await launch_with_a_fault(
-        chaos_stack, chaos_http, path, said(MID_BUILD), broker.restart
+        chaos_stack, chaos_http, path, said(MID_BUILD), restart(broker)
     )
     await check_the_end(chaos_stack, "restart mid-build", events)
     assert events[-1]["phase"] == "ready", events[-5:]
@@ -182,7 +212,7 @@ async def test_a_broker_restart_while_the_session_starts_ends_the_launch_once(
     # The image exists now (the case above built it): straight to the scheduler.
     path = build_path(f"file://{slow_repo}", "main")
     events = await launch_with_a_fault(
-        chaos_stack, chaos_http, path, phase("launching"), broker.restart
+        chaos_stack, chaos_http, path, phase("launching"), restart(broker)
     )
     await check_the_end(chaos_stack, "restart mid-start", events)
     assert events[-1]["phase"] == "ready", events[-5:]
@@ -193,7 +223,7 @@ async def test_a_broker_restart_before_resolve_ends_the_launch_once(
 ) -> None:
     path = build_path(f"file://{slow_repo}", "main")
     events = await launch_with_a_fault(
-        chaos_stack, chaos_http, path, phase("waiting"), broker.restart
+        chaos_stack, chaos_http, path, phase("waiting"), restart(broker)
     )
     await check_the_end(chaos_stack, "restart before resolve", events)
     assert events[-1]["phase"] == "ready", events[-5:]
@@ -206,7 +236,17 @@ async def test_a_launch_requested_while_the_broker_is_down_goes_on_once_it_is_ba
     path = build_path(f"file://{slow_repo}", "main")
     # The page shows `waiting` while the broker is down; then it starts.
     events = await launch_with_a_fault(
-        chaos_stack, chaos_http, path, phase("waiting"), broker.start
+        chaos_stack, chaos_http, path, phase("waiting"), lambda _event: broker.start()
     )
     await check_the_end(chaos_stack, "broker down at the request", events)
+    assert events[-1]["phase"] == "ready", events[-5:]
+
+
+async def test_a_gateway_that_reconnects_last_reads_what_it_missed_from_the_event_log(
+    chaos_stack: Stack, chaos_http: aiohttp.ClientSession, broker: PrivateBroker, slow_repo: Path
+) -> None:
+    path = build_path(f"file://{slow_repo}", "main")
+    fault = restart_while_the_gateway_sleeps(chaos_stack, broker)
+    events = await launch_with_a_fault(chaos_stack, chaos_http, path, phase("built"), fault)
+    await check_the_end(chaos_stack, "restart, gateway reconnects last", events)
     assert events[-1]["phase"] == "ready", events[-5:]
