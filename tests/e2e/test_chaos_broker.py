@@ -7,7 +7,8 @@ the shared one nor the stack the other e2e tests use. Each case follows a launch
 stream as a browser does and restarts the broker (stop, then start on the same state) when the
 launch reaches its moment: just after it was requested, mid-build (its postBuild says so), and
 while its session starts; or requests the launch while the broker is down and starts it once
-the page shows `waiting`. The matrix is printed at the end (`-s` shows it).
+the page shows `waiting`; or restarts it with the gateway stopped until the launch has ended
+elsewhere. The matrix is printed at the end (`-s` shows it).
 """
 
 from __future__ import annotations
