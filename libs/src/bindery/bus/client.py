@@ -166,14 +166,16 @@ class Bus:
     async def consumer_counts(self, queues: Iterable[str]) -> dict[str, int]:
         """Live consumers of each named queue, as the broker counts them (a passive declare,
         which needs no permission). A missing queue closes the channel it was asked on, so each
-        call asks on a channel of its own and raises for it (aio_pika's ChannelNotFoundEntity)."""
+        call asks on a channel of its own and raises for it (aio_pika's ChannelNotFoundEntity).
+        Bounded as a publish is: a broker that hangs is an error, not a wait."""
         assert self._connection is not None, "connect() first"
         counts: dict[str, int] = {}
-        async with self._connection.channel(publisher_confirms=False) as channel:
+        async with (
+            asyncio.timeout(self._publish_timeout),
+            self._connection.channel(publisher_confirms=False) as channel,
+        ):
             for name in queues:
-                declared = await channel.declare_queue(
-                    name, passive=True, timeout=self._publish_timeout
-                )
+                declared = await channel.declare_queue(name, passive=True)
                 counts[name] = declared.declaration_result.consumer_count or 0
         return counts
 
