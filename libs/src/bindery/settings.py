@@ -23,7 +23,11 @@ class Profile(StrEnum):
 
 
 class CommonSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="BINDERY_", extra="ignore")
+    # Field docstrings become the fields' descriptions: scripts/settings_reference.py writes
+    # them into docs/configuration.md.
+    model_config = SettingsConfigDict(
+        env_prefix="BINDERY_", extra="ignore", use_attribute_docstrings=True
+    )
 
     profile: Profile = Profile.PRODUCTION
     """Production refuses local paths and loopback git servers; `make up` opts into `local`."""
@@ -33,10 +37,15 @@ class CommonSettings(BaseSettings):
     share one podman without seeing each other's sessions."""
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    """The broker and virtual host, as this service's own RabbitMQ user, allowed only what the
+    service does (bindery.bus.access; `make up` writes each one's URL in .bindery/amqp/)."""
+
     registry: str = "127.0.0.1:5000"
     """The local OCI registry; bound to loopback so sessions cannot reach it."""
 
     registry_scheme: str = "http"
+    """`http` for the registry on this machine's loopback, which nothing else can reach;
+    `https` for one elsewhere."""
 
     nodes: str = "node-1=unix:///run/bindery/node-1.sock"
     """Comma-separated `name=podman API URL`; each node has its own image store."""
@@ -62,14 +71,23 @@ class CommonSettings(BaseSettings):
     their progress, the scheduler to every session's Jupyter (bindery.origins)."""
 
     log_format: str = "json"
+    """`json`, one object per line for a log collector; anything else (`console`), readable
+    lines for a person at a terminal."""
+
     log_level: str = "info"
+    """The least severe log lines written (`debug`, `info`, `warning`, `error`): `info` has one
+    line per request and per step of a launch, `debug` adds each proxied request."""
 
     health_host: str = "127.0.0.1"
+    """Where each service's /health and /metrics listen: loopback, since session containers
+    reach every host address bound to 0.0.0.0 and /metrics is for the operator."""
 
     event_log_max_age: str = "7D"
     """How long the event log stream keeps events (RabbitMQ's x-max-age syntax)."""
 
     event_log_max_bytes: int = 1_000_000_000
+    """The event log stream's size cap (RabbitMQ's x-max-length-bytes): whichever of this and
+    `event_log_max_age` comes first drops the oldest events, so the log never fills the disk."""
 
     trace_exporter: Literal["none", "console", "file", "otlp"] = "none"
     """Where finished spans go. `none` still makes trace ids, which travel in message headers and

@@ -27,6 +27,8 @@ GiB = 1024**3
 
 class BuilderSettings(CommonSettings):
     health_port: int = 8592
+    """Where this service's /health and /metrics listen (on `health_host`): each service has a
+    port of its own, so all of them run side by side on one machine."""
 
     max_concurrent_builds: int = 2
     """Builds are CPU-bound (pip, compilers, apt): two keep both cores of the machines Bindery
@@ -163,14 +165,28 @@ class BuilderSettings(CommonSettings):
     # BINDERY_ZENODO_URL serves both), so a record is fetched from the host it was resolved on.
     # Records are only ever fetched from these hosts, whatever their metadata says.
     zenodo_url: str = _PUBLIC.zenodo_url
+    """Zenodo, where records' files are fetched from."""
+
     figshare_url: str = _PUBLIC.figshare_url
+    """Figshare's site."""
+
     figshare_api_url: str = _PUBLIC.figshare_api_url
+    """Figshare's API, which lists an article's files."""
+
     figshare_download_url: str = _PUBLIC.figshare_download_url
     """Figshare serves files from a host of their own (ndownloader), not from its API's."""
     hydroshare_url: str = _PUBLIC.hydroshare_url
+    """HydroShare, where resources' files are fetched from."""
+
     dataverse_hosts: list[str] = Field(default_factory=lambda: list(_PUBLIC.dataverse_hosts))
+    """The Dataverse installations datasets are fetched from."""
+
     dataverse_scheme: str = _PUBLIC.dataverse_scheme
+    """How they are reached: https; http only for tests' servers."""
+
     swh_api_url: str = _PUBLIC.swh_api_url
+    """Software Heritage's API, which directories and revisions are fetched through."""
+
     ckan_hosts: list[str] = Field(default_factory=list)
     """CKAN sites builds may fetch from; empty: any site the resolver accepted (it refuses sites
     resolving to internal addresses). Files come only from the dataset's own site."""

@@ -36,6 +36,7 @@ from bindery.events import (
     PodScheduled,
     RefResolved,
 )
+from bindery.gateway.stages import waiting_message
 
 Payload = dict[str, Any]
 
@@ -279,6 +280,17 @@ class ProgressHub:
             launch.spec = launch.spec or event.spec
         else:
             self.open(event.launch_id, event.provider, event.spec, event.build_only)
+
+    def stalled(self, launch_id: str, stages: list[str]) -> None:
+        """Tell whoever waits for the launch that `stages` have no consumer right now: it waits
+        in their queue, and goes on when one is back (a status line, not an end)."""
+        payload = {
+            "phase": "waiting",
+            "message": waiting_message(stages),
+            "stalled": stages,
+            "launch_id": launch_id,
+        }
+        self._append(self._launch(launch_id), payload)
 
     def fail(self, launch_id: str, message: str, reason: str = "internal") -> None:
         """A failure the gateway itself saw (e.g. the launch could not be published)."""

@@ -12,6 +12,8 @@ class SchedulerSettings(CapacitySettings):
     `CapacitySettings`: the gateway reads them too."""
 
     health_port: int = 8593
+    """Where this service's /health and /metrics listen (on `health_host`): each service has a
+    port of its own, so all of them run side by side on one machine."""
 
     memory_limit: int = 2 * GiB
     """mybinder.org's limit: above it the kernel is killed, the Jupyter server lives on."""
