@@ -204,6 +204,10 @@ WORKDIR ${REPO_DIR}
 # repository's own .local/bin, are on PATH; again in login shells, whose PATH Debian resets.
 ENV PATH=${HOME}/.local/bin:${REPO_DIR}/.local/bin:${PATH}
 COPY --chmod=0644 session-path.sh /etc/profile.d/repo2docker-path.sh
+# A venv refuses `pip install --user` and hides the user's site-packages; repo2docker's conda
+# environment has both, and postBuild scripts written for it use them.
+RUN sed -i 's/^include-system-site-packages = false$/include-system-site-packages = true/' \
+        /srv/venv/pyvenv.cfg
 {% for name, value in build_env %}
 ENV {{ name }}={{ value }}
 {% endfor %}
