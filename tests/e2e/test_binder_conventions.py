@@ -9,7 +9,7 @@ import json
 import subprocess
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import unquote
 
 import aiohttp
 import pytest
@@ -124,13 +124,15 @@ async def test_the_session_has_binderhubs_variables_and_repo_dir(
     env = seen["env"]
     assert isinstance(env, dict)
     sha = git(Path(url.removeprefix("file://")), "rev-parse", "main")
-    spec = quote(url, safe="")
+    # The request as the link had it (aiohttp sends `:` unencoded): BinderHub's spec as given.
+    request = env["BINDER_REQUEST"]
+    assert unquote(request) == f"v2/git/{url}/main", request
     assert env == {
         "BINDER_LAUNCH_HOST": ready["binder_launch_host"],
         "BINDER_REPO_URL": url,
         "BINDER_REF_URL": url,  # a plain git repository has no page per commit
-        "BINDER_REQUEST": f"v2/git/{spec}/main",
-        "BINDER_PERSISTENT_REQUEST": f"v2/git/{spec}/{sha}",
+        "BINDER_REQUEST": ready["binder_request"],
+        "BINDER_PERSISTENT_REQUEST": f"{request.rsplit('/', 1)[0]}/{sha}",
         "REPO_DIR": "/home/jovyan",
     }
     assert env["BINDER_LAUNCH_HOST"].endswith("/")
