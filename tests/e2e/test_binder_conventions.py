@@ -157,3 +157,29 @@ async def test_legacy_repo_links_lead_to_the_github_launch_page(
         assert (resp.status, resp.headers["Location"]) == (302, location)
     async with http.get(stack.gateway + location) as resp:
         assert resp.status == 200 and "launch" in (await resp.text()).lower()
+
+
+async def test_a_voila_link_renders_the_notebook_when_the_repository_installs_voila(
+    stack: Stack, http: aiohttp.ClientSession, repos: Path
+) -> None:
+    """`?urlpath=voila/render/<notebook>`, as dashboards on mybinder.org are shared."""
+    repo = repos / "binder-voila"
+    make_repo(
+        repo,
+        {
+            "requirements.txt": "voila\n",
+            # Split so that only the executed output, never the source, holds the marker.
+            "app.ipynb": notebook("print('voila-' + 'rendered')"),
+        },
+    )
+    events = await launch(http, stack.gateway, build_path(f"file://{repo}", "main"))
+    ready = events[-1]
+    assert ready["phase"] == "ready", json.dumps(events[-5:], indent=1)
+    try:
+        headers = {"Authorization": f"token {ready['token']}"}
+        async with http.get(f"{ready['url']}voila/render/app.ipynb", headers=headers) as resp:
+            page = await resp.text()
+            assert resp.status == 200, page[-2000:]
+        assert "voila-rendered" in page, page[-2000:]
+    finally:
+        stop_session(ready["launch_id"])
