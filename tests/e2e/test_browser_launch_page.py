@@ -222,6 +222,29 @@ async def test_safe_urlpath_is_opened(browser: Browser, site: Site) -> None:
         await page.close()
 
 
+@pytest.mark.parametrize(
+    ("query", "path"),
+    [
+        # mybinder.org's meanings (BinderHub's LaunchSpec): filepath opens the file where
+        # Notebook 7 shows a notebook, labpath in JupyterLab's one-document view; both win.
+        (
+            "urlpath=lab&filepath=" + quote("docs/a b.ipynb", safe=""),
+            "/user/s1/tree/docs/a%20b.ipynb",
+        ),
+        ("labpath=index.ipynb&urlpath=lab", "/user/s1/doc/tree/index.ipynb"),
+    ],
+)
+async def test_binderhubs_file_links_open_what_mybinder_opens(
+    browser: Browser, site: Site, query: str, path: str
+) -> None:
+    page = await browser.new_page()
+    try:
+        await follow(page, site, query)
+        assert urlsplit(page.url).path == path
+    finally:
+        await page.close()
+
+
 @pytest.mark.parametrize("value", HOSTILE)
 async def test_no_location_header_leaves_the_origin(site: Site, value: str) -> None:
     """The no-JavaScript form and the session redirect build Location headers from input."""

@@ -23,6 +23,7 @@ from tests.unit.runtimes.kube_api import K8S_VERSION, FakeKubernetes, node
 GiB = 1024**3
 IMAGE = "registry.example:5000/bindery/demo:abc123"
 MiB = 1024**2
+ENV = {"BINDER_REQUEST": "v2/gh/owner/demo/HEAD", "JUPYTER_TOKEN": "not this one"}
 LIMITS = Limits(memory_limit=2 * GiB, memory_reservation=1 * GiB, cpus=1.0, pids=512, disk=10 * GiB)
 
 
@@ -35,6 +36,7 @@ def spec(name: str, *, warm: bool = False, limits: Limits = LIMITS) -> SessionSp
         repo="https://github.com/owner/demo",
         limits=limits,
         warm=warm,
+        env=ENV,
     )
 
 
@@ -139,7 +141,9 @@ async def test_a_session_is_a_limited_isolated_pod_on_the_chosen_node(
     security = container["securityContext"]
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"] == {"drop": ["ALL"]}
-    assert {"name": "JUPYTER_TOKEN", "value": "t" * 64} in container["env"]
+    assert {"name": "BINDER_REQUEST", "value": "v2/gh/owner/demo/HEAD"} in container["env"]
+    # The launch's variables cannot replace the token: the last of a name wins.
+    assert container["env"][-1] == {"name": "JUPYTER_TOKEN", "value": "t" * 64}
     assert "--ServerApp.base_url=/user/demo-1/" in container["args"]
     labels = body["metadata"]["labels"]
     assert labels["bindery.instance"] == "test" and labels["bindery.session"] == "demo-1"
@@ -148,6 +152,7 @@ async def test_a_session_is_a_limited_isolated_pod_on_the_chosen_node(
     pod_ip = api.pods["test-demo-1"]["status"]["podIP"]
     assert session.target == f"http://{pod_ip}:8888"
     assert session.running and session.node == "node-a"
+    assert session.env == ENV, "read back from the pod, for the warm pool"
     assert session.memory_reservation == 1 * GiB
     assert session.repo == "https://github.com/owner/demo"
 

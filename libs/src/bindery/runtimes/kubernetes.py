@@ -398,7 +398,10 @@ class KubernetesRuntime:
                 "image": spec.image,
                 # args, not command: repo2docker's entrypoint must still run.
                 "args": jupyter_command(spec),
-                "env": [{"name": "JUPYTER_TOKEN", "value": spec.token}],
+                "env": [
+                    *({"name": k, "value": v} for k, v in spec.env.items()),
+                    {"name": "JUPYTER_TOKEN", "value": spec.token},
+                ],
                 "ports": [{"name": "jupyter", "containerPort": JUPYTER_PORT, "protocol": "TCP"}],
                 "resources": {
                     "requests": {

@@ -180,7 +180,7 @@ class PodmanRuntime:
         body = {
             "Image": spec.image,
             "Cmd": jupyter_command(spec),
-            "Env": [f"JUPYTER_TOKEN={spec.token}"],
+            "Env": [*(f"{k}={v}" for k, v in spec.env.items()), f"JUPYTER_TOKEN={spec.token}"],
             "User": "1000",
             "Labels": labels,
             "ExposedPorts": {f"{JUPYTER_PORT}/tcp": {}},

@@ -72,6 +72,7 @@ class PodmanEngine(ContainerEngine):  # type: ignore[misc]
         tag: str = "",
         custom_context: bool = False,
         dockerfile: str = "",
+        ignorefile: str = "",
         fileobj: IO[bytes] | None = None,
         path: str = "",
         labels: Mapping[str, str] | None = None,
@@ -79,7 +80,8 @@ class PodmanEngine(ContainerEngine):  # type: ignore[misc]
         volumes: Sequence[str] = (),
         **kwargs: Any,
     ) -> Iterator[str]:
-        """Build ``tag`` from a context tarball (``fileobj``) or directory (``path``).
+        """Build ``tag`` from a context tarball (``fileobj``) or directory (``path``), leaving
+        out what ``ignorefile`` (when given) lists.
 
         ``load`` needs nothing: podman builds straight into its local store. ``volumes``
         (``SRC:DST[:OPTIONS]``) are mounted into every RUN step and committed to no layer.
@@ -103,6 +105,11 @@ class PodmanEngine(ContainerEngine):  # type: ignore[misc]
             if dockerfile:
                 sandbox.hand_over(context / dockerfile)
                 cmd.append(f"--file={context / dockerfile}")
+            if ignorefile:
+                # In place of the context's own .dockerignore/.containerignore, which podman
+                # would otherwise apply as it finds them.
+                sandbox.hand_over(Path(ignorefile))
+                cmd.append(f"--ignorefile={ignorefile}")
             if self.ca_bundle:
                 cmd.append(f"--secret=id=pipca,src={self.ca_bundle}")
             if self.index_url:

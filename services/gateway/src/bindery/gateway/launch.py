@@ -146,7 +146,11 @@ async def start_launch(
     try:
         await gateway.bus.publish(
             LaunchRequested(
-                launch_id=launch_id, provider=provider, spec=spec, build_only=build_only
+                launch_id=launch_id,
+                provider=provider,
+                spec=spec,
+                build_only=build_only,
+                launch_host=gateway.settings.public_url.rstrip("/") + "/",
             )
         )
     except Exception as exc:
