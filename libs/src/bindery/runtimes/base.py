@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Protocol, TypedDict
 
 from bindery.origins import NOBODY, AllowedOrigins
+from bindery.sessionnetwork import SessionNetwork
 
 LABEL_INSTANCE = "bindery.instance"
 LABEL_SESSION = "bindery.session"
@@ -58,6 +59,8 @@ class SessionSpec:
     """Start unclaimed, for the warm pool: invisible to `list_sessions` until claimed."""
     origins: AllowedOrigins = NOBODY
     """Other sites whose pages may call the session's Jupyter (settings.allowed_origins)."""
+    network: SessionNetwork = field(default_factory=SessionNetwork)
+    """The operator's CA bundle (mounted read-only) and package index, as its environment."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,11 @@ KERNEL_CULLING = (
     "--MappingKernelManager.cull_interval=60",
     "--MappingKernelManager.cull_connected=True",
 )
+
+
+def session_environment(spec: SessionSpec) -> dict[str, str]:
+    """The session's environment: its Jupyter token and the operator's network settings."""
+    return {"JUPYTER_TOKEN": spec.token, **spec.network.environment()}
 
 
 def jupyter_command(spec: SessionSpec) -> list[str]:
