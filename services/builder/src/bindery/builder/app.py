@@ -63,6 +63,7 @@ def build_options(
         cran_mirror=settings.cran_mirror,
         nix_channel=settings.nix_channel,
         nix_substituters=tuple(settings.nix_substituters),
+        registry_mirror=settings.registry_mirror,
         env_repository=f"{settings.registry}/{settings.image_prefix}env",
         max_repo_bytes=settings.max_repo_bytes,
         max_log_bytes=settings.max_log_bytes,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field
 
-from bindery.builder import conda, nixpack
+from bindery.builder import conda, nixpack, registrymirror
 from bindery.builder.cran import check_mirror_setting
 from bindery.builder.sources import ProviderHosts
 from bindery.settings import PackageIndexSettings, Profile
@@ -101,6 +101,16 @@ class BuilderSettings(PackageIndexSettings):
     unreachable): http(s) URLs or file:///DIR directories (mounted read-only into build steps
     only; add ?trusted=1 to accept paths not signed by a key Nix trusts). Empty: everything
     default.nix needs is built from source."""
+
+    registry_mirror: Annotated[str, AfterValidator(registrymirror.check_mirror_setting)] = ""
+    """Where a Dockerfile's Docker Hub images (`FROM python:3.11`, `FROM docker.io/user/x`) are
+    pulled from, as a registries.conf `[[registry.mirror]]` for docker.io: an http(s) URL of a
+    registry, optionally with a path (`https://mirror.example.org/dockerhub` serves
+    `python:3.11` as `mirror.example.org/dockerhub/library/python:3.11`; http means no TLS).
+    The builder pulls them before the build, from where it alone may reach the local registry,
+    so the local registry can be the mirror. Empty: such a build fails at once naming Docker
+    Hub and this setting, unless the image is already in the build sandbox's store. Images of
+    other registries are pulled from them directly."""
 
     image_prefix: str = "bindery/"
     """The resolver's (same variable): environment images are
