@@ -3,7 +3,8 @@ works against the package index the scheduler was given, over plain http and ove
 operator's CA bundle, and fails without that bundle.
 
 The index is tests.support.pypiindex, served inside a network namespace of the test's own
-(tests.support.lan) on its "public" documentation address, port 80 or 443: where the sessions'
+(tests.support.lan) on its "public" documentation address, port 443 (plain http too: the LAN's
+token server holds port 80, and the rules open tcp ports, not protocols): where the sessions'
 network rules (scripts/isolation.sh) let them go, as they would a mirror on the internet. No
 packet leaves the machine. The scheduler is restarted with the settings for each test
 (Stack.settings); the repository is the same small one each time, so only the first launch builds.
@@ -102,7 +103,7 @@ async def test_pip_in_a_notebook_installs_from_the_operators_plain_http_index(
     stack: Stack, http: aiohttp.ClientSession, the_lan: Lan, repo: Path
 ) -> None:
     with (
-        index_in(the_lan, 80) as url,
+        index_in(the_lan, 443) as url,
         stack.settings("scheduler", BINDERY_INDEX_URL=url),
     ):
         session = await launch_and_probe(http, stack, repo, PROBE)
