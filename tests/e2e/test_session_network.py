@@ -22,7 +22,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.e2e.test_builder_configs import launch_and_probe
+from tests.e2e.test_builder_configs import launch_and_probe, lines
 from tests.support.gitrepo import make_repo
 from tests.support.lan import Lan, lan
 from tests.support.pypiindex import ANSWER, NAME
@@ -93,12 +93,6 @@ def certificates(directory: Path, address: str) -> tuple[Path, Path, Path]:
     return ca, cert, key
 
 
-def probed(output: str) -> dict[str, str]:
-    return dict(
-        line.split(" ", 1) for line in output.splitlines() if line.startswith(("answer", "index"))
-    )
-
-
 async def test_pip_in_a_notebook_installs_from_the_operators_plain_http_index(
     stack: Stack, http: aiohttp.ClientSession, the_lan: Lan, repo: Path
 ) -> None:
@@ -107,7 +101,7 @@ async def test_pip_in_a_notebook_installs_from_the_operators_plain_http_index(
         stack.settings("scheduler", BINDERY_INDEX_URL=url),
     ):
         session = await launch_and_probe(http, stack, repo, PROBE)
-    found = probed(session.output)
+    found = lines(session.output)
     assert found.get("index") == url, session.output
     assert found.get("answer") == ANSWER, session.output
 
@@ -122,8 +116,8 @@ async def test_pip_in_a_notebook_trusts_the_operators_ca_bundle(
         # Control: the same index with the host's bundle only, which lacks the test's CA.
         with stack.settings("scheduler", BINDERY_INDEX_URL=url):
             untrusted = await launch_and_probe(http, stack, repo, PROBE)
-    assert probed(trusted.output).get("answer") == ANSWER, trusted.output
-    assert probed(untrusted.output).get("answer", "").startswith("missing"), untrusted.output
+    assert lines(trusted.output).get("answer") == ANSWER, trusted.output
+    assert lines(untrusted.output).get("answer", "").startswith("missing"), untrusted.output
     assert "CERTIFICATE_VERIFY_FAILED" in untrusted.output, untrusted.output
 
 
