@@ -6,13 +6,18 @@ default is what it is.
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+import structlog
+from pydantic import AfterValidator, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bindery.origins import AllowedOrigins
+from bindery.sessionnetwork import SessionNetwork, check_index_url, has_credentials
+
+log = structlog.get_logger("bindery.settings")
 
 
 class Profile(StrEnum):
@@ -141,3 +146,36 @@ class CapacitySettings(CommonSettings):
     total_quota: int = Field(default=1000, ge=1)
     """Concurrent sessions overall; capacity usually binds first, this caps a misconfigured
     node size."""
+
+
+class PackageIndexSettings(CommonSettings):
+    """The operator's network settings for installing packages: the builder hands them to
+    build steps, the scheduler to sessions (bindery.sessionnetwork), so a `pip install` in a
+    notebook works wherever builds' installs work."""
+
+    ca_bundle: str = "/etc/ssl/certs/ca-certificates.crt"
+    """A whole bundle (the public CAs and the operator's own), so pip, uv, git, conda and
+    requests trust what the host trusts: TLS-intercepting proxies, private package indexes.
+    Builds get it as a secret (never in an image), sessions read-only at
+    /etc/bindery/ca-certificates.crt. Empty, or a path that does not exist, hands none."""
+
+    index_url: Annotated[str, AfterValidator(check_index_url)] = ""
+    """Package index (PEP 503 simple API) for pip and uv in builds and sessions, e.g. a
+    corporate mirror; empty for PyPI. With credentials (https://user:token@host/simple), builds
+    get the index through the builder's forwarder (bindery.builder.indexforward) and never see
+    them, and sessions get no index (PyPI): both run repository code, which can read the index
+    URL it was handed."""
+
+    def ca_bundle_file(self) -> str:
+        """The CA bundle if it is a file, else empty (none handed)."""
+        return self.ca_bundle if os.path.isfile(self.ca_bundle) else ""
+
+    def session_network(self) -> SessionNetwork:
+        index_url = self.index_url
+        if has_credentials(index_url):
+            log.warning(
+                "sessions.index_withheld",
+                reason="the index URL holds credentials; sessions install from PyPI",
+            )
+            index_url = ""
+        return SessionNetwork(ca_bundle=self.ca_bundle_file(), index_url=index_url)

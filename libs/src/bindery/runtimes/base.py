@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Protocol, TypedDict
 
 from bindery.origins import NOBODY, AllowedOrigins
+from bindery.sessionnetwork import SessionNetwork
 
 LABEL_INSTANCE = "bindery.instance"
 LABEL_SESSION = "bindery.session"
@@ -66,6 +67,8 @@ class SessionSpec:
     """Other sites whose pages may call the session's Jupyter (settings.allowed_origins)."""
     env: Mapping[str, str] = field(default_factory=dict)
     """BinderHub's variables (`bindery.providers.binder_env`), set in the session's environment."""
+    network: SessionNetwork = field(default_factory=SessionNetwork)
+    """The operator's CA bundle (mounted read-only) and package index, as its environment."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,12 @@ KERNEL_CULLING = (
     "--MappingKernelManager.cull_interval=60",
     "--MappingKernelManager.cull_connected=True",
 )
+
+
+def session_environment(spec: SessionSpec) -> dict[str, str]:
+    """The session's environment: BinderHub's variables, the operator's network settings and
+    its Jupyter token (which nothing else may set)."""
+    return {**spec.env, **spec.network.environment(), "JUPYTER_TOKEN": spec.token}
 
 
 def jupyter_command(spec: SessionSpec) -> list[str]:

@@ -56,6 +56,7 @@ from ruamel.yaml.error import YAMLError
 from bindery.builder import conda, nixpack
 from bindery.builder.cran import CranMirror, rprofile
 from bindery.builder.dockerfile import check_dockerfile
+from bindery.builder.registrymirror import fetch_base_images
 
 # Part of every environment key: bump it when a change here changes what an environment holds.
 BUILDPACK_VERSION = "2"
@@ -101,6 +102,9 @@ class BuildContext:
     """The builder's checked nix_substituters: binary caches build steps substitute from."""
     repo_url: str = ""
     """The repository's URL: names its own uv cache (repository_cache_id)."""
+    registry_mirror: str = ""
+    """The builder's checked registry_mirror setting (bindery.builder.registrymirror): where a
+    Dockerfile's Docker Hub images come from; empty: only from the builder's store."""
 
 
 # Sourced by every build step: the CA bundle and package index the build was handed as secrets
@@ -1132,9 +1136,23 @@ class CheckedDockerBuildPack(DockerBuildPack):  # type: ignore[misc]
     """A repository's own Dockerfile, built as repo2docker builds it once nothing in it could
     reach the host (bindery.builder.dockerfile): refused before anything builds otherwise."""
 
-    def build(self, *args: Any, **kwargs: Any) -> Iterator[str]:
-        check_dockerfile(Path(self.binder_path(self.dockerfile)).read_text(errors="replace"))
-        yield from super().build(*args, **kwargs)
+    def build(
+        self,
+        client: Any,
+        image_spec: str,
+        memory_limit: int,
+        build_args: dict[str, str],
+        cache_from: list[str],
+        extra_build_kwargs: dict[str, Any],
+        platform: str | None = None,
+    ) -> Iterator[str]:
+        text = Path(self.binder_path(self.dockerfile)).read_text(errors="replace")
+        images = check_dockerfile(text)
+        context: BuildContext = extra_build_kwargs.get("bindery") or BuildContext()
+        yield from fetch_base_images(images, client, context.registry_mirror)
+        yield from super().build(
+            client, image_spec, memory_limit, build_args, cache_from, extra_build_kwargs, platform
+        )
 
 
 # repo2docker's detection order; the first whose detect() says yes builds the repository.

@@ -62,6 +62,7 @@ from bindery.scheduler.disk import over_limit
 from bindery.scheduler.exits import ended_sessions, stop_reason
 from bindery.scheduler.popularity import Popularity, warm_targets
 from bindery.scheduler.settings import SchedulerSettings
+from bindery.sessionnetwork import SessionNetwork
 from bindery.tokens import session_token
 
 log = structlog.get_logger("bindery.scheduler")
@@ -132,6 +133,8 @@ class Scheduler:
     cluster: Cluster
     popularity: Popularity = field(init=False)
     admission: Admission = field(init=False)
+    network: SessionNetwork = field(init=False)
+    """The CA bundle and package index every session gets (read once: its log line too)."""
     resumed: set[str] = field(default_factory=set)
     """Sessions found by a redelivered launch since start: not orphans."""
     _launches: dict[str, Progress] = field(default_factory=dict)
@@ -148,6 +151,7 @@ class Scheduler:
 
     def __post_init__(self) -> None:
         self.popularity = Popularity(self.settings.popularity_window)
+        self.network = self.settings.session_network()
         self.admission = Admission(
             self.cluster,
             self.settings.repo_quota,
@@ -438,6 +442,7 @@ class Scheduler:
             warm=warm,
             origins=self.settings.origins(),
             env=env,
+            network=self.network,
         )
 
     def _queue_message(self, exc: QueueTimeout) -> str:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from bindery.settings import CapacitySettings, GiB
+from bindery.settings import CapacitySettings, GiB, PackageIndexSettings
 
 
-class SchedulerSettings(CapacitySettings):
+class SchedulerSettings(CapacitySettings, PackageIndexSettings):
     """Placement's sizes (`memory_reservation`, `node_memory`, `total_quota`) are in
-    `CapacitySettings`: the gateway reads them too."""
+    `CapacitySettings`: the gateway reads them too. What sessions get of the CA bundle and
+    package index (`ca_bundle`, `index_url`) is in `PackageIndexSettings`: builds use them
+    too."""
 
     health_port: int = 8593
     """Where this service's /health and /metrics listen (on `health_host`): each service has a
