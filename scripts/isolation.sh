@@ -26,8 +26,9 @@
 #   BINDERY-SESSIONS-FWD  -> another session (any session bridge) REJECT, then BINDERY-EGRESS.
 #   BINDERY-BUILDS-OUT    -> the builders' package index forwarders (127.0.0.1 tcp 8596-8599),
 #                         which serve an index with credentials without them; then
-#                         -> the local registry (BINDERY_REGISTRY, tcp) from cgroup v2 group
-#                         bindery-registry only, then BINDERY-EGRESS. Rootless podman's build
+#                         -> the local registry (BINDERY_REGISTRY, tcp) and the registry mirror
+#                         (BINDERY_REGISTRY_MIRROR, which may be on this host or its LAN) from
+#                         cgroup v2 group bindery-registry only, then BINDERY-EGRESS. Rootless podman's build
 #                         steps reach the network through slirp4netns and `ADD <url>` is fetched
 #                         by podman itself: both are processes of the build user in this host's
 #                         network namespace, so OUTPUT sees them (a `--network host` step runs as
@@ -182,9 +183,13 @@ connected() {  # connected 4|6: subnets of this host's own interfaces but loopba
 }
 
 mirrors() {  # "family address port" lines: the package mirrors the builder is configured with
-    local vars=(BINDERY_INDEX_URL BINDERY_CONDA_CHANNEL_ALIAS BINDERY_CRAN_MIRROR
-                BINDERY_NIX_CHANNEL BINDERY_NIX_SUBSTITUTERS) v values=()
-    for v in "${vars[@]}"; do values+=("$(setting "$v" "")"); done
+    endpoints BINDERY_INDEX_URL BINDERY_CONDA_CHANNEL_ALIAS BINDERY_CRAN_MIRROR \
+        BINDERY_NIX_CHANNEL BINDERY_NIX_SUBSTITUTERS
+}
+
+endpoints() {  # endpoints VAR...: "family address port" lines of the http(s) URLs the settings hold
+    local v values=()
+    for v in "$@"; do values+=("$(setting "$v" "")"); done
     python3 - "${values[@]}" <<'EOF'
 import json, socket, sys
 from urllib.parse import urlsplit
@@ -280,6 +285,12 @@ build_rules() {  # build_rules 4|6
     if [ "$f" = "$fam" ] && [ -n "$CGROUP_ROOT" ]; then
         echo "-A $OUT -d $a -p tcp --dport $p -m cgroup --path $REGISTRY_CGROUP -j RETURN"
     fi
+    if [ -n "$CGROUP_ROOT" ]; then
+        while read -r f a p; do
+            [ "$f" = "$fam" ] \
+                && echo "-A $OUT -d $a -p tcp --dport $p -m cgroup --path $REGISTRY_CGROUP -j RETURN"
+        done < <(printf '%s\n' "$REGISTRY_MIRRORS")
+    fi
     if [ "$fam" = 4 ]; then
         echo "-A $OUT -d 127.0.0.1 -p tcp --dport $INDEX_FORWARDERS -j RETURN"
     fi
@@ -359,6 +370,7 @@ cmd_up() {
     tcp_ports >/dev/null  # validates BINDERY_EGRESS_PORTS before anything changes
 
     MIRRORS="$(mirrors)"
+    REGISTRY_MIRRORS="$(endpoints BINDERY_REGISTRY_MIRROR)"
     RULES="$(mktemp)"
     trap 'rm -f "$RULES"' EXIT
 

@@ -5,7 +5,7 @@ off the gateway's origin, and a failure is shown with its reason and what to do 
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import quote, urljoin, urlsplit
 
@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 from playwright.async_api import Browser, Page, Request
 
+from bindery.bus import topology
 from bindery.events import (
     BuildLog,
     Event,
@@ -28,6 +29,7 @@ from bindery.gateway.app import create_app
 from bindery.gateway.deps import Gateway
 from bindery.gateway.handlers import EventHandlers
 from bindery.gateway.settings import GatewaySettings
+from bindery.gateway.stages import STAGE_QUEUES, StageCheck
 from tests.support.browser import chromium, screenshot_path
 
 SECRET = "s" * 32
@@ -70,6 +72,8 @@ class FakeBus:
     handlers: EventHandlers | None = None
     upstream: str = ""
     fail_with: FailureReason | None = None
+    stall: bool = False
+    """Answer nothing: the launch waits, as it does while its stage has no consumer."""
     published: list[Event] = field(default_factory=list)
     connected: bool = True
 
@@ -79,6 +83,8 @@ class FakeBus:
             return
         on, lid = self.handlers.on_event, event.launch_id
         await on(event)
+        if self.stall:
+            return
         await on(
             RefResolved(
                 launch_id=lid,
@@ -114,6 +120,7 @@ class FakeBus:
 class Site:
     url: str
     bus: FakeBus
+    gateway: Gateway
 
 
 async def fake_jupyter(request: web.Request) -> web.Response:
@@ -148,7 +155,7 @@ async def site() -> AsyncIterator[Site]:
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        yield Site(url, bus)
+        yield Site(url, bus, gateway)
     finally:
         await runner.cleanup()
         await jupyter_runner.cleanup()
@@ -215,6 +222,29 @@ async def test_safe_urlpath_is_opened(browser: Browser, site: Site) -> None:
         await page.close()
 
 
+@pytest.mark.parametrize(
+    ("query", "path"),
+    [
+        # mybinder.org's meanings (BinderHub's LaunchSpec): filepath opens the file where
+        # Notebook 7 shows a notebook, labpath in JupyterLab's one-document view; both win.
+        (
+            "urlpath=lab&filepath=" + quote("docs/a b.ipynb", safe=""),
+            "/user/s1/tree/docs/a%20b.ipynb",
+        ),
+        ("labpath=index.ipynb&urlpath=lab", "/user/s1/doc/tree/index.ipynb"),
+    ],
+)
+async def test_binderhubs_file_links_open_what_mybinder_opens(
+    browser: Browser, site: Site, query: str, path: str
+) -> None:
+    page = await browser.new_page()
+    try:
+        await follow(page, site, query)
+        assert urlsplit(page.url).path == path
+    finally:
+        await page.close()
+
+
 @pytest.mark.parametrize("value", HOSTILE)
 async def test_no_location_header_leaves_the_origin(site: Site, value: str) -> None:
     """The no-JavaScript form and the session redirect build Location headers from input."""
@@ -253,4 +283,24 @@ async def test_failure_says_why_and_what_to_do(browser: Browser, site: Site) -> 
         await page.screenshot(path=screenshot_path("launch-page", "failed"), full_page=True)
     finally:
         site.bus.fail_with = None
+        await page.close()
+
+
+async def test_a_stage_nobody_runs_is_said_in_the_status_line(browser: Browser, site: Site) -> None:
+    async def no_builder(_queues: Iterable[str]) -> dict[str, int]:
+        return {name: 0 if name == topology.BUILDER.name else 1 for name in STAGE_QUEUES.values()}
+
+    site.bus.stall = True
+    site.gateway.stage_check = StageCheck(no_builder, max_age=60)
+    page = await browser.new_page()
+    try:
+        await page.goto(f"{site.url}/v2/git/{SPEC}")
+        status = page.locator("#status")
+        await status.filter(has_text="builder is not running").wait_for(timeout=20_000)
+        assert "goes on as soon as it is back" in await status.inner_text()
+        assert not await page.locator("#failure").is_visible()
+        await page.screenshot(path=screenshot_path("launch-page", "stalled"), full_page=True)
+    finally:
+        site.bus.stall = False
+        site.gateway.stage_check = None
         await page.close()

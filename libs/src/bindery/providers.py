@@ -3,7 +3,8 @@
 In: nothing (static data). Out: `PROVIDERS` for the gateway's `GET /api/repoproviders` (BinderHub's
 `display_config` shape, which launch forms use to detect a provider from a pasted URL), the
 gateway's quick syntax check before a launch is accepted, the resolver's list of names, and the
-default Dataverse installations the resolver and the builder both trust.
+default Dataverse installations the resolver and the builder both trust, and `binder_env`: the
+BinderHub variables of a launch (the resolver's for sessions, the gateway's for `ready`).
 The resolver stays the authority on what a spec means; these patterns only turn away what can
 never be valid, early and with a message a person can act on.
 
@@ -220,3 +221,33 @@ def detect(url: str) -> tuple[str, str] | None:
                 return entry.id, repo
             return entry.id, f"{repo}/{quote(groups.get('ref') or 'HEAD', safe='')}"
     return None
+
+
+def binder_env(
+    launch_host: str, provider: str, spec: str, repo_url: str, resolved_ref: str
+) -> dict[str, str]:
+    """The environment variables BinderHub gives every session (its spawner's `get_env`), for a
+    launch of `provider`/`spec` (as the link has it) that resolved to `repo_url` at
+    `resolved_ref`, made on the site `launch_host` (`https://host/`, with its slash).
+
+    The request paths are relative, as BinderHub's: `v2/<provider>/<spec>` as asked for, and
+    with the ref replaced by the commit (a link that always opens this version). The ref URL
+    is the commit's page where the provider has one (BinderHub's `get_resolved_ref_url`); a
+    plain git repository and the data repositories (whose URL names the version) give theirs.
+    """
+    persistent = spec
+    if resolved_ref and PROVIDERS[provider].ref_enabled:
+        persistent = f"{spec.rsplit('/', 1)[0]}/{resolved_ref}"
+    plain = repo_url.removesuffix(".git")
+    ref_urls = {
+        "gh": f"{plain}/tree/{resolved_ref}",
+        "gl": f"{plain}/tree/{resolved_ref}",
+        "gist": f"{plain}/{resolved_ref}",
+    }
+    return {
+        "BINDER_LAUNCH_HOST": launch_host,
+        "BINDER_REPO_URL": repo_url,
+        "BINDER_REF_URL": ref_urls.get(provider, repo_url) if resolved_ref else repo_url,
+        "BINDER_REQUEST": f"v2/{provider}/{spec}",
+        "BINDER_PERSISTENT_REQUEST": f"v2/{provider}/{persistent}",
+    }

@@ -6,13 +6,18 @@ default is what it is.
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+import structlog
+from pydantic import AfterValidator, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bindery.origins import AllowedOrigins
+from bindery.sessionnetwork import SessionNetwork, check_index_url, has_credentials
+
+log = structlog.get_logger("bindery.settings")
 
 
 class Profile(StrEnum):
@@ -23,7 +28,11 @@ class Profile(StrEnum):
 
 
 class CommonSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="BINDERY_", extra="ignore")
+    # Field docstrings become the fields' descriptions: scripts/settings_reference.py writes
+    # them into docs/configuration.md.
+    model_config = SettingsConfigDict(
+        env_prefix="BINDERY_", extra="ignore", use_attribute_docstrings=True
+    )
 
     profile: Profile = Profile.PRODUCTION
     """Production refuses local paths and loopback git servers; `make up` opts into `local`."""
@@ -33,6 +42,9 @@ class CommonSettings(BaseSettings):
     share one podman without seeing each other's sessions."""
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    """The broker and virtual host, as this service's own RabbitMQ user, allowed only what the
+    service does (bindery.bus.access; `make up` writes each one's URL in .bindery/amqp/)."""
+
     publish_retry_seconds: float = Field(default=300.0, gt=0)
     """How long a publish that lost its connection keeps trying again once the connection is
     back. A broker restart takes about 15 s here (8 s to start, aio-pika's 5 s between
@@ -44,6 +56,8 @@ class CommonSettings(BaseSettings):
     """The local OCI registry; bound to loopback so sessions cannot reach it."""
 
     registry_scheme: str = "http"
+    """`http` for the registry on this machine's loopback, which nothing else can reach;
+    `https` for one elsewhere."""
 
     nodes: str = "node-1=unix:///run/bindery/node-1.sock"
     """Comma-separated `name=podman API URL`; each node has its own image store."""
@@ -69,14 +83,23 @@ class CommonSettings(BaseSettings):
     their progress, the scheduler to every session's Jupyter (bindery.origins)."""
 
     log_format: str = "json"
+    """`json`, one object per line for a log collector; anything else (`console`), readable
+    lines for a person at a terminal."""
+
     log_level: str = "info"
+    """The least severe log lines written (`debug`, `info`, `warning`, `error`): `info` has one
+    line per request and per step of a launch, `debug` adds each proxied request."""
 
     health_host: str = "127.0.0.1"
+    """Where each service's /health and /metrics listen: loopback, since session containers
+    reach every host address bound to 0.0.0.0 and /metrics is for the operator."""
 
     event_log_max_age: str = "7D"
     """How long the event log stream keeps events (RabbitMQ's x-max-age syntax)."""
 
     event_log_max_bytes: int = 1_000_000_000
+    """The event log stream's size cap (RabbitMQ's x-max-length-bytes): whichever of this and
+    `event_log_max_age` comes first drops the oldest events, so the log never fills the disk."""
 
     trace_exporter: Literal["none", "console", "file", "otlp"] = "none"
     """Where finished spans go. `none` still makes trace ids, which travel in message headers and
@@ -130,3 +153,36 @@ class CapacitySettings(CommonSettings):
     total_quota: int = Field(default=1000, ge=1)
     """Concurrent sessions overall; capacity usually binds first, this caps a misconfigured
     node size."""
+
+
+class PackageIndexSettings(CommonSettings):
+    """The operator's network settings for installing packages: the builder hands them to
+    build steps, the scheduler to sessions (bindery.sessionnetwork), so a `pip install` in a
+    notebook works wherever builds' installs work."""
+
+    ca_bundle: str = "/etc/ssl/certs/ca-certificates.crt"
+    """A whole bundle (the public CAs and the operator's own), so pip, uv, git, conda and
+    requests trust what the host trusts: TLS-intercepting proxies, private package indexes.
+    Builds get it as a secret (never in an image), sessions read-only at
+    /etc/bindery/ca-certificates.crt. Empty, or a path that does not exist, hands none."""
+
+    index_url: Annotated[str, AfterValidator(check_index_url)] = ""
+    """Package index (PEP 503 simple API) for pip and uv in builds and sessions, e.g. a
+    corporate mirror; empty for PyPI. With credentials (https://user:token@host/simple), builds
+    get the index through the builder's forwarder (bindery.builder.indexforward) and never see
+    them, and sessions get no index (PyPI): both run repository code, which can read the index
+    URL it was handed."""
+
+    def ca_bundle_file(self) -> str:
+        """The CA bundle if it is a file, else empty (none handed)."""
+        return self.ca_bundle if os.path.isfile(self.ca_bundle) else ""
+
+    def session_network(self) -> SessionNetwork:
+        index_url = self.index_url
+        if has_credentials(index_url):
+            log.warning(
+                "sessions.index_withheld",
+                reason="the index URL holds credentials; sessions install from PyPI",
+            )
+            index_url = ""
+        return SessionNetwork(ca_bundle=self.ca_bundle_file(), index_url=index_url)

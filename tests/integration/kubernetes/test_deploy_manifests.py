@@ -64,9 +64,11 @@ def test_every_configured_setting_exists() -> None:
 
 
 def test_the_scheduler_may_do_what_its_runtime_does() -> None:
-    [rule] = find("Role", "bindery-session-manager")["rules"]
-    assert rule["resources"] == ["pods"]
-    assert {"get", "list", "watch", "create", "patch", "delete"} <= set(rule["verbs"])
+    pods, config_maps = find("Role", "bindery-session-manager")["rules"]
+    assert pods["resources"] == ["pods"]
+    assert {"get", "list", "watch", "create", "patch", "delete"} <= set(pods["verbs"])
+    # The operator's CA bundle goes to sessions as a ConfigMap the scheduler creates.
+    assert config_maps["resources"] == ["configmaps"] and config_maps["verbs"] == ["create"]
     [nodes] = find("ClusterRole", "bindery-node-reader")["rules"]
     assert nodes["resources"] == ["nodes"] and {"get", "list"} <= set(nodes["verbs"])
     scheduler = find("Deployment", "scheduler")["spec"]["template"]["spec"]

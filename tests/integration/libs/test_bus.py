@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import aio_pika
+import pytest
 
 from bindery.bus import Bus, QueueSpec, Retry, topology
 from bindery.events import Event, LaunchRequested
@@ -123,3 +124,27 @@ async def test_every_domain_event_is_appended_to_the_event_log(bus: Bus, amqp_ur
 
         await stream.consume(on_message, arguments={"x-stream-offset": "first"})
         await asyncio.wait_for(found.wait(), 10)
+
+
+async def test_consumer_counts_are_the_brokers(amqp_url: str) -> None:
+    """What the gateway's /health reads: live consumers per queue, 0 once they left; asking
+    about a missing queue raises and leaves the bus working."""
+    watcher = Bus(amqp_url, "integration-counts", connect_timeout=10)
+    await watcher.connect()
+    try:
+        spec = QueueSpec("bindery.test.counted", ("launch-requested",))
+
+        async def handler(event: Event) -> None:
+            pass
+
+        other = Bus(amqp_url, "integration-counted", connect_timeout=10)
+        await other.connect()
+        await other.consume(spec, handler)
+        assert await watcher.consumer_counts([spec.name or ""]) == {spec.name: 1}
+        await other.close()
+        assert await watcher.consumer_counts([spec.name or ""]) == {spec.name: 0}
+        with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
+            await watcher.consumer_counts(["bindery.test.no-such-queue"])
+        assert await watcher.consumer_counts([spec.name or ""]) == {spec.name: 0}
+    finally:
+        await watcher.close()

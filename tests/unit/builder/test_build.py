@@ -37,6 +37,15 @@ def test_values_are_passed_so_they_cannot_be_read_as_options() -> None:
         build_one.validate(args)
 
 
+def test_the_registry_mirror_reaches_the_buildpacks() -> None:
+    request = BuildRequest("https://example.org/r.git", SHA, "127.0.0.1:5000/b/r:1")
+    cmd = command(request, BuildOptions(registry_mirror="http://127.0.0.1:5000/hub"))
+    args = build_one.parse_args(cmd[3:])
+    build_one.validate(args)
+    context = build_one.make_app(args).extra_build_kwargs["bindery"]
+    assert context.registry_mirror == "http://127.0.0.1:5000/hub"
+
+
 @pytest.mark.parametrize(
     ("repo", "ref", "image", "problem"),
     [

@@ -318,3 +318,33 @@ def test_no_step_mounts_the_uv_cache_of_another_repository_or_environment(repo: 
     assert first.isdisjoint(second)
     # The environment's steps: its key's cache (named once the context is hashed) or none.
     assert cache_ids(env_lines(pack)) == {"@ENV_CACHE_ID@"}
+
+
+def test_user_installed_tools_are_on_path_in_login_shells_too(repo: Path, tmp_path: Path) -> None:
+    """repo2docker's PATH: ~/.local/bin and $REPO_DIR/.local/bin first, also after Debian's
+    /etc/profile (the entrypoint is a login shell) has reset it."""
+    pack = picked()
+    assert "ENV PATH=${HOME}/.local/bin:${REPO_DIR}/.local/bin:${PATH}" in env_lines(pack)
+    pack._write_env_context(tmp_path / "ctx", BUILD_ARGS, {})
+    profile = (tmp_path / "ctx" / "session-path.sh").read_text()
+    assert 'export PATH="$HOME/.local/bin:$REPO_DIR/.local/bin:$PATH"' in profile
+    assert "COPY --chmod=0644 session-path.sh /etc/profile.d/repo2docker-path.sh" in env_lines(pack)
+
+
+def test_a_root_ignore_file_does_not_hide_the_binder_folder(repo: Path) -> None:
+    """As repo2docker: with a binder/ folder only its ignore files count."""
+    write(
+        repo,
+        {
+            ".dockerignore": "binder/\n",
+            "binder/.containerignore": "# big files\n\ndata/\n",
+            "binder/postBuild": "#!/bin/sh\n",
+            "binder/requirements.txt": "numpy\n",
+        },
+    )
+    assert picked().context_ignores() == ("data/\n!binder/postBuild\n!binder/requirements.txt\n")
+
+
+def test_ignore_files_keep_the_configuration_files_in(repo: Path) -> None:
+    write(repo, {".dockerignore": "*\n", "postBuild": "#!/bin/sh\n", "start": "#!/bin/sh\n"})
+    assert picked().context_ignores() == "*\n!postBuild\n!start\n"

@@ -128,6 +128,7 @@ def full_launch(h: Harness, *, session: str = "repo-abc") -> Callable[[Event], A
                 image="img",
                 target="http://127.0.0.1:1",
                 repo_url="https://example.org/owner/repo.git",
+                resolved_ref="c" * 40,
             )
         )
 

@@ -239,6 +239,9 @@ async def test_a_stalled_request_body_gets_408(gw: Served) -> None:
     assert b"no byte of the request's body came for 0.5 s" in body
 
 
+# A longer idle timeout than the others' 0.5 s: on a loaded machine a 0.1 s step of the loop
+# below can take much longer, and only a gap longer than the timeout would close the socket.
+@pytest.mark.parametrize("gw", [{"proxy_idle_timeout": 2.0}], indirect=True)
 async def test_websockets_carrying_frames_stay_open_beyond_the_idle_timeout(
     gw: Served,
 ) -> None:
@@ -251,7 +254,7 @@ async def test_websockets_carrying_frames_stay_open_beyond_the_idle_timeout(
     message = await quiet.receive(timeout=10)  # nothing goes by: closed for being idle
     assert (message.type, quiet.close_code) == (aiohttp.WSMsgType.CLOSE, 1001)
     talking = await gw.http.ws_connect("/user/victim/ws", headers=headers)
-    for i in range(15):  # 1.5 s: three idle timeouts
+    for i in range(30):  # 3 s: one and a half idle timeouts
         await talking.send_str(f"message {i}")
         assert (await talking.receive(timeout=10)).data == f"message {i}"
         await asyncio.sleep(0.1)

@@ -50,6 +50,27 @@ async def test_no_javascript_form_redirects_to_the_detected_provider(harness: Ha
     assert (resp.status, resp.headers["Location"]) == (303, "/v2/gh/o/r/HEAD")
 
 
+@pytest.mark.parametrize(
+    "path, location",
+    [
+        ("/repo/o/r", "/v2/gh/o/r/HEAD"),
+        ("/repo/o/r/", "/v2/gh/o/r/HEAD"),
+        ("/repo/o/r/notebooks/a%20b.ipynb", "/v2/gh/o/r/HEAD?urlpath=notebooks%2Fa%20b.ipynb"),
+        ("/repo/o/r?filepath=x.ipynb", "/v2/gh/o/r/HEAD?filepath=x.ipynb"),
+        ("/repo/o/r/lab?urlpath=tree", "/v2/gh/o/r/HEAD?urlpath=tree"),
+    ],
+)
+async def test_legacy_repo_links_redirect_to_the_github_launch_page(
+    harness: Harness, path: str, location: str
+) -> None:
+    resp = await harness.client.get(path, allow_redirects=False)
+    assert (resp.status, resp.headers["Location"]) == (302, location)
+
+
+async def test_a_legacy_repo_link_without_a_repository_is_refused(harness: Harness) -> None:
+    assert (await harness.client.get("/repo/o", allow_redirects=False)).status == 400
+
+
 async def test_home_page_has_the_form_badges_and_copy_buttons(harness: Harness) -> None:
     html = await (await harness.client.get("/")).text()
     for needle in (

@@ -121,4 +121,7 @@ async def test_ready_carries_binderhub_share_fields(harness: Harness) -> None:
     ready = parse_sse(await resp.text())[-1][1]
     assert ready["binder_launch_host"] == "http://gw.example:8585/"
     assert ready["binder_request"] == f"v2/git/{GIT_SPEC}"
-    assert ready["binder_persistent_request"].startswith("v2/git/https%3A%2F%2Fexample.org")
+    assert ready["binder_persistent_request"] == f"v2/git/{GIT_SPEC.rsplit('/', 1)[0]}/{'c' * 40}"
+    # Sessions get the same values: the request names the site they are launched from.
+    [requested] = [e for e in harness.bus.published if isinstance(e, LaunchRequested)]
+    assert requested.launch_host == ready["binder_launch_host"]

@@ -6,7 +6,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import parse_qsl, urljoin, urlsplit
 
 import pytest
 
@@ -95,13 +95,27 @@ def test_handoff_target_carries_the_code_and_where_to_go_encoded() -> None:
     assert handoff_target("http://gw/user/s/", "lab?reset", "c").endswith("next=lab%3Freset")
 
 
-def test_requested_urlpath_reads_legacy_parameters() -> None:
-    assert requested_urlpath({"urlpath": "tree/x"}) == "tree/x"
-    assert requested_urlpath({"labpath": "/notebooks/x.ipynb"}) == "lab/tree/notebooks/x.ipynb"
-    assert requested_urlpath({"filepath": "x.ipynb"}) == "tree/x.ipynb"
-    assert requested_urlpath({"urlpath": "//evil.example"}) == DEFAULT_URLPATH
-    assert requested_urlpath({"labpath": "../../x"}) == DEFAULT_URLPATH
-    assert requested_urlpath({}) == DEFAULT_URLPATH
+REQUESTS = {
+    "urlpath=tree/x": "tree/x",
+    "labpath=/notebooks/x.ipynb": "doc/tree/notebooks/x.ipynb",
+    "labpath=a b/": "doc/tree/a%20b",
+    "filepath=x.ipynb": "tree/x.ipynb",
+    "filepath=docs/%C3%A9 1.ipynb&urlpath=lab": "tree/docs/%C3%A9%201.ipynb",
+    "labpath=a.ipynb&filepath=b.ipynb": "doc/tree/a.ipynb",
+    "filepath=": "tree/",
+    "urlpath=": DEFAULT_URLPATH,
+    "urlpath=//evil.example": DEFAULT_URLPATH,
+    "labpath=../../x": DEFAULT_URLPATH,
+    "filepath=%2e%2e/x": DEFAULT_URLPATH,
+    "filepath=x%23y": DEFAULT_URLPATH,
+    "": DEFAULT_URLPATH,
+}
+
+
+@pytest.mark.parametrize(("query", "expected"), REQUESTS.items())
+def test_requested_urlpath_reads_binderhubs_parameters(query: str, expected: str) -> None:
+    """labpath and filepath mean what BinderHub's LaunchSpec makes of them, and win."""
+    assert requested_urlpath(dict(parse_qsl(query, keep_blank_values=True))) == expected
 
 
 def test_launch_link_matches_encode_uri_component() -> None:
@@ -129,14 +143,20 @@ def test_javascript_mirror_agrees() -> None:
         + "safe: values.map((v) => U.safeUrlpath(v)),"
         + "handoff: values.map((v) => U.handoffTarget("
         + "'http://s.gw.example/user/s/', v, '1.a.b', 'http://gw.example/v2/git/x/HEAD')),"
-        + "link: U.launchLink('https://example.org/a b/r.git', '', 'docs/x.ipynb', 'file')"
+        + "link: U.launchLink('https://example.org/a b/r.git', '', 'docs/x.ipynb', 'file'),"
+        + "requested: JSON.parse(process.argv[2]).map("
+        + "(q) => U.requestedUrlpath(new URLSearchParams(q))),"
         + "}));"
     )
     out = subprocess.run(
-        ["node", "-e", script, json.dumps(values)], capture_output=True, text=True, check=True
+        ["node", "-e", script, json.dumps(values), json.dumps(list(REQUESTS))],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     result = json.loads(out.stdout)
     assert result["safe"] == [safe_urlpath(v) for v in values]
     expected = [handoff_target("http://s.gw.example/user/s/", v, "1.a.b") for v in values]
     assert result["handoff"] == expected
     assert result["link"] == launch_link("https://example.org/a b/r.git", "", "docs/x.ipynb")
+    assert result["requested"] == list(REQUESTS.values())

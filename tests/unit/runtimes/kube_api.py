@@ -1,4 +1,5 @@
-"""A local stand-in for the Kubernetes API: the pod and node endpoints Bindery's runtime uses.
+"""A local stand-in for the Kubernetes API: the pod, node and ConfigMap endpoints Bindery's
+runtime uses.
 
 Every pod body it receives (created, or after a patch) is validated against the Kubernetes
 schemas with kubernetes-validate, strictly (unknown fields are errors). An invalid body gets the
@@ -81,6 +82,7 @@ def _status(code: int, reason: str, message: str) -> web.Response:
 class FakeKubernetes:
     nodes: dict[str, dict[str, Any]]
     pods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    config_maps: dict[str, dict[str, Any]] = field(default_factory=dict)
     created: list[dict[str, Any]] = field(default_factory=list)
     """Every pod body accepted by a create, in order."""
     deleted: list[tuple[str, str | None]] = field(default_factory=list)
@@ -104,6 +106,7 @@ class FakeKubernetes:
         app.router.add_get(pods + "/{name}", self.read_pod)
         app.router.add_patch(pods + "/{name}", self.patch_pod)
         app.router.add_delete(pods + "/{name}", self.delete_pod)
+        app.router.add_post("/api/v1/namespaces/{namespace}/configmaps", self.create_config_map)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -220,6 +223,18 @@ class FakeKubernetes:
         self.pods[name] = pod
         self._changed("ADDED", pod)
         return web.json_response(pod, status=201)
+
+    async def create_config_map(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        errors = schema_errors(body)
+        if errors is not None:
+            self.invalid.append(errors)
+            return _status(422, "Invalid", f"ConfigMap is invalid: {errors}")
+        name = body["metadata"]["name"]
+        if name in self.config_maps:
+            return _status(409, "AlreadyExists", f'configmaps "{name}" already exists')
+        self.config_maps[name] = copy.deepcopy(body)
+        return web.json_response(body, status=201)
 
     def _kubelet(self, pod: dict[str, Any]) -> dict[str, Any]:
         node_name = pod["spec"]["nodeName"]

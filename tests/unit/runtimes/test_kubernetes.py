@@ -17,12 +17,14 @@ from kubernetes_asyncio.config import kube_config
 from bindery.runtimes import KubernetesRuntime, Limits, RuntimeError_, SessionSpec, make_runtime
 from bindery.runtimes.base import Exit
 from bindery.runtimes.kubernetes import parse_memory
+from bindery.sessionnetwork import CA_PATH, SessionNetwork
 from bindery.settings import CommonSettings
 from tests.unit.runtimes.kube_api import K8S_VERSION, FakeKubernetes, node
 
 GiB = 1024**3
 IMAGE = "registry.example:5000/bindery/demo:abc123"
 MiB = 1024**2
+ENV = {"BINDER_REQUEST": "v2/gh/owner/demo/HEAD", "JUPYTER_TOKEN": "not this one"}
 LIMITS = Limits(memory_limit=2 * GiB, memory_reservation=1 * GiB, cpus=1.0, pids=512, disk=10 * GiB)
 
 
@@ -35,6 +37,7 @@ def spec(name: str, *, warm: bool = False, limits: Limits = LIMITS) -> SessionSp
         repo="https://github.com/owner/demo",
         limits=limits,
         warm=warm,
+        env=ENV,
     )
 
 
@@ -139,7 +142,9 @@ async def test_a_session_is_a_limited_isolated_pod_on_the_chosen_node(
     security = container["securityContext"]
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"] == {"drop": ["ALL"]}
-    assert {"name": "JUPYTER_TOKEN", "value": "t" * 64} in container["env"]
+    assert {"name": "BINDER_REQUEST", "value": "v2/gh/owner/demo/HEAD"} in container["env"]
+    # The launch's variables cannot replace the token: the last of a name wins.
+    assert container["env"][-1] == {"name": "JUPYTER_TOKEN", "value": "t" * 64}
     assert "--ServerApp.base_url=/user/demo-1/" in container["args"]
     labels = body["metadata"]["labels"]
     assert labels["bindery.instance"] == "test" and labels["bindery.session"] == "demo-1"
@@ -148,8 +153,47 @@ async def test_a_session_is_a_limited_isolated_pod_on_the_chosen_node(
     pod_ip = api.pods["test-demo-1"]["status"]["podIP"]
     assert session.target == f"http://{pod_ip}:8888"
     assert session.running and session.node == "node-a"
+    assert session.env == ENV, "read back from the pod, for the warm pool"
     assert session.memory_reservation == 1 * GiB
     assert session.repo == "https://github.com/owner/demo"
+
+
+async def test_sessions_get_the_ca_bundle_from_one_config_map_and_the_index_in_their_env(
+    runtime: KubernetesRuntime, api: FakeKubernetes, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "ca.crt"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    network = SessionNetwork(ca_bundle=str(bundle), index_url="https://mirror.example/simple")
+    await runtime.start("node-a", replace(spec("demo-1"), network=network))
+    await runtime.start("node-b", replace(spec("demo-2"), network=network))
+    [(map_name, config_map)] = api.config_maps.items()
+    assert config_map["data"] == {"ca-certificates.crt": bundle.read_text()}
+    assert config_map["immutable"] is True
+    for body in api.created:
+        [container] = body["spec"]["containers"]
+        env = {item["name"]: item["value"] for item in container["env"]}
+        assert env["PIP_INDEX_URL"] == env["UV_DEFAULT_INDEX"] == "https://mirror.example/simple"
+        assert env["PIP_CERT"] == env["SSL_CERT_FILE"] == env["CONDA_SSL_VERIFY"] == CA_PATH
+        [volume] = body["spec"]["volumes"]
+        assert volume["configMap"]["name"] == map_name
+        [mount] = container["volumeMounts"]
+        assert mount["readOnly"] is True and CA_PATH.startswith(mount["mountPath"] + "/")
+    # A scheduler restarted (another runtime object) finds the ConfigMap made: 409 is fine.
+    runtime._ca_maps.clear()
+    await runtime.start("node-a", replace(spec("demo-3"), network=network))
+    assert len(api.config_maps) == 1
+
+
+async def test_without_a_ca_bundle_a_session_mounts_nothing(
+    runtime: KubernetesRuntime, api: FakeKubernetes
+) -> None:
+    await runtime.start("node-a", spec("demo-1"))
+    [body] = api.created
+    assert "volumes" not in body["spec"] and api.config_maps == {}
+    [container] = body["spec"]["containers"]
+    names = [item["name"] for item in container["env"]]
+    assert not any(n.endswith(("CERT", "CA_BUNDLE", "CERT_FILE", "CERTS")) for n in names), names
+    assert "JUPYTER_TOKEN" in names
 
 
 async def test_a_redelivered_start_finds_its_pod_instead_of_a_twin(

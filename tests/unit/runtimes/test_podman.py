@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from bindery.runtimes import PodmanRuntime
+from bindery.runtimes import Limits, PodmanRuntime, SessionSpec
 from bindery.runtimes import podman as podman_runtime
 from bindery.runtimes.base import Exit
+from bindery.sessionnetwork import CA_PATH, SessionNetwork
 
 MiB = 1024**2
 
@@ -60,6 +61,8 @@ class FakePodman:
         """The query of every events request, in order."""
         self.events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         """Events to stream to the open events request; None ends that stream."""
+        self.created: list[dict[str, Any]] = []
+        """The body of every container create."""
 
     def _races(self, ids: list[str]) -> bool:
         racing = [i for i in ids if self.racing.get(i, 0) > 0]
@@ -86,6 +89,17 @@ class FakePodman:
         return web.json_response(
             {"Id": ident, "Config": {"Labels": labels}, "State": state, **_sizes(found)}
         )
+
+    async def create(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.created.append(body)
+        self.containers.append(
+            {"Id": request.query["name"], "Labels": body["Labels"], "SizeRw": 0, "SizeRootFs": 0}
+        )
+        return web.json_response({"Id": request.query["name"]}, status=201)
+
+    async def start(self, request: web.Request) -> web.Response:
+        return web.Response(status=204)
 
     async def stream_events(self, request: web.Request) -> web.StreamResponse:
         self.event_streams.append(dict(request.query))
@@ -123,6 +137,8 @@ async def podman(tmp_path: Path) -> AsyncIterator[tuple[FakePodman, PodmanRuntim
     app = web.Application()
     app.router.add_get("/v1.41/containers/json", fake.list_containers)
     app.router.add_get("/v1.41/containers/{id}/json", fake.inspect)
+    app.router.add_post("/v1.41/containers/create", fake.create)
+    app.router.add_post("/v1.41/containers/{id}/start", fake.start)
     app.router.add_get("/v4.0.0/libpod/events", fake.stream_events)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -133,6 +149,25 @@ async def podman(tmp_path: Path) -> AsyncIterator[tuple[FakePodman, PodmanRuntim
     await runtime.close()
     fake.events.put_nowait(None)  # ends an events request still open, or the cleanup waits
     await runner.cleanup()
+
+
+async def test_a_session_gets_the_ca_bundle_read_only_and_the_index_in_its_env(
+    podman: tuple[FakePodman, PodmanRuntime], tmp_path: Path
+) -> None:
+    fake, runtime = podman
+    bundle = tmp_path / "ca.crt"
+    bundle.write_text("a bundle")
+    network = SessionNetwork(ca_bundle=str(bundle), index_url="http://mirror.example:3141/simple")
+    limits = Limits(memory_limit=2, memory_reservation=1, cpus=1.0, pids=64, disk=1)
+    spec = SessionSpec("s1", "img", "launch-1", "t" * 8, "repo", limits, network=network)
+    await runtime.start("node-1", spec)
+    [body] = fake.created
+    assert body["HostConfig"]["Binds"] == [f"{bundle}:{CA_PATH}:ro"]
+    env = dict(item.split("=", 1) for item in body["Env"])
+    assert env["JUPYTER_TOKEN"] == "t" * 8
+    assert env["REQUESTS_CA_BUNDLE"] == env["NODE_EXTRA_CA_CERTS"] == CA_PATH
+    assert env["PIP_INDEX_URL"] == "http://mirror.example:3141/simple"
+    assert env["PIP_TRUSTED_HOST"] == env["UV_INSECURE_HOST"] == "mirror.example:3141"
 
 
 async def test_disk_usage_is_one_sized_listing_of_this_instances_running_sessions(

@@ -63,7 +63,7 @@ class FakeRuntime:
 
     async def start(self, node: str, spec: SessionSpec) -> Session:
         self.starts.append((node, spec))
-        session = self.session(spec.name, node, spec.image, warm=spec.warm)
+        session = self.session(spec.name, node, spec.image, warm=spec.warm, env=spec.env)
         self.containers[f"warm-{spec.name}" if spec.warm else spec.name] = session
         return session
 
@@ -189,6 +189,11 @@ async def make(jupyter: str) -> AsyncIterator[Make]:
 
 
 def order(
-    launch_id: str, image: str = IMAGE, *, repo: str = REPO, repo_quota: int | None = None
+    launch_id: str,
+    image: str = IMAGE,
+    *,
+    repo: str = REPO,
+    repo_quota: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> LaunchOrder:
-    return LaunchOrder(launch_id, image, repo, "abc", repo, repo_quota)
+    return LaunchOrder(launch_id, image, repo, "abc", repo, repo_quota, env or {})

@@ -163,6 +163,33 @@ async def test_a_launch_is_served_from_the_warm_pool(make: Make) -> None:
     assert h.of(PodReady)[-1].session == warm[0].name, "a redelivery finds the claimed session"
 
 
+async def test_a_warm_session_serves_only_launches_with_its_binderhub_variables(
+    make: Make,
+) -> None:
+    """A process's environment is fixed at its start: a warm session gets the variables of its
+    image's latest launch, goes only to launches with the same, and is replaced when launches
+    of its image come with others."""
+    h: Harness = await make(warm_pool_size=1)
+    h.runtime.images["node-1"].add(IMAGE)
+    badge = {"BINDER_REQUEST": "v2/gh/o/r/HEAD", "BINDER_REPO_URL": REPO}
+    pinned = {"BINDER_REQUEST": "v2/gh/o/r/v1", "BINDER_REPO_URL": REPO}
+    await h.scheduler.launch(order("L1", env=badge))
+    assert h.runtime.starts[-1][1].env == badge, "a launched session gets its launch's"
+    await h.scheduler.maintain()
+    assert [w.env for w in await h.runtime.list_warm()] == [badge]
+    starts = len(h.runtime.starts)
+    await h.scheduler.launch(order("L2", env=pinned))
+    assert len(h.runtime.starts) == starts + 1, "the warm session has other variables"
+    assert h.runtime.starts[-1][1].env == pinned
+    await h.scheduler.maintain()
+    await asyncio.gather(*h.scheduler._tasks)
+    warm = await h.runtime.list_warm()
+    assert [w.env for w in warm] == [pinned], "the pool follows the latest launch"
+    starts = len(h.runtime.starts)
+    await h.scheduler.launch(order("L3", env=pinned))
+    assert len(h.runtime.starts) == starts and h.of(PodReady)[-1].session == warm[0].name
+
+
 async def test_the_handlers_pass_the_repositorys_quota_and_abandonments_on() -> None:
     handlers: dict[str, Handler] = {}
     orders: list[LaunchOrder] = []
@@ -194,14 +221,23 @@ async def test_the_handlers_pass_the_repositorys_quota_and_abandonments_on() -> 
         image=IMAGE,
         image_exists=True,
         repo_config=RepoConfig(quota=2),
+        session_env={"BINDER_REQUEST": "v2/gh/o/r/main"},
     )
     await handlers[topology.SCHEDULER.name](resolved)
     built = ImageBuilt(
-        launch_id="L2", image=IMAGE, repo_url=REPO, resolved_ref="abc", duration_seconds=1
+        launch_id="L2",
+        image=IMAGE,
+        repo_url=REPO,
+        resolved_ref="abc",
+        duration_seconds=1,
+        session_env={"BINDER_REQUEST": "v2/git/x/HEAD"},
     )
     await handlers[topology.SCHEDULER.name](built)
     await handlers[topology.SCHEDULER_STOPS.name](LaunchAbandoned(launch_id="L3"))
-    assert [(o.launch_id, o.repo_quota) for o in orders] == [("L1", 2), ("L2", None)]
+    assert [(o.launch_id, o.repo_quota, o.session_env["BINDER_REQUEST"]) for o in orders] == [
+        ("L1", 2, "v2/gh/o/r/main"),
+        ("L2", None, "v2/git/x/HEAD"),
+    ]
     assert abandoned == ["L3"]
 
 

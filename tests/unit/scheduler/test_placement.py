@@ -177,9 +177,9 @@ def test_warm_sessions_of_other_images_give_way_to_launches() -> None:
 def test_the_pool_follows_the_most_launched_images() -> None:
     popularity = Popularity(window=60)
     for _ in range(3):
-        popularity.record("a", "repo-a", now=100)
-    popularity.record("b", "repo-b", now=100)
-    popularity.record("c", "repo-c", now=10)
+        popularity.record("a", "repo-a", {}, now=100)
+    popularity.record("b", "repo-b", {}, now=100)
+    popularity.record("c", "repo-c", {}, now=10)
     counts = popularity.counts(now=100)
     assert counts == {"a": 3, "b": 1}, "launches older than the window are forgotten"
     assert warm_targets(counts, 3) == {"a": 2, "b": 1}

@@ -22,7 +22,7 @@ import asyncio
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import aio_pika
@@ -231,6 +231,22 @@ class Bus:
             declared = await queue.declare(timeout=self._publish_timeout)
             depths[queue.name] = declared.message_count or 0
         return depths
+
+    async def consumer_counts(self, queues: Iterable[str]) -> dict[str, int]:
+        """Live consumers of each named queue, as the broker counts them (a passive declare,
+        which needs no permission). A missing queue closes the channel it was asked on, so each
+        call asks on a channel of its own and raises for it (aio_pika's ChannelNotFoundEntity).
+        Bounded as a publish is: a broker that hangs is an error, not a wait."""
+        assert self._connection is not None, "connect() first"
+        counts: dict[str, int] = {}
+        async with (
+            asyncio.timeout(self._publish_timeout),
+            self._connection.channel(publisher_confirms=False) as channel,
+        ):
+            for name in queues:
+                declared = await channel.declare_queue(name, passive=True)
+                counts[name] = declared.declaration_result.consumer_count or 0
+        return counts
 
     async def consume(self, spec: QueueSpec, handler: Handler, *, prefetch: int = 8) -> str:
         """Start consuming `spec` with `handler`; returns the queue name."""

@@ -68,4 +68,6 @@ class ImageBuilt(Event):
     duration_seconds: float = Field(ge=0)
     build_only: bool = False
     repo_config: RepoConfig = Field(default_factory=RepoConfig)
+    session_env: dict[str, str] = Field(default_factory=dict)
+    """RefResolved's, for the session the scheduler starts."""
     """The launch's, from the ref-resolved it was built for: the scheduler applies it."""

@@ -22,6 +22,8 @@ class LaunchRequested(Event):
     provider: str = Field(min_length=1, max_length=32)
     spec: str = Field(min_length=1, max_length=4096)
     build_only: bool = False
+    launch_host: str = Field(default="", max_length=2048)
+    """The site the launch was made on (`https://host/`): its sessions' BINDER_LAUNCH_HOST."""
 
 
 class RepoConfig(BaseModel):
@@ -68,6 +70,9 @@ class RefResolved(Event):
     image_exists: bool
     build_only: bool = False
     repo_config: RepoConfig = Field(default_factory=RepoConfig)
+    session_env: dict[str, str] = Field(default_factory=dict)
+    """BinderHub's variables for the session (`bindery.providers.binder_env`): BINDER_REPO_URL,
+    BINDER_REF_URL, BINDER_REQUEST, BINDER_PERSISTENT_REQUEST, BINDER_LAUNCH_HOST."""
 
 
 class FailureReason(StrEnum):

@@ -1,22 +1,27 @@
 """The runtime interface: where sessions run. Podman nodes here; Kubernetes in production.
 
 The runtime is the source of truth for which sessions exist: every session carries labels
-(instance, session, launch id, image, start time) from which any service rebuilds its view.
+(instance, session, launch id, image, start time, BinderHub variables) from which any service
+rebuilds its view.
 
 Warm sessions are started before anyone asks for them, under a name of their own, so their
 Jupyter already serves `/user/<name>/` with the token derived from that name. A launch claims
 one by giving it its launch's key (the name the launch would have used); from then on it is an
 ordinary session, found by that key if the launch is redelivered and by its name everywhere else.
+A process's environment is fixed when it starts, so a warm session is started with the BinderHub
+variables of its image's latest launch and claimed only by a launch whose variables are the same.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol, TypedDict
 
 from bindery.origins import NOBODY, AllowedOrigins
+from bindery.sessionnetwork import SessionNetwork
 
 LABEL_INSTANCE = "bindery.instance"
 LABEL_SESSION = "bindery.session"
@@ -26,6 +31,8 @@ LABEL_REPO = "bindery.repo"
 LABEL_STARTED = "bindery.started"
 LABEL_WARM = "bindery.warm"
 """Present on sessions started for the warm pool (claimed or not)."""
+LABEL_ENV = "bindery.binder-env"
+"""The session's BinderHub variables (JSON): a warm session goes only to a launch with the same."""
 
 JUPYTER_PORT = 8888
 
@@ -58,6 +65,10 @@ class SessionSpec:
     """Start unclaimed, for the warm pool: invisible to `list_sessions` until claimed."""
     origins: AllowedOrigins = NOBODY
     """Other sites whose pages may call the session's Jupyter (settings.allowed_origins)."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """BinderHub's variables (`bindery.providers.binder_env`), set in the session's environment."""
+    network: SessionNetwork = field(default_factory=SessionNetwork)
+    """The operator's CA bundle (mounted read-only) and package index, as its environment."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,8 @@ class Session:
     """Waiting in the warm pool, not yet claimed by a launch."""
     exit: Exit | None = None
     """How its server ended, once it has."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """The BinderHub variables it was started with."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +135,12 @@ KERNEL_CULLING = (
 )
 
 
+def session_environment(spec: SessionSpec) -> dict[str, str]:
+    """The session's environment: BinderHub's variables, the operator's network settings and
+    its Jupyter token (which nothing else may set)."""
+    return {**spec.env, **spec.network.environment(), "JUPYTER_TOKEN": spec.token}
+
+
 def jupyter_command(spec: SessionSpec) -> list[str]:
     """Jupyter under /user/<name>/, answering the origins allowed to embed Bindery; the token
     comes from JUPYTER_TOKEN, never the command line."""
@@ -146,15 +165,18 @@ class Description(TypedDict):
     image: str
     repo: str
     started: datetime
+    env: dict[str, str]
 
 
 def describe(spec: SessionSpec) -> dict[str, str]:
-    """The launch id, image, repository and start time a runtime stores on a session."""
+    """The launch id, image, repository, start time and BinderHub variables a runtime stores on
+    a session."""
     return {
         LABEL_LAUNCH: spec.launch_id,
         LABEL_IMAGE: spec.image,
         LABEL_REPO: spec.repo,
         LABEL_STARTED: datetime.now(UTC).isoformat(),
+        LABEL_ENV: json.dumps(dict(spec.env), sort_keys=True),
     }
 
 
@@ -166,6 +188,7 @@ def description(stored: Mapping[str, str]) -> Description:
         image=stored.get(LABEL_IMAGE, ""),
         repo=stored.get(LABEL_REPO, ""),
         started=datetime.fromisoformat(started) if started else datetime.now(UTC),
+        env=json.loads(stored.get(LABEL_ENV) or "{}"),
     )
 
 

@@ -26,6 +26,10 @@ What maps where:
 - Placement facts: a node's image list is `status.images` (the kubelet reports at most 50 images
   by default, `--node-status-max-images`), its room for sessions `status.allocatable.memory`.
 - Readiness: the pod's IP, port 8888, is the session's target; the scheduler probes Jupyter there.
+- The operator's CA bundle (bindery.sessionnetwork) -> a ConfigMap named after its content's hash
+  (`<instance>-ca-<sha256 prefix>`, made once, never changed: a new bundle is a new ConfigMap),
+  mounted read-only at /etc/bindery; the package index and the variables pointing at the bundle
+  -> the container's env.
 
 Exits: a watch on this instance's session pods reports each pod whose container terminated
 (restartPolicy Never: the pod is over), with the kubelet's reason (OOMKilled, an eviction for
@@ -47,6 +51,7 @@ import re
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import replace
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -68,7 +73,9 @@ from bindery.runtimes.base import (
     describe,
     description,
     jupyter_command,
+    session_environment,
 )
+from bindery.sessionnetwork import CA_DIR, CA_FILE
 
 log = structlog.get_logger("bindery.runtimes.kubernetes")
 
@@ -171,6 +178,8 @@ class KubernetesRuntime:
         self._start_timeout = start_timeout
         self._pull_timeout = pull_timeout
         self._poll_interval = poll_interval
+        self._ca_maps: set[str] = set()
+        """CA bundle ConfigMaps known to exist."""
 
     @classmethod
     async def connect(
@@ -325,7 +334,8 @@ class KubernetesRuntime:
             pod = await self._read(name)
 
     async def start(self, node: str, spec: SessionSpec) -> Session:
-        body = self._session_pod(node, spec)
+        ca_map = await self._ca_config_map(spec.network.ca_bundle)
+        body = self._session_pod(node, spec, ca_map)
         pod = await self._create_and_wait(body, self._start_timeout, _serving)
         return _session_from_pod(pod)
 
@@ -381,9 +391,32 @@ class KubernetesRuntime:
         # Two seconds, as podman's stop: Jupyter has nothing to save, the user's files go anyway.
         return await self._delete(self._pod_name(name), grace_seconds=2)
 
-    def _session_pod(self, node: str, spec: SessionSpec) -> dict[str, Any]:
+    async def _ca_config_map(self, ca_bundle: str) -> str:
+        """The ConfigMap holding the bundle at `ca_bundle` (made if missing); empty for none."""
+        if not ca_bundle:
+            return ""
+        content = await asyncio.to_thread(Path(ca_bundle).read_bytes)
+        name = f"{self._instance}-ca-{hashlib.sha256(content).hexdigest()[:16]}"
+        if name in self._ca_maps:
+            return name
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": self.namespace},
+            "immutable": True,
+            "data": {CA_FILE: content.decode()},
+        }
+        try:
+            await self._core.create_namespaced_config_map(self.namespace, body)  # type: ignore[arg-type]
+        except ApiException as exc:
+            if exc.status != 409:  # 409: made before (its name is its content)
+                raise _error(f"creating config map {name}", exc) from exc
+        self._ca_maps.add(name)
+        return name
+
+    def _session_pod(self, node: str, spec: SessionSpec, ca_map: str = "") -> dict[str, Any]:
         limits = spec.limits
-        return self._pod_body(
+        pod = self._pod_body(
             name=self._pod_name(spec.name),
             node=node,
             labels={
@@ -398,7 +431,10 @@ class KubernetesRuntime:
                 "image": spec.image,
                 # args, not command: repo2docker's entrypoint must still run.
                 "args": jupyter_command(spec),
-                "env": [{"name": "JUPYTER_TOKEN", "value": spec.token}],
+                "env": [
+                    {"name": name, "value": value}
+                    for name, value in session_environment(spec).items()
+                ],
                 "ports": [{"name": "jupyter", "containerPort": JUPYTER_PORT, "protocol": "TCP"}],
                 "resources": {
                     "requests": {
@@ -414,6 +450,13 @@ class KubernetesRuntime:
                 },
             },
         )
+        if ca_map:
+            volume = {"name": "ca", "configMap": {"name": ca_map, "defaultMode": 0o444}}
+            pod["spec"]["volumes"] = [volume]
+            pod["spec"]["containers"][0]["volumeMounts"] = [
+                {"name": "ca", "mountPath": CA_DIR, "readOnly": True}
+            ]
+        return pod
 
     def _pod_body(
         self,

@@ -1,7 +1,8 @@
 """Podman runtime: each node is a podman API service (Docker-compatible API v1.41).
 
 In: session specs to start, names to stop. Out: containers labelled for Bindery, published on
-127.0.0.1 only, limited in memory, CPU and pids, as uid 1000 with every capability dropped.
+127.0.0.1 only, limited in memory, CPU and pids, as uid 1000 with every capability dropped,
+the operator's CA bundle bind-mounted read-only (bindery.sessionnetwork).
 
 Disk: podman caps a container's writable layer only on XFS with project quotas (`StorageOpt
 size`); on this host's ext4 the API refuses it ("--storage-opt is supported only for overlay
@@ -46,7 +47,9 @@ from bindery.runtimes.base import (
     describe,
     description,
     jupyter_command,
+    session_environment,
 )
+from bindery.sessionnetwork import CA_PATH
 
 API = "/v1.41"
 LIBPOD_API = "/v4.0.0/libpod"
@@ -180,7 +183,7 @@ class PodmanRuntime:
         body = {
             "Image": spec.image,
             "Cmd": jupyter_command(spec),
-            "Env": [f"JUPYTER_TOKEN={spec.token}"],
+            "Env": [f"{k}={v}" for k, v in session_environment(spec).items()],
             "User": "1000",
             "Labels": labels,
             "ExposedPorts": {f"{JUPYTER_PORT}/tcp": {}},
@@ -194,6 +197,10 @@ class PodmanRuntime:
                 "CapDrop": ["ALL"],
                 "SecurityOpt": ["no-new-privileges"],
                 "PortBindings": {f"{JUPYTER_PORT}/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]},
+                # Nodes are local sockets (PodmanNode), so the scheduler's path is the node's.
+                "Binds": (
+                    [f"{spec.network.ca_bundle}:{CA_PATH}:ro"] if spec.network.ca_bundle else []
+                ),
             },
         }
         name = quote(self._warm_name(spec.name) if spec.warm else self._container_name(spec.name))

@@ -11,6 +11,8 @@ from bindery.settings import CommonSettings
 
 class ArchiverSettings(CommonSettings):
     health_port: int = 8595
+    """Where this service's /health and /metrics listen (on `health_host`): each service has a
+    port of its own, so all of them run side by side on one machine."""
 
     archive_dir: Path = Path(".bindery/archive")
     """Daily files `events-YYYY-MM-DD.jsonl`, as mybinder.org publishes its launch archive;

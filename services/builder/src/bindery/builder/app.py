@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 
 from bindery import service
@@ -24,8 +23,9 @@ def index_forwarder(settings: BuilderSettings) -> IndexForwarder | None:
     """The forwarder builds reach an index with credentials through; None for one without."""
     if not Index.parse(settings.index_url).needs_forwarding:
         return None
-    ca_bundle = settings.ca_bundle if os.path.isfile(settings.ca_bundle) else ""
-    return IndexForwarder(settings.index_url, settings.index_forwarder_port, ca_bundle)
+    return IndexForwarder(
+        settings.index_url, settings.index_forwarder_port, settings.ca_bundle_file()
+    )
 
 
 def build_options(
@@ -44,7 +44,7 @@ def build_options(
     return BuildOptions(
         timeout=settings.build_timeout,
         base_image=base_image,
-        ca_bundle=settings.ca_bundle if os.path.isfile(settings.ca_bundle) else "",
+        ca_bundle=settings.ca_bundle_file(),
         memory_limit=settings.build_memory_limit,
         pids_limit=settings.build_pids_limit,
         min_free_disk=settings.build_min_free_disk,
@@ -63,6 +63,7 @@ def build_options(
         cran_mirror=settings.cran_mirror,
         nix_channel=settings.nix_channel,
         nix_substituters=tuple(settings.nix_substituters),
+        registry_mirror=settings.registry_mirror,
         env_repository=f"{settings.registry}/{settings.image_prefix}env",
         max_repo_bytes=settings.max_repo_bytes,
         max_log_bytes=settings.max_log_bytes,

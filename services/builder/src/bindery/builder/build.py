@@ -94,6 +94,8 @@ class BuildOptions:
     nix_channel: str = ""
     nix_substituters: tuple[str, ...] = ()
     """The checked nix_channel and nix_substituters settings (bindery.builder.nixpack)."""
+    registry_mirror: str = ""
+    """The checked registry_mirror setting (bindery.builder.registrymirror); empty: none."""
     env_repository: str = ""
     """Environment images are ``<this>:<key>``; empty: ``env`` beside the image."""
     max_repo_bytes: int = 0
@@ -182,6 +184,8 @@ def command(request: BuildRequest, options: BuildOptions) -> list[str]:
     if options.nix_channel:
         cmd.append(f"--nix-channel={options.nix_channel}")
     cmd += [f"--nix-substituter={url}" for url in options.nix_substituters]
+    if options.registry_mirror:
+        cmd.append(f"--registry-mirror={options.registry_mirror}")
     if options.provider_hosts != ProviderHosts():
         cmd.append(f"--provider-hosts={options.provider_hosts.to_json()}")
     return cmd

@@ -33,7 +33,7 @@ from repo2docker.engine import BuildError, ImageLoadError
 from repo2docker.utils import R2dState
 from traitlets.config import Config
 
-from bindery.builder import datarepos, nixpack
+from bindery.builder import datarepos, nixpack, registrymirror
 from bindery.builder.baseimage import base_image_name
 from bindery.builder.build import MAX_LINE_CHARS
 from bindery.builder.buildpacks import BUILDPACKS, DEFAULT_BUILDPACK, BuildContext
@@ -191,6 +191,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--nix-channel", default="", help="nixpkgs channel URL or directory")
     parser.add_argument(
+        "--registry-mirror", default="", help="registry URL Docker Hub images are pulled from"
+    )
+    parser.add_argument(
         "--nix-substituter",
         action="append",
         default=[],
@@ -223,6 +226,7 @@ def validate(args: argparse.Namespace) -> None:
         args.provider, args.repo, args.ref, args.hosts, tuple(args.allow_scheme) or DEFAULT_SCHEMES
     )
     args.cran_mirror = check_mirror_setting(args.cran_mirror)
+    args.registry_mirror = registrymirror.check_mirror_setting(args.registry_mirror)
     args.nix_channel = nixpack.check_channel_setting(args.nix_channel)
     args.nix_substituter = [nixpack.check_substituter_setting(u) for u in args.nix_substituter]
     if not args.env_repository:
@@ -271,6 +275,7 @@ def make_app(args: argparse.Namespace) -> Repo2Docker:
             cran_mirror=args.cran_mirror,
             nix_channel=args.nix_channel,
             nix_substituters=tuple(args.nix_substituter),
+            registry_mirror=args.registry_mirror,
             repo_url=args.source.url,
         )
     }

@@ -15,7 +15,9 @@ the whole repository (``pip install .``, requirements that name local paths, pos
 Configuration files, in repo2docker's detection order and meaning: Dockerfile (built as it is),
 Project.toml / REQUIRE, default.nix, install.R / DESCRIPTION / runtime.txt ``r-``, environment.yml,
 Pipfile / Pipfile.lock, requirements.txt / setup.py / pyproject.toml / runtime.txt ``python-``;
-apt.txt, postBuild and start with all of them; binder/ or .binder/ is then the only place read.
+apt.txt, postBuild and start with all of them; binder/ or .binder/ is then the only place read,
+its .dockerignore/.containerignore included (they decide what the repository's layer copies,
+the configuration files always kept).
 repo2docker's own template cannot run here (it installs micromamba and conda packages, whose
 hosts are unreachable), so each pack renders its own, on the shared base image (Debian's Python
 3.11 and Jupyter in /srv/venv, user jovyan), installing with uv and its shared cache mount.
@@ -54,6 +56,7 @@ from ruamel.yaml.error import YAMLError
 from bindery.builder import conda, nixpack
 from bindery.builder.cran import CranMirror, rprofile
 from bindery.builder.dockerfile import check_dockerfile
+from bindery.builder.registrymirror import fetch_base_images
 
 # Part of every environment key: bump it when a change here changes what an environment holds.
 BUILDPACK_VERSION = "2"
@@ -99,6 +102,9 @@ class BuildContext:
     """The builder's checked nix_substituters: binary caches build steps substitute from."""
     repo_url: str = ""
     """The repository's URL: names its own uv cache (repository_cache_id)."""
+    registry_mirror: str = ""
+    """The builder's checked registry_mirror setting (bindery.builder.registrymirror): where a
+    Dockerfile's Docker Hub images come from; empty: only from the builder's store."""
 
 
 # Sourced by every build step: the CA bundle and package index the build was handed as secrets
@@ -118,6 +124,30 @@ if [ -r /run/secrets/pipindex ]; then
 fi
 """
 BUILD_ENV_PATH = "/usr/local/lib/bindery/build-env.sh"
+
+# After the base image's profile.d script (bindery-venv.sh), so these come first as in ENV PATH.
+SESSION_PATH_SCRIPT = """\
+# Bindery: repo2docker's PATH for login shells (Debian's /etc/profile resets PATH).
+export PATH="$HOME/.local/bin:$REPO_DIR/.local/bin:$PATH"
+"""
+
+# Where repo2docker reads the repository's own ignore files (binder_path: binder/ or .binder/
+# when there is one, else the root); their patterns decide what the content image copies.
+IGNORE_FILES = (".dockerignore", ".containerignore")
+# Configuration files repo2docker reads from where binder_path says: whatever an ignore file
+# lists, these stay in the build context, since the image's steps run or install them.
+CONFIG_FILES = (
+    "apt.txt",
+    "environment.yml",
+    "install.R",
+    "Pipfile",
+    "Pipfile.lock",
+    "postBuild",
+    "requirements.txt",
+    "runtime.txt",
+    "start",
+    "default.nix",
+)
 
 # Every script step gets the build's CA bundle and package index (secrets, skipped silently when
 # the build has none). Steps that run the repository's own scripts also get a uv download cache
@@ -174,6 +204,14 @@ COPY --chmod=0644 build-env.sh {{ build_env_path }}
 ENTRYPOINT ["/usr/bin/tini", "-g", "--", "/usr/local/bin/repo2docker-entrypoint"]
 CMD ["jupyter", "lab", "--ip=0.0.0.0", "--port=8888", "--no-browser"]
 WORKDIR ${REPO_DIR}
+# repo2docker's: what postBuild or the session installs with `pip install --user`, and a
+# repository's own .local/bin, are on PATH; again in login shells, whose PATH Debian resets.
+ENV PATH=${HOME}/.local/bin:${REPO_DIR}/.local/bin:${PATH}
+COPY --chmod=0644 session-path.sh /etc/profile.d/repo2docker-path.sh
+# A venv refuses `pip install --user` and hides the user's site-packages; repo2docker's conda
+# environment has both, and postBuild scripts written for it use them.
+RUN sed -i 's/^include-system-site-packages = false$/include-system-site-packages = true/' \
+        /srv/venv/pyvenv.cfg
 {% for name, value in build_env %}
 ENV {{ name }}={{ value }}
 {% endfor %}
@@ -355,14 +393,33 @@ class BinderyBuildPack(BaseImage):  # type: ignore[misc]
                     yield from client.push(env_image)
             dockerfile = Path(scratch, "Dockerfile.content")
             dockerfile.write_text(self.render_content(build_args, env_image, context.repo_url))
+            ignorefile = Path(scratch, "content.ignore")
+            ignorefile.write_text(self.context_ignores())
             yield from client.build(
                 path=os.getcwd(),
                 dockerfile=str(dockerfile),
+                ignorefile=str(ignorefile),
                 tag=image_spec,
                 buildargs=build_args,
                 platform=platform,
                 volumes=volumes,
             )
+
+    def context_ignores(self) -> str:
+        """The content build's ignore file: the patterns of the repository's .dockerignore and
+        .containerignore where repo2docker reads them (so a root file listing ``binder/`` does
+        not hide a binder/ folder), then exceptions that keep the configuration files in."""
+        patterns = []
+        for name in IGNORE_FILES:
+            path = self.binder_path(name)
+            if os.path.isfile(path):
+                lines = (
+                    line.strip() for line in Path(path).read_text(errors="replace").splitlines()
+                )
+                patterns += [line for line in lines if line and not line.startswith("#")]
+        kept = [self.binder_path(name) for name in CONFIG_FILES]
+        patterns += [f"!{path}" for path in kept if os.path.exists(path)]
+        return "".join(f"{pattern}\n" for pattern in patterns)
 
     def _write_env_context(
         self, env_dir: Path, build_args: dict[str, str], generated: dict[str, str]
@@ -370,6 +427,7 @@ class BinderyBuildPack(BaseImage):  # type: ignore[misc]
         (env_dir / "generated").mkdir(parents=True)
         (env_dir / "Dockerfile").write_text(self.render_env(build_args, sorted(generated)))
         (env_dir / "build-env.sh").write_text(BUILD_ENV_SCRIPT)
+        (env_dir / "session-path.sh").write_text(SESSION_PATH_SCRIPT)
         for name in ("python3-login", "repo2docker-entrypoint"):
             (env_dir / name).write_bytes(Path(REPO2DOCKER_FILES, name).read_bytes())
         for name, content in generated.items():
@@ -1078,9 +1136,23 @@ class CheckedDockerBuildPack(DockerBuildPack):  # type: ignore[misc]
     """A repository's own Dockerfile, built as repo2docker builds it once nothing in it could
     reach the host (bindery.builder.dockerfile): refused before anything builds otherwise."""
 
-    def build(self, *args: Any, **kwargs: Any) -> Iterator[str]:
-        check_dockerfile(Path(self.binder_path(self.dockerfile)).read_text(errors="replace"))
-        yield from super().build(*args, **kwargs)
+    def build(
+        self,
+        client: Any,
+        image_spec: str,
+        memory_limit: int,
+        build_args: dict[str, str],
+        cache_from: list[str],
+        extra_build_kwargs: dict[str, Any],
+        platform: str | None = None,
+    ) -> Iterator[str]:
+        text = Path(self.binder_path(self.dockerfile)).read_text(errors="replace")
+        images = check_dockerfile(text)
+        context: BuildContext = extra_build_kwargs.get("bindery") or BuildContext()
+        yield from fetch_base_images(images, client, context.registry_mirror)
+        yield from super().build(
+            client, image_spec, memory_limit, build_args, cache_from, extra_build_kwargs, platform
+        )
 
 
 # repo2docker's detection order; the first whose detect() says yes builds the repository.

@@ -209,6 +209,7 @@ class Builder:
                     duration_seconds=result.seconds,
                     build_only=event.build_only,
                     repo_config=event.repo_config,
+                    session_env=event.session_env,
                 )
             )
             return

@@ -1,8 +1,9 @@
 """A repository's Dockerfile, refused before building when it asks for what no sandbox contains.
 
 In: the text of a stranger's Dockerfile (a repository's ``Dockerfile`` or ``binder/Dockerfile``),
-decoded, before ``podman build`` sees it. Out: nothing, or ``UnsafeDockerfile`` saying what is
-refused, why in a few words, and the line where that instruction starts (``exc.line``).
+decoded, before ``podman build`` sees it. Out: the registry images it names (for
+bindery.builder.registrymirror to fetch), or ``UnsafeDockerfile`` saying what is refused, why in
+a few words, and the line where that instruction starts (``exc.line``).
 
 Why: buildah 1.28 / podman 4.3 have known build-time escapes -- CVE-2024-9675
 (``RUN --mount=type=cache,id=../../..`` mounts the host's root) and CVE-2024-1753 (a bind mount
@@ -233,17 +234,21 @@ class _Stages:
     """What earlier instructions tell later ones: stage names, and ARG defaults FROM may use."""
 
     names: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+    """Registry images FROM and COPY --from name (expanded), in order: the build pulls them."""
     # None: declared with a default this check cannot evaluate (quotes, escapes, variables).
     heading_args: dict[str, str | None] = field(default_factory=dict)
 
 
-def check_dockerfile(text: str) -> None:
-    """Raise UnsafeDockerfile at the first instruction that cannot be contained."""
+def check_dockerfile(text: str) -> list[str]:
+    """Raise UnsafeDockerfile at the first instruction that cannot be contained; return the
+    registry images the build will use (FROM, COPY --from), each once, in order."""
     lines = _physical_lines(text)
     escape = _escape_character(lines)
     stages = _Stages()
     for number, line in _logical_lines(lines, escape):
         _check(_split(number, line), stages)
+    return list(dict.fromkeys(stages.images))
 
 
 # --- From text to instructions, as imagebuilder reads it ----------------------------------------
@@ -500,6 +505,7 @@ def _check_image(number: int, image: str, stages: _Stages, what: str) -> None:
         raise UnsafeDockerfile(
             number, f"{what} {image[:80]!r} is refused: not a stage name or registry image"
         )
+    stages.images.append(image)
 
 
 def _expand_heading_args(number: int, image: str, stages: _Stages) -> str:

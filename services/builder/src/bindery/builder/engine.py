@@ -26,6 +26,7 @@ from typing import IO, Any
 from repo2docker.engine import BuildError, ContainerEngine, Image, ImageLoadError
 from traitlets import Bool, Unicode
 
+from bindery.builder.registrymirror import MissingBaseImage
 from bindery.builder.sandbox import DEFAULT_USER, Sandbox, join_registry_cgroup
 
 # How many trailing output lines an error carries: enough to show the failing step.
@@ -72,6 +73,7 @@ class PodmanEngine(ContainerEngine):  # type: ignore[misc]
         tag: str = "",
         custom_context: bool = False,
         dockerfile: str = "",
+        ignorefile: str = "",
         fileobj: IO[bytes] | None = None,
         path: str = "",
         labels: Mapping[str, str] | None = None,
@@ -79,7 +81,8 @@ class PodmanEngine(ContainerEngine):  # type: ignore[misc]
         volumes: Sequence[str] = (),
         **kwargs: Any,
     ) -> Iterator[str]:
-        """Build ``tag`` from a context tarball (``fileobj``) or directory (``path``).
+        """Build ``tag`` from a context tarball (``fileobj``) or directory (``path``), leaving
+        out what ``ignorefile`` (when given) lists.
 
         ``load`` needs nothing: podman builds straight into its local store. ``volumes``
         (``SRC:DST[:OPTIONS]``) are mounted into every RUN step and committed to no layer.
@@ -103,6 +106,11 @@ class PodmanEngine(ContainerEngine):  # type: ignore[misc]
             if dockerfile:
                 sandbox.hand_over(context / dockerfile)
                 cmd.append(f"--file={context / dockerfile}")
+            if ignorefile:
+                # In place of the context's own .dockerignore/.containerignore, which podman
+                # would otherwise apply as it finds them.
+                sandbox.hand_over(Path(ignorefile))
+                cmd.append(f"--ignorefile={ignorefile}")
             if self.ca_bundle:
                 cmd.append(f"--secret=id=pipca,src={self.ca_bundle}")
             if self.index_url:
@@ -138,6 +146,19 @@ class PodmanEngine(ContainerEngine):  # type: ignore[misc]
             cmd, capture_output=True, check=False, preexec_fn=join_registry_cgroup
         )
         return pulled.returncode == 0
+
+    def has_image(self, image: str) -> bool:
+        exists = subprocess.run(self.sandbox.podman("image", "exists", image), check=False)
+        return exists.returncode == 0
+
+    def pull_as(self, source: str, name: str, *, tls_verify: bool) -> Iterator[str]:
+        """Pull ``source`` (a mirror's copy) and keep it as ``name`` alone, the name the
+        Dockerfile's FROM resolves to in the store."""
+        podman = self.sandbox.podman
+        cmd = podman("pull", f"--tls-verify={str(tls_verify).lower()}", source)
+        yield from _stream(cmd, MissingBaseImage, f"Pulling {source} failed", join_registry_cgroup)
+        subprocess.run(podman("tag", source, name), check=True, capture_output=True)
+        subprocess.run(podman("untag", source, source), check=True, capture_output=True)
 
     def inspect_image(self, image: str) -> Image | None:
         """The image's tags and config, or None when podman's local store lacks it."""

@@ -4,29 +4,26 @@ from __future__ import annotations
 
 import socket
 from typing import Annotated
-from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field
 
-from bindery.builder import conda, nixpack
+from bindery.builder import conda, nixpack, registrymirror
 from bindery.builder.cran import check_mirror_setting
 from bindery.builder.sources import ProviderHosts
-from bindery.settings import CommonSettings, Profile
+from bindery.settings import PackageIndexSettings, Profile
 
 _PUBLIC = ProviderHosts()
-
-
-def check_index_url(url: str) -> str:
-    if url and urlsplit(url).scheme not in ("https", "http"):
-        raise ValueError(f"BINDERY_INDEX_URL must be an http(s) URL, not {url!r}")
-    return url
 
 
 GiB = 1024**3
 
 
-class BuilderSettings(CommonSettings):
+class BuilderSettings(PackageIndexSettings):
+    """`ca_bundle` and `index_url` are in `PackageIndexSettings`: sessions get them too."""
+
     health_port: int = 8592
+    """Where this service's /health and /metrics listen (on `health_host`): each service has a
+    port of its own, so all of them run side by side on one machine."""
 
     max_concurrent_builds: int = 2
     """Builds are CPU-bound (pip, compilers, apt): two keep both cores of the machines Bindery
@@ -61,17 +58,6 @@ class BuilderSettings(CommonSettings):
     build_user: str = "bindery-build"
     """The unprivileged host user builds run as (rootless podman, its own image store and
     disk); scripts/install.sh creates it. Never root: a Dockerfile could then reach the host."""
-
-    ca_bundle: str = "/etc/ssl/certs/ca-certificates.crt"
-    """Handed to every build as a secret (never stored in an image), so pip, uv and git inside
-    builds trust what the host trusts: TLS-intercepting proxies, private package indexes. Empty,
-    or a path that does not exist, hands none."""
-
-    index_url: Annotated[str, AfterValidator(check_index_url)] = ""
-    """Package index (PEP 503 simple API) for pip and uv inside builds, e.g. a corporate mirror;
-    empty for PyPI. With credentials (https://user:token@host/simple), builds get the index
-    through the builder's forwarder (bindery.builder.indexforward) and never see them: build
-    steps run repository code, which can read the index URL of its step."""
 
     index_forwarder_port: int = Field(default=8596, ge=8596, le=8599)
     """Where the forwarder of an index with credentials listens, on 127.0.0.1: one of the ports
@@ -118,6 +104,16 @@ class BuilderSettings(CommonSettings):
     only; add ?trusted=1 to accept paths not signed by a key Nix trusts). Empty: everything
     default.nix needs is built from source."""
 
+    registry_mirror: Annotated[str, AfterValidator(registrymirror.check_mirror_setting)] = ""
+    """Where a Dockerfile's Docker Hub images (`FROM python:3.11`, `FROM docker.io/user/x`) are
+    pulled from, as a registries.conf `[[registry.mirror]]` for docker.io: an http(s) URL of a
+    registry, optionally with a path (`https://mirror.example.org/dockerhub` serves
+    `python:3.11` as `mirror.example.org/dockerhub/library/python:3.11`; http means no TLS).
+    The builder pulls them before the build, from where it alone may reach the local registry,
+    so the local registry can be the mirror. Empty: such a build fails at once naming Docker
+    Hub and this setting, unless the image is already in the build sandbox's store. Images of
+    other registries are pulled from them directly."""
+
     image_prefix: str = "bindery/"
     """The resolver's (same variable): environment images are
     `<registry>/<image_prefix>env:<key>`, beside the repository images."""
@@ -163,14 +159,28 @@ class BuilderSettings(CommonSettings):
     # BINDERY_ZENODO_URL serves both), so a record is fetched from the host it was resolved on.
     # Records are only ever fetched from these hosts, whatever their metadata says.
     zenodo_url: str = _PUBLIC.zenodo_url
+    """Zenodo, where records' files are fetched from."""
+
     figshare_url: str = _PUBLIC.figshare_url
+    """Figshare's site."""
+
     figshare_api_url: str = _PUBLIC.figshare_api_url
+    """Figshare's API, which lists an article's files."""
+
     figshare_download_url: str = _PUBLIC.figshare_download_url
     """Figshare serves files from a host of their own (ndownloader), not from its API's."""
     hydroshare_url: str = _PUBLIC.hydroshare_url
+    """HydroShare, where resources' files are fetched from."""
+
     dataverse_hosts: list[str] = Field(default_factory=lambda: list(_PUBLIC.dataverse_hosts))
+    """The Dataverse installations datasets are fetched from."""
+
     dataverse_scheme: str = _PUBLIC.dataverse_scheme
+    """How they are reached: https; http only for tests' servers."""
+
     swh_api_url: str = _PUBLIC.swh_api_url
+    """Software Heritage's API, which directories and revisions are fetched through."""
+
     ckan_hosts: list[str] = Field(default_factory=list)
     """CKAN sites builds may fetch from; empty: any site the resolver accepted (it refuses sites
     resolving to internal addresses). Files come only from the dataset's own site."""

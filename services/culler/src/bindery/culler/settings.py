@@ -9,6 +9,8 @@ from bindery.settings import CommonSettings
 
 class CullerSettings(CommonSettings):
     health_port: int = 8594
+    """Where this service's /health and /metrics listen (on `health_host`): each service has a
+    port of its own, so all of them run side by side on one machine."""
 
     idle_timeout: float = Field(default=600.0, gt=0)
     """mybinder.org culls sessions after 10 minutes without activity."""

@@ -16,6 +16,7 @@ from bindery.gateway.deps import Gateway, NodeCheck
 from bindery.gateway.handlers import subscribe
 from bindery.gateway.recovery import Recovery
 from bindery.gateway.settings import GatewaySettings
+from bindery.gateway.stages import StageCheck
 from bindery.runtimes import PodmanRuntime, Runtime, make_runtime
 from bindery.runtimes.capacity import node_memories, sessions_fitting
 from bindery.runtimes.podman import PodmanNode
@@ -36,7 +37,14 @@ async def serve(settings: GatewaySettings) -> None:
     )
     # The nodes are asked only when the operator did not say (`max_sessions`).
     found = 0 if settings.max_sessions else await nodes_capacity(settings, runtime)
-    gateway = Gateway.create(settings, bus, runtime, node_checks=node_checks, capacity=found)
+    gateway = Gateway.create(
+        settings,
+        bus,
+        runtime,
+        node_checks=node_checks,
+        capacity=found,
+        stage_check=StageCheck(bus.consumer_counts, settings.stage_check_interval),
+    )
     # Subscribe before serving: no /build stream may start before its answers can arrive.
     handlers = await subscribe(bus, gateway)
     # What its exclusive queue missed while the broker was away comes from the event log.

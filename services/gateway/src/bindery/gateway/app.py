@@ -194,6 +194,7 @@ def create_app(gateway: Gateway) -> web.Application:
     router.add_get("/", pages.home)
     router.add_get("/launch", pages.launch_form)
     router.add_get(r"/v2/{tail:[\s\S]*}", pages.launch_page)
+    router.add_get(r"/repo/{tail:[\s\S]*}", pages.legacy_repo)
     router.add_get(r"/build/{tail:[\s\S]*}", launch.build)
     router.add_get("/health", health.health)
     router.add_get("/api/builds/{build_id}/log", buildlog.build_log)

@@ -25,6 +25,7 @@ from bindery.gateway.proxy import RouteTable, SessionLister
 from bindery.gateway.sessionauth import Credentials
 from bindery.gateway.sessionurls import SessionUrls
 from bindery.gateway.settings import GatewaySettings
+from bindery.gateway.stages import StageCheck
 from bindery.origins import AllowedOrigins
 
 if TYPE_CHECKING:  # buildlog's handler reads this Gateway: a runtime import would be a cycle
@@ -89,6 +90,9 @@ class Gateway:
     """None: read the build-log stream of `settings.amqp_url` (set at app start)."""
     capacity: int = 0
     """Sessions the deployment runs at once (`settings.max_sessions`); 0: unknown."""
+    stage_check: StageCheck | None = None
+    """Which stages of a launch have live consumers, for /health and new launches; None: not
+    asked (tests without a broker)."""
 
     @classmethod
     def create(
@@ -99,6 +103,7 @@ class Gateway:
         registry_check: RegistryCheck | None = None,
         node_checks: dict[str, NodeCheck] | None = None,
         capacity: int = 0,
+        stage_check: StageCheck | None = None,
     ) -> Gateway:
         """`capacity`: sessions the nodes hold, found at start, when `max_sessions` is 0."""
         capacity = settings.max_sessions or capacity
@@ -143,4 +148,5 @@ class Gateway:
             node_checks or {},
             abuse,
             capacity=capacity,
+            stage_check=stage_check,
         )

@@ -1,9 +1,11 @@
 """`GET /health`: whether this gateway can launch, and what it depends on.
 
 Out: `broker`, `registry`, `nodes` (each runtime node's answer), `sessions` with the headroom
-when the deployment's capacity is known (`BINDERY_MAX_SESSIONS`, or found from the nodes). 503
-when a hard dependency is down: the broker, the registry, or every runtime node (one node down
-leaves the others to run sessions, so it is only reported).
+when the deployment's capacity is known (`BINDERY_MAX_SESSIONS`, or found from the nodes),
+`stages` (live consumers of the resolver's, builder's and scheduler's queues, from stages.py's
+cached count) and `degraded` (those with none). 503 when a hard dependency is down: the broker,
+the registry, or every runtime node (one node down leaves the others to run sessions, so it is
+only reported); and when a stage has no consumer, since launches reaching it cannot progress.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from aiohttp import web
 
 from bindery.gateway.deps import NodeCheck
 from bindery.gateway.keys import GATEWAY
+from bindery.gateway.stages import Stages
 
 
 async def registry_reachable(
@@ -52,17 +55,21 @@ async def health(request: web.Request) -> web.Response:
     settings = gateway.settings
     broker = gateway.bus.connected
     registry_check, nodes_check = gateway.registry_check, gateway.node_checks
-    registry, nodes = await asyncio.gather(
+    registry, nodes, stages = await asyncio.gather(
         registry_check() if registry_check is not None else _false(),
         nodes_reachable(nodes_check, settings.registry_timeout),
+        gateway.stage_check() if gateway.stage_check is not None else _none(),
     )
-    ok = broker and registry and (not nodes or any(nodes.values()))
+    degraded = stages.stalled if stages is not None else []
+    ok = broker and registry and (not nodes or any(nodes.values())) and not degraded
     body: dict[str, Any] = {
         "ok": ok,
         "broker": broker,
         "registry": registry,
         "nodes": nodes,
         "sessions": len(gateway.routes),
+        "stages": stages.consumers if stages is not None else {},
+        "degraded": degraded,
     }
     if gateway.capacity:
         body["max_sessions"] = gateway.capacity
@@ -72,3 +79,7 @@ async def health(request: web.Request) -> web.Response:
 
 async def _false() -> bool:
     return False
+
+
+async def _none() -> Stages | None:
+    return None

@@ -6,6 +6,12 @@ page's Origin. Out: a launch-requested event (only for a new launch) and its pro
 `ready` or `failed`: Server-Sent Events, or JSON messages when the request is a websocket upgrade
 (Bindery's own launch page).
 
+A launch started while a stage (resolver, builder, scheduler) has no live consumer gets a
+`waiting` line naming it (stages.py), not a failure: its request waits durably in that stage's
+queue and goes on the moment a supervisor has the service back (seconds), as a mybinder.org user
+waits on "Waiting for build to start...": failing would make them start over for an outage
+shorter than their retry, and saying nothing would leave them watching a launch that cannot move.
+
 A ready session's token and handoff code go only to the client that started the launch, or one
 that resumes with the launch's resume secret (sessionauth.py); anyone else who knows the launch
 id sees its progress and nothing more. Pages on other origins may start launches only if
@@ -125,18 +131,26 @@ def shown(gateway: Gateway, launch: LaunchProgress, entry: Entry, entitled: bool
 async def start_launch(
     gateway: Gateway, provider: str, spec: str, build_only: bool, client: Network | None = None
 ) -> LaunchProgress:
-    """Open the launch's buffer (with `waiting`), count it against `client`, and publish its
-    request in the background: through a broker restart the publish waits for the broker to come
-    back (Bus.publish), and the client watches `waiting` meanwhile instead of an empty answer."""
+    """Open the launch's buffer (with `waiting`, and a note naming any stage that no service
+    consumes right now), count it against `client`, and publish its request in the background:
+    through a broker restart the publish waits for the broker to come back (Bus.publish), and the
+    client watches `waiting` meanwhile instead of an empty answer."""
     launch_id = uuid.uuid4().hex
     # Listen before publishing: the first answer may come back before publish() returns.
     launch = gateway.progress.open(launch_id, provider, spec, build_only)
+    stages = await gateway.stage_check() if gateway.stage_check is not None else None
+    if stages is not None and stages.stalled:
+        gateway.progress.stalled(launch_id, stages.stalled)
     if gateway.abuse and client is not None:
         gateway.abuse.launches.start(client, launch_id)
     log.info("launch.requested", launch_id=launch_id, provider=provider, build_only=build_only)
     LAUNCHES_REQUESTED.labels(provider=provider).inc()
     request = LaunchRequested(
-        launch_id=launch_id, provider=provider, spec=spec, build_only=build_only
+        launch_id=launch_id,
+        provider=provider,
+        spec=spec,
+        build_only=build_only,
+        launch_host=gateway.settings.public_url.rstrip("/") + "/",
     )
     publishing = asyncio.create_task(_publish_request(gateway, request))
     _PUBLISHING.add(publishing)

@@ -1,4 +1,5 @@
-"""The pages people see: the home page form, the launch page that follows a launch, badges.
+"""The pages people see: the home page form, the launch page that follows a launch, badges, and
+BinderHub's legacy `/repo/...` links (redirects to launch pages).
 
 The HTML is static (no templating of user input into it): the launch page's script reads the
 provider/spec from its own address. Scripts come only from this origin (no CDN: the network is
@@ -11,6 +12,7 @@ from __future__ import annotations
 import html
 from functools import cache
 from pathlib import Path
+from urllib.parse import parse_qs, unquote
 
 from aiohttp import web
 
@@ -125,6 +127,29 @@ async def launch_form(request: web.Request) -> web.Response:
         request.query.get("provider", ""),
     )
     return redirect(link)
+
+
+def legacy_repo_link(org: str, repo: str, rest: str, query: str) -> str:
+    """Where BinderHub's legacy `/repo/<org>/<repo>[/<path>]` goes: the GitHub repository's
+    launch page, with `<path>` (if any) as its urlpath and the link's own query kept.
+
+    BinderHub sends these to the `master` branch (their default when the form was current) and
+    then falls back to HEAD when there is none; HEAD, the default branch, is what they meant.
+    The path parts arrive percent-encoded and stay so."""
+    link = f"/v2/gh/{org}/{repo}/HEAD"
+    params = [query] if query else []
+    if rest.strip("/") and "urlpath" not in parse_qs(query, keep_blank_values=True):
+        params.append("urlpath=" + encode_component(unquote(rest.strip("/"))))
+    return f"{link}?{'&'.join(params)}" if params else link
+
+
+async def legacy_repo(request: web.Request) -> web.Response:
+    """GET /repo/<org>/<repo>[/<path>]: BinderHub's legacy link form."""
+    org, _, tail = request.raw_path.partition("?")[0].removeprefix("/repo/").partition("/")
+    repo, _, rest = tail.partition("/")
+    if not org or not repo:
+        return error_page("This launch link is not valid", "Use /repo/<org>/<repository>.", 400)
+    return redirect(legacy_repo_link(org, repo, rest, request.query_string), status=302)
 
 
 async def launch_page(request: web.Request) -> web.Response:

@@ -37,6 +37,8 @@ from bindery.events import (
     PodScheduled,
     RefResolved,
 )
+from bindery.gateway.stages import waiting_message
+from bindery.providers import binder_env
 
 Payload = dict[str, Any]
 
@@ -284,6 +286,17 @@ class ProgressHub:
         else:
             self.open(event.launch_id, event.provider, event.spec, event.build_only)
 
+    def stalled(self, launch_id: str, stages: list[str]) -> None:
+        """Tell whoever waits for the launch that `stages` have no consumer right now: it waits
+        in their queue, and goes on when one is back (a status line, not an end)."""
+        payload = {
+            "phase": "waiting",
+            "message": waiting_message(stages),
+            "stalled": stages,
+            "launch_id": launch_id,
+        }
+        self._append(self._launch(launch_id), payload)
+
     def fail(self, launch_id: str, message: str, reason: str = "internal") -> None:
         """A failure the gateway itself saw (e.g. the launch could not be published)."""
         payload = {"phase": "failed", "message": message, "reason": reason, "launch_id": launch_id}
@@ -358,17 +371,14 @@ class ProgressHub:
         self._on_abandoned(launch.launch_id)
 
     def _binder_fields(self, launch: LaunchProgress, resolved_ref: str) -> Payload:
-        """The fields BinderHub adds to `ready`, which its clients use for share links."""
+        """The fields BinderHub adds to `ready`, which its clients use for share links: the
+        values its sessions get as environment variables."""
         if not launch.provider:
             return {}
-        request = f"v2/{launch.provider}/{launch.spec}"
-        persistent = request
-        if resolved_ref and "/" in launch.spec:
-            persistent = f"v2/{launch.provider}/{launch.spec.rsplit('/', 1)[0]}/{resolved_ref}"
+        env = binder_env(self._public_url + "/", launch.provider, launch.spec, "", resolved_ref)
         return {
-            "binder_launch_host": self._public_url + "/",
-            "binder_request": request,
-            "binder_persistent_request": persistent,
+            name.lower(): env[name]
+            for name in ("BINDER_LAUNCH_HOST", "BINDER_REQUEST", "BINDER_PERSISTENT_REQUEST")
         }
 
     def _settle_terminal(self, launch: LaunchProgress, payload: Payload, held_at: float) -> None:

@@ -83,6 +83,12 @@ class GatewaySettings(CapacitySettings):
     503: long enough for a few reads of finished logs to end, short enough that a flood of
     requests is turned away instead of piling up."""
 
+    stage_check_interval: float = Field(default=5.0, gt=0)
+    """How old the broker's count of each stage's consumers (/health, and the note a new launch
+    gets while a stage has none) may be: /health is polled every few seconds by every probe, and
+    a supervisor restarts a crashed service within seconds, so 5 s shows an outage while it
+    lasts and asks the broker at most once per interval."""
+
     registry_timeout: float = Field(default=2.0, gt=0)
     """/health answers within a load balancer's check timeout even if the registry hangs."""
 

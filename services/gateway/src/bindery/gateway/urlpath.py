@@ -1,6 +1,6 @@
 """Where a ready session's browser goes: only ever a relative path inside the session.
 
-A launch link carries `urlpath` (or the legacy `labpath`/`filepath`) chosen by whoever wrote the
+A launch link carries `urlpath` (or BinderHub's `labpath`/`filepath`) chosen by whoever wrote the
 link, and the browser goes there with the session's credentials: a path that leaves the session
 (an absolute URL, `//host`, a backslash browsers treat as a slash, `javascript:`, `..` above the
 session) would hand them to someone else. static/urlpath.js mirrors these functions for the
@@ -10,6 +10,7 @@ launch page; keep them in step (tests/unit/gateway covers the Python side).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from urllib.parse import quote, unquote
 
 DEFAULT_URLPATH = "lab"
@@ -20,6 +21,7 @@ MAX_URLPATH_LENGTH = 2048
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.\-]*:", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ENCODE_SAFE = "-_.!~*'()"  # what JavaScript's encodeURIComponent leaves alone
+_ENCODE_URI_SAFE = _ENCODE_SAFE + ";,/?:@&=+$#"  # and what its encodeURI leaves alone
 
 
 def safe_urlpath(value: str | None) -> str | None:
@@ -54,15 +56,18 @@ def safe_urlpath(value: str | None) -> str | None:
     return value
 
 
-def requested_urlpath(query: dict[str, str]) -> str:
-    """The urlpath a launch link asks for (`urlpath`, legacy `labpath`/`filepath`), made safe."""
-    if query.get("urlpath"):
-        return safe_urlpath(query["urlpath"]) or DEFAULT_URLPATH
-    if query.get("labpath"):
-        return safe_urlpath("lab/tree/" + query["labpath"].lstrip("/")) or DEFAULT_URLPATH
-    if query.get("filepath"):
-        return safe_urlpath("tree/" + query["filepath"].lstrip("/")) or DEFAULT_URLPATH
-    return DEFAULT_URLPATH
+def requested_urlpath(query: Mapping[str, str]) -> str:
+    """The urlpath a launch link asks for, made safe, as BinderHub's LaunchSpec reads it today:
+    `labpath` opens `doc/tree/<path>` (JupyterLab showing that one document), else `filepath`
+    opens `tree/<path>` (Notebook 7 opens a notebook there, as on mybinder.org), else `urlpath`.
+    The two legacy parameters count when present at all and win over `urlpath`."""
+    for name, prefix in (("labpath", "doc/tree/"), ("filepath", "tree/")):
+        if name in query:
+            path = query[name].lstrip("/")
+            # BinderHub drops one trailing slash and encodes the path as encodeURI does.
+            path = path[:-1] if path.endswith("/") else path
+            return safe_urlpath(prefix + quote(path, safe=_ENCODE_URI_SAFE)) or DEFAULT_URLPATH
+    return safe_urlpath(query.get("urlpath") or None) or DEFAULT_URLPATH
 
 
 def handoff_target(session_url: str, urlpath: str | None, code: str) -> str:

@@ -28,6 +28,7 @@ from bindery.events import (
     RepoConfig,
 )
 from bindery.naming import repo_key, repo_slug
+from bindery.providers import binder_env
 from bindery.resolver.api import ApiClient
 from bindery.resolver.cache import LookupCache
 from bindery.resolver.errors import ResolveError
@@ -173,5 +174,12 @@ class Resolver:
                 image_exists=exists,
                 build_only=event.build_only,
                 repo_config=repo_config,
+                session_env=binder_env(
+                    event.launch_host,
+                    event.provider,
+                    event.spec,
+                    resolution.repo_url,
+                    resolution.resolved_ref,
+                ),
             )
         )

@@ -20,6 +20,8 @@ class SpecConfig(BaseModel):
 
 class ResolverSettings(CommonSettings):
     health_port: int = 8591
+    """Where this service's /health and /metrics listen (on `health_host`): each service has a
+    port of its own, so all of them run side by side on one machine."""
 
     image_prefix: str = "bindery/"
     """Images land in `<registry>/<image_prefix><repo slug>:<commit>`."""
@@ -36,7 +38,12 @@ class ResolverSettings(CommonSettings):
     """Upper bound for resolving one spec, all requests included (a DOI takes two or three)."""
 
     max_spec_length: int = 4096
+    """A longer spec fails at once, before any parsing or request: a repository URL and ref fit
+    in far less, and no stranger's link should make the resolver work on megabytes."""
+
     max_ref_length: int = 255
+    """A longer branch, tag or commit name is refused: git's own refs fit in 255 bytes (a path
+    component of most filesystems)."""
 
     cache_ttl: float = 60.0
     """How long a resolved branch or tag is reused without asking the provider again: a
@@ -48,6 +55,8 @@ class ResolverSettings(CommonSettings):
     repeatedly does not hammer the provider, yet a branch pushed just now is found soon."""
 
     cache_size: int = 4096
+    """Resolved refs (and provider API answers' ETags) remembered at once, least recently used
+    out first: far more repositories than are launched within `cache_ttl`, in little memory."""
 
     banned_specs: list[str] = Field(default_factory=list)
     """Case-insensitive regexes matched (from the start) against `<provider>/<decoded spec>`,
@@ -64,6 +73,8 @@ class ResolverSettings(CommonSettings):
     publishes a per-repository limit without a fixed number, so the operator chooses."""
 
     per_repo_quota_higher: int | None = Field(default=None, ge=1)
+    """The concurrent sessions of a repository matching `high_quota_specs`; None: the same as
+    `per_repo_quota`."""
 
     spec_config: list[SpecConfig] = Field(default_factory=list)
     """Per-repository configuration; a `quota` key overrides the quota above (the scheduler
@@ -74,6 +85,7 @@ class ResolverSettings(CommonSettings):
     10.0.0.5 -> `["10.0.0.5/32"]`). Everything else internal is refused (SSRF)."""
 
     github_url: str = "https://github.com"
+    """Where GitHub repositories are cloned from (`gh` specs); see `github_api_url`."""
     github_api_url: str = "https://api.github.com"
     """GitHub Enterprise: `https://github.example.org` and `https://github.example.org/api/v3`."""
 
@@ -81,23 +93,42 @@ class ResolverSettings(CommonSettings):
     """Optional: lifts GitHub's anonymous limit of 60 API requests an hour to 5,000."""
 
     gist_url: str = "https://gist.github.com"
+    """Where gists are cloned from (`gist` specs)."""
+
     allow_secret_gists: bool = False
     """Secret gists are unlisted on purpose; launching them needs the operator's consent."""
 
     gitlab_url: str = "https://gitlab.com"
+    """The GitLab installation `gl` specs name projects on (its API is under `/api/v4`)."""
+
     gitlab_token: str = Field(default="", repr=False)
     """Optional private token, sent as the `PRIVATE-TOKEN` header (never in a logged URL)."""
 
     doi_resolver_url: str = "https://doi.org"
+    """Where `doi` specs are looked up (the DOI's landing page names the record's host)."""
+
     zenodo_url: str = "https://zenodo.org"
+    """The Zenodo installation records are resolved on (the builder fetches from the same:
+    one variable serves both)."""
+
     figshare_url: str = "https://figshare.com"
+    """Figshare's site, whose landing pages DOIs lead to (the builder's of the same name)."""
+
     figshare_api_url: str = "https://api.figshare.com/v2"
+    """Figshare's API, which gives an article's versions (the builder's of the same name)."""
+
     hydroshare_url: str = "https://www.hydroshare.org"
+    """The HydroShare installation resources are resolved on (the builder's of the same name)."""
+
     dataverse_hosts: list[str] = Field(default_factory=lambda: list(DATAVERSE_HOSTS))
     """Dataverse installations a DOI may lead to (https only). A DOI pointing elsewhere is
     refused: the resolver never requests a host a stranger chose through a DOI record."""
 
     dataverse_scheme: str = "https"
+    """How Dataverse installations are reached: https; http only for tests' servers."""
+
     swh_api_url: str = "https://archive.softwareheritage.org/api/1"
+    """Software Heritage's API, which `swh` specs (SWHIDs) are resolved through."""
+
     swh_token: str = Field(default="", repr=False)
     """Optional Software Heritage bearer token (higher rate limit)."""

@@ -1,9 +1,10 @@
 """Quotas and the waiting queue: which launch may take a seat now, and where the others stand.
 
-In: launches asking for a seat (session name, repository key, image, and the repository's own
-quota when it has one), seats released, launches withdrawn. Out: an admitted launch's seat (a
-warm session of its image, or a node chosen by the cluster view), or its position in the
-queue, re-reported whenever it changes, until a configurable wait runs out or it is withdrawn.
+In: launches asking for a seat (session name, repository key, image, BinderHub variables, and
+the repository's own quota when it has one), seats released, launches withdrawn. Out: an
+admitted launch's seat (a warm session of its image and variables, or a node chosen by the
+cluster view), or its position in the queue, re-reported whenever it changes, until a
+configurable wait runs out or it is withdrawn.
 
 Launches wait in arrival order. Each pump walks the queue front to back and admits every launch
 that fits, so a repository at its quota never holds up launches of other repositories, and a
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from bindery.runtimes import Session
@@ -40,6 +41,8 @@ class Waiter:
     repo_quota: int
     """Concurrent sessions its repository may have (the launch's own, or the default)."""
     launch_id: str = ""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """Its session's BinderHub variables: only a warm session started with the same will do."""
     admitted: Admitted | None = None
     withdrawn: bool = False
     position: int = 0
@@ -82,9 +85,10 @@ class Admission:
         *,
         launch_id: str = "",
         repo_quota: int | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> Waiter:
         quota = self.repo_quota if repo_quota is None else repo_quota
-        waiter = Waiter(name, repo_key, image, quota, launch_id)
+        waiter = Waiter(name, repo_key, image, quota, launch_id, dict(env or {}))
         self.waiters.append(waiter)
         self.pump()
         return waiter
@@ -132,7 +136,7 @@ class Admission:
             return REPOSITORY
         if cluster.launched_sessions() >= self.total_quota:
             return TOTAL
-        warm = cluster.take_warm(waiter.image)
+        warm = cluster.take_warm(waiter.image, waiter.env)
         if warm is not None and warm.warm is not None:
             seat = Seat(
                 warm.name,

@@ -11,6 +11,7 @@ waiting in the pool. Quotas count seats that belong to a repository; capacity co
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from bindery.runtimes import Session
@@ -98,9 +99,14 @@ class Cluster:
         """Warm sessions per image, counting those still starting."""
         return Counter(seat.image for seat in self.pool_seats())
 
-    def take_warm(self, image: str) -> Seat | None:
-        """A ready warm seat for `image`, on the node with the most free memory."""
-        seats = [seat for seat in self.pool_seats() if seat.image == image and seat.warm]
+    def take_warm(self, image: str, env: Mapping[str, str]) -> Seat | None:
+        """A ready warm seat for `image` started with the BinderHub variables `env`, on the node
+        with the most free memory."""
+        seats = [
+            seat
+            for seat in self.pool_seats()
+            if seat.image == image and seat.warm and seat.warm.env == env
+        ]
         return max(seats, key=lambda s: (self.free(s.node), s.name), default=None)
 
     def evictable_warm(self, reservation: int, keep: str) -> Seat | None:

@@ -18,6 +18,7 @@ async def subscribe(bus: Bus, scheduler: Scheduler) -> None:
                 event.resolved_ref,
                 event.repo_key,
                 event.repo_config.quota,
+                event.session_env,
             )
         elif isinstance(event, ImageBuilt) and not event.build_only:
             order = LaunchOrder(
@@ -27,6 +28,7 @@ async def subscribe(bus: Bus, scheduler: Scheduler) -> None:
                 event.resolved_ref,
                 repo_key(event.repo_url),
                 event.repo_config.quota,
+                event.session_env,
             )
         else:
             return

@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -62,6 +62,7 @@ from bindery.scheduler.disk import over_limit
 from bindery.scheduler.exits import ended_sessions, stop_reason
 from bindery.scheduler.popularity import Popularity, warm_targets
 from bindery.scheduler.settings import SchedulerSettings
+from bindery.sessionnetwork import SessionNetwork
 from bindery.tokens import session_token
 
 log = structlog.get_logger("bindery.scheduler")
@@ -87,6 +88,8 @@ class LaunchOrder:
     repo_key: str
     repo_quota: int | None = None
     """The repository's own quota (`RepoConfig.quota`); None: `BINDERY_REPO_QUOTA`."""
+    session_env: Mapping[str, str] = field(default_factory=dict)
+    """BinderHub's variables for its session (RefResolved.session_env)."""
 
 
 class NotReady(Exception):
@@ -130,6 +133,8 @@ class Scheduler:
     cluster: Cluster
     popularity: Popularity = field(init=False)
     admission: Admission = field(init=False)
+    network: SessionNetwork = field(init=False)
+    """The CA bundle and package index every session gets (read once: its log line too)."""
     resumed: set[str] = field(default_factory=set)
     """Sessions found by a redelivered launch since start: not orphans."""
     _launches: dict[str, Progress] = field(default_factory=dict)
@@ -146,6 +151,7 @@ class Scheduler:
 
     def __post_init__(self) -> None:
         self.popularity = Popularity(self.settings.popularity_window)
+        self.network = self.settings.session_network()
         self.admission = Admission(
             self.cluster,
             self.settings.repo_quota,
@@ -207,7 +213,7 @@ class Scheduler:
                     await self._end(session.launch_id, session.name, stop_reason(ended))
                 continue
             self.cluster.learn_image(session.node, session.image)
-            self.popularity.record(session.image, session.repo)
+            self.popularity.record(session.image, session.repo, session.env)
             seat = Seat(
                 session.name,
                 session.node,
@@ -247,7 +253,7 @@ class Scheduler:
             return
         key = session_name(order.repo_url, order.launch_id)
         structlog.contextvars.bind_contextvars(session=key)
-        self.popularity.record(order.image, order.repo_url)
+        self.popularity.record(order.image, order.repo_url, order.session_env)
         progress = self._launches[order.launch_id] = Progress(key)
         try:
             await self._launch(order, progress)
@@ -357,6 +363,7 @@ class Scheduler:
             order.image,
             launch_id=order.launch_id,
             repo_quota=order.repo_quota,
+            env=order.session_env,
         )
 
         async def notify(position: int, limit: str) -> None:
@@ -404,7 +411,7 @@ class Scheduler:
             await self._unless_interrupted(progress, self.pull(seat.node, order.image))
         progress.check()  # abandoned while it waited or pulled: start nothing
         await self._scheduled(order, key, seat.node)
-        spec = self._spec(key, order.image, order.repo_url, order.launch_id)
+        spec = self._spec(key, order.image, order.repo_url, order.launch_id, order.session_env)
         progress.started = True  # before the start returns: its exit may come first
         with telemetry.span("container.start"):
             session = await self.runtime.start(seat.node, spec)
@@ -417,7 +424,13 @@ class Scheduler:
         )
 
     def _spec(
-        self, name: str, image: str, repo: str, launch_id: str, warm: bool = False
+        self,
+        name: str,
+        image: str,
+        repo: str,
+        launch_id: str,
+        env: Mapping[str, str],
+        warm: bool = False,
     ) -> SessionSpec:
         return SessionSpec(
             name=name,
@@ -428,6 +441,8 @@ class Scheduler:
             limits=self.limits,
             warm=warm,
             origins=self.settings.origins(),
+            env=env,
+            network=self.network,
         )
 
     def _queue_message(self, exc: QueueTimeout) -> str:
@@ -682,7 +697,11 @@ class Scheduler:
         targets = warm_targets(self.popularity.counts(), self.settings.warm_pool_size)
         current = self.cluster.pool_by_image()
         for seat in self.cluster.pool_seats():
-            if seat.warm is not None and current[seat.image] > targets[seat.image]:
+            if seat.warm is None:
+                continue
+            # Started for an earlier launch's variables: launches now ask for others.
+            stale = seat.warm.env != self.popularity.envs.get(seat.image, {})
+            if stale or current[seat.image] > targets[seat.image]:
                 current[seat.image] -= 1
                 self.admission.release(seat.name)  # unclaimable from now on
                 self.background(self._stop_quietly(seat.name, "pool shrinks"))
@@ -695,6 +714,7 @@ class Scheduler:
                 if choice is None:
                     break
                 repo = self.popularity.repos.get(image, "")
+                env = self.popularity.envs.get(image, {})
                 pool_id = uuid.uuid4().hex
                 seat = Seat(
                     session_name(repo, pool_id),
@@ -705,7 +725,9 @@ class Scheduler:
                 )
                 self.cluster.occupy(seat)
                 starts.append(
-                    self._start_warm(seat, self._spec(seat.name, image, repo, pool_id, True))
+                    self._start_warm(
+                        seat, self._spec(seat.name, image, repo, pool_id, env, warm=True)
+                    )
                 )
         await asyncio.gather(*starts)
 

@@ -1,6 +1,7 @@
 """Which images are launched most: the warm pool and the pre-pulls follow them.
 
-In: each launch's image (and repository, to name warm sessions readably). Out: images ranked by
+In: each launch's image (and repository, to name warm sessions readably, and BinderHub variables,
+which its warm sessions are started with). Out: images ranked by
 launches within a sliding window, the popular ones, and how many warm sessions each deserves.
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -17,10 +19,15 @@ class Popularity:
     launches: dict[str, deque[float]] = field(default_factory=dict)
     repos: dict[str, str] = field(default_factory=dict)
     """image -> repository URL it was built from."""
+    envs: dict[str, Mapping[str, str]] = field(default_factory=dict)
+    """image -> BinderHub variables of its latest launch, which its warm sessions get."""
 
-    def record(self, image: str, repo_url: str, now: float | None = None) -> None:
+    def record(
+        self, image: str, repo_url: str, env: Mapping[str, str], now: float | None = None
+    ) -> None:
         self.launches.setdefault(image, deque()).append(time.monotonic() if now is None else now)
         self.repos[image] = repo_url
+        self.envs[image] = env
 
     def counts(self, now: float | None = None) -> Counter[str]:
         horizon = (time.monotonic() if now is None else now) - self.window

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from bindery.settings import CapacitySettings, GiB
+from bindery.settings import CapacitySettings, GiB, PackageIndexSettings
 
 
-class SchedulerSettings(CapacitySettings):
+class SchedulerSettings(CapacitySettings, PackageIndexSettings):
     """Placement's sizes (`memory_reservation`, `node_memory`, `total_quota`) are in
-    `CapacitySettings`: the gateway reads them too."""
+    `CapacitySettings`: the gateway reads them too. What sessions get of the CA bundle and
+    package index (`ca_bundle`, `index_url`) is in `PackageIndexSettings`: builds use them
+    too."""
 
     health_port: int = 8593
+    """Where this service's /health and /metrics listen (on `health_host`): each service has a
+    port of its own, so all of them run side by side on one machine."""
 
     memory_limit: int = 2 * GiB
     """mybinder.org's limit: above it the kernel is killed, the Jupyter server lives on."""

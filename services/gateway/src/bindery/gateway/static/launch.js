@@ -178,7 +178,11 @@
   }
 
   function status(data) {
-    if (data.phase === "waiting" && data.queue_position) {
+    if (data.stalled) {
+      // A stage nobody runs right now (the gateway's note): the person sees why nothing moves,
+      // until the launch's next step replaces it.
+      $("status").textContent = data.message.trim();
+    } else if (data.phase === "waiting" && data.queue_position) {
       $("status").textContent = "Waiting for a free slot: position " + data.queue_position +
         " in the queue.";
     } else if (data.phase === "pulling") {

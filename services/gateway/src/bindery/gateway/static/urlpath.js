@@ -44,14 +44,16 @@
     return value;
   }
 
+  // As BinderHub's LaunchSpec: labpath -> doc/tree/<path>, else filepath -> tree/<path>, else urlpath.
   function requestedUrlpath(params) {
-    var urlpath = params.get("urlpath");
-    if (urlpath) return safeUrlpath(urlpath) || DEFAULT_URLPATH;
-    var labpath = params.get("labpath");
-    if (labpath) return safeUrlpath("lab/tree/" + labpath.replace(/^\/+/, "")) || DEFAULT_URLPATH;
-    var filepath = params.get("filepath");
-    if (filepath) return safeUrlpath("tree/" + filepath.replace(/^\/+/, "")) || DEFAULT_URLPATH;
-    return DEFAULT_URLPATH;
+    var legacy = [["labpath", "doc/tree/"], ["filepath", "tree/"]];
+    for (var i = 0; i < legacy.length; i++) {
+      if (params.has(legacy[i][0])) {
+        var path = params.get(legacy[i][0]).replace(/^\/+/, "").replace(/\/$/, "");
+        return safeUrlpath(legacy[i][1] + encodeURI(path)) || DEFAULT_URLPATH;
+      }
+    }
+    return safeUrlpath(params.get("urlpath") || null) || DEFAULT_URLPATH;
   }
 
   // The session's handoff address (on its own origin in subdomain mode): it trades the one-time
