@@ -11,6 +11,7 @@ from typing import Any
 
 import aio_pika
 import pytest
+from pamqp.commands import Basic
 
 from bindery.bus import Bus, topology
 from bindery.events import Event, LaunchRequested
@@ -89,7 +90,8 @@ async def test_a_refused_publish_is_not_retried() -> None:
             self, message: aio_pika.Message, routing_key: str, timeout: float
         ) -> None:
             self.failures += 1
-            raise aio_pika.exceptions.DeliveryError(None, None)
+            # The broker's nack, with its frame as aiormq raises it: a tracer records its text.
+            raise aio_pika.exceptions.DeliveryError(None, Basic.Nack(delivery_tag=1))
 
     exchange = Refusing(failures=0)
     bus = wired_bus(exchange, FakeChannel(), retry_for=30)
