@@ -6,7 +6,6 @@ One small repository, one shared stack."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -16,7 +15,7 @@ import pytest
 
 from tests.support.gitrepo import git, make_repo, notebook
 from tests.support.kernel import run_code
-from tests.support.stack import INSTANCE, Stack, build_path, launch
+from tests.support.stack import Stack, build_path, launch, stop_session
 
 pytestmark = pytest.mark.e2e
 
@@ -44,26 +43,6 @@ print(json.dumps({
     "binder_files": sorted(os.listdir(os.path.join(os.environ["REPO_DIR"], "binder"))),
 }))
 """
-
-
-def stop_session(launch_id: str) -> None:
-    """Sessions hold a gigabyte each: stop this one once probed."""
-    ids = subprocess.run(
-        [
-            "podman",
-            "ps",
-            "-aq",
-            "--filter",
-            f"label=bindery.instance={INSTANCE}",
-            "--filter",
-            f"label=bindery.launch-id={launch_id}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    if ids:
-        subprocess.run(["podman", "rm", "-f", "-t", "0", *ids], capture_output=True, check=False)
 
 
 @pytest.fixture(scope="module")

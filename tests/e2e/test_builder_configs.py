@@ -4,7 +4,6 @@ that the file had its effect (issue 3). Small repositories, one shared stack."""
 from __future__ import annotations
 
 import json
-import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from tests.support.cranmirror import PROBE as R_PROBE_PACKAGE
 from tests.support.cranmirror import PROBE_ANSWER
 from tests.support.gitrepo import make_repo, notebook
 from tests.support.kernel import run_code, start_kernel
-from tests.support.stack import INSTANCE, Stack, build_path, launch
+from tests.support.stack import Stack, build_path, launch, stop_session
 
 pytestmark = pytest.mark.e2e
 
@@ -53,26 +52,6 @@ async def launch_failure(http: aiohttp.ClientSession, stack: Stack, repo: Path) 
     events = await launch(http, stack.gateway, build_path(f"file://{repo}", "main"))
     assert events[-1]["phase"] == "failed", events[-1]
     return events[-1]
-
-
-def stop_session(launch_id: str) -> None:
-    """Sessions hold a gigabyte each: stop them once probed."""
-    ids = subprocess.run(
-        [
-            "podman",
-            "ps",
-            "-aq",
-            "--filter",
-            f"label=bindery.instance={INSTANCE}",
-            "--filter",
-            f"label=bindery.launch-id={launch_id}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    if ids:
-        subprocess.run(["podman", "rm", "-f", "-t", "0", *ids], capture_output=True, check=False)
 
 
 def lines(output: str) -> dict[str, str]:

@@ -335,3 +335,23 @@ async def launch_events(
 
 async def launch(http: aiohttp.ClientSession, gateway: str, path: str) -> list[dict[str, Any]]:
     return [event async for event in launch_events(http, gateway, path)]
+
+
+def stop_session(launch_id: str) -> None:
+    """Sessions hold a gigabyte each: stop one once probed."""
+    ids = subprocess.run(
+        [
+            "podman",
+            "ps",
+            "-aq",
+            "--filter",
+            f"label=bindery.instance={INSTANCE}",
+            "--filter",
+            f"label=bindery.launch-id={launch_id}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    if ids:
+        subprocess.run(["podman", "rm", "-f", "-t", "0", *ids], capture_output=True, check=False)
