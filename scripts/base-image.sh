@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Builds the shared base image localhost/bindery-base:<tag> that every repository image starts
-# FROM, and prints its name as the last line of stdout (everything else goes to stderr).
-# <tag> is a hash of the files in the base image's build context; bindery.builder.baseimage
-# computes the same hash in Python, so services know the name without running this script.
-# Idempotent: when the image exists it only prints the name. `--name` prints it without building.
-# The image lives in the build sandbox's image store (rootless podman as the sandbox user, see
+# Builds the base images localhost/bindery-base:<tag>-py<version> that repository images start
+# FROM, one per Python version, and prints their names, one a line, on stdout (everything else
+# goes to stderr). Usage: base-image.sh [--name] [VERSION ...]
+# VERSIONs default to BINDERY_PYTHON_VERSIONS (the builder's setting: a JSON list or words),
+# else every version the context's `pythons` file lists; each is built from the root filesystem
+# of the Debian suite that file names for it (made here with debootstrap, once per suite).
+# <tag> is a hash of the files in the base images' build context; bindery.builder.baseimage
+# computes the same hash in Python, so services know the names without running this script.
+# Idempotent: an image that exists is only named. `--name` prints the names without building.
+# The images live in the build sandbox's image store (rootless podman as the sandbox user, see
 # services/builder/src/bindery/builder/sandbox.py), where every build runs.
 #
 # Environment: BINDERY_CA_BUNDLE  CA bundle handed to pip/uv as a build secret
@@ -13,38 +17,65 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 context=$root/services/builder/src/bindery/builder/baseimage/context
-rootfs=localhost/bindery-rootfs:bookworm
 ca_bundle=${BINDERY_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 podman() { "$root/.venv/bin/bindery-sandbox-podman" "$@"; }
+
+name_only=false
+if [[ ${1:-} == --name ]]; then
+    name_only=true
+    shift
+fi
+versions=("$@")
+if ((${#versions[@]} == 0)); then
+    read -r -a versions <<<"$(tr '[]",' '    ' <<<"${BINDERY_PYTHON_VERSIONS:-}")"
+fi
+if ((${#versions[@]} == 0)); then
+    read -r -a versions <<<"$(awk '!/^#/ && NF { printf "%s ", $1 }' "$context/pythons")"
+fi
 
 # One "sha256  ./path" line per file, in byte order of the paths, hashed again: a rename
 # changes the tag as much as an edit does.
 tag=$(cd "$context" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum \
       | sha256sum | cut -c1-12)
-image=localhost/bindery-base:$tag
 
-if [[ ${1:-} == --name ]] || podman image exists "$image"; then
+scratch=()
+trap 'rm -rf "${scratch[@]}"' EXIT
+
+build() {  # build VERSION SUITE IMAGE
+    local version=$1 suite=$2 image=$3 rootfs=localhost/bindery-rootfs:$2
+    # No registry can be pulled from here: each suite's root filesystem is made locally, once.
+    if ! podman image exists "$rootfs"; then
+        local rootfs_dir
+        rootfs_dir=$(mktemp -d)
+        scratch+=("$rootfs_dir")
+        debootstrap --variant=minbase "$suite" "$rootfs_dir" http://deb.debian.org/debian >&2
+        tar -C "$rootfs_dir" -c . | podman import - "$rootfs" >&2
+    fi
+    local secret=()
+    if [[ -r $ca_bundle ]]; then
+        secret=(--secret "id=pipca,src=$ca_bundle")
+    fi
+    # The sandbox user reads the context: a copy of its own, on the sandbox's disk.
+    local build_user=${BINDERY_BUILD_USER:-bindery-build} sandbox_context
+    sandbox_context=$(mktemp -d -p "$(getent passwd "$build_user" | cut -d: -f6)/tmp")
+    scratch+=("$sandbox_context")
+    cp -r "$context/." "$sandbox_context"
+    chown -R "$build_user:" "$sandbox_context"
+    # Read by jovyan inside the build (whatever mode the checkout gave the files).
+    chmod -R a+rX "$sandbox_context"
+    podman build --layers "${secret[@]}" --build-arg "SUITE=$suite" \
+        --build-arg "PYTHON=$version" --tag "$image" "$sandbox_context" >&2
+}
+
+for version in "${versions[@]}"; do
+    suite=$(awk -v v="$version" '$1 == v { print $2 }' "$context/pythons")
+    if [[ -z $suite ]]; then
+        echo "base-image.sh: no Python $version in $context/pythons" >&2
+        exit 2
+    fi
+    image=localhost/bindery-base:$tag-py$version
+    if ! $name_only && ! podman image exists "$image"; then
+        build "$version" "$suite" "$image"
+    fi
     echo "$image"
-    exit 0
-fi
-
-# No registry can be pulled from here: the Debian root filesystem is made locally, once.
-if ! podman image exists "$rootfs"; then
-    rootfs_dir=$(mktemp -d)
-    trap 'rm -rf "$rootfs_dir"' EXIT
-    debootstrap --variant=minbase bookworm "$rootfs_dir" http://deb.debian.org/debian >&2
-    tar -C "$rootfs_dir" -c . | podman import - "$rootfs" >&2
-fi
-
-secret=()
-if [[ -r $ca_bundle ]]; then
-    secret=(--secret "id=pipca,src=$ca_bundle")
-fi
-# The sandbox user reads the context: a copy of its own, on the sandbox's disk.
-build_user=${BINDERY_BUILD_USER:-bindery-build}
-sandbox_context=$(mktemp -d -p "$(getent passwd "$build_user" | cut -d: -f6)/tmp")
-trap 'rm -rf "$sandbox_context" ${rootfs_dir:+"$rootfs_dir"}' EXIT
-cp -r "$context/." "$sandbox_context"
-chown -R "$build_user:" "$sandbox_context"
-podman build --layers "${secret[@]}" --tag "$image" "$sandbox_context" >&2
-echo "$image"
+done

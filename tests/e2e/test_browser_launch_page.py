@@ -76,6 +76,8 @@ class FakeBus:
     """Answer nothing: the launch waits, as it does while its stage has no consumer."""
     published: list[Event] = field(default_factory=list)
     connected: bool = True
+    warning: str = ""
+    """A warning line the build logs before the session is placed."""
 
     async def publish(self, event: Event, headers: dict[str, str] | None = None) -> None:
         self.published.append(event)
@@ -112,6 +114,10 @@ class FakeBus:
                 )
             )
             return
+        if self.warning:
+            await self.handlers.on_log(
+                BuildLog(launch_id=lid, image="img", phase="warning", message=self.warning)
+            )
         await on(PodScheduled(launch_id=lid, session="s1", node="n", image="img"))
         await on(PodReady(launch_id=lid, session="s1", node="n", image="img", target=self.upstream))
 
@@ -283,6 +289,25 @@ async def test_failure_says_why_and_what_to_do(browser: Browser, site: Site) -> 
         await page.screenshot(path=screenshot_path("launch-page", "failed"), full_page=True)
     finally:
         site.bus.fail_with = None
+        await page.close()
+
+
+async def test_a_build_warning_stays_in_view_before_the_session_opens(
+    browser: Browser, site: Site
+) -> None:
+    site.bus.warning = "Warning: runtime.txt asks for Python 3.10 ...: using Python 3.11"
+    page = await browser.new_page()
+    try:
+        await page.goto(f"{site.url}/v2/git/{SPEC}")
+        warnings = page.locator("#warnings")
+        await warnings.wait_for(state="visible", timeout=20_000)
+        assert "using Python 3.11" in await warnings.inner_text()
+        await page.locator("#status").filter(has_text="see the warning").wait_for(timeout=20_000)
+        await page.screenshot(path=screenshot_path("launch-page", "warning"), full_page=True)
+        # It still opens the session, a few seconds later.
+        await page.wait_for_url(f"{site.url}/user/s1/**", timeout=20_000)
+    finally:
+        site.bus.warning = ""
         await page.close()
 
 

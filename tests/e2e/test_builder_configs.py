@@ -14,6 +14,7 @@ import pytest
 
 from bindery.builder.baseimage import base_image_name
 from bindery.builder.cran import PUBLIC_CRAN
+from bindery.builder.pythons import DEFAULT_PYTHON
 from tests.support.condachannel import CHANNEL, PROBE_VERSION
 from tests.support.cranmirror import PROBE as R_PROBE_PACKAGE
 from tests.support.cranmirror import PROBE_ANSWER
@@ -173,7 +174,7 @@ async def test_runtime_txt_python_is_honoured(root_session: dict[str, str]) -> N
         ),
         pytest.param(
             {
-                "Dockerfile": f"FROM {base_image_name()}\n"
+                "Dockerfile": f"FROM {base_image_name(DEFAULT_PYTHON)}\n"
                 "RUN echo from-dockerfile > /home/jovyan/.dockerfile-marker\n",
                 "requirements.txt": "no-such-package-bindery-test==1.0\n",
             },

@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 
 from bindery.builder.baseimage import base_image_name
+from bindery.builder.pythons import DEFAULT_PYTHON
 from bindery.builder.sandbox import Sandbox
 from tests.e2e.test_builder_configs import launch_and_probe, launch_failure
 from tests.support.gitrepo import make_repo
@@ -35,13 +36,13 @@ def hub_image() -> Iterator[str]:
     """A Docker Hub name no store holds; the mirror has it. Yields the name as FROM gives it."""
     name = f"bindery-mirror-probe/base:{secrets.token_hex(6)}"
     in_mirror = f"{REGISTRY}/{MIRROR_PATH}/{name}"
-    subprocess.run(["podman", "tag", base_image_name(), in_mirror], check=True)
+    subprocess.run(["podman", "tag", base_image_name(DEFAULT_PYTHON), in_mirror], check=True)
     try:
         subprocess.run(
             ["podman", "push", "--tls-verify=false", in_mirror], check=True, capture_output=True
         )
     finally:
-        subprocess.run(["podman", "untag", base_image_name(), in_mirror], check=False)
+        subprocess.run(["podman", "untag", base_image_name(DEFAULT_PYTHON), in_mirror], check=False)
     yield name
     sandbox = Sandbox()
     subprocess.run(sandbox.podman("rmi", "-f", f"docker.io/{name}"), capture_output=True)

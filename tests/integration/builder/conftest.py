@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from bindery.builder.baseimage import base_image_name, python_suites
 from bindery.builder.build import BuildLine, BuildOptions
+from bindery.builder.pythons import DEFAULT_PYTHON, Pythons
 from tests.support.sandbox import readable_dir, sandbox_podman
 
 REPO = Path(__file__).resolve().parents[3]
@@ -30,19 +32,20 @@ def registry() -> str:
 
 
 @pytest.fixture(scope="session")
-def base_image() -> str:
+def pythons() -> Pythons:
+    """Every Python's base image, built if missing; 3.11 the default."""
     out = subprocess.run(
         [str(REPO / "scripts/base-image.sh")], capture_output=True, text=True, check=False
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout.strip().splitlines()[-1]
+    return Pythons(tuple((v, base_image_name(v)) for v in python_suites()), DEFAULT_PYTHON)
 
 
 @pytest.fixture(scope="session")
-def options(base_image: str) -> BuildOptions:
+def options(pythons: Pythons) -> BuildOptions:
     return BuildOptions(
         timeout=600,
-        base_image=base_image,
+        pythons=pythons,
         ca_bundle=CA_BUNDLE if os.path.exists(CA_BUNDLE) else "",
         allowed_schemes=("file",),
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from bindery.builder.pythons import Pythons
 from bindery.bus import Bus, topology
 from bindery.events import (
     BuildLog,
@@ -54,7 +55,7 @@ def providers() -> Iterator[FakeProviders]:
 
 @pytest.fixture(scope="module")
 def builder_service(
-    amqp_url: str, registry: str, base_image: str, providers: FakeProviders
+    amqp_url: str, registry: str, pythons: Pythons, providers: FakeProviders
 ) -> Iterator[None]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BINDERY_")}

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import aiohttp
 import pytest
 
+from bindery.builder.pythons import DEFAULT_PYTHON
 from bindery.events import Event
 from bindery.runtimes import PodmanRuntime
 from bindery.scheduler.launch import LaunchOrder, Scheduler
@@ -58,8 +59,11 @@ def two_nodes() -> list[str]:
 def session_image(two_nodes: list[str]) -> str:
     """A Jupyter image in the registry, held by node-1 (where builds land) and no other node."""
     base = subprocess.run(
-        [str(REPO / "scripts/base-image.sh")], capture_output=True, text=True, check=True
-    ).stdout.split()[-1]
+        [str(REPO / "scripts/base-image.sh"), DEFAULT_PYTHON],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     image = f"{IMAGE_REPOSITORY}:{base.rpartition(':')[2]}"
     # The base image is in the build sandbox's store, where builds push from.
     subprocess.run(sandbox_podman("tag", base, image), check=True)

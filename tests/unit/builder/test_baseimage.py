@@ -4,7 +4,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from bindery.builder.baseimage import CONTEXT_DIR, base_image_name, base_image_tag
+from bindery.builder.baseimage import CONTEXT_DIR, base_image_name, base_image_tag, python_suites
 
 REPO = Path(__file__).resolve().parents[3]
 # The pipeline scripts/base-image.sh runs, for contexts other than the real one.
@@ -18,15 +18,46 @@ def shell_tag(context: Path) -> str:
     return out.stdout.strip()
 
 
-def test_python_names_the_image_the_script_builds() -> None:
+def test_python_names_the_images_the_script_builds() -> None:
     out = subprocess.run(
         ["bash", str(REPO / "scripts/base-image.sh"), "--name"],
         capture_output=True,
         text=True,
         check=True,
     )
-    assert out.stdout.strip().splitlines()[-1] == base_image_name()
-    assert base_image_name() == f"localhost/bindery-base:{base_image_tag()}"
+    assert out.stdout.split() == [base_image_name(version) for version in python_suites()]
+    assert base_image_name("3.9") == f"localhost/bindery-base:{base_image_tag()}-py3.9"
+
+
+def test_the_script_builds_the_versions_it_is_given() -> None:
+    def names(*args: str, env: dict[str, str] | None = None) -> list[str]:
+        out = subprocess.run(
+            ["bash", str(REPO / "scripts/base-image.sh"), "--name", *args],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PATH": "/usr/bin:/bin", **(env or {})},
+        )
+        return out.stdout.split()
+
+    assert names("3.13") == [base_image_name("3.13")]
+    # The builder's setting, as pydantic reads it (JSON) or as a person writes it (words).
+    listed = [base_image_name("3.9"), base_image_name("3.11")]
+    assert names(env={"BINDERY_PYTHON_VERSIONS": '["3.9", "3.11"]'}) == listed
+    assert names(env={"BINDERY_PYTHON_VERSIONS": "3.9 3.11"}) == listed
+    unknown = subprocess.run(
+        ["bash", str(REPO / "scripts/base-image.sh"), "--name", "2.7"],
+        capture_output=True,
+        text=True,
+    )
+    assert unknown.returncode == 2 and "no Python 2.7" in unknown.stderr
+
+
+def test_every_python_has_a_lock_and_a_suite() -> None:
+    suites = python_suites()
+    assert suites["3.11"] == "bookworm" and set(suites) >= {"3.9", "3.11", "3.13"}
+    for version in suites:
+        assert (CONTEXT_DIR / f"requirements-{version}.txt").is_file(), version
 
 
 def test_agreement_holds_for_nested_files_in_byte_order(tmp_path: Path) -> None:
@@ -46,10 +77,10 @@ def test_tag_changes_with_content_and_with_names(tmp_path: Path) -> None:
     original = base_image_tag(context)
     assert original == base_image_tag(CONTEXT_DIR)
 
-    (context / "requirements.txt").write_text("jupyterlab==0.0.1\n")
+    (context / "requirements-3.11.txt").write_text("jupyterlab==0.0.1\n")
     edited = base_image_tag(context)
     assert edited != original
 
-    (context / "requirements.txt").rename(context / "requirements.lock")
+    (context / "requirements-3.11.txt").rename(context / "requirements.lock")
     assert base_image_tag(context) not in (original, edited)
     assert base_image_tag(context) == shell_tag(context)

@@ -18,6 +18,7 @@ from bindery.builder.build import (
     parse_line,
     run_build,
 )
+from bindery.builder.pythons import Pythons
 from bindery.events import BuildLog
 
 SHA = "5b1503fb6fd79906a6d75af32d4a014b5f31dc61"
@@ -26,11 +27,12 @@ TAIL = [f"line {i}" for i in range(20)]
 
 def test_values_are_passed_so_they_cannot_be_read_as_options() -> None:
     request = BuildRequest("--upload-pack=touch /pwned", "-x", "-i", push=True)
-    cmd = command(request, BuildOptions(base_image="localhost/b:1", ca_bundle="/ca.crt"))
+    pythons = Pythons((("3.11", "localhost/b:1"),), "3.11")
+    cmd = command(request, BuildOptions(pythons=pythons, ca_bundle="/ca.crt"))
     assert cmd[:3] == [sys.executable, "-m", "bindery.builder.build_one"]
     assert "--repo=--upload-pack=touch /pwned" in cmd
     assert "--ref=-x" in cmd and "--image=-i" in cmd
-    assert {"--push", "--base-image=localhost/b:1", "--ca-bundle=/ca.crt"} <= set(cmd)
+    assert {"--push", "--python=3.11=localhost/b:1", "--ca-bundle=/ca.crt"} <= set(cmd)
     args = build_one.parse_args(cmd[3:])
     assert (args.repo, args.ref, args.image) == ("--upload-pack=touch /pwned", "-x", "-i")
     with pytest.raises(ValueError, match="URL"):

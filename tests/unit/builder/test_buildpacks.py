@@ -21,6 +21,7 @@ from bindery.builder.buildpacks import (
     context_digest,
     pipfile_requirement,
 )
+from bindery.builder.pythons import Pythons
 
 BASE = "localhost/bindery-base:test"
 BUILD_ARGS = {"NB_USER": "jovyan", "NB_UID": "1000"}
@@ -140,21 +141,65 @@ def test_python_packages_are_installed_like_repo2docker(
     assert ("uv pip install ." in "\n".join(content_lines(picked()))) is installed
 
 
-def test_runtime_txt_python_version(repo: Path) -> None:
-    write(repo, {"runtime.txt": "python-3.11\n"})
-    picked().check()
-    write(repo, {"runtime.txt": "python-3\n"})
-    picked().check()
-    write(repo, {"runtime.txt": "python-3.8\n"})
-    with pytest.raises(UnsupportedRepository, match=r"python-3\.8.*available: python-3\.11"):
-        picked().check()
+PYTHONS = Pythons((("3.9", "base:py3.9"), ("3.11", "base:py3.11"), ("3.13", "base:py3.13")), "3.11")
 
 
-def test_pyproject_requiring_another_python_is_refused(repo: Path) -> None:
-    write(repo, {"pyproject.toml": '[project]\nname="x"\nrequires-python=">=3.12"\n'})
-    write(repo, {"requirements.txt": ""})
-    with pytest.raises(UnsupportedRepository, match=r"3\.11 only"):
-        picked().check()
+def chosen(context: BuildContext | None = None) -> tuple[str, str, str]:
+    """(version, base image the environment is built FROM, warning) for the repository."""
+    pack = picked()
+    choice = pack.choose_python(context or BuildContext(pythons=PYTHONS))
+    assert env_lines(pack)[0] == f"FROM {choice.image}"
+    return choice.version, choice.image, choice.warning
+
+
+@pytest.mark.parametrize(
+    ("runtime", "version"),
+    [("python-3.9", "3.9"), ("python-3.13", "3.13"), ("python-3.9.7", "3.9"), ("python-3", "3.11")],
+)
+def test_runtime_txt_picks_that_pythons_base_image(repo: Path, runtime: str, version: str) -> None:
+    write(repo, {"runtime.txt": runtime + "\n", "requirements.txt": "numpy\n"})
+    assert chosen() == (version, f"base:py{version}", "")
+
+
+def test_a_python_that_is_not_there_is_the_nearest_with_a_warning_or_refused(
+    repo: Path,
+) -> None:
+    write(repo, {"runtime.txt": "python-3.10\n"})
+    version, _, warning = chosen()
+    # 3.9 and 3.11 are as close: the newer.
+    assert version == "3.11"
+    assert "python 3.10" in warning.lower() and "available: 3.9, 3.11, 3.13" in warning
+    write(repo, {"runtime.txt": "python-3.14\n"})
+    assert chosen()[0] == "3.13"
+    refusing = BuildContext(pythons=Pythons(PYTHONS.images, "3.11", "refuse"))
+    with pytest.raises(UnsupportedRepository, match=r"3\.14.*available: 3\.9, 3\.11, 3\.13"):
+        chosen(refusing)
+    write(repo, {"runtime.txt": "python-2.7\n"})
+    with pytest.raises(UnsupportedRepository, match=r"2\.7"):
+        chosen()
+
+
+def test_environment_yml_python_pin_picks_the_base_image(repo: Path) -> None:
+    write(repo, {"environment.yml": "dependencies:\n  - python=3.9\n  - numpy\n"})
+    assert chosen()[0] == "3.9"
+    write(repo, {"environment.yml": "dependencies:\n  - python>=3.12\n"})
+    assert chosen()[0] == "3.13"
+
+
+def test_without_pythons_the_pack_keeps_its_base_image(repo: Path) -> None:
+    write(repo, {"requirements.txt": "numpy\n"})
+    assert chosen(BuildContext()) == ("3.11", BASE, "")
+
+
+def test_pyproject_requires_python_picks_a_python_that_fits(repo: Path) -> None:
+    project = '[project]\nname="x"\nrequires-python="{}"\n[build-system]\nrequires=[]\n'
+    write(repo, {"pyproject.toml": project.format(">=3.12")})
+    assert chosen()[0] == "3.13"
+    write(repo, {"pyproject.toml": project.format("<3.10")})
+    assert chosen()[0] == "3.9"
+    write(repo, {"pyproject.toml": project.format(">=3.14")})
+    with pytest.raises(UnsupportedRepository, match=r"requires Python >=3\.14.*3\.9, 3\.11"):
+        chosen()
 
 
 def test_pipfile_lock_wins_and_local_paths_install_with_the_repository(repo: Path) -> None:
@@ -242,7 +287,8 @@ def test_environment_yml_installs_what_the_index_has_and_names_what_it_skipped(
     assert generated == "numpy==1.26.*\npyfiglet\n"
     notes = "\n".join(pack.notes())
     assert "skipped conda dependencies not on the package index: r-base" in notes
-    assert "'python=3.10'" in notes and "3.11" in notes
+    # The python pin chooses the base image (test_environment_yml_python_pin_picks_...).
+    assert "python" not in generated
     assert installs_in(content_lines(pack)) == ["cd . && uv pip install -e ."]
 
 

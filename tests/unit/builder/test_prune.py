@@ -16,7 +16,6 @@ POLICY = PrunePolicy(
     env_repository=f"{PREFIX}env",
     keep_env_images=2,
     prune_after=HOUR,
-    base_image="localhost/bindery-base:abc",
 )
 
 
@@ -86,12 +85,10 @@ def test_images_not_all_of_whose_names_are_the_builders_stay() -> None:
         env_repository="localhost/env",
         keep_env_images=0,
         prune_after=HOUR,
-        base_image="localhost/my-base:1",
     )
     images = [
-        image("base", "localhost/bindery-base:abc"),
+        image("base", "localhost/bindery-base:abc-py3.9"),
         image("rootfs", "localhost/bindery-rootfs:bookworm"),
-        image("configured-base", "localhost/my-base:1"),
         image("also-elsewhere", "localhost/repo:1", "docker.io/library/python:3.11"),
         image("ours", "localhost/repo:2"),
     ]

@@ -86,6 +86,17 @@ def test_build_phases() -> None:
     assert p is not None and p["phase"] == "ready" and p["imageName"] == "img"
 
 
+def test_a_build_warning_is_a_building_line_marked_as_a_warning() -> None:
+    # BinderHub clients know no "warning" phase: they see one more building line.
+    line = BuildLog(launch_id=L, image="img", phase="warning", message="Warning: Python 3.10")
+    assert payload(line) == {
+        "phase": "building",
+        "message": "Warning: Python 3.10\n",
+        "warning": True,
+        "launch_id": L,
+    }
+
+
 def test_pod_phases_and_ready_payload() -> None:
     scheduled = payload(PodScheduled(launch_id=L, session="s-1", node="n", image="img"))
     assert scheduled is not None and scheduled["phase"] == "launching"

@@ -13,6 +13,7 @@ from bindery.builder.builds import Builder
 from bindery.builder.handlers import subscribe
 from bindery.builder.indexforward import STEP_HOST, Index, IndexForwarder
 from bindery.builder.prune import PrunePolicy, Pruner
+from bindery.builder.pythons import Pythons
 from bindery.builder.sandbox import Sandbox
 from bindery.builder.settings import BuilderSettings
 from bindery.bus import Bus
@@ -31,19 +32,27 @@ def index_forwarder(settings: BuilderSettings) -> IndexForwarder | None:
 def build_options(
     settings: BuilderSettings, sandbox: Sandbox, forwarder: IndexForwarder | None
 ) -> BuildOptions:
-    base_image = settings.base_image or base_image_name()
-    # Fail at start, not at every launch: without it each build fails on its FROM line. Run
+    try:
+        pythons = Pythons(
+            tuple((version, base_image_name(version)) for version in settings.python_versions),
+            settings.default_python,
+            settings.python_fallback,
+        )
+    except ValueError as e:
+        raise SystemExit(f"BINDERY_DEFAULT_PYTHON: {e}") from e
+    # Fail at start, not at every launch: without them builds fail on their FROM line. Run
     # first from here, outside any build's cgroup, podman also starts the sandbox's pause
     # process (which holds its user namespace) where no build's end will kill it.
-    exists = subprocess.run(sandbox.podman("image", "exists", base_image), check=False)
-    if exists.returncode != 0:
-        raise SystemExit(
-            f"base image {base_image} is missing from the build sandbox's image store: "
-            "run scripts/base-image.sh"
-        )
+    for version, image in pythons.images:
+        exists = subprocess.run(sandbox.podman("image", "exists", image), check=False)
+        if exists.returncode != 0:
+            raise SystemExit(
+                f"the base image of Python {version}, {image}, is missing from the build "
+                f"sandbox's image store: run scripts/base-image.sh {version}"
+            )
     return BuildOptions(
         timeout=settings.build_timeout,
-        base_image=base_image,
+        pythons=pythons,
         ca_bundle=settings.ca_bundle_file(),
         memory_limit=settings.build_memory_limit,
         pids_limit=settings.build_pids_limit,
@@ -77,7 +86,6 @@ def prune_policy(settings: BuilderSettings, options: BuildOptions) -> PrunePolic
         env_repository=options.env_repository,
         keep_env_images=settings.prune_keep_env_images,
         prune_after=settings.prune_after,
-        base_image=options.base_image,
     )
 
 

@@ -33,6 +33,7 @@ from enum import StrEnum
 from typing import Any
 
 from bindery.builder.cgroups import BuildCgroup
+from bindery.builder.pythons import Pythons
 from bindery.builder.sandbox import DEFAULT_USER, Sandbox
 from bindery.builder.sources import ProviderHosts
 
@@ -64,7 +65,9 @@ class BuildOptions:
     """How this host builds; the builder's settings fill it in."""
 
     timeout: float = 3600.0
-    base_image: str = ""
+    pythons: Pythons | None = None
+    """The base image of each Python; None: build_one's (every version of
+    bindery.builder.baseimage, the default Python its default)."""
     ca_bundle: str = ""
     memory_limit: int = 0
     """Bytes for the whole build (its cgroup, swap included); 0 for none."""
@@ -162,8 +165,10 @@ def command(request: BuildRequest, options: BuildOptions) -> list[str]:
         cmd.append("--push")
     if options.fetch_in_sandbox:
         cmd.append("--fetch-in-sandbox")
-    if options.base_image:
-        cmd.append(f"--base-image={options.base_image}")
+    if options.pythons:
+        cmd += [f"--python={version}={image}" for version, image in options.pythons.images]
+        cmd.append(f"--default-python={options.pythons.default}")
+        cmd.append(f"--python-fallback={options.pythons.fallback}")
     if options.ca_bundle:
         cmd.append(f"--ca-bundle={options.ca_bundle}")
     if options.push_tls_verify:

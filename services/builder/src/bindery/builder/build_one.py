@@ -25,7 +25,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from repo2docker.app import Repo2Docker
 from repo2docker.contentproviders import Git
@@ -34,12 +34,13 @@ from repo2docker.utils import R2dState
 from traitlets.config import Config
 
 from bindery.builder import datarepos, nixpack, registrymirror
-from bindery.builder.baseimage import base_image_name
+from bindery.builder.baseimage import base_image_name, python_suites
 from bindery.builder.build import MAX_LINE_CHARS
-from bindery.builder.buildpacks import BUILDPACKS, DEFAULT_BUILDPACK, BuildContext
+from bindery.builder.buildpacks import BUILDPACKS, DEFAULT_BUILDPACK, BuildContext, BuildWarning
 from bindery.builder.checkout import check_checkout
 from bindery.builder.cran import check_mirror_setting
 from bindery.builder.engine import PodmanEngine
+from bindery.builder.pythons import DEFAULT_PYTHON, Fallback, Pythons
 from bindery.builder.sandbox import DEFAULT_USER, Sandbox
 from bindery.builder.sources import DEFAULT_SCHEMES, ProviderHosts, Source, check_source
 
@@ -68,7 +69,8 @@ class _ProtocolHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage().rstrip("\r\n")
         if message:
-            emit(str(getattr(record, "phase", "building")), message)
+            warning = isinstance(record.msg, BuildWarning)
+            emit("warning" if warning else str(getattr(record, "phase", "building")), message)
 
 
 class _Repo2Docker(Repo2Docker):  # type: ignore[misc]
@@ -163,7 +165,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--image", required=True, help="name to tag (and push) the image as")
     parser.add_argument("--push", action="store_true", help="push the image once built")
-    parser.add_argument("--base-image", default="", help="default: bindery.builder.baseimage's")
+    parser.add_argument(
+        "--python",
+        action="append",
+        default=[],
+        help="VERSION=IMAGE: the base image of a Python (repeatable; default: every Python of "
+        "bindery.builder.baseimage)",
+    )
+    parser.add_argument("--default-python", default=DEFAULT_PYTHON)
+    parser.add_argument("--python-fallback", choices=get_args(Fallback), default="nearest")
     parser.add_argument("--ca-bundle", default="", help="CA bundle handed to the build")
     parser.add_argument(
         "--sandbox-user", default=DEFAULT_USER, help="the unprivileged user podman runs as"
@@ -229,9 +239,17 @@ def validate(args: argparse.Namespace) -> None:
     args.registry_mirror = registrymirror.check_mirror_setting(args.registry_mirror)
     args.nix_channel = nixpack.check_channel_setting(args.nix_channel)
     args.nix_substituter = [nixpack.check_substituter_setting(u) for u in args.nix_substituter]
+    images = [tuple(pair.split("=", 1)) for pair in args.python if "=" in pair]
+    if len(images) != len(args.python):
+        raise ValueError(f"--python takes VERSION=IMAGE, not {args.python!r}")
+    args.pythons = Pythons(
+        tuple(images) or tuple((v, base_image_name(v)) for v in python_suites()),
+        args.default_python,
+        args.python_fallback,
+    )
     if not args.env_repository:
         args.env_repository = args.image.rpartition(":")[0].rpartition("/")[0] + "/env"
-    for image in (args.image, args.env_repository):
+    for image in (args.image, args.env_repository, *dict(args.pythons.images).values()):
         if IMAGE_PATTERN.fullmatch(image) is None:
             raise ValueError(f"{image!r} is not a valid image reference")
 
@@ -277,9 +295,11 @@ def make_app(args: argparse.Namespace) -> Repo2Docker:
             nix_substituters=tuple(args.nix_substituter),
             registry_mirror=args.registry_mirror,
             repo_url=args.source.url,
+            pythons=args.pythons,
         )
     }
-    app.base_image = args.base_image or base_image_name()
+    # repo2docker makes every pack with this one; the pack then takes its Python's.
+    app.base_image = dict(args.pythons.images)[args.pythons.default]
     app.engine = "bindery-podman"
     # Makes repo2docker capture git's output into its log instead of our stdout.
     app.json_logs = True

@@ -19,8 +19,9 @@ apt.txt, postBuild and start with all of them; binder/ or .binder/ is then the o
 its .dockerignore/.containerignore included (they decide what the repository's layer copies,
 the configuration files always kept).
 repo2docker's own template cannot run here (it installs micromamba and conda packages, whose
-hosts are unreachable), so each pack renders its own, on the shared base image (Debian's Python
-3.11 and Jupyter in /srv/venv, user jovyan), installing with uv and its shared cache mount.
+hosts are unreachable), so each pack renders its own, on a shared base image (a Debian suite's
+Python and Jupyter in /srv/venv, user jovyan): the one of the Python the repository asks for
+(bindery.builder.pythons chooses), installing with uv and its shared cache mount.
 """
 
 from __future__ import annotations
@@ -56,13 +57,11 @@ from ruamel.yaml.error import YAMLError
 from bindery.builder import conda, nixpack
 from bindery.builder.cran import CranMirror, rprofile
 from bindery.builder.dockerfile import check_dockerfile
+from bindery.builder.pythons import DEFAULT_PYTHON, Choice, Pythons, PythonUnavailable
 from bindery.builder.registrymirror import fetch_base_images
 
 # Part of every environment key: bump it when a change here changes what an environment holds.
 BUILDPACK_VERSION = "2"
-# The base image's Python (Debian bookworm's python3): uv could fetch others only from its
-# download host, which builds cannot reach.
-PYTHON_VERSION = "3.11"
 # Debian bookworm's r-base-core: the only R builds can install (no other R binaries reachable).
 R_VERSION = "4.2.2"
 # Where generated install lists (Pipfile, environment.yml) land in the environment image, so
@@ -72,6 +71,11 @@ GENERATED_DIR = "/usr/local/share/bindery"
 
 class UnsupportedRepository(RuntimeError):
     """The repository asks for something this Bindery cannot build; the message says what."""
+
+
+class BuildWarning(str):
+    """A build log line the person launching must see (the protocol's phase ``warning``):
+    something of the repository was not built as it asked."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,9 @@ class BuildContext:
     registry_mirror: str = ""
     """The builder's checked registry_mirror setting (bindery.builder.registrymirror): where a
     Dockerfile's Docker Hub images come from; empty: only from the builder's store."""
+    pythons: Pythons | None = None
+    """The Pythons there are base images for; None: only the pack's own base image, as the
+    default Python."""
 
 
 # Sourced by every build step: the CA bundle and package index the build was handed as secrets
@@ -274,13 +281,30 @@ class BinderyBuildPack(BaseImage):  # type: ignore[misc]
 
     def check(self) -> None:
         """Raise UnsupportedRepository before any work if the repository asks for the impossible."""
+
+    base_image: str
+    """What repo2docker made the pack with (the default Python's), until ``choose_python``."""
+    python_version = DEFAULT_PYTHON
+    """The Python the environment is built on: ``choose_python`` sets it."""
+
+    def python_asked(self) -> tuple[str | None, str, SpecifierSet | None]:
+        """(the Python version the repository pins or None, the file that says so, the versions
+        it accepts or None)."""
         name, version, _ = self.runtime
-        if name == "python" and version and not _same_version(version, PYTHON_VERSION):
-            raise UnsupportedRepository(
-                f"runtime.txt asks for python-{version}, but this Bindery has Python "
-                f"{PYTHON_VERSION} only (available: python-{PYTHON_VERSION} or python-3). "
-                f"Change runtime.txt to python-{PYTHON_VERSION}."
-            )
+        if name == "python" and version:
+            return version, "runtime.txt", None
+        return None, "runtime.txt", None
+
+    def choose_python(self, context: BuildContext) -> Choice:
+        """Build on the base image of the Python the repository asks for (or the nearest)."""
+        pythons = context.pythons or Pythons(((DEFAULT_PYTHON, self.base_image),), DEFAULT_PYTHON)
+        try:
+            choice = pythons.choose(*self.python_asked())
+        except PythonUnavailable as e:
+            raise UnsupportedRepository(str(e)) from e
+        self.python_version = choice.version
+        self.base_image = choice.image
+        return choice
 
     def generated_files(self, context: BuildContext) -> dict[str, str]:
         """Install lists made from the repository's files, copied to GENERATED_DIR."""
@@ -362,7 +386,11 @@ class BinderyBuildPack(BaseImage):  # type: ignore[misc]
         """Make (or find) the environment image, then the image ``FROM`` it with the repository."""
         context: BuildContext = extra_build_kwargs.get("bindery") or BuildContext()
         self.configure(context)
+        choice = self.choose_python(context)
         self.check()
+        yield f"Python {choice.version}, on {choice.image}\n"
+        if choice.warning:
+            yield BuildWarning(choice.warning + "\n")
         volumes = self.volumes(context)
         with tempfile.TemporaryDirectory(prefix="bindery-env-") as scratch:
             generated = self.generated_files(context)
@@ -448,19 +476,18 @@ class PythonBuildPack(BinderyBuildPack):
             return bool(name == "python")
         return self._is_python_package() or self._requirements_file() is not None
 
-    def check(self) -> None:
-        super().check()
+    def python_asked(self) -> tuple[str | None, str, SpecifierSet | None]:
+        version, where, _ = super().python_asked()
+        if version is not None:
+            return version, where, None
+        # Installed with the repository (pip install .), so its requires-python must hold.
         requires = self._pyproject().get("project", {}).get("requires-python")
-        if not self.binder_dir and isinstance(requires, str):
+        if self._is_python_package() and isinstance(requires, str):
             try:
-                accepted = SpecifierSet(requires)
+                return None, "pyproject.toml", SpecifierSet(requires)
             except InvalidSpecifier as e:
                 raise UnsupportedRepository(f"pyproject.toml: requires-python: {e}") from e
-            if PYTHON_VERSION not in accepted:
-                raise UnsupportedRepository(
-                    f"pyproject.toml requires Python {requires}, but this Bindery has Python "
-                    f"{PYTHON_VERSION} only."
-                )
+        return None, where, None
 
     @lru_cache  # noqa: B019 -- repo2docker's buildpacks cache every hook per instance
     def get_preassemble_script_files(self) -> dict[str, str]:
@@ -669,6 +696,15 @@ class EnvironmentYmlBuildPack(_RequirementsListBuildPack):
     def notes(self) -> list[str]:
         return self._notes
 
+    def python_asked(self) -> tuple[str | None, str, SpecifierSet | None]:
+        """environment.yml's ``python`` dependency: ``python=3.9`` (or ``3.9.7``) pins a
+        version, ``python>=3.10`` says which it accepts."""
+        where = os.path.basename(self._path() or "environment.yml")
+        for spec in self._dependencies()[0]:
+            if conda_name(spec).lower() == "python":
+                return python_pin(spec, where)
+        return None, where, None
+
     def overlays(self) -> list[tuple[str, str]]:
         return [(self.PREFIX_DIR, conda.PREFIX)] if self._lock and self._lock.records else []
 
@@ -683,12 +719,6 @@ class EnvironmentYmlBuildPack(_RequirementsListBuildPack):
         specs, pip, _ = self._dependencies()
         self._notes = []
         self._lock = None
-        python = [spec for spec in specs if conda_name(spec).lower() == "python"]
-        if python:
-            self._notes.append(
-                f"environment.yml asks for {python[0]!r}: this Bindery has Python "
-                f"{PYTHON_VERSION} only, which is used."
-            )
         wanted = [spec for spec in specs if conda_name(spec).lower() not in self.PROVIDED]
         if not context.conda_channel_alias:
             self._notes.append("environment.yml: this Bindery has no conda channel configured.")
@@ -810,6 +840,20 @@ def conda_name(spec: str) -> str:
     match = CONDA_SPEC.fullmatch(spec.strip())
     assert match is not None
     return match["name"]
+
+
+def python_pin(spec: str, where: str) -> tuple[str | None, str, SpecifierSet | None]:
+    """A conda ``python`` spec as (pinned version, ``where``, accepted versions)."""
+    requirement = conda_to_pip(spec)[len("python") :]
+    if not requirement:
+        return None, where, None
+    pinned = re.fullmatch(r"==\s*([0-9]+(?:\.[0-9]+){0,2})(?:\.\*)?", requirement)
+    if pinned:
+        return pinned[1], where, None
+    try:
+        return None, where, SpecifierSet(requirement)
+    except InvalidSpecifier as e:
+        raise UnsupportedRepository(f"{where}: cannot read {spec!r}: {e}") from e
 
 
 def conda_to_pip(spec: str) -> str:

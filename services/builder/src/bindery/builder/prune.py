@@ -64,7 +64,6 @@ class PrunePolicy:
     env_repository: str
     keep_env_images: int
     prune_after: float
-    base_image: str = ""
 
     def kind(self, image: LocalImage) -> Kind | None:
         """What the image is to the builder; None: not the builder's, never removed."""
@@ -77,11 +76,7 @@ class PrunePolicy:
         return Kind.COMMIT
 
     def _foreign(self, name: str) -> bool:
-        return (
-            not name.startswith(self.prefix)
-            or name == self.base_image
-            or name.startswith(PROTECTED_PREFIXES)
-        )
+        return not name.startswith(self.prefix) or name.startswith(PROTECTED_PREFIXES)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,9 @@ from typing import Annotated
 from pydantic import AfterValidator, Field
 
 from bindery.builder import conda, nixpack, registrymirror
+from bindery.builder.baseimage import python_suites
 from bindery.builder.cran import check_mirror_setting
+from bindery.builder.pythons import DEFAULT_PYTHON, Fallback
 from bindery.builder.sources import ProviderHosts
 from bindery.settings import PackageIndexSettings, Profile
 
@@ -16,6 +18,16 @@ _PUBLIC = ProviderHosts()
 
 
 GiB = 1024**3
+
+
+def _known_pythons(versions: list[str]) -> list[str]:
+    unknown = sorted(set(versions) - set(python_suites()))
+    if unknown or not versions:
+        raise ValueError(
+            f"no base image recipe for Python {', '.join(unknown) or '(none given)'}: the "
+            f"versions are {', '.join(python_suites())}"
+        )
+    return versions
 
 
 class BuilderSettings(PackageIndexSettings):
@@ -142,9 +154,22 @@ class BuilderSettings(PackageIndexSettings):
     minutes of builds write, and a pass (one `podman images` and a few `rmi`) costs little.
     0: never prune, for hosts whose storage others clean (the test suites, which share one)."""
 
-    base_image: str = ""
-    """Empty: the base image scripts/base-image.sh builds from this package's baseimage/ files,
-    whose name bindery.builder.baseimage computes."""
+    python_versions: Annotated[list[str], AfterValidator(_known_pythons)] = Field(
+        default_factory=lambda: list(python_suites())
+    )
+    """The Pythons repositories may ask for (runtime.txt, environment.yml), each on a base image
+    scripts/base-image.sh builds (with the same variable set, it builds these): by default every
+    one the base image's `pythons` file lists (Debian bullseye's 3.9, bookworm's 3.11, trixie's
+    3.13). The builder does not start while one of them has no base image."""
+
+    default_python: str = DEFAULT_PYTHON
+    """The Python of a repository that asks for none (repo2docker's default is a moving target;
+    Debian bookworm's is the one Bindery's own services run on); one of `python_versions`."""
+
+    python_fallback: Fallback = "nearest"
+    """A repository asking for a Python not in `python_versions`: `nearest` builds it on the
+    closest version of the same major (the newer of two as close), with a warning in its build
+    log and on the launch page; `refuse` fails the build, naming the versions there are."""
 
     recently_built: int = 256
     """How many images this replica remembers having built, so launches that queued behind a

@@ -78,7 +78,11 @@ def to_payload(event: Event, *, session_url: Callable[[str], str]) -> Payload | 
         case BuildLog():
             # BinderHub clients write messages as they come: each must end its own line.
             message = event.message if event.message.endswith("\n") else event.message + "\n"
-            payload = {"phase": event.phase, "message": message}
+            if event.phase == "warning":
+                # Still a building step to BinderHub clients; Bindery's page also shows it apart.
+                payload = {"phase": "building", "message": message, "warning": True}
+            else:
+                payload = {"phase": event.phase, "message": message}
         case ImageBuilt(build_only=True):
             payload = {"phase": "ready", "imageName": event.image, "message": "Done! Image built\n"}
         case ImageBuilt():

@@ -1,8 +1,10 @@
-"""The name of the shared base image every repository image is built FROM.
+"""The names of the base images repository images are built FROM, one per Python version.
 
-In: the files of the base image's build context (``context/`` beside this module).
-Out: ``localhost/bindery-base:<tag>``, where <tag> is the hash scripts/base-image.sh computes
-over the same bytes, so the services name the image that script built without running it.
+In: the files of the base images' build context (``context/`` beside this module), among them
+``pythons``, which lists the Python versions and the Debian suite each comes from.
+Out: ``localhost/bindery-base:<tag>-py<version>``, where <tag> is the hash scripts/base-image.sh
+computes over the same bytes, so the services name the images that script built without running
+it.
 """
 
 import hashlib
@@ -31,6 +33,16 @@ def base_image_tag(context_dir: Path = CONTEXT_DIR) -> str:
     return listing.hexdigest()[:TAG_LENGTH]
 
 
-def base_image_name(context_dir: Path = CONTEXT_DIR) -> str:
-    """The full local name of the base image built from ``context_dir``."""
-    return f"{REPOSITORY}:{base_image_tag(context_dir)}"
+def python_suites(context_dir: Path = CONTEXT_DIR) -> dict[str, str]:
+    """Python version -> the Debian suite its base image is built from, as ``pythons`` lists."""
+    suites = {}
+    for line in (context_dir / "pythons").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            version, suite = line.split()
+            suites[version] = suite
+    return suites
+
+
+def base_image_name(python: str, context_dir: Path = CONTEXT_DIR) -> str:
+    """The full local name of the base image of Python ``python`` built from ``context_dir``."""
+    return f"{REPOSITORY}:{base_image_tag(context_dir)}-py{python}"

@@ -14,6 +14,8 @@
     waiting: [0, 3], fetching: [1, 15], building: [2, 35], pushing: [2, 60], built: [3, 70],
     pulling: [3, 75], launching: [4, 85], ready: [5, 100]
   };
+  // How long a ready launch that showed warnings waits before opening the session.
+  var WARNING_PAUSE_MS = 5000;
   var REASONS = {
     invalid_spec: ["This link does not name a repository",
       "Check the repository URL and the ref in the link."],
@@ -173,8 +175,14 @@
       fail("internal", "Refusing to open a location outside the session.");
       return;
     }
-    $("status").textContent = "Ready: opening your session...";
-    location.replace(target);
+    if ($("warnings").hidden) {
+      $("status").textContent = "Ready: opening your session...";
+      location.replace(target);
+      return;
+    }
+    // Leaving at once would take the warnings away unread; the handoff code lasts 60 s.
+    $("status").textContent = "Ready: opening your session in a few seconds (see the warning).";
+    setTimeout(function () { location.replace(target); }, WARNING_PAUSE_MS);
   }
 
   function status(data) {
@@ -208,6 +216,14 @@
       }
     }
     if (data.message && data.phase !== "failed" && data.phase !== "ready") appendLog(data.message);
+    if (data.warning) {
+      // Something of the repository was not built as it asks (e.g. another Python): it must
+      // not scroll away with the log.
+      var item = document.createElement("li");
+      item.textContent = data.message.trim();
+      $("warnings").appendChild(item);
+      $("warnings").hidden = false;
+    }
     if (data.phase === "failed") {
       fail(data.reason, data.message);
     } else if (data.phase === "ready") {
