@@ -31,8 +31,7 @@ REPOSITORIES: dict[str, dict[str, str]] = {
     "runtime-3.13": {"runtime.txt": "python-3.13\n", "requirements.txt": "tabulate\n"},
     # conda-forge is not reachable from the test stack: the PyPI route, on Python 3.9's image.
     "environment-3.9": {
-        "environment.yml": "channels: [conda-forge]\ndependencies:\n  - python=3.9\n"
-        "  - tabulate\n"
+        "environment.yml": "channels: [conda-forge]\ndependencies:\n  - python=3.9\n  - tabulate\n"
     },
     "runtime-3.10": {"runtime.txt": "python-3.10\n", "requirements.txt": "tabulate\n"},
 }
