@@ -38,25 +38,24 @@ fi
 tag=$(cd "$context" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum \
       | sha256sum | cut -c1-12)
 
-scratch=()
-trap 'rm -rf "${scratch[@]}"' EXIT
-
-build() {  # build VERSION SUITE IMAGE
-    local version=$1 suite=$2 image=$3 rootfs=localhost/bindery-rootfs:$2
+# build VERSION SUITE IMAGE, in a subshell of its own: the versions build side by side.
+build() (
+    version=$1 suite=$2 image=$3 rootfs=localhost/bindery-rootfs:$2
+    scratch=()
+    trap 'rm -rf "${scratch[@]}"' EXIT
     # No registry can be pulled from here: each suite's root filesystem is made locally, once.
     if ! podman image exists "$rootfs"; then
-        local rootfs_dir
         rootfs_dir=$(mktemp -d)
         scratch+=("$rootfs_dir")
         debootstrap --variant=minbase "$suite" "$rootfs_dir" http://deb.debian.org/debian >&2
         tar -C "$rootfs_dir" -c . | podman import - "$rootfs" >&2
     fi
-    local secret=()
+    secret=()
     if [[ -r $ca_bundle ]]; then
         secret=(--secret "id=pipca,src=$ca_bundle")
     fi
     # The sandbox user reads the context: a copy of its own, on the sandbox's disk.
-    local build_user=${BINDERY_BUILD_USER:-bindery-build} sandbox_context
+    build_user=${BINDERY_BUILD_USER:-bindery-build}
     sandbox_context=$(mktemp -d -p "$(getent passwd "$build_user" | cut -d: -f6)/tmp")
     scratch+=("$sandbox_context")
     cp -r "$context/." "$sandbox_context"
@@ -65,8 +64,10 @@ build() {  # build VERSION SUITE IMAGE
     chmod -R a+rX "$sandbox_context"
     podman build --layers "${secret[@]}" --build-arg "SUITE=$suite" \
         --build-arg "PYTHON=$version" --tag "$image" "$sandbox_context" >&2
-}
+)
 
+names=()
+builds=()
 for version in "${versions[@]}"; do
     suite=$(awk -v v="$version" '$1 == v { print $2 }' "$context/pythons")
     if [[ -z $suite ]]; then
@@ -74,8 +75,18 @@ for version in "${versions[@]}"; do
         exit 2
     fi
     image=localhost/bindery-base:$tag-py$version
+    names+=("$image")
     if ! $name_only && ! podman image exists "$image"; then
-        build "$version" "$suite" "$image"
+        build "$version" "$suite" "$image" &
+        builds+=($!)
     fi
-    echo "$image"
 done
+failed=0
+for pid in "${builds[@]}"; do
+    wait "$pid" || failed=1
+done
+if ((failed)); then
+    echo "base-image.sh: a base image failed to build (its output is above)" >&2
+    exit 1
+fi
+printf '%s\n' "${names[@]}"
