@@ -3,8 +3,10 @@
 # FROM, one per Python version, and prints their names, one a line, on stdout (everything else
 # goes to stderr). Usage: base-image.sh [--name] [VERSION ...]
 # VERSIONs default to BINDERY_PYTHON_VERSIONS (the builder's setting: a JSON list or words),
-# else every version the context's `pythons` file lists; each is built from the root filesystem
-# of the Debian suite that file names for it (made here with debootstrap, once per suite).
+# else every version the context's `pythons` file has from a Debian suite; each is built from
+# the root filesystem of the suite that file names for it (made here with debootstrap, once per
+# suite). A version whose source is `uv` is installed by uv from BINDERY_PYTHON_INSTALL_MIRROR
+# (the builder's setting of that name) on bookworm's.
 # <tag> is a hash of the files in the base images' build context; bindery.builder.baseimage
 # computes the same hash in Python, so services know the names without running this script.
 # Idempotent: an image that exists is only named. `--name` prints the names without building.
@@ -30,7 +32,8 @@ if ((${#versions[@]} == 0)); then
     read -r -a versions <<<"$(tr '[]",' '    ' <<<"${BINDERY_PYTHON_VERSIONS:-}")"
 fi
 if ((${#versions[@]} == 0)); then
-    read -r -a versions <<<"$(awk '!/^#/ && NF { printf "%s ", $1 }' "$context/pythons")"
+    read -r -a versions <<<"$(awk '!/^#/ && NF && $2 != "uv" { printf "%s ", $1 }' \
+        "$context/pythons")"
 fi
 
 # One "sha256  ./path" line per file, in byte order of the paths, hashed again: a rename
@@ -40,7 +43,13 @@ tag=$(cd "$context" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha2
 
 # build VERSION SUITE IMAGE, in a subshell of its own: the versions build side by side.
 build() (
-    version=$1 suite=$2 image=$3 rootfs=localhost/bindery-rootfs:$2
+    version=$1 suite=$2 image=$3
+    mirror=()
+    if [[ $suite == uv ]]; then
+        suite=bookworm
+        mirror=(--build-arg "PYTHON_MIRROR=$BINDERY_PYTHON_INSTALL_MIRROR")
+    fi
+    rootfs=localhost/bindery-rootfs:$suite
     scratch=()
     trap 'rm -rf "${scratch[@]}"' EXIT
     # No registry can be pulled from here: each suite's root filesystem is made locally, once.
@@ -62,7 +71,7 @@ build() (
     chown -R "$build_user:" "$sandbox_context"
     # Read by jovyan inside the build (whatever mode the checkout gave the files).
     chmod -R a+rX "$sandbox_context"
-    podman build --layers "${secret[@]}" --build-arg "SUITE=$suite" \
+    podman build --layers "${secret[@]}" "${mirror[@]}" --build-arg "SUITE=$suite" \
         --build-arg "PYTHON=$version" --tag "$image" "$sandbox_context" >&2
 )
 
@@ -72,6 +81,11 @@ for version in "${versions[@]}"; do
     suite=$(awk -v v="$version" '$1 == v { print $2 }' "$context/pythons")
     if [[ -z $suite ]]; then
         echo "base-image.sh: no Python $version in $context/pythons" >&2
+        exit 2
+    fi
+    if [[ $suite == uv && -z ${BINDERY_PYTHON_INSTALL_MIRROR:-} ]]; then
+        echo "base-image.sh: Python $version comes from uv: set BINDERY_PYTHON_INSTALL_MIRROR" \
+             "to a mirror of python-build-standalone's releases" >&2
         exit 2
     fi
     image=localhost/bindery-base:$tag-py$version

@@ -1,10 +1,22 @@
 """The base image's name: Python and scripts/base-image.sh must hash the same bytes the same way."""
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
-from bindery.builder.baseimage import CONTEXT_DIR, base_image_name, base_image_tag, python_suites
+import pytest
+from pydantic import ValidationError
+
+from bindery.builder.baseimage import (
+    CONTEXT_DIR,
+    UV,
+    base_image_name,
+    base_image_tag,
+    debian_pythons,
+    python_sources,
+)
+from bindery.builder.settings import BuilderSettings
 
 REPO = Path(__file__).resolve().parents[3]
 # The pipeline scripts/base-image.sh runs, for contexts other than the real one.
@@ -25,7 +37,7 @@ def test_python_names_the_images_the_script_builds() -> None:
         text=True,
         check=True,
     )
-    assert out.stdout.split() == [base_image_name(version) for version in python_suites()]
+    assert out.stdout.split() == [base_image_name(version) for version in debian_pythons()]
     assert base_image_name("3.9") == f"localhost/bindery-base:{base_image_tag()}-py3.9"
 
 
@@ -53,11 +65,31 @@ def test_the_script_builds_the_versions_it_is_given() -> None:
     assert unknown.returncode == 2 and "no Python 2.7" in unknown.stderr
 
 
-def test_every_python_has_a_lock_and_a_suite() -> None:
-    suites = python_suites()
-    assert suites["3.11"] == "bookworm" and set(suites) >= {"3.9", "3.11", "3.13"}
-    for version in suites:
+def test_every_python_has_a_lock_and_a_source() -> None:
+    sources = python_sources()
+    assert sources["3.11"] == "bookworm" and debian_pythons() == ["3.9", "3.11", "3.13"]
+    assert {v for v, source in sources.items() if source == UV} == {"3.10", "3.12", "3.14"}
+    for version in sources:
         assert (CONTEXT_DIR / f"requirements-{version}.txt").is_file(), version
+
+
+def test_a_python_from_uv_needs_the_mirror(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith("BINDERY_")]:
+        monkeypatch.delenv(name)
+    out = subprocess.run(
+        ["bash", str(REPO / "scripts/base-image.sh"), "--name", "3.12"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2 and "BINDERY_PYTHON_INSTALL_MIRROR" in out.stderr
+    with pytest.raises(ValidationError, match=r"3\.12 comes from uv"):
+        BuilderSettings(python_versions=["3.11", "3.12"])
+    settings = BuilderSettings(
+        python_versions=["3.11", "3.12"], python_install_mirror="http://127.0.0.1:9/pbs"
+    )
+    assert settings.python_versions == ["3.11", "3.12"]
+    with pytest.raises(ValidationError, match=r"no base image recipe for Python 2\.7"):
+        BuilderSettings(python_versions=["2.7"])
 
 
 def test_agreement_holds_for_nested_files_in_byte_order(tmp_path: Path) -> None:

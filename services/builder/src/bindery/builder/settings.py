@@ -5,10 +5,10 @@ from __future__ import annotations
 import socket
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, model_validator
 
 from bindery.builder import conda, nixpack, registrymirror
-from bindery.builder.baseimage import python_suites
+from bindery.builder.baseimage import UV, debian_pythons, python_sources
 from bindery.builder.cran import check_mirror_setting
 from bindery.builder.pythons import DEFAULT_PYTHON, Fallback
 from bindery.builder.sources import ProviderHosts
@@ -21,11 +21,11 @@ GiB = 1024**3
 
 
 def _known_pythons(versions: list[str]) -> list[str]:
-    unknown = sorted(set(versions) - set(python_suites()))
+    unknown = sorted(set(versions) - set(python_sources()))
     if unknown or not versions:
         raise ValueError(
             f"no base image recipe for Python {', '.join(unknown) or '(none given)'}: the "
-            f"versions are {', '.join(python_suites())}"
+            f"versions are {', '.join(python_sources())}"
         )
     return versions
 
@@ -155,12 +155,17 @@ class BuilderSettings(PackageIndexSettings):
     0: never prune, for hosts whose storage others clean (the test suites, which share one)."""
 
     python_versions: Annotated[list[str], AfterValidator(_known_pythons)] = Field(
-        default_factory=lambda: list(python_suites())
+        default_factory=debian_pythons
     )
     """The Pythons repositories may ask for (runtime.txt, environment.yml), each on a base image
-    scripts/base-image.sh builds (with the same variable set, it builds these): by default every
-    one the base image's `pythons` file lists (Debian bullseye's 3.9, bookworm's 3.11, trixie's
-    3.13). The builder does not start while one of them has no base image."""
+    scripts/base-image.sh builds (with the same variable set, it builds these): by default the
+    ones Debian has (bullseye's 3.9, bookworm's 3.11, trixie's 3.13); 3.10, 3.12 and 3.14 come
+    from `python_install_mirror`. The builder does not start while one has no base image."""
+
+    python_install_mirror: str = ""
+    """A mirror of python-build-standalone's GitHub releases (uv's UV_PYTHON_INSTALL_MIRROR),
+    which scripts/base-image.sh has uv install the Pythons no Debian suite has from, e.g.
+    `https://mirror.example.org/python-build-standalone`. Empty: only Debian's Pythons."""
 
     default_python: str = DEFAULT_PYTHON
     """The Python of a repository that asks for none (repo2docker's default is a moving target;
@@ -209,6 +214,15 @@ class BuilderSettings(PackageIndexSettings):
     ckan_hosts: list[str] = Field(default_factory=list)
     """CKAN sites builds may fetch from; empty: any site the resolver accepted (it refuses sites
     resolving to internal addresses). Files come only from the dataset's own site."""
+
+    @model_validator(mode="after")
+    def _mirrored_pythons(self) -> BuilderSettings:
+        from_uv = [v for v in self.python_versions if python_sources()[v] == UV]
+        if from_uv and not self.python_install_mirror:
+            raise ValueError(
+                f"Python {', '.join(from_uv)} comes from uv: set BINDERY_PYTHON_INSTALL_MIRROR"
+            )
+        return self
 
     def provider_hosts(self) -> ProviderHosts:
         return ProviderHosts(

@@ -1,7 +1,8 @@
 """The names of the base images repository images are built FROM, one per Python version.
 
 In: the files of the base images' build context (``context/`` beside this module), among them
-``pythons``, which lists the Python versions and the Debian suite each comes from.
+``pythons``, which lists the Python versions and where each comes from: a Debian suite, or
+``uv`` (installed from a python-build-standalone mirror).
 Out: ``localhost/bindery-base:<tag>-py<version>``, where <tag> is the hash scripts/base-image.sh
 computes over the same bytes, so the services name the images that script built without running
 it.
@@ -33,14 +34,23 @@ def base_image_tag(context_dir: Path = CONTEXT_DIR) -> str:
     return listing.hexdigest()[:TAG_LENGTH]
 
 
-def python_suites(context_dir: Path = CONTEXT_DIR) -> dict[str, str]:
-    """Python version -> the Debian suite its base image is built from, as ``pythons`` lists."""
-    suites = {}
+UV = "uv"
+"""The source of the Pythons no Debian suite has."""
+
+
+def python_sources(context_dir: Path = CONTEXT_DIR) -> dict[str, str]:
+    """Python version -> the Debian suite its base image is built from, or ``UV``."""
+    sources = {}
     for line in (context_dir / "pythons").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
-            version, suite = line.split()
-            suites[version] = suite
-    return suites
+            version, source = line.split()
+            sources[version] = source
+    return sources
+
+
+def debian_pythons(context_dir: Path = CONTEXT_DIR) -> list[str]:
+    """The versions a Debian suite has: built without any mirror."""
+    return [v for v, source in python_sources(context_dir).items() if source != UV]
 
 
 def base_image_name(python: str, context_dir: Path = CONTEXT_DIR) -> str:
