@@ -136,3 +136,25 @@ async def test_an_environment_no_channel_can_satisfy_fails_with_the_solvers_reas
     assert not result.ok
     assert result.reason is not None and result.reason.value == "step_failed"
     assert "cannot be solved" in result.message and "python >=3.10,<3.11" in result.message
+
+
+async def test_without_a_channel_conda_forge_names_install_their_pypi_distributions(
+    tmp_path: Path, options: BuildOptions, image_name: str
+) -> None:
+    """No channel configured: matplotlib-base (conda-forge's name) is PyPI's matplotlib."""
+    repo = tmp_path / "repo"
+    environment = (
+        "name: plots\nchannels: [conda-forge]\ndependencies:\n  - python=3.11\n"
+        "  - matplotlib-base=3.10\n  - r-ggplot2\n"
+    )
+    sha = make_repo(repo, {"environment.yml": environment})
+    log = Log()
+    result = await run_build(
+        BuildRequest(f"file://{repo}", sha, image_name, push=False), log, options
+    )
+    assert result.ok, result.message + "\n" + log.text()
+    text = log.text()
+    assert "conda names mapped to PyPI" in text and "matplotlib-base -> matplotlib" in text, text
+    assert "skipped conda dependencies not on the package index: r-ggplot2" in text
+    probe = "import matplotlib, matplotlib.pyplot; print(matplotlib.__version__)"
+    assert podman_run(image_name, "python", "-c", probe).startswith("3.10.")
