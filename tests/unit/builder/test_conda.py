@@ -279,3 +279,42 @@ def test_the_lock_decides_the_key(repo: Path, tmp_path: Path) -> None:
         pack._write_env_context(directory, BUILD_ARGS, {pack.LOCK: lock.text()})
         keys.append(context_digest(directory))
     assert keys[0] != keys[1] and keys[0] == keys[2]
+
+
+def locked(*packages: tuple[str, str]) -> conda.Lock:
+    records = tuple(
+        {"name": name, "version": version, "url": f"http://h/c/linux-64/{name}.conda"}
+        for name, version in packages
+    )
+    return conda.Lock(("c",), records)
+
+
+@pytest.mark.parametrize(
+    ("python", "nb_prefix", "kernel_prefix"),
+    [
+        ("3.11.2", "/srv/conda/envs/notebook", "/srv/conda/envs/notebook"),
+        # repo2docker's separate kernel environment; Jupyter is /srv/venv's.
+        ("3.6.15", "/srv/venv", "/srv/conda/envs/kernel"),
+    ],
+)
+def test_what_the_session_is_told_follows_the_environment(
+    repo: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    python: str,
+    nb_prefix: str,
+    kernel_prefix: str,
+) -> None:
+    (repo / "environment.yml").write_text(f"dependencies:\n  - python={python}\n  - ipykernel\n")
+    lock = locked(("python", python), ("ipykernel", "6.0"), ("micromamba", "2.3.3"))
+    monkeypatch.setattr(conda, "resolve", lambda *args: lock)
+    pack = EnvironmentYmlBuildPack(base_image="localhost/bindery-base:test")
+    generated = pack.generated_files(BuildContext(conda_channel_alias="http://h"))
+    # The channel has ipykernel and micromamba: nothing from the index, a conda command.
+    assert generated[pack.LIST] == ""
+    assert not any("micromamba" in note or "ipykernel" in note for note in pack.notes())
+    dockerfile = pack.render_env(BUILD_ARGS, pack.generated_file_names())
+    assert f"COPY --chown=1000:1000 conda-env/ {kernel_prefix}/" in dockerfile
+    assert f"ENV NB_PYTHON_PREFIX={nb_prefix}" in dockerfile
+    assert f"ENV KERNEL_PYTHON_PREFIX={kernel_prefix}" in dockerfile
+    assert "ENV MAMBA_EXE=${KERNEL_PYTHON_PREFIX}/bin/micromamba" in dockerfile
+    assert "ENV CONDA_DEFAULT_ENV=${KERNEL_PYTHON_PREFIX}" in dockerfile
