@@ -233,15 +233,18 @@ async def test_environment_yml_without_conda_installs_what_pypi_has(
 
 
 CONDA_PROBE = """
-import subprocess, sys, bindery_probe, pyfiglet
+import os, subprocess, sys, bindery_probe, pyfiglet
 print("module", bindery_probe.__file__)
 print("python", sys.executable)
+print("prefix", sys.prefix)
+print("variables", os.environ["NB_PYTHON_PREFIX"], os.environ["KERNEL_PYTHON_PREFIX"])
 print("entry", subprocess.run(["bindery-probe"], capture_output=True, text=True).stdout.strip())
 print("where", subprocess.run(["bindery-probe-where"], capture_output=True, text=True).stdout)
 """
+CONDA_ENV = "/srv/conda/envs/notebook"
 
 
-async def test_environment_yml_from_a_conda_channel_installs_its_packages(
+async def test_environment_yml_from_a_conda_channel_is_a_conda_environment_the_kernel_runs(
     stack: Stack, http: aiohttp.ClientSession, repos: Path
 ) -> None:
     repo = repos / "configs-environment-yml-conda"
@@ -254,14 +257,17 @@ async def test_environment_yml_from_a_conda_channel_installs_its_packages(
     )
     session = await launch_and_probe(http, stack, repo, CONDA_PROBE)
     found = lines(session.output)
+    # The session's kernel is the environment's Python, from the channel.
+    assert found.get("python") == f"{CONDA_ENV}/bin/python", session.output
+    assert found.get("prefix") == CONDA_ENV
+    assert found.get("variables") == f"{CONDA_ENV} {CONDA_ENV}"
     assert found.get("module") == (
-        "/srv/venv/lib/python3.11/site-packages/bindery_probe/__init__.py"
-    ), session.output
-    assert found.get("python") == "/srv/venv/bin/python"
-    # The entry point runs; the file it reads had its prefix placeholder made /srv/venv.
-    assert found.get("entry") == f"bindery-probe {PROBE_VERSION} /srv/venv/share/bindery-probe"
-    assert found.get("where") == "/srv/venv"
-    assert f"2 conda packages solved from {CHANNEL}" in session.log, session.log
+        f"{CONDA_ENV}/lib/python3.11/site-packages/bindery_probe/__init__.py"
+    )
+    # The entry point runs; the file it reads had its prefix placeholder made the env's.
+    assert found.get("entry") == f"bindery-probe {PROBE_VERSION} {CONDA_ENV}/share/bindery-probe"
+    assert found.get("where") == CONDA_ENV
+    assert f"4 conda packages solved from {CHANNEL}" in session.log, session.log
 
 
 async def test_runtime_txt_asking_for_another_python_fails_naming_the_one_there(

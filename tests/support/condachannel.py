@@ -9,7 +9,9 @@ conda-forge's:
   depending on
 - ``bindery-probe-data`` (linux-64, .tar.bz2): a text file and a script holding the prefix
   placeholder (text mode) and a file holding it in a NUL-terminated string (binary mode);
-- ``bindery-needs-py310`` (linux-64): asks for Python 3.10, which no Bindery environment has.
+- ``bindery-needs-py310`` (linux-64): asks for Python 3.10, which the channel does not have;
+- ``python`` 3.11 (linux-64) and ``python_abi``: a real interpreter made from the host's Debian
+  Python (``debian_python``), the packages a conda environment is made of.
 
 The server answers 404 for every other channel, so any other name is "unreachable".
 """
@@ -20,6 +22,8 @@ import bz2
 import hashlib
 import io
 import json
+import os
+import subprocess
 import tarfile
 import threading
 import zipfile
@@ -67,6 +71,9 @@ class Package:
     placeholders: dict[str, str] = field(default_factory=dict)
     entry_points: list[str] = field(default_factory=list)
     executable: set[str] = field(default_factory=set)
+    # path -> symlink target.
+    links: dict[str, str] = field(default_factory=dict)
+    constrains: list[str] = field(default_factory=list)
     fmt: str = ".tar.bz2"
 
     @property
@@ -80,6 +87,7 @@ class Package:
             "build": self.build,
             "build_number": 0,
             "depends": self.depends,
+            "constrains": self.constrains,
             "subdir": self.subdir,
             "license": "MIT",
             "timestamp": 1700000000000,
@@ -101,10 +109,13 @@ class Package:
                 entry["prefix_placeholder"] = PLACEHOLDER
                 entry["file_mode"] = self.placeholders[path]
             paths.append(entry)
+        for path in sorted(self.links):
+            paths.append({"_path": path, "path_type": "softlink", "size_in_bytes": 0})
+        paths.sort(key=lambda entry: entry["_path"])
         info = {
             "info/index.json": json.dumps(self.index()).encode(),
             "info/paths.json": json.dumps({"paths": paths, "paths_version": 1}).encode(),
-            "info/files": "".join(f"{p}\n" for p in sorted(self.files)).encode(),
+            "info/files": "".join(f"{p}\n" for p in sorted({*self.files, *self.links})).encode(),
         }
         if self.noarch:
             link = {"noarch": {"type": self.noarch, "entry_points": self.entry_points}}
@@ -117,14 +128,19 @@ class Package:
             stem = self.filename.removesuffix(".conda")
             with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
                 zf.writestr("metadata.json", json.dumps({"conda_pkg_format_version": 2}))
-                zf.writestr(f"pkg-{stem}.tar.zst", zstd.compress(self._tar(self.files)))
+                pkg = zstd.compress(self._tar(self.files, self.links))
+                zf.writestr(f"pkg-{stem}.tar.zst", pkg)
                 zf.writestr(f"info-{stem}.tar.zst", zstd.compress(self._tar(self.info())))
             return out.getvalue()
-        return bz2.compress(self._tar({**self.info(), **self.files}))
+        return bz2.compress(self._tar({**self.info(), **self.files}, self.links))
 
-    def _tar(self, files: dict[str, bytes]) -> bytes:
+    def _tar(self, files: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
         out = io.BytesIO()
         with tarfile.open(fileobj=out, mode="w") as tar:
+            for path, target in sorted((links or {}).items()):
+                link = tarfile.TarInfo(path)
+                link.type, link.linkname = tarfile.SYMTYPE, target
+                tar.addfile(link)
             for path, data in sorted(files.items()):
                 member = tarfile.TarInfo(path)
                 member.size = len(data)
@@ -176,6 +192,76 @@ def probe_packages() -> list[Package]:
     ]
 
 
+# What the interpreter package leaves out of Debian's standard library: tests and caches (size),
+# and the PEP 668 marker, which would make uv refuse to install into the environment.
+PYTHON_SKIPPED = ("test", "idlelib", "tkinter", "turtledemo", "__pycache__", "EXTERNALLY-MANAGED")
+
+
+def debian_python() -> list[Package]:
+    """``python`` and ``python_abi`` as conda-forge's are: the host's /usr/bin/python3.X and
+    /usr/lib/python3.X (Debian's, the same the session image's Debian has, so its shared
+    libraries are there), laid out as a conda prefix's bin/ and lib/. It is made to use conda's
+    ``lib/python3.X/site-packages`` (where conda links packages and uv installs) instead of
+    Debian's dist-packages: sysconfig's scheme is changed (one line), and since Debian's
+    site module is frozen into the interpreter, a .pth file in the dist-packages it reads adds
+    site-packages as a site directory."""
+    debian = Path("/usr/bin/python3")
+    if not debian.exists():
+        raise RuntimeError("debian_python needs Debian's python3 in /usr/bin")
+    version = subprocess.run(
+        [str(debian), "-c", "import sys; print(*sys.version_info[:3])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    major, minor, micro = (int(part) for part in version.split())
+    xy = f"{major}.{minor}"
+    stdlib = Path(f"/usr/lib/python{xy}")
+    files: dict[str, bytes] = {f"bin/python{xy}": Path(f"/usr/bin/python{xy}").read_bytes()}
+    links = {"bin/python": f"python{xy}", "bin/python3": f"python{xy}"}
+    for path in sorted(stdlib.rglob("*")):
+        relative = path.relative_to(stdlib)
+        if any(part in PYTHON_SKIPPED for part in relative.parts):
+            continue
+        if path.is_symlink():
+            links[f"lib/python{xy}/{relative}"] = os.readlink(path)
+        elif path.is_file():
+            files[f"lib/python{xy}/{relative}"] = path.read_bytes()
+    sysconfig = f"lib/python{xy}/sysconfig.py"
+    venv_only = 'if sys.base_prefix != sys.prefix or hasattr(sys, "real_prefix"):'
+    text = files[sysconfig].decode()
+    if venv_only not in text:
+        raise RuntimeError(f"Debian's sysconfig.py changed: {venv_only!r} not found")
+    files[sysconfig] = text.replace(venv_only, "if True:  # conda's layout", 1).encode()
+    files[f"lib/python{xy}/dist-packages/conda-site-packages.pth"] = (
+        "import os, site, sys; "
+        f"site.addsitedir(os.path.join(sys.prefix, 'lib', 'python{xy}', 'site-packages'))\n"
+    ).encode()
+    files[f"lib/python{xy}/site-packages/README.txt"] = b"conda packages go here\n"
+    return [
+        Package(
+            "python",
+            f"{major}.{minor}.{micro}",
+            "h_debian_0",
+            "linux-64",
+            files,
+            depends=[f"python_abi {xy}.* *_cp{major}{minor}", "__glibc >=2.36"],
+            executable={f"bin/python{xy}"},
+            links=links,
+            fmt=".conda",
+        ),
+        Package(
+            "python_abi",
+            xy,
+            f"8_cp{major}{minor}",
+            "linux-64",
+            {},
+            fmt=".conda",
+            constrains=[f"python {xy}.* *_debian*"],
+        ),
+    ]
+
+
 def write_channel(root: Path, packages: list[Package]) -> Path:
     """The channel ``root/CHANNEL``: the archives and each subdir's repodata.json."""
     channel = root / CHANNEL
@@ -221,7 +307,7 @@ class _Handler(SimpleHTTPRequestHandler):
 @contextmanager
 def served_channel(root: Path) -> Iterator[ServedChannel]:
     """The probe channel written under ``root`` and served on 127.0.0.1 until the block ends."""
-    write_channel(root, probe_packages())
+    write_channel(root, probe_packages() + debian_python())
     requests: list[str] = []
     handler = type("Handler", (_Handler,), {"requests": requests})
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(root)))

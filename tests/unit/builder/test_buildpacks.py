@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from repo2docker.buildpacks.docker import DockerBuildPack
 
-from bindery.builder import buildpacks
+from bindery.builder import buildpacks, condanames
 from bindery.builder.buildpacks import (
     BUILDPACKS,
     DEFAULT_BUILDPACK,
@@ -290,6 +290,82 @@ def test_environment_yml_installs_what_the_index_has_and_names_what_it_skipped(
     # The python pin chooses the base image (test_environment_yml_python_pin_picks_...).
     assert "python" not in generated
     assert installs_in(content_lines(pack)) == ["cd . && uv pip install -e ."]
+
+
+def test_conda_forge_names_become_the_pypi_distributions_they_are(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """conda-forge's name mapping, not the same name: matplotlib-base is matplotlib, dask is
+    dask with the dataframe dependencies conda-forge's dask has, pytorch is torch."""
+    write(
+        repo,
+        {
+            "environment.yml": "channels: [conda-forge]\ndependencies:\n"
+            "  - matplotlib-base>=3.5\n  - dask=2024.1\n  - conda-forge::pytorch\n"
+            "  - python-graphviz\n  - numpy\n  - r-ggplot2\n",
+        },
+    )
+    asked: list[str] = []
+
+    def on_index(names: list[str], url: str, ca: str) -> dict[str, bool]:
+        asked.extend(names)
+        return {name: not name.startswith("r-") for name in names}
+
+    monkeypatch.setattr(buildpacks, "packages_on_index", on_index)
+    pack = picked()
+    assert isinstance(pack, EnvironmentYmlBuildPack)
+    generated = pack.generated_files(BuildContext())[pack.LIST].splitlines()
+    assert generated == [
+        "matplotlib>=3.5",
+        "dask[complete]==2024.1.*",
+        "torch",
+        "graphviz",
+        "numpy",
+    ]
+    # The index is asked for the distributions, not the conda names.
+    assert sorted(asked) == ["dask", "graphviz", "matplotlib", "numpy", "r-ggplot2", "torch"]
+    notes = "\n".join(pack.notes())
+    assert "conda-pypi 0.13.1" in notes
+    assert "matplotlib-base -> matplotlib, dask -> dask[complete], pytorch -> torch" in notes
+    assert "skipped conda dependencies not on the package index: r-ggplot2" in notes
+
+
+@pytest.mark.parametrize(
+    ("conda_name", "pypi"),
+    [
+        ("matplotlib-base", "matplotlib"),
+        ("dask", "dask[complete]"),
+        ("dask-core", "dask"),
+        ("pytorch", "torch"),
+        ("msgpack-python", "msgpack"),
+        ("pytables", "tables"),
+        ("typing_extensions", "typing-extensions"),
+        ("numpy", "numpy"),
+        ("some-unknown-package", "some-unknown-package"),
+    ],
+)
+def test_the_mapping_is_conda_forges(conda_name: str, pypi: str) -> None:
+    assert condanames.pypi_requirement_name(conda_name) == pypi
+
+
+@pytest.mark.parametrize(
+    ("dependency", "version"),
+    [
+        ("python=3.9", "3.9"),
+        ("python==3.10.4", "3.10"),
+        ("python 3.12.*", "3.12"),
+        ("python=3", None),
+        ("python>=3.9", None),
+        ("numpy", None),
+    ],
+)
+def test_the_python_environment_yml_asks_for(
+    repo: Path, dependency: str, version: str | None
+) -> None:
+    write(repo, {"environment.yml": f"dependencies:\n  - {dependency}\n  - numpy\n"})
+    pack = picked()
+    assert isinstance(pack, EnvironmentYmlBuildPack)
+    assert pack.pinned_python() == version
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,13 @@
-"""environment.yml's conda route: channel names, the solve against a real channel served on
-127.0.0.1, relocation of the linked files, and what the environment key covers."""
+"""environment.yml's conda route: channel names, the solve and rattler's install against a
+real channel served on 127.0.0.1 (with a Python made from Debian's), the files relocated to the
+in-image prefix, and what the environment key covers."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,97 +66,95 @@ def test_channel_names_are_taken_and_everything_else_refused() -> None:
             conda.channel_names([hostile], ["conda-forge"])
 
 
-def test_binary_placeholders_keep_every_offset() -> None:
-    placeholder = b"/opt/placeholder_placeholder"
-    data = b"\x7fELF\0" + placeholder + b"/lib:" + placeholder + b"/x\0after\0"
-    out = conda.replace_prefix_binary(data, placeholder, b"/srv/venv")
-    assert len(out) == len(data)
-    assert out.index(b"after") == data.index(b"after")
-    assert out.split(b"\0")[1] == b"/srv/venv/lib:/srv/venv/x"
-    with pytest.raises(conda.CondaError, match="longer"):
-        conda.replace_prefix_binary(data, b"/opt", b"/srv/venv")
+def test_environments_are_laid_out_as_repo2docker_does() -> None:
+    assert conda.env_prefix("3.11") == "/srv/conda/envs/notebook"
+    assert conda.env_prefix("3.7") == "/srv/conda/envs/notebook"
+    # Below repo2docker's cutoff, the kernel's environment is a separate one.
+    assert conda.env_prefix("3.6") == "/srv/conda/envs/kernel"
+    assert conda.env_prefix("2.7") == "/srv/conda/envs/kernel"
 
 
-def test_noarch_python_paths_land_in_the_venv() -> None:
-    assert conda.noarch_python_path("site-packages/p/__init__.py") == (
-        "lib/python3.11/site-packages/p/__init__.py"
-    )
-    assert conda.noarch_python_path("python-scripts/tool") == "bin/tool"
-    assert conda.noarch_python_path("share/doc/p.txt") == "share/doc/p.txt"
+PREFIX = "/srv/conda/envs/notebook"
 
 
-def test_entry_points_become_scripts_for_the_venvs_python() -> None:
-    name, script = conda.entry_point_script("tool = pkg.cli:App.main")
-    assert name == "tool"
-    assert script.startswith("#!/srv/venv/bin/python\n")
-    assert "from pkg.cli import App\n" in script and "sys.exit(App.main())" in script
-    with pytest.raises(conda.CondaError):
-        conda.entry_point_script("tool = os; rm -rf /")
+def test_solve_and_create_the_environment_for_its_image_path(
+    channel: ServedChannel, cache: Path, tmp_path: Path
+) -> None:
+    lock = conda.resolve([CHANNEL], ["python=3.11", "bindery-probe"], channel.alias, cache)
 
-
-def test_a_package_cannot_write_outside_the_environment(tmp_path: Path) -> None:
-    package = tmp_path / "pkg"
-    (package / "info").mkdir(parents=True)
-    (package / "info/index.json").write_text(
-        json.dumps({"name": "x", "version": "1", "build": "0"})
-    )
-    (package / "info/paths.json").write_text(json.dumps({"paths": [{"_path": "../escape"}]}))
-    with pytest.raises(conda.CondaError, match="outside the environment"):
-        conda.link_package(package, {}, tmp_path / "staging")
-    assert not (tmp_path / "escape").exists()
-
-
-def test_solve_download_and_link(channel: ServedChannel, cache: Path, tmp_path: Path) -> None:
-    lock = conda.resolve([CHANNEL], ["bindery-probe"], channel.alias, cache)
-
-    # Python is the base image's: solved as present, never installed from the channel.
-    assert [r["name"] for r in lock.records] == ["bindery-probe-data", "bindery-probe"]
+    # The channel's own Python, dependencies first.
+    names = [r["name"] for r in lock.records]
+    assert sorted(names) == ["bindery-probe", "bindery-probe-data", "python", "python_abi"]
+    assert names.index("python") < names.index("bindery-probe")
+    assert lock.version(
+        "python",
+    ) is not None and lock.version("python").startswith("3.11.")
+    assert lock.version("ipykernel") is None
     text = json.loads(lock.text())
     assert text["channels"] == [CHANNEL]
     assert all(
         p["url"].startswith(channel.alias) and len(p["sha256"]) == 64 for p in text["packages"]
     )
 
-    staging = tmp_path / "prefix"
-    log = list(conda.stage(lock, staging, cache / "pkgs", ""))
-    assert "2 downloaded, 0 from the package cache" in log[-1]
+    staging = tmp_path / "env"
+    log = list(conda.install(lock, staging, PREFIX, cache / "pkgs", ""))
+    assert f"4 packages installed into {PREFIX}: 4 downloaded, 0 from" in log[-1]
+    # noarch: python went under the channel's Python's site-packages; its entry point and
+    # the relocated files name the in-image prefix, not the staging directory.
     site = staging / "lib/python3.11/site-packages"
     assert f'__version__ = "{PROBE_VERSION}"' in (site / "bindery_probe/__init__.py").read_text()
     entry = staging / "bin/bindery-probe"
-    assert entry.read_text().startswith("#!/srv/venv/bin/python\n")
+    assert entry.read_text().startswith(f"#!{PREFIX}/bin/python3.11\n")
     assert os.access(entry, os.X_OK)
     assert (staging / "share/bindery-probe/prefix.txt").read_text() == (
-        "/srv/venv/share/bindery-probe\n"
+        f"{PREFIX}/share/bindery-probe\n"
     )
-    assert (staging / "bin/bindery-probe-where").read_text() == "#!/bin/sh\necho /srv/venv\n"
-    assert os.access(staging / "bin/bindery-probe-where", os.X_OK)
+    assert (staging / "bin/bindery-probe-where").read_text() == f"#!/bin/sh\necho {PREFIX}\n"
     binary = (staging / "lib/bindery-probe.bin").read_bytes()
-    assert b"/srv/venv/lib/probe.so\0" in binary and PLACEHOLDER.encode() not in binary
+    assert f"{PREFIX}/lib/probe.so\0".encode() in binary and PLACEHOLDER.encode() not in binary
+    assert str(staging) not in (site / "bindery_probe/__init__.py").read_text()
     meta = json.loads((staging / "conda-meta/bindery-probe-1.2.3-pyh_0.json").read_text())
     assert meta["url"].endswith("bindery-probe-1.2.3-pyh_0.conda")
-    assert "bin/bindery-probe" in meta["files"]
+    # The channel's Python runs from the prefix, with conda's site-packages.
+    out = subprocess.run(
+        [staging / "bin/python", "-c", "import bindery_probe, sys; print(sys.prefix)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == str(staging)
 
     # A second environment with the same packages downloads nothing.
-    log = list(conda.stage(lock, tmp_path / "again", cache / "pkgs", ""))
-    assert "0 downloaded, 2 from the package cache" in log[-1]
-    # A damaged cached archive is fetched again, not used.
-    archive = cache / "pkgs/bindery-probe-1.2.3-pyh_0.conda"
-    archive.write_bytes(b"damaged")
-    log = list(conda.stage(lock, tmp_path / "third", cache / "pkgs", ""))
-    assert "1 downloaded, 1 from the package cache" in log[-1]
+    log = list(conda.install(lock, tmp_path / "again", PREFIX, cache / "pkgs", ""))
+    assert "0 downloaded, 4 from the package cache" in log[-1]
 
 
 def test_a_package_whose_bytes_differ_from_the_repodata_is_refused(
     channel: ServedChannel, cache: Path, tmp_path: Path
 ) -> None:
-    lock = conda.resolve([CHANNEL], ["bindery-probe"], channel.alias, cache)
+    lock = conda.resolve([CHANNEL], ["bindery-probe", "python"], channel.alias, cache)
     records = [
         {**r, "sha256": "0" * 64} if r["name"] == "bindery-probe" else r for r in lock.records
     ]
     tampered = conda.Lock(lock.channels, tuple(records))
-    with pytest.raises(conda.CondaError, match="sha256"):
-        list(conda.stage(tampered, tmp_path / "prefix", cache / "pkgs", ""))
-    assert not (cache / "pkgs/bindery-probe-1.2.3-pyh_0.conda").exists()
+    with pytest.raises(conda.CondaError, match=r"(?i)sha256|hash"):
+        list(conda.install(tampered, tmp_path / "env", PREFIX, cache / "pkgs", ""))
+    assert not (tmp_path / "env/lib/python3.11/site-packages/bindery_probe").exists()
+
+
+def test_packages_are_fetched_only_from_the_channels(
+    channel: ServedChannel, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = conda.run_rattler
+
+    def elsewhere(request: dict[str, Any], ca_bundle: str = "") -> dict[str, Any]:
+        answer = real(request, ca_bundle)
+        answer["records"][0]["url"] = "http://169.254.169.254/x.conda"
+        return answer
+
+    monkeypatch.setattr(conda, "run_rattler", elsewhere)
+    with pytest.raises(conda.CondaError, match="outside it"):
+        conda.resolve([CHANNEL], ["bindery-probe", "python"], channel.alias, cache)
 
 
 def test_unsatisfiable_environments_are_explained(channel: ServedChannel, cache: Path) -> None:
@@ -198,24 +198,35 @@ def test_the_environment_key_covers_the_lock_and_staging_happens_only_for_a_buil
     repo: Path, channel: ServedChannel, cache: Path
 ) -> None:
     (repo / "environment.yml").write_text(
-        f"channels: [{CHANNEL}]\ndependencies:\n  - python=3.10\n  - bindery-probe\n"
-        "  - pip:\n    - pyfiglet\n"
+        f"channels: [{CHANNEL}]\ndependencies:\n  - bindery-probe\n  - pip:\n    - pyfiglet\n"
     )
     context = BuildContext(conda_channel_alias=channel.alias, conda_pkgs_dir=str(cache))
     engine = FakeEngine(set())
     pack, log = build_env(context, engine)
 
-    assert f"2 conda packages solved from {CHANNEL} at {channel.alias}" in log
-    assert "asks for Python 3.10" in log and "using Python 3.11" in log
-    assert "2 downloaded, 0 from the package cache" in log
+    # No python pin: Bindery's default Python, from the channel.
+    assert "pins no Python: the environment gets Python 3.11" in log
+    assert f"4 conda packages solved from {CHANNEL} at {channel.alias}" in log
+    assert "4 downloaded, 0 from the package cache" in log
     ((tag, files),) = engine.built
     assert "generated/environment-conda-lock.json" in files
-    assert "conda-prefix/lib/python3.11/site-packages/bindery_probe/__init__.py" in files
+    assert "conda-env/lib/python3.11/site-packages/bindery_probe/__init__.py" in files
     dockerfile = pack.render_env(BUILD_ARGS, pack.generated_file_names())
-    copy = "COPY --chown=1000:1000 conda-prefix/ /srv/venv/"
+    copy = f"COPY --chown=1000:1000 conda-env/ {PREFIX}/"
     assert copy in dockerfile
-    # The pip: section installs after the conda packages are in place.
-    assert dockerfile.index(copy) < dockerfile.index("uv pip install --requirement")
+    for variable in (
+        "ENV CONDA_DIR=/srv/conda",
+        f"ENV NB_PYTHON_PREFIX={PREFIX}",
+        f"ENV KERNEL_PYTHON_PREFIX={PREFIX}",
+        "ENV PATH=${KERNEL_PYTHON_PREFIX}/bin:${CONDA_DIR}/bin:${PATH}",
+    ):
+        assert variable in dockerfile
+    # The pip: section (and ipykernel, which the channel lacks) go into the environment
+    # once it is in place, and its Python becomes the server's python3 kernel.
+    install = "uv pip install --python ${KERNEL_PYTHON_PREFIX}/bin/python --requirement"
+    assert dockerfile.index(copy) < dockerfile.index(install)
+    assert "-m ipykernel install --prefix /srv/venv --name python3" in dockerfile
+    assert pack.generated_files(context)[pack.LIST] == "ipykernel\npyfiglet\n"
 
     # The same environment again: found by its key, nothing downloaded or staged.
     engine.existing.add(tag)
@@ -268,3 +279,42 @@ def test_the_lock_decides_the_key(repo: Path, tmp_path: Path) -> None:
         pack._write_env_context(directory, BUILD_ARGS, {pack.LOCK: lock.text()})
         keys.append(context_digest(directory))
     assert keys[0] != keys[1] and keys[0] == keys[2]
+
+
+def locked(*packages: tuple[str, str]) -> conda.Lock:
+    records = tuple(
+        {"name": name, "version": version, "url": f"http://h/c/linux-64/{name}.conda"}
+        for name, version in packages
+    )
+    return conda.Lock(("c",), records)
+
+
+@pytest.mark.parametrize(
+    ("python", "nb_prefix", "kernel_prefix"),
+    [
+        ("3.11.2", "/srv/conda/envs/notebook", "/srv/conda/envs/notebook"),
+        # repo2docker's separate kernel environment; Jupyter is /srv/venv's.
+        ("3.6.15", "/srv/venv", "/srv/conda/envs/kernel"),
+    ],
+)
+def test_what_the_session_is_told_follows_the_environment(
+    repo: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    python: str,
+    nb_prefix: str,
+    kernel_prefix: str,
+) -> None:
+    (repo / "environment.yml").write_text(f"dependencies:\n  - python={python}\n  - ipykernel\n")
+    lock = locked(("python", python), ("ipykernel", "6.0"), ("micromamba", "2.3.3"))
+    monkeypatch.setattr(conda, "resolve", lambda *args: lock)
+    pack = EnvironmentYmlBuildPack(base_image="localhost/bindery-base:test")
+    generated = pack.generated_files(BuildContext(conda_channel_alias="http://h"))
+    # The channel has ipykernel and micromamba: nothing from the index, a conda command.
+    assert generated[pack.LIST] == ""
+    assert not any("micromamba" in note or "ipykernel" in note for note in pack.notes())
+    dockerfile = pack.render_env(BUILD_ARGS, pack.generated_file_names())
+    assert f"COPY --chown=1000:1000 conda-env/ {kernel_prefix}/" in dockerfile
+    assert f"ENV NB_PYTHON_PREFIX={nb_prefix}" in dockerfile
+    assert f"ENV KERNEL_PYTHON_PREFIX={kernel_prefix}" in dockerfile
+    assert "ENV MAMBA_EXE=${KERNEL_PYTHON_PREFIX}/bin/micromamba" in dockerfile
+    assert "ENV CONDA_DEFAULT_ENV=${KERNEL_PYTHON_PREFIX}" in dockerfile

@@ -54,7 +54,7 @@ from repo2docker.utils import is_local_pip_requirement, open_guess_encoding
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from bindery.builder import conda, nixpack
+from bindery.builder import conda, condanames, nixpack
 from bindery.builder.cran import CranMirror, rprofile
 from bindery.builder.dockerfile import check_dockerfile
 from bindery.builder.pythons import DEFAULT_PYTHON, Choice, Pythons, PythonUnavailable
@@ -565,7 +565,6 @@ class _RequirementsListBuildPack(BinderyBuildPack):
         """`generated_files` for these requirements, one a line."""
         return {self.LIST: "".join(f"{line}\n" for line in requirements)}
 
-    @lru_cache  # noqa: B019
     def get_preassemble_scripts(self) -> list[tuple[str, str]]:
         scripts: list[tuple[str, str]] = super().get_preassemble_scripts()
         install = f"uv pip install --requirement {GENERATED_DIR}/{self.LIST}"
@@ -655,33 +654,43 @@ def pipfile_requirement(name: str, entry: object) -> tuple[str, str | None]:
 
 
 class EnvironmentYmlBuildPack(_RequirementsListBuildPack):
-    """environment.yml, as repo2docker does where a conda channel is configured and reachable:
-    its conda dependencies solved against its ``channels:`` (only channel names, under the
-    builder's channel alias; an empty list or ``defaults`` means the builder's default
-    channels, ``nodefaults`` is ignored, a ``channel::`` prefix on a dependency is dropped) and
-    installed over the base image's venv (bindery.builder.conda), then its ``pip:`` section with
-    uv. A dependency no channel has, or a conflict, fails the build with the solver's
-    explanation.
+    """environment.yml, as repo2docker builds it where a conda channel is configured and
+    reachable: a conda environment of its own (bindery.builder.conda) at repo2docker's
+    ``${CONDA_DIR}/envs/notebook`` (``envs/kernel`` for a Python older than 3.7), with the
+    channel's Python at the file's ``python`` pin (Bindery's default Python without one), its
+    conda dependencies solved against its ``channels:`` (only channel names, under the
+    builder's channel alias; an empty list or ``defaults`` means the builder's default channels,
+    ``nodefaults`` is ignored, a ``channel::`` prefix on a dependency is dropped), then its
+    ``pip:`` section installed into it with uv. A dependency no channel has, or a conflict,
+    fails the build with the solver's explanation.
+
+    Jupyter stays the base image's (/srv/venv), the same tested server for every repository
+    whatever the channel carries; the ``python3`` kernel is the environment's Python
+    (ipykernel from the channel, or from the package index when the channel has none), and the
+    environment comes first on PATH with repo2docker's variables (``CONDA_DIR``,
+    ``NB_PYTHON_PREFIX``, ``KERNEL_PYTHON_PREFIX``, ``CONDA_DEFAULT_ENV``, ``MAMBA_ROOT_PREFIX``;
+    ``MAMBA_EXE`` when the channel provides micromamba, which sessions then have, set up by
+    ``${CONDA_DIR}/.condarc`` for the same channels).
 
     Without a channel (none configured, or its repodata unreachable: the log says which and
-    why): its ``pip:`` section, and those conda dependencies that the package index has under
-    the same name; the log names every one skipped.
-
-    Either way the Python is the base image's whatever the file asks for (said in the log), as
-    runtime.txt's is not: pinning an older Python is common in environment.yml files and most of
-    them work unchanged on 3.11, and the kernel must be the base image's Jupyter's Python."""
+    why): its ``pip:`` section, and its conda dependencies as the PyPI distributions conda-forge's
+    name mapping says they are (bindery.builder.condanames); the log names every one skipped.
+    The Python is then the base image's: the one the file pins when none is configured
+    (bindery.builder.pythons chooses), the default when the channel did not answer (said in
+    the log)."""
 
     LIST = "environment-requirements.txt"
     LOCK = "environment-conda-lock.json"
-    # Conda packages the base image already provides in another form.
+    # Conda packages the base image already provides in another form (the PyPI route).
     PROVIDED = frozenset({"python", "pip"})
-    # Where the conda packages are staged in the environment's build context.
-    PREFIX_DIR = "conda-prefix"
+    # Where the environment is staged in the environment's build context.
+    ENV_DIR = "conda-env"
 
     def __init__(self, base_image: str) -> None:
         super().__init__(base_image)
         self._notes: list[str] = []
         self._lock: conda.Lock | None = None
+        self._alias = ""
 
     def detect(self) -> bool:
         return self._path() is not None
@@ -693,60 +702,156 @@ class EnvironmentYmlBuildPack(_RequirementsListBuildPack):
                 return path
         return None
 
-    def notes(self) -> list[str]:
-        return self._notes
+    def pinned_python(self) -> str | None:
+        """The Python (``X.Y``) environment.yml pins, as repo2docker reads it (``python=3.9``,
+        ``python==3.9.7``, ``python 3.9.*``), or None when it pins none or only a major
+        version."""
+        pinned = self._python_pin()[0]
+        return ".".join(pinned.split(".")[:2]) if pinned and "." in pinned else None
 
-    def python_asked(self) -> tuple[str | None, str, SpecifierSet | None]:
-        """environment.yml's ``python`` dependency: ``python=3.9`` (or ``3.9.7``) pins a
-        version, ``python>=3.10`` says which it accepts."""
+    def _python_pin(self) -> tuple[str | None, str, SpecifierSet | None]:
+        """The one place that reads which Python the file asks for: see ``python_pin``."""
         where = os.path.basename(self._path() or "environment.yml")
         for spec in self._dependencies()[0]:
             if conda_name(spec).lower() == "python":
                 return python_pin(spec, where)
         return None, where, None
 
+    def notes(self) -> list[str]:
+        return self._notes
+
+    def configure(self, context: BuildContext) -> None:
+        super().configure(context)
+        self._alias = context.conda_channel_alias
+
+    def python_asked(self) -> tuple[str | None, str, SpecifierSet | None]:
+        """Without a conda channel, environment.yml's ``python`` dependency chooses the base
+        image: ``python=3.9`` (or ``3.9.7``) pins a version, ``python>=3.10`` says which it
+        accepts. With one, the environment has the channel's Python and the server stays on
+        the default base image."""
+        version, where, accepts = self._python_pin()
+        return (version, where, accepts) if not self._alias else (None, where, None)
+
+    def _prefix(self) -> str:
+        """The environment's path in the image, by its solved Python's version."""
+        assert self._lock is not None
+        return conda.env_prefix(self._lock.version("python") or DEFAULT_PYTHON)
+
     def overlays(self) -> list[tuple[str, str]]:
-        return [(self.PREFIX_DIR, conda.PREFIX)] if self._lock and self._lock.records else []
+        return [(self.ENV_DIR, self._prefix())] if self._lock else []
 
     def stage(self, env_dir: Path, context: BuildContext) -> Iterator[str]:
-        if self._lock and self._lock.records:
-            staging = env_dir / self.PREFIX_DIR
-            yield from conda.stage(
-                self._lock, staging, Path(context.conda_pkgs_dir), context.ca_bundle
+        if self._lock:
+            yield from conda.install(
+                self._lock,
+                env_dir / self.ENV_DIR,
+                self._prefix(),
+                Path(context.conda_pkgs_dir),
+                context.ca_bundle,
             )
+
+    def get_build_env(self) -> list[tuple[str, str]]:
+        env: list[tuple[str, str]] = super().get_build_env()
+        if not self._lock:
+            return env
+        kernel = self._prefix()
+        env += [
+            ("CONDA_DIR", conda.CONDA_DIR),
+            # repo2docker's: where Jupyter runs (this environment, or /srv/venv beside a
+            # separate kernel environment) and where the kernel's packages are.
+            ("NB_PYTHON_PREFIX", kernel if kernel.endswith("/notebook") else "/srv/venv"),
+            ("KERNEL_PYTHON_PREFIX", kernel),
+            ("CONDA_PREFIX", "${KERNEL_PYTHON_PREFIX}"),
+            ("CONDA_DEFAULT_ENV", "${KERNEL_PYTHON_PREFIX}"),
+            ("MAMBA_ROOT_PREFIX", "${CONDA_DIR}"),
+            ("CONDA_PLATFORM", conda.PLATFORM),
+            ("PATH", "${KERNEL_PYTHON_PREFIX}/bin:${CONDA_DIR}/bin:${PATH}"),
+        ]
+        if self._lock.version("micromamba"):
+            env.append(("MAMBA_EXE", "${KERNEL_PYTHON_PREFIX}/bin/micromamba"))
+        return env
+
+    def get_build_scripts(self) -> list[tuple[str, str]]:
+        scripts: list[tuple[str, str]] = super().get_build_scripts()
+        if not self._lock:
+            return scripts
+        # Owned by the user, as repo2docker's: micromamba in the session writes pkgs/ there.
+        # Debian's /etc/profile resets PATH in login shells: the environment comes first.
+        setup = (
+            f"install -d -o ${{NB_USER}} -g ${{NB_USER}} {conda.CONDA_DIR} {conda.CONDA_DIR}/envs"
+            " && printf '%s\\n' '# Bindery: the conda environment first, as repo2docker.'"
+            " 'export PATH=\"$KERNEL_PYTHON_PREFIX/bin:$CONDA_DIR/bin:$PATH\"'"
+            " > /etc/profile.d/conda-env.sh"
+        )
+        return [*scripts, ("root", setup)]
+
+    def get_preassemble_scripts(self) -> list[tuple[str, str]]:
+        if not self._lock:
+            return super().get_preassemble_scripts()
+        scripts: list[tuple[str, str]] = BinderyBuildPack.get_preassemble_scripts(self)
+        python = "${KERNEL_PYTHON_PREFIX}/bin/python"
+        condarc = ["channel_alias: " + self._alias, "channels:"] + [
+            f"  - {name}" for name in self._lock.channels
+        ]
+        steps = [
+            f"uv pip install --python {python} --requirement {GENERATED_DIR}/{self.LIST}",
+            # The server's python3 kernel is the environment's (repo2docker: `ipython kernel
+            # install --prefix ${NB_PYTHON_PREFIX}`).
+            f"{python} -m ipykernel install --prefix /srv/venv --name python3"
+            " --display-name 'Python 3 (ipykernel)'",
+            "printf '%s\\n' "
+            + " ".join(shlex.quote(line) for line in condarc)
+            + " > ${CONDA_DIR}/.condarc",
+        ]
+        return [*scripts, ("${NB_USER}", " && ".join(steps))]
 
     def generated_files(self, context: BuildContext) -> dict[str, str]:
         specs, pip, _ = self._dependencies()
         self._notes = []
         self._lock = None
-        wanted = [spec for spec in specs if conda_name(spec).lower() not in self.PROVIDED]
+        self._alias = context.conda_channel_alias
         if not context.conda_channel_alias:
             self._notes.append("environment.yml: this Bindery has no conda channel configured.")
-            return self._pypi_route(wanted, pip, context)
+            return self._pypi_route(specs, pip, context)
         alias = context.conda_channel_alias
         names = conda.channel_names(self._channels(), context.conda_default_channels)
+        # "conda-forge::numpy": the channel prefix goes, the channels listed are used.
+        wanted = [spec.split("::", 1)[-1] for spec in specs]
+        if self.pinned_python() is None and not any(
+            conda_name(spec).lower() == "python" for spec in specs
+        ):
+            self._notes.append(
+                f"environment.yml pins no Python: the environment gets Python {DEFAULT_PYTHON}."
+            )
+            wanted.append(f"python={DEFAULT_PYTHON}")
         try:
-            # "conda-forge::numpy": the channel prefix goes, the channels listed are used.
             lock = conda.resolve(
-                names,
-                [spec.split("::", 1)[-1] for spec in wanted],
-                alias,
-                Path(context.conda_pkgs_dir),
-                context.ca_bundle,
+                names, wanted, alias, Path(context.conda_pkgs_dir), context.ca_bundle
             )
         except conda.ChannelUnreachable as e:
             self._notes.append(
                 f"environment.yml: the conda channel(s) {', '.join(names)} at {alias} could not "
                 f"be reached: {e}"
             )
-            return self._pypi_route(wanted, pip, context)
+            return self._pypi_route(specs, pip, context)
         self._lock = lock
         self._notes.append(
             f"environment.yml: {len(lock.records)} conda packages solved from "
-            f"{', '.join(names)} at {alias} for {conda.PLATFORM}, installed into {conda.PREFIX}"
+            f"{', '.join(names)} at {alias} for {conda.PLATFORM}, Python "
+            f"{lock.version('python')}, installed into {self._prefix()}"
             + ("; then its pip: section with uv." if pip else ".")
         )
-        return {self.LOCK: lock.text(), **self.requirements_list(pip)}
+        # The kernel needs ipykernel: from the package index when no channel has it.
+        kernel = [] if lock.version("ipykernel") else ["ipykernel"]
+        if kernel:
+            self._notes.append(
+                "environment.yml: the channels have no ipykernel: it comes from the package index."
+            )
+        if not lock.version("micromamba"):
+            self._notes.append(
+                "environment.yml: the channels have no micromamba: sessions have no conda command."
+            )
+        return {self.LOCK: lock.text(), **self.requirements_list(kernel + pip)}
 
     def generated_file_names(self) -> list[str]:
         return [self.LOCK, self.LIST] if self._lock else [self.LIST]
@@ -754,16 +859,39 @@ class EnvironmentYmlBuildPack(_RequirementsListBuildPack):
     def _pypi_route(
         self, specs: list[str], pip: list[str], context: BuildContext
     ) -> dict[str, str]:
-        names = [conda_name(spec) for spec in specs]
-        found = packages_on_index(names, context.index_url, context.ca_bundle)
-        requirements = [
-            conda_to_pip(spec) for spec in specs if found.get(conda_name(spec).lower(), False)
-        ]
-        skipped = [name for name in names if not found.get(name.lower(), False)]
-        self._notes.append(
-            "environment.yml: no conda channel is reachable, so its pip: section and the conda "
-            "dependencies the package index has under the same name are installed with uv."
+        python = self.pinned_python()
+        if python and python != self.python_version:
+            # The channel's Python was asked for, and the channel did not answer.
+            self._notes.append(
+                f"environment.yml asks for Python {python}: its packages are installed for "
+                f"Python {self.python_version}, the base image's."
+            )
+        specs = [spec for spec in specs if conda_name(spec).lower() not in self.PROVIDED]
+        # conda-forge's names as the PyPI distributions they are (matplotlib-base is
+        # matplotlib, dask is dask[complete]); the index is asked for the distribution.
+        wanted = {spec: condanames.pypi_requirement_name(conda_name(spec)) for spec in specs}
+        distributions = {spec: name.split("[")[0] for spec, name in wanted.items()}
+        found = packages_on_index(
+            sorted(set(distributions.values())), context.index_url, context.ca_bundle
         )
+        requirements = [
+            conda_to_pip(spec, wanted[spec]) for spec in specs if found[distributions[spec].lower()]
+        ]
+        mapped = [
+            f"{conda_name(spec)} -> {wanted[spec]}"
+            for spec in specs
+            if wanted[spec] != conda_name(spec)
+        ]
+        skipped = [conda_name(spec) for spec in specs if not found[distributions[spec].lower()]]
+        self._notes.append(
+            "environment.yml: no conda channel is reachable, so its pip: section and its conda "
+            "dependencies as the PyPI distributions they are are installed with uv."
+        )
+        if mapped:
+            self._notes.append(
+                f"environment.yml: conda names mapped to PyPI ({condanames.source()}): "
+                + ", ".join(mapped)
+            )
         if skipped:
             self._notes.append(
                 "environment.yml: skipped conda dependencies not on the package index: "
@@ -856,12 +984,13 @@ def python_pin(spec: str, where: str) -> tuple[str | None, str, SpecifierSet | N
         raise UnsupportedRepository(f"{where}: cannot read {spec!r}: {e}") from e
 
 
-def conda_to_pip(spec: str) -> str:
+def conda_to_pip(spec: str, name: str = "") -> str:
     """``numpy=1.26`` -> ``numpy==1.26.*`` (conda's ``=`` is a prefix match), ``numpy>=1.2``
-    stays; a build string (``=py_0`` or a second word) is dropped."""
+    stays; a build string (``=py_0`` or a second word) is dropped. ``name``: the PyPI
+    requirement name to use instead of the conda name."""
     match = CONDA_SPEC.fullmatch(spec.strip())
     assert match is not None
-    name, version = match["name"], match["version"].strip()
+    name, version = name or match["name"], match["version"].strip()
     if not version:
         return name
     if version[0] in "<>!~" or version.startswith("=="):

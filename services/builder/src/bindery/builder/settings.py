@@ -80,17 +80,20 @@ class BuilderSettings(PackageIndexSettings):
     """conda's channel_alias: where environment.yml's channels are, channel NAME being
     `<alias>/NAME` (https://conda.anaconda.org for the public channels, or a mirror). Only
     names are taken from environment.yml, never URLs, so builds fetch from this host only.
-    Empty (the default, as this machine reaches no conda host): environment.yml installs its
-    pip: section and the conda dependencies PyPI has under the same name; so does a build whose
-    channel does not answer, saying so in its log."""
+    Set: environment.yml becomes a conda environment of its own (/srv/conda/envs/notebook, its
+    Python from the channel), as repo2docker makes it. Empty (the default, as this machine
+    reaches no conda host): environment.yml installs its pip: section and its conda
+    dependencies as the PyPI distributions conda-forge's name mapping says they are; so does a
+    build whose channel does not answer, saying so in its log."""
 
     conda_default_channels: list[str] = Field(default_factory=lambda: ["conda-forge"])
     """The channels of an environment.yml that lists none, or lists `defaults`: conda-forge,
     as repo2docker (Anaconda's own `defaults` channels are not under the alias)."""
 
     conda_pkgs_dir: str = conda.DEFAULT_PKGS_DIR
-    """conda's package cache: downloaded archives (sha256-verified) and repodata, shared by all
-    builds on this host and never in an image. Under the builder user's ~/.cache."""
+    """conda's package cache: rattler's verified, extracted packages and the channels' repodata,
+    shared by all builds on this host and never in an image. Under the builder user's
+    ~/.cache."""
 
     cran_mirror: Annotated[str, AfterValidator(check_mirror_setting)] = ""
     """Where R builds (install.R, DESCRIPTION) get packages, since CRAN and Posit Package Manager
