@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bindery.builder.build import BuildOptions, BuildRequest, run_build
-from bindery.builder.buildpacks import PYTHON_VERSION
+from bindery.builder.pythons import DEFAULT_PYTHON
 from tests.integration.builder.conftest import Log
 from tests.support.condachannel import CHANNEL, PROBE_VERSION, ServedChannel, served_channel
 from tests.support.gitrepo import commit, make_repo, notebook
@@ -76,7 +76,7 @@ async def test_environment_yml_becomes_a_conda_environment_of_its_own_and_is_reu
     text = log.text()
     # python, python_abi, bindery-probe, bindery-probe-data: the channel's Python.
     assert f"4 conda packages solved from {CHANNEL} at {channel.alias}" in text, text
-    assert f"Python {PYTHON_VERSION}." in text and f"installed into {ENV}" in text
+    assert f"Python {DEFAULT_PYTHON}." in text and f"installed into {ENV}" in text
     assert "4 downloaded, 0 from the package cache" in text
     assert "the channels have no ipykernel: it comes from the package index" in text
 
