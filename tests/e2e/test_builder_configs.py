@@ -270,14 +270,16 @@ async def test_environment_yml_from_a_conda_channel_is_a_conda_environment_the_k
     assert f"4 conda packages solved from {CHANNEL}" in session.log, session.log
 
 
-async def test_runtime_txt_asking_for_another_python_fails_naming_the_one_there(
+async def test_runtime_txt_asking_for_python_2_fails_naming_the_pythons_there(
     stack: Stack, http: aiohttp.ClientSession, repos: Path
 ) -> None:
-    repo = repos / "configs-runtime-38"
-    make_repo(repo, {"runtime.txt": "python-3.8\n", "requirements.txt": "pyfiglet\n"})
+    # No Python 3 is "nearest" to Python 2 code: refused whatever the fallback setting.
+    repo = repos / "configs-runtime-27"
+    make_repo(repo, {"runtime.txt": "python-2.7\n", "requirements.txt": "pyfiglet\n"})
     failed = await launch_failure(http, stack, repo)
     assert failed.get("reason") == "step_failed", failed
-    assert "python-3.8" in failed["message"] and "python-3.11" in failed["message"]
+    assert "Python 2.7" in failed["message"], failed["message"]
+    assert "available: 3.9, 3.11, 3.13" in failed["message"], failed["message"]
 
 
 @pytest.mark.parametrize(

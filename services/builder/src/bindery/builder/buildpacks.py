@@ -386,14 +386,16 @@ class BinderyBuildPack(BaseImage):  # type: ignore[misc]
         """Make (or find) the environment image, then the image ``FROM`` it with the repository."""
         context: BuildContext = extra_build_kwargs.get("bindery") or BuildContext()
         self.configure(context)
-        choice = self.choose_python(context)
         self.check()
-        yield f"Python {choice.version}, on {choice.image}\n"
-        if choice.warning:
-            yield BuildWarning(choice.warning + "\n")
         volumes = self.volumes(context)
         with tempfile.TemporaryDirectory(prefix="bindery-env-") as scratch:
             generated = self.generated_files(context)
+            # After the generated files: environment.yml's pin chooses the base image only when
+            # no conda environment (with the channel's Python) was solved.
+            choice = self.choose_python(context)
+            yield f"Python {choice.version}, on {choice.image}\n"
+            if choice.warning:
+                yield BuildWarning(choice.warning + "\n")
             yield from (note + "\n" for note in self.notes())
             env_dir = Path(scratch, "env")
             self._write_env_context(env_dir, build_args, generated)
@@ -720,17 +722,13 @@ class EnvironmentYmlBuildPack(_RequirementsListBuildPack):
     def notes(self) -> list[str]:
         return self._notes
 
-    def configure(self, context: BuildContext) -> None:
-        super().configure(context)
-        self._alias = context.conda_channel_alias
-
     def python_asked(self) -> tuple[str | None, str, SpecifierSet | None]:
-        """Without a conda channel, environment.yml's ``python`` dependency chooses the base
-        image: ``python=3.9`` (or ``3.9.7``) pins a version, ``python>=3.10`` says which it
-        accepts. With one, the environment has the channel's Python and the server stays on
-        the default base image."""
+        """Without a conda environment (no channel, or none reachable), environment.yml's
+        ``python`` dependency chooses the base image: ``python=3.9`` (or ``3.9.7``) pins a
+        version, ``python>=3.10`` says which it accepts. With one, the environment has the
+        channel's Python and the server stays on the default base image."""
         version, where, accepts = self._python_pin()
-        return (version, where, accepts) if not self._alias else (None, where, None)
+        return (version, where, accepts) if self._lock is None else (None, where, None)
 
     def _prefix(self) -> str:
         """The environment's path in the image, by its solved Python's version."""
@@ -859,13 +857,6 @@ class EnvironmentYmlBuildPack(_RequirementsListBuildPack):
     def _pypi_route(
         self, specs: list[str], pip: list[str], context: BuildContext
     ) -> dict[str, str]:
-        python = self.pinned_python()
-        if python and python != self.python_version:
-            # The channel's Python was asked for, and the channel did not answer.
-            self._notes.append(
-                f"environment.yml asks for Python {python}: its packages are installed for "
-                f"Python {self.python_version}, the base image's."
-            )
         specs = [spec for spec in specs if conda_name(spec).lower() not in self.PROVIDED]
         # conda-forge's names as the PyPI distributions they are (matplotlib-base is
         # matplotlib, dask is dask[complete]); the index is asked for the distribution.
