@@ -14,8 +14,7 @@ import aiohttp
 import pytest
 
 from tests.support.gitrepo import git, make_repo, notebook
-from tests.support.kernel import run_code
-from tests.support.stack import Stack, build_path, launch, stop_session
+from tests.support.stack import Stack, build_path, launch, launch_and_probe, stop_session
 
 pytestmark = pytest.mark.e2e
 
@@ -64,15 +63,8 @@ async def launched(stack: Stack, http: aiohttp.ClientSession, repos: Path) -> La
     )
     git(repo, "update-index", "--chmod=+x", ".local/bin/repo-tool")
     git(repo, "commit", "-qm", "repo-tool is executable")
-    url = f"file://{repo}"
-    events = await launch(http, stack.gateway, build_path(url, "main"))
-    ready = events[-1]
-    assert ready["phase"] == "ready", json.dumps(events[-5:], indent=1)
-    try:
-        outcome = await run_code(http, ready["url"], ready["token"], PROBE)
-    finally:
-        stop_session(ready["launch_id"])
-    return url, ready, json.loads(outcome.output.strip().splitlines()[-1])
+    session = await launch_and_probe(http, stack, repo, PROBE)
+    return f"file://{repo}", session.ready, session.printed_json()
 
 
 async def test_a_tool_pip_installed_for_the_user_in_postbuild_runs(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,33 +19,16 @@ from tests.support.cranmirror import PROBE as R_PROBE_PACKAGE
 from tests.support.cranmirror import PROBE_ANSWER
 from tests.support.gitrepo import make_repo, notebook
 from tests.support.kernel import run_code, start_kernel
-from tests.support.stack import Stack, build_path, launch, stop_session
+from tests.support.stack import (
+    ProbedSession,
+    Stack,
+    build_path,
+    launch,
+    launch_and_probe,
+    stop_session,
+)
 
 pytestmark = pytest.mark.e2e
-
-
-@dataclass
-class Session:
-    events: list[dict[str, Any]]
-    output: str
-
-    @property
-    def log(self) -> str:
-        return "".join(str(event.get("message", "")) for event in self.events)
-
-
-async def launch_and_probe(
-    http: aiohttp.ClientSession, stack: Stack, repo: Path, probe: str
-) -> Session:
-    """Launch ``repo``, run ``probe`` in a kernel of the session, then stop the session."""
-    events = await launch(http, stack.gateway, build_path(f"file://{repo}", "main"))
-    ready = events[-1]
-    assert ready["phase"] == "ready", json.dumps(events[-5:], indent=1)
-    try:
-        output = (await run_code(http, ready["url"], ready["token"], probe)).output
-    finally:
-        stop_session(ready["launch_id"])
-    return Session(events, output)
 
 
 async def launch_failure(http: aiohttp.ClientSession, stack: Stack, repo: Path) -> dict[str, Any]:
@@ -327,7 +309,9 @@ async def test_install_r_packages_work_in_the_sessions_r_kernel(
     finally:
         stop_session(ready["launch_id"])
     found = lines(outcome.output)
-    assert found.get("answer", "").strip() == PROBE_ANSWER, Session(events, outcome.output).log
+    assert found.get("answer", "").strip() == PROBE_ANSWER, ProbedSession(
+        events, outcome.output
+    ).log
     # The mirror directory was there for the build only: the session has a reachable default.
     assert found.get("repos", "").strip() == PUBLIC_CRAN, outcome.output
 

@@ -7,7 +7,6 @@ The launches run side by side on one shared stack."""
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,7 @@ import aiohttp
 import pytest
 
 from tests.support.gitrepo import make_repo, notebook
-from tests.support.kernel import run_code
-from tests.support.stack import Stack, build_path, launch, stop_session
+from tests.support.stack import Stack, launch_and_probe
 
 pytestmark = pytest.mark.e2e
 
@@ -45,14 +43,8 @@ async def launched(stack: Stack, http: aiohttp.ClientSession, repos: Path) -> La
     async def one(name: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         repo = repos / f"python-{name}"
         make_repo(repo, {**REPOSITORIES[name], "index.ipynb": notebook("import sys")})
-        events = await launch(http, stack.gateway, build_path(f"file://{repo}", "main"))
-        ready = events[-1]
-        assert ready["phase"] == "ready", json.dumps(events[-5:], indent=1)
-        try:
-            outcome = await run_code(http, ready["url"], ready["token"], PROBE)
-        finally:
-            stop_session(ready["launch_id"])
-        return events, json.loads(outcome.output.strip().splitlines()[-1])
+        session = await launch_and_probe(http, stack, repo, PROBE)
+        return session.events, session.printed_json()
 
     results = await asyncio.gather(*(one(name) for name in REPOSITORIES))
     return dict(zip(REPOSITORIES, results, strict=True))

@@ -29,6 +29,7 @@ import aiohttp
 from bindery.bus.access import SESSION_SECRET_HOLDERS
 from tests.support.condachannel import served_channel
 from tests.support.cranmirror import make_cran_mirror
+from tests.support.kernel import run_code
 from tests.support.privatebroker import PrivateBroker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -355,3 +356,38 @@ def stop_session(launch_id: str) -> None:
     ).stdout.split()
     if ids:
         subprocess.run(["podman", "rm", "-f", "-t", "0", *ids], capture_output=True, check=False)
+
+
+@dataclass
+class ProbedSession:
+    """A launch's events and what a probe printed in its session's kernel."""
+
+    events: list[dict[str, Any]]
+    output: str
+
+    @property
+    def log(self) -> str:
+        return "".join(str(event.get("message", "")) for event in self.events)
+
+    @property
+    def ready(self) -> dict[str, Any]:
+        return self.events[-1]
+
+    def printed_json(self) -> Any:
+        """The probe's last line, which it printed as JSON."""
+        return json.loads(self.output.strip().splitlines()[-1])
+
+
+async def launch_and_probe(
+    http: aiohttp.ClientSession, stack: Stack, repo: Path, probe: str
+) -> ProbedSession:
+    """Launch ``repo`` (a local git repository, at main), run ``probe`` in a kernel of the
+    session, then stop the session."""
+    events = await launch(http, stack.gateway, build_path(f"file://{repo}", "main"))
+    ready = events[-1]
+    assert ready["phase"] == "ready", json.dumps(events[-5:], indent=1)
+    try:
+        output = (await run_code(http, ready["url"], ready["token"], probe)).output
+    finally:
+        stop_session(ready["launch_id"])
+    return ProbedSession(events, output)
