@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from repo2docker.buildpacks.docker import DockerBuildPack
 
-from bindery.builder import buildpacks, condanames
-from bindery.builder.buildpacks import (
+from bindery.builder import condanames
+from bindery.builder.buildpacks import base as buildpacks
+from bindery.builder.buildpacks.base import (
     BUILDPACKS,
     DEFAULT_BUILDPACK,
     BinderyBuildPack,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from bindery.builder import nixpack
-from bindery.builder.buildpacks import (
+from bindery.builder.buildpacks.base import (
     BUILDPACKS,
     BuildContext,
     NixBuildPack,

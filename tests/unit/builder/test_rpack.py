@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from bindery.builder.buildpacks import (
+from bindery.builder.buildpacks.base import (
     GENERATED_DIR,
     R_VERSION,
     BuildContext,
