@@ -65,8 +65,9 @@ class SessionNetwork:
             env["UV_DEFAULT_INDEX"] = self.index_url
             parts = urlsplit(self.index_url)
             if parts.scheme == "http":
-                # The operator chose a plain-http index (as build steps are told: buildpacks.py's
-                # BUILD_ENV_SCRIPT); pip and uv refuse one unless its host is named trusted.
+                # The operator chose a plain-http index (as build steps are told: the builder's
+                # buildpacks/base.py BUILD_ENV_SCRIPT); pip and uv refuse one unless its host is
+                # named trusted.
                 host = parts.netloc
                 env["PIP_TRUSTED_HOST"] = host
                 env["UV_INSECURE_HOST"] = host

@@ -8,20 +8,17 @@ import pytest
 from repo2docker.buildpacks.docker import DockerBuildPack
 
 from bindery.builder import condanames
-from bindery.builder.buildpacks import base as buildpacks
+from bindery.builder.buildpacks import BUILDPACKS, DEFAULT_BUILDPACK
+from bindery.builder.buildpacks import conda as conda_pack
 from bindery.builder.buildpacks.base import (
-    BUILDPACKS,
-    DEFAULT_BUILDPACK,
     BinderyBuildPack,
     BuildContext,
-    EnvironmentYmlBuildPack,
-    PipfileBuildPack,
-    PythonBuildPack,
     UnsupportedRepository,
-    conda_to_pip,
     context_digest,
-    pipfile_requirement,
 )
+from bindery.builder.buildpacks.conda import EnvironmentYmlBuildPack, conda_to_pip
+from bindery.builder.buildpacks.pipfile import PipfileBuildPack, pipfile_requirement
+from bindery.builder.buildpacks.python import PythonBuildPack
 from bindery.builder.pythons import Pythons
 
 BASE = "localhost/bindery-base:test"
@@ -278,7 +275,7 @@ def test_environment_yml_installs_what_the_index_has_and_names_what_it_skipped(
     )
     on_index = {"numpy": True, "r-base": False}
     monkeypatch.setattr(
-        buildpacks,
+        conda_pack,
         "packages_on_index",
         lambda names, url, ca: {name: on_index[name] for name in names},
     )
@@ -312,7 +309,7 @@ def test_conda_forge_names_become_the_pypi_distributions_they_are(
         asked.extend(names)
         return {name: not name.startswith("r-") for name in names}
 
-    monkeypatch.setattr(buildpacks, "packages_on_index", on_index)
+    monkeypatch.setattr(conda_pack, "packages_on_index", on_index)
     pack = picked()
     assert isinstance(pack, EnvironmentYmlBuildPack)
     generated = pack.generated_files(BuildContext())[pack.LIST].splitlines()

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from bindery.builder import conda
-from bindery.builder.buildpacks.base import BuildContext, EnvironmentYmlBuildPack, context_digest
+from bindery.builder.buildpacks.base import BuildContext, context_digest
+from bindery.builder.buildpacks.conda import EnvironmentYmlBuildPack
 from tests.support.condachannel import (
     CHANNEL,
     PLACEHOLDER,
@@ -240,7 +241,7 @@ def test_without_a_reachable_channel_the_pypi_route_is_taken_and_said(
 ) -> None:
     (repo / "environment.yml").write_text("dependencies:\n  - tabulate=0.9\n  - r-base\n")
     monkeypatch.setattr(
-        "bindery.builder.buildpacks.base.packages_on_index",
+        "bindery.builder.buildpacks.conda.packages_on_index",
         lambda names, url, ca: {name: name == "tabulate" for name in names},
     )
     pack = EnvironmentYmlBuildPack(base_image="localhost/bindery-base:test")

@@ -9,12 +9,9 @@ from typing import Any
 import pytest
 
 from bindery.builder import nixpack
-from bindery.builder.buildpacks.base import (
-    BUILDPACKS,
-    BuildContext,
-    NixBuildPack,
-    UnsupportedRepository,
-)
+from bindery.builder.buildpacks import BUILDPACKS
+from bindery.builder.buildpacks.base import BuildContext, UnsupportedRepository
+from bindery.builder.buildpacks.nix import NixBuildPack
 from bindery.builder.nixpack import NixMirror, needs
 from tests.unit.builder.test_buildpacks import BASE, BUILD_ARGS, write
 

@@ -6,13 +6,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from bindery.builder.buildpacks.base import (
-    GENERATED_DIR,
-    R_VERSION,
-    BuildContext,
-    RBuildPack,
-    UnsupportedRepository,
-)
+from bindery.builder.buildpacks.base import GENERATED_DIR, BuildContext, UnsupportedRepository
+from bindery.builder.buildpacks.r import R_VERSION, RBuildPack
 from bindery.builder.cran import (
     CRAN_MOUNT,
     PUBLIC_CRAN,

@@ -3,8 +3,8 @@
 
 In: ref-resolved events for images the registry lacks. Out: build-started, build-log lines,
 image-built or launch-failed. The build itself is repo2docker, run as a library in one
-subprocess per build (``build_one``) on podman (``engine``) with Bindery's own buildpack
-(``buildpacks``) on the shared local base image (``baseimage``); what is fetched, and from
-where, is checked per provider (``sources``) and fetched by repo2docker's content providers
-(``datarepos``).
+subprocess per build (``build_one``) on podman (``engine``) with Bindery's own buildpacks
+(``buildpacks``, one module a pack) on the shared local base image (``baseimage``); what is
+fetched, and from where, is checked per provider (``sources``) and fetched by repo2docker's
+content providers (``datarepos``).
 """
