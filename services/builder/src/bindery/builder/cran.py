@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from bindery.builder.mirrors import checked_directory, checked_url
+from bindery.builder.mirrors import checked_url_or_directory
 
 # Where a directory mirror is seen inside build steps.
 CRAN_MOUNT = "/run/bindery/cran"
@@ -30,12 +30,7 @@ INDEX_FILES = ("PACKAGES", "PACKAGES.gz", "PACKAGES.rds")
 
 def check_mirror_setting(value: str) -> str:
     """The setting, normalised; ValueError saying what is wrong with it."""
-    value = value.strip()
-    if not value:
-        return ""
-    if value.startswith("/"):
-        return checked_directory(value, "CRAN mirror directory")
-    return checked_url(value, "CRAN mirror", ("http", "https"), or_directory=True)
+    return checked_url_or_directory(value, "CRAN mirror")
 
 
 @dataclass(frozen=True)

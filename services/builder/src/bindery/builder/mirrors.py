@@ -39,3 +39,14 @@ def checked_url(
     if not _URL_CHARS.fullmatch(value):
         raise ValueError(f"{what} URL {value!r} holds characters a build step cannot quote")
     return value.rstrip("/")
+
+
+def checked_url_or_directory(value: str, what: str) -> str:
+    """A mirror setting that is an http(s) URL or an absolute directory, normalised; empty for
+    none. ValueError names ``what`` (e.g. "CRAN mirror")."""
+    value = value.strip()
+    if not value:
+        return ""
+    if value.startswith("/"):
+        return checked_directory(value, f"{what} directory")
+    return checked_url(value, what, ("http", "https"), or_directory=True)

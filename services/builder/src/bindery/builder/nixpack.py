@@ -24,7 +24,12 @@ import shlex
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from bindery.builder.mirrors import SAFE_PATH, checked_directory, checked_url
+from bindery.builder.mirrors import (
+    SAFE_PATH,
+    checked_directory,
+    checked_url,
+    checked_url_or_directory,
+)
 
 # What this Bindery would need without a mirror: repo2docker's channel and binary cache.
 HOSTS = "nixos.org (the nixpkgs channel) and cache.nixos.org (its binary cache)"
@@ -42,12 +47,7 @@ WRAPPER = "/usr/local/bin/nix-shell-wrapper"
 
 def check_channel_setting(value: str) -> str:
     """The ``nix_channel`` setting, normalised; ValueError saying what is wrong with it."""
-    value = value.strip()
-    if not value:
-        return ""
-    if value.startswith("/"):
-        return checked_directory(value, "Nix channel directory")
-    return checked_url(value, "Nix channel", ("http", "https"), or_directory=True)
+    return checked_url_or_directory(value, "Nix channel")
 
 
 def check_substituter_setting(value: str) -> str:
