@@ -151,7 +151,7 @@ async def site() -> AsyncIterator[Site]:
         session_secret=SECRET,
         public_url=url,
         client_log_dir="",
-        progress_terminal_grace=0.05,
+        progress_final_line_wait=0.05,
         launch_rate_per_minute=0,
         max_launches_per_client=100_000,  # every test here launches from 127.0.0.1
     )

@@ -143,7 +143,7 @@ async def make_harness(**kw: Any) -> AsyncIterator[Harness]:
         return registry_ok[0]
 
     gateway = Gateway.create(
-        settings(**{"keepalive_interval": 0.05, "progress_terminal_grace": 0.05, **kw}),
+        settings(**{"keepalive_interval": 0.05, "progress_final_line_wait": 0.05, **kw}),
         bus,
         registry_check=registry_check,
     )

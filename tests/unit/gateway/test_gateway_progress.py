@@ -171,21 +171,22 @@ def test_first_terminal_event_wins() -> None:
     assert launch.finished
 
 
-async def test_terminal_grace_lets_late_log_lines_in_first() -> None:
-    h = hub(terminal_grace=0.01)
+async def test_a_builds_end_waits_for_its_final_log_line() -> None:
+    h = hub(final_line_wait=10.0)
     launch = h.open(L, "git", "u/HEAD")
     h.record(BuildStarted(launch_id=L, image="i", builder="b"))
     h.record(LaunchFailed(launch_id=L, service="b", reason=FailureReason.OOM, message="oom"))
     h.record(LaunchFailed(launch_id=L, service="s", reason=FailureReason.INTERNAL, message="2nd"))
     h.record(BuildLog(launch_id=L, image="i", message="Killed\n"))
     assert not launch.finished
-    assert await launch.wait(2, 5.0)  # after `building` (1) and `Killed` (2)
-    assert [e.payload["message"] for e in launch.since(1)] == ["Killed\n", "oom"]
+    h.record(BuildLog(launch_id=L, image="i", message="Build failed\n", final=True))
+    # At once, with no timer: the builder said its log is complete.
     assert launch.finished
+    assert [e.payload["message"] for e in launch.since(1)] == ["Killed\n", "Build failed\n", "oom"]
 
 
 def test_failure_without_a_build_is_not_delayed() -> None:
-    h = hub(terminal_grace=10.0)
+    h = hub(final_line_wait=10.0)
     launch = h.open(L, "git", "u/HEAD")
     failed = LaunchFailed(
         launch_id=L, service="resolver", reason=FailureReason.REF_NOT_FOUND, message="no ref"
@@ -193,24 +194,29 @@ def test_failure_without_a_build_is_not_delayed() -> None:
     assert h.record(failed) is not None and launch.finished
 
 
-async def test_a_chatty_log_holds_the_failure_only_up_to_the_maximum() -> None:
-    h = hub(terminal_grace=0.05, terminal_grace_max=0.2)
+def test_an_end_after_the_final_line_is_not_delayed() -> None:
+    h = hub(final_line_wait=10.0)
+    launch = h.open(L, "git", "u/HEAD")
+    h.record(BuildLog(launch_id=L, image="i", message="done\n", final=True))
+    failed = LaunchFailed(
+        launch_id=L, service="scheduler", reason=FailureReason.INTERNAL, message="x"
+    )
+    assert h.record(failed) is not None and launch.finished
+
+
+async def test_a_lost_final_line_holds_the_end_only_for_the_wait() -> None:
+    # A builder killed mid-build sends no final line.
+    h = hub(final_line_wait=0.1)
     launch = h.open(L, "git", "u/HEAD")
     h.record(BuildLog(launch_id=L, image="i", message="0\n"))
     h.record(LaunchFailed(launch_id=L, service="b", reason=FailureReason.OOM, message="oom"))
-    started = asyncio.get_running_loop().time()
-    n = 0
-    while not launch.finished:  # a line every 10 ms: the log never goes quiet
-        n += 1
-        h.record(BuildLog(launch_id=L, image="i", message=f"{n}\n"))
-        await launch.wait(launch.next_seq - 1, 0.01)
-    held = asyncio.get_running_loop().time() - started
-    assert 0.15 < held < 1.0
-    assert launch.since(-1)[-1].payload["phase"] == "failed"
+    assert not launch.finished
+    assert await launch.wait(launch.next_seq, 5.0)
+    assert launch.finished and launch.since(-1)[-1].payload["phase"] == "failed"
 
 
 def test_cached_ready_is_not_delayed() -> None:
-    h = hub(terminal_grace=10.0)
+    h = hub(final_line_wait=10.0)
     launch = h.open(L, "git", "u/HEAD")
     ready = PodReady(launch_id=L, session="s", node="n", image="i", target="http://127.0.0.1:1")
     assert h.record(ready) is not None and launch.finished

@@ -116,8 +116,7 @@ class Gateway:
             max_launch_bytes=settings.progress_max_launch_bytes,
             max_total_bytes=settings.progress_max_total_bytes,
             retention=settings.progress_retention,
-            terminal_grace=settings.progress_terminal_grace,
-            terminal_grace_max=settings.progress_terminal_grace_max,
+            final_line_wait=settings.progress_final_line_wait,
             abandon_grace=settings.abandon_grace,
             on_abandoned=abandon_publisher(bus),
         )

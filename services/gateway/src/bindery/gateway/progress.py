@@ -171,10 +171,12 @@ class LaunchProgress:
     next_seq: int = 0
     dropped: int = 0
     finished_at: float | None = None
-    terminal_pending: bool = False
+    pending_end: Payload | None = None
+    """The launch's end (failed or ready), held until its build's final log line is in."""
     building: bool = False
     """A build started (build-started or a log line seen): its log lines may still be on the way."""
-    last_log_at: float = 0.0
+    log_ended: bool = False
+    """The build's final log line (BuildLog.final) came: every line of it is in."""
     updated_at: float = field(default_factory=time.monotonic)
     seen_event_ids: set[str] = field(default_factory=set)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -236,8 +238,7 @@ class ProgressHub:
         max_launch_bytes: int = 16 * 1024**2,
         max_total_bytes: int = 256 * 1024**2,
         retention: float = 3600.0,
-        terminal_grace: float = 0.0,
-        terminal_grace_max: float = 2.0,
+        final_line_wait: float = 0.0,
         abandon_grace: float = 30.0,
         on_abandoned: Callable[[str], None] = lambda _launch_id: None,
     ) -> None:
@@ -248,8 +249,7 @@ class ProgressHub:
         self._max_total_bytes = max_total_bytes
         self._total_bytes = 0
         self._retention = retention
-        self._terminal_grace = terminal_grace
-        self._terminal_grace_max = max(terminal_grace, terminal_grace_max)
+        self._final_line_wait = final_line_wait
         self._abandon_grace = abandon_grace
         self._on_abandoned = on_abandoned
         self._launches: OrderedDict[str, LaunchProgress] = OrderedDict()
@@ -318,27 +318,26 @@ class ProgressHub:
         if isinstance(event, PodReady):
             launch.session = event.session
             payload.update(self._binder_fields(launch, event.resolved_ref))
-        now = time.monotonic()
         if isinstance(event, BuildLog | BuildStarted):
             launch.building = True
-        if isinstance(event, BuildLog):
-            launch.last_log_at = now
         if payload.get("phase") in TERMINAL_PHASES:
-            if launch.finished or launch.terminal_pending:
+            if launch.finished or launch.pending_end is not None:
                 return None  # the first terminal event wins
             # Build logs travel on their own channel, so a build's last lines may arrive just
-            # after the failure they explain. Hold a build's failure until its log has been
-            # quiet for the grace (longer while lines keep coming, up to the maximum); hold
-            # `ready` only while lines still flow. Without a build nothing is held.
-            logs_flowing = now - launch.last_log_at < self._terminal_grace
-            failed_build = payload["phase"] == "failed" and launch.building
-            if self._terminal_grace > 0 and (failed_build or logs_flowing):
-                launch.terminal_pending = True
+            # after the end they explain: hold the end until the builder's final line is in.
+            # A builder killed mid-build sends none, hence the bound. Without a build (a missing
+            # ref, a cached image) nothing is held.
+            if launch.building and not launch.log_ended and self._final_line_wait > 0:
+                launch.pending_end = payload
                 asyncio.get_running_loop().call_later(
-                    self._terminal_grace, self._settle_terminal, launch, payload, now
+                    self._final_line_wait, self._release_end, launch
                 )
                 return None
-        return self._append(launch, payload)
+        entry = self._append(launch, payload)
+        if isinstance(event, BuildLog) and event.final:
+            launch.log_ended = True
+            self._release_end(launch)
+        return entry
 
     @contextlib.contextmanager
     def watching(self, launch: LaunchProgress) -> Iterator[None]:
@@ -355,7 +354,7 @@ class ProgressHub:
                 )
 
     def _abandonable(self, launch: LaunchProgress) -> bool:
-        return not (launch.finished or launch.terminal_pending or launch.build_only)
+        return not (launch.finished or launch.pending_end is not None or launch.build_only)
 
     def _abandon_if_unwatched(self, launch: LaunchProgress) -> None:
         # A client that came back in the meantime, or an end that came first, keeps the launch.
@@ -385,16 +384,10 @@ class ProgressHub:
             for name in ("BINDER_LAUNCH_HOST", "BINDER_REQUEST", "BINDER_PERSISTENT_REQUEST")
         }
 
-    def _settle_terminal(self, launch: LaunchProgress, payload: Payload, held_at: float) -> None:
-        now = time.monotonic()
-        quiet_for = now - launch.last_log_at
-        if quiet_for < self._terminal_grace and now - held_at < self._terminal_grace_max:
-            asyncio.get_running_loop().call_later(
-                self._terminal_grace - quiet_for, self._settle_terminal, launch, payload, held_at
-            )
-            return
-        launch.terminal_pending = False
-        if not launch.finished:
+    def _release_end(self, launch: LaunchProgress) -> None:
+        """Append the held end, if any (on the final line, or when the wait is over)."""
+        payload, launch.pending_end = launch.pending_end, None
+        if payload is not None and not launch.finished:
             self._append(launch, payload)
 
     def _append(self, launch: LaunchProgress, payload: Payload) -> Entry:

@@ -50,16 +50,12 @@ class GatewaySettings(CapacitySettings):
     """Memory for the events of all launches; whole launches, least recently updated first, go
     beyond that. Counted in bytes, not lines: a line can be 8 KiB."""
 
-    progress_terminal_grace: float = Field(default=0.25, ge=0)
+    progress_final_line_wait: float = Field(default=2.0, ge=0)
     """Build logs travel on their own channel: a build's last lines can arrive just after the
-    failure they explain. A build's `failed` (and `ready` while lines still arrive) is held until
-    the log has been quiet this long, so those lines come first; a launch without a build (a
-    missing ref, a cached image) is never held. A quarter second covers the broker's delivery
-    of a backlog that the builder published before its failure."""
-
-    progress_terminal_grace_max: float = Field(default=2.0, ge=0)
-    """The longest a terminal event is held while log lines keep coming: the person waiting
-    should not wait on a chatty log."""
+    end (failed, or ready) they explain. A launch's end after a build is held until the
+    builder's final log line is in, at most this long (a builder killed mid-build sends none):
+    the person waiting should not wait on a lost line. A launch without a build (a missing ref,
+    a cached image) is never held."""
 
     abandon_grace: float = Field(default=30.0, gt=0)
     """When every client watching a launch has left before it is ready and none comes back
