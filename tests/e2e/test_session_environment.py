@@ -103,6 +103,7 @@ print(json.dumps({{
     "npm": run("npm", "--version").stdout.strip(),
     "npm_tool": shutil.which({NPM_TOOL!r}),
     "npm_tool_output": run({NPM_TOOL!r}, "moo").stdout,
+    "npm_registry": run("npm", "view", {NPM_TOOL!r}, "name").stdout.strip(),
     "labextensions": run("jupyter", "labextension", "list").stderr,
 }}))
 """
@@ -183,6 +184,19 @@ async def test_node_and_npm_work_in_postbuild_and_in_the_session(
     # `npm install -g` in postBuild, through the build's CA bundle, lands on the session's PATH.
     assert probed["npm_tool"] == f"/srv/venv/bin/{NPM_TOOL}", probed
     assert "moo" in probed["npm_tool_output"], probed
+    # npm in the session reaches the registry through the operator's CA bundle too.
+    assert probed["npm_registry"] == NPM_TOOL, probed
+
+
+async def test_the_session_has_repo2dockers_default_extensions(probed: dict[str, Any]) -> None:
+    listing = probed["labextensions"]
+    for extension in (
+        "@jupyter-notebook/lab-extension",
+        "@jupyter-widgets/jupyterlab-manager",
+        "@jupyter-server/resource-usage",
+        "jupyter-offlinenotebook",
+    ):
+        assert re.search(rf"{re.escape(extension)} v[\d.]+ .*enabled.*OK", listing), listing
 
 
 async def test_a_lab_extension_installed_in_postbuild_is_in_jupyterlab(
