@@ -143,6 +143,10 @@ async def test_a_session_is_a_limited_isolated_pod_on_the_chosen_node(
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"] == {"drop": ["ALL"]}
     assert {"name": "BINDER_REQUEST", "value": "v2/gh/owner/demo/HEAD"} in container["env"]
+    # As KubeSpawner tells single-user servers (jupyter-resource-usage reads MEM_LIMIT).
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert (env["MEM_LIMIT"], env["MEM_GUARANTEE"]) == (str(2 * GiB), str(1 * GiB))
+    assert env["CPU_LIMIT"] == "1"
     # The launch's variables cannot replace the token: the last of a name wins.
     assert container["env"][-1] == {"name": "JUPYTER_TOKEN", "value": "t" * 64}
     assert "--ServerApp.base_url=/user/demo-1/" in container["args"]

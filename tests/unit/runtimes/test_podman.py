@@ -165,6 +165,7 @@ async def test_a_session_gets_the_ca_bundle_read_only_and_the_index_in_its_env(
     assert body["HostConfig"]["Binds"] == [f"{bundle}:{CA_PATH}:ro"]
     env = dict(item.split("=", 1) for item in body["Env"])
     assert env["JUPYTER_TOKEN"] == "t" * 8
+    assert (env["MEM_LIMIT"], env["MEM_GUARANTEE"], env["CPU_LIMIT"]) == ("2", "1", "1")
     assert env["REQUESTS_CA_BUNDLE"] == env["NODE_EXTRA_CA_CERTS"] == CA_PATH
     assert env["PIP_INDEX_URL"] == "http://mirror.example:3141/simple"
     assert env["PIP_TRUSTED_HOST"] == env["UV_INSECURE_HOST"] == "mirror.example:3141"

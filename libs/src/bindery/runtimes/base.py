@@ -135,10 +135,24 @@ KERNEL_CULLING = (
 )
 
 
+def limits_environment(limits: Limits) -> dict[str, str]:
+    """The session's limits as JupyterHub's spawners tell single-user servers (bytes and CPUs,
+    each only when set): jupyter-resource-usage shows memory against MEM_LIMIT, and code in the
+    session can size its work to them."""
+    values = {
+        "MEM_LIMIT": str(limits.memory_limit),
+        "MEM_GUARANTEE": str(limits.memory_reservation),
+        "CPU_LIMIT": f"{limits.cpus:g}",
+    }
+    return {name: value for name, value in values.items() if float(value)}
+
+
 def session_environment(spec: SessionSpec) -> dict[str, str]:
-    """The session's environment: BinderHub's variables, the operator's network settings and
-    its Jupyter token (which nothing else may set)."""
-    return {**spec.env, **spec.network.environment(), "JUPYTER_TOKEN": spec.token}
+    """The session's environment: BinderHub's variables, its limits, the operator's network
+    settings and its Jupyter token; the last three are Bindery's alone to set."""
+    env = {**spec.env, **limits_environment(spec.limits), **spec.network.environment()}
+    env.pop("JUPYTER_TOKEN", None)  # last, so a list of variables (Kubernetes) ends with it
+    return {**env, "JUPYTER_TOKEN": spec.token}
 
 
 def jupyter_command(spec: SessionSpec) -> list[str]:
