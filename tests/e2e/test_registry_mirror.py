@@ -23,6 +23,7 @@ from bindery.builder.pythons import DEFAULT_PYTHON
 from bindery.builder.sandbox import Sandbox
 from tests.e2e.test_builder_configs import launch_and_probe, launch_failure
 from tests.support.gitrepo import make_repo
+from tests.support.sandbox import push, sandbox_podman
 from tests.support.stack import SLOT, Stack
 
 pytestmark = pytest.mark.e2e
@@ -36,13 +37,13 @@ def hub_image() -> Iterator[str]:
     """A Docker Hub name no store holds; the mirror has it. Yields the name as FROM gives it."""
     name = f"bindery-mirror-probe/base:{secrets.token_hex(6)}"
     in_mirror = f"{REGISTRY}/{MIRROR_PATH}/{name}"
-    subprocess.run(["podman", "tag", base_image_name(DEFAULT_PYTHON), in_mirror], check=True)
+    # The base images are in the build sandbox's store (scripts/base-image.sh), not root's.
+    base = base_image_name(DEFAULT_PYTHON)
+    subprocess.run(sandbox_podman("tag", base, in_mirror), check=True)
     try:
-        subprocess.run(
-            ["podman", "push", "--tls-verify=false", in_mirror], check=True, capture_output=True
-        )
+        push(in_mirror)
     finally:
-        subprocess.run(["podman", "untag", base_image_name(DEFAULT_PYTHON), in_mirror], check=False)
+        subprocess.run(sandbox_podman("untag", base, in_mirror), check=False)
     yield name
     sandbox = Sandbox()
     subprocess.run(sandbox.podman("rmi", "-f", f"docker.io/{name}"), capture_output=True)
