@@ -65,7 +65,7 @@ def measure(work: Workload, policy: Policy, prepull: bool) -> dict[str, object]:
         "pulled_tb": {
             "total": round(result.pulled_bytes / 1e12, 3),
             "at_launch": round(result.launch_pulled_bytes / 1e12, 3),
-            "pre_pulls": round((result.pulled_bytes - result.launch_pulled_bytes) / 1e12, 3),
+            "pre_pulls": round((result.pulled_bytes - result.launch_pulled_bytes) / 1e12, 3) or 0.0,
         },
         "nodes_replaced": result.nodes_replaced,
         "cpu_s": round(cpu, 1),
