@@ -46,15 +46,20 @@ class Cluster:
     seats: dict[str, Seat] = field(default_factory=dict)
     holders: dict[str, set[str]] = field(default_factory=dict)
     """image -> nodes known to hold it (learned from the runtime, pulls and starts)."""
+    _reserved: Counter[str] = field(default_factory=Counter, repr=False)
+    _sessions: Counter[str] = field(default_factory=Counter, repr=False)
+    """Per node, kept by `occupy` and `release`: every choice asks each node for them, and a
+    sum over all seats each time costs O(nodes x seats) per launch (0.1 s at 100 nodes with
+    64 sessions each)."""
 
     def reserved(self, node: str) -> int:
-        return sum(seat.reservation for seat in self.seats.values() if seat.node == node)
+        return self._reserved[node]
 
     def free(self, node: str) -> int:
         return self.capacity[node] - self.reserved(node)
 
     def sessions_on(self, node: str) -> int:
-        return sum(1 for seat in self.seats.values() if seat.node == node)
+        return self._sessions[node]
 
     def learn_image(self, node: str, image: str, present: bool = True) -> None:
         nodes = self.holders.setdefault(image, set())
@@ -81,10 +86,17 @@ class Cluster:
         return Choice(best, best in holders)
 
     def occupy(self, seat: Seat) -> None:
+        self.release(seat.name)
         self.seats[seat.name] = seat
+        self._reserved[seat.node] += seat.reservation
+        self._sessions[seat.node] += 1
 
     def release(self, name: str) -> Seat | None:
-        return self.seats.pop(name, None)
+        seat = self.seats.pop(name, None)
+        if seat is not None:
+            self._reserved[seat.node] -= seat.reservation
+            self._sessions[seat.node] -= 1
+        return seat
 
     def repo_sessions(self, repo_key: str) -> int:
         return sum(1 for seat in self.seats.values() if seat.repo_key == repo_key and not seat.pool)
