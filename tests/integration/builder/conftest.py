@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bindery.builder.baseimage import base_image_name, debian_pythons
+from bindery.builder.baseimage import base_images, debian_pythons
 from bindery.builder.build import BuildLine, BuildOptions
 from bindery.builder.pythons import DEFAULT_PYTHON, Pythons
 from tests.support.sandbox import readable_dir, sandbox_podman
@@ -38,7 +38,7 @@ def pythons() -> Pythons:
         [str(REPO / "scripts/base-image.sh")], capture_output=True, text=True, check=False
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    return Pythons(tuple((v, base_image_name(v)) for v in debian_pythons()), DEFAULT_PYTHON)
+    return Pythons(base_images(debian_pythons()), DEFAULT_PYTHON)
 
 
 @pytest.fixture(scope="session")

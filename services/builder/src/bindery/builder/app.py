@@ -7,7 +7,7 @@ import subprocess
 
 from bindery import service
 from bindery.builder import cgroups
-from bindery.builder.baseimage import base_image_name
+from bindery.builder.baseimage import base_images
 from bindery.builder.build import BuildOptions
 from bindery.builder.builds import Builder
 from bindery.builder.handlers import subscribe
@@ -34,7 +34,7 @@ def build_options(
 ) -> BuildOptions:
     try:
         pythons = Pythons(
-            tuple((version, base_image_name(version)) for version in settings.python_versions),
+            base_images(settings.python_versions),
             settings.default_python,
             settings.python_fallback,
         )

@@ -34,7 +34,7 @@ from repo2docker.utils import R2dState
 from traitlets.config import Config
 
 from bindery.builder import datarepos, nixpack, registrymirror
-from bindery.builder.baseimage import base_image_name, debian_pythons
+from bindery.builder.baseimage import base_images, debian_pythons
 from bindery.builder.build import MAX_LINE_CHARS
 from bindery.builder.buildpacks import BUILDPACKS, DEFAULT_BUILDPACK, BuildContext, BuildWarning
 from bindery.builder.checkout import check_checkout
@@ -243,7 +243,7 @@ def validate(args: argparse.Namespace) -> None:
     if len(images) != len(args.python):
         raise ValueError(f"--python takes VERSION=IMAGE, not {args.python!r}")
     args.pythons = Pythons(
-        tuple(images) or tuple((v, base_image_name(v)) for v in debian_pythons()),
+        tuple(images) or base_images(debian_pythons()),
         args.default_python,
         args.python_fallback,
     )

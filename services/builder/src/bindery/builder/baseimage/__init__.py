@@ -56,3 +56,10 @@ def debian_pythons(context_dir: Path = CONTEXT_DIR) -> list[str]:
 def base_image_name(python: str, context_dir: Path = CONTEXT_DIR) -> str:
     """The full local name of the base image of Python ``python`` built from ``context_dir``."""
     return f"{REPOSITORY}:{base_image_tag(context_dir)}-py{python}"
+
+
+def base_images(
+    versions: list[str], context_dir: Path = CONTEXT_DIR
+) -> tuple[tuple[str, str], ...]:
+    """(version, base image name) for each of ``versions``: what ``Pythons`` takes."""
+    return tuple((version, base_image_name(version, context_dir)) for version in versions)
