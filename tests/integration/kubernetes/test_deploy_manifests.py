@@ -24,12 +24,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
 from bindery.bus.access import SERVICES, SESSION_SECRET_HOLDERS
 from bindery.runtimes.base import JUPYTER_PORT, LABEL_SESSION
-from tests.unit.runtimes.kube_api import schema_errors
+from tests.unit.runtimes.kube_api import K8S_VERSION, schema_errors
 
 REPO = Path(__file__).resolve().parents[3]
 DEPLOY = REPO / "deploy" / "kubernetes"
@@ -155,9 +156,12 @@ def test_the_kustomization_lists_every_manifest() -> None:
     assert listed == on_disk
 
 
+# The oldest Kubernetes targeted (the one the runtime's tests use) and the newest
+# kubernetes-validate knows, which catches APIs removed since.
+@pytest.mark.parametrize("version", [K8S_VERSION, kubernetes_validate.latest_version()])
 @pytest.mark.parametrize("resource", resources(), ids=label)
-def test_every_manifest_is_a_valid_kubernetes_object(resource: Resource) -> None:
-    assert schema_errors(resource) is None
+def test_every_manifest_is_a_valid_kubernetes_object(resource: Resource, version: str) -> None:
+    assert schema_errors(resource, version) is None
 
 
 def test_the_validation_catches_a_broken_manifest() -> None:
