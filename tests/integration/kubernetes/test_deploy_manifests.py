@@ -34,6 +34,7 @@ from tests.unit.runtimes.kube_api import K8S_VERSION, schema_errors
 
 REPO = Path(__file__).resolve().parents[3]
 DEPLOY = REPO / "deploy" / "kubernetes"
+CONTAINERFILE = REPO / "deploy" / "Containerfile"
 WORKLOAD_KINDS = ("Deployment", "StatefulSet")
 COMPONENT = "app.kubernetes.io/component"
 # The one workload allowed a privileged container (README.md, "How images are built").
@@ -243,7 +244,9 @@ def test_the_privileged_builder_is_fenced_in() -> None:
     assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
     # Build steps are fenced inside the pod by scripts/isolation.sh, from its entrypoint.
     [container] = pod["containers"]
-    entrypoint = REPO / container["command"][0]
+    # deploy/Containerfile copies the repository to its WORKDIR.
+    [workdir] = re.findall(r"^WORKDIR (\S+)$", CONTAINERFILE.read_text(), re.MULTILINE)
+    entrypoint = REPO / Path(container["command"][0]).relative_to(workdir)
     assert os.access(entrypoint, os.X_OK)
     assert "scripts/isolation.sh up" in entrypoint.read_text()
 
@@ -256,7 +259,7 @@ def test_the_builder_keeps_its_name_and_its_build_disk() -> None:
     [disk] = builder["spec"]["volumeClaimTemplates"]
     [mount] = [m for m in container["volumeMounts"] if m["name"] == disk["metadata"]["name"]]
     # The build user's home in deploy/Containerfile: its image store and build contexts.
-    assert f"--home-dir {mount['mountPath']} " in (REPO / "deploy" / "Containerfile").read_text()
+    assert f"--home-dir {mount['mountPath']} " in CONTAINERFILE.read_text()
 
 
 def test_every_replicated_workload_has_exactly_one_disruption_budget() -> None:
