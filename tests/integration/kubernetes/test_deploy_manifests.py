@@ -467,3 +467,33 @@ def test_only_the_services_reach_the_broker_and_only_image_users_the_registry() 
         if "namespaceSelector" in p
     }
     assert named - namespaces == {"kube-system"}
+
+
+def test_sessions_and_builds_get_the_ports_a_host_gives_them() -> None:
+    """The egress ports to public addresses are scripts/isolation.sh's default on a host."""
+    script = (REPO / "scripts" / "isolation.sh").read_text()
+    [default] = re.findall(r"setting BINDERY_EGRESS_PORTS ([\d,]+)\)", script)
+    host_ports = {int(p) for p in default.split(",")}
+    for namespace, name in (
+        ("bindery-sessions", "sessions-to-dns-and-public-internet"),
+        (BUILDER_NAMESPACE, "builder-to-dns-broker-registry-and-public-internet"),
+    ):
+        [public] = [
+            rule
+            for rule in find("NetworkPolicy", name, namespace)["spec"]["egress"]
+            if any("ipBlock" in peer for peer in rule["to"])
+        ]
+        assert {p["port"] for p in public["ports"]} == host_ports, name
+
+
+def test_the_builder_s_memory_limit_holds_its_builds() -> None:
+    """Two builds at their limit and the builder fit in the pod's memory, so a build runs into
+    its own limit (and fails 'oom') before the pod is killed with every build in it."""
+    settings = find("ConfigMap", "bindery-builder-config", BUILDER_NAMESPACE)["data"]
+    builds = int(settings["BINDERY_MAX_CONCURRENT_BUILDS"]) * int(
+        settings["BINDERY_BUILD_MEMORY_LIMIT"]
+    )
+    [container] = pod_spec(find("StatefulSet", "builder", BUILDER_NAMESPACE))["containers"]
+    limit = container["resources"]["limits"]["memory"]
+    assert limit.endswith("Gi")
+    assert builds < int(limit.removesuffix("Gi")) * 1024**3
