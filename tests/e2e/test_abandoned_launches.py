@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 
 from bindery.bus.eventlog import read
 from bindery.runtimes.base import LABEL_LAUNCH
+from tests.support.eventually import eventually
 from tests.support.gitrepo import make_repo
 from tests.support.stack import NODES, Stack, build_path
 
@@ -86,10 +86,12 @@ async def test_closing_the_page_during_the_build_cancels_the_launch(
     launch_id = seen[0]["launch_id"]
     await ws.close()  # the person closed the tab
 
-    deadline = time.monotonic() + 120
-    while (record := archived(stack, launch_id)) is None:
-        assert time.monotonic() < deadline, "the abandoned launch was never archived"
-        await asyncio.sleep(0.5)
+    record = await eventually(
+        lambda: archived(stack, launch_id),
+        within=120,
+        every=0.5,
+        what="the abandoned launch archived",
+    )
     assert (record["outcome"], record["failure_reason"]) == ("abandoned", "abandoned")
 
     await image_built(stack, launch_id)  # the build went on, for the cache

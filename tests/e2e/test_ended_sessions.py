@@ -4,7 +4,6 @@ launches the same repository and ref again, which ends in a new running JupyterL
 
 from __future__ import annotations
 
-import asyncio
 import re
 import uuid
 from pathlib import Path
@@ -16,6 +15,7 @@ from playwright.async_api import expect
 from bindery.bus import Bus
 from bindery.events import IdleDetected, StopReason
 from tests.support.browser import chromium, screenshot_path
+from tests.support.eventually import eventually
 from tests.support.gitrepo import make_repo
 from tests.support.stack import Stack, build_path, launch
 
@@ -41,12 +41,12 @@ async def cull(stack: Stack, launch_id: str, session: str, idle_seconds: float) 
 
 async def until_not_routed(http: aiohttp.ClientSession, url: str) -> dict[str, object]:
     """Poll the session's address as a program until it no longer routes; its 404's JSON."""
-    async with asyncio.timeout(60):
-        while True:
-            async with http.get(url + "api/status") as resp:
-                if resp.status == 404:
-                    return dict(await resp.json())
-            await asyncio.sleep(0.2)
+
+    async def not_found() -> dict[str, object] | None:
+        async with http.get(url + "api/status") as resp:
+            return dict(await resp.json()) if resp.status == 404 else None
+
+    return await eventually(not_found, within=60, every=0.2, what="the session no longer routed")
 
 
 async def test_a_culled_sessions_page_says_why_and_relaunches_it(

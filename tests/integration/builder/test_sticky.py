@@ -71,8 +71,8 @@ class Replica:
         await self.bus.close()
 
 
-async def take(got: "asyncio.Queue[Delivery]", count: int, timeout: float = 60) -> list[Delivery]:
-    return [await asyncio.wait_for(got.get(), timeout) for _ in range(count)]
+async def take(got: "asyncio.Queue[Delivery]", count: int, within: float = 60) -> list[Delivery]:
+    return [await asyncio.wait_for(got.get(), within) for _ in range(count)]
 
 
 async def test_each_repository_goes_to_one_replica_and_fails_over_when_it_dies(

@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import REGISTRY
 
 from bindery.service import Loop, Loops, health_route
+from tests.support.eventually import eventually
 
 INTERVAL = 0.01
 
@@ -112,9 +113,7 @@ async def test_a_loop_that_ended_fails_health(
 ) -> None:
     loops, step, client = supervised
     step.fatal = True
-    async with asyncio.timeout(10):
-        while not loops.unhealthy():
-            await asyncio.sleep(INTERVAL)
+    await eventually(loops.unhealthy, within=10, every=INTERVAL, what="the ended loop unhealthy")
     resp = await client.get("/health")
     assert resp.status == 503
     assert (await resp.json())["failing_loops"] == {"check": "stopped"}
