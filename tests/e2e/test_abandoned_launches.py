@@ -13,15 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from bindery.bus.eventlog import read
 from bindery.runtimes.base import LABEL_LAUNCH
 from tests.support.eventually import eventually
 from tests.support.gitrepo import make_repo
 from tests.support.stack import NODES, Stack, build_path
-
-pytestmark = pytest.mark.e2e
 
 # Long enough that the build outlives the grace (5 s in the test stack) by far.
 SLOW_POSTBUILD = "#!/bin/sh\nsleep 30\n"

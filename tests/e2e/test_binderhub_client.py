@@ -17,7 +17,6 @@ from tests.support.stack import REPO, Stack
 
 # node and the npm packages come from `make install` (scripts/install.sh runs npm ci): a missing one
 # fails these tests rather than skipping the check.
-pytestmark = pytest.mark.e2e
 
 CLIENT = REPO / "tests/support/binderhub_client.mjs"
 

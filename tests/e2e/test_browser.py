@@ -18,8 +18,6 @@ from tests.support.browser import chromium, screenshot_path
 from tests.support.gitrepo import make_repo, notebook
 from tests.support.stack import Stack
 
-pytestmark = pytest.mark.e2e
-
 PROBE = "import six; print('answer', six.moves.reduce(lambda a, b: a * b, range(1, 8)))"
 EXPECTED = "answer 5040"
 # A build step that takes a few seconds and says so as it goes: the log is seen streaming.

@@ -19,8 +19,6 @@ from tests.support.eventually import eventually
 from tests.support.gitrepo import make_repo
 from tests.support.stack import VHOST, Stack, build_path, launch
 
-pytestmark = pytest.mark.e2e
-
 BUILD_LINE = re.compile(r"Build (?P<id>[0-9a-f]{20}) on \S+: its log stays at")
 READER = "gateway build-log reader"
 ANSWERS = re.compile(r'^bindery_gateway_build_log_answers_total\{source="(\w+)"\} (\S+)$', re.M)

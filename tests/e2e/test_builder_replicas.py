@@ -23,8 +23,6 @@ import pytest
 from tests.support.gitrepo import make_repo
 from tests.support.stack import GATEWAY_PORT, HEALTH_PORTS, REPO, Stack, build_path, launch
 
-pytestmark = pytest.mark.e2e
-
 BUILD_LINE = re.compile(r"Build (?P<id>[0-9a-f]{20}) on (?P<replica>\S+): its log stays at")
 STACK_REPLICA = f"{socket.gethostname().lower()}-{HEALTH_PORTS['builder']}"
 # Past the ports the stack of this slot uses (gateway + 0..9).

@@ -40,7 +40,7 @@ from tests.support.stack import (
     started_stack,
 )
 
-pytestmark = [pytest.mark.chaos, pytest.mark.e2e]
+pytestmark = pytest.mark.chaos
 
 #: Past the slots test runs use, so this stack's ports, vhost and podman label are its own.
 CHAOS_SLOT = Slot(SLOT + 50)

@@ -9,7 +9,6 @@ import uuid
 from pathlib import Path
 
 import aiohttp
-import pytest
 from playwright.async_api import expect
 
 from bindery.bus import Bus
@@ -18,8 +17,6 @@ from tests.support.browser import chromium, screenshot_path
 from tests.support.eventually import eventually
 from tests.support.gitrepo import make_repo
 from tests.support.stack import Stack, build_path, launch
-
-pytestmark = pytest.mark.e2e
 
 
 async def cull(stack: Stack, launch_id: str, session: str, idle_seconds: float) -> None:

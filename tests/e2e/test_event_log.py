@@ -20,8 +20,6 @@ from tests.support.eventually import eventually
 from tests.support.gitrepo import make_repo, notebook
 from tests.support.stack import HEALTH_PORTS, VHOST, Stack, build_path, fresh_vhost, launch
 
-pytestmark = pytest.mark.e2e
-
 REPLAY_VHOST = f"{VHOST}-replay"
 LAUNCH_HISTOGRAM = "bindery_launch_duration_seconds_count"
 

@@ -32,8 +32,6 @@ from tests.support.fakeproviders import BINDERHUB_PROVIDERS
 from tests.support.gitrepo import make_repo
 from tests.support.stack import Stack
 
-pytestmark = pytest.mark.e2e
-
 INVALID, BANNED = FailureReason.INVALID_SPEC, FailureReason.BANNED
 PORT = "{port}"
 X = "https%3A%2F%2Fexample.org%2Fr.git"

@@ -11,8 +11,6 @@ from tests.support.gitrepo import make_repo, notebook
 from tests.support.kernel import run_code
 from tests.support.stack import Stack, build_path, launch, running_sessions
 
-pytestmark = pytest.mark.e2e
-
 REQUIREMENTS = "pyfiglet==1.0.2\n"  # not in the base image: proves requirements.txt ran
 PROBE = "import pyfiglet; print('answer', pyfiglet.__name__.upper(), 6 * 7)"
 

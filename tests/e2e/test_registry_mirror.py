@@ -26,8 +26,6 @@ from tests.support.gitrepo import make_repo
 from tests.support.sandbox import push, sandbox_podman
 from tests.support.stack import SLOT, Stack
 
-pytestmark = pytest.mark.e2e
-
 REGISTRY = "127.0.0.1:5000"
 MIRROR_PATH = f"bindery-test-{SLOT}-mirror"
 

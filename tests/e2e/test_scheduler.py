@@ -20,8 +20,6 @@ from tests.support.eventually import eventually
 from tests.support.gitrepo import make_repo
 from tests.support.stack import INSTANCE, NODES, Stack, build_path, launch, launch_events
 
-pytestmark = pytest.mark.e2e
-
 
 @pytest.fixture(scope="module")
 def scheduler_repo(repos: Path) -> str:

@@ -28,8 +28,6 @@ from tests.support.lan import Lan, lan
 from tests.support.pypiindex import ANSWER, NAME
 from tests.support.stack import REPO, Stack
 
-pytestmark = pytest.mark.e2e
-
 # What a notebook cell does: IPython's %pip installs into the kernel's own environment.
 PROBE = f"""
 get_ipython().run_line_magic("pip", "install --no-cache-dir --disable-pip-version-check {NAME}")

@@ -9,13 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from tests.support.eventually import eventually
 from tests.support.gitrepo import make_repo
 from tests.support.stack import Stack, build_path
-
-pytestmark = pytest.mark.e2e
 
 #: The gateway's count of consumers is at most BINDERY_STAGE_CHECK_INTERVAL (5 s) old.
 HEALTH_WITHIN = 30.0

@@ -22,7 +22,8 @@ from bindery.gateway.app import create_app
 from bindery.gateway.buildlog import BuildLogs, Busy
 from bindery.gateway.deps import Gateway
 from tests.support.eventually import eventually
-from tests.unit.gateway.fakes import FakeBus, settings
+from tests.support.fakebus import FakeBus
+from tests.unit.gateway.fakes import settings
 
 LAUNCH_A = "a" * 32
 LAUNCH_B = "b" * 32

@@ -18,7 +18,8 @@ from bindery.gateway import slowclients
 from bindery.gateway.app import create_app
 from bindery.gateway.deps import Gateway
 from bindery.tokens import session_token
-from tests.unit.gateway.fakes import SECRET, FakeBus, settings
+from tests.support.fakebus import FakeBus
+from tests.unit.gateway.fakes import SECRET, settings
 
 SESSIONS = ("hog", "victim", "third")
 
