@@ -7,6 +7,7 @@ import asyncio
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from bindery.bus import Bus
 from bindery.bus.eventlog import read, replay
 from tests.support.eventually import eventually
 from tests.support.gitrepo import make_repo, notebook
-from tests.support.stack import HEALTH_PORTS, VHOST, Stack, build_path, fresh_vhost, launch
+from tests.support.stack import HEALTH_PORTS, VHOST, Stack, build_path, launch, own_vhost
 
 REPLAY_VHOST = f"{VHOST}-replay"
 LAUNCH_HISTOGRAM = "bindery_launch_duration_seconds_count"
@@ -88,8 +89,14 @@ def archived(stack: Stack, launch_id: str) -> dict[str, Any] | None:
     return None
 
 
+@pytest.fixture
+def replay_url() -> Iterator[str]:
+    with own_vhost(REPLAY_VHOST) as url:
+        yield url
+
+
 async def test_events_read_back_in_order_and_replay_into_a_fresh_vhost(
-    stack: Stack, observed: dict[str, Any]
+    stack: Stack, observed: dict[str, Any], replay_url: str
 ) -> None:
     launch_id = observed["ready"]["launch_id"]
     url = stack.env["BINDERY_AMQP_URL"]
@@ -100,7 +107,6 @@ async def test_events_read_back_in_order_and_replay_into_a_fresh_vhost(
     assert [t for t in types if t in expected] == expected, types
     assert recorded[0].producer == "gateway" and recorded[-1].producer == "scheduler"
 
-    replay_url = fresh_vhost(REPLAY_VHOST)
     into = Bus(replay_url, "replay", connect_timeout=10)
     await into.connect()
     try:
