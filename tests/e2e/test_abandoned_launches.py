@@ -57,7 +57,7 @@ def sessions_of(launch_id: str) -> list[str]:
 def archived(stack: Stack, launch_id: str) -> dict[str, Any] | None:
     for path in sorted((stack.log_dir / "archive").glob("events-*.jsonl")):
         for line in path.read_text().splitlines():
-            record = json.loads(line)
+            record: dict[str, Any] = json.loads(line)
             if record["launch_id"] == launch_id:
                 return record
     return None

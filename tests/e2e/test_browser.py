@@ -63,7 +63,10 @@ async def terminal_text(page: Page) -> str:
 
 async def test_home_to_running_cell(stack: Stack, browser: Browser, browser_repo: Path) -> None:
     page = await browser.new_page(viewport={"width": 1280, "height": 900})
-    shot = lambda stage: screenshot_path("browser", stage)  # noqa: E731
+
+    def shot(stage: str) -> Path:
+        return screenshot_path("browser", stage)
+
     try:
         await page.goto(stack.gateway + "/")
         await page.fill("#repo", f"file://{browser_repo}")

@@ -62,7 +62,10 @@ async def test_a_culled_sessions_page_says_why_and_relaunches_it(
 
     async with chromium() as browser:
         page = await browser.new_page()
-        shot = lambda stage: screenshot_path("ended", stage)  # noqa: E731
+
+        def shot(stage: str) -> Path:
+            return screenshot_path("ended", stage)
+
         await page.goto(url + "lab")
         await expect(page.locator("h1")).to_have_text("This session has ended")
         await expect(page.locator(".error")).to_contain_text("nobody used it for 10 minutes")

@@ -31,7 +31,9 @@ def metrics_urls(stack: Stack) -> dict[str, str]:
     return urls
 
 
-async def scrape(http: aiohttp.ClientSession, url: str) -> dict[tuple[str, frozenset], float]:
+async def scrape(
+    http: aiohttp.ClientSession, url: str
+) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     async with http.get(url) as resp:
         assert resp.status == 200, url
         text = await resp.text()
@@ -42,7 +44,7 @@ async def scrape(http: aiohttp.ClientSession, url: str) -> dict[tuple[str, froze
     }
 
 
-def launches_ok(samples: dict[tuple[str, frozenset], float]) -> float:
+def launches_ok(samples: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> float:
     return samples.get((LAUNCH_HISTOGRAM, frozenset({("status", "success")})), 0.0)
 
 
@@ -83,7 +85,7 @@ def spans_of(stack: Stack, launch_id: str) -> list[dict[str, Any]]:
 def archived(stack: Stack, launch_id: str) -> dict[str, Any] | None:
     for path in (stack.log_dir / "archive").glob("events-*.jsonl"):
         for line in path.read_text().splitlines():
-            record = json.loads(line)
+            record: dict[str, Any] = json.loads(line)
             if record["launch_id"] == launch_id:
                 return record
     return None

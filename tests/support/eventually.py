@@ -18,7 +18,7 @@ T = TypeVar("T")
 
 @overload
 async def eventually(
-    condition: Callable[[], Awaitable[T]],
+    condition: Callable[[], Awaitable[T | None]],
     *,
     within: float = ...,
     every: float = ...,
@@ -29,7 +29,7 @@ async def eventually(
 
 @overload
 async def eventually(
-    condition: Callable[[], T],
+    condition: Callable[[], T | None],
     *,
     within: float = ...,
     every: float = ...,

@@ -86,7 +86,7 @@ class Bus:
         out = []
         for e in self.events:
             if e.launch_id == launch_id:
-                detail = e.message if isinstance(e, (BuildLog, LaunchFailed)) else e.image
+                detail = e.message if isinstance(e, (BuildLog, LaunchFailed)) else e.image  # type: ignore[attr-defined]
                 out.append((e.type, detail))
         return out
 

@@ -41,7 +41,9 @@ class Flaky:
 
 
 @pytest.fixture
-async def supervised() -> AsyncIterator[tuple[Loops, Flaky, TestClient]]:
+async def supervised() -> AsyncIterator[
+    tuple[Loops, Flaky, TestClient[web.Request, web.Application]]
+]:
     loops = Loops("test-service")
     step = Flaky()
     loops.start([Loop("check", step, INTERVAL, unhealthy_after=3)])
@@ -76,7 +78,7 @@ def errors_counted() -> float:
 
 
 async def test_health_fails_naming_the_loop_after_failures_in_a_row_and_recovers(
-    supervised: tuple[Loops, Flaky, TestClient],
+    supervised: tuple[Loops, Flaky, TestClient[web.Request, web.Application]],
 ) -> None:
     loops, step, client = supervised
     assert (await client.get("/health")).status == 200
@@ -96,7 +98,7 @@ async def test_health_fails_naming_the_loop_after_failures_in_a_row_and_recovers
 
 
 async def test_fewer_failures_in_a_row_than_the_limit_leave_health_alone(
-    supervised: tuple[Loops, Flaky, TestClient],
+    supervised: tuple[Loops, Flaky, TestClient[web.Request, web.Application]],
 ) -> None:
     loops, step, client = supervised
     for _ in range(5):
@@ -109,7 +111,7 @@ async def test_fewer_failures_in_a_row_than_the_limit_leave_health_alone(
 
 
 async def test_a_loop_that_ended_fails_health(
-    supervised: tuple[Loops, Flaky, TestClient],
+    supervised: tuple[Loops, Flaky, TestClient[web.Request, web.Application]],
 ) -> None:
     loops, step, client = supervised
     step.fatal = True

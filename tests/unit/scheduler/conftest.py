@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -82,7 +82,7 @@ class FakeRuntime:
                 await asyncio.sleep(0.01)  # ...before its stop call returns
         return bool(keys)
 
-    async def exits(self) -> AsyncIterator[Exit]:
+    async def exits(self) -> AsyncGenerator[Exit, None]:
         self.streams += 1
         while True:
             yield await self.exited.get()

@@ -191,14 +191,14 @@ async def test_a_warm_session_serves_only_launches_with_its_binderhub_variables(
 
 
 async def test_the_handlers_pass_the_repositorys_quota_and_abandonments_on() -> None:
-    handlers: dict[str, Handler] = {}
+    handlers: dict[str | None, Handler] = {}
     orders: list[LaunchOrder] = []
     abandoned: list[str] = []
 
     class Bus:
         async def consume(self, spec: QueueSpec, handler: Handler, *, prefetch: int) -> str:
             handlers[spec.name] = handler
-            return spec.name
+            return spec.name or "exclusive"
 
     class Scheduler:
         settings = SchedulerSettings()
