@@ -1,5 +1,10 @@
-"""The end-to-end and security tests share one started stack (real broker, registry, podman,
-repo2docker), started when the first test asking for it runs."""
+"""Every test's tier, and the stack the end-to-end and security tests share.
+
+In: the collected tests. Out: each marked with its tier (the folder it lives in: unit, integration,
+security, e2e) and that tier's timeout, so `-m unit` runs one tier and a hung test fails within its
+tier's bound; and one started stack (real broker, registry, podman, repo2docker), started when the
+first test asking for it runs.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,25 @@ import pytest
 from tests.support.localhost import client_session
 from tests.support.sandbox import readable_dir
 from tests.support.stack import LOG_DIR, Stack, started_stack
+
+TESTS = Path(__file__).parent
+
+#: Upper bounds per test, not durations: a unit test touches nothing real; an integration test may
+#: build an image; an end-to-end or security test may build, launch and cull through the whole stack
+#: on a loaded 2-core machine.
+TIER_TIMEOUTS = {"unit": 60, "integration": 600, "security": 900, "e2e": 900}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = item.path.relative_to(TESTS).parts[0]
+        if tier not in TIER_TIMEOUTS:
+            raise pytest.UsageError(
+                f"{item.nodeid}: a test lives in one of {sorted(TIER_TIMEOUTS)}"
+            )
+        item.add_marker(getattr(pytest.mark, tier))
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(TIER_TIMEOUTS[tier]))
 
 
 @pytest.fixture(scope="session")

@@ -8,20 +8,17 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from bindery.bus.eventlog import read
 from bindery.runtimes.base import LABEL_LAUNCH
+from tests.support.eventually import eventually
 from tests.support.gitrepo import make_repo
 from tests.support.stack import NODES, Stack, build_path
-
-pytestmark = pytest.mark.e2e
 
 # Long enough that the build outlives the grace (5 s in the test stack) by far.
 SLOW_POSTBUILD = "#!/bin/sh\nsleep 30\n"
@@ -60,7 +57,7 @@ def sessions_of(launch_id: str) -> list[str]:
 def archived(stack: Stack, launch_id: str) -> dict[str, Any] | None:
     for path in sorted((stack.log_dir / "archive").glob("events-*.jsonl")):
         for line in path.read_text().splitlines():
-            record = json.loads(line)
+            record: dict[str, Any] = json.loads(line)
             if record["launch_id"] == launch_id:
                 return record
     return None
@@ -86,10 +83,12 @@ async def test_closing_the_page_during_the_build_cancels_the_launch(
     launch_id = seen[0]["launch_id"]
     await ws.close()  # the person closed the tab
 
-    deadline = time.monotonic() + 120
-    while (record := archived(stack, launch_id)) is None:
-        assert time.monotonic() < deadline, "the abandoned launch was never archived"
-        await asyncio.sleep(0.5)
+    record = await eventually(
+        lambda: archived(stack, launch_id),
+        within=120,
+        every=0.5,
+        what="the abandoned launch archived",
+    )
     assert (record["outcome"], record["failure_reason"]) == ("abandoned", "abandoned")
 
     await image_built(stack, launch_id)  # the build went on, for the cache

@@ -16,8 +16,6 @@ import pytest
 from tests.support.gitrepo import git, make_repo, notebook
 from tests.support.stack import Stack, build_path, launch, launch_and_probe, stop_session
 
-pytestmark = pytest.mark.e2e
-
 Launched = tuple[str, dict[str, str], dict[str, Any]]
 """The repository's URL, the ready event, and what the probe saw in the session."""
 

@@ -18,8 +18,6 @@ from tests.support.browser import chromium, screenshot_path
 from tests.support.gitrepo import make_repo, notebook
 from tests.support.stack import Stack
 
-pytestmark = pytest.mark.e2e
-
 PROBE = "import six; print('answer', six.moves.reduce(lambda a, b: a * b, range(1, 8)))"
 EXPECTED = "answer 5040"
 # A build step that takes a few seconds and says so as it goes: the log is seen streaming.
@@ -65,7 +63,10 @@ async def terminal_text(page: Page) -> str:
 
 async def test_home_to_running_cell(stack: Stack, browser: Browser, browser_repo: Path) -> None:
     page = await browser.new_page(viewport={"width": 1280, "height": 900})
-    shot = lambda stage: screenshot_path("browser", stage)  # noqa: E731
+
+    def shot(stage: str) -> Path:
+        return screenshot_path("browser", stage)
+
     try:
         await page.goto(stack.gateway + "/")
         await page.fill("#repo", f"file://{browser_repo}")

@@ -28,8 +28,6 @@ from tests.support.stack import (
     stop_session,
 )
 
-pytestmark = pytest.mark.e2e
-
 
 async def launch_failure(http: aiohttp.ClientSession, stack: Stack, repo: Path) -> dict[str, Any]:
     events = await launch(http, stack.gateway, build_path(f"file://{repo}", "main"))

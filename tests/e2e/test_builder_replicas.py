@@ -10,20 +10,17 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import suppress
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from tests.support.eventually import eventually
 from tests.support.gitrepo import make_repo
 from tests.support.stack import GATEWAY_PORT, HEALTH_PORTS, REPO, Stack, build_path, launch
-
-pytestmark = pytest.mark.e2e
 
 BUILD_LINE = re.compile(r"Build (?P<id>[0-9a-f]{20}) on (?P<replica>\S+): its log stays at")
 STACK_REPLICA = f"{socket.gethostname().lower()}-{HEALTH_PORTS['builder']}"
@@ -33,30 +30,37 @@ SECOND_REPLICA = "second"
 
 
 @pytest.fixture(scope="module")
-def second_builder(stack: Stack) -> Iterator[subprocess.Popen[bytes]]:
+async def second_builder(stack: Stack) -> AsyncIterator[subprocess.Popen[bytes]]:
     """Another builder replica beside the stack's."""
     env = dict(stack.env)
     env.update(BINDERY_HEALTH_PORT=str(SECOND_HEALTH_PORT), BINDERY_BUILDER_REPLICA=SECOND_REPLICA)
-    with (stack.log_dir / "builder-second.log").open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bindery.builder"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-    deadline = time.monotonic() + 60
-    while True:
+
+    def start() -> subprocess.Popen[bytes]:
+        with (stack.log_dir / "builder-second.log").open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "bindery.builder"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
+
+    def healthy() -> bool:
         assert proc.poll() is None, "the second builder exited"
-        with suppress(OSError):
-            url = f"http://127.0.0.1:{SECOND_HEALTH_PORT}/health"
-            with urllib.request.urlopen(url, timeout=2):
-                break
-        assert time.monotonic() < deadline, "the second builder is not healthy within 60 s"
-        time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{SECOND_HEALTH_PORT}/health", timeout=2):
+            return True
+
+    proc = await asyncio.to_thread(start)
+    await eventually(
+        lambda: asyncio.to_thread(healthy),
+        within=60,
+        every=0.2,
+        what="the second builder healthy",
+        ignoring=(OSError,),
+    )
     yield proc
     proc.terminate()
-    proc.wait(timeout=30)
+    await asyncio.to_thread(proc.wait, 30)
 
 
 def builds_seen(events: list[dict[str, Any]]) -> list[re.Match[str]]:

@@ -26,6 +26,7 @@ import aiohttp
 import pytest
 
 from bindery.bus.eventlog import read
+from tests.support.eventually import eventually
 from tests.support.gitrepo import make_repo
 from tests.support.localhost import client_session
 from tests.support.privatebroker import PrivateBroker
@@ -40,7 +41,7 @@ from tests.support.stack import (
     started_stack,
 )
 
-pytestmark = [pytest.mark.chaos, pytest.mark.e2e]
+pytestmark = pytest.mark.chaos
 
 #: Past the slots test runs use, so this stack's ports, vhost and podman label are its own.
 CHAOS_SLOT = Slot(SLOT + 50)
@@ -155,11 +156,12 @@ def archive_lines(stack: Stack, launch_id: str) -> list[dict[str, Any]]:
 
 async def archived(stack: Stack, launch_id: str, limit: float = 30.0) -> dict[str, Any]:
     """The launch's one archive line (written just after its end reached the archiver)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while not (found := archive_lines(stack, launch_id)):
-        assert loop.time() < deadline, f"launch {launch_id} not archived"
-        await asyncio.sleep(0.2)
+    found = await eventually(
+        lambda: archive_lines(stack, launch_id),
+        within=limit,
+        every=0.2,
+        what=f"launch {launch_id} archived",
+    )
     assert len(found) == 1, found
     return found[0]
 

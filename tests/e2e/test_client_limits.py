@@ -32,8 +32,6 @@ from tests.support.browser import chromium, screenshot_path
 from tests.support.gitrepo import make_repo
 from tests.support.stack import GATEWAY_PORT, Stack, build_path, launch
 
-pytestmark = pytest.mark.e2e
-
 CAP = 2
 BURST = 3
 HOST_SIDE = "2001:db8:b1d::1"

@@ -28,8 +28,6 @@ from tests.support.gitrepo import make_repo
 from tests.support.kernel import execute, start_kernel
 from tests.support.stack import Stack, build_path, launch
 
-pytestmark = pytest.mark.e2e
-
 IDLE = 30.0
 """The idle limit for these tests: long enough that a culler restart (a few seconds on a loaded
 machine) fits well inside it, so a restart that forgot activity would cull too early."""

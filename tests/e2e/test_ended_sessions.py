@@ -4,22 +4,19 @@ launches the same repository and ref again, which ends in a new running JupyterL
 
 from __future__ import annotations
 
-import asyncio
 import re
 import uuid
 from pathlib import Path
 
 import aiohttp
-import pytest
 from playwright.async_api import expect
 
 from bindery.bus import Bus
 from bindery.events import IdleDetected, StopReason
 from tests.support.browser import chromium, screenshot_path
+from tests.support.eventually import eventually
 from tests.support.gitrepo import make_repo
 from tests.support.stack import Stack, build_path, launch
-
-pytestmark = pytest.mark.e2e
 
 
 async def cull(stack: Stack, launch_id: str, session: str, idle_seconds: float) -> None:
@@ -41,12 +38,12 @@ async def cull(stack: Stack, launch_id: str, session: str, idle_seconds: float) 
 
 async def until_not_routed(http: aiohttp.ClientSession, url: str) -> dict[str, object]:
     """Poll the session's address as a program until it no longer routes; its 404's JSON."""
-    async with asyncio.timeout(60):
-        while True:
-            async with http.get(url + "api/status") as resp:
-                if resp.status == 404:
-                    return dict(await resp.json())
-            await asyncio.sleep(0.2)
+
+    async def not_found() -> dict[str, object] | None:
+        async with http.get(url + "api/status") as resp:
+            return dict(await resp.json()) if resp.status == 404 else None
+
+    return await eventually(not_found, within=60, every=0.2, what="the session no longer routed")
 
 
 async def test_a_culled_sessions_page_says_why_and_relaunches_it(
@@ -65,7 +62,10 @@ async def test_a_culled_sessions_page_says_why_and_relaunches_it(
 
     async with chromium() as browser:
         page = await browser.new_page()
-        shot = lambda stage: screenshot_path("ended", stage)  # noqa: E731
+
+        def shot(stage: str) -> Path:
+            return screenshot_path("ended", stage)
+
         await page.goto(url + "lab")
         await expect(page.locator("h1")).to_have_text("This session has ended")
         await expect(page.locator(".error")).to_contain_text("nobody used it for 10 minutes")

@@ -7,10 +7,9 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import pytest
@@ -18,14 +17,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bindery.bus import Bus
 from bindery.bus.eventlog import read, replay
+from tests.support.eventually import eventually
 from tests.support.gitrepo import make_repo, notebook
-from tests.support.stack import HEALTH_PORTS, VHOST, Stack, build_path, fresh_vhost, launch
-
-pytestmark = pytest.mark.e2e
+from tests.support.stack import HEALTH_PORTS, VHOST, Stack, build_path, launch, own_vhost
 
 REPLAY_VHOST = f"{VHOST}-replay"
 LAUNCH_HISTOGRAM = "bindery_launch_duration_seconds_count"
-T = TypeVar("T")
 
 
 def metrics_urls(stack: Stack) -> dict[str, str]:
@@ -34,7 +31,9 @@ def metrics_urls(stack: Stack) -> dict[str, str]:
     return urls
 
 
-async def scrape(http: aiohttp.ClientSession, url: str) -> dict[tuple[str, frozenset], float]:
+async def scrape(
+    http: aiohttp.ClientSession, url: str
+) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     async with http.get(url) as resp:
         assert resp.status == 200, url
         text = await resp.text()
@@ -45,18 +44,8 @@ async def scrape(http: aiohttp.ClientSession, url: str) -> dict[tuple[str, froze
     }
 
 
-def launches_ok(samples: dict[tuple[str, frozenset], float]) -> float:
+def launches_ok(samples: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> float:
     return samples.get((LAUNCH_HISTOGRAM, frozenset({("status", "success")})), 0.0)
-
-
-async def eventually(probe: Callable[[], T | None], limit: float = 30.0) -> T:
-    """What `probe` finds once a service has written it (spans, archive lines are written
-    just after the event the test waited for); `limit` is only an upper bound."""
-    deadline = time.monotonic() + limit
-    while (found := probe()) is None:
-        assert time.monotonic() < deadline, "not written in time"
-        await asyncio.sleep(0.1)
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -96,14 +85,20 @@ def spans_of(stack: Stack, launch_id: str) -> list[dict[str, Any]]:
 def archived(stack: Stack, launch_id: str) -> dict[str, Any] | None:
     for path in (stack.log_dir / "archive").glob("events-*.jsonl"):
         for line in path.read_text().splitlines():
-            record = json.loads(line)
+            record: dict[str, Any] = json.loads(line)
             if record["launch_id"] == launch_id:
                 return record
     return None
 
 
+@pytest.fixture
+def replay_url() -> Iterator[str]:
+    with own_vhost(REPLAY_VHOST) as url:
+        yield url
+
+
 async def test_events_read_back_in_order_and_replay_into_a_fresh_vhost(
-    stack: Stack, observed: dict[str, Any]
+    stack: Stack, observed: dict[str, Any], replay_url: str
 ) -> None:
     launch_id = observed["ready"]["launch_id"]
     url = stack.env["BINDERY_AMQP_URL"]
@@ -114,7 +109,6 @@ async def test_events_read_back_in_order_and_replay_into_a_fresh_vhost(
     assert [t for t in types if t in expected] == expected, types
     assert recorded[0].producer == "gateway" and recorded[-1].producer == "scheduler"
 
-    replay_url = fresh_vhost(REPLAY_VHOST)
     into = Bus(replay_url, "replay", connect_timeout=10)
     await into.connect()
     try:
@@ -137,7 +131,7 @@ async def test_one_trace_spans_every_service_that_handled_the_launch(
         seen = {s["resource"]["attributes"]["service.name"] for s in spans}
         return spans if services <= seen else None
 
-    spans = await eventually(whole_trace)
+    spans = await eventually(whole_trace, within=30, what="a span of every service")
     assert len({s["context"]["trace_id"] for s in spans}) == 1
     names = {s["name"] for s in spans}
     for stage in ("resolve", "build", "placement", "container.start", "readiness"):
@@ -160,7 +154,8 @@ async def test_every_service_serves_metrics_and_the_launch_histogram_counted_it(
 async def test_show_names_the_failing_service_and_reason(
     stack: Stack, failed: dict[str, Any]
 ) -> None:
-    result = subprocess.run(
+    result = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "bindery.cli", "events", "show", failed["launch_id"]],
         env={**stack.env},
         capture_output=True,
@@ -176,12 +171,18 @@ async def test_show_names_the_failing_service_and_reason(
 async def test_the_archive_holds_both_launches_without_an_address(
     stack: Stack, observed: dict[str, Any], failed: dict[str, Any]
 ) -> None:
-    ready = await eventually(lambda: archived(stack, observed["ready"]["launch_id"]))
+    ready = await eventually(
+        lambda: archived(stack, observed["ready"]["launch_id"]),
+        within=30,
+        what="the ready launch archived",
+    )
     assert ready["schema"] == "binderhub.jupyter.org/launch" and ready["version"] == 6
     assert ready["status"] == "success" and ready["provider"] == "Git" and ready["built"]
     assert len(ready["ref"]) == 40
     assert ready["duration_seconds"]["build"] > 0 and ready["duration_seconds"]["launch"] > 0
-    lost = await eventually(lambda: archived(stack, failed["launch_id"]))
+    lost = await eventually(
+        lambda: archived(stack, failed["launch_id"]), within=30, what="the failed launch archived"
+    )
     assert lost["status"] == "failure" and lost["failure_reason"] == "ref_not_found"
     assert lost["failed_service"] == "resolver"
     for record in (ready, lost):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -10,8 +11,6 @@ import pytest
 from tests.support.gitrepo import make_repo, notebook
 from tests.support.kernel import run_code
 from tests.support.stack import Stack, build_path, launch, running_sessions
-
-pytestmark = pytest.mark.e2e
 
 REQUIREMENTS = "pyfiglet==1.0.2\n"  # not in the base image: proves requirements.txt ran
 PROBE = "import pyfiglet; print('answer', pyfiglet.__name__.upper(), 6 * 7)"
@@ -25,16 +24,18 @@ def sample_repo(repos: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-async def first_launch(stack: Stack, http: aiohttp.ClientSession, sample_repo: Path) -> list[dict]:
+async def first_launch(
+    stack: Stack, http: aiohttp.ClientSession, sample_repo: Path
+) -> list[dict[str, Any]]:
     return await launch(http, stack.gateway, build_path(f"file://{sample_repo}", "main"))
 
 
-def phases(events: list[dict]) -> list[str]:
+def phases(events: list[dict[str, Any]]) -> list[str]:
     return [event["phase"] for event in events]
 
 
 async def test_link_becomes_a_working_session(
-    stack: Stack, http: aiohttp.ClientSession, first_launch: list[dict]
+    stack: Stack, http: aiohttp.ClientSession, first_launch: list[dict[str, Any]]
 ) -> None:
     seen = phases(first_launch)
     assert seen[-1] == "ready", first_launch[-1]
@@ -62,7 +63,7 @@ async def test_link_becomes_a_working_session(
 
 
 async def test_second_launch_of_the_same_ref_skips_the_build(
-    stack: Stack, http: aiohttp.ClientSession, sample_repo: Path, first_launch: list[dict]
+    stack: Stack, http: aiohttp.ClientSession, sample_repo: Path, first_launch: list[dict[str, Any]]
 ) -> None:
     assert first_launch[-1]["phase"] == "ready"
     again = await launch(http, stack.gateway, build_path(f"file://{sample_repo}", "main"))
@@ -85,7 +86,7 @@ async def test_unknown_ref_fails_with_a_message_naming_it(
 
 
 async def test_session_survives_a_gateway_restart(
-    stack: Stack, http: aiohttp.ClientSession, first_launch: list[dict]
+    stack: Stack, http: aiohttp.ClientSession, first_launch: list[dict[str, Any]]
 ) -> None:
     ready = first_launch[-1]
     stack.restart("gateway")

@@ -11,8 +11,6 @@ import pytest
 
 from tests.support.stack import SERVICES, UNPRIVILEGED, Stack, service_user
 
-pytestmark = pytest.mark.e2e
-
 
 def status(pid: int) -> dict[str, str]:
     lines = Path(f"/proc/{pid}/status").read_text().splitlines()

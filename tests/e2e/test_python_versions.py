@@ -16,8 +16,6 @@ import pytest
 from tests.support.gitrepo import make_repo, notebook
 from tests.support.stack import Stack, launch_and_probe
 
-pytestmark = pytest.mark.e2e
-
 PROBE = """
 import json, sys, tabulate
 print(json.dumps({"version": list(sys.version_info[:2]), "prefix": sys.prefix,

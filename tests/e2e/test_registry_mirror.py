@@ -21,12 +21,10 @@ import pytest
 from bindery.builder.baseimage import base_image_name
 from bindery.builder.pythons import DEFAULT_PYTHON
 from bindery.builder.sandbox import Sandbox
-from tests.e2e.test_builder_configs import launch_and_probe, launch_failure
+from tests.e2e.test_builder_configs import launch_failure
 from tests.support.gitrepo import make_repo
 from tests.support.sandbox import push, sandbox_podman
-from tests.support.stack import SLOT, Stack
-
-pytestmark = pytest.mark.e2e
+from tests.support.stack import SLOT, Stack, launch_and_probe
 
 REGISTRY = "127.0.0.1:5000"
 MIRROR_PATH = f"bindery-test-{SLOT}-mirror"

@@ -16,10 +16,9 @@ import pytest
 
 from bindery.bus import Bus
 from bindery.events import IdleDetected, StopReason
+from tests.support.eventually import eventually
 from tests.support.gitrepo import make_repo
 from tests.support.stack import INSTANCE, NODES, Stack, build_path, launch, launch_events
-
-pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +71,12 @@ def containers_with(label: str) -> list[str]:
 
 async def until_gone(label: str, limit: float = 60) -> None:
     """Wait (bounded) until the stops asked for earlier have removed every container with it."""
-    deadline = asyncio.get_running_loop().time() + limit
-    while containers_with(label):
-        assert asyncio.get_running_loop().time() < deadline, f"containers with {label} remain"
-        await asyncio.sleep(0.2)
+    await eventually(
+        lambda: not containers_with(label),
+        within=limit,
+        every=0.2,
+        what=f"every container with {label} removed",
+    )
 
 
 async def test_the_third_launch_waits_first_in_line_and_goes_on_when_a_session_stops(
@@ -132,12 +133,12 @@ async def test_a_scheduler_killed_mid_launch_leaves_one_ready_session_and_no_orp
 async def until_stopped(http: aiohttp.ClientSession, ready: dict[str, Any]) -> str:
     """Wait (bounded) until the gateway no longer routes to the session; what it says then."""
     auth = {"Authorization": f"token {ready['token']}", "Accept": "application/json"}
-    async with asyncio.timeout(30):
-        while True:
-            async with http.get(f"{ready['url']}api/status", headers=auth) as resp:
-                if resp.status == 404:
-                    return await resp.text()
-            await asyncio.sleep(0.2)
+
+    async def not_routed() -> str | None:
+        async with http.get(f"{ready['url']}api/status", headers=auth) as resp:
+            return await resp.text() if resp.status == 404 else None
+
+    return await eventually(not_routed, within=30, every=0.2, what="the session's route gone")
 
 
 async def test_a_session_ending_by_itself_frees_its_seat_and_loses_its_route_within_seconds(
@@ -162,6 +163,8 @@ async def test_a_session_ending_by_itself_frees_its_seat_and_loses_its_route_wit
         survivor = second[-1]
         [container] = containers_with(f"bindery.session={session_of(survivor)}")
         for url in NODES.values():  # outside Bindery, as an operator would
-            subprocess.run(["podman", "--url", url, "kill", container], capture_output=True)
+            await asyncio.to_thread(
+                subprocess.run, ["podman", "--url", url, "kill", container], capture_output=True
+            )
         assert "stopped unexpectedly" in await until_stopped(http, survivor)
         await until_gone(f"bindery.session={session_of(survivor)}")

@@ -28,8 +28,6 @@ from tests.support.gitrepo import make_repo, notebook
 from tests.support.kernel import run_code
 from tests.support.stack import Stack, build_path, launch, stop_session
 
-pytestmark = pytest.mark.e2e
-
 GiB = 1024**3
 MEMORY_LIMIT = 2 * GiB
 """The scheduler's default session limit (mybinder.org's)."""

@@ -22,13 +22,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.e2e.test_builder_configs import launch_and_probe, lines
+from tests.e2e.test_builder_configs import lines
 from tests.support.gitrepo import make_repo
 from tests.support.lan import Lan, lan
 from tests.support.pypiindex import ANSWER, NAME
-from tests.support.stack import REPO, Stack
-
-pytestmark = pytest.mark.e2e
+from tests.support.stack import REPO, Stack, launch_and_probe
 
 # What a notebook cell does: IPython's %pip installs into the kernel's own environment.
 PROBE = f"""

@@ -30,8 +30,6 @@ from tests.support.browser import chromium, screenshot_path
 from tests.support.gitrepo import make_repo, notebook
 from tests.support.stack import Stack, build_path
 
-pytestmark = pytest.mark.e2e
-
 HOSTILE = Path(__file__).parents[1] / "support/hostile"
 PROBE = "print('victim', 6 * 7)"
 EXPECTED = "victim 42"

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
+from tests.support.eventually import eventually
 from tests.support.gitrepo import make_repo
 from tests.support.stack import Stack, build_path
-
-pytestmark = pytest.mark.e2e
 
 #: The gateway's count of consumers is at most BINDERY_STAGE_CHECK_INTERVAL (5 s) old.
 HEALTH_WITHIN = 30.0
@@ -24,14 +21,16 @@ HEALTH_WITHIN = 30.0
 async def health_until(
     http: aiohttp.ClientSession, stack: Stack, degraded: list[str]
 ) -> tuple[int, dict[str, Any]]:
-    """Poll /health until its `degraded` is `degraded`; the last answer."""
-    deadline = time.monotonic() + HEALTH_WITHIN
-    while True:
+    """Poll /health until its `degraded` is `degraded`; that answer."""
+
+    async def answer() -> tuple[int, dict[str, Any]] | None:
         async with http.get(f"{stack.gateway}/health") as resp:
             status, body = resp.status, await resp.json()
-        if body["degraded"] == degraded or time.monotonic() > deadline:
-            return status, body
-        await asyncio.sleep(0.5)
+        return (status, body) if body["degraded"] == degraded else None
+
+    return await eventually(
+        answer, within=HEALTH_WITHIN, every=0.5, what=f"/health degraded by {degraded}"
+    )
 
 
 async def test_no_builder_degrades_health_and_tells_the_launch(

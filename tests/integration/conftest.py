@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from bindery.bus import Bus
-from tests.support.stack import SLOT, fresh_vhost
+from tests.support.stack import SLOT, own_vhost
 
 VHOST = f"bindery-integration-{SLOT}"
 
 
 @pytest.fixture(scope="session")
-def amqp_url() -> str:
-    return fresh_vhost(VHOST)
+def amqp_url() -> Iterator[str]:
+    with own_vhost(VHOST) as url:
+        yield url
 
 
 @pytest.fixture

@@ -21,8 +21,6 @@ from tests.support.canary import Canary, planted_canary
 from tests.support.gitrepo import git, make_repo
 from tests.support.stack import Stack, build_path, launch
 
-pytestmark = pytest.mark.e2e
-
 STACK_REGISTRY = "127.0.0.1:5000"
 BUILDER_HEALTH_PORT = 8592
 

@@ -1,5 +1,6 @@
 """A repository at a commit becomes an image in the registry that runs Jupyter as jovyan."""
 
+import asyncio
 import dataclasses
 import os
 import socket
@@ -17,6 +18,7 @@ from bindery.builder.build import BuildOptions, BuildRequest, FailureReason, run
 from bindery.builder.indexforward import STEP_HOST, IndexForwarder
 from tests.integration.builder.conftest import Log
 from tests.support.canary import planted_canary
+from tests.support.eventually import eventually
 from tests.support.gitrepo import commit, make_repo, notebook
 from tests.support.pypiindex import ANSWER, NAME, served_index
 from tests.support.sandbox import podman_run, sandbox_podman
@@ -83,7 +85,9 @@ async def test_a_notebook_change_reuses_the_environment_layers(
         assert result.ok, result.message
         assert podman_run(second_image, "cat", "a.ipynb") == notebook("2")
     finally:
-        subprocess.run([*sandbox_podman(), "rmi", "--force", second_image], capture_output=True)
+        await asyncio.to_thread(
+            subprocess.run, [*sandbox_podman(), "rmi", "--force", second_image], capture_output=True
+        )
 
     # The environment image of the first commit is the second's: only the repository is added.
     messages = [line.message for line in log.lines]
@@ -105,17 +109,23 @@ async def test_the_package_index_is_handed_to_the_build_and_left_in_no_layer(
     assert result.ok, result.message + log.text()
     assert podman_run(image_name, "python", "-c", "import pyfiglet") == ""
     assert podman_run(image_name, "ls", "-A", "/run/secrets") == ""
-    history = subprocess.run(
-        [*sandbox_podman(), "history", "--no-trunc", "--format={{.CreatedBy}}", image_name],
-        capture_output=True,
-        text=True,
-        check=True,
+    history = (
+        await asyncio.to_thread(
+            subprocess.run,
+            [*sandbox_podman(), "history", "--no-trunc", "--format={{.CreatedBy}}", image_name],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     ).stdout
-    inspect = subprocess.run(
-        [*sandbox_podman(), "image", "inspect", image_name],
-        capture_output=True,
-        text=True,
-        check=True,
+    inspect = (
+        await asyncio.to_thread(
+            subprocess.run,
+            [*sandbox_podman(), "image", "inspect", image_name],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     ).stdout
     assert index not in history and index not in inspect
 
@@ -166,7 +176,8 @@ async def test_the_image_serves_jupyter_lab_the_way_the_scheduler_starts_it(
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     token = os.urandom(8).hex()
-    container = subprocess.run(
+    started = await asyncio.to_thread(
+        subprocess.run,
         [
             *sandbox_podman(), "run", "-d", "--rm", "--user=1000", f"-p=127.0.0.1:{port}:8888",
             f"--env=JUPYTER_TOKEN={token}", image_name,
@@ -174,22 +185,29 @@ async def test_the_image_serves_jupyter_lab_the_way_the_scheduler_starts_it(
             "--ServerApp.base_url=/user/someone/",
         ],
         capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+    )  # fmt: skip
+    container = started.stdout.strip()
     try:
         url = f"http://127.0.0.1:{port}/user/someone/api/contents?token={token}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(url, timeout=2) as resp:
-                    body = resp.read().decode()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+
+        def contents() -> str:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return str(resp.read().decode())
+
+        body = await eventually(
+            lambda: asyncio.to_thread(contents),
+            within=60,
+            every=0.2,
+            what="Jupyter's contents API answering",
+            ignoring=(OSError,),
+        )
         assert '"name": "hello.ipynb"' in body
     finally:
-        subprocess.run([*sandbox_podman(), "rm", "-f", "-t", "0", container], capture_output=True)
+        await asyncio.to_thread(
+            subprocess.run,
+            [*sandbox_podman(), "rm", "-f", "-t", "0", container],
+            capture_output=True,
+        )
 
 
 async def test_a_failing_step_reports_its_output(
@@ -240,12 +258,20 @@ async def test_a_build_over_its_time_is_stopped_with_everything_it_started(
     result = await run_build(request, log, quick)
     assert result.reason is FailureReason.TIMEOUT
     assert time.monotonic() - started < 8.0 + quick.kill_grace + 5
-    leftovers = subprocess.run(
-        ["pgrep", "-f", image_name], capture_output=True, text=True, check=False
+    leftovers = (
+        await asyncio.to_thread(
+            subprocess.run, ["pgrep", "-f", image_name], capture_output=True, text=True, check=False
+        )
     ).stdout.split()
     assert leftovers == []
-    sleepers = subprocess.run(
-        ["pgrep", "-x", "-f", "sleep 300"], capture_output=True, text=True, check=False
+    sleepers = (
+        await asyncio.to_thread(
+            subprocess.run,
+            ["pgrep", "-x", "-f", "sleep 300"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
     ).stdout.split()
     assert sleepers == []
     # The step had started: the sleep was killed, not a build that never got that far.
@@ -332,7 +358,13 @@ async def test_an_index_with_credentials_reaches_builds_without_them(
     assert ANSWER in log.text()
     assert index.password not in log.text()
     assert any(authorised for _, authorised in index.requests)
-    image = subprocess.run(
-        sandbox_podman("image", "inspect", image_name), capture_output=True, text=True, check=True
+    image = (
+        await asyncio.to_thread(
+            subprocess.run,
+            sandbox_podman("image", "inspect", image_name),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     ).stdout
     assert index.password not in image

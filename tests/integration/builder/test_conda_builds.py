@@ -4,6 +4,7 @@ whose Python is the session's kernel."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import subprocess
 from collections.abc import Iterator
@@ -117,7 +118,9 @@ async def test_environment_yml_becomes_a_conda_environment_of_its_own_and_is_reu
         assert result.ok, result.message + "\n" + log.text()
         assert podman_run(second_image, "bindery-probe-where").strip() == ENV
     finally:
-        subprocess.run([*sandbox_podman(), "rmi", "--force", second_image], capture_output=True)
+        await asyncio.to_thread(
+            subprocess.run, [*sandbox_podman(), "rmi", "--force", second_image], capture_output=True
+        )
     text = log.text()
     assert "exists: adding the repository only" in text, text
     assert "downloaded" not in text and "uv pip install" not in text

@@ -54,7 +54,7 @@ async def fetch_into(
     """Validate as the builder does, then fetch (blocking requests, off the server's loop)."""
     hosts = hosts_of(fake)
     source = check_source(provider, url, version, hosts)
-    into.mkdir()
+    await asyncio.to_thread(into.mkdir)
     return await asyncio.to_thread(lambda: list(datarepos.fetch(source, hosts, str(into))))
 
 
@@ -106,7 +106,9 @@ async def test_a_zenodo_record_builds_into_an_image_with_its_files_and_packages(
         assert result.ok, result.message + "\n" + log.text()
         assert podman_run(second_image, "tail", "-n1", "data/weather.csv") == "chur,19\n"
     finally:
-        subprocess.run([*sandbox_podman(), "rmi", "--force", second_image], capture_output=True)
+        await asyncio.to_thread(
+            subprocess.run, [*sandbox_podman(), "rmi", "--force", second_image], capture_output=True
+        )
     messages = [line.message for line in log.lines]
     assert any(m.endswith("exists: adding the repository only") for m in messages), log.text()
 

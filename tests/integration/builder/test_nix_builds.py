@@ -6,6 +6,7 @@ session's command run inside the nix-shell through the image's own entrypoint.
 The channel here is a stand-in with the two attributes the repository uses: these tests prove
 that Bindery wires the configured mirror through, not anything about Nixpkgs itself."""
 
+import asyncio
 import dataclasses
 import subprocess
 import time
@@ -133,7 +134,8 @@ async def test_a_store_path_comes_from_the_configured_binary_cache(
     maker.mkdir()
     maker.chmod(0o755)  # read by the image's user
     (maker / "cached.nix").write_text(repo_files["default.nix"])
-    subprocess.run(
+    await asyncio.to_thread(
+        subprocess.run,
         [
             *sandbox_podman(),
             "run",
@@ -162,6 +164,9 @@ async def test_a_store_path_comes_from_the_configured_binary_cache(
 
     out = podman_run(image_name, "python3", "-c", PROBE).splitlines()
     assert out[2] == "made for the cache"
-    subprocess.run(
-        [*sandbox_podman(), "rmi", "--force", maker_image], capture_output=True, check=False
+    await asyncio.to_thread(
+        subprocess.run,
+        [*sandbox_podman(), "rmi", "--force", maker_image],
+        capture_output=True,
+        check=False,
     )

@@ -6,7 +6,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -26,6 +25,7 @@ from bindery.events import (
     RefResolved,
 )
 from tests.integration.builder.test_build import manifest_status
+from tests.support.eventually import eventually
 from tests.support.fakeproviders import FakeProviders
 from tests.support.gitrepo import make_repo, notebook
 from tests.support.sandbox import podman_run
@@ -54,9 +54,9 @@ def providers() -> Iterator[FakeProviders]:
 
 
 @pytest.fixture(scope="module")
-def builder_service(
+async def builder_service(
     amqp_url: str, registry: str, pythons: Pythons, providers: FakeProviders
-) -> Iterator[None]:
+) -> AsyncIterator[None]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BINDERY_")}
     env.update(
@@ -69,25 +69,30 @@ def builder_service(
         # The storage is shared with every other test run: test_prune.py prunes its own images.
         BINDERY_PRUNE_INTERVAL="0",
     )
-    proc = subprocess.Popen(
+    proc = await asyncio.to_thread(
+        subprocess.Popen,
         [sys.executable, "-m", "bindery.builder"],
         env=env,
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 60
-    while True:
+
+    def healthy() -> bool:
         assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                break
-        except OSError:
-            assert time.monotonic() < deadline, "builder not healthy within 60 s"
-            time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+            return True
+
+    await eventually(
+        lambda: asyncio.to_thread(healthy),
+        within=60,
+        every=0.2,
+        what="the builder healthy",
+        ignoring=(OSError,),
+    )
     yield
     proc.terminate()
-    assert proc.wait(timeout=30) == 0
+    assert await asyncio.to_thread(proc.wait, 30) == 0
 
 
 @pytest.fixture

@@ -6,13 +6,13 @@ The replicas here are bare consumers of the queues the builder consumes
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from bindery.bus import Bus, topology
 from bindery.events import Event, RefResolved
-from tests.support.stack import SLOT, fresh_vhost, rabbitmqctl
+from tests.support.stack import SLOT, own_vhost
 
 VHOST = f"bindery-integration-{SLOT}-sticky"
 
@@ -20,16 +20,11 @@ VHOST = f"bindery-integration-{SLOT}-sticky"
 @pytest.fixture
 def amqp_url() -> Iterator[str]:
     """A virtual host of its own: no replica queue left by other tests takes a share."""
-    yield fresh_vhost(VHOST)
-    rabbitmqctl("vhost-delete", VHOST)
+    with own_vhost(VHOST) as url:
+        yield url
 
 
-@pytest.fixture
-async def bus(amqp_url: str) -> AsyncIterator[Bus]:
-    bus = Bus(amqp_url, "sticky-test", connect_timeout=10)
-    await bus.connect()
-    yield bus
-    await bus.close()
+# The `bus` fixture (tests/integration/conftest.py) connects to this module's `amqp_url`.
 
 
 def resolved(repo_key: str) -> RefResolved:
@@ -71,8 +66,8 @@ class Replica:
         await self.bus.close()
 
 
-async def take(got: "asyncio.Queue[Delivery]", count: int, timeout: float = 60) -> list[Delivery]:
-    return [await asyncio.wait_for(got.get(), timeout) for _ in range(count)]
+async def take(got: "asyncio.Queue[Delivery]", count: int, within: float = 60) -> list[Delivery]:
+    return [await asyncio.wait_for(got.get(), within) for _ in range(count)]
 
 
 async def test_each_repository_goes_to_one_replica_and_fails_over_when_it_dies(

@@ -6,7 +6,6 @@ the "pod" is a Jupyter stand-in listening on a loopback address of its own, port
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from bindery.events import Event, ImagePulling, PodReady, PodStopped, StopReason
 from bindery.runtimes import KubernetesRuntime, make_runtime
 from bindery.scheduler.launch import LaunchOrder, Scheduler
 from bindery.scheduler.settings import SchedulerSettings
+from tests.support.eventually import eventually
 from tests.support.schedulerloops import running_loops
 from tests.support.stack import SLOT
 from tests.unit.runtimes.kube_api import FakeKubernetes, node
@@ -78,9 +78,11 @@ async def test_a_launch_lands_on_the_node_holding_its_image_and_ends_when_its_se
         async with running_loops(scheduler, "exits"):
             [pod] = api.pods
             api.terminate(pod, 137, "OOMKilled")
-            async with asyncio.timeout(30):
-                while not any(isinstance(e, PodStopped) for e in events):
-                    await asyncio.sleep(0.01)
+            await eventually(
+                lambda: any(isinstance(e, PodStopped) for e in events),
+                within=30,
+                what="a PodStopped",
+            )
         await runtime.close()
 
     [stopped] = [e for e in events if isinstance(e, PodStopped)]

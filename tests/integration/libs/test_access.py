@@ -28,7 +28,7 @@ from bindery.events import (
     SessionActivity,
     StopReason,
 )
-from tests.support.stack import SLOT, fresh_vhost, rabbitmqctl, service_urls
+from tests.support.stack import SLOT, own_vhost, service_urls
 
 VHOST = f"bindery-integration-{SLOT}-access"
 REPLICA = f"access-{SLOT}"
@@ -39,8 +39,8 @@ Connect = Callable[[str], Awaitable[Bus]]
 @pytest.fixture(scope="module")
 def admin_url() -> Iterator[str]:
     """A virtual host of its own: the tests consume the shared queues there."""
-    yield fresh_vhost(VHOST)
-    rabbitmqctl("vhost-delete", VHOST)
+    with own_vhost(VHOST) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

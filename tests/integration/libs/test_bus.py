@@ -9,6 +9,7 @@ import pytest
 
 from bindery.bus import Bus, QueueSpec, Retry, topology
 from bindery.events import Event, LaunchRequested
+from tests.support.eventually import eventually
 
 
 async def dead_letters(amqp_url: str) -> list[bytes]:
@@ -59,11 +60,9 @@ async def test_malformed_message_goes_to_dead_letter_and_consumer_survives(
     good = LaunchRequested(launch_id="l-after-bad", provider="git", spec="x/main")
     await bus.publish(good)
     assert await asyncio.wait_for(received.get(), 10) == good
-    for _ in range(50):
-        letters = await dead_letters(amqp_url)
-        if letters:
-            break
-        await asyncio.sleep(0.1)
+    letters = await eventually(
+        lambda: dead_letters(amqp_url), within=30, every=0.1, what="a dead letter"
+    )
     assert letters == [b"{not json"]
 
 
@@ -98,11 +97,9 @@ async def test_handler_crash_is_retried_once_then_dead_lettered(bus: Bus, amqp_u
     await bus.consume(spec, handler)
     sent = LaunchRequested(launch_id="l-crash", provider="git", spec="x/main")
     await bus.publish(sent)
-    for _ in range(100):
-        letters = await dead_letters(amqp_url)
-        if letters:
-            break
-        await asyncio.sleep(0.1)
+    letters = await eventually(
+        lambda: dead_letters(amqp_url), within=30, every=0.1, what="a dead letter"
+    )
     assert attempts == 2
     assert letters == [sent.to_json()]
 

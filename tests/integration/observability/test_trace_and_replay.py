@@ -7,7 +7,7 @@ import asyncio
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -16,15 +16,16 @@ from bindery.bus import Bus, QueueSpec
 from bindery.bus.eventlog import read
 from bindery.events import Event, FailureReason, LaunchFailed, LaunchRequested, RefResolved
 from tests.integration.conftest import VHOST
-from tests.support.stack import fresh_vhost
+from tests.support.stack import own_vhost
 from tests.support.tracing import memory_exporter
 
 REPLAY_VHOST = f"{VHOST}-replay"
 
 
 @pytest.fixture(scope="module")
-def replay_url() -> str:
-    return fresh_vhost(REPLAY_VHOST)
+def replay_url() -> Iterator[str]:
+    with own_vhost(REPLAY_VHOST) as url:
+        yield url
 
 
 @pytest.fixture

@@ -7,8 +7,7 @@ import contextlib
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,10 @@ from bindery.events import FailureReason
 from bindery.resolver.errors import ResolveError
 from bindery.resolver.git import resolve_commit
 from bindery.settings import Profile
+from tests.support.eventually import eventually
 from tests.support.gitrepo import commit, git, make_repo
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +52,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@contextlib.contextmanager
-def serving(command: list[str], port: int, cwd: Path | None = None) -> Iterator[None]:
+def listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+        return True
+    return False
+
+
+@contextlib.asynccontextmanager
+async def serving(command: list[str], port: int, cwd: Path | None = None) -> AsyncIterator[None]:
     """Run a server on `port` for the duration; ready once the port takes connections."""
-    proc = subprocess.Popen(command, cwd=cwd)
-    for _ in range(100):
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            break
-        time.sleep(0.05)
+    proc = await asyncio.to_thread(subprocess.Popen, command, cwd=cwd)
     try:
+        await eventually(
+            lambda: asyncio.to_thread(listening, port), within=30, what=f"{command[0]} listening"
+        )
         yield
     finally:
         proc.terminate()
@@ -66,7 +73,7 @@ def serving(command: list[str], port: int, cwd: Path | None = None) -> Iterator[
 
 
 @pytest.fixture(scope="module")
-def git_daemon(served: dict[str, str]) -> Iterator[str]:
+async def git_daemon(served: dict[str, str]) -> AsyncIterator[str]:
     port = free_port()
     command = [
         "git",
@@ -77,16 +84,16 @@ def git_daemon(served: dict[str, str]) -> Iterator[str]:
         "--reuseaddr",
         served["root"],
     ]
-    with serving(command, port):
+    async with serving(command, port):
         yield f"git://127.0.0.1:{port}/project.git"
 
 
 @pytest.fixture(scope="module")
-def http_git(served: dict[str, str]) -> Iterator[str]:
+async def http_git(served: dict[str, str]) -> AsyncIterator[str]:
     """`git http-backend` behind Python's CGI-capable server, like a real smart-HTTP host."""
     port = free_port()
     command = [sys.executable, "-m", "tests.support.githttp", served["root"], str(port)]
-    with serving(command, port, cwd=Path(__file__).resolve().parents[3]):
+    async with serving(command, port, cwd=REPO):
         yield f"http://127.0.0.1:{port}/project.git"
 
 

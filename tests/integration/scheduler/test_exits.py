@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
 
 import aiohttp
 
@@ -23,6 +22,7 @@ from bindery.events import (
 from bindery.naming import session_name
 from bindery.scheduler.launch import LaunchOrder
 from tests.integration.scheduler.conftest import INSTANCE, Harness, MakeScheduler, podman
+from tests.support.eventually import eventually
 
 REPO_A = "file:///srv/course"
 REPO_B = "file:///srv/other"
@@ -35,13 +35,6 @@ def launch_id(label: str) -> str:
 
 def order(launch: str, image: str, repo: str, quota: int | None = None) -> LaunchOrder:
     return LaunchOrder(launch, image, repo, "main", repo, quota)
-
-
-async def until(condition: Callable[[], object], within: float = 60.0) -> None:
-    """Wait for `condition`; `within` is a generous upper bound on a loaded 2-core machine."""
-    async with asyncio.timeout(within):
-        while not condition():
-            await asyncio.sleep(0.05)
 
 
 def containers(name: str) -> list[str]:
@@ -67,7 +60,11 @@ async def test_a_repository_at_its_own_quota_queues_and_a_shutdown_from_inside_f
     await h.scheduler.launch(order(a1, session_image, REPO_A, quota=1))
     second = asyncio.create_task(h.scheduler.launch(order(a2, session_image, REPO_A, quota=1)))
     third = asyncio.create_task(h.scheduler.launch(order(a3, session_image, REPO_A, quota=1)))
-    await until(lambda: {q.launch_id for q in h.of(LaunchQueued)} == {a2, a3})
+    await eventually(
+        lambda: {q.launch_id for q in h.of(LaunchQueued)} == {a2, a3},
+        within=60,
+        what="the second and third launches queued",
+    )
     assert {q.limit for q in h.of(LaunchQueued)} == {"repository"}
 
     await h.scheduler.launch(order(b1, session_image, REPO_B))
@@ -107,9 +104,11 @@ async def test_a_session_killed_outside_bindery_is_ended_by_its_event_or_by_reco
 
     async with h.loops("exits"):
         podman(first.node, "kill", f"{INSTANCE}-{first.session}")
-        await until(lambda: h.of(PodStopped))
+        await eventually(lambda: h.of(PodStopped), within=60, what="a PodStopped")
     assert [(e.launch_id, e.reason) for e in h.of(PodStopped)] == [(k1, StopReason.CRASHED)]
-    await until(lambda: containers(first.session) == [])
+    await eventually(
+        lambda: containers(first.session) == [], within=60, what="the container removed"
+    )
 
     # Not following: only the periodic reconciliation can notice this one.
     podman(second.node, "kill", f"{INSTANCE}-{second.session}")
@@ -125,7 +124,9 @@ async def test_a_launch_abandoned_mid_start_leaves_no_container(
     h = await make_scheduler()
     launch = launch_id("X1")
     starting = asyncio.create_task(h.scheduler.launch(order(launch, session_image, REPO_B)))
-    await until(lambda: h.of(PodScheduled))  # its container is starting; Jupyter takes ~1 s
+    await eventually(
+        lambda: h.of(PodScheduled), within=60, what="a PodScheduled"
+    )  # its container is starting; Jupyter takes ~1 s
     await h.scheduler.abandon(LaunchAbandoned(launch_id=launch))
     await asyncio.wait_for(starting, 60)
 

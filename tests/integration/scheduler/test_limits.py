@@ -11,6 +11,7 @@ import aiohttp
 
 from bindery.events import PodReady, PodStopped, StopReason
 from tests.integration.scheduler.conftest import INSTANCE, Harness, MakeScheduler, podman
+from tests.support.eventually import eventually
 from tests.support.kernel import run_code, start_kernel
 
 MiB = 1024**2
@@ -118,9 +119,7 @@ async def test_a_session_writing_past_its_disk_limit_is_stopped_and_says_why(
     async with h.loops("disk"):
         write(calm, 10)
         write(hog, 100)
-        async with asyncio.timeout(60):
-            while not h.of(PodStopped):
-                await asyncio.sleep(0.1)
+        await eventually(lambda: h.of(PodStopped), within=60, every=0.1, what="the hog stopped")
 
     [stopped] = h.of(PodStopped)
     assert (stopped.launch_id, stopped.session, stopped.reason) == ("D1", hog.session, "disk")

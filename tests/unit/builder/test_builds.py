@@ -23,6 +23,7 @@ from bindery.events import (
     RepoConfig,
 )
 from bindery.events import FailureReason as LaunchFailure
+from tests.support.eventually import eventually
 
 SHA = "5b1503fb6fd79906a6d75af32d4a014b5f31dc61"
 
@@ -85,7 +86,7 @@ class Bus:
         out = []
         for e in self.events:
             if e.launch_id == launch_id:
-                detail = e.message if isinstance(e, (BuildLog, LaunchFailed)) else e.image
+                detail = e.message if isinstance(e, (BuildLog, LaunchFailed)) else e.image  # type: ignore[attr-defined]
                 out.append((e.type, detail))
         return out
 
@@ -165,8 +166,9 @@ async def test_launches_of_an_image_in_flight_join_its_build() -> None:
     first = asyncio.create_task(builder.on_ref_resolved(resolved("L1")))
     await runner.started.wait()
     second = asyncio.create_task(builder.on_ref_resolved(resolved("L2")))
-    while ("build-log", "STEP 1") not in bus.of("L2"):
-        await asyncio.sleep(0)
+    await eventually(
+        lambda: ("build-log", "STEP 1") in bus.of("L2"), within=10, what="L2 joined the build"
+    )
     runner.release.set()
     await asyncio.gather(first, second)
 
@@ -200,8 +202,9 @@ async def test_a_joining_launch_is_replayed_the_end_of_the_log_within_bounded_by
     first = asyncio.create_task(builder.on_ref_resolved(resolved("L1")))
     await runner.started.wait()
     second = asyncio.create_task(builder.on_ref_resolved(resolved("L2")))
-    while ("build-log", "STEP 1") not in bus.of("L2"):
-        await asyncio.sleep(0)
+    await eventually(
+        lambda: ("build-log", "STEP 1") in bus.of("L2"), within=10, what="L2 joined the build"
+    )
     runner.release.set()
     await asyncio.gather(first, second)
 
@@ -217,8 +220,9 @@ async def test_each_launch_carries_its_own_repository_settings_to_the_scheduler(
     first = asyncio.create_task(builder.on_ref_resolved(resolved("L1", repo_config={"quota": 3})))
     await runner.started.wait()
     joined = asyncio.create_task(builder.on_ref_resolved(resolved("L2")))
-    while ("build-log", "STEP 1") not in bus.of("L2"):
-        await asyncio.sleep(0)
+    await eventually(
+        lambda: ("build-log", "STEP 1") in bus.of("L2"), within=10, what="L2 joined the build"
+    )
     runner.release.set()
     await asyncio.gather(first, joined)
     await builder.on_ref_resolved(resolved("L3", repo_config={"quota": 9}))  # built moments ago
@@ -251,8 +255,9 @@ async def test_builds_beyond_the_limit_wait_for_a_slot() -> None:
     first = asyncio.create_task(builder.on_ref_resolved(resolved("L1", image="reg/a:1")))
     await runner.started.wait()
     second = asyncio.create_task(builder.on_ref_resolved(resolved("L2", image="reg/b:1")))
-    while ("build-started", "reg/b:1") not in bus.of("L2"):
-        await asyncio.sleep(0)
+    await eventually(
+        lambda: ("build-started", "reg/b:1") in bus.of("L2"), within=10, what="L2's build waiting"
+    )
     assert [r.image for r in runner.requests] == ["reg/a:1"]
     runner.release.set()
     await asyncio.gather(first, second)

@@ -87,9 +87,7 @@ def test_solve_and_create_the_environment_for_its_image_path(
     names = [r["name"] for r in lock.records]
     assert sorted(names) == ["bindery-probe", "bindery-probe-data", "python", "python_abi"]
     assert names.index("python") < names.index("bindery-probe")
-    assert lock.version(
-        "python",
-    ) is not None and lock.version("python").startswith("3.11.")
+    assert (lock.version("python") or "").startswith("3.11.")
     assert lock.version("ipykernel") is None
     text = json.loads(lock.text())
     assert text["channels"] == [CHANNEL]

@@ -1,11 +1,12 @@
-"""Fakes for the gateway's unit tests: a bus that records (and can answer) what is published,
-and a harness holding a gateway app served by aiohttp's test server."""
+"""Fakes for the gateway's unit tests: a harness holding a gateway app served by aiohttp's test
+server over the shared fake bus (tests/support/fakebus.py), which records and can answer what is
+published."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
@@ -25,25 +26,11 @@ from bindery.gateway.deps import Gateway
 from bindery.gateway.handlers import EventHandlers
 from bindery.gateway.settings import GatewaySettings
 from bindery.tokens import session_token
+from tests.support.fakebus import FakeBus
 
 SECRET = "x" * 32
 GIT_SPEC = "https%3A%2F%2Fexample.org%2Fowner%2Frepo.git/main"
 S1_TOKEN = session_token(SECRET, "s1")
-
-
-@dataclass
-class FakeBus:
-    connected: bool = True
-    published: list[Event] = field(default_factory=list)
-    on_publish: Callable[[Event], Awaitable[None]] | None = None
-    fail: bool = False
-
-    async def publish(self, event: Event, headers: dict[str, str] | None = None) -> None:
-        if self.fail:
-            raise ConnectionError("broker down")
-        self.published.append(event)
-        if self.on_publish is not None:
-            await self.on_publish(event)
 
 
 @dataclass

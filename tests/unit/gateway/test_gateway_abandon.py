@@ -12,6 +12,7 @@ import pytest
 from yarl import URL
 
 from bindery.events import Event, LaunchAbandoned, LaunchRequested
+from tests.support.eventually import eventually
 from tests.unit.gateway.fakes import GIT_SPEC, Harness, full_launch, make_harness
 
 GRACE = 0.3
@@ -38,10 +39,7 @@ def abandoned(h: Harness) -> list[LaunchAbandoned]:
 
 
 async def until_abandoned(h: Harness) -> LaunchAbandoned:
-    async with asyncio.timeout(10):
-        while not abandoned(h):
-            await asyncio.sleep(0.02)
-    [event] = abandoned(h)
+    [event] = await eventually(lambda: abandoned(h), within=10, what="a LaunchAbandoned")
     return event
 
 

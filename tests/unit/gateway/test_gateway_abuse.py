@@ -44,12 +44,17 @@ async def test_banned_network_gets_403_everywhere_but_health(
     assert resp.status == 200
 
 
-async def test_a_client_cannot_pick_its_address_without_a_trusted_proxy(
-    harness: Harness,
-) -> None:
-    harness.gateway.settings.banned_networks = "127.0.0.0/8"  # not read after start: no effect
-    resp = await harness.client.get("/", headers={"X-Forwarded-For": "127.0.0.1"})
-    assert resp.status == 200
+async def test_a_client_cannot_pick_its_address_without_a_trusted_proxy() -> None:
+    # No trusted proxy: the socket peer (127.0.0.1) is the client, whatever the header says. A
+    # banned peer stays banned behind a clean address, and a clean one is not framed by a banned
+    # one: either answer flips if the gateway believed the header.
+    async for h in make_harness(banned_networks="127.0.0.0/8, 203.0.113.0/24"):
+        resp = await h.client.get("/", headers={"X-Forwarded-For": "198.51.100.7"})
+        assert resp.status == 403
+        assert "banned" in (await resp.json())["message"]
+    async for h in make_harness(banned_networks="203.0.113.0/24"):
+        resp = await h.client.get("/", headers={"X-Forwarded-For": "203.0.113.9"})
+        assert resp.status == 200
 
 
 async def test_too_many_launches_from_one_address_are_429_without_a_launch(

@@ -21,7 +21,9 @@ from bindery.events.build import build_started_at
 from bindery.gateway.app import create_app
 from bindery.gateway.buildlog import BuildLogs, Busy
 from bindery.gateway.deps import Gateway
-from tests.unit.gateway.fakes import FakeBus, settings
+from tests.support.eventually import eventually
+from tests.support.fakebus import FakeBus
+from tests.unit.gateway.fakes import settings
 
 LAUNCH_A = "a" * 32
 LAUNCH_B = "b" * 32
@@ -180,8 +182,7 @@ async def test_concurrent_requests_for_one_build_share_one_read() -> None:
     waiting = [
         asyncio.create_task(build_logs.answer(build_id, started(build_id))) for _ in range(50)
     ]
-    while stream.reads == 0:
-        await asyncio.sleep(0)
+    await eventually(lambda: stream.reads, within=10, what="a read started")
     # A client that leaves does not end the read the others wait for.
     waiting[0].cancel()
     stream.hold.set()  # type: ignore[union-attr]
@@ -196,8 +197,7 @@ async def test_reads_beyond_the_bound_wait_then_are_refused() -> None:
     build_logs = logs(stream, max_reads=1, read_wait=0.05)
 
     reading = asyncio.create_task(build_logs.answer(first, started(first)))
-    while stream.reads == 0:
-        await asyncio.sleep(0)
+    await eventually(lambda: stream.reads, within=10, what="a read started")
     with pytest.raises(Busy):
         await build_logs.answer(second, started(second))
     assert stream.reads == 1, "the refused request read nothing"
@@ -214,8 +214,7 @@ async def test_a_waiting_read_gets_the_slot_a_finished_one_frees() -> None:
 
     reading = asyncio.create_task(build_logs.answer(first, started(first)))
     queued = asyncio.create_task(build_logs.answer(second, started(second)))
-    while stream.reads == 0:
-        await asyncio.sleep(0)
+    await eventually(lambda: stream.reads, within=10, what="a read started")
     assert stream.reads == 1 and not queued.done()
     stream.hold.set()  # type: ignore[union-attr]
     assert None not in await asyncio.gather(reading, queued)
@@ -308,8 +307,7 @@ async def test_the_endpoint_answers_logs_unknown_builds_and_outages(
 
     stream.broken, stream.hold, reads = False, asyncio.Event(), stream.reads
     held = [asyncio.create_task(client.get(f"/api/builds/{past_build_id()}/log")) for _ in range(4)]
-    while stream.reads < reads + 4:  # every read slot taken
-        await asyncio.sleep(0.01)
+    await eventually(lambda: stream.reads >= reads + 4, within=10, what="every read slot taken")
     resp = await client.get(f"/api/builds/{past_build_id()}/log")
     assert resp.status == 503
     assert "Too many build logs" in (await resp.json())["message"]

@@ -23,7 +23,8 @@ from bindery.events import (
 )
 from bindery.gateway.abuse import ClientLaunches, client_burst, client_cap, client_key
 from bindery.gateway.deps import Gateway
-from tests.unit.gateway.fakes import GIT_SPEC, FakeBus, Harness, make_harness, parse_sse, settings
+from tests.support.fakebus import FakeBus
+from tests.unit.gateway.fakes import GIT_SPEC, Harness, make_harness, parse_sse, settings
 
 BUILD = f"/build/git/{GIT_SPEC}"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import aiohttp
 import pytest
 
 from bindery.gateway.pages import form_link
@@ -111,7 +112,9 @@ async def test_versions(harness: Harness) -> None:
 
 
 async def test_metrics_count_launches_and_requests(harness: Harness) -> None:
-    await (await harness.client.get("/build/gh/o/r/HEAD", timeout=1)).release()
+    await (
+        await harness.client.get("/build/gh/o/r/HEAD", timeout=aiohttp.ClientTimeout(total=1))
+    ).release()
     text = await (await harness.client.get("/metrics")).text()
     assert 'bindery_gateway_launches_requested_total{provider="gh"}' in text
     assert 'bindery_gateway_requests_total{family="build"' in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import pytest
 
@@ -136,7 +137,7 @@ def test_failure_payload() -> None:
         LaunchRequested(launch_id=L, provider="git", spec="x/HEAD"),
         PodStopped(launch_id=L, session="s", reason=StopReason.IDLE),
         IdleDetected(launch_id=L, session="s", reason=StopReason.IDLE),
-        SessionActivity(launch_id=L, session="s", last_activity="2026-01-01T00:00:00Z"),
+        SessionActivity(launch_id=L, session="s", last_activity=datetime(2026, 1, 1, tzinfo=UTC)),
     ],
 )
 def test_events_not_shown(event: object) -> None:

@@ -3,6 +3,8 @@ and the events a person waits on: queue position, image pull, BinderHub's `ready
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
 from yarl import URL
 
@@ -10,7 +12,7 @@ from bindery.events import ImagePulling, LaunchQueued, LaunchRequested
 from tests.unit.gateway.fakes import GIT_SPEC, Harness, full_launch, parse_sse, same_but_handoff
 
 
-async def receive_all(ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, object]]:
+async def receive_all(ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, Any]]:
     messages = []
     async for message in ws:
         assert message.type == aiohttp.WSMsgType.TEXT

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from urllib.parse import parse_qsl, urljoin, urlsplit
@@ -131,7 +130,6 @@ def test_launch_link_matches_encode_uri_component() -> None:
 JS = Path(__file__).parents[3] / "services/gateway/src/bindery/gateway/static/urlpath.js"
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 def test_javascript_mirror_agrees() -> None:
     """static/urlpath.js must decide every value exactly as the Python sanitizer does."""
     values = [*HOSTILE, *SAFE, "", "/", "lab/tree/%E2%9C%93.ipynb"]

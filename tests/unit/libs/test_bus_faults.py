@@ -37,7 +37,13 @@ class FakeExchange:
         self.failures = failures
         self.published: list[str] = []
 
-    async def publish(self, message: aio_pika.Message, routing_key: str, timeout: float) -> None:
+    # aio-pika's Exchange.publish signature, timeout included.
+    async def publish(
+        self,
+        message: aio_pika.Message,
+        routing_key: str,
+        timeout: float,  # noqa: ASYNC109
+    ) -> None:
         if self.failures:
             self.failures -= 1
             raise LOST
@@ -87,7 +93,10 @@ async def test_a_publish_gives_up_after_the_retry_bound() -> None:
 async def test_a_refused_publish_is_not_retried() -> None:
     class Refusing(FakeExchange):
         async def publish(
-            self, message: aio_pika.Message, routing_key: str, timeout: float
+            self,
+            message: aio_pika.Message,
+            routing_key: str,
+            timeout: float,  # noqa: ASYNC109
         ) -> None:
             self.failures += 1
             # The broker's nack, with its frame as aiormq raises it: a tracer records its text.

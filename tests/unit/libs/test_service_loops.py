@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import REGISTRY
 
 from bindery.service import Loop, Loops, health_route
+from tests.support.eventually import eventually
 
 INTERVAL = 0.01
 
@@ -40,7 +41,9 @@ class Flaky:
 
 
 @pytest.fixture
-async def supervised() -> AsyncIterator[tuple[Loops, Flaky, TestClient]]:
+async def supervised() -> AsyncIterator[
+    tuple[Loops, Flaky, TestClient[web.Request, web.Application]]
+]:
     loops = Loops("test-service")
     step = Flaky()
     loops.start([Loop("check", step, INTERVAL, unhealthy_after=3)])
@@ -75,7 +78,7 @@ def errors_counted() -> float:
 
 
 async def test_health_fails_naming_the_loop_after_failures_in_a_row_and_recovers(
-    supervised: tuple[Loops, Flaky, TestClient],
+    supervised: tuple[Loops, Flaky, TestClient[web.Request, web.Application]],
 ) -> None:
     loops, step, client = supervised
     assert (await client.get("/health")).status == 200
@@ -95,7 +98,7 @@ async def test_health_fails_naming_the_loop_after_failures_in_a_row_and_recovers
 
 
 async def test_fewer_failures_in_a_row_than_the_limit_leave_health_alone(
-    supervised: tuple[Loops, Flaky, TestClient],
+    supervised: tuple[Loops, Flaky, TestClient[web.Request, web.Application]],
 ) -> None:
     loops, step, client = supervised
     for _ in range(5):
@@ -108,13 +111,11 @@ async def test_fewer_failures_in_a_row_than_the_limit_leave_health_alone(
 
 
 async def test_a_loop_that_ended_fails_health(
-    supervised: tuple[Loops, Flaky, TestClient],
+    supervised: tuple[Loops, Flaky, TestClient[web.Request, web.Application]],
 ) -> None:
     loops, step, client = supervised
     step.fatal = True
-    async with asyncio.timeout(10):
-        while not loops.unhealthy():
-            await asyncio.sleep(INTERVAL)
+    await eventually(loops.unhealthy, within=10, every=INTERVAL, what="the ended loop unhealthy")
     resp = await client.get("/health")
     assert resp.status == 503
     assert (await resp.json())["failing_loops"] == {"check": "stopped"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from bindery.archiver.archive import Archive, archive_file
 from bindery.events import (
@@ -31,11 +32,10 @@ def at(seconds: float) -> datetime:
 
 def built_launch(launch_id: str) -> list[Event]:
     image = f"127.0.0.1:5000/bindery/r:{COMMIT}"
-    common = {"launch_id": launch_id}
     return [
-        LaunchRequested(**common, time=at(0), provider="gh", spec="owner/repo/main"),
+        LaunchRequested(launch_id=launch_id, time=at(0), provider="gh", spec="owner/repo/main"),
         RefResolved(
-            **common,
+            launch_id=launch_id,
             time=at(0.5),
             provider="gh",
             spec="owner/repo/main",
@@ -46,21 +46,28 @@ def built_launch(launch_id: str) -> list[Event]:
             image=image,
             image_exists=False,
         ),
-        BuildStarted(**common, time=at(1), image=image, builder="b-1"),
+        BuildStarted(launch_id=launch_id, time=at(1), image=image, builder="b-1"),
         ImageBuilt(
-            **common,
+            launch_id=launch_id,
             time=at(61),
             image=image,
             repo_url="https://github.com/owner/repo",
             resolved_ref=COMMIT,
             duration_seconds=59.5,
         ),
-        PodScheduled(**common, time=at(61.2), session="s", node="node-1", image=image),
-        PodReady(**common, time=at(63), session="s", node="node-1", image=image, target="http://x"),
+        PodScheduled(launch_id=launch_id, time=at(61.2), session="s", node="node-1", image=image),
+        PodReady(
+            launch_id=launch_id,
+            time=at(63),
+            session="s",
+            node="node-1",
+            image=image,
+            target="http://x",
+        ),
     ]
 
 
-def lines(directory: Path) -> list[dict]:
+def lines(directory: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in archive_file(directory, T0).read_text().splitlines()]
 
 

@@ -23,6 +23,7 @@ def test_a_consumer_continues_the_publishers_trace(spans: InMemorySpanExporter) 
     with telemetry.span("publish launch-requested"):
         headers = telemetry.inject({})
         publisher_trace = telemetry.trace_id()
+    assert publisher_trace is not None, "inside a span there is a trace"
     assert headers["traceparent"].split("-")[1] == publisher_trace
 
     with telemetry.span("handle launch-requested", context=telemetry.extract(headers)):

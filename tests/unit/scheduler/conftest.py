@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -19,6 +19,7 @@ from bindery.runtimes import Session, SessionSpec
 from bindery.runtimes.base import DiskUsage, Exit
 from bindery.scheduler.launch import LaunchOrder, Scheduler
 from bindery.scheduler.settings import SchedulerSettings
+from tests.support.eventually import eventually
 from tests.support.schedulerloops import running_loops
 
 GiB = 1024**3
@@ -81,7 +82,7 @@ class FakeRuntime:
                 await asyncio.sleep(0.01)  # ...before its stop call returns
         return bool(keys)
 
-    async def exits(self) -> AsyncIterator[Exit]:
+    async def exits(self) -> AsyncGenerator[Exit, None]:
         self.streams += 1
         while True:
             yield await self.exited.get()
@@ -154,10 +155,9 @@ class Harness:
 
 
 async def until(condition: Callable[[], object], within: float = 10.0) -> None:
-    """Wait for `condition` to hold; `within` is an upper bound, not the mechanism."""
-    async with asyncio.timeout(within):
-        while not condition():
-            await asyncio.sleep(0.01)
+    """Wait for `condition` to hold (kept for tests written against this name: new tests call
+    tests.support.eventually directly, naming what they wait for)."""
+    await eventually(condition, within=within, what="the scheduler's condition")
 
 
 Make = Callable[..., Awaitable[Harness]]

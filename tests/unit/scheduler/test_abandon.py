@@ -18,7 +18,8 @@ from bindery.events import (
 )
 from bindery.naming import session_name
 from bindery.scheduler.launch import LaunchOrder
-from tests.unit.scheduler.conftest import IMAGE, REPO, Harness, Make, order, until
+from tests.support.eventually import eventually
+from tests.unit.scheduler.conftest import IMAGE, REPO, Harness, Make, order
 
 
 def abandoned(launch_id: str) -> LaunchAbandoned:
@@ -30,14 +31,16 @@ async def test_a_launch_abandoned_in_the_queue_leaves_it_and_starts_nothing(make
     await h.scheduler.launch(order("L1"))
     waiting = asyncio.create_task(h.scheduler.launch(order("L2")))
     behind = asyncio.create_task(h.scheduler.launch(order("L3")))
-    await until(lambda: len(h.of(LaunchQueued)) == 2)
+    await eventually(lambda: len(h.of(LaunchQueued)) == 2, within=10, what="both launches queued")
 
     await h.scheduler.abandon(abandoned("L2"))
     await asyncio.wait_for(waiting, 10)
 
     assert [e for e in h.events if e.launch_id == "L2"] == [h.of(LaunchQueued)[0]]
     assert h.scheduler.admission.waiters[0].name == session_name(REPO, "L3")
-    await until(lambda: h.of(LaunchQueued)[-1].position == 1)  # L3 moved up
+    await eventually(
+        lambda: h.of(LaunchQueued)[-1].position == 1, within=10, what="L3 moved up the queue"
+    )  # L3 moved up
     first = session_name(REPO, "L1")
     await h.scheduler.stop(IdleDetected(launch_id="L1", session=first, reason=StopReason.IDLE))
     await asyncio.wait_for(behind, 10)
@@ -50,7 +53,7 @@ async def test_a_launch_abandoned_while_it_starts_has_its_session_stopped(make: 
     h: Harness = await make(startup_timeout=120)
     h.runtime.images["node-1"].add(IMAGE)
     launching = asyncio.create_task(h.scheduler.launch(LaunchOrder("L1", IMAGE, repo, "a", repo)))
-    await until(lambda: h.runtime.running())
+    await eventually(h.runtime.running, within=10, what="a session running")
 
     await h.scheduler.abandon(abandoned("L1"))
     await asyncio.wait_for(launching, 30)

@@ -25,7 +25,8 @@ from bindery.runtimes.base import Exit
 from bindery.scheduler.cluster import Seat
 from bindery.scheduler.exits import ended_sessions, stop_reason
 from bindery.scheduler.launch import LaunchOrder
-from tests.unit.scheduler.conftest import IMAGE, REPO, Harness, Make, order, until
+from tests.support.eventually import eventually
+from tests.unit.scheduler.conftest import IMAGE, REPO, Harness, Make, order
 
 GiB = 1024**3
 
@@ -81,7 +82,7 @@ async def test_a_session_shut_down_from_inside_frees_its_seat_for_the_waiting_la
     h: Harness = await make(repo_quota=1, queue_timeout=60)
     await h.scheduler.launch(order("L1"))
     waiting = asyncio.create_task(h.scheduler.launch(order("L2")))
-    await until(lambda: h.of(LaunchQueued))
+    await eventually(lambda: h.of(LaunchQueued), within=10, what="a LaunchQueued")
     first = session_name(REPO, "L1")
     async with h.loops("exits"):
         h.runtime.end(first, 0)
@@ -112,7 +113,11 @@ async def test_a_warm_session_that_ends_is_released_without_a_stop_event(make: M
     [warm] = await h.runtime.list_warm()
     async with h.loops("exits"):
         h.runtime.end(warm.name, 1)
-        await until(lambda: warm.name not in h.scheduler.cluster.seats)
+        await eventually(
+            lambda: warm.name not in h.scheduler.cluster.seats,
+            within=10,
+            what="the warm session's seat freed",
+        )
     assert stops(h) == [] and warm.name not in h.runtime.running()
 
 
@@ -122,7 +127,7 @@ async def test_a_session_ending_while_its_launch_starts_fails_the_launch_at_once
     repo = "https://example.org/dead"  # its Jupyter never answers: only the exit ends the wait
     h: Harness = await make(startup_timeout=120)
     launching = asyncio.create_task(h.scheduler.launch(LaunchOrder("L1", IMAGE, repo, "a", repo)))
-    await until(lambda: h.runtime.running())
+    await eventually(h.runtime.running, within=10, what="a session running")
     async with h.loops("exits"):
         h.runtime.end(session_name(repo, "L1"), 127)
         await asyncio.wait_for(launching, 30)
@@ -140,7 +145,7 @@ async def test_an_exit_the_runtime_never_reported_is_found_by_reconciliation(mak
     h.runtime.end(shut, 0)
     del h.runtime.containers[gone]  # removed outside Bindery, no event
     starting = asyncio.create_task(h.scheduler.launch(order("dead-L4", IMAGE)))
-    await until(lambda: len(h.runtime.starts) == 4)
+    await eventually(lambda: len(h.runtime.starts) == 4, within=10, what="four starts")
     h.runtime.containers.pop(session_name(REPO, "dead-L4"))  # a launch in progress: its own
 
     ended = await h.scheduler.end_vanished()
@@ -172,6 +177,6 @@ async def test_the_exits_loop_survives_a_failing_handling_and_keeps_its_stream(
     async with h.loops("exits"):
         h.runtime.exited.put_nowait(Exit(name, "node-1", 0))  # its handling fails
         h.runtime.end(name, 0)  # reported again (podman repeats after a break)
-        await until(lambda: h.of(PodStopped), within=30)
+        await eventually(lambda: h.of(PodStopped), within=30, what="a PodStopped")
     assert stops(h) == [("L1", name, StopReason.SHUT_DOWN)]
     assert h.runtime.streams == 1, "one stream followed throughout"

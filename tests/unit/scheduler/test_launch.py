@@ -29,7 +29,8 @@ from bindery.scheduler import app
 from bindery.scheduler.handlers import subscribe
 from bindery.scheduler.launch import LaunchOrder
 from bindery.scheduler.settings import SchedulerSettings
-from tests.unit.scheduler.conftest import IMAGE, REPO, Harness, Make, order, until
+from tests.support.eventually import eventually
+from tests.unit.scheduler.conftest import IMAGE, REPO, Harness, Make, order
 
 
 async def test_launch_lands_on_the_node_holding_the_image(make: Make) -> None:
@@ -83,7 +84,7 @@ async def test_a_repository_with_its_own_quota_queues_at_it_while_others_launch(
     other = "https://example.org/other"
     await h.scheduler.launch(order("L1", repo_quota=1))
     waiting = asyncio.create_task(h.scheduler.launch(order("L2", repo_quota=1)))
-    await until(lambda: h.of(LaunchQueued))
+    await eventually(lambda: h.of(LaunchQueued), within=10, what="a LaunchQueued")
     await h.scheduler.launch(order("O1", repo=other, repo_quota=1))
     assert [r.launch_id for r in h.of(PodReady)] == ["L1", "O1"] and not waiting.done()
     [queued] = h.of(LaunchQueued)
@@ -108,8 +109,7 @@ async def test_a_stop_frees_the_seat_for_the_waiting_launch(make: Make) -> None:
     h: Harness = await make(repo_quota=1, queue_timeout=5)
     await h.scheduler.launch(order("L1"))
     waiting = asyncio.create_task(h.scheduler.launch(order("L2")))
-    while not h.of(LaunchQueued):
-        await asyncio.sleep(0.01)
+    await eventually(lambda: h.of(LaunchQueued), within=10, what="L2 queued")
     first = session_name(REPO, "L1")
     await h.scheduler.stop(
         IdleDetected(launch_id="L1", session=first, reason=StopReason.IDLE, idle_seconds=700)
@@ -191,14 +191,14 @@ async def test_a_warm_session_serves_only_launches_with_its_binderhub_variables(
 
 
 async def test_the_handlers_pass_the_repositorys_quota_and_abandonments_on() -> None:
-    handlers: dict[str, Handler] = {}
+    handlers: dict[str | None, Handler] = {}
     orders: list[LaunchOrder] = []
     abandoned: list[str] = []
 
     class Bus:
         async def consume(self, spec: QueueSpec, handler: Handler, *, prefetch: int) -> str:
             handlers[spec.name] = handler
-            return spec.name
+            return spec.name or "exclusive"
 
     class Scheduler:
         settings = SchedulerSettings()

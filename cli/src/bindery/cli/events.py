@@ -21,9 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-import aio_pika
-
-from bindery.bus import Bus
+from bindery.bus import BROKER_ERRORS, Bus
 from bindery.bus.eventlog import NoEventLog, Recorded, Start, read, replay
 from bindery.events import Event, LaunchFailed
 from bindery.settings import CommonSettings
@@ -165,7 +163,7 @@ async def _replay(args: argparse.Namespace) -> int:
     )
     try:
         await into.connect()
-    except (OSError, aio_pika.exceptions.AMQPError) as exc:
+    except BROKER_ERRORS as exc:
         raise UsageError(unreachable(args.into, exc)) from None
     try:
         records = read(args.amqp_url, start=start, until=until, launch_id=args.launch)
@@ -193,7 +191,7 @@ def _run(command: Command) -> Callable[[argparse.Namespace], int]:
             return 130
         except (UsageError, NoEventLog) as exc:
             print(f"bindery events: {exc}", file=sys.stderr)
-        except (OSError, aio_pika.exceptions.AMQPError) as exc:
+        except BROKER_ERRORS as exc:
             print(f"bindery events: {unreachable(vhost_of(args.amqp_url), exc)}", file=sys.stderr)
         return 1
 

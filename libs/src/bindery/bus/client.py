@@ -57,6 +57,9 @@ CONNECTION_LOST = (
     ConnectionError,
     TimeoutError,
 )
+#: What connecting to, or talking with, a broker that cannot be reached or refuses raises: for
+#: callers outside the bus (the CLI) that report it, so aio-pika stays inside bindery.bus.
+BROKER_ERRORS: tuple[type[Exception], ...] = (OSError, aio_pika.exceptions.AMQPError)
 #: Event ids of handled deliveries remembered per process, to recognise their redeliveries.
 REMEMBERED_DELIVERIES = 10_000
 

@@ -1,12 +1,13 @@
-"""The launch page in headless Chromium against a gateway whose launches are answered by a fake
-bus (no broker, no build): hostile urlpath values never take the browser, or a Location header,
-off the gateway's origin, and a failure is shown with its reason and what to do about it."""
+"""The launch page in headless Chromium against a gateway whose launches are answered through the
+fake bus (no broker, no build: the gateway integrated with a real browser): hostile urlpath values
+never take the browser, or a Location header, off the gateway's origin, and a failure is shown
+with its reason and what to do about it."""
 
 from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import quote, urljoin, urlsplit
 
 import aiohttp
@@ -31,6 +32,7 @@ from bindery.gateway.handlers import EventHandlers
 from bindery.gateway.settings import GatewaySettings
 from bindery.gateway.stages import STAGE_QUEUES, StageCheck
 from tests.support.browser import chromium, screenshot_path
+from tests.support.fakebus import FakeBus
 
 SECRET = "s" * 32
 SPEC = quote("https://example.org/owner/repo.git", safe="") + "/main"
@@ -66,21 +68,19 @@ def free_port() -> int:
 
 
 @dataclass
-class FakeBus:
-    """Answers each launch-requested at once: a cached image and a session `s1`, or a failure."""
+class LaunchAnswers:
+    """The rest of Bindery, as the fake bus's answer to each launch-requested: at once, a cached
+    image and a session `s1`, or a failure."""
 
     handlers: EventHandlers | None = None
     upstream: str = ""
     fail_with: FailureReason | None = None
     stall: bool = False
     """Answer nothing: the launch waits, as it does while its stage has no consumer."""
-    published: list[Event] = field(default_factory=list)
-    connected: bool = True
     warning: str = ""
     """A warning line the build logs before the session is placed."""
 
-    async def publish(self, event: Event, headers: dict[str, str] | None = None) -> None:
-        self.published.append(event)
+    async def __call__(self, event: Event) -> None:
         if not isinstance(event, LaunchRequested) or self.handlers is None:
             return
         on, lid = self.handlers.on_event, event.launch_id
@@ -125,7 +125,7 @@ class FakeBus:
 @dataclass
 class Site:
     url: str
-    bus: FakeBus
+    answers: LaunchAnswers
     gateway: Gateway
 
 
@@ -146,7 +146,7 @@ async def site() -> AsyncIterator[Site]:
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    bus = FakeBus(upstream=f"http://127.0.0.1:{jupyter_port}")
+    answers = LaunchAnswers(upstream=f"http://127.0.0.1:{jupyter_port}")
     settings = GatewaySettings(
         session_secret=SECRET,
         public_url=url,
@@ -155,13 +155,13 @@ async def site() -> AsyncIterator[Site]:
         launch_rate_per_minute=0,
         max_launches_per_client=100_000,  # every test here launches from 127.0.0.1
     )
-    gateway = Gateway.create(settings, bus)
-    bus.handlers = EventHandlers(gateway)
+    gateway = Gateway.create(settings, FakeBus(on_publish=answers))
+    answers.handlers = EventHandlers(gateway)
     runner = web.AppRunner(create_app(gateway))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        yield Site(url, bus, gateway)
+        yield Site(url, answers, gateway)
     finally:
         await runner.cleanup()
         await jupyter_runner.cleanup()
@@ -273,7 +273,7 @@ async def test_no_location_header_leaves_the_origin(site: Site, value: str) -> N
 
 
 async def test_failure_says_why_and_what_to_do(browser: Browser, site: Site) -> None:
-    site.bus.fail_with = FailureReason.STEP_FAILED
+    site.answers.fail_with = FailureReason.STEP_FAILED
     page = await browser.new_page()
     try:
         await page.goto(f"{site.url}/v2/git/{SPEC}")
@@ -288,14 +288,14 @@ async def test_failure_says_why_and_what_to_do(browser: Browser, site: Site) -> 
         assert await page.title() == "failed · Bindery"
         await page.screenshot(path=screenshot_path("launch-page", "failed"), full_page=True)
     finally:
-        site.bus.fail_with = None
+        site.answers.fail_with = None
         await page.close()
 
 
 async def test_a_build_warning_stays_in_view_before_the_session_opens(
     browser: Browser, site: Site
 ) -> None:
-    site.bus.warning = "Warning: runtime.txt asks for Python 3.10 ...: using Python 3.11"
+    site.answers.warning = "Warning: runtime.txt asks for Python 3.10 ...: using Python 3.11"
     page = await browser.new_page()
     try:
         await page.goto(f"{site.url}/v2/git/{SPEC}")
@@ -307,7 +307,7 @@ async def test_a_build_warning_stays_in_view_before_the_session_opens(
         # It still opens the session, a few seconds later.
         await page.wait_for_url(f"{site.url}/user/s1/**", timeout=20_000)
     finally:
-        site.bus.warning = ""
+        site.answers.warning = ""
         await page.close()
 
 
@@ -315,7 +315,7 @@ async def test_a_stage_nobody_runs_is_said_in_the_status_line(browser: Browser, 
     async def no_builder(_queues: Iterable[str]) -> dict[str, int]:
         return {name: 0 if name == topology.BUILDER.name else 1 for name in STAGE_QUEUES.values()}
 
-    site.bus.stall = True
+    site.answers.stall = True
     site.gateway.stage_check = StageCheck(no_builder, max_age=60)
     page = await browser.new_page()
     try:
@@ -326,6 +326,6 @@ async def test_a_stage_nobody_runs_is_said_in_the_status_line(browser: Browser, 
         assert not await page.locator("#failure").is_visible()
         await page.screenshot(path=screenshot_path("launch-page", "stalled"), full_page=True)
     finally:
-        site.bus.stall = False
+        site.answers.stall = False
         site.gateway.stage_check = None
         await page.close()
