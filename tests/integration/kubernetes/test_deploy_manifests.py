@@ -80,7 +80,7 @@ def _rendered() -> list[Resource]:
     return docs
 
 
-def find(kind: str, name: str, namespace: str = "bindery") -> Resource:
+def find(kind: str, name: str, namespace: str | None = "bindery") -> Resource:
     [found] = [
         d
         for d in resources()
