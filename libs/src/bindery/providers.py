@@ -2,7 +2,8 @@
 
 In: nothing (static data). Out: `PROVIDERS` for the gateway's `GET /api/repoproviders` (BinderHub's
 `display_config` shape, which launch forms use to detect a provider from a pasted URL), the
-gateway's quick syntax check before a launch is accepted, the resolver's list of names, and the
+gateway's quick syntax check before a launch is accepted, the resolver's list of names, the
+public hosts of every provider (the defaults of the resolver's and the builder's settings) and the
 default Dataverse installations the resolver and the builder both trust, and `binder_env`: the
 BinderHub variables of a launch (the resolver's for sessions, the gateway's for `ready`).
 The resolver stays the authority on what a spec means; these patterns only turn away what can
@@ -61,6 +62,21 @@ class Provider:
             config["detect"] = {"regex": self.detect_regexes[0], "regexes": self.detect_regexes}
         return config
 
+
+# Where each provider lives on the public internet: the defaults of the resolver's settings (it
+# resolves specs there) and of the builder's (it fetches records' files from the same hosts),
+# named once so the two cannot disagree.
+GITHUB_URL = "https://github.com"
+GITHUB_API_URL = "https://api.github.com"
+GIST_URL = "https://gist.github.com"
+GITLAB_URL = "https://gitlab.com"
+DOI_RESOLVER_URL = "https://doi.org"
+ZENODO_URL = "https://zenodo.org"
+FIGSHARE_URL = "https://figshare.com"
+FIGSHARE_API_URL = "https://api.figshare.com/v2"
+FIGSHARE_DOWNLOAD_URL = "https://ndownloader.figshare.com"
+HYDROSHARE_URL = "https://www.hydroshare.org"
+SWH_API_URL = "https://archive.softwareheritage.org/api/1"
 
 DATAVERSE_HOSTS = (
     "dataverse.harvard.edu",

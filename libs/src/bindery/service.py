@@ -1,20 +1,31 @@
 """Runs one service process: logging, tracing, the bus, health and metrics endpoints, its
-background loops, and a clean stop on SIGTERM.
+background loops, its resources, and a clean stop on SIGTERM.
 
-In: the service name, its settings, a `start` coroutine that subscribes handlers and returns the
-service's background loops (`Loop`: a step to repeat every interval), if any. Out: a process
-that serves `/health` and `/metrics` on its health port until stopped. The runner supervises the
-loops: a step that raises is logged, counted (`bindery_loop_errors_total`) and tried again at
-the next interval, so one bad round never ends a loop; a loop that keeps failing or has ended
-makes `/health` answer 503 naming it. On stop the loops are cancelled and awaited.
+In: the service name, its settings, a `start` coroutine that gets a `Starter` (the connected
+bus, and the stack the service opens its resources on: runtimes, HTTP clients, servers), subscribes
+handlers and returns the service's background loops (`Loop`: a step to repeat every interval), if
+any. Out: a process that serves `/health` and `/metrics` on its health port (a service with a web
+app of its own, the gateway, serves them there) until stopped. The runner supervises the loops: a
+step that raises is logged, counted (`bindery_loop_errors_total`) and tried again at the next
+interval, so one bad round never ends a loop; a loop that keeps failing or has ended makes
+`/health` answer 503 naming it.
+
+On stop, in this order: the loops are cancelled, awaited and closed; the bus is closed, which
+cancels the handlers still working on a delivery (unacknowledged, the broker gives it to another
+replica or to this service restarted); only then are the resources closed. Closing resources
+while the bus still delivers would let a handler run on a closed runtime or client: its error
+would dead-letter an event that a restart would have handled (a scheduler being restarted
+dead-lettered an idle-detected that way).
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -38,10 +49,11 @@ class Loop:
     """Failed steps in a row after which `/health` fails: one failure may be a passing outage
     (a publish that timed out), this many say the loop cannot do its job."""
     close: Callable[[], Awaitable[object]] | None = None
-    """Releases what the steps use (an HTTP client...), once the loop has stopped."""
-
-
-Starter = Callable[[Bus], Awaitable[Iterable[Loop] | None]]
+    """Ends what only the loop's steps hold (a stream they follow, a server they keep), once
+    the loop has stopped and before the bus closes; shared resources go on `Starter.resources`."""
+    at_start: bool = False
+    """Whether the first step runs as soon as the service has started, rather than one
+    interval later (a job the service owes at start: routes to rebuild, a disk to prune)."""
 
 
 @dataclass
@@ -72,8 +84,10 @@ class Loops:
     async def _repeat(self, state: _Supervised) -> None:
         loop = state.loop
         errors = metrics.LOOP_ERRORS.labels(self._service, loop.name)
+        wait = 0 if loop.at_start else loop.interval
         while True:
-            await asyncio.sleep(loop.interval)
+            await asyncio.sleep(wait)
+            wait = loop.interval
             try:
                 await loop.step()
             except Exception as exc:
@@ -117,6 +131,38 @@ class Loops:
                 await state.loop.close()
 
 
+@dataclass(frozen=True)
+class Starter:
+    """What a service's start is given."""
+
+    bus: Bus
+    """Connected; closed by the runner after the loops, before the resources."""
+    resources: AsyncExitStack
+    """Where the service opens what it must close (runtimes, HTTP clients, servers): the runner
+    closes them, last opened first, once the bus is closed."""
+    loops: Loops
+    """The supervised loops, for a service that answers `/health` itself (`Loops.unhealthy`)."""
+
+
+Start = Callable[[Starter], Awaitable[Iterable[Loop] | None]]
+
+
+async def run_until_stopped(service: str, bus: Bus, start: Start, stop: asyncio.Event) -> None:
+    """Start the service on its connected bus, run its loops until `stop` is set, then stop
+    it in the order the module docstring gives: loops, bus, resources. A start that fails is
+    undone the same way (what it opened so far is closed)."""
+    loops = Loops(service)
+    async with AsyncExitStack() as resources:
+        try:
+            loops.start(await start(Starter(bus, resources, loops)) or ())
+            log.info("service.started")
+            await stop.wait()
+            log.info("service.stopping")
+        finally:
+            await loops.stop()
+            await bus.close()
+
+
 def health_route(
     service: str, broker_connected: Callable[[], bool], loops: Loops
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -146,32 +192,38 @@ def make_bus(settings: CommonSettings, service: str) -> Bus:
     )
 
 
-async def serve(service: str, settings: CommonSettings, health_port: int, start: Starter) -> None:
+async def serve(
+    service: str, settings: CommonSettings, health_port: int | None, start: Start
+) -> None:
+    """Run `service` until SIGTERM or SIGINT. `health_port` None: the service's own web app
+    answers `/health` and `/metrics`, with `Starter.loops` (the gateway)."""
     logs.configure(service, settings.log_format, settings.log_level)
     telemetry.configure(service, settings)
     bus = make_bus(settings, service)
     await bus.connect()
-    loops = Loops(service)
-
-    app = web.Application()
-    app.router.add_get("/health", health_route(service, lambda: bus.connected, loops))
-    app.router.add_get("/metrics", metrics.route(lambda: refresh_queue_depths(bus)))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, settings.health_host, health_port).start()
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loops.start(await start(bus) or ())
-    log.info("service.started", health_port=health_port)
-    await stop.wait()
-    log.info("service.stopping")
-    await loops.stop()
-    await runner.cleanup()
-    await bus.close()
-    telemetry.shutdown()
+
+    async def start_with_health(starter: Starter) -> Iterable[Loop] | None:
+        if health_port is not None:
+            app = web.Application()
+            app.router.add_get(
+                "/health", health_route(service, lambda: bus.connected, starter.loops)
+            )
+            app.router.add_get("/metrics", metrics.route(lambda: refresh_queue_depths(bus)))
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            starter.resources.push_async_callback(runner.cleanup)
+            await web.TCPSite(runner, settings.health_host, health_port).start()
+            log.info("service.health_serving", health_port=health_port)
+        return await start(starter)
+
+    try:
+        await run_until_stopped(service, bus, start_with_health, stop)
+    finally:
+        telemetry.shutdown()
 
 
 async def refresh_queue_depths(bus: Bus) -> None:
@@ -186,5 +238,12 @@ async def refresh_queue_depths(bus: Bus) -> None:
         metrics.QUEUE_DEPTH.labels(queue).set(depth)
 
 
-def run(service: str, settings: CommonSettings, health_port: int, start: Starter) -> None:
-    asyncio.run(serve(service, settings, health_port, start))
+def run(
+    service: str,
+    settings: CommonSettings,
+    health_port: int | None,
+    start: Start,
+    event_loop: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run,
+) -> None:
+    """`event_loop` runs the service's coroutine (the gateway's: uvloop where installed)."""
+    event_loop(serve(service, settings, health_port, start))

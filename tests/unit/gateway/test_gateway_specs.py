@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bindery.gateway.specs import MAX_SPEC_LENGTH, InvalidSpec, parse_raw_spec
+from bindery.events import MAX_SPEC_LENGTH
+from bindery.gateway.specs import InvalidSpec, parse_raw_spec
 
 
 def test_git_spec_keeps_its_encoded_slashes() -> None:

@@ -2,7 +2,14 @@ import json
 
 import pytest
 
-from bindery.events import FailureReason, InvalidEvent, LaunchFailed, LaunchRequested, parse_event
+from bindery.events import (
+    MAX_SPEC_LENGTH,
+    FailureReason,
+    InvalidEvent,
+    LaunchFailed,
+    LaunchRequested,
+    parse_event,
+)
 
 
 def test_round_trip_keeps_every_field() -> None:
@@ -43,3 +50,11 @@ def test_unknown_fields_are_refused() -> None:
     data = json.loads(body) | {"surprise": 1}
     with pytest.raises(InvalidEvent):
         parse_event(json.dumps(data))
+
+
+def test_a_launch_carries_no_spec_longer_than_the_one_limit() -> None:
+    longest = LaunchRequested(launch_id="l1", provider="git", spec="a" * MAX_SPEC_LENGTH)
+    body = json.loads(longest.to_json())
+    body["spec"] += "a"
+    with pytest.raises(InvalidEvent):
+        parse_event(json.dumps(body).encode())

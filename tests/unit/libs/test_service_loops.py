@@ -160,3 +160,15 @@ async def test_two_loops_may_not_share_a_name() -> None:
     with pytest.raises(ValueError, match="two loops"):
         loops.start([Loop("a", Flaky(), 1), Loop("a", Flaky(), 1)])
     assert loops.unhealthy() == {}, "none of them started"
+
+
+async def test_a_loop_at_start_steps_at_once_then_every_interval() -> None:
+    step = Flaky()
+    loops = Loops("s")
+    loops.start([Loop("prune", step, 3600, at_start=True)])
+    try:
+        async with asyncio.timeout(10):
+            await step.called.wait()
+        assert step.calls == 1
+    finally:
+        await loops.stop()

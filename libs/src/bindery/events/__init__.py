@@ -3,6 +3,7 @@
 from bindery.events.base import Event, InvalidEvent, event_types, parse_event
 from bindery.events.build import BuildLog, BuildStarted, ImageBuilt
 from bindery.events.launch import (
+    MAX_SPEC_LENGTH,
     FailureReason,
     LaunchAbandoned,
     LaunchFailed,
@@ -22,6 +23,7 @@ from bindery.events.session import (
 )
 
 __all__ = [
+    "MAX_SPEC_LENGTH",
     "BuildLog",
     "BuildStarted",
     "Event",

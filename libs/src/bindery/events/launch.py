@@ -12,6 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bindery.events.base import Event, register
 
+MAX_SPEC_LENGTH = 4096
+"""The longest spec a launch may have (as `/build/<provider>/<spec>` has it, percent-encoded):
+a repository URL and ref fit in far less, and no stranger's link should make a service work on
+megabytes. The gateway refuses a longer one before publishing, the event cannot carry one, and
+the resolver's parser refuses one before any parsing or request."""
+
 
 @register
 class LaunchRequested(Event):
@@ -20,7 +26,7 @@ class LaunchRequested(Event):
     type = "launch-requested"
 
     provider: str = Field(min_length=1, max_length=32)
-    spec: str = Field(min_length=1, max_length=4096)
+    spec: str = Field(min_length=1, max_length=MAX_SPEC_LENGTH)
     build_only: bool = False
     launch_host: str = Field(default="", max_length=2048)
     """The site the launch was made on (`https://host/`): its sessions' BINDER_LAUNCH_HOST."""

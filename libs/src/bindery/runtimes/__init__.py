@@ -1,6 +1,6 @@
 """Runtimes: where sessions run, behind one interface; `make_runtime` picks the one configured."""
 
-from bindery.runtimes.base import Limits, Runtime, RuntimeError_, Session, SessionSpec
+from bindery.runtimes.base import Limits, NodeCheck, Runtime, RuntimeError_, Session, SessionSpec
 from bindery.runtimes.kubernetes import KubernetesRuntime
 from bindery.runtimes.podman import PodmanRuntime
 from bindery.settings import CommonSettings
@@ -18,6 +18,7 @@ async def make_runtime(settings: CommonSettings) -> PodmanRuntime | KubernetesRu
 __all__ = [
     "KubernetesRuntime",
     "Limits",
+    "NodeCheck",
     "PodmanRuntime",
     "Runtime",
     "RuntimeError_",

@@ -15,7 +15,7 @@ variables of its image's latest launch and claimed only by a launch whose variab
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol, TypedDict
@@ -206,8 +206,17 @@ def description(stored: Mapping[str, str]) -> Description:
     )
 
 
+NodeCheck = Callable[[], Awaitable[bool]]
+"""Whether a node answers now (True), or why not (it raises)."""
+
+
 class Runtime(Protocol):
     def node_names(self) -> list[str]: ...
+
+    def node_checks(self) -> dict[str, NodeCheck]:
+        """Each node's own liveness check, by node name, for a health page; empty where the
+        nodes are not asked one by one (a Kubernetes cluster reports its nodes itself)."""
+        ...
 
     async def node_memory(self, node: str) -> int:
         """Memory the node has for sessions, in bytes (reservations are placed within it)."""

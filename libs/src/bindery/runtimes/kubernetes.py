@@ -67,6 +67,7 @@ from bindery.runtimes.base import (
     LABEL_WARM,
     DiskUsage,
     Exit,
+    NodeCheck,
     RuntimeError_,
     Session,
     SessionSpec,
@@ -198,6 +199,9 @@ class KubernetesRuntime:
 
     def node_names(self) -> list[str]:
         return list(self._nodes)
+
+    def node_checks(self) -> dict[str, NodeCheck]:
+        return {}
 
     async def close(self) -> None:
         await self._api.close()

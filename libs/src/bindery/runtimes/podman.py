@@ -41,6 +41,7 @@ from bindery.runtimes.base import (
     LABEL_WARM,
     DiskUsage,
     Exit,
+    NodeCheck,
     RuntimeError_,
     Session,
     SessionSpec,
@@ -90,6 +91,10 @@ class PodmanNode:
         endless = aiohttp.ClientTimeout(total=None, sock_connect=10)
         return self._session.request("GET", f"http://node{LIBPOD_API}{path}", timeout=endless)
 
+    async def ping(self) -> bool:
+        await self.request("GET", "/_ping")
+        return True
+
     async def close(self) -> None:
         await self._session.close()
 
@@ -107,6 +112,9 @@ class PodmanRuntime:
 
     def node_names(self) -> list[str]:
         return list(self.nodes)
+
+    def node_checks(self) -> dict[str, NodeCheck]:
+        return {name: node.ping for name, node in self.nodes.items()}
 
     async def node_memory(self, node: str) -> int:
         info = await self.nodes[node].request("GET", "/info")

@@ -13,13 +13,12 @@ from bindery import service
 from bindery.archiver.archive import Archive
 from bindery.archiver.handlers import replay_in_flight, subscribe
 from bindery.archiver.settings import ArchiverSettings
-from bindery.bus import Bus
 
 
 def main() -> None:
     settings = ArchiverSettings()
 
-    async def start(bus: Bus) -> None:
+    async def start(starter: service.Starter) -> None:
         archive = Archive(
             settings.archive_dir,
             origin=urlsplit(settings.public_url).netloc,
@@ -29,6 +28,6 @@ def main() -> None:
         await replay_in_flight(
             settings.amqp_url, archive, timedelta(seconds=settings.max_launch_duration)
         )
-        await subscribe(bus, archive)
+        await subscribe(starter.bus, archive)
 
     service.run("archiver", settings, settings.health_port, start)

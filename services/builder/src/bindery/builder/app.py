@@ -1,8 +1,9 @@
-"""Wires the builder: settings, build options, the domain object, subscriptions."""
+"""Wires the builder: settings, build options, the domain object, subscriptions, the index
+forwarder (closed by the runner at the stop) and the pruning of old images, a loop supervised
+by the runner that runs once at start and then every `prune_interval`."""
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 
 from bindery import service
@@ -16,7 +17,6 @@ from bindery.builder.prune import PrunePolicy, Pruner
 from bindery.builder.pythons import Pythons
 from bindery.builder.sandbox import Sandbox
 from bindery.builder.settings import BuilderSettings
-from bindery.bus import Bus
 from bindery.settings import Profile
 
 
@@ -98,22 +98,24 @@ def main() -> None:
     # The builds of this replica's killed predecessor, if any: their steps may still run.
     cgroups.remove_stale(options.cgroup_prefix)
     pruner = Pruner(prune_policy(settings, options), sandbox)
-    background: set[asyncio.Task[None]] = set()
 
-    async def start(bus: Bus) -> None:
+    async def start(starter: service.Starter) -> list[service.Loop]:
         if forwarder is not None:
+            starter.resources.push_async_callback(forwarder.close)
             await forwarder.start()
         replica = settings.replica_name()
         builder = Builder(
             options,
-            bus.publish,
+            starter.bus.publish,
             replica=replica,
             max_concurrent_builds=settings.max_concurrent_builds,
             recently_built=settings.recently_built,
         )
-        await subscribe(bus, builder, replica, settings.prefetch)
-        if settings.prune_interval > 0:
-            # Held so the task is not garbage-collected; the loop cancels it at the end.
-            background.add(asyncio.create_task(pruner.run_every(settings.prune_interval)))
+        await subscribe(starter.bus, builder, replica, settings.prefetch)
+        if settings.prune_interval <= 0:
+            return []
+        # A failed pass is retried at the next interval: a full disk is better delayed than a
+        # builder stopped (and the runner's health names the loop once passes keep failing).
+        return [service.Loop("prune", pruner.prune, settings.prune_interval, at_start=True)]
 
     service.run("builder", settings, settings.health_port, start)

@@ -211,16 +211,6 @@ class Pruner:
         )
         return result
 
-    async def run_every(self, interval: float) -> None:
-        """Prune now and every ``interval`` seconds until cancelled; a failed pass is logged and
-        the next one tried, since a full disk is better delayed than a builder stopped."""
-        while True:
-            try:
-                await self.prune()
-            except Exception as exc:
-                log.warning("build.prune_failed", error=str(exc))
-            await asyncio.sleep(interval)
-
 
 def _disk_used(path: str) -> int:
     if not path:

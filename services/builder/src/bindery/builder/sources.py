@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
 
-from bindery.providers import DATAVERSE_HOSTS
+from bindery import providers
 
 GIT_PROVIDERS = frozenset({"gh", "gist", "gl", "git"})
 DATA_PROVIDERS = frozenset({"zenodo", "figshare", "hydroshare", "dataverse", "ckan", "swhid"})
@@ -51,14 +51,14 @@ class ProviderHosts:
 
     Only these hosts are ever asked for a record's files (CKAN: the dataset's own site)."""
 
-    zenodo_url: str = "https://zenodo.org"
-    figshare_url: str = "https://figshare.com"
-    figshare_api_url: str = "https://api.figshare.com/v2"
-    figshare_download_url: str = "https://ndownloader.figshare.com"
-    hydroshare_url: str = "https://www.hydroshare.org"
-    dataverse_hosts: tuple[str, ...] = DATAVERSE_HOSTS
+    zenodo_url: str = providers.ZENODO_URL
+    figshare_url: str = providers.FIGSHARE_URL
+    figshare_api_url: str = providers.FIGSHARE_API_URL
+    figshare_download_url: str = providers.FIGSHARE_DOWNLOAD_URL
+    hydroshare_url: str = providers.HYDROSHARE_URL
+    dataverse_hosts: tuple[str, ...] = providers.DATAVERSE_HOSTS
     dataverse_scheme: str = "https"
-    swh_api_url: str = "https://archive.softwareheritage.org/api/1"
+    swh_api_url: str = providers.SWH_API_URL
     ckan_hosts: tuple[str, ...] = ()
     """Empty: any CKAN site (the resolver refused those resolving to internal addresses)."""
 

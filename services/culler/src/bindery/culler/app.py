@@ -12,7 +12,6 @@ import aiohttp
 import structlog
 
 from bindery import service
-from bindery.bus import Bus
 from bindery.culler.cull import Culler
 from bindery.culler.handlers import replay_recent_activity, subscribe
 from bindery.culler.jupyter import JupyterActivity
@@ -26,12 +25,12 @@ def main() -> None:
     settings = CullerSettings()
     secret = settings.require_secret()
 
-    async def start(bus: Bus) -> list[service.Loop]:
-        http = aiohttp.ClientSession()  # closed by the runner, after the loop that uses it
+    async def start(starter: service.Starter) -> list[service.Loop]:
+        http = await starter.resources.enter_async_context(aiohttp.ClientSession())
         culler = Culler(
             settings.idle_timeout,
             settings.max_age,
-            bus.publish,
+            starter.bus.publish,
             JupyterActivity(http, secret, settings.activity_query_timeout),
             ask_concurrency=settings.activity_query_concurrency,
         )
@@ -48,7 +47,7 @@ def main() -> None:
         except Exception as exc:  # no stream, no read permission, broker gone: start anyway
             log.warning("cull.replay_failed", error=str(exc) or type(exc).__name__)
             culler.presume_active(began)
-        await subscribe(bus, culler)
-        return [service.Loop("check", culler.check, settings.check_interval, close=http.close)]
+        await subscribe(starter.bus, culler)
+        return [service.Loop("check", culler.check, settings.check_interval)]
 
     service.run("culler", settings, settings.health_port, start)

@@ -1,23 +1,27 @@
-"""Wires the gateway: routes, the shared client pool, background tasks, clean shutdown.
+"""Wires the gateway: the runtime, the subscriptions, the recovery of missed progress after a
+reconnect, the web app (routes, the shared client pool, clean shutdown) and the background loops,
+all on the shared service runner (bindery.service), which supervises the loops, reports them in
+`/health` and closes the resources at the stop.
 
 `create_app(gateway)` takes its dependencies in a `Gateway` (bus, runtime, registry check), so
-tests build it with fakes and no broker.
+tests build it with fakes and no broker. `main()` is `python -m bindery.gateway`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from functools import partial
+from typing import Any
 
 import aiohttp
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from bindery import telemetry
+from bindery import service, telemetry
 from bindery.bus.eventlog import StreamReader
 from bindery.gateway import (
     buildlog,
@@ -31,12 +35,17 @@ from bindery.gateway import (
 )
 from bindery.gateway.deps import Gateway
 from bindery.gateway.fairness import Fairness
+from bindery.gateway.handlers import subscribe
 from bindery.gateway.keys import CLIENT, GATEWAY, PROXY
 from bindery.gateway.metrics import BANNED, family, observe_request
-from bindery.gateway.proxy import Proxy, rebuild_routes_until_done, run_activity_flusher
+from bindery.gateway.proxy import Proxy, flush_activity, rebuild_routes_once
+from bindery.gateway.recovery import Recovery
 from bindery.gateway.sessionauth import handoff_handler
 from bindery.gateway.settings import GatewaySettings
+from bindery.gateway.stages import StageCheck
 from bindery.gateway.urlpath import HANDOFF_PATH
+from bindery.runtimes import Runtime, make_runtime
+from bindery.runtimes.capacity import node_memories, sessions_fitting
 
 log = structlog.get_logger("bindery.gateway")
 
@@ -138,31 +147,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             return await health.registry_reachable(client, base_url, settings.registry_timeout)
 
         gateway.registry_check = check
-    tasks = [
-        asyncio.create_task(
-            run_activity_flusher(
-                gateway.routes, gateway.bus.publish, settings.activity_flush_interval
-            ),
-            name="activity-flusher",
-        )
-    ]
-    if gateway.runtime is None:
-        gateway.routes.rebuilt.set()
-    else:
-        tasks.append(
-            asyncio.create_task(
-                rebuild_routes_until_done(
-                    gateway.runtime, gateway.routes, settings.routes_retry_interval
-                ),
-                name="routes-rebuild",
-            )
-        )
     yield
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
     await client.close()
     await build_logs.close()
     if gateway.abuse is not None:
@@ -214,3 +199,93 @@ def create_app(gateway: Gateway) -> web.Application:
     router.add_route("*", r"/user/{session}/{tail:[\s\S]*}", proxy_handler)
     router.add_route("*", "/user/{session}", proxy_handler)
     return app
+
+
+def loops(gateway: Gateway) -> list[service.Loop]:
+    """The gateway's background loops: activity published once per interval, and the routes
+    of sessions that outlived a restart rebuilt from the runtime, retried until done."""
+    settings = gateway.settings
+    found = [
+        service.Loop(
+            "activity",
+            partial(flush_activity, gateway.routes, gateway.bus.publish),
+            settings.activity_flush_interval,
+        )
+    ]
+    if gateway.runtime is not None:
+        found.append(
+            service.Loop(
+                "routes",
+                partial(rebuild_routes_once, gateway.runtime, gateway.routes),
+                settings.routes_retry_interval,
+                at_start=True,
+            )
+        )
+    return found
+
+
+async def serving(app: web.Application, settings: GatewaySettings) -> service.Loop:
+    """Serve `app` as a loop of the runner, whose stop closes it before the bus: no request
+    then finds a closed bus, and event streams end, telling browsers to reconnect elsewhere."""
+    runner, server = await slowclients.serve(app, settings, settings.host, settings.port)
+
+    async def held_until_the_stop() -> None:
+        # The server accepts connections by itself; the step only keeps its place.
+        await asyncio.Event().wait()
+
+    async def stop() -> None:
+        server.close()
+        await runner.cleanup()
+
+    return service.Loop("http", held_until_the_stop, 0, close=stop)
+
+
+async def nodes_capacity(settings: GatewaySettings, runtime: Runtime) -> int:
+    """Sessions the nodes hold at once, as the scheduler admits them (a node down now counts
+    for none, as it does for the scheduler started now)."""
+    sessions = sessions_fitting(await node_memories(runtime, settings.node_memory), settings)
+    log.info("gateway.capacity", sessions=sessions)
+    return sessions
+
+
+def main() -> None:
+    settings = GatewaySettings()
+    settings.require_secret()
+
+    async def start(starter: service.Starter) -> list[service.Loop]:
+        bus = starter.bus
+        runtime = await make_runtime(settings)
+        starter.resources.push_async_callback(runtime.close)
+        # The nodes are asked only when the operator did not say (`max_sessions`).
+        found = 0 if settings.max_sessions else await nodes_capacity(settings, runtime)
+        gateway = Gateway.create(
+            settings,
+            bus,
+            runtime,
+            node_checks=runtime.node_checks(),
+            capacity=found,
+            stage_check=StageCheck(bus.consumer_counts, settings.stage_check_interval),
+            failing_loops=starter.loops.unhealthy,
+        )
+        # Subscribe before serving: no /build stream may start before its answers can arrive.
+        handlers = await subscribe(bus, gateway)
+        # What its exclusive queue missed while the broker was away comes from the event log.
+        recovery = Recovery(settings.amqp_url, gateway.progress, handlers.on_event)
+        starter.resources.push_async_callback(recovery.close)
+        bus.on_reconnect(recovery.reconnected)
+        http = await serving(create_app(gateway), settings)
+        log.info("gateway.started", url=settings.public_url, host=settings.host, port=settings.port)
+        return [http, *loops(gateway)]
+
+    # Its /health and /metrics are the web app's, on its own port.
+    service.run("gateway", settings, None, start, event_loop=on_uvloop)
+
+
+def on_uvloop(coroutine: Coroutine[Any, Any, None]) -> None:
+    """On uvloop where it is installed: the proxy's per-request cost is mostly the loop's."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coroutine)
+    else:
+        uvloop.run(coroutine)

@@ -27,6 +27,7 @@ from bindery.gateway.sessionurls import SessionUrls
 from bindery.gateway.settings import GatewaySettings
 from bindery.gateway.stages import StageCheck
 from bindery.origins import AllowedOrigins
+from bindery.runtimes.base import NodeCheck
 
 if TYPE_CHECKING:  # buildlog's handler reads this Gateway: a runtime import would be a cycle
     from bindery.gateway.buildlog import BuildLogs
@@ -34,7 +35,7 @@ if TYPE_CHECKING:  # buildlog's handler reads this Gateway: a runtime import wou
 log = structlog.get_logger("bindery.gateway")
 
 RegistryCheck = Callable[[], Awaitable[bool]]
-NodeCheck = Callable[[], Awaitable[bool]]
+FailingLoops = Callable[[], dict[str, str]]
 
 
 class Publisher(Protocol):
@@ -79,7 +80,7 @@ class Gateway:
     origins: AllowedOrigins
     """Other sites that may start launches and read their progress (settings.allowed_origins)."""
     runtime: SessionLister | None = None
-    """Only used at start, to rebuild routes; None skips that (tests)."""
+    """Only used at start, to rebuild routes (app.loops); None: there are none to rebuild."""
     registry_check: RegistryCheck | None = None
     """None: ask the registry over HTTP (set at app start with the shared client)."""
     node_checks: dict[str, NodeCheck] = field(default_factory=dict)
@@ -93,6 +94,9 @@ class Gateway:
     stage_check: StageCheck | None = None
     """Which stages of a launch have live consumers, for /health and new launches; None: not
     asked (tests without a broker)."""
+    failing_loops: FailingLoops = dict
+    """The background loops that fail /health, with why (the service runner's); none in tests
+    that run no loops."""
 
     @classmethod
     def create(
@@ -104,6 +108,7 @@ class Gateway:
         node_checks: dict[str, NodeCheck] | None = None,
         capacity: int = 0,
         stage_check: StageCheck | None = None,
+        failing_loops: FailingLoops = dict,
     ) -> Gateway:
         """`capacity`: sessions the nodes hold, found at start, when `max_sessions` is 0."""
         capacity = settings.max_sessions or capacity
@@ -134,11 +139,14 @@ class Gateway:
             cap=cap,
             ipv6_prefix=settings.client_ipv6_prefix,
         )
+        routes = RouteTable()
+        if runtime is None:  # no runtime to ask: no session can have outlived a restart
+            routes.rebuilt.set()
         return cls(
             settings,
             bus,
             progress,
-            RouteTable(),
+            routes,
             Credentials(settings.require_secret()),
             urls,
             settings.origins(),
@@ -148,4 +156,5 @@ class Gateway:
             abuse,
             capacity=capacity,
             stage_check=stage_check,
+            failing_loops=failing_loops,
         )

@@ -3,9 +3,11 @@
 Out: `broker`, `registry`, `nodes` (each runtime node's answer), `sessions` with the headroom
 when the deployment's capacity is known (`BINDERY_MAX_SESSIONS`, or found from the nodes),
 `stages` (live consumers of the resolver's, builder's and scheduler's queues, from stages.py's
-cached count) and `degraded` (those with none). 503 when a hard dependency is down: the broker,
-the registry, or every runtime node (one node down leaves the others to run sessions, so it is
-only reported); and when a stage has no consumer, since launches reaching it cannot progress.
+cached count), `degraded` (those with none) and `failing_loops` (background loops the service
+runner finds failing or ended, if any). 503 when a hard dependency is down: the broker, the
+registry, or every runtime node (one node down leaves the others to run sessions, so it is only
+reported); when a stage has no consumer, since launches reaching it cannot progress; and when a
+background loop fails, as every service's /health does.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bindery.gateway.deps import NodeCheck
 from bindery.gateway.keys import GATEWAY
 from bindery.gateway.stages import Stages
+from bindery.runtimes.base import NodeCheck
 
 
 async def registry_reachable(
@@ -61,7 +63,9 @@ async def health(request: web.Request) -> web.Response:
         gateway.stage_check() if gateway.stage_check is not None else _none(),
     )
     degraded = stages.stalled if stages is not None else []
+    failing = gateway.failing_loops()
     ok = broker and registry and (not nodes or any(nodes.values())) and not degraded
+    ok = ok and not failing
     body: dict[str, Any] = {
         "ok": ok,
         "broker": broker,
@@ -71,6 +75,8 @@ async def health(request: web.Request) -> web.Response:
         "stages": stages.consumers if stages is not None else {},
         "degraded": degraded,
     }
+    if failing:
+        body["failing_loops"] = failing
     if gateway.capacity:
         body["max_sessions"] = gateway.capacity
         body["headroom"] = max(0, gateway.capacity - len(gateway.routes))

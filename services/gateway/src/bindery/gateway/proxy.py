@@ -278,15 +278,9 @@ async def flush_activity(routes: RouteTable, publish: Publish) -> int:
             break
         route.flushed_activity = seen
         sent += 1
+    if sent:
+        log.debug("activity.flushed", sessions=sent)
     return sent
-
-
-async def run_activity_flusher(routes: RouteTable, publish: Publish, interval: float) -> None:
-    while True:
-        await asyncio.sleep(interval)
-        sent = await flush_activity(routes, publish)
-        if sent:
-            log.debug("activity.flushed", sessions=sent)
 
 
 def bad_gateway(message: str) -> web.Response:
@@ -617,18 +611,12 @@ async def rebuild_routes(runtime: SessionLister, routes: RouteTable) -> int:
     return added
 
 
-async def rebuild_routes_until_done(
-    runtime: SessionLister, routes: RouteTable, retry_interval: float
-) -> None:
-    """Run at start: sessions survive a gateway restart, their routes must too. Routes from
-    pod-ready events that arrive meanwhile are kept (rebuilding only adds)."""
-    while True:
-        try:
-            added = await rebuild_routes(runtime, routes)
-        except Exception as exc:  # a node may be down at start: keep trying
-            log.warning("routes.rebuild_failed", error=str(exc), retry_in=retry_interval)
-            await asyncio.sleep(retry_interval)
-            continue
-        log.info("routes.rebuilt", added=added, total=len(routes))
-        routes.rebuilt.set()
+async def rebuild_routes_once(runtime: SessionLister, routes: RouteTable) -> None:
+    """A step of the loop that runs from the start until one listing succeeded (a node may be
+    down at start), and does nothing after: sessions survive a gateway restart, their routes
+    must too. Routes from pod-ready events that arrive meanwhile are kept (rebuilding only adds)."""
+    if routes.rebuilt.is_set():
         return
+    added = await rebuild_routes(runtime, routes)
+    log.info("routes.rebuilt", added=added, total=len(routes))
+    routes.rebuilt.set()

@@ -11,9 +11,8 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote
 
+from bindery.events import MAX_SPEC_LENGTH
 from bindery.providers import PROVIDERS, spec_syntax_error
-
-MAX_SPEC_LENGTH = 4096
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 

@@ -1,9 +1,9 @@
-"""Wires the resolver: settings, registry client, domain object, subscriptions."""
+"""Wires the resolver: settings, registry client, domain object (whose provider API client
+the runner closes with the registry client at the stop), subscriptions."""
 
 from __future__ import annotations
 
 from bindery import service
-from bindery.bus import Bus
 from bindery.resolver.handlers import subscribe
 from bindery.resolver.registry import Registry
 from bindery.resolver.resolve import Resolver
@@ -13,8 +13,11 @@ from bindery.resolver.settings import ResolverSettings
 def main() -> None:
     settings = ResolverSettings()
 
-    async def start(bus: Bus) -> None:
+    async def start(starter: service.Starter) -> None:
         registry = Registry(settings.registry_scheme, settings.registry)
-        await subscribe(bus, Resolver.create(settings, registry, bus.publish))
+        starter.resources.push_async_callback(registry.close)
+        resolver = Resolver.create(settings, registry, starter.bus.publish)
+        starter.resources.push_async_callback(resolver.close)
+        await subscribe(starter.bus, resolver)
 
     service.run("resolver", settings, settings.health_port, start)

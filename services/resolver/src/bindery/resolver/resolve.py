@@ -101,18 +101,9 @@ class Resolver:
         await self.providers.api.close()
 
     async def resolve(self, provider: str, raw_spec: str) -> tuple[Resolution, RepoConfig]:
-        if len(raw_spec) > self.settings.max_spec_length:
-            raise ResolveError(
-                f"The link is longer than {self.settings.max_spec_length} characters"
-            )
+        # No longer than MAX_SPEC_LENGTH: a launch-requested cannot carry a longer spec.
         self.policy.check_allowed(provider, raw_spec)
-        target = parse_spec(
-            provider,
-            raw_spec,
-            self.settings.profile,
-            self.settings.max_spec_length,
-            self.settings.max_ref_length,
-        )
+        target = parse_spec(provider, raw_spec, self.settings.profile, self.settings.max_ref_length)
 
         async def lookup() -> Resolution:
             try:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from bindery import providers
 from bindery.events import RepoConfig
-from bindery.providers import DATAVERSE_HOSTS
 from bindery.settings import CommonSettings
 
 
@@ -36,10 +36,6 @@ class ResolverSettings(CommonSettings):
 
     resolve_timeout: float = 45.0
     """Upper bound for resolving one spec, all requests included (a DOI takes two or three)."""
-
-    max_spec_length: int = 4096
-    """A longer spec fails at once, before any parsing or request: a repository URL and ref fit
-    in far less, and no stranger's link should make the resolver work on megabytes."""
 
     max_ref_length: int = 255
     """A longer branch, tag or commit name is refused: git's own refs fit in 255 bytes (a path
@@ -84,50 +80,50 @@ class ResolverSettings(CommonSettings):
     """CIDRs accepted as repository hosts although they are not global (an internal GitLab at
     10.0.0.5 -> `["10.0.0.5/32"]`). Everything else internal is refused (SSRF)."""
 
-    github_url: str = "https://github.com"
+    github_url: str = providers.GITHUB_URL
     """Where GitHub repositories are cloned from (`gh` specs); see `github_api_url`."""
-    github_api_url: str = "https://api.github.com"
+    github_api_url: str = providers.GITHUB_API_URL
     """GitHub Enterprise: `https://github.example.org` and `https://github.example.org/api/v3`."""
 
     github_token: str = Field(default="", repr=False)
     """Optional: lifts GitHub's anonymous limit of 60 API requests an hour to 5,000."""
 
-    gist_url: str = "https://gist.github.com"
+    gist_url: str = providers.GIST_URL
     """Where gists are cloned from (`gist` specs)."""
 
     allow_secret_gists: bool = False
     """Secret gists are unlisted on purpose; launching them needs the operator's consent."""
 
-    gitlab_url: str = "https://gitlab.com"
+    gitlab_url: str = providers.GITLAB_URL
     """The GitLab installation `gl` specs name projects on (its API is under `/api/v4`)."""
 
     gitlab_token: str = Field(default="", repr=False)
     """Optional private token, sent as the `PRIVATE-TOKEN` header (never in a logged URL)."""
 
-    doi_resolver_url: str = "https://doi.org"
+    doi_resolver_url: str = providers.DOI_RESOLVER_URL
     """Where `doi` specs are looked up (the DOI's landing page names the record's host)."""
 
-    zenodo_url: str = "https://zenodo.org"
+    zenodo_url: str = providers.ZENODO_URL
     """The Zenodo installation records are resolved on (the builder fetches from the same:
     one variable serves both)."""
 
-    figshare_url: str = "https://figshare.com"
+    figshare_url: str = providers.FIGSHARE_URL
     """Figshare's site, whose landing pages DOIs lead to (the builder's of the same name)."""
 
-    figshare_api_url: str = "https://api.figshare.com/v2"
+    figshare_api_url: str = providers.FIGSHARE_API_URL
     """Figshare's API, which gives an article's versions (the builder's of the same name)."""
 
-    hydroshare_url: str = "https://www.hydroshare.org"
+    hydroshare_url: str = providers.HYDROSHARE_URL
     """The HydroShare installation resources are resolved on (the builder's of the same name)."""
 
-    dataverse_hosts: list[str] = Field(default_factory=lambda: list(DATAVERSE_HOSTS))
+    dataverse_hosts: list[str] = Field(default_factory=lambda: list(providers.DATAVERSE_HOSTS))
     """Dataverse installations a DOI may lead to (https only). A DOI pointing elsewhere is
     refused: the resolver never requests a host a stranger chose through a DOI record."""
 
     dataverse_scheme: str = "https"
     """How Dataverse installations are reached: https; http only for tests' servers."""
 
-    swh_api_url: str = "https://archive.softwareheritage.org/api/1"
+    swh_api_url: str = providers.SWH_API_URL
     """Software Heritage's API, which `swh` specs (SWHIDs) are resolved through."""
 
     swh_token: str = Field(default="", repr=False)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from bindery.events import FailureReason
+from bindery.events import MAX_SPEC_LENGTH, FailureReason
 from bindery.providers import PROVIDERS
 from bindery.resolver.errors import ResolveError
 from bindery.settings import Profile
@@ -130,11 +130,10 @@ def parse_spec(
     provider: str,
     raw_spec: str,
     profile: Profile,
-    max_length: int = 4096,
     max_ref_length: int = 255,
 ) -> Target:
-    if len(raw_spec) > max_length:
-        raise ResolveError(f"The link is longer than {max_length} characters")
+    if len(raw_spec) > MAX_SPEC_LENGTH:
+        raise ResolveError(f"The link is longer than {MAX_SPEC_LENGTH} characters")
     if provider not in PROVIDERS:
         raise ResolveError(
             f"Unknown repository provider {provider[:32]!r}; supported: "

@@ -2,14 +2,14 @@
 and the background loops, supervised by the service runner: one keeps popular images
 pre-pulled and the warm pool filled, one stops sessions over the disk limit, one follows the
 runtime's exits and one reconciles the seats with the sessions the runtime lists, in case an
-exit went unreported."""
+exit went unreported. The runner closes the runtime and the HTTP client at the stop, once the
+bus no longer delivers."""
 
 from __future__ import annotations
 
 import aiohttp
 
 from bindery import service
-from bindery.bus import Bus
 from bindery.runtimes import make_runtime
 from bindery.scheduler.handlers import subscribe
 from bindery.scheduler.launch import Scheduler
@@ -20,13 +20,16 @@ def main() -> None:
     settings = SchedulerSettings()
     settings.require_secret()
 
-    async def start(bus: Bus) -> list[service.Loop]:
+    async def start(starter: service.Starter) -> list[service.Loop]:
         runtime = await make_runtime(settings)
-        http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-        scheduler = await Scheduler.create(settings, runtime, bus.publish, http)
+        starter.resources.push_async_callback(runtime.close)
+        http = await starter.resources.enter_async_context(
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        )
+        scheduler = await Scheduler.create(settings, runtime, starter.bus.publish, http)
         # The view must be whole before the first (possibly redelivered) launch arrives.
         await scheduler.reconcile()
-        await subscribe(bus, scheduler)
+        await subscribe(starter.bus, scheduler)
         return loops(scheduler)
 
     service.run("scheduler", settings, settings.health_port, start)
