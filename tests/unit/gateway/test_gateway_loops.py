@@ -13,7 +13,8 @@ from bindery.gateway.app import create_app, loops
 from bindery.gateway.deps import Gateway
 from bindery.runtimes import Session
 from bindery.service import Loops
-from tests.unit.gateway.fakes import FakeBus, settings
+from tests.support.fakebus import FakeBus
+from tests.unit.gateway.fakes import settings
 
 LIMIT = 10.0
 

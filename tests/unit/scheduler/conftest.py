@@ -16,7 +16,7 @@ from aiohttp import web
 
 from bindery.events import Event
 from bindery.runtimes import Session, SessionSpec
-from bindery.runtimes.base import DiskUsage, Exit
+from bindery.runtimes.base import DiskUsage, Exit, NodeCheck
 from bindery.scheduler.launch import LaunchOrder, Scheduler
 from bindery.scheduler.settings import SchedulerSettings
 from tests.support.eventually import eventually
@@ -42,6 +42,9 @@ class FakeRuntime:
 
     def node_names(self) -> list[str]:
         return list(self.images)
+
+    def node_checks(self) -> dict[str, NodeCheck]:
+        return {}
 
     async def node_memory(self, node: str) -> int:
         return 2 * GiB
