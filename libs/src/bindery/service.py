@@ -7,20 +7,29 @@ that serves `/health` and `/metrics` on its health port until stopped. The runne
 loops: a step that raises is logged, counted (`bindery_loop_errors_total`) and tried again at
 the next interval, so one bad round never ends a loop; a loop that keeps failing or has ended
 makes `/health` answer 503 naming it. On stop the loops are cancelled and awaited.
+
+A service whose state must be one process's (`one_active`) runs one active replica at a time:
+each replica connects and serves `/health` (200, `"role": "standby"`), and only the one holding
+the service's lock (bindery.bus.leadership) starts: subscribes, rebuilds its state and runs its
+loops. A replica that loses the lock to another stops and exits with status 1, for its
+supervisor to start it again as a standby.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from aiohttp import web
 
 from bindery import logs, metrics, telemetry
 from bindery.bus import Bus
+from bindery.bus.leadership import Leadership
 from bindery.settings import CommonSettings
 
 log = structlog.get_logger("bindery.service")
@@ -118,15 +127,18 @@ class Loops:
 
 
 def health_route(
-    service: str, broker_connected: Callable[[], bool], loops: Loops
+    service: str,
+    broker_connected: Callable[[], bool],
+    loops: Loops,
+    role: Callable[[], str] = lambda: "active",
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
     """`/health`: 200 while the broker is connected and every loop works, else 503 saying which
-    part is not."""
+    part is not; `role` says whether this replica is the active one or a standby."""
 
     async def health(_request: web.Request) -> web.Response:
         broker = broker_connected()
         failing = loops.unhealthy()
-        body: dict[str, object] = {"service": service, "broker": broker}
+        body: dict[str, object] = {"service": service, "broker": broker, "role": role()}
         if failing:
             body["failing_loops"] = failing
         return web.json_response(body, status=200 if broker and not failing else 503)
@@ -146,15 +158,31 @@ def make_bus(settings: CommonSettings, service: str) -> Bus:
     )
 
 
-async def serve(service: str, settings: CommonSettings, health_port: int, start: Starter) -> None:
+async def serve(
+    service: str,
+    settings: CommonSettings,
+    health_port: int,
+    start: Starter,
+    *,
+    one_active: bool = False,
+) -> int:
+    """Run until SIGTERM or SIGINT (returns 0) or, for a `one_active` service, until another
+    replica took the lock (returns 1)."""
     logs.configure(service, settings.log_format, settings.log_level)
     telemetry.configure(service, settings)
     bus = make_bus(settings, service)
     await bus.connect()
     loops = Loops(service)
+    leadership = Leadership(settings.amqp_url, service) if one_active else None
+    started = False
 
     app = web.Application()
-    app.router.add_get("/health", health_route(service, lambda: bus.connected, loops))
+    app.router.add_get(
+        "/health",
+        health_route(
+            service, lambda: bus.connected, loops, lambda: "active" if started else "standby"
+        ),
+    )
     app.router.add_get("/metrics", metrics.route(lambda: refresh_queue_depths(bus)))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -164,14 +192,42 @@ async def serve(service: str, settings: CommonSettings, health_port: int, start:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loops.start(await start(bus) or ())
-    log.info("service.started", health_port=health_port)
-    await stop.wait()
+    stopped = asyncio.create_task(stop.wait())
+    lost: asyncio.Task[None] | None = None
+    if leadership is None or await _until_active(leadership, stopped):
+        loops.start(await start(bus) or ())
+        started = True
+        log.info("service.started", health_port=health_port)
+        if leadership is not None:
+            lost = asyncio.create_task(leadership.keep())
+        waits: list[asyncio.Task[Any]] = [stopped] if lost is None else [stopped, lost]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    exit_code = 0
+    if lost is not None and lost.done():
+        log.error("service.lock_lost", detail="another replica is the active one now")
+        exit_code = 1
     log.info("service.stopping")
     await loops.stop()
     await runner.cleanup()
     await bus.close()
+    for task in (stopped, lost):
+        if task is not None:
+            task.cancel()
+    if leadership is not None:
+        await leadership.release()
     telemetry.shutdown()
+    return exit_code
+
+
+async def _until_active(leadership: Leadership, stopped: asyncio.Task[object]) -> bool:
+    """Wait as a standby until this replica holds the lock (True) or is stopped (False)."""
+    acquiring = asyncio.create_task(leadership.acquire())
+    await asyncio.wait({acquiring, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if not acquiring.done():
+        acquiring.cancel()
+        return False
+    acquiring.result()
+    return True
 
 
 async def refresh_queue_depths(bus: Bus) -> None:
@@ -186,5 +242,12 @@ async def refresh_queue_depths(bus: Bus) -> None:
         metrics.QUEUE_DEPTH.labels(queue).set(depth)
 
 
-def run(service: str, settings: CommonSettings, health_port: int, start: Starter) -> None:
-    asyncio.run(serve(service, settings, health_port, start))
+def run(
+    service: str,
+    settings: CommonSettings,
+    health_port: int,
+    start: Starter,
+    *,
+    one_active: bool = False,
+) -> None:
+    sys.exit(asyncio.run(serve(service, settings, health_port, start, one_active=one_active)))
