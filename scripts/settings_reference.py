@@ -50,9 +50,10 @@ HEADER = """\
 docstrings, then run `.venv/bin/python scripts/settings_reference.py`. -->
 
 Every service reads its settings from `BINDERY_*` environment variables (under `make up`, from
-`.bindery/env`; in Kubernetes, from the `bindery-config` ConfigMap). Names are case-insensitive;
-list settings take JSON (`BINDERY_BANNED_SPECS='["gh/evil-org/.*"]'`). A service ignores the
-variables it does not know, so one environment can serve all of them. Sizes are in bytes and
+`.bindery/env`; in Kubernetes, from deploy/kubernetes/config.yaml's ConfigMaps and secret.yaml's
+Secrets). Names are case-insensitive; list settings take JSON
+(`BINDERY_BANNED_SPECS='["gh/evil-org/.*"]'`). A service ignores the variables it does not
+know, so one environment can serve all of them. Sizes are in bytes and
 times in seconds unless a setting says otherwise; a `~` in a default is the home directory of
 the user the service runs as.
 """

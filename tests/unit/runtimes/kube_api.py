@@ -33,10 +33,10 @@ K8S_VERSION = "1.30"
 """The Kubernetes minor whose schemas requests must satisfy: an old-enough cluster to target."""
 
 
-def schema_errors(resource: dict[str, Any]) -> str | None:
-    """Why `resource` is not a valid Kubernetes object, or None if it is."""
+def schema_errors(resource: dict[str, Any], version: str = K8S_VERSION) -> str | None:
+    """Why `resource` is not a valid Kubernetes object of that version, or None if it is."""
     try:
-        kubernetes_validate.validate(resource, K8S_VERSION, strict=True)
+        kubernetes_validate.validate(resource, version, strict=True)
     except kubernetes_validate.ValidationError as exc:
         return f"{'.'.join(str(p) for p in exc.path)}: {exc.message}"
     return None

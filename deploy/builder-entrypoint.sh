@@ -1,0 +1,33 @@
+#!/bin/sh
+# The builder's container command on Kubernetes (deploy/kubernetes/builder.yaml): what
+# scripts/install.sh and scripts/isolation.sh do for the builder on a host, done in its pod,
+# then the builder itself. Runs as the container's root, in a privileged container; builds run
+# as the unprivileged bindery-build (rootless podman) as on a host.
+#
+# In: the pod's BINDERY_* settings (BINDERY_REGISTRY, BINDERY_PYTHON_VERSIONS, ...), the build
+# disk mounted at the build user's home. Out: the builder, with
+#   1. a cgroup tree it may divide: on cgroup v2 a cgroup holding processes cannot hand its
+#      controllers down (the "no internal processes" rule), and the container's own cgroup is
+#      the root of its cgroup namespace, where bindery.builder.cgroups makes each build's group
+#      and bindery.builder.sandbox the registry group. So this shell moves into a leaf first,
+#      as docker-in-docker's entrypoint does;
+#   2. the build disk owned by the build user (its image store, layer cache, build contexts);
+#   3. scripts/isolation.sh's rules in the pod's network namespace: build steps (the build
+#      user's processes) reach the public internet, DNS and the configured mirrors only; never
+#      the broker, the registry (but for pushes and pulls from the registry group), the
+#      services or the cluster's private addresses. A NetworkPolicy cannot say this: it sees
+#      the pod, in which the builder itself must reach the broker and the registry;
+#   4. the base images in the build disk's image store (scripts/base-image.sh; only on the
+#      first start on a disk does it build, which takes minutes: the startup probe allows it).
+set -eu
+cd "$(dirname "$0")/.."
+
+if [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ]; then
+    mkdir -p /sys/fs/cgroup/builder
+    echo $$ > /sys/fs/cgroup/builder/cgroup.procs
+fi
+build_user="${BINDERY_BUILD_USER:-bindery-build}"
+chown "$build_user:$build_user" "$(getent passwd "$build_user" | cut -d: -f6)"
+scripts/isolation.sh up
+scripts/base-image.sh >/dev/null
+exec python -m bindery.builder
