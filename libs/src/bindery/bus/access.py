@@ -251,6 +251,8 @@ def definitions(
             for exchange, p in allowed.topics.items()
         )
     return {
+        # A broker that loads these at boot creates no default virtual host: name it.
+        "vhosts": [{"name": vhost}],
         "users": users,
         "permissions": grants,
         "topic_permissions": topic_grants,
