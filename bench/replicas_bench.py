@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -48,6 +49,8 @@ from tests.support.stack import (
 )
 
 RESULTS = REPO / "bench/results/replicas.json"
+#: The line a build's log opens with (bindery.builder), naming the replica that runs it.
+BUILD_LINE = re.compile(r"Build [0-9a-f]{20} on (?P<replica>\S+): its log stays at")
 SLOT = Slot(int(os.environ.get("BENCH_SLOT", "40")))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 LAUNCHES = 8
@@ -64,16 +67,19 @@ class Seconds:
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        # Unique on the machine: a builder removes the build cgroups of its own name's prefix
+        # at start, so two replicas of one name (in other stacks) would kill each other's builds.
+        self.builder_name = f"second-{stack.slot.number}"
 
     def port(self, service: str) -> int:
         return self.stack.slot.gateway_port + SECOND_PORTS[service]
 
-    def start(self) -> None:
+    def start(self, *services: str) -> None:
         saved = dict(self.stack.env)
         try:
-            self.stack.env["BINDERY_BUILDER_REPLICA"] = "second"
+            self.stack.env["BINDERY_BUILDER_REPLICA"] = self.builder_name
             self.stack.env["BINDERY_PORT"] = str(self.port("gateway"))
-            for service in SERVICES:
+            for service in services or SERVICES:
                 self.processes[service] = self.stack.spawn(
                     service, self.port(service), f"{service}-second"
                 )
@@ -150,14 +156,58 @@ async def throughput(
     }
 
 
+def building_replica(events: list[dict[str, Any]]) -> str:
+    """The builder replica a launch's build runs on, as its log says."""
+    for event in events:
+        if match := BUILD_LINE.search(str(event.get("message", ""))):
+            return match["replica"]
+    raise AssertionError(f"no build line in {events}")
+
+
+async def victim_of(
+    http: aiohttp.ClientSession,
+    seconds: Seconds,
+    service: str,
+    events: list[dict[str, Any]],
+) -> bool:
+    """Whether the replica of `service` doing the launch's work is the second one: the builder
+    its log names, the active one of a one-active service, the stack's resolver."""
+    if service == "builder":
+        return building_replica(events) == seconds.builder_name
+    if service in ONE_ACTIVE:
+        url = f"http://127.0.0.1:{seconds.port(service)}/health"
+        return (await health(http, url)).get("role") == "active"
+    return False
+
+
+async def kill(stack: Stack, seconds: Seconds, service: str, second: bool) -> None:
+    process = seconds.processes.pop(service) if second else stack.processes.pop(service)
+    process.kill()
+    await asyncio.to_thread(process.wait)
+
+
+async def restart(stack: Stack, seconds: Seconds, service: str, second: bool) -> None:
+    """Start the killed replica again, as a supervisor would."""
+    if second:
+        seconds.start(service)
+    else:
+        await asyncio.to_thread(stack.start, service)
+
+
 async def killed_launch(
-    http: aiohttp.ClientSession, bus: Bus, stack: Stack, path: str, victim: str, phase: str
+    http: aiohttp.ClientSession,
+    bus: Bus,
+    stack: Stack,
+    seconds: Seconds,
+    path: str,
+    service: str,
+    phase: str,
 ) -> dict[str, Any]:
-    """A launch whose `victim` (the stack's replica) is killed at its first `phase` event, and
-    started again (as a supervisor would) once the launch has ended."""
+    """A launch whose replica of `service` doing its work is killed at its first `phase` event,
+    and started again once the launch has ended."""
     began = time.perf_counter()
     events: list[dict[str, Any]] = []
-    killed = False
+    second: bool | None = None
     async with http.get(stack.gateway + path, headers={"Accept": "text/event-stream"}) as resp:
         async for raw in resp.content:
             line = raw.decode().strip()
@@ -165,34 +215,43 @@ async def killed_launch(
                 continue
             event = json.loads(line[5:])
             events.append(event)
-            if not killed and event.get("phase") == phase:
-                process = stack.processes.pop(victim)
-                process.kill()
-                process.wait()
-                killed = True
+            if second is None and event.get("phase") == phase:
+                second = await victim_of(http, seconds, service, events)
+                await kill(stack, seconds, service, second)
             if event.get("phase") in ("ready", "failed"):
                 break
-    seconds = time.perf_counter() - began
-    if events[-1]["phase"] == "ready":
-        await stop_session(bus, events[-1])
-    await asyncio.to_thread(stack.start, victim)
+    took = time.perf_counter() - began
+    ended = events[-1]
+    if ended["phase"] == "ready":
+        await stop_session(bus, ended)
+    assert second is not None, f"the launch never reached {phase}"
+    await restart(stack, seconds, service, second)
     await until_no_sessions(stack)
-    return {"seconds": seconds, "ended": events[-1]["phase"], "killed_at": phase}
+    return {
+        "seconds": took,
+        "ended": ended["phase"],
+        "reason": ended.get("reason", ""),
+        "killed_at": phase,
+        "killed": "second" if second else "first",
+    }
 
 
 async def takeover(http: aiohttp.ClientSession, stack: Stack, seconds: Seconds) -> dict[str, float]:
-    """Kill each one-active service's active replica: seconds until its standby is active."""
+    """Kill each one-active service's active replica: seconds until the other one is active."""
     took = {}
     for service in ONE_ACTIVE:
-        process = stack.processes.pop(service)
+        second = await victim_of(http, seconds, service, [])
+        survivor = (
+            stack.health_url(service)
+            if second
+            else f"http://127.0.0.1:{seconds.port(service)}/health"
+        )
         began = time.perf_counter()
-        process.kill()
-        process.wait()
-        url = f"http://127.0.0.1:{seconds.port(service)}/health"
-        while (await health(http, url)).get("role") != "active":
+        await kill(stack, seconds, service, second)
+        while (await health(http, survivor)).get("role") != "active":
             await asyncio.sleep(0.05)
         took[service] = time.perf_counter() - began
-        await asyncio.to_thread(stack.start, service)  # the new standby
+        await restart(stack, seconds, service, second)
     return took
 
 
@@ -221,13 +280,13 @@ async def measure(stack: Stack, repo: Path) -> dict[str, Any]:
         await until_healthy(http, second_health)
         undisturbed, _ = await one_launch(http, bus, stack.gateway, path)
         await until_no_sessions(stack)
-        recovery = {
-            "undisturbed_launch_s": undisturbed,
-            "resolver": await killed_launch(http, bus, stack, path, "resolver", "waiting"),
-            "scheduler": await killed_launch(http, bus, stack, path, "scheduler", "launching"),
-        }
+        recovery: dict[str, Any] = {"undisturbed_launch_s": undisturbed}
+        for service, phase in (("resolver", "waiting"), ("scheduler", "launching")):
+            recovery[service] = await killed_launch(http, bus, stack, seconds, path, service, phase)
         commit(repo, {"postBuild": "#!/bin/bash\nsleep 5\n"}, "a build to kill")
-        recovery["builder"] = await killed_launch(http, bus, stack, path, "builder", "building")
+        recovery["builder"] = await killed_launch(
+            http, bus, stack, seconds, path, "builder", "building"
+        )
         recovery["standby_takeover_s"] = await takeover(http, stack, seconds)
         seconds.stop()
     await bus.close()
