@@ -201,10 +201,11 @@ async def killed_launch(
     seconds: Seconds,
     path: str,
     service: str,
-    phase: str,
+    moment: str,
 ) -> dict[str, Any]:
-    """A launch whose replica of `service` doing its work is killed at its first `phase` event,
-    and started again once the launch has ended."""
+    """A launch whose replica of `service` doing its work is killed at its first event of
+    phase `moment` ("build-line": the line naming the builder), and started again once the
+    launch has ended."""
     began = time.perf_counter()
     events: list[dict[str, Any]] = []
     second: bool | None = None
@@ -215,7 +216,12 @@ async def killed_launch(
                 continue
             event = json.loads(line[5:])
             events.append(event)
-            if second is None and event.get("phase") == phase:
+            now = (
+                BUILD_LINE.search(str(event.get("message", "")))
+                if moment == "build-line"
+                else event.get("phase") == moment
+            )
+            if second is None and now:
                 second = await victim_of(http, seconds, service, events)
                 await kill(stack, seconds, service, second)
             if event.get("phase") in ("ready", "failed"):
@@ -224,14 +230,14 @@ async def killed_launch(
     ended = events[-1]
     if ended["phase"] == "ready":
         await stop_session(bus, ended)
-    assert second is not None, f"the launch never reached {phase}"
+    assert second is not None, f"the launch never reached {moment}"
     await restart(stack, seconds, service, second)
     await until_no_sessions(stack)
     return {
         "seconds": took,
         "ended": ended["phase"],
         "reason": ended.get("reason", ""),
-        "killed_at": phase,
+        "killed_at": moment,
         "killed": "second" if second else "first",
     }
 
@@ -285,7 +291,7 @@ async def measure(stack: Stack, repo: Path) -> dict[str, Any]:
             recovery[service] = await killed_launch(http, bus, stack, seconds, path, service, phase)
         commit(repo, {"postBuild": "#!/bin/bash\nsleep 5\n"}, "a build to kill")
         recovery["builder"] = await killed_launch(
-            http, bus, stack, seconds, path, "builder", "building"
+            http, bus, stack, seconds, path, "builder", "build-line"
         )
         recovery["standby_takeover_s"] = await takeover(http, stack, seconds)
         seconds.stop()
