@@ -20,13 +20,23 @@ import pytest
 
 from tests.support.eventually import eventually
 from tests.support.gitrepo import make_repo
-from tests.support.stack import GATEWAY_PORT, HEALTH_PORTS, REPO, Stack, build_path, launch
+from tests.support.stack import (
+    GATEWAY_PORT,
+    HEALTH_PORTS,
+    REPO,
+    SLOT,
+    Stack,
+    build_path,
+    launch,
+)
 
 BUILD_LINE = re.compile(r"Build (?P<id>[0-9a-f]{20}) on (?P<replica>\S+): its log stays at")
 STACK_REPLICA = f"{socket.gethostname().lower()}-{HEALTH_PORTS['builder']}"
 # Past the ports the stack of this slot uses (gateway + 0..9).
 SECOND_HEALTH_PORT = GATEWAY_PORT + 15
-SECOND_REPLICA = "second"
+# Unique on the machine: a builder removes the build cgroups of its name's prefix at start, so a
+# replica of the same name in another stack would kill this one's builds.
+SECOND_REPLICA = f"second-{SLOT}"
 
 
 @pytest.fixture(scope="module")

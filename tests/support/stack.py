@@ -159,14 +159,22 @@ class Stack:
         return f"http://{session}.localhost:{self.slot.gateway_port}/user/{session}/"
 
     def start(self, service: str) -> None:
-        log = (self.log_dir / f"{service}.log").open("ab")
+        self.processes[service] = self.spawn(service, self.slot.health_ports.get(service))
+        self.wait_healthy(service)
+
+    def spawn(
+        self, service: str, health_port: int | None, log_name: str = ""
+    ) -> subprocess.Popen[bytes]:
+        """A process of `service` as this stack runs it, answering health on `health_port`
+        and logging to `<log_name or service>.log`; not waited for."""
+        log = (self.log_dir / f"{log_name or service}.log").open("ab")
         env = dict(self.env)
         if service in self.amqp_urls:
             env["BINDERY_AMQP_URL"] = self.amqp_urls[service]
         if service not in SESSION_SECRET_HOLDERS:
             env.pop("BINDERY_SESSION_SECRET", None)
-        if service in self.slot.health_ports:
-            env["BINDERY_HEALTH_PORT"] = str(self.slot.health_ports[service])
+        if health_port is not None:
+            env["BINDERY_HEALTH_PORT"] = str(health_port)
         command = [sys.executable, "-m", f"bindery.{service}"]
         if service in UNPRIVILEGED:
             # What it writes is given to the user first (scripts/services.sh: give_to_user).
@@ -176,14 +184,13 @@ class Stack:
                 give_to_user(Path(env["BINDERY_TRACE_FILE"]), directory=False)
             env["HOME"] = service_user().pw_dir
             command = [*AS_USER, *command]
-        self.processes[service] = subprocess.Popen(
+        return subprocess.Popen(
             command,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
         )
-        self.wait_healthy(service)
 
     def stop(self, service: str) -> None:
         proc = self.processes.pop(service)

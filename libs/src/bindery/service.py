@@ -16,12 +16,20 @@ replica or to this service restarted); only then are the resources closed. Closi
 while the bus still delivers would let a handler run on a closed runtime or client: its error
 would dead-letter an event that a restart would have handled (a scheduler being restarted
 dead-lettered an idle-detected that way).
+
+A service whose state must be one process's (`one_active`) runs one active replica at a time:
+each replica connects and serves `/health` (200, `"role": "standby"`), and only the one holding
+the service's lock (bindery.bus.leadership) starts: subscribes, rebuilds its state and runs its
+loops. Its lock is released last, after the bus, so no standby takes over while it still
+handles a delivery. A replica that loses the lock to another stops and exits with status 1, for
+its supervisor to start it again as a standby.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -32,6 +40,7 @@ from aiohttp import web
 
 from bindery import logs, metrics, telemetry
 from bindery.bus import Bus
+from bindery.bus.leadership import Leadership
 from bindery.settings import CommonSettings
 
 log = structlog.get_logger("bindery.service")
@@ -164,15 +173,18 @@ async def run_until_stopped(service: str, bus: Bus, start: Start, stop: asyncio.
 
 
 def health_route(
-    service: str, broker_connected: Callable[[], bool], loops: Loops
+    service: str,
+    broker_connected: Callable[[], bool],
+    loops: Loops,
+    role: Callable[[], str] = lambda: "active",
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
     """`/health`: 200 while the broker is connected and every loop works, else 503 saying which
-    part is not."""
+    part is not; `role` says whether this replica is the active one or a standby."""
 
     async def health(_request: web.Request) -> web.Response:
         broker = broker_connected()
         failing = loops.unhealthy()
-        body: dict[str, object] = {"service": service, "broker": broker}
+        body: dict[str, object] = {"service": service, "broker": broker, "role": role()}
         if failing:
             body["failing_loops"] = failing
         return web.json_response(body, status=200 if broker and not failing else 503)
@@ -193,10 +205,16 @@ def make_bus(settings: CommonSettings, service: str) -> Bus:
 
 
 async def serve(
-    service: str, settings: CommonSettings, health_port: int | None, start: Start
-) -> None:
-    """Run `service` until SIGTERM or SIGINT. `health_port` None: the service's own web app
-    answers `/health` and `/metrics`, with `Starter.loops` (the gateway)."""
+    service: str,
+    settings: CommonSettings,
+    health_port: int | None,
+    start: Start,
+    *,
+    one_active: bool = False,
+) -> int:
+    """Run `service` until SIGTERM or SIGINT (returns 0) or, `one_active`, until another replica
+    took its lock (returns 1). `health_port` None: the service's own web app answers `/health`
+    and `/metrics`, with `Starter.loops` (the gateway)."""
     logs.configure(service, settings.log_format, settings.log_level)
     telemetry.configure(service, settings)
     bus = make_bus(settings, service)
@@ -205,12 +223,28 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    leadership = Leadership(settings.amqp_url, service) if one_active else None
+    active = leadership is None
+    lost = asyncio.Event()
+
+    async def hold(leadership: Leadership) -> None:
+        await leadership.keep()
+        log.error("service.lock_lost", detail="another replica is the active one now")
+        lost.set()
+        stop.set()
 
     async def start_with_health(starter: Starter) -> Iterable[Loop] | None:
+        nonlocal active
         if health_port is not None:
             app = web.Application()
             app.router.add_get(
-                "/health", health_route(service, lambda: bus.connected, starter.loops)
+                "/health",
+                health_route(
+                    service,
+                    lambda: bus.connected,
+                    starter.loops,
+                    lambda: "active" if active else "standby",
+                ),
             )
             app.router.add_get("/metrics", metrics.route(lambda: refresh_queue_depths(bus)))
             runner = web.AppRunner(app, access_log=None)
@@ -218,12 +252,33 @@ async def serve(
             starter.resources.push_async_callback(runner.cleanup)
             await web.TCPSite(runner, settings.health_host, health_port).start()
             log.info("service.health_serving", health_port=health_port)
+        if leadership is not None:
+            starter.resources.push_async_callback(leadership.release)
+            if not await until_active(leadership, stop):
+                return None
+            holding = asyncio.create_task(hold(leadership))
+            starter.resources.callback(holding.cancel)
+            active = True
         return await start(starter)
 
     try:
         await run_until_stopped(service, bus, start_with_health, stop)
     finally:
         telemetry.shutdown()
+    return 1 if lost.is_set() else 0
+
+
+async def until_active(leadership: Leadership, stop: asyncio.Event) -> bool:
+    """Wait as a standby until this replica holds the lock (True) or is stopped (False)."""
+    acquiring = asyncio.create_task(leadership.acquire())
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({acquiring, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not acquiring.done():
+        acquiring.cancel()
+        return False
+    acquiring.result()
+    return True
 
 
 async def refresh_queue_depths(bus: Bus) -> None:
@@ -243,7 +298,10 @@ def run(
     settings: CommonSettings,
     health_port: int | None,
     start: Start,
-    event_loop: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run,
+    event_loop: Callable[[Coroutine[Any, Any, int]], int] = asyncio.run,
+    *,
+    one_active: bool = False,
 ) -> None:
-    """`event_loop` runs the service's coroutine (the gateway's: uvloop where installed)."""
-    event_loop(serve(service, settings, health_port, start))
+    """`event_loop` runs the service's coroutine (the gateway's: uvloop where installed); the
+    process exits with what `serve` returns."""
+    sys.exit(event_loop(serve(service, settings, health_port, start, one_active=one_active)))

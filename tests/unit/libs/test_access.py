@@ -206,6 +206,16 @@ def test_definitions_hold_users_permissions_and_the_topology() -> None:
     assert {spec.name for spec in topology.SHARED_QUEUES} <= queues
     assert {topology.EVENT_LOG_STREAM, topology.BUILD_LOG_STREAM} <= queues
     assert all(item["vhost"] == "v" for key in doc for item in doc[key] if "vhost" in item)
+    # A broker loading them at boot makes the virtual host from them.
+    assert doc["vhosts"] == [{"name": "v"}]
+
+
+def test_only_the_one_active_services_may_declare_their_lock() -> None:
+    one_active = {"scheduler", "culler", "archiver"}
+    for service in SERVICES:
+        for other in SERVICES:
+            allowed = allows(ALLOWED[service].configure, topology.lock_queue(other))
+            assert allowed == (other == service and service in one_active), (service, other)
 
 
 def fake_rabbitmqctl(record: Path, exit_code: int = 0) -> tuple[str, ...]:

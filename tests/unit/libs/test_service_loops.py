@@ -127,7 +127,16 @@ async def test_a_disconnected_broker_fails_health_too() -> None:
     async with TestClient(TestServer(app)) as client:
         resp = await client.get("/health")
         assert resp.status == 503
-        assert await resp.json() == {"service": "s", "broker": False}
+        assert await resp.json() == {"service": "s", "broker": False, "role": "active"}
+
+
+async def test_a_standby_is_healthy_and_says_so() -> None:
+    app = web.Application()
+    app.router.add_get("/health", health_route("s", lambda: True, Loops("s"), lambda: "standby"))
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.get("/health")
+        assert resp.status == 200
+        assert (await resp.json())["role"] == "standby"
 
 
 async def test_stop_cancels_awaits_and_closes_every_loop() -> None:

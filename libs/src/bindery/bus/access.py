@@ -83,6 +83,8 @@ class Access:
     session_secret: bool = False
     """It makes, checks or presents session tokens (BINDERY_SESSION_SECRET): nobody else gets
     it."""
+    lock: str | None = None
+    """The lock queue it declares to be the one active replica (bindery.bus.leadership)."""
 
 
 SERVICES: dict[str, Access] = {
@@ -95,6 +97,7 @@ SERVICES: dict[str, Access] = {
         publishes=(LaunchQueued, ImagePulling, PodScheduled, PodReady, PodStopped, LaunchFailed),
         consumes=(topology.SCHEDULER, topology.SCHEDULER_STOPS),
         session_secret=True,
+        lock=topology.lock_queue("scheduler"),
     ),
     # The culler reads back recent session activity after a restart, and asks each session's
     # Jupyter (with its token) how busy its kernels are.
@@ -103,8 +106,13 @@ SERVICES: dict[str, Access] = {
         consumes=(topology.CULLER,),
         streams=(topology.EVENT_LOG_STREAM,),
         session_secret=True,
+        lock=topology.lock_queue("culler"),
     ),
-    "archiver": Access(consumes=(topology.ARCHIVER,), streams=(topology.EVENT_LOG_STREAM,)),
+    "archiver": Access(
+        consumes=(topology.ARCHIVER,),
+        streams=(topology.EVENT_LOG_STREAM,),
+        lock=topology.lock_queue("archiver"),
+    ),
     "gateway": Access(
         publishes=(LaunchRequested, LaunchAbandoned, SessionActivity),
         consumes=(topology.GATEWAY_EVENTS, topology.GATEWAY_LOGS),
@@ -151,6 +159,8 @@ def queue_pattern(spec: QueueSpec) -> str:
 def permissions(access: Access, declared: Topology) -> Permissions:
     own = [spec for spec in access.consumes if declares_itself(spec)]
     configure = {queue_pattern(spec) for spec in own}
+    if access.lock is not None:
+        configure.add(_literal(access.lock))  # declaring it is all a lock needs
     write = {_literal(topology.exchange_for(event.type)) for event in access.publishes}
     write |= {queue_pattern(spec) for spec in own}  # to bind them
     for spec in own:
@@ -241,6 +251,8 @@ def definitions(
             for exchange, p in allowed.topics.items()
         )
     return {
+        # A broker that loads these at boot creates no default virtual host: name it.
+        "vhosts": [{"name": vhost}],
         "users": users,
         "permissions": grants,
         "topic_permissions": topic_grants,

@@ -111,6 +111,15 @@ def builder_replica(replica: str) -> QueueSpec:
     )
 
 
+#: Each service that runs one active replica at a time holds an exclusive queue of this prefix
+#: and its name while it is the active one (bindery.bus.leadership).
+LOCK_QUEUE_PREFIX = "bindery.lock."
+
+
+def lock_queue(service: str) -> str:
+    return f"{LOCK_QUEUE_PREFIX}{service}"
+
+
 def exchange_for(event_type: str) -> str:
     return LOGS_EXCHANGE if event_type in LOG_EVENT_TYPES else EVENTS_EXCHANGE
 

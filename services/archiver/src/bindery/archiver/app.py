@@ -1,7 +1,8 @@
 """Wires the archiver: settings, the archive (which remembers what its files already hold), the
 launches in flight rebuilt from the event log, then the live subscriptions.
 
-The archiver is a singleton: replicas would split one launch's events between them.
+One replica is active at a time (the service runner's `one_active`), the others standing by:
+two active archivers would split one launch's events between them.
 """
 
 from __future__ import annotations
@@ -30,4 +31,4 @@ def main() -> None:
         )
         await subscribe(starter.bus, archive)
 
-    service.run("archiver", settings, settings.health_port, start)
+    service.run("archiver", settings, settings.health_port, start, one_active=True)

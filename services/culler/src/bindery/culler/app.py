@@ -1,7 +1,8 @@
 """Wires the culler: its view rebuilt from the runtime, the event log and (at each check) the
 sessions themselves; the subscription; the check as a loop supervised by the service runner.
 
-The culler is a singleton: replicas would split the activity events between them.
+One replica is active at a time (the service runner's `one_active`), the others standing by:
+two active cullers would split the activity events between them.
 """
 
 from __future__ import annotations
@@ -50,4 +51,4 @@ def main() -> None:
         await subscribe(starter.bus, culler)
         return [service.Loop("check", culler.check, settings.check_interval)]
 
-    service.run("culler", settings, settings.health_port, start)
+    service.run("culler", settings, settings.health_port, start, one_active=True)

@@ -281,11 +281,10 @@ def main() -> None:
     service.run("gateway", settings, None, start, event_loop=on_uvloop)
 
 
-def on_uvloop(coroutine: Coroutine[Any, Any, None]) -> None:
+def on_uvloop(coroutine: Coroutine[Any, Any, int]) -> int:
     """On uvloop where it is installed: the proxy's per-request cost is mostly the loop's."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(coroutine)
-    else:
-        uvloop.run(coroutine)
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)

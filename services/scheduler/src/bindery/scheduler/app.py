@@ -3,7 +3,11 @@ and the background loops, supervised by the service runner: one keeps popular im
 pre-pulled and the warm pool filled, one stops sessions over the disk limit, one follows the
 runtime's exits and one reconciles the seats with the sessions the runtime lists, in case an
 exit went unreported. The runner closes the runtime and the HTTP client at the stop, once the
-bus no longer delivers."""
+bus no longer delivers.
+
+One replica is active at a time (the service runner's `one_active`), the others standing by:
+seats, quotas and the warm pool are counted over every node in one process, and the replica
+that takes over rebuilds them from the runtime (`reconcile`) before its first launch."""
 
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ def main() -> None:
         await subscribe(starter.bus, scheduler)
         return loops(scheduler)
 
-    service.run("scheduler", settings, settings.health_port, start)
+    service.run("scheduler", settings, settings.health_port, start, one_active=True)
 
 
 def loops(scheduler: Scheduler) -> list[service.Loop]:
