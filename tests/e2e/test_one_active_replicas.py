@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import pytest
 from bindery.bus import Bus, topology
 from tests.support.eventually import eventually
 from tests.support.gitrepo import make_repo
-from tests.support.stack import Stack, build_path, launch, stop_session
+from tests.support.stack import Stack, build_path, launch, launch_containers, stop_session
 
 pytestmark = pytest.mark.e2e
 
@@ -85,23 +84,6 @@ async def consumers(stack: Stack) -> dict[str, int]:
         await bus.close()
 
 
-def containers_of(stack: Stack, launch_id: str) -> list[str]:
-    return subprocess.run(
-        [
-            "podman",
-            "ps",
-            "-aq",
-            "--filter",
-            f"label=bindery.instance={stack.slot.instance}",
-            "--filter",
-            f"label=bindery.launch-id={launch_id}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-
-
 async def archive_lines(stack: Stack, launch_id: str) -> list[dict[str, Any]]:
     """The launch's archive lines, once there is one (bounded), and a moment more for a twin."""
 
@@ -123,7 +105,8 @@ async def launched_once(stack: Stack, http: aiohttp.ClientSession, repo: Path) -
     ready = events[-1]
     assert ready["phase"] == "ready", events[-5:]
     try:
-        assert len(containers_of(stack, ready["launch_id"])) == 1, "one session per launch"
+        ours = launch_containers(ready["launch_id"], stack.slot.instance)
+        assert len(ours) == 1, "one session per launch"
         lines = await archive_lines(stack, ready["launch_id"])
         assert [line["outcome"] for line in lines] == ["ready"], lines
     finally:

@@ -356,15 +356,15 @@ async def launch(http: aiohttp.ClientSession, gateway: str, path: str) -> list[d
     return [event async for event in launch_events(http, gateway, path)]
 
 
-def stop_session(launch_id: str) -> None:
-    """Sessions hold a gigabyte each: stop one once probed."""
-    ids = subprocess.run(
+def launch_containers(launch_id: str, instance: str = INSTANCE) -> list[str]:
+    """Ids of the containers a launch's session runs in (one, unless it was started twice)."""
+    return subprocess.run(
         [
             "podman",
             "ps",
             "-aq",
             "--filter",
-            f"label=bindery.instance={INSTANCE}",
+            f"label=bindery.instance={instance}",
             "--filter",
             f"label=bindery.launch-id={launch_id}",
         ],
@@ -372,6 +372,11 @@ def stop_session(launch_id: str) -> None:
         text=True,
         check=True,
     ).stdout.split()
+
+
+def stop_session(launch_id: str) -> None:
+    """Sessions hold a gigabyte each: stop one once probed."""
+    ids = launch_containers(launch_id)
     if ids:
         subprocess.run(["podman", "rm", "-f", "-t", "0", *ids], capture_output=True, check=False)
 
