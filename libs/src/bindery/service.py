@@ -258,8 +258,9 @@ async def serve(
                 return None
             holding = asyncio.create_task(hold(leadership))
             starter.resources.callback(holding.cancel)
-            active = True
-        return await start(starter)
+        loops = await start(starter)
+        active = True  # subscribed and its state rebuilt: what /health's "active" promises
+        return loops
 
     try:
         await run_until_stopped(service, bus, start_with_health, stop)
