@@ -268,33 +268,39 @@ async def measure(stack: Stack, repo: Path) -> dict[str, Any]:
     seconds = Seconds(stack)
     one: list[dict[str, Any]] = []
     two: list[dict[str, Any]] = []
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=900)) as http:
-        built, ok = await one_launch(http, bus, stack.gateway, path)
-        assert ok, "the first launch (with its build) failed"
-        await until_no_sessions(stack)
-        second_gateway = f"http://127.0.0.1:{seconds.port('gateway')}"
-        second_health = [f"http://127.0.0.1:{seconds.port(s)}/health" for s in SERVICES]
-        second_health[-1] = f"{second_gateway}/health"
-        for _ in range(ROUNDS):
-            one.append(await throughput(http, bus, stack, [stack.gateway], path))
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=900)) as http:
+            built, ok = await one_launch(http, bus, stack.gateway, path)
+            assert ok, "the first launch (with its build) failed"
+            await until_no_sessions(stack)
+            second_gateway = f"http://127.0.0.1:{seconds.port('gateway')}"
+            second_health = [f"http://127.0.0.1:{seconds.port(s)}/health" for s in SERVICES]
+            second_health[-1] = f"{second_gateway}/health"
+            for _ in range(ROUNDS):
+                one.append(await throughput(http, bus, stack, [stack.gateway], path))
+                seconds.start()
+                await until_healthy(http, second_health)
+                two.append(
+                    await throughput(http, bus, stack, [stack.gateway, second_gateway], path)
+                )
+                seconds.stop()
+
             seconds.start()
             await until_healthy(http, second_health)
-            two.append(await throughput(http, bus, stack, [stack.gateway, second_gateway], path))
-            seconds.stop()
-
-        seconds.start()
-        await until_healthy(http, second_health)
-        undisturbed, _ = await one_launch(http, bus, stack.gateway, path)
-        await until_no_sessions(stack)
-        recovery: dict[str, Any] = {"undisturbed_launch_s": undisturbed}
-        for service, phase in (("resolver", "waiting"), ("scheduler", "launching")):
-            recovery[service] = await killed_launch(http, bus, stack, seconds, path, service, phase)
-        commit(repo, {"postBuild": "#!/bin/bash\nsleep 5\n"}, "a build to kill")
-        recovery["builder"] = await killed_launch(
-            http, bus, stack, seconds, path, "builder", "build-line"
-        )
-        recovery["standby_takeover_s"] = await takeover(http, stack, seconds)
-        seconds.stop()
+            undisturbed, _ = await one_launch(http, bus, stack.gateway, path)
+            await until_no_sessions(stack)
+            recovery: dict[str, Any] = {"undisturbed_launch_s": undisturbed}
+            for service, phase in (("resolver", "waiting"), ("scheduler", "launching")):
+                recovery[service] = await killed_launch(
+                    http, bus, stack, seconds, path, service, phase
+                )
+            commit(repo, {"postBuild": "#!/bin/bash\nsleep 5\n"}, "a build to kill")
+            recovery["builder"] = await killed_launch(
+                http, bus, stack, seconds, path, "builder", "build-line"
+            )
+            recovery["standby_takeover_s"] = await takeover(http, stack, seconds)
+    finally:
+        seconds.stop()  # a failed run leaves no replica behind to hold its locks
     await bus.close()
 
     def median(rounds: list[dict[str, Any]], key: str) -> float:
