@@ -17,6 +17,7 @@ from bindery.events.session import (
     PodReady,
     PodScheduled,
     PodStopped,
+    QueueLimit,
     SessionActivity,
     StopReason,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "PodReady",
     "PodScheduled",
     "PodStopped",
+    "QueueLimit",
     "RefResolved",
     "RepoConfig",
     "SessionActivity",
