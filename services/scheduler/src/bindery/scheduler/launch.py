@@ -420,7 +420,8 @@ class Scheduler:
         with self.starts.join(seat.node, Priority.LAUNCH, order.requested_at) as turn:
             notify = self._notify_queued(order)
             in_line = turn.wait(lambda position: notify(position, QueueLimit.STARTING))
-            await self._unless_interrupted(progress, in_line)
+            with telemetry.span("start.line"):
+                await self._unless_interrupted(progress, in_line)
             progress.check()  # abandoned while its turn came: start nothing
             await self._scheduled(order, key, seat.node)
             spec = self._spec(key, order.image, order.repo_url, order.launch_id, order.session_env)
