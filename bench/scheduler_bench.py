@@ -235,6 +235,7 @@ def machine() -> dict[str, Any]:
 
 async def burst(http: aiohttp.ClientSession, stack: Stack, bus: Bus, path: str) -> dict[str, Any]:
     """CONCURRENT launches asked for at once, in a known order; each one's time to ready."""
+    load_before = os.getloadavg()[0]  # other work on the machine skews both kinds of burst
     results = await asyncio.gather(
         *(timed_launch(http, stack, path) for _ in range(CONCURRENT)), return_exceptions=True
     )
@@ -248,7 +249,12 @@ async def burst(http: aiohttp.ClientSession, stack: Stack, bus: Bus, path: str) 
         else:
             ready_s.append(result[0])
             await stop(bus, result[1])
-    return {"ready_s_in_request_order": ready_s, "failures": len(failed), "failed": failed}
+    return {
+        "ready_s_in_request_order": ready_s,
+        "failures": len(failed),
+        "failed": failed,
+        "load_average_before": load_before,
+    }
 
 
 def out_of_order_pairs(ready_s: list[float]) -> int:
