@@ -769,9 +769,6 @@ class Scheduler:
                 await self.pull(seat.node, seat.image)
             with self.starts.join(seat.node, Priority.WARM) as turn:
                 await turn.wait()  # behind every launch waiting to start on its node
-                if self.cluster.seats.get(seat.name) is not seat:
-                    log.info("pool.start_skipped", name=seat.name, why="evicted in line")
-                    return
                 session = await self.runtime.start(seat.node, spec)
                 await self.wait_until_ready(session, self.token(seat.name))
         except (RuntimeError_, NotReady, aiohttp.ClientError) as exc:
