@@ -167,6 +167,10 @@ async def measure(stack: Stack, repo_url: str) -> dict[str, Any]:
             await stop(bus, ready)
         del stack.env["BINDERY_WARM_POOL_SIZE"]
         stack.restart("scheduler")
+        # A scheduler without a pool adopts the warm sessions left and never stops them: the
+        # bursts would claim them. Stopped here, each gives its seat back as it exits.
+        for session in await runtime.list_warm():
+            await runtime.stop(session.name)
         await until_sessions(http, stack, runtime, 0, 0)
 
         bursts: dict[str, list[dict[str, Any]]] = {"limited": [], "unlimited": []}
