@@ -1,7 +1,8 @@
 """The launch page in headless Chromium against a gateway whose launches are answered through the
 fake bus (no broker, no build: the gateway integrated with a real browser): hostile urlpath values
-never take the browser, or a Location header, off the gateway's origin, and a failure is shown
-with its reason and what to do about it."""
+never take the browser, or a Location header, off the gateway's origin, a failure is shown with
+its reason and what to do about it, and a launch waiting its turn to start shows its place in
+its machine's line."""
 
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ from bindery.events import (
     Event,
     FailureReason,
     LaunchFailed,
+    LaunchQueued,
     LaunchRequested,
     PodReady,
     PodScheduled,
+    QueueLimit,
     RefResolved,
 )
 from bindery.gateway.app import create_app
@@ -79,6 +82,8 @@ class LaunchAnswers:
     """Answer nothing: the launch waits, as it does while its stage has no consumer."""
     warning: str = ""
     """A warning line the build logs before the session is placed."""
+    in_line: int = 0
+    """Leave the launch waiting its turn to start, at this place in its machine's line."""
 
     async def __call__(self, event: Event) -> None:
         if not isinstance(event, LaunchRequested) or self.handlers is None:
@@ -118,6 +123,10 @@ class LaunchAnswers:
             await self.handlers.on_log(
                 BuildLog(launch_id=lid, image="img", phase="warning", message=self.warning)
             )
+        if self.in_line:
+            limit = QueueLimit.STARTING
+            await on(LaunchQueued(launch_id=lid, repo_key="k", position=self.in_line, limit=limit))
+            return
         await on(PodScheduled(launch_id=lid, session="s1", node="n", image="img"))
         await on(PodReady(launch_id=lid, session="s1", node="n", image="img", target=self.upstream))
 
@@ -328,4 +337,21 @@ async def test_a_stage_nobody_runs_is_said_in_the_status_line(browser: Browser, 
     finally:
         site.answers.stall = False
         site.gateway.stage_check = None
+        await page.close()
+
+
+async def test_a_launch_waiting_its_turn_to_start_shows_its_place(
+    browser: Browser, site: Site
+) -> None:
+    site.answers.in_line = 2
+    page = await browser.new_page()
+    try:
+        await page.goto(f"{site.url}/v2/git/{SPEC}")
+        status = page.locator("#status")
+        await status.filter(has_text="Starting soon").wait_for(timeout=20_000)
+        assert await status.inner_text() == "Starting soon: position 2 in line on its machine."
+        assert not await page.locator("#failure").is_visible()
+        await page.screenshot(path=screenshot_path("launch-page", "in-line"), full_page=True)
+    finally:
+        site.answers.in_line = 0
         await page.close()

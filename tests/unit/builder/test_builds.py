@@ -1,6 +1,7 @@
 """The builder's domain with a fake build runner and a list for a bus: no broker, no podman."""
 
 import asyncio
+from datetime import UTC, datetime
 
 import pytest
 
@@ -111,7 +112,8 @@ async def test_an_existing_image_is_not_the_builders_business() -> None:
 async def test_a_build_reports_start_log_lines_and_the_image() -> None:
     runner, bus = FakeRunner(), Bus()
     runner.release.set()
-    await make(runner, bus).on_ref_resolved(resolved("L1", build_only=True))
+    requested = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    await make(runner, bus).on_ref_resolved(resolved("L1", build_only=True, requested_at=requested))
     started = bus.events[0]
     assert isinstance(started, BuildStarted)
     build_id = started.build_id
@@ -129,6 +131,7 @@ async def test_a_build_reports_start_log_lines_and_the_image() -> None:
     built = bus.events[-1]
     assert isinstance(built, ImageBuilt)
     assert (built.duration_seconds, built.build_only, built.resolved_ref) == (4.5, True, SHA)
+    assert built.requested_at == requested, "the scheduler starts sessions in request order"
     assert runner.requests == [BuildRequest("https://example.org/r.git", SHA, "reg/bindery/r:1")]
 
 

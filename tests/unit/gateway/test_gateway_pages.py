@@ -7,6 +7,7 @@ import re
 import aiohttp
 import pytest
 
+from bindery.events import QueueLimit
 from bindery.gateway.pages import form_link
 from tests.unit.gateway.fakes import Harness
 
@@ -135,3 +136,4 @@ async def test_openapi_describes_every_route(harness: Harness) -> None:
         assert any(d.startswith(path.split("{")[0].rstrip("/") or "/") for d in described), path
     schema = document["components"]["schemas"]["ProgressEvent"]["properties"]
     assert "failed" in schema["phase"]["enum"] and "ref_not_found" in schema["reason"]["enum"]
+    assert schema["queue_limit"]["enum"] == list(QueueLimit)

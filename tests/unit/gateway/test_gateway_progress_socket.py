@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from bindery.events import ImagePulling, LaunchQueued, LaunchRequested
+from bindery.events import ImagePulling, LaunchQueued, LaunchRequested, QueueLimit
 from tests.unit.gateway.fakes import GIT_SPEC, Harness, full_launch, parse_sse, same_but_handoff
 
 
@@ -96,12 +96,15 @@ async def test_dropped_stream_resumes_mid_launch(harness: Harness) -> None:
     assert len(harness.bus.published) == 1
 
 
-async def test_queue_position_and_pull_are_shown(harness: Harness) -> None:
+async def test_queue_positions_and_pull_are_shown(harness: Harness) -> None:
     async def answer(event: object) -> None:
         assert isinstance(event, LaunchRequested)
         lid = event.launch_id
         await harness.handlers.on_event(
-            LaunchQueued(launch_id=lid, repo_key="k", position=3, limit="repository")
+            LaunchQueued(launch_id=lid, repo_key="k", position=3, limit=QueueLimit.REPOSITORY)
+        )
+        await harness.handlers.on_event(
+            LaunchQueued(launch_id=lid, repo_key="k", position=2, limit=QueueLimit.STARTING)
         )
         await harness.handlers.on_event(ImagePulling(launch_id=lid, node="node-2", image="img"))
         full = full_launch(harness)
@@ -114,7 +117,14 @@ async def test_queue_position_and_pull_are_shown(harness: Harness) -> None:
     queued = events[1]
     assert queued["phase"] == "waiting" and queued["queue_position"] == 3
     assert "position 3 in the queue" in queued["message"]
-    assert events[2]["phase"] == "pulling" and "node-2" in events[2]["message"]
+    in_line = events[2]
+    assert (in_line["phase"], in_line["queue_position"], in_line["queue_limit"]) == (
+        "waiting",
+        2,
+        "starting",
+    )
+    assert "starting on its machine: position 2 in line" in in_line["message"]
+    assert events[3]["phase"] == "pulling" and "node-2" in events[3]["message"]
 
 
 async def test_ready_carries_binderhub_share_fields(harness: Harness) -> None:

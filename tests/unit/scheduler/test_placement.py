@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from bindery.events import QueueLimit
 from bindery.runtimes import Session
-from bindery.scheduler.admission import REPOSITORY, TOTAL, Admission, QueueTimeout, Withdrawn
+from bindery.scheduler.admission import Admission, QueueTimeout, Withdrawn
 from bindery.scheduler.cluster import Cluster, Seat
 from bindery.scheduler.popularity import Popularity, warm_targets
 
@@ -73,7 +74,7 @@ async def test_third_launch_of_a_repository_waits_first_in_line_and_goes_when_on
     assert first.admitted and second.admitted
     third = gate.enqueue("c", "repo", IMAGE)
     other = gate.enqueue("d", "other-repo", IMAGE)
-    assert third.admitted is None and (third.position, third.limit) == (1, REPOSITORY)
+    assert third.admitted is None and (third.position, third.limit) == (1, QueueLimit.REPOSITORY)
     assert other.admitted, "a repository at its quota holds up no other repository"
     reported: list[tuple[int, str]] = []
 
@@ -84,14 +85,14 @@ async def test_third_launch_of_a_repository_waits_first_in_line_and_goes_when_on
     await asyncio.sleep(0)
     gate.release("a")
     admitted = await waiting
-    assert admitted.seat.name == "c" and reported == [(1, REPOSITORY)]
+    assert admitted.seat.name == "c" and reported == [(1, QueueLimit.REPOSITORY)]
 
 
 async def test_a_launch_carrying_its_repositorys_own_quota_is_held_at_that_number() -> None:
     gate = admission(cluster(node_1=16), repo_quota=5)
     assert gate.enqueue("a", "course", IMAGE, repo_quota=1).admitted
     held = gate.enqueue("b", "course", IMAGE, repo_quota=1)
-    assert held.admitted is None and (held.position, held.limit) == (1, REPOSITORY)
+    assert held.admitted is None and (held.position, held.limit) == (1, QueueLimit.REPOSITORY)
     assert gate.enqueue("c", "course", IMAGE, repo_quota=3).admitted, "its own quota: 3"
     assert gate.enqueue("d", "other", IMAGE).admitted, "no quota of its own: the default 5"
 
@@ -100,7 +101,7 @@ async def test_a_launch_carrying_its_repositorys_own_quota_is_held_at_that_numbe
 
     with pytest.raises(QueueTimeout) as failure:
         await gate.wait(held, 0.01, notify)
-    assert (failure.value.limit, failure.value.repo_quota) == (REPOSITORY, 1)
+    assert (failure.value.limit, failure.value.repo_quota) == (QueueLimit.REPOSITORY, 1)
     gate.release("a")
     gate.release("c")
     again = gate.enqueue("e", "course", IMAGE, repo_quota=1, launch_id="L-e")
@@ -131,23 +132,24 @@ async def test_positions_move_up_and_the_wait_ends_with_the_limit_that_held_it()
     gate = admission(cluster(node_1=16), total_quota=1)
     gate.enqueue("a", "r1", IMAGE)
     second, third = gate.enqueue("b", "r2", IMAGE), gate.enqueue("c", "r3", IMAGE)
-    assert [(w.position, w.limit) for w in (second, third)] == [(1, TOTAL), (2, TOTAL)]
+    waiting = [(w.position, w.limit) for w in (second, third)]
+    assert waiting == [(1, QueueLimit.TOTAL), (2, QueueLimit.TOTAL)]
     gate.withdraw(second)
-    assert (third.position, third.limit) == (1, TOTAL)
+    assert (third.position, third.limit) == (1, QueueLimit.TOTAL)
 
     async def notify(position: int, limit: str) -> None:
         pass
 
     with pytest.raises(QueueTimeout) as failure:
         await gate.wait(third, 0.05, notify)
-    assert failure.value.limit == TOTAL and gate.waiters == []
+    assert failure.value.limit == QueueLimit.TOTAL and gate.waiters == []
 
 
 async def test_capacity_holds_launches_in_the_queue() -> None:
     gate = admission(cluster(node_1=1, node_2=1))
     assert gate.enqueue("a", "r", IMAGE).admitted and gate.enqueue("b", "r", IMAGE).admitted
     third = gate.enqueue("c", "r", IMAGE)
-    assert (third.position, third.limit) == (1, TOTAL)
+    assert (third.position, third.limit) == (1, QueueLimit.TOTAL)
     gate.release("b")
     assert third.admitted is not None and third.admitted.seat.node == "node-2"
 

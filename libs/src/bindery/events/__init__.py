@@ -18,6 +18,7 @@ from bindery.events.session import (
     PodReady,
     PodScheduled,
     PodStopped,
+    QueueLimit,
     SessionActivity,
     StopReason,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "PodReady",
     "PodScheduled",
     "PodStopped",
+    "QueueLimit",
     "RefResolved",
     "RepoConfig",
     "SessionActivity",

@@ -70,4 +70,5 @@ class ImageBuilt(Event):
     repo_config: RepoConfig = Field(default_factory=RepoConfig)
     session_env: dict[str, str] = Field(default_factory=dict)
     """RefResolved's, for the session the scheduler starts."""
-    """The launch's, from the ref-resolved it was built for: the scheduler applies it."""
+    requested_at: datetime | None = None
+    """RefResolved's: the scheduler starts sessions in the order they were requested."""

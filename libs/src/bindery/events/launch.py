@@ -6,6 +6,7 @@ Producers: gateway (launch-requested, launch-abandoned), resolver (ref-resolved)
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -79,6 +80,9 @@ class RefResolved(Event):
     session_env: dict[str, str] = Field(default_factory=dict)
     """BinderHub's variables for the session (`bindery.providers.binder_env`): BINDER_REPO_URL,
     BINDER_REF_URL, BINDER_REQUEST, BINDER_PERSISTENT_REQUEST, BINDER_LAUNCH_HOST."""
+    requested_at: datetime | None = None
+    """When the launch was requested (its launch-requested's time): the scheduler starts
+    sessions in that order, whatever order concurrent resolutions finish in."""
 
 
 class FailureReason(StrEnum):

@@ -14,15 +14,28 @@ from pydantic import Field
 from bindery.events.base import Event, register
 
 
+class QueueLimit(StrEnum):
+    """What a queued launch waits for."""
+
+    REPOSITORY = "repository"
+    """Its repository's quota of concurrent sessions is full."""
+    TOTAL = "total"
+    """Bindery's total quota or its nodes' capacity is full."""
+    STARTING = "starting"
+    """It has a seat, but its node already starts as many sessions as it may at once
+    (`BINDERY_START_CONCURRENCY`): it waits its turn in that node's line."""
+
+
 @register
 class LaunchQueued(Event):
-    """The launch waits for quota; `position` 1 is next. Re-sent whenever the position changes."""
+    """The launch waits; `position` 1 is next in the line `limit` names. Re-sent whenever the
+    position changes."""
 
     type = "launch-queued"
 
     repo_key: str
     position: int = Field(ge=1)
-    limit: str = Field(description="which quota is full: 'repository' or 'total'")
+    limit: QueueLimit
 
 
 @register

@@ -210,6 +210,7 @@ class Builder:
                     build_only=event.build_only,
                     repo_config=event.repo_config,
                     session_env=event.session_env,
+                    requested_at=event.requested_at,
                 )
             )
             return

@@ -35,6 +35,7 @@ from bindery.events import (
     LaunchRequested,
     PodReady,
     PodScheduled,
+    QueueLimit,
     RefResolved,
 )
 from bindery.gateway.stages import waiting_message
@@ -91,14 +92,22 @@ def to_payload(event: Event, *, session_url: Callable[[str], str]) -> Payload | 
                 "imageName": event.image,
                 "message": "Built image, launching...\n",
             }
+        case LaunchQueued(limit=QueueLimit.STARTING):
+            payload = {
+                "phase": "waiting",
+                "message": "Sessions are starting on its machine: position "
+                f"{event.position} in line.\n",
+                "queue_position": event.position,
+                "queue_limit": event.limit.value,
+            }
         case LaunchQueued():
-            which = "this repository's" if event.limit == "repository" else "Bindery's"
+            which = "this repository's" if event.limit == QueueLimit.REPOSITORY else "Bindery's"
             payload = {
                 "phase": "waiting",
                 "message": f"All of {which} sessions are in use: position {event.position} "
                 "in the queue, the launch goes on as soon as one ends.\n",
                 "queue_position": event.position,
-                "queue_limit": event.limit,
+                "queue_limit": event.limit.value,
             }
         case ImagePulling():
             payload = {

@@ -172,5 +172,6 @@ class Resolver:
                     resolution.repo_url,
                     resolution.resolved_ref,
                 ),
+                requested_at=event.time,
             )
         )

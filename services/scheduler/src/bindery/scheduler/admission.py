@@ -18,11 +18,9 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+from bindery.events import QueueLimit
 from bindery.runtimes import Session
 from bindery.scheduler.cluster import Cluster, Seat
-
-REPOSITORY = "repository"
-TOTAL = "total"
 
 
 @dataclass(frozen=True)
@@ -46,23 +44,23 @@ class Waiter:
     admitted: Admitted | None = None
     withdrawn: bool = False
     position: int = 0
-    limit: str = ""
+    limit: QueueLimit | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class QueueTimeout(Exception):
-    def __init__(self, limit: str, repo_quota: int) -> None:
+    def __init__(self, limit: QueueLimit | None, repo_quota: int) -> None:
         super().__init__(limit)
         self.limit = limit
         self.repo_quota = repo_quota
-        """The repository's quota that held the launch, when `limit` is REPOSITORY."""
+        """The repository's quota that held the launch, when `limit` is `REPOSITORY`."""
 
 
 class Withdrawn(Exception):
     """The launch left the queue before it got a seat (`Admission.cancel`)."""
 
 
-Notify = Callable[[int, str], Awaitable[None]]
+Notify = Callable[[int, QueueLimit], Awaitable[None]]
 
 
 @dataclass
@@ -116,26 +114,26 @@ class Admission:
 
     def pump(self) -> None:
         """Admit every waiter that fits, front to back; re-rank the rest."""
-        ranks: Counter[tuple[str, str]] = Counter()
+        ranks: Counter[tuple[QueueLimit, str]] = Counter()
         for waiter in list(self.waiters):
             limit = self._try_admit(waiter)
             if limit is None:
                 self.waiters.remove(waiter)
                 waiter.changed.set()
                 continue
-            key = (limit, waiter.repo_key if limit == REPOSITORY else "")
+            key = (limit, waiter.repo_key if limit == QueueLimit.REPOSITORY else "")
             ranks[key] += 1
             if (waiter.position, waiter.limit) != (ranks[key], limit):
                 waiter.position, waiter.limit = ranks[key], limit
                 waiter.changed.set()
 
-    def _try_admit(self, waiter: Waiter) -> str | None:
+    def _try_admit(self, waiter: Waiter) -> QueueLimit | None:
         """Admit `waiter` and return None, or return the limit that holds it back."""
         cluster = self.cluster
         if cluster.repo_sessions(waiter.repo_key) >= waiter.repo_quota:
-            return REPOSITORY
+            return QueueLimit.REPOSITORY
         if cluster.launched_sessions() >= self.total_quota:
-            return TOTAL
+            return QueueLimit.TOTAL
         warm = cluster.take_warm(waiter.image, waiter.env)
         if warm is not None and warm.warm is not None:
             seat = Seat(
@@ -157,7 +155,7 @@ class Admission:
                 self.evict(victim)
                 choice = cluster.choose(waiter.image, self.reservation)
         if choice is None:
-            return TOTAL
+            return QueueLimit.TOTAL
         seat = Seat(
             waiter.name,
             choice.node,
@@ -174,7 +172,7 @@ class Admission:
         """Wait for `waiter`'s seat, calling `notify(position, limit)` on every change."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + patience
-        reported: tuple[int, str] = (0, "")
+        reported: tuple[int, QueueLimit | None] = (0, None)
         try:
             while True:
                 waiter.changed.clear()
@@ -182,9 +180,9 @@ class Admission:
                     return waiter.admitted
                 if waiter.withdrawn:
                     raise Withdrawn
-                if (waiter.position, waiter.limit) != reported:
+                if waiter.limit is not None and (waiter.position, waiter.limit) != reported:
                     reported = (waiter.position, waiter.limit)
-                    await notify(*reported)
+                    await notify(waiter.position, waiter.limit)
                     continue
                 remaining = deadline - loop.time()
                 if remaining <= 0:

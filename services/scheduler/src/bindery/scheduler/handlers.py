@@ -19,6 +19,7 @@ async def subscribe(bus: Bus, scheduler: Scheduler) -> None:
                 event.repo_key,
                 event.repo_config.quota,
                 event.session_env,
+                event.requested_at,
             )
         elif isinstance(event, ImageBuilt) and not event.build_only:
             order = LaunchOrder(
@@ -29,6 +30,7 @@ async def subscribe(bus: Bus, scheduler: Scheduler) -> None:
                 repo_key(event.repo_url),
                 event.repo_config.quota,
                 event.session_env,
+                event.requested_at,
             )
         else:
             return

@@ -7,9 +7,11 @@ pod-scheduled, pod-ready, launch-failed, pod-stopped.
 
 A launch takes a seat (admission: quotas, capacity, the waiting queue), then either claims a warm
 session of its image or starts one on the chosen node, pulling the image first when that node
-lacks it, and waits until Jupyter answers. Handlers are idempotent: a launch's key (its session
-name) comes from its launch id, and the runtime finds a session by that key on any node, so a
-redelivered launch resumes its session instead of starting a twin.
+lacks it, and waits until Jupyter answers. Starts take turns in their node's start line
+(`starts.py`: a few at once, launches in request order, told their place, before warm ones).
+Handlers are idempotent: a launch's key (its session name) comes from its launch id, and the
+runtime finds a session by that key on any node, so a redelivered launch resumes its session
+instead of starting a twin.
 
 A launch abandoned before it is ready (every client left) leaves the queue, or has the session
 it started stopped (pod-stopped `abandoned`); one that arrives after its abandonment starts
@@ -32,6 +34,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
 import aiohttp
@@ -49,6 +52,7 @@ from bindery.events import (
     PodReady,
     PodScheduled,
     PodStopped,
+    QueueLimit,
     StopReason,
 )
 from bindery.naming import repo_key, session_name
@@ -56,12 +60,13 @@ from bindery.runtimes import Limits, Runtime, RuntimeError_, Session, SessionSpe
 from bindery.runtimes.base import DiskUsage, Exit
 from bindery.runtimes.capacity import node_memories
 from bindery.scheduler import metrics
-from bindery.scheduler.admission import REPOSITORY, Admission, QueueTimeout, Withdrawn
+from bindery.scheduler.admission import Admission, QueueTimeout, Withdrawn
 from bindery.scheduler.cluster import Cluster, Seat
 from bindery.scheduler.disk import over_limit
 from bindery.scheduler.exits import ended_sessions, stop_reason
 from bindery.scheduler.popularity import Popularity, warm_targets
 from bindery.scheduler.settings import SchedulerSettings
+from bindery.scheduler.starts import Priority, StartLine
 from bindery.sessionnetwork import SessionNetwork
 from bindery.tokens import session_token
 
@@ -90,6 +95,8 @@ class LaunchOrder:
     """The repository's own quota (`RepoConfig.quota`); None: `BINDERY_REPO_QUOTA`."""
     session_env: Mapping[str, str] = field(default_factory=dict)
     """BinderHub's variables for its session (RefResolved.session_env)."""
+    requested_at: datetime | None = None
+    """When the launch was requested: its place in its node's start line."""
 
 
 class NotReady(Exception):
@@ -133,6 +140,7 @@ class Scheduler:
     cluster: Cluster
     popularity: Popularity = field(init=False)
     admission: Admission = field(init=False)
+    starts: StartLine = field(init=False)
     network: SessionNetwork = field(init=False)
     """The CA bundle and package index every session gets (read once: its log line too)."""
     resumed: set[str] = field(default_factory=set)
@@ -159,6 +167,7 @@ class Scheduler:
             self.settings.memory_reservation,
             evict=self._evict,
         )
+        self.starts = StartLine(self.settings.start_concurrency)
         metrics.watch(self.admission)
         self._maintain_soon.set()  # the pool and pre-pulls are brought up to date at start
 
@@ -266,8 +275,8 @@ class Scheduler:
             session = await self._resume(order, progress)
             if session is None:
                 session = await self._seat_and_start(order, progress)
-            ready = self.wait_until_ready(session, self.token(session.name))
-            await self._unless_interrupted(progress, ready)
+            else:
+                await self._until_ready(progress, session)
         except (Abandoned, Withdrawn):
             await self._give_up(order, progress)
             return
@@ -301,6 +310,10 @@ class Scheduler:
         self._maintain_soon.set()
         if progress.exit is not None:  # it ended while pod-ready was on its way: say so after
             await self._ended_by_itself(progress.exit)
+
+    async def _until_ready(self, progress: Progress, session: Session) -> None:
+        ready = self.wait_until_ready(session, self.token(session.name))
+        await self._unless_interrupted(progress, ready)
 
     async def _unless_interrupted(self, progress: Progress, work: Coroutine[Any, Any, T]) -> T:
         """`work`'s outcome, unless the launch is abandoned or its server ends first: then
@@ -353,6 +366,8 @@ class Scheduler:
 
     @telemetry.traced("placement")
     async def _seat_and_start(self, order: LaunchOrder, progress: Progress) -> Session:
+        """Take a seat, then claim a warm session or start one in the node's line; return the
+        session once Jupyter answers."""
         key = progress.name
         self.admission.release(key)  # a seat left by an earlier delivery that died early
         await self.refresh_holders(order.image)
@@ -366,18 +381,9 @@ class Scheduler:
             env=order.session_env,
         )
 
-        async def notify(position: int, limit: str) -> None:
-            log.info("launch.queued", position=position, limit=limit)
-            await self.publish(
-                LaunchQueued(
-                    launch_id=order.launch_id,
-                    repo_key=order.repo_key,
-                    position=position,
-                    limit=limit,
-                )
-            )
-
-        admitted = await self.admission.wait(waiter, self.settings.queue_timeout, notify)
+        admitted = await self.admission.wait(
+            waiter, self.settings.queue_timeout, self._notify_queued(order)
+        )
         seat = admitted.seat
         progress.name = seat.name
         if admitted.warm is not None:
@@ -403,6 +409,7 @@ class Scheduler:
                 log.info("pool.claimed", name=session.name, node=session.node)
                 metrics.WARM_POOL_HITS.inc()
                 await self._scheduled(order, session.name, session.node)
+                await self._until_ready(progress, session)
                 return session
         if not admitted.holds_image:
             await self.publish(
@@ -410,13 +417,38 @@ class Scheduler:
             )
             await self._unless_interrupted(progress, self.pull(seat.node, order.image))
         progress.check()  # abandoned while it waited or pulled: start nothing
-        await self._scheduled(order, key, seat.node)
-        spec = self._spec(key, order.image, order.repo_url, order.launch_id, order.session_env)
-        progress.started = True  # before the start returns: its exit may come first
-        with telemetry.span("container.start"):
-            session = await self.runtime.start(seat.node, spec)
-        self.cluster.learn_image(seat.node, order.image)
+        with self.starts.join(seat.node, Priority.LAUNCH, order.requested_at) as turn:
+            notify = self._notify_queued(order)
+            in_line = turn.wait(lambda position: notify(position, QueueLimit.STARTING))
+            with telemetry.span("start.line"):
+                await self._unless_interrupted(progress, in_line)
+            progress.check()  # abandoned while its turn came: start nothing
+            await self._scheduled(order, key, seat.node)
+            spec = self._spec(key, order.image, order.repo_url, order.launch_id, order.session_env)
+            progress.started = True  # before the start returns: its exit may come first
+            with telemetry.span("container.start"):
+                session = await self.runtime.start(seat.node, spec)
+            self.cluster.learn_image(seat.node, order.image)
+            # The turn lasts until Jupyter answers: that, not the container's start, is the
+            # CPU-bound part the line spreads out.
+            await self._until_ready(progress, session)
         return session
+
+    def _notify_queued(self, order: LaunchOrder) -> Callable[[int, QueueLimit], Awaitable[None]]:
+        """Tell the launch's clients its place (launch-queued) in the line `limit` names."""
+
+        async def notify(position: int, limit: QueueLimit) -> None:
+            log.info("launch.queued", position=position, limit=limit.value)
+            await self.publish(
+                LaunchQueued(
+                    launch_id=order.launch_id,
+                    repo_key=order.repo_key,
+                    position=position,
+                    limit=limit,
+                )
+            )
+
+        return notify
 
     async def _scheduled(self, order: LaunchOrder, name: str, node: str) -> None:
         await self.publish(
@@ -447,7 +479,7 @@ class Scheduler:
 
     def _queue_message(self, exc: QueueTimeout) -> str:
         minutes = self.settings.queue_timeout / 60
-        if exc.limit == REPOSITORY:
+        if exc.limit == QueueLimit.REPOSITORY:
             what = f"This repository already has {exc.repo_quota} sessions running, its limit"
         else:
             what = "Bindery has no room for another session right now"
@@ -735,8 +767,10 @@ class Scheduler:
         try:
             if seat.node not in self.cluster.holding(seat.image):
                 await self.pull(seat.node, seat.image)
-            session = await self.runtime.start(seat.node, spec)
-            await self.wait_until_ready(session, self.token(seat.name))
+            with self.starts.join(seat.node, Priority.WARM) as turn:
+                await turn.wait()  # behind every launch waiting to start on its node
+                session = await self.runtime.start(seat.node, spec)
+                await self.wait_until_ready(session, self.token(seat.name))
         except (RuntimeError_, NotReady, aiohttp.ClientError) as exc:
             log.warning("pool.start_failed", name=seat.name, error=str(exc))
             await self._stop_quietly(seat.name, "warm start failed")

@@ -45,6 +45,13 @@ class SchedulerSettings(CapacitySettings, PackageIndexSettings):
     startup_timeout: float = 120.0
     """How long Jupyter may take to answer /api/status before the launch fails."""
 
+    start_concurrency: int = Field(default=2, ge=1)
+    """Sessions each node starts at once; the others wait their turn, launches in the order they
+    were requested, before warm-pool starts. Jupyter's start is CPU-bound: on a 2-core node two
+    starts keep both cores busy, and more only make every one of them finish later (20 at once
+    all became ready after about 27 s; in line, the first ones are ready in a few seconds and
+    the last one no later). Raise it with the node's cores."""
+
     repo_quota: int = Field(default=100, ge=1)
     """Concurrent sessions per repository, mybinder.org's default per-repository limit."""
 

@@ -190,6 +190,10 @@
       // A stage nobody runs right now (the gateway's note): the person sees why nothing moves,
       // until the launch's next step replaces it.
       $("status").textContent = data.message.trim();
+    } else if (data.phase === "waiting" && data.queue_limit === "starting") {
+      // It has its place: only the machine's other starts come first.
+      $("status").textContent = "Starting soon: position " + data.queue_position +
+        " in line on its machine.";
     } else if (data.phase === "waiting" && data.queue_position) {
       $("status").textContent = "Waiting for a free slot: position " + data.queue_position +
         " in the queue.";
