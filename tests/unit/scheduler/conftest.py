@@ -19,7 +19,6 @@ from bindery.runtimes import Session, SessionSpec
 from bindery.runtimes.base import DiskUsage, Exit, NodeCheck
 from bindery.scheduler.launch import LaunchOrder, Scheduler
 from bindery.scheduler.settings import SchedulerSettings
-from tests.support.eventually import eventually
 from tests.support.schedulerloops import running_loops
 
 GiB = 1024**3
@@ -155,12 +154,6 @@ class Harness:
         """The scheduler's loops of these names, supervised as the service runs them, while
         the block runs."""
         return running_loops(self.scheduler, *names)
-
-
-async def until(condition: Callable[[], object], within: float = 10.0) -> None:
-    """Wait for `condition` to hold (kept for tests written against this name: new tests call
-    tests.support.eventually directly, naming what they wait for)."""
-    await eventually(condition, within=within, what="the scheduler's condition")
 
 
 Make = Callable[..., Awaitable[Harness]]

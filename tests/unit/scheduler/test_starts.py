@@ -14,7 +14,8 @@ from bindery.events import LaunchAbandoned, LaunchQueued, PodReady, QueueLimit
 from bindery.runtimes import Session, SessionSpec
 from bindery.scheduler.launch import LaunchOrder
 from bindery.scheduler.starts import Priority, StartLine, Turn
-from tests.unit.scheduler.conftest import IMAGE, REPO, GiB, Harness, Make, until
+from tests.support.eventually import eventually
+from tests.unit.scheduler.conftest import IMAGE, REPO, GiB, Harness, Make
 
 EARLY = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -87,9 +88,9 @@ async def test_wait_reports_every_new_position_then_returns_when_granted() -> No
 
     with line.join("n1", Priority.LAUNCH, at(2)) as turn:
         waiting = asyncio.create_task(turn.wait(notify))
-        await until(lambda: reported == [2])
+        await eventually(lambda: reported == [2], within=10, what="place 2 reported")
         line.leave(holder)
-        await until(lambda: reported == [2, 1])
+        await eventually(lambda: reported == [2, 1], within=10, what="place 1 reported next")
         line.leave(ahead)
         await asyncio.wait_for(waiting, 10)
     assert reported == [2, 1] and not line.running
@@ -148,11 +149,15 @@ async def test_launches_wait_their_turn_told_their_place_and_start_in_request_or
     h = await one_node_harness(make)
     gate = Gate(h)
     first = asyncio.create_task(h.scheduler.launch(launch_order("L1", 0)))
-    await until(lambda: gate.started == ["L1"])
+    await eventually(lambda: gate.started == ["L1"], within=10, what="L1 starting")
     late = asyncio.create_task(h.scheduler.launch(launch_order("L3", 3)))
-    await until(lambda: len(h.of(LaunchQueued)) == 1)
+    await eventually(
+        lambda: len(h.of(LaunchQueued)) == 1, within=10, what="one launch told its place"
+    )
     early = asyncio.create_task(h.scheduler.launch(launch_order("L2", 2)))
-    await until(lambda: len(h.of(LaunchQueued)) == 3)
+    await eventually(
+        lambda: len(h.of(LaunchQueued)) == 3, within=10, what="three launches told their place"
+    )
     told = [(q.launch_id, q.position, q.limit) for q in h.of(LaunchQueued)]
     starting = QueueLimit.STARTING
     assert told[0] == ("L3", 1, starting)
@@ -171,10 +176,14 @@ async def test_an_abandoned_launch_leaves_the_line_and_a_failed_start_frees_its_
     h = await one_node_harness(make)
     gate = Gate(h)
     failing = asyncio.create_task(h.scheduler.launch(launch_order("L1", 0)))
-    await until(lambda: gate.started == ["L1"])
+    await eventually(lambda: gate.started == ["L1"], within=10, what="L1 starting")
     leaving = asyncio.create_task(h.scheduler.launch(launch_order("L2", 1)))
     staying = asyncio.create_task(h.scheduler.launch(launch_order("L3", 2)))
-    await until(lambda: len([q for q in h.of(LaunchQueued) if q.launch_id == "L3"]) == 1)
+    await eventually(
+        lambda: len([q for q in h.of(LaunchQueued) if q.launch_id == "L3"]) == 1,
+        within=10,
+        what="L3 told its place",
+    )
     await h.scheduler.abandon(LaunchAbandoned(launch_id="L2"))
     await asyncio.wait_for(leaving, 10)
     assert [q.position for q in h.of(LaunchQueued) if q.launch_id == "L3"] == [2, 1]
@@ -192,7 +201,7 @@ async def test_a_cancelled_launch_gives_its_turn_back(make: Make) -> None:
     h = await one_node_harness(make)
     gate = Gate(h)
     holder = asyncio.create_task(h.scheduler.launch(launch_order("L1", 0)))
-    await until(lambda: gate.started == ["L1"])
+    await eventually(lambda: gate.started == ["L1"], within=10, what="L1 starting")
     holder.cancel()  # as a consumer stopping mid-start does
     with pytest.raises(asyncio.CancelledError):
         await holder
@@ -206,12 +215,16 @@ async def test_warm_starts_wait_behind_launches(make: Make) -> None:
     h = await one_node_harness(make, warm_pool_size=1)
     gate = Gate(h)
     holder = asyncio.create_task(h.scheduler.launch(launch_order("L1", 0)))
-    await until(lambda: gate.started == ["L1"])
+    await eventually(lambda: gate.started == ["L1"], within=10, what="L1 starting")
     h.scheduler.popularity.record(IMAGE, REPO, {})
     warm = asyncio.create_task(h.scheduler.fill_pool())
-    await until(lambda: len(h.scheduler.starts.waiting["node-1"]) == 1)
+    await eventually(
+        lambda: len(h.scheduler.starts.waiting["node-1"]) == 1,
+        within=10,
+        what="one start waiting on node-1",
+    )
     launch = asyncio.create_task(h.scheduler.launch(launch_order("L2", 1)))
-    await until(lambda: h.of(LaunchQueued))
+    await eventually(lambda: h.of(LaunchQueued), within=10, what="a launch told its place")
     assert h.of(LaunchQueued)[0].position == 1, "the warm start waiting earlier is not ahead"
     gate.opened.set()
     await asyncio.wait_for(asyncio.gather(holder, launch, warm), 10)
