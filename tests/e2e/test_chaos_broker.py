@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bindery.bus.eventlog import read
+from bindery.bus.eventlog import NoEventLog, read
 from tests.support.eventually import eventually
 from tests.support.gitrepo import make_repo
 from tests.support.localhost import client_session
@@ -128,12 +128,20 @@ async def check_the_end(stack: Stack, fault: str, events: list[dict[str, Any]]) 
     if ended["phase"] == "failed":
         assert ended.get("reason") and ended.get("message"), ended
     launch_id = ended["launch_id"]
-    # Distinct events (a publisher's retry may repeat one under the same id: consumers drop it).
-    distinct = {
-        r.event.event_id: r.event.type
-        async for r in read(stack.env["BINDERY_AMQP_URL"], launch_id=launch_id)
-    }
-    logged = list(distinct.values())
+
+    async def distinct() -> dict[str, str]:
+        # Distinct events (a publisher's retry may repeat one under the same id: consumers
+        # drop it).
+        return {
+            r.event.event_id: r.event.type
+            async for r in read(stack.env["BINDERY_AMQP_URL"], launch_id=launch_id)
+        }
+
+    # The launch may have ended before the broker came back: its restarted stream can refuse
+    # reads for a moment ("home node ... is down or inaccessible").
+    logged = list(
+        (await eventually(distinct, ignoring=(NoEventLog,), what="the event log read")).values()
+    )
     assert [t for t in logged if t in TERMINAL_EVENTS] == [
         "pod-ready" if ended["phase"] == "ready" else "launch-failed"
     ], logged
