@@ -356,29 +356,39 @@ async def launch(http: aiohttp.ClientSession, gateway: str, path: str) -> list[d
     return [event async for event in launch_events(http, gateway, path)]
 
 
-def launch_containers(launch_id: str, instance: str = INSTANCE) -> list[str]:
-    """Ids of the containers a launch's session runs in (one, unless it was started twice)."""
-    return subprocess.run(
-        [
-            "podman",
-            "ps",
-            "-aq",
-            "--filter",
-            f"label=bindery.instance={instance}",
-            "--filter",
-            f"label=bindery.launch-id={launch_id}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+def launch_containers(launch_id: str, instance: str = INSTANCE) -> dict[str, list[str]]:
+    """Ids of the containers a launch's session runs in, by podman node URL (one in all,
+    unless it was started twice)."""
+    return {
+        url: subprocess.run(
+            [
+                "podman",
+                "--url",
+                url,
+                "ps",
+                "-aq",
+                "--filter",
+                f"label=bindery.instance={instance}",
+                "--filter",
+                f"label=bindery.launch-id={launch_id}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        for url in NODES.values()
+    }
 
 
 def stop_session(launch_id: str) -> None:
-    """Sessions hold a gigabyte each: stop one once probed."""
-    ids = launch_containers(launch_id)
-    if ids:
-        subprocess.run(["podman", "rm", "-f", "-t", "0", *ids], capture_output=True, check=False)
+    """Sessions hold a gigabyte each: stop one once probed, on whichever node it runs."""
+    for url, ids in launch_containers(launch_id).items():
+        if ids:
+            subprocess.run(
+                ["podman", "--url", url, "rm", "-f", "-t", "0", *ids],
+                capture_output=True,
+                check=False,
+            )
 
 
 @dataclass
