@@ -3,6 +3,7 @@
 import asyncio
 import dataclasses
 import os
+import secrets
 import socket
 import subprocess
 import time
@@ -250,7 +251,9 @@ async def test_a_build_over_its_time_is_stopped_with_everything_it_started(
     tmp_path: Path, options: BuildOptions, image_name: str
 ) -> None:
     repo = tmp_path / "repo"
-    sha = make_repo(repo, {"postBuild": "#!/bin/sh\nsleep 300\n"})
+    # A sleep of its own (other stacks on the machine may sleep 300 s too): pgrep finds only it.
+    sleep = f"sleep 300.{secrets.randbelow(10**6):06d}"
+    sha = make_repo(repo, {"postBuild": f"#!/bin/sh\n{sleep}\n"})
     quick = BuildOptions(**{**options.__dict__, "timeout": 8.0})
     request = BuildRequest(f"file://{repo}", sha, image_name, push=False)
     started = time.monotonic()
@@ -267,7 +270,7 @@ async def test_a_build_over_its_time_is_stopped_with_everything_it_started(
     sleepers = (
         await asyncio.to_thread(
             subprocess.run,
-            ["pgrep", "-x", "-f", "sleep 300"],
+            ["pgrep", "-x", "-f", sleep],
             capture_output=True,
             text=True,
             check=False,
