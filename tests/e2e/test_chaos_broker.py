@@ -108,14 +108,36 @@ async def launch_with_a_fault(
     stream keeps being read meanwhile) at the first event `moment` picks."""
     events: list[dict[str, Any]] = []
     done: asyncio.Future[None] | None = None
-    async with asyncio.timeout(LAUNCH_LIMIT):
-        async for event in launch_events(http, stack.gateway, path):
-            events.append(event)
-            if done is None and moment(event):
-                done = asyncio.ensure_future(asyncio.to_thread(fault, event))
+    try:
+        async with asyncio.timeout(LAUNCH_LIMIT):
+            async for event in launch_events(http, stack.gateway, path):
+                events.append(event)
+                if done is None and moment(event):
+                    done = asyncio.ensure_future(asyncio.to_thread(fault, event))
+    except TimeoutError:
+        raise AssertionError(f"the launch hung: {hang_report(stack, events)}") from None
     assert done is not None, f"the moment never came: {events}"
     await done
     return events
+
+
+def hang_report(stack: Stack, events: list[dict[str, Any]]) -> str:
+    """What the page saw, and every service's log lines about the launch and the bus: where a
+    launch that never ended stopped."""
+    launch_id = next((e["launch_id"] for e in events if e.get("launch_id")), "")
+    lines = [f"events: {[(e.get('phase'), e.get('message', '')[:60]) for e in events]}"]
+    for service in stack.processes:
+        path = stack.log_dir / f"{service}.log"
+        logged = path.read_text(errors="replace").splitlines()[-400:]
+        wanted = [
+            line[:300]
+            for line in logged
+            if (launch_id and launch_id in line)
+            or any(word in line for word in ('"bus.', '"leadership.', '"service.', "recover"))
+        ]
+        lines.append(f"--- {service} (exit {stack.processes[service].poll()}):")
+        lines.extend(wanted[-25:])
+    return "\n".join(lines)
 
 
 async def check_the_end(stack: Stack, fault: str, events: list[dict[str, Any]]) -> None:

@@ -54,6 +54,7 @@ def wired_bus(exchange: FakeExchange, channel: FakeChannel, retry_for: float) ->
     bus = Bus("amqp://127.0.0.1/", "test", publish_retry_for=retry_for)
     bus._connection = object()  # type: ignore[assignment]
     bus._publish_channel = bus._log_channel = channel  # type: ignore[assignment]
+    bus._streams_back.set()  # as connect() leaves it
     bus._exchanges = {
         name: exchange  # type: ignore[misc]
         for name in (
@@ -80,6 +81,46 @@ async def test_a_publish_through_a_lost_connection_goes_out_once_it_is_back() ->
     channel.back.set()
     await asyncio.wait_for(publishing, 10)
     assert exchange.published == ["launch-requested"]
+
+
+class StreamsComingBack:
+    """A reconnected connection whose broker has its streams back after `missing` asks: until
+    then a passive declare of one fails as for a queue that does not exist."""
+
+    def __init__(self, missing: int) -> None:
+        self.missing = missing
+        self.asked: list[str] = []
+
+    def channel(self, publisher_confirms: bool) -> StreamsComingBack:
+        return self
+
+    async def __aenter__(self) -> StreamsComingBack:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        return None
+
+    async def declare_queue(self, name: str, passive: bool) -> None:
+        self.asked.append(name)
+        if self.missing:
+            self.missing -= 1
+            raise aio_pika.exceptions.ChannelNotFoundEntity(f"no queue {name}")
+
+
+async def test_after_a_reconnect_publishes_wait_until_the_broker_has_its_streams() -> None:
+    exchange = FakeExchange(failures=0)
+    bus = wired_bus(exchange, FakeChannel(), retry_for=30)
+    broker = StreamsComingBack(missing=3)
+    bus._connection = broker  # type: ignore[assignment]
+    bus._lost()  # the broker restarted...
+    publishing = asyncio.create_task(bus.publish(requested()))
+    await asyncio.sleep(0.1)
+    assert not publishing.done() and not exchange.published, "nothing goes out meanwhile"
+    bus._reconnected()  # ... and takes connections again, its streams still missing
+    await asyncio.wait_for(publishing, 10)
+    assert exchange.published == ["launch-requested"]
+    assert broker.missing == 0, "it went out only once both streams answered"
+    assert broker.asked[-2:] == list(topology.STREAMS)
 
 
 async def test_a_publish_gives_up_after_the_retry_bound() -> None:

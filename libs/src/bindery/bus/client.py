@@ -11,7 +11,10 @@ it): a publish that fails because its connection or channel is gone is sent agai
 connection has reopened them (until `publish_retry_for`); a delivery that was lost with its
 channel (the broker requeued it) is not settled; and its redelivery, recognised by its event id,
 waits for the handler already running on it, or is acked at once if that handler succeeded,
-instead of running a second one (`_Deliveries`).
+instead of running a second one (`_Deliveries`). After a restart the broker takes connections
+before it has its streams back (the event log, the build log), and routes nothing to them
+meanwhile: publishes wait until both answer again, so the event log misses no event (a gateway
+that reconnected late reads what it missed from there).
 Every message carries the W3C trace context of its publisher in its headers; every handled
 message runs in a span continuing it, and is counted and timed in the service's metrics.
 """
@@ -109,6 +112,10 @@ class Bus:
         self._consumed: list[AbstractQueue] = []
         self._deliveries = _Deliveries()
         self._handling: set[asyncio.Future[None]] = set()
+        self._streams_back = asyncio.Event()
+        """Set while the broker has its streams: cleared when the connection is lost, set
+        again once they answer after the reconnect (`_until_streams_answer`)."""
+        self._streams_check: asyncio.Task[None] | None = None
 
     @property
     def connected(self) -> bool:
@@ -140,7 +147,40 @@ class Bus:
         self._exchanges[topology.LOGS_EXCHANGE] = await self._log_channel.get_exchange(
             topology.LOGS_EXCHANGE
         )
+        self._streams_back.set()
+        self._connection.close_callbacks.add(self._lost)
+        self._connection.reconnect_callbacks.add(self._reconnected)
         log.info("bus.connected", service=self._service)
+
+    def _lost(self, *_: object) -> None:
+        self._streams_back.clear()
+
+    def _reconnected(self, *_: object) -> None:
+        if self._streams_check is not None:
+            self._streams_check.cancel()
+        self._streams_check = asyncio.create_task(self._until_streams_answer())
+
+    async def _until_streams_answer(self) -> None:
+        """Ask for the streams (a passive declare: no permission needed) until the broker has
+        them, then let publishes through again."""
+        assert self._connection is not None, "connect() first"
+        pause = 0.1
+        while True:
+            try:
+                async with (
+                    asyncio.timeout(self._publish_timeout),
+                    self._connection.channel(publisher_confirms=False) as channel,
+                ):
+                    for stream in topology.STREAMS:
+                        await channel.declare_queue(stream, passive=True)
+                break
+            # RuntimeError: aiormq's word for a connection that closed under the call.
+            except (*CONNECTION_LOST, aio_pika.exceptions.AMQPError, RuntimeError) as exc:
+                log.info("bus.streams_not_back", error=repr(exc))
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
+        log.info("bus.streams_back")
+        self._streams_back.set()
 
     def on_reconnect(self, callback: Callable[[], None]) -> None:
         """Call `callback` each time the connection comes back after a loss, once its channels,
@@ -153,6 +193,8 @@ class Bus:
         for handling in self._handling:
             handling.cancel()
         await asyncio.gather(*self._handling, return_exceptions=True)
+        if self._streams_check is not None:
+            self._streams_check.cancel()
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
@@ -184,8 +226,9 @@ class Bus:
 
     async def _publish(self, exchange: str, message: aio_pika.Message, routing_key: str) -> None:
         """Publish with confirms. A publish that fails because the connection or channel is
-        gone waits for the robust connection to reopen the channel and tries again, until
-        `publish_retry_for` has passed since the first try; the last error is raised then."""
+        gone waits for the robust connection to reopen the channel, and for the broker to have
+        its streams back, and tries again, until `publish_retry_for` has passed since the first
+        try; the last error is raised then."""
         # Build logs have a channel of their own (see connect).
         channel = self._log_channel if exchange == topology.LOGS_EXCHANGE else self._publish_channel
         assert channel is not None, "connect() first"
@@ -193,6 +236,16 @@ class Bus:
         give_up = loop.time() + self._publish_retry_for
         pause = 0.2
         while True:
+            if not self._streams_back.is_set():
+                try:
+                    await asyncio.wait_for(
+                        self._streams_back.wait(), max(give_up - loop.time(), 0.01)
+                    )
+                except TimeoutError:
+                    raise ConnectionError(
+                        f"the broker did not have its streams back within "
+                        f"{self._publish_retry_for:.0f} s of the publish"
+                    ) from None
             try:
                 await self._exchanges[exchange].publish(
                     message, routing_key=routing_key, timeout=self._publish_timeout

@@ -28,6 +28,9 @@ EVENT_LOG_STREAM = "bindery.event-log"
 BUILD_LOG_STREAM = "bindery.build-log"
 BUILD_LOG_MAX_AGE = "7D"
 BUILD_LOG_MAX_BYTES = 2_000_000_000
+#: The streams every event is also written to: after a restart the broker takes connections
+#: before it has them back, and meanwhile routes nothing to them (bindery.bus.client waits).
+STREAMS = (EVENT_LOG_STREAM, BUILD_LOG_STREAM)
 
 #: Sticky builds. ref-resolved also reaches this consistent-hash exchange (RabbitMQ's
 #: rabbitmq_consistent_hash_exchange plugin), which hashes BUILDS_HASH_HEADER (the repository key,

@@ -32,9 +32,15 @@ log = structlog.get_logger("bindery.gateway.recovery")
 #: Read from this long before the earliest launch began: its events carry their publishers'
 #: clocks, and the stream finds a time by the broker's.
 CLOCK_SKEW = timedelta(minutes=1)
-#: The broker has just come back: the event log may not answer at the first try.
-ATTEMPTS = 5
-PAUSE = 2.0
+#: The broker has just come back: it brings its queues back one by one after it takes
+#: connections, the event log among them ("no event log", "home node down" meanwhile), later
+#: still on a loaded machine. A launch page waits on the recovery, so it is tried again, pausing
+#: from PAUSE up to MAX_PAUSE, for as long as a launch it would end waits.
+PAUSE = 0.5
+MAX_PAUSE = 5.0
+#: A read ends after this long without a message: a stream that has just come back may pause
+#: between its chunks, and a read cut short would miss the newest events, the ones wanted.
+IDLE = 3.0
 
 
 class Recovery:
@@ -43,32 +49,35 @@ class Recovery:
         url: str,
         progress: ProgressHub,
         on_event: Callable[[Event], Awaitable[None]],
-        *,
-        idle: float = 1.0,
     ) -> None:
         self._url = url
         self._progress = progress
         self._on_event = on_event
-        self._idle = idle
         self._tasks: set[asyncio.Task[int]] = set()
 
     def reconnected(self) -> None:
         """The bus's reconnect callback: recover in the background (the connection's own
-        recovery waits for its callbacks)."""
+        recovery waits for its callbacks). A recovery still trying from an earlier reconnect
+        is replaced: this one reads from the same point, later."""
+        for earlier in self._tasks:
+            earlier.cancel()
         task = asyncio.create_task(self.recover(), name="progress-recovery")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def recover(self) -> int:
-        """Hand the missed events over; returns how many."""
-        for attempt in range(1, ATTEMPTS + 1):
+        """Hand the missed events over; returns how many. Tries until the event log answers or
+        no launch waits any more."""
+        pause = PAUSE
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 return await self._recover_once()
             except Exception as exc:
                 log.warning("progress.recovery_failed", attempt=attempt, error=repr(exc))
-                await asyncio.sleep(PAUSE)
-        log.error("progress.recovery_gave_up", attempts=ATTEMPTS)
-        return 0
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, MAX_PAUSE)
 
     async def _recover_once(self) -> int:
         unfinished = {
@@ -78,9 +87,7 @@ class Recovery:
             return 0
         since = min(launch.opened for launch in unfinished.values()) - CLOCK_SKEW
         handed = 0
-        records = cast(
-            AsyncGenerator[Recorded, None], read(self._url, start=since, idle=self._idle)
-        )
+        records = cast(AsyncGenerator[Recorded, None], read(self._url, start=since, idle=IDLE))
         async with aclosing(records):
             async for record in records:
                 event = record.event
