@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.async_api import Browser, Page, expect
 
-from tests.support.browser import chromium, screenshot_path
+from tests.support.browser import chromium, run_first_cell, screenshot_path
 from tests.support.gitrepo import make_repo, notebook
 from tests.support.stack import Stack
 
@@ -113,9 +113,7 @@ async def test_home_to_running_cell(stack: Stack, browser: Browser, browser_repo
         await page.screenshot(path=shot("3-jupyterlab"))
 
         # Once the kernel (over the proxied websocket) is idle, run the cell and see its output.
-        await page.get_by_text(re.compile(r"\| Idle$")).first.wait_for(timeout=120_000)
-        await page.locator(".jp-Cell .jp-InputArea-editor").first.click()
-        await page.keyboard.press("Shift+Enter")
+        await run_first_cell(page)
         output = page.locator(".jp-OutputArea-output").first
         await expect(output).to_contain_text(EXPECTED, timeout=120_000)
         await page.screenshot(path=shot("4-cell-output"))

@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, expect
 
-from tests.support.browser import chromium, screenshot_path
+from tests.support.browser import chromium, run_first_cell, screenshot_path
 from tests.support.gitrepo import make_repo, notebook
 from tests.support.kernel import run_code
 from tests.support.stack import Stack, build_path, launch, stop_session
@@ -268,9 +268,7 @@ async def test_a_filepath_link_opens_the_notebook_in_notebook_7_and_widgets_rend
     page = await open_link(browser, link, r"notebooks/widgets\.ipynb", "filepath")
     try:
         assert await notebook_page(page) == "notebooks"
-        await page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=120_000)
-        await page.locator(".jp-Cell .jp-InputArea-editor").first.click()
-        await page.keyboard.press("Shift+Enter")
+        await run_first_cell(page)
         # ipywidgets' front end (jupyterlab-widgets) draws the slider the kernel made.
         slider = page.locator(".jp-OutputArea-output .widget-slider")
         await expect(slider).to_be_visible(timeout=120_000)

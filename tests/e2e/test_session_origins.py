@@ -26,7 +26,7 @@ from aiohttp import web
 from playwright.async_api import Browser, Page, expect
 
 from bindery.tokens import session_token
-from tests.support.browser import chromium, screenshot_path
+from tests.support.browser import chromium, run_first_cell, screenshot_path
 from tests.support.gitrepo import make_repo, notebook
 from tests.support.stack import Stack, build_path
 
@@ -71,10 +71,7 @@ def session_of(url: str) -> str:
 
 async def run_victim_cell(page: Page) -> None:
     """JupyterLab opens the notebook, its kernel comes up, the cell runs and prints."""
-    await page.locator(".jp-Notebook").wait_for(timeout=120_000)
-    await page.get_by_text(re.compile(r"\| Idle$")).first.wait_for(timeout=120_000)
-    await page.locator(".jp-Cell .jp-InputArea-editor").first.click()
-    await page.keyboard.press("Shift+Enter")
+    await run_first_cell(page)
     await expect(page.locator(".jp-OutputArea-output").first).to_contain_text(
         EXPECTED, timeout=120_000
     )

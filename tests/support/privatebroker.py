@@ -72,6 +72,7 @@ class PrivateBroker:
         return subprocess.run(
             [str(RABBITMQ_BIN / "rabbitmqctl"), "-n", self.node, "-q", *args],
             env=self.env,
+            cwd=self.directory,  # where an Erlang VM that fails to boot leaves erl_crash.dump
             check=True,
             capture_output=True,
             text=True,
@@ -81,6 +82,7 @@ class PrivateBroker:
         subprocess.run(
             [str(RABBITMQ_BIN / "rabbitmq-server"), "-detached"],
             env=self.env,
+            cwd=self.directory,
             check=True,
             capture_output=True,
         )
