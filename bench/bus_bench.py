@@ -32,8 +32,8 @@ from pathlib import Path
 import aio_pika
 
 from bindery import logs
-from bindery.bus import Bus, topology
-from bindery.events import Event, SessionActivity
+from bindery.bus import Bus, Handlers, topology
+from bindery.events import Event, PodReady, PodStopped, SessionActivity
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench/results/bus.json"
@@ -61,7 +61,8 @@ async def consume_bindery(expected: int) -> list[float]:
 
     bus = Bus(URL, "culler", declare_topology=False)
     await bus.connect()
-    await bus.consume(topology.CULLER, handler)
+    sessions = Handlers().on(PodReady, handler).on(PodStopped, handler)
+    await bus.consume(topology.CULLER, sessions.on(SessionActivity, handler))
     print("ready", flush=True)
     await _until(done, expected)
     await bus.close()

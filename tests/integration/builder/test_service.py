@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bindery.builder.pythons import Pythons
-from bindery.bus import Bus, topology
+from bindery.bus import Bus, Handlers, topology
 from bindery.events import (
     BuildLog,
     BuildStarted,
@@ -99,8 +99,8 @@ async def builder_service(
 async def launch_events(bus: Bus, builder_service: None) -> AsyncIterator["asyncio.Queue[Event]"]:
     """Every domain event and build log, as a gateway sees them."""
     received: asyncio.Queue[Event] = asyncio.Queue()
-    await bus.consume(topology.GATEWAY_EVENTS, received.put)
-    await bus.consume(topology.GATEWAY_LOGS, received.put)
+    await bus.consume(topology.GATEWAY_EVENTS, Handlers().on(Event, received.put))
+    await bus.consume(topology.GATEWAY_LOGS, Handlers().on(BuildLog, received.put))
     yield received
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bindery.bus import Bus, topology
+from bindery.bus import Bus, Handlers, topology
 from bindery.events import Event, RefResolved
 from tests.support.stack import SLOT, own_vhost
 
@@ -60,7 +60,7 @@ class Replica:
                 await self.got.put((self.name, queue, event.launch_id))
                 await asyncio.Event().wait()  # a build that never ends, until the replica dies
 
-            await self.bus.consume(spec, handle, prefetch=50)
+            await self.bus.consume(spec, Handlers().on(RefResolved, handle), prefetch=50)
 
     async def die(self) -> None:
         await self.bus.close()

@@ -14,19 +14,21 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage
 from aiormq.exceptions import ChannelAccessRefused
 
-from bindery.bus import Bus, QueueSpec, topology
+from bindery.bus import Bus, Handlers, QueueSpec, topology
 from bindery.bus.access import SERVICES
 from bindery.events import (
     BuildLog,
     Event,
     FailureReason,
     IdleDetected,
+    ImageBuilt,
     LaunchFailed,
     LaunchRequested,
     PodReady,
     RefResolved,
     SessionActivity,
     StopReason,
+    event_types,
 )
 from tests.support.stack import SLOT, own_vhost, service_urls
 
@@ -99,7 +101,13 @@ async def collect(bus: Bus, spec: QueueSpec) -> asyncio.Queue[Event]:
     async def handler(event: Event) -> None:
         await received.put(event)
 
-    await bus.consume(spec, handler)
+    # Whatever the queue carries, into `received`.
+    handlers = Handlers()
+    if spec.carries == topology.EVERY_EVENT:
+        handlers.on(Event, handler)
+    for event_type in set(spec.carries) - set(topology.EVERY_EVENT):
+        handlers.on(event_types()[event_type], handler)
+    await bus.consume(spec, handlers)
     return received
 
 
@@ -189,7 +197,9 @@ async def test_the_builder_may_not_read_the_schedulers_queue(connect: Connect) -
         raise AssertionError("the builder took a scheduler message")
 
     with refused("queue 'bindery.scheduler'"):
-        await builder.consume(topology.SCHEDULER, handler)
+        await builder.consume(
+            topology.SCHEDULER, Handlers().on(RefResolved, handler).on(ImageBuilt, handler)
+        )
 
 
 async def test_services_may_not_declare_the_shared_topology(urls: dict[str, str]) -> None:

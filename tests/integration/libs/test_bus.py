@@ -7,7 +7,7 @@ import asyncio
 import aio_pika
 import pytest
 
-from bindery.bus import Bus, QueueSpec, Retry, topology
+from bindery.bus import Bus, Handlers, QueueSpec, Retry, topology
 from bindery.events import Event, LaunchRequested
 from tests.support.eventually import eventually
 
@@ -38,7 +38,7 @@ async def test_event_reaches_the_bound_queue_and_is_acked(bus: Bus) -> None:
         await received.put(event)
 
     spec = QueueSpec("bindery.test.deliver", ("launch-requested",))
-    await bus.consume(spec, handler)
+    await bus.consume(spec, Handlers().on(LaunchRequested, handler))
     sent = LaunchRequested(launch_id="l-deliver", provider="git", spec="x/main")
     await bus.publish(sent)
     got = await asyncio.wait_for(received.get(), 10)
@@ -55,7 +55,7 @@ async def test_malformed_message_goes_to_dead_letter_and_consumer_survives(
         await received.put(event)
 
     spec = QueueSpec("bindery.test.dlq", ("launch-requested",))
-    await bus.consume(spec, handler)
+    await bus.consume(spec, Handlers().on(LaunchRequested, handler))
     await raw_publish(amqp_url, "launch-requested", b"{not json")
     good = LaunchRequested(launch_id="l-after-bad", provider="git", spec="x/main")
     await bus.publish(good)
@@ -77,7 +77,7 @@ async def test_retry_redelivers_until_the_handler_succeeds(bus: Bus) -> None:
         done.set()
 
     spec = QueueSpec("bindery.test.retry", ("launch-requested",))
-    await bus.consume(spec, handler)
+    await bus.consume(spec, Handlers().on(LaunchRequested, handler))
     sent = LaunchRequested(launch_id="l-retry", provider="git", spec="x/main")
     await bus.publish(sent)
     await asyncio.wait_for(done.wait(), 10)
@@ -94,7 +94,7 @@ async def test_handler_crash_is_retried_once_then_dead_lettered(bus: Bus, amqp_u
         raise ValueError("bug")
 
     spec = QueueSpec("bindery.test.crash", ("launch-requested",))
-    await bus.consume(spec, handler)
+    await bus.consume(spec, Handlers().on(LaunchRequested, handler))
     sent = LaunchRequested(launch_id="l-crash", provider="git", spec="x/main")
     await bus.publish(sent)
     letters = await eventually(
@@ -136,7 +136,7 @@ async def test_consumer_counts_are_the_brokers(amqp_url: str) -> None:
 
         other = Bus(amqp_url, "integration-counted", connect_timeout=10)
         await other.connect()
-        await other.consume(spec, handler)
+        await other.consume(spec, Handlers().on(LaunchRequested, handler))
         assert await watcher.consumer_counts([spec.name or ""]) == {spec.name: 1}
         await other.close()
         assert await watcher.consumer_counts([spec.name or ""]) == {spec.name: 0}

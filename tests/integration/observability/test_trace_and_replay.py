@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from bindery import telemetry
-from bindery.bus import Bus, QueueSpec
+from bindery.bus import Bus, Handlers, QueueSpec
 from bindery.bus.eventlog import read
 from bindery.events import Event, FailureReason, LaunchFailed, LaunchRequested, RefResolved
 from tests.integration.conftest import VHOST
@@ -53,7 +53,8 @@ async def test_the_consumer_handles_a_message_in_the_publishers_trace(bus: Bus) 
     async def handler(_event: Event) -> None:
         await seen.put(telemetry.trace_id())
 
-    await bus.consume(QueueSpec("bindery.test.trace", ("launch-requested",)), handler)
+    spec = QueueSpec("bindery.test.trace", ("launch-requested",))
+    await bus.consume(spec, Handlers().on(LaunchRequested, handler))
     launch_id = uuid.uuid4().hex
     with telemetry.span("launch"):
         trace_id = telemetry.trace_id()

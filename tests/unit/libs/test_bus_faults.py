@@ -13,7 +13,7 @@ import aio_pika
 import pytest
 from pamqp.commands import Basic
 
-from bindery.bus import Bus, topology
+from bindery.bus import Bus, Handlers, topology
 from bindery.events import Event, LaunchRequested
 
 LOST = aio_pika.exceptions.ChannelInvalidStateError("channel closed")
@@ -187,11 +187,13 @@ async def test_a_redelivery_waits_for_the_running_handler_and_is_acked_without_a
         runs.append(got.event_id)
         await finish.wait()
 
+    table = Handlers().on(LaunchRequested, handler)
+
     first = FakeDelivery(event.to_json(), lost=True)
     again = FakeDelivery(event.to_json(), redelivered=True)
-    running = asyncio.create_task(bus._handle(first, handler, topology.RESOLVER))  # type: ignore[arg-type]
+    running = asyncio.create_task(bus._handle(first, table, topology.RESOLVER))  # type: ignore[arg-type]
     await asyncio.sleep(0)
-    redelivered = asyncio.create_task(bus._handle(again, handler, topology.RESOLVER))  # type: ignore[arg-type]
+    redelivered = asyncio.create_task(bus._handle(again, table, topology.RESOLVER))  # type: ignore[arg-type]
     await asyncio.sleep(0.1)
     assert not redelivered.done(), "the redelivery waits for the handler already running"
     finish.set()
@@ -201,7 +203,7 @@ async def test_a_redelivery_waits_for_the_running_handler_and_is_acked_without_a
     assert first.settled == [] and again.settled == ["ack"]
     # Later redeliveries (a publisher's retry) are recognised too.
     late = FakeDelivery(event.to_json(), redelivered=True)
-    assert await bus._handle(late, handler, topology.RESOLVER) == "duplicate"  # type: ignore[arg-type]
+    assert await bus._handle(late, table, topology.RESOLVER) == "duplicate"  # type: ignore[arg-type]
     assert runs == [event.event_id]
 
 
@@ -215,9 +217,11 @@ async def test_a_redelivery_of_a_failed_handler_runs_it_again() -> None:
         if len(runs) == 1:
             raise ValueError("first try fails")
 
+    table = Handlers().on(LaunchRequested, handler)
+
     first = FakeDelivery(event.to_json())
-    assert await bus._handle(first, handler, topology.RESOLVER) == "error"  # type: ignore[arg-type]
+    assert await bus._handle(first, table, topology.RESOLVER) == "error"  # type: ignore[arg-type]
     assert first.settled == ["nack"]
     again = FakeDelivery(event.to_json(), redelivered=True)
-    assert await bus._handle(again, handler, topology.RESOLVER) == "ok"  # type: ignore[arg-type]
+    assert await bus._handle(again, table, topology.RESOLVER) == "ok"  # type: ignore[arg-type]
     assert again.settled == ["ack"] and len(runs) == 2

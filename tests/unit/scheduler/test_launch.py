@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 
-from bindery.bus import topology
-from bindery.bus.client import Handler
+from bindery.bus import Handlers, topology
 from bindery.bus.topology import QueueSpec
 from bindery.events import (
+    Event,
     FailureReason,
     IdleDetected,
     ImageBuilt,
@@ -191,14 +191,20 @@ async def test_a_warm_session_serves_only_launches_with_its_binderhub_variables(
 
 
 async def test_the_handlers_pass_the_repositorys_quota_and_abandonments_on() -> None:
-    handlers: dict[str | None, Handler] = {}
+    tables: dict[str | None, Handlers] = {}
     orders: list[LaunchOrder] = []
     abandoned: list[str] = []
 
     class Bus:
-        async def consume(self, spec: QueueSpec, handler: Handler, *, prefetch: int) -> str:
-            handlers[spec.name] = handler
+        async def consume(self, spec: QueueSpec, handlers: Handlers, *, prefetch: int) -> str:
+            handlers.check(spec)  # as the real bus does: the table matches the bindings
+            tables[spec.name] = handlers
             return spec.name or "exclusive"
+
+    async def deliver(spec: QueueSpec, event: Event) -> None:
+        handler = tables[spec.name].handler_for(event)
+        assert handler is not None, event.type
+        await handler(event)
 
     class Scheduler:
         settings = SchedulerSettings()
@@ -208,6 +214,9 @@ async def test_the_handlers_pass_the_repositorys_quota_and_abandonments_on() -> 
 
         async def abandon(self, event: LaunchAbandoned) -> None:
             abandoned.append(event.launch_id)
+
+        async def stop(self, event: IdleDetected) -> None:
+            raise AssertionError(event)
 
     await subscribe(Bus(), Scheduler())  # type: ignore[arg-type]
     resolved = RefResolved(
@@ -223,7 +232,7 @@ async def test_the_handlers_pass_the_repositorys_quota_and_abandonments_on() -> 
         repo_config=RepoConfig(quota=2),
         session_env={"BINDER_REQUEST": "v2/gh/o/r/main"},
     )
-    await handlers[topology.SCHEDULER.name](resolved)
+    await deliver(topology.SCHEDULER, resolved)
     built = ImageBuilt(
         launch_id="L2",
         image=IMAGE,
@@ -232,8 +241,8 @@ async def test_the_handlers_pass_the_repositorys_quota_and_abandonments_on() -> 
         duration_seconds=1,
         session_env={"BINDER_REQUEST": "v2/git/x/HEAD"},
     )
-    await handlers[topology.SCHEDULER.name](built)
-    await handlers[topology.SCHEDULER_STOPS.name](LaunchAbandoned(launch_id="L3"))
+    await deliver(topology.SCHEDULER, built)
+    await deliver(topology.SCHEDULER_STOPS, LaunchAbandoned(launch_id="L3"))
     assert [(o.launch_id, o.repo_quota, o.session_env["BINDER_REQUEST"]) for o in orders] == [
         ("L1", 2, "v2/gh/o/r/main"),
         ("L2", None, "v2/git/x/HEAD"),

@@ -42,12 +42,12 @@ from opentelemetry.trace import SpanKind
 
 from bindery import metrics, telemetry
 from bindery.bus import topology
+from bindery.bus.handlers import Handler, Handlers
 from bindery.bus.topology import QueueSpec
 from bindery.events import Event, InvalidEvent, parse_event
 
 log = structlog.get_logger("bindery.bus")
 
-Handler = Callable[[Event], Awaitable[None]]
 
 #: What a publish or a settlement raises when its connection or channel is gone (the broker
 #: restarted, the network broke), as opposed to the broker refusing it: worth trying again once
@@ -304,9 +304,11 @@ class Bus:
                 counts[name] = declared.declaration_result.consumer_count or 0
         return counts
 
-    async def consume(self, spec: QueueSpec, handler: Handler, *, prefetch: int = 8) -> str:
-        """Start consuming `spec` with `handler`; returns the queue name."""
+    async def consume(self, spec: QueueSpec, handlers: Handlers, *, prefetch: int = 8) -> str:
+        """Start consuming `spec`, each event going to its handler in `handlers` (checked
+        against what the queue carries first: HandlersMismatch); returns the queue name."""
         assert self._connection is not None, "connect() first"
+        handlers.check(spec)
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
         exchange = await channel.get_exchange(spec.exchange)
@@ -332,7 +334,7 @@ class Bus:
             # A channel closing under a delivery (a broker restart) cancels this callback: the
             # handler's work goes on regardless, its publishes waiting for the connection, and
             # the message's redelivery waits for it (_Deliveries). Only `close` cancels it.
-            handling = asyncio.ensure_future(self._dispatch(message, handler, spec))
+            handling = asyncio.ensure_future(self._dispatch(message, handlers, spec))
             self._handling.add(handling)
             handling.add_done_callback(self._handling.discard)
             await asyncio.shield(handling)
@@ -341,7 +343,7 @@ class Bus:
         return queue.name
 
     async def _dispatch(
-        self, message: AbstractIncomingMessage, handler: Handler, spec: QueueSpec
+        self, message: AbstractIncomingMessage, handlers: Handlers, spec: QueueSpec
     ) -> None:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(
@@ -351,7 +353,7 @@ class Bus:
         outcome = "error"
         try:
             with self._consume_span(message, spec):
-                outcome = await self._handle(message, handler, spec)
+                outcome = await self._handle(message, handlers, spec)
         finally:
             event_type = message.type or "unknown"
             metrics.EVENTS_CONSUMED.labels(event_type, outcome).inc()
@@ -379,11 +381,15 @@ class Bus:
             yield
 
     async def _handle(
-        self, message: AbstractIncomingMessage, handler: Handler, spec: QueueSpec
+        self, message: AbstractIncomingMessage, handlers: Handlers, spec: QueueSpec
     ) -> str:
-        """Run the handler under the ack policy; returns the outcome for the metrics."""
+        """Run the event's handler under the ack policy; returns the outcome for the metrics."""
         try:
             event = parse_event(message.body)
+            handler = handlers.handler_for(event)
+            if handler is None:
+                # Only a binding added by hand brings one: it can never be handled here.
+                raise InvalidEvent(f"{event.type} is not an event {spec.name} carries")
         except InvalidEvent as exc:
             log.error("bus.invalid_message", reason=str(exc), queue=spec.name)
             telemetry.fail("invalid message")

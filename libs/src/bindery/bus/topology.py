@@ -49,6 +49,10 @@ BUILDS_SPILL_AFTER_MS = 10_000
 LOG_EVENT_TYPES = frozenset({"build-log"})
 
 
+#: What a queue bound with "#" carries: every event of its exchange.
+EVERY_EVENT = ("#",)
+
+
 @dataclass(frozen=True)
 class QueueSpec:
     """A queue and the routing keys it is bound to. `name=None` asks for an exclusive queue."""
@@ -58,14 +62,28 @@ class QueueSpec:
     exchange: str = EVENTS_EXCHANGE
     arguments: Mapping[str, Any] = field(default_factory=dict)
     """Queue arguments beyond the dead-letter exchange every durable queue gets."""
+    takes: tuple[str, ...] = ()
+    """The event types it carries, where its routing keys are not event types (a hash ring's
+    weights, an alternate exchange's "")."""
 
     @property
     def exclusive(self) -> bool:
         return self.name is None
 
+    @property
+    def carries(self) -> tuple[str, ...]:
+        """The event types its bindings bring (EVERY_EVENT: all of its exchange's): what a
+        service's handler table for it must handle (bindery.bus.handlers)."""
+        return self.takes or self.routing_keys
+
 
 RESOLVER = QueueSpec("bindery.resolver", ("launch-requested",))
-BUILDER = QueueSpec("bindery.builder.unclaimed", ("",), exchange=BUILDS_UNCLAIMED_EXCHANGE)
+BUILDER = QueueSpec(
+    "bindery.builder.unclaimed",
+    ("",),
+    exchange=BUILDS_UNCLAIMED_EXCHANGE,
+    takes=("ref-resolved",),
+)
 SCHEDULER = QueueSpec("bindery.scheduler", ("ref-resolved", "image-built"))
 #: Apart from launches: launches waiting for a seat must never hold back the stop that frees one.
 SCHEDULER_STOPS = QueueSpec("bindery.scheduler-stops", ("idle-detected", "launch-abandoned"))
@@ -88,8 +106,8 @@ ARCHIVER = QueueSpec(
 #: Exclusive queues are named here, not by the broker: a robust connection redeclares them by
 #: name when it reconnects, and the name says whose permissions cover them (bindery.bus.access).
 EXCLUSIVE_QUEUE_PREFIX = "bindery.exclusive."
-GATEWAY_EVENTS = QueueSpec(None, ("#",))
-GATEWAY_LOGS = QueueSpec(None, ("#",), exchange=LOGS_EXCHANGE)
+GATEWAY_EVENTS = QueueSpec(None, EVERY_EVENT)
+GATEWAY_LOGS = QueueSpec(None, ("#",), exchange=LOGS_EXCHANGE, takes=tuple(LOG_EVENT_TYPES))
 
 
 #: The durable queues services share, declared with their bindings by whoever sets the virtual
@@ -107,6 +125,7 @@ def builder_replica(replica: str) -> QueueSpec:
         f"{BUILDER_REPLICA_PREFIX}{replica}",
         ("1",),
         exchange=BUILDS_EXCHANGE,
+        takes=("ref-resolved",),
         arguments={
             "x-message-ttl": BUILDS_SPILL_AFTER_MS,
             "x-dead-letter-exchange": BUILDS_UNCLAIMED_EXCHANGE,

@@ -13,8 +13,19 @@ from datetime import timedelta
 import structlog
 
 from bindery.archiver.archive import Archive
-from bindery.bus import Bus, eventlog, topology
-from bindery.events import Event
+from bindery.bus import Bus, Handlers, eventlog, topology
+from bindery.events import (
+    BuildStarted,
+    Event,
+    ImageBuilt,
+    LaunchAbandoned,
+    LaunchFailed,
+    LaunchQueued,
+    LaunchRequested,
+    PodReady,
+    PodScheduled,
+    RefResolved,
+)
 
 log = structlog.get_logger("bindery.archiver")
 
@@ -35,8 +46,25 @@ async def replay_in_flight(amqp_url: str, archive: Archive, window: timedelta) -
     return count
 
 
+#: Every step of a launch, up to its end.
+STEPS: tuple[type[Event], ...] = (
+    LaunchRequested,
+    RefResolved,
+    LaunchQueued,
+    BuildStarted,
+    ImageBuilt,
+    PodScheduled,
+    PodReady,
+    LaunchFailed,
+    LaunchAbandoned,
+)
+
+
 async def subscribe(bus: Bus, archive: Archive) -> None:
-    async def on_event(event: Event) -> None:
+    async def observe(event: Event) -> None:
         archive.observe(event)
 
-    await bus.consume(topology.ARCHIVER, on_event, prefetch=64)
+    steps = Handlers()
+    for step in STEPS:
+        steps.on(step, observe)
+    await bus.consume(topology.ARCHIVER, steps, prefetch=64)

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from bindery.builder.builds import Builder
-from bindery.bus import Bus, topology
-from bindery.events import Event, RefResolved
+from bindery.bus import Bus, Handlers, topology
+from bindery.events import RefResolved
 
 
 async def subscribe(bus: Bus, builder: Builder, replica: str, prefetch: int) -> None:
-    async def on_event(event: Event) -> None:
-        if isinstance(event, RefResolved) and not event.image_exists:
+    async def on_resolved(event: RefResolved) -> None:
+        if not event.image_exists:
             await builder.on_ref_resolved(event)
+
+    builds = Handlers().on(RefResolved, on_resolved)
 
     # Sticky: the repositories the consistent-hash exchange gives this replica (topology.py).
     # A build holds its delivery until the image is pushed: if this replica dies mid-build, the
     # launch waits out the spill delay in this queue, then goes to the unclaimed queue below.
-    await bus.consume(topology.builder_replica(replica), on_event, prefetch=prefetch)
+    await bus.consume(topology.builder_replica(replica), builds, prefetch=prefetch)
     # Launches no live replica claimed: every replica takes from here.
-    await bus.consume(topology.BUILDER, on_event, prefetch=prefetch)
+    await bus.consume(topology.BUILDER, builds, prefetch=prefetch)

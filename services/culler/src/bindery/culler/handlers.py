@@ -12,9 +12,9 @@ from datetime import timedelta
 
 import structlog
 
-from bindery.bus import Bus, eventlog, topology
+from bindery.bus import Bus, Handlers, eventlog, topology
 from bindery.culler.cull import Culler
-from bindery.events import Event, SessionActivity
+from bindery.events import Event, PodReady, PodStopped, SessionActivity
 
 log = structlog.get_logger("bindery.culler")
 
@@ -32,7 +32,8 @@ async def replay_recent_activity(amqp_url: str, culler: Culler, window: timedelt
 
 
 async def subscribe(bus: Bus, culler: Culler) -> None:
-    async def on_event(event: Event) -> None:
+    async def observe(event: Event) -> None:
         culler.observe(event)
 
-    await bus.consume(topology.CULLER, on_event, prefetch=64)
+    sessions = Handlers().on(PodReady, observe).on(PodStopped, observe)
+    await bus.consume(topology.CULLER, sessions.on(SessionActivity, observe), prefetch=64)

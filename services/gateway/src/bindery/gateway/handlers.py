@@ -6,7 +6,7 @@ see the progress of the launches its browsers wait for, and every route.
 
 from __future__ import annotations
 
-from bindery.bus import Bus, topology
+from bindery.bus import Bus, Handlers, topology
 from bindery.events import BuildLog, Event, LaunchRequested, PodReady, PodStopped
 from bindery.gateway.deps import Gateway
 from bindery.gateway.ended import relaunch_link
@@ -34,14 +34,13 @@ class EventHandlers:
         else:
             self._progress.record(event)
 
-    async def on_log(self, event: Event) -> None:
+    async def on_log(self, event: BuildLog) -> None:
         """Build logs (their own exchange): every line goes into the launch's buffer."""
-        if isinstance(event, BuildLog):
-            self._progress.record(event)
+        self._progress.record(event)
 
 
 async def subscribe(bus: Bus, gateway: Gateway) -> EventHandlers:
     handlers = EventHandlers(gateway)
-    await bus.consume(topology.GATEWAY_EVENTS, handlers.on_event, prefetch=64)
-    await bus.consume(topology.GATEWAY_LOGS, handlers.on_log, prefetch=256)
+    await bus.consume(topology.GATEWAY_EVENTS, Handlers().on(Event, handlers.on_event), prefetch=64)
+    await bus.consume(topology.GATEWAY_LOGS, Handlers().on(BuildLog, handlers.on_log), prefetch=256)
     return handlers
