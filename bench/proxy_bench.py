@@ -496,7 +496,7 @@ def main() -> int:
             "how many cores each process kept busy (median over rounds, CPU time from /proc "
             "over the whole round, warm-up included), how much the machine's other processes "
             "took meanwhile and how much the hypervisor stole. The load generator is one "
-            "thread: near 1.0 core it is what bounds the figure, most likely for direct",
+            "thread: near 1.0 core it would be what bounds the figure",
         },
         "statistic": "per cell and target: the median over rounds of throughput, p50 and p99 "
         "(each round: 1 s warm-up, then seconds_per_round measured; the three targets rotate "
