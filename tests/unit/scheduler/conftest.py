@@ -1,5 +1,6 @@
 """The scheduler against a fake runtime (sessions in a dict, exits on a queue, as podman reports
-them) and a local HTTP server answering for every session's Jupyter; events go to a list."""
+them; nodes in `down` do not answer) and a local HTTP server answering for every session's
+Jupyter; events go to a list."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from bindery.events import Event
-from bindery.runtimes import Session, SessionSpec
+from bindery.runtimes import RuntimeError_, Session, SessionSpec, Survey
 from bindery.runtimes.base import DiskUsage, Exit, NodeCheck
 from bindery.scheduler.launch import LaunchOrder, Scheduler
 from bindery.scheduler.settings import SchedulerSettings
@@ -38,6 +39,8 @@ class FakeRuntime:
     """What `exits` reports next: every running session stopped, by itself or by Bindery."""
     streams: int = 0
     """How many times `exits` was (re)started."""
+    down: set[str] = field(default_factory=set)
+    """Nodes that do not answer: their sessions are neither listed nor stopped, as with podman."""
 
     def node_names(self) -> list[str]:
         return list(self.images)
@@ -48,23 +51,37 @@ class FakeRuntime:
     async def node_memory(self, node: str) -> int:
         return 2 * GiB
 
+    def _answering(self) -> dict[str, Session]:
+        return {k: s for k, s in self.containers.items() if s.node not in self.down}
+
+    def _check(self, node: str) -> None:
+        if node in self.down:
+            raise RuntimeError_(f"{node}: connection refused")
+
+    async def survey(self) -> Survey:
+        unreachable = {node: "connection refused" for node in self.down}
+        return Survey(list(self._answering().values()), unreachable)
+
     async def list_sessions(self) -> list[Session]:
-        return [s for s in self.containers.values() if not s.warm]
+        return [s for s in self._answering().values() if not s.warm]
 
     async def list_warm(self) -> list[Session]:
-        return [s for s in self.containers.values() if s.warm]
+        return [s for s in self._answering().values() if s.warm]
 
     async def get(self, key: str) -> Session | None:
-        return self.containers.get(key)
+        return self._answering().get(key)
 
     async def has_image(self, node: str, image: str) -> bool:
+        self._check(node)
         return image in self.images[node]
 
     async def pull(self, node: str, image: str) -> None:
+        self._check(node)
         self.pulls.append((node, image))
         self.images[node].add(image)
 
     async def start(self, node: str, spec: SessionSpec) -> Session:
+        self._check(node)
         self.starts.append((node, spec))
         session = self.session(spec.name, node, spec.image, warm=spec.warm, env=spec.env)
         self.containers[f"warm-{spec.name}" if spec.warm else spec.name] = session
@@ -76,7 +93,7 @@ class FakeRuntime:
         return session
 
     async def stop(self, name: str) -> bool:
-        keys = [k for k, s in self.containers.items() if s.name == name]
+        keys = [k for k, s in self._answering().items() if s.name == name]
         for key in keys:
             stopped = self.containers.pop(key)
             if stopped.running:  # podman reports its own stops as exits too (SIGTERM: 143)...
@@ -101,6 +118,7 @@ class FakeRuntime:
         return {s.name for s in self.containers.values() if s.running}
 
     async def disk_usage(self, node: str) -> list[DiskUsage]:
+        self._check(node)
         return [
             DiskUsage(s.name, s.launch_id, 0) for s in self.containers.values() if s.node == node
         ]

@@ -98,6 +98,8 @@ class StopReason(StrEnum):
     """The kernel's OOM killer ended its server (as the runtime reports: Kubernetes does)."""
     ABANDONED = "abandoned"
     """Every client left its launch before it was ready (launch-abandoned); it had started."""
+    NODE_LOST = "node_lost"
+    """Its node did not answer for longer than `BINDERY_NODE_LOST_SECONDS`."""
 
 
 @register

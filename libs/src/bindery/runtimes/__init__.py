@@ -1,6 +1,14 @@
 """Runtimes: where sessions run, behind one interface; `make_runtime` picks the one configured."""
 
-from bindery.runtimes.base import Limits, NodeCheck, Runtime, RuntimeError_, Session, SessionSpec
+from bindery.runtimes.base import (
+    Limits,
+    NodeCheck,
+    Runtime,
+    RuntimeError_,
+    Session,
+    SessionSpec,
+    Survey,
+)
 from bindery.runtimes.kubernetes import KubernetesRuntime
 from bindery.runtimes.podman import PodmanRuntime
 from bindery.settings import CommonSettings
@@ -24,5 +32,6 @@ __all__ = [
     "RuntimeError_",
     "Session",
     "SessionSpec",
+    "Survey",
     "make_runtime",
 ]

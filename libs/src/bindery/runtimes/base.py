@@ -206,6 +206,16 @@ def description(stored: Mapping[str, str]) -> Description:
     )
 
 
+@dataclass(frozen=True)
+class Survey:
+    """Every session (warm ones included) on the nodes that answered, and those that did not."""
+
+    sessions: list[Session]
+    unreachable: dict[str, str] = field(default_factory=dict)
+    """Node name -> why it did not answer (its socket gone, its service dead or hung). Their
+    sessions are missing from `sessions`: unknown, not ended."""
+
+
 NodeCheck = Callable[[], Awaitable[bool]]
 """Whether a node answers now (True), or why not (it raises)."""
 
@@ -222,16 +232,23 @@ class Runtime(Protocol):
         """Memory the node has for sessions, in bytes (reservations are placed within it)."""
         ...
 
+    async def survey(self) -> Survey:
+        """Every session on every node that answers, and which nodes did not answer (a
+        Kubernetes cluster lists its pods in one call and evicts those of lost nodes itself)."""
+        ...
+
     async def list_sessions(self) -> list[Session]:
-        """Every session that belongs to a launch (unclaimed warm sessions excluded)."""
+        """Every session that belongs to a launch (unclaimed warm sessions excluded), on the
+        nodes that answer."""
         ...
 
     async def list_warm(self) -> list[Session]:
-        """Warm sessions not yet claimed."""
+        """Warm sessions not yet claimed, on the nodes that answer."""
         ...
 
     async def get(self, key: str) -> Session | None:
-        """The session started or claimed under `key` (a launch's session name), on any node."""
+        """The session started or claimed under `key` (a launch's session name), on any node
+        that answers."""
         ...
 
     async def has_image(self, node: str, image: str) -> bool: ...
@@ -245,7 +262,8 @@ class Runtime(Protocol):
         ...
 
     async def stop(self, name: str) -> bool:
-        """Stop and remove the session named `name`; False if none existed."""
+        """Stop and remove the session named `name` on the nodes that answer; False if none
+        existed there."""
         ...
 
     async def disk_usage(self, node: str) -> list[DiskUsage]:

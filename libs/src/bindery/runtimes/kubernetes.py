@@ -71,6 +71,7 @@ from bindery.runtimes.base import (
     RuntimeError_,
     Session,
     SessionSpec,
+    Survey,
     describe,
     description,
     jupyter_command,
@@ -241,6 +242,11 @@ class KubernetesRuntime:
 
     async def _all(self) -> list[Session]:
         return [_session_from_pod(pod) for pod in await self._list(self._sessions_selector)]
+
+    async def survey(self) -> Survey:
+        """The API server answers for every node: a node it lost is its controllers' business
+        (NotReady, its pods evicted after their toleration), so no node is unreachable here."""
+        return Survey(await self._all())
 
     async def list_sessions(self) -> list[Session]:
         return [session for session in await self._all() if not session.warm]

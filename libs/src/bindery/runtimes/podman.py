@@ -18,6 +18,10 @@ launch's session name, so a redelivered launch finds its container on whichever 
 Exits: each node's libpod event stream (`died` events of this instance's containers), read
 from the time `exits` began and, after an error, again from the last event seen (podman keeps
 its events in a file, so nothing in between is lost; repeats are harmless).
+
+A node that does not answer (its socket gone, its service dead or hung) fails only what is
+asked of it: listings (`survey`) cover the nodes that answer and name the others, `get` and
+`stop` look on the others, and its event stream is read again until it is back.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from bindery.runtimes.base import (
     RuntimeError_,
     Session,
     SessionSpec,
+    Survey,
     describe,
     description,
     jupyter_command,
@@ -55,6 +60,9 @@ from bindery.sessionnetwork import CA_PATH
 API = "/v1.41"
 LIBPOD_API = "/v4.0.0/libpod"
 """Podman's own API, for what the Docker-compatible one lacks: event filters by label."""
+UNREACHABLE = (aiohttp.ClientConnectionError, OSError, TimeoutError)
+"""How a node that does not answer fails a request: its socket gone, nobody listening on it,
+or no answer within the request's time. A node that answers with an error is not among them."""
 EVENTS_RECONNECT_DELAY = 1.0
 """Pause before reading a node's events again after the stream broke (node restarting)."""
 
@@ -131,12 +139,21 @@ class PodmanRuntime:
     def _filters(self, *labels: str) -> str:
         return quote(json.dumps({"label": [self._instance_label, *labels]}))
 
-    async def _find(self, *labels: str) -> list[tuple[PodmanNode, dict[str, Any]]]:
-        """Inspect every container of this instance carrying all `labels`, on every node."""
+    async def _find(
+        self, *labels: str
+    ) -> tuple[list[tuple[PodmanNode, dict[str, Any]]], dict[str, str]]:
+        """Inspect every container of this instance carrying all `labels`, on every node that
+        answers; and the nodes that did not, with why. One dead node hides only its own."""
         filters = self._filters(*labels)
         found = []
+        unreachable = {}
         for node in self.nodes.values():
-            for item in await node.request("GET", f"/containers/json?all=true&filters={filters}"):
+            try:
+                listed = await node.request("GET", f"/containers/json?all=true&filters={filters}")
+            except UNREACHABLE as exc:
+                unreachable[node.name] = str(exc) or type(exc).__name__
+                continue
+            for item in listed:
                 try:
                     detail = await node.request("GET", f"/containers/{item['Id']}/json")
                 except RuntimeError_ as exc:
@@ -145,13 +162,20 @@ class PodmanRuntime:
                         continue
                     raise
                 found.append((node, detail))
-        return found
+        return found, unreachable
+
+    async def survey(self) -> Survey:
+        found, unreachable = await self._find()
+        sessions = [
+            _session_from_inspect(node.name, detail, self._warm_name) for node, detail in found
+        ]
+        return Survey(sessions, unreachable)
 
     async def _all(self) -> list[Session]:
-        return [
-            _session_from_inspect(node.name, detail, self._warm_name)
-            for node, detail in await self._find()
-        ]
+        survey = await self.survey()
+        for node, error in survey.unreachable.items():
+            log.warning("node.unreachable", node=node, error=error)
+        return survey.sessions
 
     async def list_sessions(self) -> list[Session]:
         return [session for session in await self._all() if not session.warm]
@@ -162,7 +186,11 @@ class PodmanRuntime:
     async def get(self, key: str) -> Session | None:
         container = quote(self._container_name(key))
         for node in self.nodes.values():
-            detail = await node.request("GET", f"/containers/{container}/json", ok=(200, 404))
+            try:
+                detail = await node.request("GET", f"/containers/{container}/json", ok=(200, 404))
+            except UNREACHABLE as exc:
+                log.warning("node.unreachable", node=node.name, error=str(exc))
+                continue
             if detail and "Id" in detail:
                 return _session_from_inspect(node.name, detail, self._warm_name)
         return None
@@ -329,8 +357,9 @@ class PodmanRuntime:
         )
 
     async def stop(self, name: str) -> bool:
-        """Stop and remove the session's container wherever it runs; False if none existed."""
-        found = await self._find(f"{LABEL_SESSION}={name}")
+        """Stop and remove the session's container wherever it runs; False if none existed.
+        A node that does not answer keeps its copy: the scheduler stops it once it is back."""
+        found, _ = await self._find(f"{LABEL_SESSION}={name}")
         for node, detail in found:
             container = detail["Id"]
             await node.request("POST", f"/containers/{container}/stop?t=2", ok=(204, 304, 404))

@@ -64,6 +64,7 @@ STOPPED_BECAUSE = {
     StopReason.CRASHED: "its Jupyter server stopped unexpectedly",
     StopReason.OOM: "its Jupyter server ran out of memory",
     StopReason.ABANDONED: "everyone left its launch before it was ready",
+    StopReason.NODE_LOST: "the machine it ran on stopped answering",
 }
 
 

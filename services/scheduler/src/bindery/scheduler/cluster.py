@@ -1,8 +1,10 @@
 """The scheduler's view of the nodes: what each holds, what is reserved on it, which seats exist.
 
 In: node capacities (from the runtime or settings), sessions adopted at start, launches placed,
-sessions stopped, images seen on nodes. Out: placement choices. Pure and synchronous, so a
-decision and the reservation it makes can never be split by another launch's await.
+sessions stopped, images seen on nodes, which nodes answered the runtime's last survey. Out:
+placement choices (never on a node that did not answer), nodes down for longer than a grace.
+Pure and synchronous, so a decision and the reservation it makes can never be split by another
+launch's await.
 
 A seat is one session's claim on a node: a running session, a launch starting, or a warm session
 waiting in the pool. Quotas count seats that belong to a repository; capacity counts them all.
@@ -11,7 +13,7 @@ waiting in the pool. Quotas count seats that belong to a repository; capacity co
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from bindery.runtimes import Session
@@ -47,6 +49,9 @@ class Cluster:
     holders: dict[str, set[str]] = field(default_factory=dict)
     """image -> nodes known to hold it (learned from the runtime, pulls and starts)."""
     _reserved: Counter[str] = field(default_factory=Counter, repr=False)
+    down_since: dict[str, float] = field(default_factory=dict)
+    """Nodes that did not answer the runtime's last survey -> when they first did not (a
+    monotonic clock's time): no new seat goes there."""
     _sessions: Counter[str] = field(default_factory=Counter, repr=False)
     """Per node, kept by `occupy` and `release`: every choice asks each node for them, and a
     sum over all seats each time costs O(nodes x seats) per launch (0.1 s at 100 nodes with
@@ -60,6 +65,22 @@ class Cluster:
 
     def sessions_on(self, node: str) -> int:
         return self._sessions[node]
+
+    def observe(self, unreachable: Iterable[str], now: float) -> tuple[list[str], list[str]]:
+        """Record which nodes did not answer a survey made at `now`; return the nodes gone down
+        and those come back since the last one."""
+        unreachable = set(unreachable)
+        down = sorted(unreachable - set(self.down_since))
+        back = sorted(set(self.down_since) - unreachable)
+        for node in down:
+            self.down_since[node] = now
+        for node in back:
+            del self.down_since[node]
+        return down, back
+
+    def lost(self, now: float, grace: float) -> list[str]:
+        """Nodes that have not answered for longer than `grace` seconds."""
+        return sorted(node for node, since in self.down_since.items() if now - since > grace)
 
     def learn_image(self, node: str, image: str, present: bool = True) -> None:
         nodes = self.holders.setdefault(image, set())
@@ -77,7 +98,11 @@ class Cluster:
         Most free memory first spreads sessions (and their pressure) over the nodes; equal free
         memory falls back to fewer sessions, then the name, so the choice is reproducible.
         """
-        fitting = [node for node in self.capacity if self.free(node) >= reservation]
+        fitting = [
+            node
+            for node in self.capacity
+            if node not in self.down_since and self.free(node) >= reservation
+        ]
         if not fitting:
             return None
         holders = self.holding(image)
@@ -113,11 +138,14 @@ class Cluster:
 
     def take_warm(self, image: str, env: Mapping[str, str]) -> Seat | None:
         """A ready warm seat for `image` started with the BinderHub variables `env`, on the node
-        with the most free memory."""
+        with the most free memory (not one on a node that does not answer: it cannot be claimed)."""
         seats = [
             seat
             for seat in self.pool_seats()
-            if seat.image == image and seat.warm and seat.warm.env == env
+            if seat.image == image
+            and seat.warm
+            and seat.warm.env == env
+            and seat.node not in self.down_since
         ]
         return max(seats, key=lambda s: (self.free(s.node), s.name), default=None)
 
@@ -126,6 +154,7 @@ class Cluster:
         for seat in sorted(self.pool_seats(), key=lambda s: s.name):
             if (
                 seat.warm is not None
+                and seat.node not in self.down_since
                 and seat.image != keep
                 and self.free(seat.node) + seat.reservation >= reservation
             ):

@@ -23,6 +23,12 @@ In the background the scheduler keeps popular images on more nodes and the warm 
 stops sessions that wrote more than the disk limit (`disk.py`; reason `disk`), follows the
 runtime's exits, and every `BINDERY_RECONCILE_INTERVAL` ends the seats whose session is gone
 without the runtime having said so.
+
+A node that does not answer the runtime's survey is down: nothing new is placed on it (no launch,
+warm session or pre-pull), its seats are kept, and once it has been down longer than
+`BINDERY_NODE_LOST_SECONDS` its sessions are ended as lost (pod-stopped `node_lost`). A node that
+comes back is used again: what it still runs that was ended meanwhile is stopped, and sessions
+the scheduler never knew (it started while the node was down) are adopted.
 One scheduler process owns the quotas: run a single replica (a restart hands over cleanly).
 """
 
@@ -156,6 +162,9 @@ class Scheduler:
     _maintain_soon: asyncio.Event = field(default_factory=asyncio.Event)
     _exits: AsyncGenerator[Exit, None] | None = None
     """The runtime's exits, followed by `handle_next_exit`."""
+    _left_on_down_nodes: set[str] = field(default_factory=set)
+    """Sessions ended or stopped while their node did not answer: their containers may still be
+    there, to stop when it is back."""
 
     def __post_init__(self) -> None:
         self.popularity = Popularity(self.settings.popularity_window)
@@ -208,36 +217,70 @@ class Scheduler:
     # --- start: rebuild the view from the runtime -----------------------------------------
 
     async def reconcile(self) -> None:
-        """Adopt live sessions and warm ones; remove dead containers (saying why, for launched
-        ones: the gateway may still route to them) and, after the startup timeout, running ones
-        that never answered and that no redelivered launch came back for.
+        """Adopt live sessions and warm ones on the nodes that answer; remove dead containers
+        (saying why, for launched ones: the gateway may still route to them) and, after the
+        startup timeout, running ones that never answered and that no redelivered launch came
+        back for. A node that does not answer is down; its sessions are taken over if it comes
+        back (`_node_back`).
         """
-        for session in await self._all_sessions():
-            if not session.running:
-                log.info("reconcile.removed", session=session.name, why="not running")
-                if session.warm:
-                    await self.runtime.stop(session.name)
-                else:
-                    ended = session.exit or Exit(session.name, session.node)
-                    await self._end(session.launch_id, session.name, stop_reason(ended))
-                continue
-            self.cluster.learn_image(session.node, session.image)
-            self.popularity.record(session.image, session.repo, session.env)
-            seat = Seat(
-                session.name,
-                session.node,
-                session.image,
-                session.memory_reservation or self.settings.memory_reservation,
-                repo_key="" if session.warm else repo_key(session.repo),
-                pool=session.warm,
-                launch_id=session.launch_id,
-            )
-            self.cluster.occupy(seat)
-            self.background(self._adopt(session, seat))
+        for session in await self._survey():
+            await self._take_over(session)
         log.info("reconcile.done", seats=len(self.cluster.seats))
 
-    async def _all_sessions(self) -> list[Session]:
-        return await self.runtime.list_sessions() + await self.runtime.list_warm()
+    async def _take_over(self, session: Session) -> None:
+        """Give a session found in the runtime its seat, or remove it if it no longer runs."""
+        if not session.running:
+            log.info("reconcile.removed", session=session.name, why="not running")
+            if session.warm:
+                await self.runtime.stop(session.name)
+            else:
+                ended = session.exit or Exit(session.name, session.node)
+                await self._end(session.launch_id, session.name, stop_reason(ended))
+            return
+        self.cluster.learn_image(session.node, session.image)
+        self.popularity.record(session.image, session.repo, session.env)
+        seat = Seat(
+            session.name,
+            session.node,
+            session.image,
+            session.memory_reservation or self.settings.memory_reservation,
+            repo_key="" if session.warm else repo_key(session.repo),
+            pool=session.warm,
+            launch_id=session.launch_id,
+        )
+        self.cluster.occupy(seat)
+        self.background(self._adopt(session, seat))
+
+    async def _survey(self) -> list[Session]:
+        """Every session on the nodes that answer. Which nodes did not is recorded (placement
+        avoids them); a node that is back has its sessions reconciled."""
+        survey = await self.runtime.survey()
+        now = asyncio.get_running_loop().time()
+        down, back = self.cluster.observe(survey.unreachable, now)
+        for node in self.runtime.node_names():
+            metrics.NODE_UP.labels(node).set(0 if node in survey.unreachable else 1)
+        for node in down:
+            log.warning("node.down", node=node, error=survey.unreachable[node])
+        for node in back:
+            log.info("node.back", node=node)
+            await self._node_back([s for s in survey.sessions if s.node == node])
+        if down or back:
+            self.admission.pump()  # a node back has room; one down may hold the warm seat
+        return survey.sessions
+
+    async def _node_back(self, sessions: list[Session]) -> None:
+        """A node answers again: sessions ended while it was down are stopped for good; those
+        the scheduler never knew (it started while the node was down) are taken over. Sessions
+        still seated were within the grace and simply go on."""
+        for session in sessions:
+            if session.name in self.cluster.seats:
+                continue
+            if session.name in self._left_on_down_nodes:
+                self._left_on_down_nodes.discard(session.name)
+                log.info("node.leftover_stopped", session=session.name, node=session.node)
+                await self._stop_quietly(session.name, "ended while its node was down")
+            else:
+                await self._take_over(session)
 
     async def _adopt(self, session: Session, seat: Seat) -> None:
         try:
@@ -546,6 +589,7 @@ class Scheduler:
         if name in self._stopping:
             return
         self._stopping.add(name)
+        self._remember_if_unreachable(name)
         try:
             stopped = await self.runtime.stop(name)
             seat = self.admission.release(name)
@@ -561,6 +605,7 @@ class Scheduler:
 
     async def _stop_quietly(self, name: str, why: str) -> None:
         self._stopping.add(name)
+        self._remember_if_unreachable(name)
         try:
             await self.runtime.stop(name)
         except (RuntimeError_, aiohttp.ClientError) as exc:
@@ -568,6 +613,13 @@ class Scheduler:
         finally:
             self._stopping.discard(name)
         self.admission.release(name)
+
+    def _remember_if_unreachable(self, name: str) -> None:
+        """The runtime cannot stop a session on a node that does not answer: stop it there when
+        the node is back (`_node_back`)."""
+        seat = self.cluster.seats.get(name)
+        if seat is not None and seat.node in self.cluster.down_since:
+            self._left_on_down_nodes.add(name)
 
     async def abandon(self, event: LaunchAbandoned) -> None:
         """Every client left the launch before it was ready. Waiting, it leaves the queue;
@@ -641,17 +693,37 @@ class Scheduler:
         return how those ended. Launches and warm sessions still starting find out themselves.
         The safety net under the exits the runtime reports: it misses those of a node whose
         event stream was unreachable a while, or whose handling failed."""
+        sessions = await self._survey()
+        # A node that did not answer listed nothing: its sessions are unknown, not gone.
+        listed = [seat for seat in self._settled() if seat.node not in self.cluster.down_since]
+        vanished = ended_sessions(listed, sessions)
+        for ended in vanished:
+            log.warning("session.exit_missed", session=ended.name, node=ended.node)
+            await self.session_exited(ended)
+        await self._end_lost()
+        return vanished
+
+    def _settled(self) -> list[Seat]:
+        """Seats of sessions that run: not launches or warm sessions still starting (they find
+        out themselves that their session is gone)."""
         starting = {progress.name for progress in self._launches.values()}
-        settled = [
+        return [
             seat
             for seat in self.cluster.seats.values()
             if seat.name not in starting and not (seat.pool and seat.warm is None)
         ]
-        vanished = ended_sessions(settled, await self._all_sessions())
-        for ended in vanished:
-            log.warning("session.exit_missed", session=ended.name, node=ended.node)
-            await self.session_exited(ended)
-        return vanished
+
+    async def _end_lost(self) -> None:
+        """End the sessions of every node down for longer than `node_lost_seconds`, as lost."""
+        now = asyncio.get_running_loop().time()
+        lost = self.cluster.lost(now, self.settings.node_lost_seconds)
+        for seat in [seat for seat in self._settled() if seat.node in lost]:
+            log.warning("session.node_lost", session=seat.name, node=seat.node, warm=seat.pool)
+            metrics.SESSIONS_ENDED.labels(StopReason.NODE_LOST.value).inc()
+            if seat.pool:  # nobody's session yet: nobody to tell
+                await self._stop_quietly(seat.name, "node lost")
+            else:
+                await self._end(seat.launch_id, seat.name, StopReason.NODE_LOST)
 
     # --- background: disk limits -------------------------------------------------------------
 
@@ -660,9 +732,7 @@ class Scheduler:
         of its own, not part of `maintain`: that runs after every launch, and a measure costs
         the nodes a walk of every session's files."""
         with metrics.DISK_CHECK_SECONDS.time():
-            measured = await asyncio.gather(
-                *(self._disk_usage(node) for node in self.runtime.node_names())
-            )
+            measured = await asyncio.gather(*(self._disk_usage(node) for node in self._up_nodes()))
         usages = [usage for node in measured for usage in node]
         for usage in usages:
             if usage.written is None:
@@ -688,6 +758,9 @@ class Scheduler:
                 log.warning("session.stop_failed", session=usage.name, error=str(exc))
         return over
 
+    def _up_nodes(self) -> list[str]:
+        return [n for n in self.runtime.node_names() if n not in self.cluster.down_since]
+
     async def _disk_usage(self, node: str) -> list[DiskUsage]:
         try:
             return await self.runtime.disk_usage(node)
@@ -711,7 +784,7 @@ class Scheduler:
 
     async def prepull(self) -> None:
         """Put each popular image on `prepull_nodes` nodes, so later launches rarely pull."""
-        nodes = self.runtime.node_names()
+        nodes = self._up_nodes()
         for image in self.popularity.popular(self.settings.prepull_launches):
             holders = self.cluster.holding(image)
             wanted = min(self.settings.prepull_nodes, len(nodes)) - len(holders)

@@ -48,6 +48,11 @@ SESSIONS_ENDED = Counter(
     "Sessions whose server exited without Bindery stopping it, by the reason given",
     ["reason"],
 )
+NODE_UP = Gauge(
+    "bindery_node_up",
+    "Whether the node answered the runtime's last survey (1) or not (0)",
+    ["node"],
+)
 SESSIONS = Gauge("bindery_sessions", "Sessions holding a seat, launched (not warm)")
 WARM_SESSIONS = Gauge("bindery_warm_sessions", "Warm sessions waiting to be claimed")
 QUOTA_TOTAL = Gauge("bindery_quota_total", "Sessions allowed at once in all")

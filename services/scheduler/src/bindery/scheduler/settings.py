@@ -84,3 +84,14 @@ class SchedulerSettings(CapacitySettings, PackageIndexSettings):
     end the runtime's events never reported (its node's event stream broken meanwhile) gives its
     seat back within this time. The events themselves end a session within a second; this is
     the safety net, and each pass lists (podman: inspects) every session on every node."""
+
+    node_lost_seconds: float = Field(default=60.0, gt=0)
+    """How long a podman node may go without answering before its sessions are ended as lost
+    (pod-stopped `node_lost`: their routes go, their seats are freed). Until then its sessions
+    keep their seats, in case it comes back (a restarted podman service keeps its containers),
+    and nothing new is placed on it. It is noticed at the reconcile pass after it stops
+    answering, and its sessions are ended at the first pass after the grace: in all, between
+    this and this plus twice `reconcile_interval`. Kubernetes' own default is 5 minutes (a
+    NotReady node's pods are evicted after their 300 s toleration); a minute here, since a
+    session on a dead node is a person staring at a dead page. Kubernetes clusters evict by
+    themselves: this applies to podman nodes."""
