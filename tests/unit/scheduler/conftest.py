@@ -35,6 +35,7 @@ class FakeRuntime:
     """container key -> session"""
     starts: list[tuple[str, SessionSpec]] = field(default_factory=list)
     pulls: list[tuple[str, str]] = field(default_factory=list)
+    """Starts and pulls asked for, by node (on a down node too, where they fail)."""
     exited: asyncio.Queue[Exit] = field(default_factory=asyncio.Queue)
     """What `exits` reports next: every running session stopped, by itself or by Bindery."""
     streams: int = 0
@@ -76,13 +77,13 @@ class FakeRuntime:
         return image in self.images[node]
 
     async def pull(self, node: str, image: str) -> None:
-        self._check(node)
         self.pulls.append((node, image))
+        self._check(node)
         self.images[node].add(image)
 
     async def start(self, node: str, spec: SessionSpec) -> Session:
-        self._check(node)
         self.starts.append((node, spec))
+        self._check(node)
         session = self.session(spec.name, node, spec.image, warm=spec.warm, env=spec.env)
         self.containers[f"warm-{spec.name}" if spec.warm else spec.name] = session
         return session

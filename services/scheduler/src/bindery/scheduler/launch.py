@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping
@@ -162,6 +163,8 @@ class Scheduler:
     _maintain_soon: asyncio.Event = field(default_factory=asyncio.Event)
     _exits: AsyncGenerator[Exit, None] | None = None
     """The runtime's exits, followed by `handle_next_exit`."""
+    clock: Callable[[], float] = time.monotonic
+    """Seconds on a clock that only goes forward: how long nodes have been down."""
     _left_on_down_nodes: set[str] = field(default_factory=set)
     """Sessions ended or stopped while their node did not answer: their containers may still be
     there, to stop when it is back."""
@@ -255,8 +258,7 @@ class Scheduler:
         """Every session on the nodes that answer. Which nodes did not is recorded (placement
         avoids them); a node that is back has its sessions reconciled."""
         survey = await self.runtime.survey()
-        now = asyncio.get_running_loop().time()
-        down, back = self.cluster.observe(survey.unreachable, now)
+        down, back = self.cluster.observe(survey.unreachable, self.clock())
         for node in self.runtime.node_names():
             metrics.NODE_UP.labels(node).set(0 if node in survey.unreachable else 1)
         for node in down:
@@ -715,8 +717,7 @@ class Scheduler:
 
     async def _end_lost(self) -> None:
         """End the sessions of every node down for longer than `node_lost_seconds`, as lost."""
-        now = asyncio.get_running_loop().time()
-        lost = self.cluster.lost(now, self.settings.node_lost_seconds)
+        lost = self.cluster.lost(self.clock(), self.settings.node_lost_seconds)
         for seat in [seat for seat in self._settled() if seat.node in lost]:
             log.warning("session.node_lost", session=seat.name, node=seat.node, warm=seat.pool)
             metrics.SESSIONS_ENDED.labels(StopReason.NODE_LOST.value).inc()
