@@ -50,6 +50,7 @@ class FakeRuntime:
         return {}
 
     async def node_memory(self, node: str) -> int:
+        self._check(node)
         return 2 * GiB
 
     def _answering(self) -> dict[str, Session]:
@@ -183,11 +184,12 @@ E = TypeVar("E", bound=Event)
 async def make(jupyter: str) -> AsyncIterator[Make]:
     sessions: list[aiohttp.ClientSession] = []
 
-    async def build(**overrides: Any) -> Harness:
+    async def build(*, down: tuple[str, ...] = (), **overrides: Any) -> Harness:
+        """A scheduler over the fake runtime, created while the nodes in `down` do not answer."""
         settings = SchedulerSettings(
             **{"session_secret": "s" * 32, "startup_timeout": 0.5, **overrides}
         )
-        runtime = FakeRuntime(jupyter)
+        runtime = FakeRuntime(jupyter, down=set(down))
         events: list[Event] = []
 
         async def publish(event: Event) -> None:

@@ -115,7 +115,7 @@ async def test_a_node_down_past_the_grace_has_its_sessions_ended_as_lost_once(
 async def test_a_node_back_is_used_again_and_what_was_ended_on_it_is_stopped(
     make: Make, clock: Clock
 ) -> None:
-    h, first, second = await two_nodes_one_down(make, clock)
+    h, _, second = await two_nodes_one_down(make, clock)
     clock.now += GRACE + 1
     await h.scheduler.end_vanished()
     h.runtime.down.clear()
@@ -142,11 +142,10 @@ async def test_a_node_back_within_the_grace_keeps_its_sessions(make: Make, clock
 async def test_the_scheduler_starts_with_a_node_down_and_adopts_its_sessions_when_back(
     make: Make, clock: Clock
 ) -> None:
-    h: Harness = await make(node_lost_seconds=GRACE)
+    h: Harness = await make(node_lost_seconds=GRACE, down=("node-2",))
     h.scheduler.clock = clock
     for name, node in (("up", "node-1"), ("away", "node-2")):
         h.runtime.containers[name] = h.runtime.session(name, node)
-    h.runtime.down.add("node-2")
     await h.scheduler.reconcile()
     assert set(h.scheduler.cluster.seats) == {"up"}
     assert h.scheduler.cluster.down_since == {"node-2": clock.now}
@@ -156,6 +155,9 @@ async def test_the_scheduler_starts_with_a_node_down_and_adopts_its_sessions_whe
     assert set(h.scheduler.cluster.seats) == {"up", "away"}, "taken over as at start"
     assert h.scheduler.cluster.down_since == {}
     assert stops(h) == []
+    h.runtime.images["node-2"].add(IMAGE)
+    await h.scheduler.launch(order("L1"))
+    assert h.runtime.starts[-1][0] == "node-2", "its memory is learned: room for one more"
 
 
 async def test_no_warm_session_or_prepull_goes_to_a_down_node(make: Make, clock: Clock) -> None:
@@ -167,7 +169,5 @@ async def test_no_warm_session_or_prepull_goes_to_a_down_node(make: Make, clock:
     await h.scheduler.end_vanished()
     await h.scheduler.maintain()
     assert h.runtime.pulls == [], "node-2 lacks the image but does not answer"
-    await eventually(
-        lambda: len(h.runtime.starts) == 2, within=10, what="one warm session started"
-    )
+    await eventually(lambda: len(h.runtime.starts) == 2, within=10, what="one warm session started")
     assert {node for node, _ in h.runtime.starts} == {"node-1"}

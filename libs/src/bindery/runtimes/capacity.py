@@ -7,6 +7,8 @@ quota. The scheduler admits by the first; the gateway sizes per-client limits by
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import aiohttp
 import structlog
 
@@ -16,14 +18,18 @@ from bindery.settings import CapacitySettings
 log = structlog.get_logger("bindery.runtimes")
 
 
-async def node_memories(runtime: Runtime, node_memory: int) -> dict[str, int]:
-    """Bytes of reservations each node accepts: `node_memory` if set, else what it reports."""
+async def node_memories(
+    runtime: Runtime, node_memory: int, nodes: Iterable[str] | None = None
+) -> dict[str, int]:
+    """Bytes of reservations each node (all, or `nodes`) accepts: `node_memory` if set, else
+    what it reports."""
     memories = {}
-    for node in runtime.node_names():
+    for node in runtime.node_names() if nodes is None else nodes:
         try:
             memories[node] = node_memory or await runtime.node_memory(node)
         except (RuntimeError_, aiohttp.ClientError, OSError) as exc:
-            # A node that is down gets no sessions until the service restarts.
+            # A node that is down gets no sessions until it is asked again (the scheduler does
+            # when it answers again).
             log.error("node.unreachable", node=node, error=str(exc))
             memories[node] = 0
     return memories

@@ -265,6 +265,10 @@ class Scheduler:
             log.warning("node.down", node=node, error=survey.unreachable[node])
         for node in back:
             log.info("node.back", node=node)
+            if not self.cluster.capacity.get(node):  # down when the scheduler started
+                self.cluster.capacity.update(
+                    await node_memories(self.runtime, self.settings.node_memory, [node])
+                )
             await self._node_back([s for s in survey.sessions if s.node == node])
         if down or back:
             self.admission.pump()  # a node back has room; one down may hold the warm seat
