@@ -65,6 +65,12 @@ async def test_a_session_shut_down_from_inside_says_so(harness: Harness) -> None
     assert "shut down from inside the session" in text and 'id="relaunch"' in text
 
 
+async def test_a_session_whose_node_was_lost_says_so(harness: Harness) -> None:
+    await ready_then_stopped(harness, "s-lost", StopReason.NODE_LOST)
+    text = await (await harness.client.get("/user/s-lost/", headers=HTML)).text()
+    assert "the machine it ran on stopped answering" in text and 'id="relaunch"' in text
+
+
 async def test_an_unknown_session_is_a_plain_404_without_a_button(harness: Harness) -> None:
     page = await harness.client.get("/user/nobody/", headers=HTML)
     assert page.status == 404
