@@ -65,10 +65,14 @@ class FakeRuntime:
         return Survey(list(self._answering().values()), unreachable)
 
     async def list_sessions(self) -> list[Session]:
-        return [s for s in self._answering().values() if not s.warm]
+        for node in self.down:
+            self._check(node)
+        return [s for s in self.containers.values() if not s.warm]
 
     async def list_warm(self) -> list[Session]:
-        return [s for s in self._answering().values() if s.warm]
+        for node in self.down:
+            self._check(node)
+        return [s for s in self.containers.values() if s.warm]
 
     async def get(self, key: str) -> Session | None:
         return self._answering().get(key)

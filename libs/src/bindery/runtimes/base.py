@@ -238,12 +238,13 @@ class Runtime(Protocol):
         ...
 
     async def list_sessions(self) -> list[Session]:
-        """Every session that belongs to a launch (unclaimed warm sessions excluded), on the
-        nodes that answer."""
+        """Every session that belongs to a launch (unclaimed warm sessions excluded); raises
+        if a node does not answer, for callers that need them all (the culler and the gateway
+        rebuild their view from it once, at start)."""
         ...
 
     async def list_warm(self) -> list[Session]:
-        """Warm sessions not yet claimed, on the nodes that answer."""
+        """Warm sessions not yet claimed; raises, as `list_sessions`, if a node does not answer."""
         ...
 
     async def get(self, key: str) -> Session | None:

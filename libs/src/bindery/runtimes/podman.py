@@ -20,8 +20,9 @@ from the time `exits` began and, after an error, again from the last event seen 
 its events in a file, so nothing in between is lost; repeats are harmless).
 
 A node that does not answer (its socket gone, its service dead or hung) fails only what is
-asked of it: listings (`survey`) cover the nodes that answer and name the others, `get` and
-`stop` look on the others, and its event stream is read again until it is back.
+asked of it: `survey` covers the nodes that answer and names the others (`list_sessions` and
+`list_warm`, which promise every session, fail instead), `get` and `stop` look on the others,
+and its event stream is read again until it is back.
 """
 
 from __future__ import annotations
@@ -173,8 +174,8 @@ class PodmanRuntime:
 
     async def _all(self) -> list[Session]:
         survey = await self.survey()
-        for node, error in survey.unreachable.items():
-            log.warning("node.unreachable", node=node, error=error)
+        if survey.unreachable:
+            raise RuntimeError_(f"nodes not answering: {survey.unreachable}")
         return survey.sessions
 
     async def list_sessions(self) -> list[Session]:
