@@ -5,10 +5,12 @@ with what it still ran that was ended stopped and what the scheduler never knew 
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from prometheus_client import REGISTRY
 
-from bindery.events import PodReady, PodStopped, StopReason
+from bindery.events import LaunchQueued, PodReady, PodStopped, StopReason
 from bindery.naming import session_name
 from bindery.scheduler.cluster import Cluster, Seat
 from tests.support.eventually import eventually
@@ -126,6 +128,27 @@ async def test_a_node_back_is_used_again_and_what_was_ended_on_it_is_stopped(
 
     await h.scheduler.launch(order("L3"))
     assert h.runtime.starts[-1][0] == "node-2", "the emptiest node again"
+
+
+async def test_a_launch_waits_in_the_queue_while_the_only_room_is_on_a_down_node(
+    make: Make, clock: Clock
+) -> None:
+    h: Harness = await make(node_lost_seconds=GRACE, queue_timeout=600)
+    h.scheduler.clock = clock
+    h.runtime.images["node-1"].add(IMAGE)
+    await h.scheduler.launch(order("L1"))
+    await h.scheduler.launch(order("L2"))  # node-1 is full (2 GiB, 1 GiB a session)
+    h.runtime.down.add("node-2")
+    await h.scheduler.end_vanished()
+    waiting = asyncio.create_task(h.scheduler.launch(order("L3")))
+    await eventually(lambda: h.of(LaunchQueued), within=10, what="a LaunchQueued")
+    assert [node for node, _ in h.runtime.starts] == ["node-1", "node-1"]
+
+    h.runtime.down.clear()
+    await h.scheduler.end_vanished()
+    await asyncio.wait_for(waiting, 30)
+    assert h.runtime.starts[-1][0] == "node-2"
+    assert [e.launch_id for e in h.of(PodReady)] == ["L1", "L2", "L3"]
 
 
 async def test_a_node_back_within_the_grace_keeps_its_sessions(make: Make, clock: Clock) -> None:

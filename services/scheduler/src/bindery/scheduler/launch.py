@@ -1,9 +1,10 @@
 """The scheduler's domain: an image to run becomes a ready session, an idle one is stopped.
 
 In: ref-resolved (image present), image-built (each with the repository's own quota),
-idle-detected, launch-abandoned; the runtime's sessions at start, its exits as they happen and
-its session list now and then; the disk each session wrote. Out: launch-queued, image-pulling,
-pod-scheduled, pod-ready, launch-failed, pod-stopped.
+idle-detected, launch-abandoned; the runtime's survey (the sessions of the nodes that answer,
+and which nodes did not) at start and now and then, its exits as they happen; the disk each
+session wrote. Out: launch-queued, image-pulling, pod-scheduled, pod-ready, launch-failed,
+pod-stopped.
 
 A launch takes a seat (admission: quotas, capacity, the waiting queue), then either claims a warm
 session of its image or starts one on the chosen node, pulling the image first when that node
@@ -23,13 +24,13 @@ In the background the scheduler keeps popular images on more nodes and the warm 
 stops sessions that wrote more than the disk limit (`disk.py`; reason `disk`), follows the
 runtime's exits, and every `BINDERY_RECONCILE_INTERVAL` ends the seats whose session is gone
 without the runtime having said so.
+One scheduler process owns the quotas: run a single replica (a restart hands over cleanly).
 
 A node that does not answer the runtime's survey is down: nothing new is placed on it (no launch,
 warm session or pre-pull), its seats are kept, and once it has been down longer than
 `BINDERY_NODE_LOST_SECONDS` its sessions are ended as lost (pod-stopped `node_lost`). A node that
 comes back is used again: what it still runs that was ended meanwhile is stopped, and sessions
 the scheduler never knew (it started while the node was down) are adopted.
-One scheduler process owns the quotas: run a single replica (a restart hands over cleanly).
 """
 
 from __future__ import annotations
@@ -263,15 +264,21 @@ class Scheduler:
             metrics.NODE_UP.labels(node).set(0 if node in survey.unreachable else 1)
         for node in down:
             log.warning("node.down", node=node, error=survey.unreachable[node])
+        # A node that did not answer when the scheduler started has no known memory yet.
+        unmeasured = [
+            node
+            for node in self.runtime.node_names()
+            if node not in survey.unreachable and not self.cluster.capacity.get(node)
+        ]
+        if unmeasured:
+            memories = await node_memories(self.runtime, self.settings.node_memory, unmeasured)
+            self.cluster.capacity.update(memories)
         for node in back:
             log.info("node.back", node=node)
-            if not self.cluster.capacity.get(node):  # down when the scheduler started
-                self.cluster.capacity.update(
-                    await node_memories(self.runtime, self.settings.node_memory, [node])
-                )
             await self._node_back([s for s in survey.sessions if s.node == node])
-        if down or back:
-            self.admission.pump()  # a node back has room; one down may hold the warm seat
+        if back or unmeasured:
+            self.admission.pump()  # room again for launches waiting in the queue
+            self._maintain_soon.set()  # and for the warm pool and pre-pulls
         return survey.sessions
 
     async def _node_back(self, sessions: list[Session]) -> None:
