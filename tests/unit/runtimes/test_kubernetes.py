@@ -219,6 +219,9 @@ async def test_warm_sessions_are_listed_apart_and_claimed_once(
     assert warm.warm
     assert [s.name for s in await runtime.list_sessions()] == ["launched"]
     assert [s.name for s in await runtime.list_warm()] == ["pool-1"]
+    survey = await runtime.survey()
+    assert {s.name for s in survey.sessions} == {"launched", "pool-1"}
+    assert survey.unreachable == {}, "the API server answers for every node"
     assert await runtime.get("key-1") is None
 
     claimed = await runtime.claim(warm, "key-1")
