@@ -1,5 +1,5 @@
 """The runtime's node checks against real podman nodes (what the gateway's /health asks): one
-check per node, True for a node that answers, an error for one whose socket is gone."""
+check per node, True for a node that answers, NodeUnreachable for one whose socket is gone."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bindery.runtimes import PodmanRuntime
+from bindery.runtimes import NodeUnreachable, PodmanRuntime
 from tests.support.stack import INSTANCE, NODES
 
 
@@ -18,7 +18,7 @@ async def test_each_podman_node_has_a_check_that_asks_it(tmp_path: Path) -> None
         assert set(checks) == {*NODES, "gone"}
         for name in NODES:
             assert await checks[name]() is True, name
-        with pytest.raises(OSError):
+        with pytest.raises(NodeUnreachable, match="gone does not answer"):
             await checks["gone"]()
     finally:
         await runtime.close()

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from bindery.events import Event
-from bindery.runtimes import RuntimeError_, Session, SessionSpec, Survey
+from bindery.runtimes import NodeUnreachable, Session, SessionSpec, Survey
 from bindery.runtimes.base import DiskUsage, Exit, NodeCheck
 from bindery.scheduler.launch import LaunchOrder, Scheduler
 from bindery.scheduler.settings import SchedulerSettings
@@ -58,7 +58,7 @@ class FakeRuntime:
 
     def _check(self, node: str) -> None:
         if node in self.down:
-            raise RuntimeError_(f"{node}: connection refused")
+            raise NodeUnreachable(node, ConnectionRefusedError("connection refused"))
 
     async def survey(self) -> Survey:
         unreachable = {node: "connection refused" for node in self.down}

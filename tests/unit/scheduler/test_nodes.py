@@ -10,7 +10,13 @@ import asyncio
 import pytest
 from prometheus_client import REGISTRY
 
-from bindery.events import LaunchQueued, PodReady, PodStopped, StopReason
+from bindery.events import (
+    LaunchFailed,
+    LaunchQueued,
+    PodReady,
+    PodStopped,
+    StopReason,
+)
 from bindery.naming import session_name
 from bindery.scheduler.cluster import Cluster, Seat
 from tests.support.eventually import eventually
@@ -149,6 +155,26 @@ async def test_a_launch_waits_in_the_queue_while_the_only_room_is_on_a_down_node
     await asyncio.wait_for(waiting, 30)
     assert h.runtime.starts[-1][0] == "node-2"
     assert [e.launch_id for e in h.of(PodReady)] == ["L1", "L2", "L3"]
+
+
+async def test_a_node_that_dies_between_surveys_is_down_from_the_first_launch_it_fails(
+    make: Make, clock: Clock
+) -> None:
+    h: Harness = await make(node_lost_seconds=GRACE)
+    h.scheduler.clock = clock
+    h.runtime.images["node-1"].add(IMAGE)
+    await h.scheduler.launch(order("L1"))
+    h.runtime.images["node-2"].add(IMAGE)  # both hold it: node-2, the emptiest, is next
+    h.runtime.down.add("node-2")  # no survey has run since
+    await h.scheduler.launch(order("L2"))
+    assert h.scheduler.cluster.down_since == {"node-2": clock.now}, "its images went unanswered"
+    assert node_up("node-2") == 0
+    assert [node for node, _ in h.runtime.starts] == ["node-1", "node-1"]
+    assert [e.launch_id for e in h.of(PodReady)] == ["L1", "L2"] and h.of(LaunchFailed) == []
+
+    h.runtime.down.clear()
+    await h.scheduler.end_vanished()
+    assert h.scheduler.cluster.down_since == {}, "the next survey it answers brings it back"
 
 
 async def test_a_node_back_within_the_grace_keeps_its_sessions(make: Make, clock: Clock) -> None:

@@ -3,6 +3,7 @@
 from bindery.runtimes.base import (
     Limits,
     NodeCheck,
+    NodeUnreachable,
     Runtime,
     RuntimeError_,
     Session,
@@ -27,6 +28,7 @@ __all__ = [
     "KubernetesRuntime",
     "Limits",
     "NodeCheck",
+    "NodeUnreachable",
     "PodmanRuntime",
     "Runtime",
     "RuntimeError_",

@@ -41,6 +41,15 @@ class RuntimeError_(Exception):
     """The runtime refused or failed an operation; `message` is safe to show to users."""
 
 
+class NodeUnreachable(RuntimeError_):
+    """A node did not answer at all (its socket gone, its service dead or hung), as opposed to
+    answering with an error."""
+
+    def __init__(self, node: str, error: BaseException) -> None:
+        super().__init__(f"{node} does not answer: {str(error) or type(error).__name__}")
+        self.node = node
+
+
 @dataclass(frozen=True)
 class Limits:
     memory_limit: int

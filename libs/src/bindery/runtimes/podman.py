@@ -47,6 +47,7 @@ from bindery.runtimes.base import (
     DiskUsage,
     Exit,
     NodeCheck,
+    NodeUnreachable,
     RuntimeError_,
     Session,
     SessionSpec,
@@ -86,11 +87,14 @@ class PodmanNode:
     async def request(
         self, method: str, path: str, *, body: Any = None, ok: tuple[int, ...] = (200,)
     ) -> Any:
-        async with self._session.request(method, f"http://node{API}{path}", json=body) as resp:
-            text = await resp.text()
-            if resp.status not in ok:
-                raise RuntimeError_(f"{self.name}: {method} {path} -> {resp.status}: {text[:500]}")
-            return json.loads(text) if text.strip().startswith(("{", "[")) else None
+        try:
+            async with self._session.request(method, f"http://node{API}{path}", json=body) as resp:
+                text = await resp.text()
+        except UNREACHABLE as exc:
+            raise NodeUnreachable(self.name, exc) from exc
+        if resp.status not in ok:
+            raise RuntimeError_(f"{self.name}: {method} {path} -> {resp.status}: {text[:500]}")
+        return json.loads(text) if text.strip().startswith(("{", "[")) else None
 
     def raw(self, method: str, path: str) -> Any:
         return self._session.request(method, f"http://node{API}{path}")
@@ -151,8 +155,8 @@ class PodmanRuntime:
         for node in self.nodes.values():
             try:
                 listed = await node.request("GET", f"/containers/json?all=true&filters={filters}")
-            except UNREACHABLE as exc:
-                unreachable[node.name] = str(exc) or type(exc).__name__
+            except NodeUnreachable as exc:
+                unreachable[node.name] = str(exc)
                 continue
             for item in listed:
                 try:
@@ -189,7 +193,7 @@ class PodmanRuntime:
         for node in self.nodes.values():
             try:
                 detail = await node.request("GET", f"/containers/{container}/json", ok=(200, 404))
-            except UNREACHABLE as exc:
+            except NodeUnreachable as exc:
                 log.warning("node.unreachable", node=node.name, error=str(exc))
                 continue
             if detail and "Id" in detail:
@@ -207,8 +211,11 @@ class PodmanRuntime:
         repository, _, tag = image.rpartition(":")
         path = f"/images/create?fromImage={quote(repository, safe='')}&tag={quote(tag, safe='')}"
         target = self.nodes[node]
-        async with target.raw("POST", path) as resp:
-            text = await resp.text()
+        try:
+            async with target.raw("POST", path) as resp:
+                text = await resp.text()
+        except UNREACHABLE as exc:
+            raise NodeUnreachable(node, exc) from exc
         if resp.status != 200 or '"error"' in text:
             raise RuntimeError_(f"{node}: pulling {image} failed: {text[-500:]}")
 

@@ -78,6 +78,14 @@ class Cluster:
             del self.down_since[node]
         return down, back
 
+    def mark_down(self, node: str, now: float) -> bool:
+        """`node` failed to answer a request at `now`, before any survey said so: no new seat
+        goes there until a survey finds it answering. True if it was up until now."""
+        if node in self.down_since:
+            return False
+        self.down_since[node] = now
+        return True
+
     def lost(self, now: float, grace: float) -> list[str]:
         """Nodes that have not answered for longer than `grace` seconds."""
         return sorted(node for node, since in self.down_since.items() if now - since > grace)

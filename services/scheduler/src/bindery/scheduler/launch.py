@@ -64,7 +64,14 @@ from bindery.events import (
     StopReason,
 )
 from bindery.naming import repo_key, session_name
-from bindery.runtimes import Limits, Runtime, RuntimeError_, Session, SessionSpec
+from bindery.runtimes import (
+    Limits,
+    NodeUnreachable,
+    Runtime,
+    RuntimeError_,
+    Session,
+    SessionSpec,
+)
 from bindery.runtimes.base import DiskUsage, Exit
 from bindery.runtimes.capacity import node_memories
 from bindery.scheduler import metrics
@@ -281,6 +288,14 @@ class Scheduler:
             self._maintain_soon.set()  # and for the warm pool and pre-pulls
         return survey.sessions
 
+    def _down_if_unreachable(self, exc: Exception) -> None:
+        """A node that did not answer a launch (asked for its images, a pull, a start) is down
+        from now on, not from the next survey: launches in between go elsewhere. The next survey
+        that it answers brings it back."""
+        if isinstance(exc, NodeUnreachable) and self.cluster.mark_down(exc.node, self.clock()):
+            log.warning("node.down", node=exc.node, error=str(exc))
+            metrics.NODE_UP.labels(exc.node).set(0)
+
     async def _node_back(self, sessions: list[Session]) -> None:
         """A node answers again: sessions ended while it was down are stopped for good; those
         the scheduler never knew (it started while the node was down) are taken over. Sessions
@@ -343,6 +358,7 @@ class Scheduler:
             return
         except (RuntimeError_, NotReady) as exc:
             log.warning("launch.failed", error=str(exc))
+            self._down_if_unreachable(exc)
             await self._fail(
                 order,
                 progress.name,
@@ -573,6 +589,7 @@ class Scheduler:
                 present = await self.runtime.has_image(node, image)
             except (RuntimeError_, aiohttp.ClientError) as exc:
                 log.warning("node.unreachable", node=node, error=str(exc))
+                self._down_if_unreachable(exc)
                 continue
             self.cluster.learn_image(node, image, present)
 
@@ -858,6 +875,7 @@ class Scheduler:
                 await self.wait_until_ready(session, self.token(seat.name))
         except (RuntimeError_, NotReady, aiohttp.ClientError) as exc:
             log.warning("pool.start_failed", name=seat.name, error=str(exc))
+            self._down_if_unreachable(exc)
             await self._stop_quietly(seat.name, "warm start failed")
             return
         if self.cluster.seats.get(seat.name) is seat:
