@@ -44,6 +44,19 @@ from bindery.events import (
 
 log = structlog.get_logger("bindery.archiver")
 
+#: Every step of a launch the archive records, up to its end: what its queue must carry.
+STEPS: tuple[type[Event], ...] = (
+    LaunchRequested,
+    RefResolved,
+    LaunchQueued,
+    BuildStarted,
+    ImageBuilt,
+    PodScheduled,
+    PodReady,
+    LaunchFailed,
+    LaunchAbandoned,
+)
+
 SCHEMA = "binderhub.jupyter.org/launch"
 SCHEMA_VERSION = 6
 #: BinderHub's provider names (its schema's enum) for Bindery's provider prefixes.

@@ -12,20 +12,9 @@ from datetime import timedelta
 
 import structlog
 
-from bindery.archiver.archive import Archive
+from bindery.archiver.archive import STEPS, Archive
 from bindery.bus import Bus, Handlers, eventlog, topology
-from bindery.events import (
-    BuildStarted,
-    Event,
-    ImageBuilt,
-    LaunchAbandoned,
-    LaunchFailed,
-    LaunchQueued,
-    LaunchRequested,
-    PodReady,
-    PodScheduled,
-    RefResolved,
-)
+from bindery.events import Event
 
 log = structlog.get_logger("bindery.archiver")
 
@@ -44,20 +33,6 @@ async def replay_in_flight(amqp_url: str, archive: Archive, window: timedelta) -
         count += 1
     log.info("archive.replayed", events=count, window_seconds=window.total_seconds())
     return count
-
-
-#: Every step of a launch, up to its end.
-STEPS: tuple[type[Event], ...] = (
-    LaunchRequested,
-    RefResolved,
-    LaunchQueued,
-    BuildStarted,
-    ImageBuilt,
-    PodScheduled,
-    PodReady,
-    LaunchFailed,
-    LaunchAbandoned,
-)
 
 
 async def subscribe(bus: Bus, archive: Archive) -> None:

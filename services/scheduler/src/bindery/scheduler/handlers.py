@@ -8,36 +8,28 @@ from bindery.naming import repo_key
 from bindery.scheduler.launch import LaunchOrder, Scheduler
 
 
+def launch_order(event: RefResolved | ImageBuilt, key: str) -> LaunchOrder:
+    """What the scheduler needs of a launch whose image exists, from either event."""
+    return LaunchOrder(
+        event.launch_id,
+        event.image,
+        event.repo_url,
+        event.resolved_ref,
+        key,
+        event.repo_config.quota,
+        event.session_env,
+        event.requested_at,
+    )
+
+
 async def subscribe(bus: Bus, scheduler: Scheduler) -> None:
     async def on_resolved(event: RefResolved) -> None:
         if event.image_exists and not event.build_only:  # else a builder takes it
-            await scheduler.launch(
-                LaunchOrder(
-                    event.launch_id,
-                    event.image,
-                    event.repo_url,
-                    event.resolved_ref,
-                    event.repo_key,
-                    event.repo_config.quota,
-                    event.session_env,
-                    event.requested_at,
-                )
-            )
+            await scheduler.launch(launch_order(event, event.repo_key))
 
     async def on_built(event: ImageBuilt) -> None:
         if not event.build_only:
-            await scheduler.launch(
-                LaunchOrder(
-                    event.launch_id,
-                    event.image,
-                    event.repo_url,
-                    event.resolved_ref,
-                    repo_key(event.repo_url),
-                    event.repo_config.quota,
-                    event.session_env,
-                    event.requested_at,
-                )
-            )
+            await scheduler.launch(launch_order(event, repo_key(event.repo_url)))
 
     launches = Handlers().on(RefResolved, on_resolved).on(ImageBuilt, on_built)
     stops = Handlers().on(IdleDetected, scheduler.stop).on(LaunchAbandoned, scheduler.abandon)
