@@ -1,13 +1,17 @@
-"""What the gateway counts as a person using their session (activity.py), and how it tells the
-browser's data frames from its control frames without parsing more than frame headers."""
+"""What the gateway counts as a person using their session (activity.py), how it tells the
+browser's data frames from its control frames without parsing more than frame headers, and how
+it tells the culler."""
 
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 
 import pytest
 
-from bindery.gateway.activity import is_person_request
+from bindery.events import SessionActivity
+from bindery.gateway.activity import flush_activity, is_person_request
+from bindery.gateway.routes import RouteTable
 from bindery.gateway.splice import FrameEdges
 from tests.unit.gateway.test_gateway_proxy_connections import frame
 
@@ -83,3 +87,29 @@ def test_a_data_frame_is_seen_once_whatever_the_chunks() -> None:
             pos += step
         header_end = header_at + 2 + 8 + 4  # opcode and length, 64-bit length, mask
         assert len(seen) == 1 and seen[0][0] < header_end <= seen[0][1], (seed, seen)
+
+
+async def test_activity_is_flushed_once_per_active_session() -> None:
+    routes = RouteTable()
+    routes.add("s1", "http://127.0.0.1:1", "a" * 32)
+    routes.add("s2", "http://127.0.0.1:2", "b" * 32)
+    sent: list[SessionActivity] = []
+
+    async def publish(event: SessionActivity) -> None:
+        sent.append(event)
+
+    route = routes.get("s1")
+    assert route is not None
+    route.touch()
+    route.touch()
+    assert await flush_activity(routes, publish) == 1
+    assert [(e.session, e.launch_id) for e in sent] == [("s1", "a" * 32)]
+    assert sent[0].last_activity == datetime.fromtimestamp(route.last_activity, UTC)
+    assert await flush_activity(routes, publish) == 0  # nothing new
+
+    async def broken(event: SessionActivity) -> None:
+        raise ConnectionError("down")
+
+    route.touch()
+    assert await flush_activity(routes, broken) == 0
+    assert await flush_activity(routes, publish) == 1  # kept for the next round

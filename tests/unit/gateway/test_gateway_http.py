@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -22,12 +21,9 @@ from bindery.events import (
     LaunchRequested,
     PodReady,
     PodStopped,
-    SessionActivity,
     StopReason,
 )
 from bindery.gateway.health import registry_reachable
-from bindery.gateway.proxy import flush_activity, forward_headers, rebuild_routes
-from bindery.runtimes import Session
 from bindery.tokens import session_token
 from tests.unit.gateway.fakes import (
     GIT_SPEC,
@@ -498,70 +494,3 @@ async def test_routes_follow_pod_ready_and_pod_stopped(harness: Harness) -> None
     assert "s9" in harness.gateway.routes
     await harness.handlers.on_event(PodStopped(launch_id=lid, session="s9", reason=StopReason.IDLE))
     assert "s9" not in harness.gateway.routes
-
-
-async def test_activity_is_flushed_once_per_active_session(harness: Harness) -> None:
-    routes = harness.gateway.routes
-    routes.add("s1", "http://127.0.0.1:1", "a" * 32)
-    routes.add("s2", "http://127.0.0.1:2", "b" * 32)
-    sent: list[SessionActivity] = []
-
-    async def publish(event: SessionActivity) -> None:
-        sent.append(event)
-
-    route = routes.get("s1")
-    assert route is not None
-    route.touch()
-    route.touch()
-    assert await flush_activity(routes, publish) == 1
-    assert [(e.session, e.launch_id) for e in sent] == [("s1", "a" * 32)]
-    assert sent[0].last_activity == datetime.fromtimestamp(route.last_activity, UTC)
-    assert await flush_activity(routes, publish) == 0  # nothing new
-
-    async def broken(event: SessionActivity) -> None:
-        raise ConnectionError("down")
-
-    route.touch()
-    assert await flush_activity(routes, broken) == 0
-    assert await flush_activity(routes, publish) == 1  # kept for the next round
-
-
-async def test_routes_rebuilt_from_running_sessions(harness: Harness) -> None:
-    def session(name: str, running: bool) -> Session:
-        return Session(
-            name=name,
-            node="n",
-            launch_id="e" * 32,
-            image="i",
-            repo="r",
-            started=datetime.now(UTC),
-            target="http://127.0.0.1:7",
-            running=running,
-        )
-
-    class Runtime:
-        async def list_sessions(self) -> list[Session]:
-            return [session("up", True), session("down", False)]
-
-    routes = harness.gateway.routes
-    assert await rebuild_routes(Runtime(), routes) == 1
-    assert "up" in routes and "down" not in routes
-
-
-def test_forward_headers_drops_hop_by_hop() -> None:
-    from multidict import CIMultiDict
-
-    headers = CIMultiDict(
-        [
-            ("Connection", "keep-alive, X-Hop"),
-            ("X-Hop", "1"),
-            ("Keep-Alive", "timeout=5"),
-            ("Transfer-Encoding", "chunked"),
-            ("Upgrade", "websocket"),
-            ("Host", "gw"),
-            ("Cookie", "a=1"),
-            ("Cookie", "b=2"),
-        ]
-    )
-    out = forward_headers(headers)
-    assert list(out.items()) == [("Host", "gw"), ("Cookie", "a=1"), ("Cookie", "b=2")]

@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from bindery.events import PodStopped, StopReason
-from bindery.gateway.proxy import RouteTable
+from bindery.gateway.routes import RouteTable
 from tests.unit.gateway.fakes import S1_TOKEN, Harness
 
 NOTEBOOK = gzip.compress(b'{"cells": []}' * 100)

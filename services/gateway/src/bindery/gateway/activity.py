@@ -1,9 +1,11 @@
-"""What counts as a person using their session: the gateway's half of idle culling.
+"""What counts as a person using their session, and telling the culler: the gateway's half of
+idle culling.
 
 In: each proxied request's method and path below `/user/<session>/`, and the opcode of each
 websocket frame the browser sends (`splice.FrameEdges`). Out: whether it is activity; the proxy
-then notes the time on the session's route, and `proxy.flush_activity` reports it to the culler
-in `session-activity` events.
+then notes the time on the session's route (`routes.Route.touch`), in memory so no request
+waits on the broker, and `flush_activity`, a loop of the gateway's, publishes it in batches to
+the culler as `session-activity` events.
 
 The rule, and why:
 - A request that changes something (any method but GET, HEAD and OPTIONS) is activity. Only a
@@ -35,6 +37,16 @@ re-sends the tab's awareness state every 15 s. The maximum age still stops both.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+import structlog
+
+from bindery.events import SessionActivity
+from bindery.gateway.routes import RouteTable
+
+log = structlog.get_logger("bindery.gateway.activity")
+
 # Methods that read: whether they are activity depends on what they read.
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Websocket opcodes that carry a message (RFC 6455 5.2): continuation, text, binary. 0x3-0x7
@@ -55,3 +67,28 @@ def is_person_request(method: str, path: str) -> bool:
 def is_data_frame(opcode: int) -> bool:
     """Whether a websocket frame the browser sends is activity (see the module's rule)."""
     return opcode < _FIRST_CONTROL_OPCODE
+
+
+Publish = Callable[[SessionActivity], Awaitable[None]]
+
+
+async def flush_activity(routes: RouteTable, publish: Publish) -> int:
+    """Publish one SessionActivity per session active since the last flush; returns how many."""
+    sent = 0
+    for route in routes.due_activity():
+        seen = route.last_activity
+        event = SessionActivity(
+            launch_id=route.launch_id,
+            session=route.session,
+            last_activity=datetime.fromtimestamp(seen, UTC),
+        )
+        try:
+            await publish(event)
+        except Exception as exc:  # the broker is down: keep it for the next round
+            log.warning("activity.publish_failed", session=route.session, error=str(exc))
+            break
+        route.flushed_activity = seen
+        sent += 1
+    if sent:
+        log.debug("activity.flushed", sessions=sent)
+    return sent

@@ -33,13 +33,15 @@ from bindery.gateway import (
     repoproviders,
     slowclients,
 )
+from bindery.gateway.activity import flush_activity
 from bindery.gateway.deps import Gateway
 from bindery.gateway.fairness import Fairness
 from bindery.gateway.handlers import subscribe
 from bindery.gateway.keys import CLIENT, GATEWAY, PROXY
 from bindery.gateway.metrics import BANNED, family, observe_request
-from bindery.gateway.proxy import Proxy, flush_activity, rebuild_routes_once
+from bindery.gateway.proxy import Proxy
 from bindery.gateway.recovery import Recovery
+from bindery.gateway.routes import rebuild_routes_once
 from bindery.gateway.sessionauth import handoff_handler
 from bindery.gateway.settings import GatewaySettings
 from bindery.gateway.stages import StageCheck

@@ -21,7 +21,7 @@ from bindery.gateway.abuse import (
 )
 from bindery.gateway.metrics import LAUNCHES_ABANDONED
 from bindery.gateway.progress import ProgressHub
-from bindery.gateway.proxy import RouteTable, SessionLister
+from bindery.gateway.routes import RouteTable, SessionLister
 from bindery.gateway.sessionauth import Credentials
 from bindery.gateway.sessionurls import SessionUrls
 from bindery.gateway.settings import GatewaySettings

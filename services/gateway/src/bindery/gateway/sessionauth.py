@@ -6,6 +6,12 @@ resume secret. Out: the session's token check, the cookie a browser keeps for th
 one-time handoff code the launch page trades for that cookie on the session's origin, and the
 resume secret that alone lets a reconnecting client get a launch's credentials again.
 
+The proxy asks `admit` about every request for a session (defence in depth: a Jupyter
+misconfigured to accept anything, or an image that starts its own server, still sits behind
+it). A valid token in the query or the Authorization header earns an HttpOnly cookie scoped to
+`/user/<session>/`, which JupyterLab's later requests and websockets carry; a request let in by
+that cookie carries the token on to Jupyter in `Authorization` (`COOKIE_TOKEN`).
+
 Everything is an HMAC of a name with the secret, so every gateway replica checks it locally:
 - a session's token: HMAC(secret, session) (bindery.tokens), what Jupyter itself checks;
 - a launch's resume secret: HMAC(secret, "resume:" + launch id). Launch ids are in logs, the
@@ -24,6 +30,7 @@ import re
 import secrets
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from http.cookies import Morsel
 from urllib.parse import urlsplit
 
@@ -34,6 +41,11 @@ from bindery.gateway.urlpath import DEFAULT_URLPATH, safe_urlpath
 from bindery.tokens import session_token
 
 TOKEN_COOKIE = "bindery-session-token"  # noqa: S105 (a cookie name)
+# A request the gateway let in by its cookie carries the token to Jupyter in `Authorization`:
+# Jupyter checks it on every request (it never saw the token in a URL, so it set no login cookie
+# of its own), and a request authenticated by token needs no XSRF cookie, so a cookie a sibling
+# origin tossed for a parent domain cannot break it either.
+COOKIE_TOKEN = web.RequestKey("cookie_token", str)
 HANDOFF_SECONDS = 60
 # Spent codes remembered until they expire: far more than launches a replica sees a minute.
 _SPENT_REMEMBERED = 100_000
@@ -106,6 +118,40 @@ def forbidden() -> web.Response:
         },
         status=403,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What `admit` decided about a request for a session."""
+
+    refusal: web.Response | None = None
+    """The answer instead of the session's (403), or None: the request goes on."""
+    set_cookie: str | None = None
+    """The Set-Cookie the session's answer gets: a token that came in the query or the
+    Authorization header becomes the browser's cookie (None: it has it, or came with it)."""
+
+
+ADMITTED = Admission()
+
+
+def admit(
+    credentials: Credentials, request: web.Request, session: str, *, secure_cookie: bool
+) -> Admission:
+    """Whether `request` may reach `session`: it carries the session's token, and a token from
+    the cookie counts only on the session's own pages (`from_own_page`). A request let in by its
+    cookie gets the token on to Jupyter (`COOKIE_TOKEN`)."""
+    tokens, from_cookie = presented_tokens(request)
+    if not credentials.token_matches(session, tokens):
+        return Admission(refusal=forbidden())
+    token = credentials.token(session)
+    if from_cookie:
+        if not from_own_page(request):
+            return Admission(refusal=not_from_own_page())
+        request[COOKIE_TOKEN] = token
+        return ADMITTED
+    if request.cookies.get(TOKEN_COOKIE) == token:
+        return ADMITTED
+    return Admission(set_cookie=token_cookie(session, token, secure_cookie))
 
 
 class Credentials:
