@@ -113,17 +113,15 @@ def finished_build(stream: FakeStream, count: int = 3) -> str:
     return build_id
 
 
-async def test_a_finished_log_is_the_first_launchs_copy_and_is_then_served_from_cache() -> None:
+async def test_a_finished_log_is_its_builds_lines_and_is_then_served_from_cache() -> None:
     build_id = past_build_id()
-    other = past_build_id()
     first = build_lines(build_id, LAUNCH_A, 3, final=True)
     stream = FakeStream(
-        # A second launch joined the build: its copies of the lines are not the log.
+        # Another build's lines, for another launch, interleaved: not this log.
         [
             first[0],
-            *build_lines(other, LAUNCH_A, 2, final=False),
+            *build_lines(past_build_id(), LAUNCH_B, 2, final=False),
             first[1],
-            *build_lines(build_id, LAUNCH_B, 3, final=True),
             first[2],
         ]
     )

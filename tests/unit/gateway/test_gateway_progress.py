@@ -22,7 +22,7 @@ from bindery.events import (
     SessionActivity,
     StopReason,
 )
-from bindery.gateway.progress import ProgressHub, entry_bytes, to_payload
+from bindery.gateway.progress import LaunchProgress, ProgressHub, entry_bytes, to_payload
 
 PUBLIC = "http://gw.example:8585"
 L = "a" * 32
@@ -303,3 +303,57 @@ async def test_wait_wakes_on_new_entry_and_times_out() -> None:
     await asyncio.sleep(0)
     h.record(BuildLog(launch_id=L, image="i", message="x"))
     assert await waiter is True
+
+
+L2 = "b" * 32
+BUILD = "0190000000001234abcd"
+
+
+def build_line(message: str, *, final: bool = False) -> BuildLog:
+    """A line of BUILD, published once, for L: the launch that started the build."""
+    return BuildLog(launch_id=L, image="i", message=message, build_id=BUILD, final=final)
+
+
+def messages(launch: LaunchProgress) -> list[object]:
+    return [e.payload["message"] for e in launch.since(-1) if e.payload["phase"] == "building"]
+
+
+async def test_a_launch_joining_a_build_gets_the_lines_so_far_then_each_line_once() -> None:
+    h = hub(final_line_wait=10.0)
+    first, joining = h.open(L, "git", "u/HEAD"), h.open(L2, "git", "u/HEAD")
+    h.record(BuildStarted(launch_id=L, image="i", builder="b", build_id=BUILD))
+    h.record(build_line("one\n"))
+    h.record(build_line("two\n"))
+    h.record(BuildStarted(launch_id=L2, image="i", builder="b", build_id=BUILD))
+    three = build_line("three\n")
+    h.record(three)
+    h.record(three)  # a redelivery
+    h.record(LaunchFailed(launch_id=L2, service="b", reason=FailureReason.OOM, message="oom"))
+    assert not joining.finished, "its end waits for the build's final line like the first's"
+    h.record(build_line("Build failed\n", final=True))
+
+    log = ["Building image i\n", "one\n", "two\n", "three\n", "Build failed\n"]
+    assert messages(first) == log
+    assert messages(joining) == log
+    assert {e.payload["launch_id"] for e in joining.since(-1)} == {L2}
+    assert joining.finished and joining.since(-1)[-1].payload["message"] == "oom"
+
+
+def test_a_launch_whose_build_started_comes_after_the_final_line_gets_the_whole_log() -> None:
+    # Build logs and build-started travel on different channels: either may come first.
+    h = hub(final_line_wait=10.0)
+    joining = h.open(L2, "git", "u/HEAD")
+    h.record(build_line("one\n"))
+    h.record(build_line("done\n", final=True))
+    h.record(BuildStarted(launch_id=L2, image="i", builder="b", build_id=BUILD))
+    assert messages(joining) == ["Building image i\n", "one\n", "done\n"]
+    assert joining.log_ended
+    ready = PodReady(launch_id=L2, session="s", node="n", image="i", target="http://127.0.0.1:1")
+    assert h.record(ready) is not None and joining.finished, "not held: the log is complete"
+
+
+def test_lines_of_a_build_no_launch_here_follows_are_kept_for_the_launch_that_started_it() -> None:
+    h = hub()
+    assert h.record(build_line("one\n")) is not None
+    launch = h.get(L)
+    assert launch is not None and messages(launch) == ["one\n"]

@@ -30,6 +30,9 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
+BUILD = "0190000000001234abcd"
+
+
 def built_launch(launch_id: str) -> list[Event]:
     image = f"127.0.0.1:5000/bindery/r:{COMMIT}"
     return [
@@ -46,7 +49,7 @@ def built_launch(launch_id: str) -> list[Event]:
             image=image,
             image_exists=False,
         ),
-        BuildStarted(launch_id=launch_id, time=at(1), image=image, builder="b-1"),
+        BuildStarted(launch_id=launch_id, time=at(1), image=image, builder="b-1", build_id=BUILD),
         ImageBuilt(
             launch_id=launch_id,
             time=at(61),
@@ -89,6 +92,7 @@ def test_a_ready_launch_is_one_binderhub_record_with_durations(tmp_path: Path) -
     assert record["build_token"] is False and "request_origin" in record
     assert record["outcome"] == "ready" and record["failure_reason"] is None
     assert record["built"] is True
+    assert record["build_id"] == BUILD, "where the log of the build it followed stays"
     assert record["duration_seconds"] == {
         "total": 63.0,
         "resolve": 0.5,
@@ -115,6 +119,7 @@ def test_a_failed_launch_names_its_reason_and_service(tmp_path: Path) -> None:
     assert record["failure_reason"] == "ref_not_found"
     assert record["failed_service"] == "resolver"
     assert record["provider"] == "Git" and record["ref"] == ""
+    assert record["build_id"] is None, "no build"
     assert record["duration_seconds"]["total"] == 2.0
 
 

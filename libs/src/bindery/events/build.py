@@ -47,7 +47,11 @@ class BuildStarted(Event):
 
 @register
 class BuildLog(Event):
-    """One or a few lines of build output; `phase` uses BinderHub's names (building, pushing)."""
+    """One or a few lines of build output; `phase` uses BinderHub's names (building, pushing).
+
+    Published once per build: `launch_id` is the launch that started the build. Every launch
+    following it (the first, and those that joined) has a build-started with its `build_id`,
+    which is how the gateway shows each of them the lines."""
 
     type = "build-log"
 

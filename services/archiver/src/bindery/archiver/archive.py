@@ -8,10 +8,12 @@ launch-abandoned, or image-built of a build-only launch), one JSON line appended
 Each line holds BinderHub's launch event, schema `binderhub.jupyter.org/launch` version 6
 (provider, spec, ref, status, build_token, origin, request_origin) in mybinder.org's archive
 layout (timestamp, schema, version beside the fields), plus Bindery's own: launch id, outcome,
-failure reason and service, and the duration of each stage. Unlike mybinder.org's archive it
-records failed launches too, and launches abandoned by everyone watching them (outcome
-`abandoned`, status `failure`, reason `abandoned`: no session was given). It never holds an
-IP address: no event carries one.
+failure reason and service, the id of the build it followed (its one log stays at the
+gateway's `/api/builds/<id>/log`, however many launches joined that build; null without a
+build), and the duration of each stage. Unlike mybinder.org's archive it records failed
+launches too, and launches abandoned by everyone watching them (outcome `abandoned`, status
+`failure`, reason `abandoned`: no session was given). It never holds an IP address: no event
+carries one.
 
 Redelivered events are harmless: a launch already written (this run, or found in today's and
 yesterday's files at start) is not written or counted again.
@@ -104,6 +106,7 @@ class _Launch:
     resolved: RefResolved | None = None
     queued: bool = False
     build_started: datetime | None = None
+    build_id: str = ""
     built: ImageBuilt | None = None
     scheduled: datetime | None = None
     first_seen: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -153,6 +156,7 @@ class Archive:
                 launch.queued = True
             case BuildStarted():
                 launch.build_started = launch.build_started or event.time
+                launch.build_id = launch.build_id or event.build_id
             case ImageBuilt():
                 launch.built = event
                 if event.build_only:
@@ -206,6 +210,7 @@ class Archive:
             else ("abandoned" if abandoned else None),
             "failed_service": failed.service if failed else ("gateway" if abandoned else None),
             "built": launch.build_started is not None,
+            "build_id": launch.build_id or None,
             "queued": launch.queued,
             "duration_seconds": {
                 "total": _seconds(requested_at, terminal.time),

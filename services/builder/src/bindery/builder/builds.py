@@ -1,12 +1,14 @@
 """The builder's domain: an image the registry lacks becomes an image in it.
 
-In: ref-resolved events whose image does not exist. Out: build-started, build-log lines (on the
-logs channel), then image-built or launch-failed with a reason code, all for the event's launch.
+In: ref-resolved events whose image does not exist. Out: build-started, then image-built or
+launch-failed with a reason code, for the event's launch; and the build's log lines (on the
+logs channel), each published once per build, marked with the build's id and the launch that
+started it.
 
 One build per image at a time in this replica: a launch of an image that is already building
-joins that build -- it gets the log so far and every line after -- instead of building it again,
-as BinderHub does; an image built a moment ago is reported at once. Builds beyond
-``max_concurrent_builds`` wait for a slot.
+joins that build instead of building it again, as BinderHub does; its build-started names the
+build, and the gateway shows it the log so far and every line after (progress.py). An image
+built a moment ago is reported at once. Builds beyond ``max_concurrent_builds`` wait for a slot.
 
 Every build has an id (``new_build_id``): its first log line names the address where its whole
 log stays (the gateway's ``/api/builds/<id>/log``, read from the build-log stream), and its last
@@ -16,8 +18,7 @@ line, marked ``final``, says how it ended.
 from __future__ import annotations
 
 import asyncio
-import sys
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,32 +58,21 @@ LAUNCH_REASONS = {
     FailureReason.DISK_FULL: LaunchFailure.NO_CAPACITY,
     FailureReason.INTERNAL_ERROR: LaunchFailure.INTERNAL,
 }
-# Lines a joining launch is replayed, at most, and the memory they may hold (lines are up to
-# 8 KiB): a longer log shows its end, where a failure shows.
-REPLAY_LINES = 2000
-REPLAY_BYTES = 2 * 1024**2
 # LaunchFailed.message's limit.
 MAX_FAILURE_MESSAGE = 20_000
 
 
 @dataclass
 class _Build:
-    """A build in flight and the launches following it."""
+    """A build in flight."""
 
     image: str
-    launches: list[str]
+    launch_id: str
+    """The launch that started it: its log lines carry this id (launches that join it learn
+    the build's id from their build-started)."""
     build_id: str = field(default_factory=new_build_id)
-    lines: deque[BuildLine] = field(default_factory=deque)
-    """The end of the log so far, for launches that join (REPLAY_LINES, REPLAY_BYTES)."""
-    lines_bytes: int = 0
     task: asyncio.Task[BuildResult] | None = None
     logs_broken: bool = False
-
-    def keep(self, line: BuildLine) -> None:
-        self.lines.append(line)
-        self.lines_bytes += sys.getsizeof(line.message)
-        while len(self.lines) > REPLAY_LINES or self.lines_bytes > REPLAY_BYTES:
-            self.lines_bytes -= sys.getsizeof(self.lines.popleft().message)
 
 
 class Builder:
@@ -115,7 +105,7 @@ class Builder:
         build = self._builds.get(event.image)
         joining = build is not None
         if build is None:
-            build = self._builds[event.image] = _Build(event.image, [event.launch_id])
+            build = self._builds[event.image] = _Build(event.image, event.launch_id)
         await self._publish(
             BuildStarted(
                 launch_id=event.launch_id,
@@ -128,11 +118,7 @@ class Builder:
             build.task = asyncio.create_task(self._build(event, build))
             log.info("build.started", image=event.image, repo=event.repo_url, id=build.build_id)
         else:
-            # Joined before the replay: lines that come during it reach this launch too.
-            build.launches.append(event.launch_id)
-            log.info("build.joined", image=event.image)
-            for line in list(build.lines):
-                await self._publish_line(build, event.launch_id, line)
+            log.info("build.joined", image=event.image, id=build.build_id)
         assert build.task is not None
         # Shielded: one launch's handler being cancelled must not end a build others follow.
         await self._report(event, await asyncio.shield(build.task))
@@ -147,9 +133,7 @@ class Builder:
 
         async def on_line(line: BuildLine) -> None:
             phases.enter(line.phase)
-            build.keep(line)
-            for launch_id in list(build.launches):
-                await self._publish_line(build, launch_id, line)
+            await self._publish_line(build, line)
 
         try:
             where = f"Build {build.build_id} on {self._replica}"
@@ -159,10 +143,7 @@ class Builder:
             ending = f"Build {build.build_id} " + (
                 f"finished in {result.seconds:.1f} s" if result.ok else f"failed ({result.reason})"
             )
-            for launch_id in list(build.launches):
-                await self._publish_line(
-                    build, launch_id, BuildLine("building", ending), final=True
-                )
+            await self._publish_line(build, BuildLine("building", ending), final=True)
         finally:
             phases.end()
             del self._builds[event.image]
@@ -176,9 +157,7 @@ class Builder:
             log.warning("build.failed", image=event.image, reason=str(result.reason))
         return result
 
-    async def _publish_line(
-        self, build: _Build, launch_id: str, line: BuildLine, *, final: bool = False
-    ) -> None:
+    async def _publish_line(self, build: _Build, line: BuildLine, *, final: bool = False) -> None:
         """Logs are best effort: a broker that cannot take them must not fail the build, whose
         outcome still gets published (or retried) on its own."""
         if build.logs_broken:
@@ -186,7 +165,7 @@ class Builder:
         try:
             await self._publish(
                 BuildLog(
-                    launch_id=launch_id,
+                    launch_id=build.launch_id,
                     image=build.image,
                     phase=line.phase,
                     message=line.message,

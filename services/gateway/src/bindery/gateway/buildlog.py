@@ -13,10 +13,10 @@ read, and finished logs are answered from a cache bounded in bytes (least recent
 out). A running build's log is never cached: the next request reads what came since.
 
 The id starts with the build's start time, so reading starts there instead of at the stream's
-beginning. Each line is in the stream once per launch that followed the build; the first launch
-saw every line, so its copy is the log. Its line marked `final` ends the read; so does reaching
-lines newer than the request (a running build: `complete` is then false), or lines from well
-after the build started without one of it (no such build).
+beginning. Each line is in the stream once (the builder publishes it once per build, however
+many launches follow it). The line marked `final` ends the read; so does reaching lines newer
+than the request (a running build: `complete` is then false), or lines from well after the
+build started without one of it (no such build).
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ async def read_build_log(
 ) -> dict[str, Any] | None:
     """The kept log of the build `build_id`, which started at `started`; None if it has none."""
     began = datetime.now(UTC)
-    first_launch: str | None = None
+    found = False
     image = ""
     lines: list[dict[str, str]] = []
     complete = False
@@ -175,15 +175,11 @@ async def read_build_log(
                 event = record.event
                 if event.time > began:
                     break  # what came after the request: the build is still running
-                mine = isinstance(event, BuildLog) and event.build_id == build_id
-                if not mine:
-                    if first_launch is None and event.time > started + FIRST_LINE_WITHIN:
+                if not isinstance(event, BuildLog) or event.build_id != build_id:
+                    if not found and event.time > started + FIRST_LINE_WITHIN:
                         break
                     continue
-                assert isinstance(event, BuildLog)
-                if first_launch not in (None, event.launch_id):
-                    continue
-                first_launch, image = event.launch_id, event.image
+                found, image = True, event.image
                 lines.append({"phase": event.phase, "message": event.message})
                 if event.final:
                     complete = True
@@ -193,7 +189,7 @@ async def read_build_log(
     finally:
         # Closed here, not at garbage collection: its consumer ends now.
         await records.aclose()
-    if first_launch is None:
+    if not found:
         return None
     return {"build_id": build_id, "image": image, "complete": complete, "lines": lines}
 

@@ -6,6 +6,18 @@ In: every launch event this replica sees (its queue is bound to all of them). Ou
 (`Last-Event-ID: <launch id>:<n>`) or asks later gets everything from where it stopped, the whole
 build log included. Listeners wait on the buffer itself, so there is no per-client queue to fill.
 
+A build's log lines come once per build, for the launch that started it; each build-started
+says which build a launch follows. Every line goes to every launch following its build, and a
+launch that joins a build in flight is first given the lines so far (from the buffer of the
+first launch following it). A replica started after a build began holds only the lines since
+its start: a launch joining that build there shows no earlier ones (the build's
+`/api/builds/<id>/log` has them all).
+
+A launch's end after a build waits for the build's last line (`BuildLog.final`), which travels
+on the logs channel and may come just after the end it explains; it ends the wait at once. Only
+a line that never comes (a builder killed mid-build, a broker that refused the line) leaves the
+end held for at most `final_line_wait`, so the person waiting is not kept waiting for good.
+
 The hub also counts who watches each launch. When every client has left a launch before its end
 and none comes back within the abandon grace, the launch is abandoned: its buffer ends with
 `failed` (reason `abandoned`, for a client that comes back later) and `on_abandoned` is called
@@ -151,6 +163,8 @@ class Entry:
     payload: Payload
     size: int
     """`entry_bytes(payload)`, taken when it was buffered."""
+    line_id: str = ""
+    """A build-log line's event id: a launch joining the build is given it from here, once."""
 
     @property
     def terminal(self) -> bool:
@@ -194,8 +208,8 @@ class LaunchProgress:
     def finished(self) -> bool:
         return self.finished_at is not None
 
-    def append(self, payload: Payload) -> Entry:
-        entry = Entry(self.next_seq, payload, entry_bytes(payload))
+    def append(self, payload: Payload, line_id: str = "") -> Entry:
+        entry = Entry(self.next_seq, payload, entry_bytes(payload), line_id)
         self.next_seq += 1
         self.entries.append(entry)
         self.held_bytes += entry.size
@@ -262,6 +276,8 @@ class ProgressHub:
         self._abandon_grace = abandon_grace
         self._on_abandoned = on_abandoned
         self._launches: OrderedDict[str, LaunchProgress] = OrderedDict()
+        # build id -> the launches following it, the first to be seen first.
+        self._followers: OrderedDict[str, list[str]] = OrderedDict()
         self.closing = False
 
     def __len__(self) -> int:
@@ -316,11 +332,55 @@ class ProgressHub:
         self._append(self._launch(launch_id), payload)
 
     def record(self, event: Event) -> Entry | None:
-        """Buffer the client-visible form of `event`; duplicates (redeliveries) are ignored."""
+        """Buffer the client-visible form of `event` (a build-log line: for every launch
+        following its build); duplicates (redeliveries) are ignored."""
         payload = to_payload(event, session_url=self._session_url)
         if payload is None:
             return None
-        launch = self._launch(event.launch_id)
+        if isinstance(event, BuildLog) and event.build_id:
+            entry = None
+            for launch_id in self._following(event.build_id, event.launch_id):
+                buffered = self._record(event, {**payload, "launch_id": launch_id}, launch_id)
+                entry = buffered if launch_id == event.launch_id else entry
+            return entry
+        entry = self._record(event, payload, event.launch_id)
+        if isinstance(event, BuildStarted) and event.build_id:
+            self._join(event.build_id, event.launch_id)
+        return entry
+
+    def _following(self, build_id: str, launch_id: str) -> list[str]:
+        """The launches following the build, `launch_id` among them."""
+        followers = self._followers.get(build_id)
+        if followers is None:
+            followers = self._followers[build_id] = [launch_id]
+            # A build has a launch at least: no more builds than launches are worth keeping.
+            while len(self._followers) > self._max_launches:
+                self._followers.popitem(last=False)
+        elif launch_id not in followers:
+            followers.append(launch_id)
+        return followers
+
+    def _join(self, build_id: str, launch_id: str) -> None:
+        """`launch_id` follows the build: give it the lines the first launch following it has
+        (each once: the lines after come to both)."""
+        followers = self._followers.get(build_id)
+        if followers is not None and launch_id in followers:
+            return
+        source = self._launches.get(followers[0]) if followers else None
+        self._following(build_id, launch_id)
+        if source is None:
+            return
+        launch = self._launch(launch_id)
+        for entry in list(source.entries):
+            if entry.line_id and entry.line_id not in launch.seen_event_ids:
+                launch.seen_event_ids.add(entry.line_id)
+                self._append(launch, {**entry.payload, "launch_id": launch_id}, entry.line_id)
+        if source.log_ended:
+            launch.log_ended = True
+            self._release_end(launch)
+
+    def _record(self, event: Event, payload: Payload, launch_id: str) -> Entry | None:
+        launch = self._launch(launch_id)
         if event.event_id in launch.seen_event_ids:
             return None
         launch.seen_event_ids.add(event.event_id)
@@ -342,7 +402,8 @@ class ProgressHub:
                     self._final_line_wait, self._release_end, launch
                 )
                 return None
-        entry = self._append(launch, payload)
+        line_id = event.event_id if isinstance(event, BuildLog) else ""
+        entry = self._append(launch, payload, line_id)
         if isinstance(event, BuildLog) and event.final:
             launch.log_ended = True
             self._release_end(launch)
@@ -399,9 +460,9 @@ class ProgressHub:
         if payload is not None and not launch.finished:
             self._append(launch, payload)
 
-    def _append(self, launch: LaunchProgress, payload: Payload) -> Entry:
+    def _append(self, launch: LaunchProgress, payload: Payload, line_id: str = "") -> Entry:
         before = launch.held_bytes
-        entry = launch.append(payload)
+        entry = launch.append(payload, line_id)
         self._total_bytes += launch.held_bytes - before
         if self._total_bytes > self._max_total_bytes:
             self.prune()
