@@ -8,9 +8,15 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestServer, make_mocked_request
 
-from bindery.gateway.sessionauth import TOKEN_COOKIE
+from bindery.gateway.sessionauth import (
+    COOKIE_TOKEN,
+    TOKEN_COOKIE,
+    Credentials,
+    admit,
+    token_cookie,
+)
 from bindery.tokens import session_token
 from tests.unit.gateway.fakes import S1_TOKEN, SECRET, Harness
 
@@ -95,3 +101,30 @@ async def test_websocket_needs_the_token_too(routed: Harness) -> None:
     )
     assert (await ws.receive(timeout=5)).data == "hello"
     await ws.close()
+
+
+def test_admit_lets_in_the_sessions_token_and_says_which_cookie_the_answer_sets() -> None:
+    credentials = Credentials(SECRET)
+
+    def request(headers: dict[str, str], query: str = "") -> web.Request:
+        return make_mocked_request("GET", f"/user/s1/lab{query}", headers={"Host": "gw", **headers})
+
+    assert admit(credentials, request({}), "s1", secure_cookie=False).refusal is not None
+    wrong = request({"Authorization": f"token {S1_TOKEN}x"})
+    assert admit(credentials, wrong, "s1", secure_cookie=False).refusal is not None
+
+    by_query = admit(credentials, request({}, f"?token={S1_TOKEN}"), "s1", secure_cookie=True)
+    assert by_query.refusal is None
+    assert by_query.set_cookie == token_cookie("s1", S1_TOKEN, True)
+    kept = request({"Authorization": f"token {S1_TOKEN}", "Cookie": f"{TOKEN_COOKIE}={S1_TOKEN}"})
+    assert admit(credentials, kept, "s1", secure_cookie=False).set_cookie is None, "has it"
+
+    own_page = request({"Cookie": f"{TOKEN_COOKIE}={S1_TOKEN}", "Origin": "http://gw"})
+    admitted = admit(credentials, own_page, "s1", secure_cookie=False)
+    assert (admitted.refusal, admitted.set_cookie) == (None, None)
+    assert own_page[COOKIE_TOKEN] == S1_TOKEN, "passed on to Jupyter in Authorization"
+
+    elsewhere = request({"Cookie": f"{TOKEN_COOKIE}={S1_TOKEN}", "Origin": "http://s2.gw"})
+    refused = admit(credentials, elsewhere, "s1", secure_cookie=False).refusal
+    assert refused is not None and refused.status == 403
+    assert COOKIE_TOKEN not in elsewhere
