@@ -134,13 +134,23 @@ async def test_launches_through_both_gateways_spread_over_both_resolvers_once_ea
     )
 
 
+@pytest.fixture(scope="module")
+def served_repo(repos: Path) -> Path:
+    path = repos / "edge-replicas-serve"
+    make_repo(path, {"README.md": "served by every gateway\n"})
+    return path
+
+
 @pytest.mark.parametrize("through", [0, 1], ids=["first-gateway", "second-gateway"])
 async def test_a_session_launched_through_either_gateway_is_served_by_both(
-    stack: Stack, http: aiohttp.ClientSession, repos: Path, gateways: list[Gateway], through: int
+    stack: Stack,
+    http: aiohttp.ClientSession,
+    served_repo: Path,
+    gateways: list[Gateway],
+    through: int,
 ) -> None:
-    repo = repos / "edge-replicas-serve"
-    make_repo(repo, {"README.md": "served by every gateway\n"})
-    events = await launch(http, gateways[through].url, build_path(f"file://{repo}", "main"))
+    path = build_path(f"file://{served_repo}", "main")
+    events = await launch(http, gateways[through].url, path)
     ready = events[-1]
     assert ready["phase"] == "ready", events[-3:]
     try:
