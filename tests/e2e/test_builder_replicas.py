@@ -1,5 +1,6 @@
 """Builds with two builder replicas: concurrent launches share one build and all see its log;
-a builder killed mid-build hands the launch to the other; the log stays readable (issue 3)."""
+a builder killed (SIGKILL) mid-build or mid-push hands the launch to the other, which finishes
+it; the log stays readable (issues 3 and 14)."""
 
 from __future__ import annotations
 
@@ -39,9 +40,10 @@ SECOND_HEALTH_PORT = GATEWAY_PORT + 15
 SECOND_REPLICA = f"second-{SLOT}"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 async def second_builder(stack: Stack) -> AsyncIterator[subprocess.Popen[bytes]]:
-    """Another builder replica beside the stack's."""
+    """Another builder replica beside the stack's, started for each test: a test may kill it,
+    and one started afresh removes what a killed one of its name left (its build cgroups)."""
     env = dict(stack.env)
     env.update(BINDERY_HEALTH_PORT=str(SECOND_HEALTH_PORT), BINDERY_BUILDER_REPLICA=SECOND_REPLICA)
 
@@ -122,18 +124,29 @@ async def test_three_launches_at_once_share_one_build_and_all_see_its_log(
         assert resp.status == 404
 
 
-async def test_a_builder_killed_mid_build_hands_the_launch_to_another(
+#: What a build's log shows when the kill comes, by launch phase: its postBuild running
+#: (mid-build), or the first line of the push to the registry (mid-push).
+KILL_AT = {
+    "mid-build": re.compile(r"kill-the-builder-now"),
+    "mid-push": re.compile(r"^Pushing \S+"),
+}
+
+
+@pytest.mark.parametrize("phase", list(KILL_AT))
+async def test_a_builder_killed_hands_the_launch_to_another(
     stack: Stack,
     http: aiohttp.ClientSession,
     repos: Path,
     second_builder: subprocess.Popen[bytes],
+    phase: str,
 ) -> None:
-    repo = repos / "replicas-kill"
+    repo = repos / f"replicas-kill-{phase}"
     make_repo(
         repo,
         {
             "requirements.txt": "pyfiglet==1.0.2\n",
-            "postBuild": "#!/bin/bash\necho kill-the-builder-now\nsleep 8\n",
+            # A build of its own per phase; mid-build, long enough to be killed in.
+            "postBuild": f"#!/bin/bash\necho kill-the-builder-now {phase}\nsleep 8\n",
         },
     )
     processes = {STACK_REPLICA: stack.processes["builder"], SECOND_REPLICA: second_builder}
@@ -149,7 +162,7 @@ async def test_a_builder_killed_mid_build_hands_the_launch_to_another(
                 continue
             events.append(json.loads(line[5:]))
             message = str(events[-1].get("message", ""))
-            if "kill-the-builder-now" in message and not killed:
+            if KILL_AT[phase].search(message) and not killed:
                 killed = builds_seen(events)[-1]["replica"]
                 processes[killed].send_signal(signal.SIGKILL)
                 processes[killed].wait()
@@ -159,7 +172,7 @@ async def test_a_builder_killed_mid_build_hands_the_launch_to_another(
         stack.processes.pop("builder")
         stack.start("builder")
 
-    assert killed, "the build never reached its postBuild"
+    assert killed, f"the build never reached {phase}"
     assert events[-1]["phase"] == "ready", events[-3:]
     builds = builds_seen(events)
     assert len({match["id"] for match in builds}) == 2, "the build ran again"

@@ -19,7 +19,16 @@ from bindery.bus import Bus
 from bindery.bus.eventlog import read, replay
 from tests.support.eventually import eventually
 from tests.support.gitrepo import make_repo, notebook
-from tests.support.stack import HEALTH_PORTS, VHOST, Stack, build_path, launch, own_vhost
+from tests.support.stack import (
+    HEALTH_PORTS,
+    VHOST,
+    Stack,
+    build_path,
+    launch,
+    launch_events,
+    own_vhost,
+    stop_session,
+)
 
 REPLAY_VHOST = f"{VHOST}-replay"
 LAUNCH_HISTOGRAM = "bindery_launch_duration_seconds_count"
@@ -82,13 +91,17 @@ def spans_of(stack: Stack, launch_id: str) -> list[dict[str, Any]]:
     return [s for s in spans if s["context"]["trace_id"] in ids]
 
 
+def archived_lines(stack: Stack, launch_id: str) -> list[dict[str, Any]]:
+    return [
+        record
+        for path in (stack.log_dir / "archive").glob("events-*.jsonl")
+        for line in path.read_text().splitlines()
+        if (record := json.loads(line))["launch_id"] == launch_id
+    ]
+
+
 def archived(stack: Stack, launch_id: str) -> dict[str, Any] | None:
-    for path in (stack.log_dir / "archive").glob("events-*.jsonl"):
-        for line in path.read_text().splitlines():
-            record: dict[str, Any] = json.loads(line)
-            if record["launch_id"] == launch_id:
-                return record
-    return None
+    return next(iter(archived_lines(stack, launch_id)), None)
 
 
 @pytest.fixture
@@ -208,3 +221,33 @@ async def test_log_lines_of_a_launch_carry_its_trace_and_never_a_secret(
                 lines += 1
                 assert entry.get("trace_id") in trace_ids, (path.name, entry)
     assert lines, "the services logged the launch"
+
+
+async def test_an_archiver_killed_mid_launch_archives_it_once_with_its_earlier_stages(
+    stack: Stack, http: aiohttp.ClientSession, repos: Path
+) -> None:
+    """Killed (SIGKILL) while the launch builds, the archiver had taken the launch's first events
+    off its queue and acknowledged them; the one started next reads them back from the event
+    log, so the launch's one archive line still has its build."""
+    repo = repos / "archiver-kill"
+    make_repo(repo, {"index.ipynb": notebook("print('archived across a kill')")})
+    events: list[dict[str, Any]] = []
+    killed = False
+    async for event in launch_events(http, stack.gateway, build_path(f"file://{repo}", "main")):
+        events.append(event)
+        if event["phase"] == "building" and not killed:
+            victim = stack.processes.pop("archiver")
+            victim.kill()
+            await asyncio.to_thread(victim.wait)
+            killed = True
+            await asyncio.to_thread(stack.start, "archiver")
+    ready = events[-1]
+    assert ready["phase"] == "ready", events[-3:]
+    stop_session(ready["launch_id"])
+    record = await eventually(
+        lambda: archived(stack, ready["launch_id"]), within=30, what="the launch archived"
+    )
+    assert record["status"] == "success" and record["built"]
+    assert record["duration_seconds"]["build"] > 0, "the stages before the kill are kept"
+    await asyncio.sleep(2)  # a moment for a twin line
+    assert len(archived_lines(stack, ready["launch_id"])) == 1, "archived once"

@@ -8,6 +8,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bindery.gateway.sessionauth import TOKEN_COOKIE
 from tests.support.gitrepo import make_repo, notebook
 from tests.support.kernel import run_code
 from tests.support.stack import Stack, build_path, launch, running_sessions
@@ -85,11 +86,31 @@ async def test_unknown_ref_fails_with_a_message_naming_it(
     assert set(running_sessions()) == before, "a failed launch leaves no container behind"
 
 
+async def reload(http: aiohttp.ClientSession, ready: dict[str, Any]) -> str:
+    """Where a tab open on the session lands when it reloads, on the session's cookie alone (as
+    the handoff left it, no token in the address): its status and final path."""
+    cookie = f"{TOKEN_COOKIE}={ready['token']}"
+    async with http.get(f"{ready['url']}tree", headers={"Cookie": cookie}) as resp:
+        return f"{resp.status} {resp.url.path}"
+
+
+@pytest.mark.parametrize("how", ["terminated", "killed"])
 async def test_session_survives_a_gateway_restart(
-    stack: Stack, http: aiohttp.ClientSession, first_launch: list[dict[str, Any]]
+    stack: Stack, http: aiohttp.ClientSession, first_launch: list[dict[str, Any]], how: str
 ) -> None:
+    """Killed (SIGKILL) while the session is ready, nothing of the gateway's memory survives:
+    the gateway started again finds the session's route among what the nodes run."""
     ready = first_launch[-1]
-    stack.restart("gateway")
+    opened = await reload(http, ready)
+    assert opened.startswith("200 ") and "login" not in opened, opened
+    if how == "terminated":
+        stack.restart("gateway")
+    else:
+        victim = stack.processes.pop("gateway")
+        victim.kill()
+        victim.wait()
+        stack.start("gateway")
     headers = {"Authorization": f"token {ready['token']}"}
     async with http.get(f"{ready['url']}api/status", headers=headers) as resp:
         assert resp.status == 200
+    assert await reload(http, ready) == opened, "the open tab works again after a reload"
