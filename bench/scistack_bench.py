@@ -7,7 +7,7 @@ comment of its own, so its environment key is new and the build really builds; t
 uv cache is per key, so the build's downloads are cold too):
 - cold: its first launch, the build's own seconds (clone, environment image, repository image,
   pushes) and the time until the session is ready (the build, then the node's pull and start),
-  with when each part of the launch ended;
+  with the second each of the launch's phases (building, pushing, pulling, launching) began;
 - floor, in the same run: the same requirements installed by uv into an empty venv of the host's
   Python (Debian bookworm's 3.11, the Python of the default base image) from the same index the
   builder's steps use (PyPI through this host's proxy), with an empty uv cache of its own;
