@@ -105,14 +105,19 @@ def anchor_build(repo: Path, podman: list[str]) -> float:
         dockerfile.unlink()
 
 
-def anchors(repo: Path) -> dict[str, float]:
-    """The anchor as root and in the sandbox, one after the other on the same repository."""
-    # The rootfs is made in the sandbox's store (scripts/base-image.sh): root gets a copy.
+def root_rootfs() -> None:
+    """The anchor's base image in root's store: it is made in the sandbox's store
+    (scripts/base-image.sh), so root gets a copy."""
     if subprocess.run(["podman", "image", "exists", ROOTFS], check=False).returncode != 0:
         saved = subprocess.run(
             sandbox_podman("save", ROOTFS), check=True, capture_output=True
         ).stdout
         subprocess.run(["podman", "load"], input=saved, check=True, capture_output=True)
+
+
+def anchors(repo: Path) -> dict[str, float]:
+    """The anchor as root and in the sandbox, one after the other on the same repository."""
+    root_rootfs()
     with sandbox_dir() as context:
         shutil.copytree(repo, context / "repo", symlinks=True)
         SANDBOX.hand_over(context / "repo")
