@@ -442,7 +442,8 @@ def scheduler_settings(work: Workload, prepull: bool = True) -> SchedulerSetting
     scheduler has none) the popularity threshold is out of reach. The per-repository quota is
     the whole cluster: with Zipf popularity the top repository holds a few hundred sessions at
     once (mybinder.org raises such repositories' quotas), and launches queued at a quota would
-    measure the quota, not placement."""
+    measure the quota, not placement. No warm pool: placement, not pre-started sessions, is
+    what is measured."""
     seats = work.nodes * (work.node_memory // GiB)
     return SchedulerSettings(
         session_secret="simulation-secret-0123456789",
@@ -450,4 +451,5 @@ def scheduler_settings(work: Workload, prepull: bool = True) -> SchedulerSetting
         total_quota=seats,
         repo_quota=seats,
         prepull_launches=3 if prepull else 10**9,
+        warm_pool_share=0,
     )

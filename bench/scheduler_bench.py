@@ -154,7 +154,7 @@ async def measure(stack: Stack, repo_url: str) -> dict[str, Any]:
             await stop(bus, ready)
             await until_sessions(http, stack, runtime, 0, 0)
 
-        stack.env["BINDERY_WARM_POOL_SIZE"] = "1"
+        stack.env["BINDERY_WARM_POOL_SHARE"] = "0.1"  # the default; the test stack has none
         stack.restart("scheduler")
         _, ready = await timed_launch(http, stack, path)  # makes the image popular
         await stop(bus, ready)
@@ -165,10 +165,11 @@ async def measure(stack: Stack, repo_url: str) -> dict[str, Any]:
             assert ready["phase"] == "ready", ready
             warm.append(seconds)
             await stop(bus, ready)
-        del stack.env["BINDERY_WARM_POOL_SIZE"]
+        stack.env["BINDERY_WARM_POOL_SHARE"] = "0"
         stack.restart("scheduler")
-        # A scheduler without a pool adopts the warm sessions left and never stops them: the
-        # bursts would claim them. Stopped here, each gives its seat back as it exits.
+        # A scheduler without a pool stops the warm sessions it adopted only at its next pass
+        # over the pool: the bursts would claim them first. Stopped here, each gives its seat
+        # back as it exits.
         for session in await runtime.list_warm():
             await runtime.stop(session.name)
         await until_sessions(http, stack, runtime, 0, 0)

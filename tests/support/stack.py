@@ -267,6 +267,9 @@ def stack_env(log_dir: Path, slot: Slot = Slot(SLOT), amqp_url: str = "") -> dic
             "BINDERY_CHECK_INTERVAL": "2",
             # A launch nobody watches is cancelled this soon (tests/e2e/test_abandoned_launches).
             "BINDERY_ABANDON_GRACE": "5",
+            # No warm pool (on by default) unless a test asks for one: tests count the
+            # containers and sessions their launches start.
+            "BINDERY_WARM_POOL_SHARE": "0",
             "BINDERY_NODES": ",".join(f"{name}={url}" for name, url in NODES.items()),
             "BINDERY_ARCHIVE_DIR": str(log_dir / "archive"),
             # Every service appends its spans here, so a test can follow one launch's trace.

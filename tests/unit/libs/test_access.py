@@ -111,6 +111,12 @@ def test_the_gateway_declares_exclusive_queues_and_reads_both_logs() -> None:
     assert not allows(ALLOWED["resolver"].configure, exclusive)
 
 
+def test_the_scheduler_reads_recent_launches_back_but_no_build_log() -> None:
+    scheduler = ALLOWED["scheduler"]
+    assert allows(scheduler.read, topology.EVENT_LOG_STREAM)  # the warm pool's demand
+    assert not allows(scheduler.read, topology.BUILD_LOG_STREAM)
+
+
 def test_the_archiver_publishes_nothing_and_reads_the_event_log() -> None:
     archiver = ALLOWED["archiver"]
     assert archiver.write == "^$"

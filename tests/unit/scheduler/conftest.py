@@ -190,9 +190,13 @@ async def make(jupyter: str) -> AsyncIterator[Make]:
 
     async def build(*, down: tuple[str, ...] = (), **overrides: Any) -> Harness:
         """A scheduler over the fake runtime, created while the nodes in `down` do not answer."""
-        settings = SchedulerSettings(
-            **{"session_secret": "s" * 32, "startup_timeout": 0.5, **overrides}
-        )
+        # No warm pool unless a test asks for one: tests count starts and sessions.
+        defaults: dict[str, Any] = {
+            "session_secret": "s" * 32,
+            "startup_timeout": 0.5,
+            "warm_pool_share": 0,
+        }
+        settings = SchedulerSettings(**(defaults | overrides))
         runtime = FakeRuntime(jupyter, down=set(down))
         events: list[Event] = []
 

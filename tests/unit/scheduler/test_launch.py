@@ -147,7 +147,7 @@ async def test_reconcile_adopts_live_sessions_and_removes_the_dead(make: Make) -
 
 
 async def test_a_launch_is_served_from_the_warm_pool(make: Make) -> None:
-    h: Harness = await make(warm_pool_size=1)
+    h: Harness = await make(warm_pool_share=0.5)  # one of 4 GiB
     h.runtime.images["node-1"].add(IMAGE)
     await h.scheduler.launch(order("L1"))
     await h.scheduler.maintain()
@@ -169,7 +169,7 @@ async def test_a_warm_session_serves_only_launches_with_its_binderhub_variables(
     """A process's environment is fixed at its start: a warm session gets the variables of its
     image's latest launch, goes only to launches with the same, and is replaced when launches
     of its image come with others."""
-    h: Harness = await make(warm_pool_size=1)
+    h: Harness = await make(warm_pool_share=0.5)  # one of 4 GiB
     h.runtime.images["node-1"].add(IMAGE)
     badge = {"BINDER_REQUEST": "v2/gh/o/r/HEAD", "BINDER_REPO_URL": REPO}
     pinned = {"BINDER_REQUEST": "v2/gh/o/r/v1", "BINDER_REPO_URL": REPO}

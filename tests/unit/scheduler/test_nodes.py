@@ -210,7 +210,7 @@ async def test_the_scheduler_starts_with_a_node_down_and_adopts_its_sessions_whe
 
 
 async def test_no_warm_session_or_prepull_goes_to_a_down_node(make: Make, clock: Clock) -> None:
-    h: Harness = await make(warm_pool_size=2, prepull_launches=1, prepull_nodes=2)
+    h: Harness = await make(warm_pool_share=1, prepull_launches=1, prepull_nodes=2)
     h.scheduler.clock = clock
     h.runtime.images["node-1"].add(IMAGE)
     await h.scheduler.launch(order("L1"))

@@ -212,7 +212,7 @@ async def test_a_cancelled_launch_gives_its_turn_back(make: Make) -> None:
 
 
 async def test_warm_starts_wait_behind_launches(make: Make) -> None:
-    h = await one_node_harness(make, warm_pool_size=1)
+    h = await one_node_harness(make, warm_pool_share=0.125)  # one of 16 GiB
     gate = Gate(h)
     holder = asyncio.create_task(h.scheduler.launch(launch_order("L1", 0)))
     await eventually(lambda: gate.started == ["L1"], within=10, what="L1 starting")

@@ -93,9 +93,11 @@ SERVICES: dict[str, Access] = {
         publishes=(BuildStarted, BuildLog, ImageBuilt, LaunchFailed),
         consumes=(topology.BUILDER, topology.builder_replica(ANY)),
     ),
+    # The scheduler reads back recent launches after a restart: the warm pool follows them.
     "scheduler": Access(
         publishes=(LaunchQueued, ImagePulling, PodScheduled, PodReady, PodStopped, LaunchFailed),
         consumes=(topology.SCHEDULER, topology.SCHEDULER_STOPS),
+        streams=(topology.EVENT_LOG_STREAM,),
         session_secret=True,
         lock=topology.lock_queue("scheduler"),
     ),

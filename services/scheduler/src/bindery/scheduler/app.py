@@ -1,4 +1,5 @@
-"""Wires the scheduler: settings, the runtime over every node, reconciliation, subscriptions,
+"""Wires the scheduler: settings, the runtime over every node, the recent demand the event log
+holds (popularity, which the warm pool follows), reconciliation, subscriptions,
 and the background loops, supervised by the service runner: one keeps popular images
 pre-pulled and the warm pool filled, one stops sessions over the disk limit, one follows the
 runtime's exits and one reconciles the seats with the sessions the runtime lists, in case an
@@ -11,13 +12,18 @@ that takes over rebuilds them from the runtime (`reconcile`) before its first la
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import aiohttp
+import structlog
 
 from bindery import service
 from bindery.runtimes import make_runtime
-from bindery.scheduler.handlers import subscribe
+from bindery.scheduler.handlers import replay_recent_demand, subscribe
 from bindery.scheduler.launch import Scheduler
 from bindery.scheduler.settings import SchedulerSettings
+
+log = structlog.get_logger("bindery.scheduler")
 
 
 def main() -> None:
@@ -31,6 +37,14 @@ def main() -> None:
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         )
         scheduler = await Scheduler.create(settings, runtime, starter.bus.publish, http)
+        # Before the adopted sessions count as launches now: each image's launches stay in
+        # time order.
+        try:
+            await replay_recent_demand(
+                settings.amqp_url, scheduler, timedelta(seconds=settings.popularity_window)
+            )
+        except Exception as exc:  # no stream, no read permission, broker gone: start anyway
+            log.warning("demand.replay_failed", error=str(exc) or type(exc).__name__)
         # The view must be whole before the first (possibly redelivered) launch arrives.
         await scheduler.reconcile()
         await subscribe(starter.bus, scheduler)

@@ -79,7 +79,7 @@ from bindery.scheduler.admission import Admission, QueueTimeout, Withdrawn
 from bindery.scheduler.cluster import Cluster, Seat
 from bindery.scheduler.disk import over_limit
 from bindery.scheduler.exits import ended_sessions, stop_reason
-from bindery.scheduler.popularity import Popularity, warm_targets
+from bindery.scheduler.popularity import Popularity, warm_pool_sessions, warm_targets
 from bindery.scheduler.settings import SchedulerSettings
 from bindery.scheduler.starts import Priority, StartLine
 from bindery.sessionnetwork import SessionNetwork
@@ -480,6 +480,7 @@ class Scheduler:
             else:
                 log.info("pool.claimed", name=session.name, node=session.node)
                 metrics.WARM_POOL_HITS.inc()
+                self._maintain_soon.set()  # its successor starts while this launch finishes
                 await self._scheduled(order, session.name, session.node)
                 await self._until_ready(progress, session)
                 return session
@@ -824,11 +825,17 @@ class Scheduler:
                 except RuntimeError_ as exc:
                     log.warning("image.prepull_failed", node=node, image=image, error=str(exc))
 
+    def warm_pool_sessions(self) -> int:
+        """How many warm sessions the pool's share of the answering nodes' memory holds."""
+        capacity = sum(self.cluster.capacity.get(node, 0) for node in self._up_nodes())
+        return warm_pool_sessions(
+            capacity, self.settings.warm_pool_share, self.settings.memory_limit
+        )
+
     async def fill_pool(self) -> None:
-        """Bring the warm pool to its targets; launches waiting for room come first."""
-        if self.settings.warm_pool_size == 0:
-            return
-        targets = warm_targets(self.popularity.counts(), self.settings.warm_pool_size)
+        """Bring the warm pool to its targets (recent demand within its memory budget);
+        launches waiting for room come first."""
+        targets = warm_targets(self.popularity.counts(), self.warm_pool_sessions())
         current = self.cluster.pool_by_image()
         for seat in self.cluster.pool_seats():
             if seat.warm is None:

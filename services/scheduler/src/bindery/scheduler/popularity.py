@@ -2,7 +2,8 @@
 
 In: each launch's image (and repository, to name warm sessions readably, and BinderHub variables,
 which its warm sessions are started with). Out: images ranked by
-launches within a sliding window, the popular ones, and how many warm sessions each deserves.
+launches within a sliding window, the popular ones, how many warm sessions the pool's memory
+budget allows and how many of them each image deserves.
 """
 
 from __future__ import annotations
@@ -45,14 +46,28 @@ class Popularity:
         return [image for image, n in self.counts(now).most_common() if n >= threshold]
 
 
-def warm_targets(counts: Counter[str], pool_size: int) -> Counter[str]:
-    """Deal the pool's sessions to the most launched images, one each in turn.
+def warm_pool_sessions(capacity: int, share: float, session_memory: int) -> int:
+    """How many warm sessions fit the pool's memory budget: each counted at `session_memory`
+    (its limit), together at most `share` of `capacity`."""
+    return int(share * capacity) // session_memory
 
-    With one popular image it gets every slot; with more images than slots, the top ones get one.
-    Ties rank by name so the plan does not flap between equally popular images.
+
+def warm_targets(counts: Counter[str], pool_size: int) -> Counter[str]:
+    """Deal the pool's sessions to the most launched images, one each in turn, none more than
+    its launches in the window: demand sizes the pool, `pool_size` bounds it.
+
+    With one popular image it gets every slot its demand asks for; with more images than slots,
+    the top ones get one. Ties rank by name so the plan does not flap between equally popular
+    images.
     """
-    ranked = sorted(counts, key=lambda image: (-counts[image], image))[:pool_size]
+    ranked = sorted(counts, key=lambda image: (-counts[image], image))
     targets: Counter[str] = Counter()
-    for slot in range(pool_size if ranked else 0):
-        targets[ranked[slot % len(ranked)]] += 1
+    dealt = 0
+    while dealt < pool_size:
+        wanting = [image for image in ranked if targets[image] < counts[image]]
+        if not wanting:
+            break
+        for image in wanting[: pool_size - dealt]:
+            targets[image] += 1
+            dealt += 1
     return targets

@@ -63,9 +63,13 @@ class SchedulerSettings(CapacitySettings, PackageIndexSettings):
     """Launches this scheduler holds at once (starting or waiting in the queue). Each keeps its
     message unacknowledged, so a scheduler that dies mid-launch hands it to its successor."""
 
-    warm_pool_size: int = Field(default=0, ge=0)
-    """Sessions kept started for the most launched images (0: no pool). Each holds a memory
-    reservation, so the pool yields to real launches when a node is full."""
+    warm_pool_share: float = Field(default=0.1, ge=0, le=1)
+    """Share of the cluster's session memory (of the nodes that answer) the warm pool may hold,
+    each warm session counted at `memory_limit`. Its sessions go to the images launched most
+    within `popularity_window`, none more often than it was launched there (0: no pool). A tenth
+    keeps the few repositories that take most launches (a workshop, a course, a popular badge)
+    started ahead at little cost: warm sessions hold reservations, so a launch that finds a
+    node full evicts one of another image instead of waiting."""
 
     popularity_window: float = 3600.0
     """Launches counted for popularity (warm pool, pre-pulls) within this many seconds."""

@@ -1,0 +1,139 @@
+"""The warm pool sizes itself: its memory budget (a share of the cluster's session memory, each
+warm session counted at its limit), its sessions dealt by recent demand, and that demand read back
+from the event log when the scheduler starts."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Collection
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from bindery.bus import eventlog
+from bindery.events import Event, ImageBuilt, PodReady, RefResolved, RepoConfig
+from bindery.scheduler import handlers
+from bindery.scheduler.popularity import warm_pool_sessions, warm_targets
+from tests.support.eventually import eventually
+from tests.unit.scheduler.conftest import IMAGE, REPO, GiB, Harness, Make, order
+
+
+def test_the_budget_is_a_share_of_capacity_in_session_limits() -> None:
+    assert warm_pool_sessions(48 * GiB, 0.1, 2 * GiB) == 2, "4.8 GiB holds two 2 GiB sessions"
+    assert warm_pool_sessions(100 * 64 * GiB, 0.1, 2 * GiB) == 320
+    assert warm_pool_sessions(48 * GiB, 0.0, 2 * GiB) == 0
+    assert warm_pool_sessions(3 * GiB, 0.5, 2 * GiB) == 0, "half a session is none"
+
+
+def test_sessions_go_to_the_most_launched_images_none_beyond_its_demand() -> None:
+    counts = Counter({"a": 5, "b": 2, "c": 1})
+    assert warm_targets(counts, 2) == {"a": 1, "b": 1}, "the top images first, one each"
+    assert warm_targets(counts, 5) == {"a": 2, "b": 2, "c": 1}
+    assert warm_targets(counts, 100) == counts, "demand, not the budget, sizes a quiet pool"
+    assert warm_targets(Counter({"b": 3, "a": 3}), 1) == {"a": 1}, "ties by name: no flapping"
+    assert warm_targets(counts, 0) == Counter()
+
+
+async def test_the_pool_follows_demand_within_the_budget(make: Make) -> None:
+    # Two nodes of 8 GiB; a quarter of 16 GiB holds two 2 GiB sessions.
+    h: Harness = await make(node_memory=8 * GiB, warm_pool_share=0.25)
+    other = "127.0.0.1:5000/other:def"
+    for launch_id, image in [("L1", IMAGE), ("L2", IMAGE), ("L3", IMAGE), ("L4", other)]:
+        await h.scheduler.launch(order(launch_id, image))
+    await h.scheduler.maintain()
+    warm = await h.runtime.list_warm()
+    assert sorted(s.image for s in warm) == sorted([IMAGE, other])
+    await h.scheduler.launch(order("L5", IMAGE))
+    assert h.of(PodReady)[-1].session in {s.name for s in warm}, "served warm"
+
+
+async def test_no_share_no_pool(make: Make) -> None:
+    h: Harness = await make(warm_pool_share=0)
+    await h.scheduler.launch(order("L1"))
+    await h.scheduler.maintain()
+    assert await h.runtime.list_warm() == []
+    assert len(h.runtime.starts) == 1
+
+
+def resolved(
+    launch_id: str, image: str, at: datetime, *, image_exists: bool = True, build_only: bool = False
+) -> RefResolved:
+    return RefResolved(
+        launch_id=launch_id,
+        time=at,
+        provider="gh",
+        spec="o/r/main",
+        repo_url=REPO,
+        ref="main",
+        resolved_ref="abc",
+        repo_key=REPO,
+        image=image,
+        image_exists=image_exists,
+        build_only=build_only,
+        repo_config=RepoConfig(),
+    )
+
+
+async def test_a_restarted_scheduler_reads_recent_demand_back(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = datetime.now(UTC)
+    built = ImageBuilt(
+        launch_id="L3",
+        time=now - timedelta(minutes=1),
+        repo_url=REPO,
+        resolved_ref="abc",
+        image="built:1",
+        duration_seconds=5,
+        session_env={"BINDER_REQUEST": "v2/gh/o/r/main"},
+    )
+    log: list[Event] = [
+        resolved("L1", IMAGE, now - timedelta(minutes=30)),
+        resolved("L2", IMAGE, now - timedelta(minutes=20)),
+        resolved("B1", "missing:1", now, image_exists=False),  # its image-built says it
+        resolved("B2", "only-built:1", now, build_only=True),  # nobody's session
+        built,
+    ]
+    asked: list[tuple[timedelta, Collection[str]]] = []
+
+    async def recent(url: str, window: timedelta, types: Collection[str]) -> AsyncIterator[Event]:
+        asked.append((window, types))
+        for event in log:
+            if event.type in types:
+                yield event
+
+    monkeypatch.setattr(eventlog, "recent", recent)
+    h: Harness = await make(warm_pool_share=1)
+    replayed = await handlers.replay_recent_demand("amqp://", h.scheduler, timedelta(hours=1))
+    assert replayed == 3
+    assert asked == [(timedelta(hours=1), {RefResolved.type, ImageBuilt.type})]
+    popularity = h.scheduler.popularity
+    assert popularity.counts() == {IMAGE: 2, "built:1": 1}
+    assert popularity.envs["built:1"] == built.session_env, "warm sessions get its variables"
+    # Each launch counts at its own age: the one 30 minutes ago leaves a 25-minute window first.
+    later = time.monotonic() + 2 * 60
+    popularity.window = 25 * 60
+    assert popularity.counts(now=later) == {IMAGE: 1, "built:1": 1}
+
+    await h.scheduler.maintain()
+    await eventually(
+        lambda: len(h.scheduler.cluster.pool_seats()) == 2, within=10, what="the pool warmed"
+    )
+    assert {seat.image for seat in h.scheduler.cluster.pool_seats()} == {IMAGE, "built:1"}
+
+
+async def test_replay_keeps_the_newest_launches_when_over_its_limit(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = datetime.now(UTC)
+    log = [resolved(f"L{i}", f"image:{i}", now - timedelta(minutes=10 - i)) for i in range(10)]
+
+    async def recent(url: str, window: timedelta, types: Collection[str]) -> AsyncIterator[Event]:
+        for event in log:
+            yield event
+
+    monkeypatch.setattr(eventlog, "recent", recent)
+    h: Harness = await make()
+    assert await handlers.replay_recent_demand("amqp://", h.scheduler, timedelta(hours=1), 3) == 3
+    assert set(h.scheduler.popularity.counts()) == {"image:7", "image:8", "image:9"}
