@@ -1,7 +1,8 @@
 """The builder's domain: an image the registry lacks becomes an image in it.
 
-In: ref-resolved events whose image does not exist. Out: build-started, build-log lines (on the
-logs channel), then image-built or launch-failed with a reason code, all for the event's launch.
+In: ref-resolved events whose image does not exist (routed `ref-resolved.build`). Out:
+build-started, build-log lines (on the logs channel), then image-built (carrying the launch's
+context on) or launch-failed with a reason code, all for the event's launch.
 
 One build per image at a time in this replica: a launch of an image that is already building
 joins that build -- it gets the log so far and every line after -- instead of building it again,
@@ -106,8 +107,6 @@ class Builder:
         self._remember = recently_built
 
     async def on_ref_resolved(self, event: RefResolved) -> None:
-        if event.image_exists:
-            return  # the scheduler's
         done = self._built.get(event.image)
         if done is not None:
             await self._report(event, done)
@@ -126,7 +125,9 @@ class Builder:
         )
         if not joining:
             build.task = asyncio.create_task(self._build(event, build))
-            log.info("build.started", image=event.image, repo=event.repo_url, id=build.build_id)
+            log.info(
+                "build.started", image=event.image, repo=event.context.repo_url, id=build.build_id
+            )
         else:
             # Joined before the replay: lines that come during it reach this launch too.
             build.launches.append(event.launch_id)
@@ -140,8 +141,12 @@ class Builder:
     @metrics.in_progress
     @telemetry.traced("build")
     async def _build(self, event: RefResolved, build: _Build) -> BuildResult:
+        context = event.context
         request = BuildRequest(
-            _source_url(event.repo_url), event.resolved_ref, event.image, provider=event.provider
+            _source_url(context.repo_url),
+            context.resolved_ref,
+            event.image,
+            provider=context.provider,
         )
         phases = telemetry.PhaseSpans("build")
 
@@ -203,14 +208,9 @@ class Builder:
             await self._publish(
                 ImageBuilt(
                     launch_id=event.launch_id,
+                    context=event.context,
                     image=event.image,
-                    repo_url=event.repo_url,
-                    resolved_ref=event.resolved_ref,
                     duration_seconds=result.seconds,
-                    build_only=event.build_only,
-                    repo_config=event.repo_config,
-                    session_env=event.session_env,
-                    requested_at=event.requested_at,
                 )
             )
             return
