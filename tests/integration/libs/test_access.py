@@ -24,6 +24,7 @@ from bindery.events import (
     ImageBuilt,
     LaunchFailed,
     LaunchRequested,
+    NextStep,
     PodReady,
     RefResolved,
     SessionActivity,
@@ -191,7 +192,10 @@ async def test_the_builder_may_not_read_the_schedulers_queue(connect: Connect) -
 
     with refused("queue 'bindery.scheduler'"):
         await builder.consume(
-            topology.SCHEDULER, Handlers().on(RefResolved, handler).on(ImageBuilt, handler)
+            topology.SCHEDULER,
+            Handlers()
+            .on(RefResolved, handler, route=NextStep.LAUNCH)
+            .on(ImageBuilt, handler, route=NextStep.LAUNCH),
         )
 
 
