@@ -32,7 +32,7 @@ def amqp_url() -> Iterator[str]:
 
 async def as_service(service: str) -> Bus:
     """A bus connected as `service`'s own broker user: it may publish only its own events."""
-    bus = Bus(service_urls(VHOST)[service], service, connect_timeout=10)
+    bus = Bus(service_urls(VHOST)[service], service, connect_timeout=10, declare_topology=False)
     await bus.connect()
     return bus
 
