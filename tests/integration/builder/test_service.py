@@ -25,6 +25,7 @@ from bindery.events import (
     RefResolved,
 )
 from tests.integration.builder.test_build import manifest_status
+from tests.support import launches
 from tests.support.eventually import eventually
 from tests.support.fakeproviders import FakeProviders
 from tests.support.gitrepo import make_repo, notebook
@@ -116,16 +117,13 @@ async def events_until_done(received: "asyncio.Queue[Event]", launch_id: str) ->
 
 
 def ref_resolved(repo: Path, sha: str, image: str) -> RefResolved:
-    return RefResolved(
-        launch_id=uuid.uuid4().hex,
-        provider="git",
+    return launches.ref_resolved(
+        uuid.uuid4().hex,
+        image=image,
         spec=f"{repo}/main",
         repo_url=str(repo),  # a local Bindery's resolver passes paths as they are
         ref="main",
         resolved_ref=sha,
-        repo_key=str(repo),
-        image=image,
-        image_exists=False,
     )
 
 
@@ -148,7 +146,7 @@ async def test_a_missing_image_is_built_pushed_and_announced(
     assert isinstance(events[1], BuildStarted)
     built = events[-1]
     assert isinstance(built, ImageBuilt), events[-1]
-    assert (built.image, built.resolved_ref, built.repo_url) == (image_name, sha, str(repo))
+    assert (built.image, built.context) == (image_name, event.context), "its launch's context"
     logs = [e for e in events if isinstance(e, BuildLog)]
     assert any("uv pip install" in e.message for e in logs)
     assert {"building", "pushing"} <= {e.phase for e in logs}
@@ -182,17 +180,15 @@ async def test_a_zenodo_record_is_fetched_and_built(
 ) -> None:
     providers.zenodo_records["5151"] = 5151
     providers.zenodo_files["5151"] = {"requirements.txt": b"pyfiglet\n", "data.csv": b"a,b\n"}
-    # As the resolver emits it for the DOI 10.5281/zenodo.5151 (RefResolved's docstring).
-    event = RefResolved(
-        launch_id=uuid.uuid4().hex,
+    # As the resolver emits it for the DOI 10.5281/zenodo.5151 (LaunchContext's docstring).
+    event = launches.ref_resolved(
+        uuid.uuid4().hex,
+        image=image_name,
         provider="zenodo",
         spec="10.5281/zenodo.5151",
         repo_url=providers.url("/zenodo/records/5151"),
         ref="",
         resolved_ref="5151",
-        repo_key="zenodo/5151",
-        image=image_name,
-        image_exists=False,
     )
     await bus.publish(event)
 

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from bindery.bus import Bus, Handlers, topology
-from bindery.events import Event, RefResolved
+from bindery.events import Event, NextStep, RefResolved
+from tests.support.launches import ref_resolved
 from tests.support.stack import SLOT, own_vhost
 
 VHOST = f"bindery-integration-{SLOT}-sticky"
@@ -28,16 +29,12 @@ def amqp_url() -> Iterator[str]:
 
 
 def resolved(repo_key: str) -> RefResolved:
-    return RefResolved(
-        launch_id=uuid.uuid4().hex,
-        provider="git",
+    return ref_resolved(
+        uuid.uuid4().hex,
+        image=f"reg/bindery/{repo_key}:1",
         spec=f"{repo_key}/HEAD",
         repo_url=f"https://example.org/{repo_key}.git",
-        ref="HEAD",
-        resolved_ref="5b1503fb6fd79906a6d75af32d4a014b5f31dc61",
         repo_key=repo_key,
-        image=f"reg/bindery/{repo_key}:1",
-        image_exists=False,
     )
 
 
@@ -60,7 +57,9 @@ class Replica:
                 await self.got.put((self.name, queue, event.launch_id))
                 await asyncio.Event().wait()  # a build that never ends, until the replica dies
 
-            await self.bus.consume(spec, Handlers().on(RefResolved, handle), prefetch=50)
+            await self.bus.consume(
+                spec, Handlers().on(RefResolved, handle, route=NextStep.BUILD), prefetch=50
+            )
 
     async def die(self) -> None:
         await self.bus.close()

@@ -27,7 +27,6 @@ from bindery.events import (
     PodReady,
     PodScheduled,
     QueueLimit,
-    RefResolved,
 )
 from bindery.gateway.app import create_app
 from bindery.gateway.deps import Gateway
@@ -36,6 +35,7 @@ from bindery.gateway.settings import GatewaySettings
 from bindery.gateway.stages import STAGE_QUEUES, StageCheck
 from tests.support.browser import chromium, screenshot_path
 from tests.support.fakebus import FakeBus
+from tests.support.launches import ref_resolved
 
 SECRET = "s" * 32
 SPEC = quote("https://example.org/owner/repo.git", safe="") + "/main"
@@ -93,16 +93,15 @@ class LaunchAnswers:
         if self.stall:
             return
         await on(
-            RefResolved(
-                launch_id=lid,
+            ref_resolved(
+                lid,
+                image="img",
+                image_exists=self.fail_with is None,
                 provider=event.provider,
                 spec=event.spec,
                 repo_url="https://example.org/owner/repo.git",
                 ref="main",
                 resolved_ref="c" * 40,
-                repo_key="k",
-                image="img",
-                image_exists=self.fail_with is None,
             )
         )
         if self.fail_with is not None:

@@ -24,12 +24,14 @@ from bindery.events import (
     ImageBuilt,
     LaunchFailed,
     LaunchRequested,
+    NextStep,
     PodReady,
     RefResolved,
     SessionActivity,
     StopReason,
     event_types,
 )
+from tests.support.launches import ref_resolved
 from tests.support.stack import SLOT, own_vhost, service_urls
 
 VHOST = f"bindery-integration-{SLOT}-access"
@@ -82,17 +84,7 @@ def refused(what: str) -> pytest.RaisesExc[ChannelAccessRefused]:
 
 
 def resolved(launch_id: str) -> RefResolved:
-    return RefResolved(
-        launch_id=launch_id,
-        provider="git",
-        spec="repo/HEAD",
-        repo_url="https://example.org/repo.git",
-        ref="HEAD",
-        resolved_ref="5b1503fb6fd79906a6d75af32d4a014b5f31dc61",
-        repo_key="example.org/repo",
-        image="reg/bindery/repo:1",
-        image_exists=False,
-    )
+    return ref_resolved(launch_id, image="reg/bindery/repo:1")
 
 
 async def collect(bus: Bus, spec: QueueSpec) -> asyncio.Queue[Event]:
@@ -105,8 +97,9 @@ async def collect(bus: Bus, spec: QueueSpec) -> asyncio.Queue[Event]:
     handlers = Handlers()
     if spec.carries == topology.EVERY_EVENT:
         handlers.on(Event, handler)
-    for event_type in set(spec.carries) - set(topology.EVERY_EVENT):
-        handlers.on(event_types()[event_type], handler)
+    for key in set(spec.carries) - set(topology.EVERY_EVENT):
+        event_type, step = topology.carried(key)
+        handlers.on(event_types()[event_type], handler, route=step)
     await bus.consume(spec, handlers)
     return received
 
@@ -152,7 +145,8 @@ async def test_each_service_consumes_its_own_queues(admin: Bus, connect: Connect
                 spec = topology.builder_replica(REPLICA)
             received[f"{service} {spec.name or spec.exchange}"] = await collect(bus, spec)
     await admin.publish(LaunchRequested(launch_id=launch_id, provider="git", spec="repo/HEAD"))
-    await admin.publish(resolved(launch_id))
+    await admin.publish(resolved(launch_id))  # needs a build
+    await admin.publish(ref_resolved(launch_id, image_exists=True))  # needs a session
     await wait_for(received["resolver bindery.resolver"], launch_id)
     await wait_for(received["scheduler bindery.scheduler"], launch_id)
     await wait_for(received["archiver bindery.archiver"], launch_id)
@@ -175,7 +169,7 @@ async def test_publishing_is_limited_by_exchange_and_routing_key(
 ) -> None:
     """The resolver may not write into the build log, the culler may not fail a launch; a
     refusal costs the service nothing but that message."""
-    events = await collect(admin, QueueSpec("bindery.test.access-after", ("ref-resolved",)))
+    events = await collect(admin, QueueSpec("bindery.test.access-after", ("ref-resolved.*",)))
     resolver = await connect("resolver")
     with refused("exchange 'bindery.logs'"):
         await resolver.publish(BuildLog(launch_id="l", image="i", message="forged"))
@@ -198,7 +192,10 @@ async def test_the_builder_may_not_read_the_schedulers_queue(connect: Connect) -
 
     with refused("queue 'bindery.scheduler'"):
         await builder.consume(
-            topology.SCHEDULER, Handlers().on(RefResolved, handler).on(ImageBuilt, handler)
+            topology.SCHEDULER,
+            Handlers()
+            .on(RefResolved, handler, route=NextStep.LAUNCH)
+            .on(ImageBuilt, handler, route=NextStep.LAUNCH),
         )
 
 

@@ -25,6 +25,7 @@ from bindery.events import (
     PodScheduled,
     RefResolved,
 )
+from tests.support.launches import github_launch_context
 
 WINDOW = timedelta(hours=2)
 COMMIT = "b" * 40
@@ -85,12 +86,7 @@ async def test_a_launch_in_flight_across_a_restart_keeps_its_earlier_stages(
         RefResolved(
             launch_id=launch_id,
             time=at(0.5),
-            provider="gh",
-            spec="owner/repo/main",
-            repo_url="https://github.com/owner/repo",
-            ref="main",
-            resolved_ref=COMMIT,
-            repo_key="github.com/owner/repo",
+            context=github_launch_context(at(0), COMMIT),
             image=IMAGE,
             image_exists=False,
         ),
@@ -100,9 +96,8 @@ async def test_a_launch_in_flight_across_a_restart_keeps_its_earlier_stages(
         ImageBuilt(
             launch_id=launch_id,
             time=at(61),
+            context=github_launch_context(at(0), COMMIT),
             image=IMAGE,
-            repo_url="https://github.com/owner/repo",
-            resolved_ref=COMMIT,
             duration_seconds=59.5,
         ),
         PodScheduled(launch_id=launch_id, time=at(61.2), session="s", node="node-1", image=IMAGE),

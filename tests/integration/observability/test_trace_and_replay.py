@@ -14,8 +14,9 @@ import pytest
 from bindery import telemetry
 from bindery.bus import Bus, Handlers, QueueSpec
 from bindery.bus.eventlog import read
-from bindery.events import Event, FailureReason, LaunchFailed, LaunchRequested, RefResolved
+from bindery.events import Event, FailureReason, LaunchFailed, LaunchRequested
 from tests.integration.conftest import VHOST
+from tests.support.launches import ref_resolved
 from tests.support.stack import own_vhost
 from tests.support.tracing import memory_exporter
 
@@ -74,16 +75,14 @@ async def test_a_launch_reads_back_in_order_and_replays_into_a_fresh_vhost(
         (bus, LaunchRequested(launch_id=launch_id, provider="git", spec="x/nope")),
         (
             resolver_bus,
-            RefResolved(
-                launch_id=launch_id,
-                provider="git",
+            ref_resolved(
+                launch_id,
+                image="i",
+                image_exists=True,
                 spec="x/nope",
                 repo_url="x",
                 ref="nope",
                 resolved_ref="c" * 40,
-                repo_key="x",
-                image="i",
-                image_exists=True,
             ),
         ),
         (

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from bindery.events import Event, FailureReason, LaunchFailed, LaunchRequested
+from bindery.events import Event, FailureReason, LaunchFailed, LaunchRequested, RefResolved
 from bindery.resolver.resolve import Resolver
 from bindery.resolver.settings import ResolverSettings
 from bindery.settings import Profile
@@ -229,7 +229,9 @@ async def test_the_recorders_see_what_a_legitimate_link_does(
         )
     finally:
         await resolver.close()
-    assert getattr(events[0], "resolved_ref", None) == commit
+    resolved = events[0]
+    assert isinstance(resolved, RefResolved), resolved
+    assert resolved.context.resolved_ref == commit
     [argv] = git_argvs(git_calls)
     assert argv[argv.index(url) - 1] == "--"
     assert listener.connections, "the listener records connections"

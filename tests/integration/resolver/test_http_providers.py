@@ -161,9 +161,12 @@ async def test_github_resolves_branches_short_shas_default_branch_and_renames(
     harness: Harness, spec: str, sha: str
 ) -> None:
     event = await harness.resolved("gh", spec)
-    assert event.resolved_ref == sha
-    assert event.repo_url in {"https://github.com/owner/repo", "https://github.com/old/name"}
-    assert event.image == image_for(event.repo_url, sha)
+    assert event.context.resolved_ref == sha
+    assert event.context.repo_url in {
+        "https://github.com/owner/repo",
+        "https://github.com/old/name",
+    }
+    assert event.image == image_for(event.context.repo_url, sha)
     assert harness.registry.asked == [event.image]
 
 
@@ -186,8 +189,8 @@ async def test_github_token_travels_in_a_header_never_in_the_url(fake: FakeProvi
 
 async def test_github_etag_revalidation_reuses_the_answer_on_304(fake: FakeProviders) -> None:
     harness = Harness(make_settings(fake, cache_ttl=0))
-    assert (await harness.resolved("gh", "owner/repo/dev")).resolved_ref == SHA_DEV
-    assert (await harness.resolved("gh", "owner/repo/dev")).resolved_ref == SHA_DEV
+    assert (await harness.resolved("gh", "owner/repo/dev")).context.resolved_ref == SHA_DEV
+    assert (await harness.resolved("gh", "owner/repo/dev")).context.resolved_ref == SHA_DEV
     first, second = fake.requests_to("/github/repos/owner/repo/commits/dev")
     assert "If-None-Match" not in first.headers
     assert second.headers["If-None-Match"].startswith('W/"')
@@ -250,11 +253,13 @@ async def test_gist_head_is_the_newest_revision_and_old_revisions_resolve(
     harness: Harness,
 ) -> None:
     head = await harness.resolved("gist", "someone/abc123")
-    assert (head.resolved_ref, head.repo_url) == (
+    assert (head.context.resolved_ref, head.context.repo_url) == (
         SHA_DEV,
         "https://gist.github.com/someone/abc123.git",
     )
-    assert (await harness.resolved("gist", f"someone/abc123/{SHA_MAIN}")).resolved_ref == SHA_MAIN
+    assert (
+        await harness.resolved("gist", f"someone/abc123/{SHA_MAIN}")
+    ).context.resolved_ref == SHA_MAIN
     await harness.failed("gist", f"someone/abc123/{'e' * 40}", FailureReason.REF_NOT_FOUND)
     await harness.failed("gist", "someone/fff000", FailureReason.REF_NOT_FOUND)
 
@@ -265,7 +270,7 @@ async def test_secret_gists_are_refused_unless_allowed(fake: FakeProviders) -> N
     )
     assert "secret" in message
     allowed = Harness(make_settings(fake, allow_secret_gists=True))
-    assert (await allowed.resolved("gist", "someone/5ec2e7")).resolved_ref == SHA_MAIN
+    assert (await allowed.resolved("gist", "someone/5ec2e7")).context.resolved_ref == SHA_MAIN
 
 
 # --- GitLab ---
@@ -276,12 +281,12 @@ async def test_gitlab_nested_namespace_is_quoted_and_token_sent_as_header(
 ) -> None:
     harness = Harness(make_settings(fake, gitlab_token="glpat-secret"))
     event = await harness.resolved("gl", "group%2Fsub%2Fproject/v1.0")
-    assert event.resolved_ref == SHA_DEV
-    assert event.repo_url == fake.url("/gitlab/group/sub/project.git")
+    assert event.context.resolved_ref == SHA_DEV
+    assert event.context.repo_url == fake.url("/gitlab/group/sub/project.git")
     request = fake.requests_to("/gitlab/")[-1]
     assert request.path == "/gitlab/api/v4/projects/group%2Fsub%2Fproject/repository/commits/v1.0"
     assert request.headers["PRIVATE-TOKEN"] == "glpat-secret"
-    assert (await harness.resolved("gl", "group%2Fsub%2Fproject")).resolved_ref == SHA_MAIN
+    assert (await harness.resolved("gl", "group%2Fsub%2Fproject")).context.resolved_ref == SHA_MAIN
     await harness.failed("gl", "group%2Fsub%2Fproject/nope", FailureReason.REF_NOT_FOUND)
 
 
@@ -300,10 +305,13 @@ async def test_zenodo_concept_doi_resolves_to_the_latest_record(
     harness: Harness, fake: FakeProviders
 ) -> None:
     event = await harness.resolved("zenodo", "10.5281/zenodo.100")
-    assert (event.resolved_ref, event.repo_url) == ("102", fake.url("/zenodo/records/102"))
-    assert event.image == image_for(event.repo_url, "102")
+    assert (event.context.resolved_ref, event.context.repo_url) == (
+        "102",
+        fake.url("/zenodo/records/102"),
+    )
+    assert event.image == image_for(event.context.repo_url, "102")
     pinned = await harness.resolved("zenodo", "doi:10.5281/zenodo.102")
-    assert pinned.resolved_ref == "102"
+    assert pinned.context.resolved_ref == "102"
 
 
 async def test_zenodo_unknown_doi_and_foreign_landing_page(
@@ -318,10 +326,10 @@ async def test_zenodo_unknown_doi_and_foreign_landing_page(
 
 async def test_figshare_versions(harness: Harness, fake: FakeProviders) -> None:
     latest = await harness.resolved("figshare", "10.6084/m9.figshare.9782777")
-    assert latest.resolved_ref == "9782777.v3"
-    assert latest.repo_url == fake.url("/figshare/articles/_/9782777/3")
+    assert latest.context.resolved_ref == "9782777.v3"
+    assert latest.context.repo_url == fake.url("/figshare/articles/_/9782777/3")
     pinned = await harness.resolved("figshare", "10.6084/m9.figshare.9782777.v2")
-    assert pinned.resolved_ref == "9782777.v2"
+    assert pinned.context.resolved_ref == "9782777.v2"
     assert "no version 9" in await harness.failed(
         "figshare", "10.6084/m9.figshare.9782777.v9", FailureReason.REF_NOT_FOUND
     )
@@ -329,8 +337,10 @@ async def test_figshare_versions(harness: Harness, fake: FakeProviders) -> None:
 
 async def test_dataverse_dataset_version(harness: Harness, fake: FakeProviders) -> None:
     event = await harness.resolved("dataverse", "10.7910/DVN/TJCLKP")
-    assert event.resolved_ref == "3035124.v3.1"
-    assert event.repo_url == fake.url("/dataset.xhtml?persistentId=doi%3A10.7910%2FDVN%2FTJCLKP")
+    assert event.context.resolved_ref == "3035124.v3.1"
+    assert event.context.repo_url == fake.url(
+        "/dataset.xhtml?persistentId=doi%3A10.7910%2FDVN%2FTJCLKP"
+    )
 
 
 async def test_dataverse_doi_on_an_unknown_installation_is_refused(fake: FakeProviders) -> None:
@@ -350,8 +360,8 @@ async def test_hydroshare_resource_version_is_its_modification_time(
     harness: Harness, fake: FakeProviders, spec: str
 ) -> None:
     event = await harness.resolved("hydroshare", spec)
-    assert event.resolved_ref == f"{HS_ID}.v1569424898"
-    assert event.repo_url == fake.url(f"/hydroshare/resource/{HS_ID}")
+    assert event.context.resolved_ref == f"{HS_ID}.v1569424898"
+    assert event.context.repo_url == fake.url(f"/hydroshare/resource/{HS_ID}")
 
 
 async def test_hydroshare_missing_resource(harness: Harness) -> None:
@@ -363,10 +373,13 @@ async def test_ckan_dataset_on_a_local_site(fake: FakeProviders) -> None:
     url = fake.url("/ckan/dataset/sample-dataset-1")
     spec = url.replace(":", "%3A").replace("/", "%2F")
     event = await harness.resolved("ckan", spec)
-    assert (event.resolved_ref, event.repo_url) == ("sample-dataset-1.v1682942400", url)
+    assert (event.context.resolved_ref, event.context.repo_url) == (
+        "sample-dataset-1.v1682942400",
+        url,
+    )
     assert re.fullmatch(r".*:sample-dataset-1\.v1682942400", event.image)
     pinned = await harness.resolved("ckan", spec + "%2Fhistory%2Fact-42")
-    assert pinned.resolved_ref == "sample-dataset-1.act-42"
+    assert pinned.context.resolved_ref == "sample-dataset-1.act-42"
     await harness.failed("ckan", spec.replace("sample", "other"), FailureReason.REF_NOT_FOUND)
 
 
@@ -380,9 +393,9 @@ async def test_ckan_on_loopback_is_refused_in_production(
 
 async def test_software_heritage_identifiers(harness: Harness, fake: FakeProviders) -> None:
     rev = await harness.resolved("swhid", "swh:1:rev:" + "c" * 40)
-    assert (rev.repo_url, rev.resolved_ref) == ("swh:1:rev:" + "c" * 40, "c" * 40)
+    assert (rev.context.repo_url, rev.context.resolved_ref) == ("swh:1:rev:" + "c" * 40, "c" * 40)
     with_origin = await harness.resolved("swhid", "swh:1:dir:" + "d" * 40 + ";origin=https://x")
-    assert with_origin.repo_url == "swh:1:dir:" + "d" * 40
+    assert with_origin.context.repo_url == "swh:1:dir:" + "d" * 40
     await harness.failed("swhid", "swh:1:rev:" + "e" * 40, FailureReason.REF_NOT_FOUND)
     await harness.failed("swhid", "swh:1:cnt:" + "e" * 40, FailureReason.INVALID_SPEC)
     fake.rate_limited.add("swh")
@@ -407,7 +420,7 @@ async def test_banned_allowed_and_high_quota_specs(fake: FakeProviders) -> None:
     assert "banned" in message
     await harness.failed("gh", "%45vil-org/thing/main", FailureReason.BANNED)
     assert not fake.requests_to("/github/")
-    assert (await harness.resolved("gh", "owner/repo/main")).repo_config.quota == 100
+    assert (await harness.resolved("gh", "owner/repo/main")).context.repo_config.quota == 100
     allow = Harness(make_settings(fake, allowed_specs=["gh/owner/repo/.*"], per_repo_quota=10))
-    assert (await allow.resolved("gh", "OWNER/repo/main")).repo_config.quota == 10
+    assert (await allow.resolved("gh", "OWNER/repo/main")).context.repo_config.quota == 10
     await allow.failed("gl", "group%2Fsub%2Fproject/HEAD", FailureReason.BANNED)

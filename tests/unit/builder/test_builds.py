@@ -2,6 +2,7 @@
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -25,24 +26,11 @@ from bindery.events import (
 )
 from bindery.events import FailureReason as LaunchFailure
 from tests.support.eventually import eventually
+from tests.support.launches import SHA, ref_resolved
 
-SHA = "5b1503fb6fd79906a6d75af32d4a014b5f31dc61"
 
-
-def resolved(launch_id: str, image: str = "reg/bindery/r:1", **fields: object) -> RefResolved:
-    values: dict[str, object] = {
-        "launch_id": launch_id,
-        "provider": "git",
-        "spec": "x/HEAD",
-        "repo_url": "https://example.org/r.git",
-        "ref": "HEAD",
-        "resolved_ref": SHA,
-        "repo_key": "example.org/r",
-        "image": image,
-        "image_exists": False,
-        **fields,
-    }
-    return RefResolved.model_validate(values)
+def resolved(launch_id: str, image: str = "reg/bindery/r:1", **fields: Any) -> RefResolved:
+    return ref_resolved(launch_id, image=image, **fields)
 
 
 class FakeRunner:
@@ -103,12 +91,6 @@ def make(runner: FakeRunner, bus: Bus, max_concurrent: int = 2) -> Builder:
     )
 
 
-async def test_an_existing_image_is_not_the_builders_business() -> None:
-    runner, bus = FakeRunner(), Bus()
-    await make(runner, bus).on_ref_resolved(resolved("L1", image_exists=True))
-    assert bus.events == [] and runner.requests == []
-
-
 async def test_a_build_reports_start_log_lines_and_the_image() -> None:
     runner, bus = FakeRunner(), Bus()
     runner.release.set()
@@ -130,8 +112,10 @@ async def test_a_build_reports_start_log_lines_and_the_image() -> None:
     assert [e.final for e in logs] == [False, False, False, True], "the last line ends the log"
     built = bus.events[-1]
     assert isinstance(built, ImageBuilt)
-    assert (built.duration_seconds, built.build_only, built.resolved_ref) == (4.5, True, SHA)
-    assert built.requested_at == requested, "the scheduler starts sessions in request order"
+    assert built.context == resolved("L1", build_only=True, requested_at=requested).context, (
+        "the launch's context goes on to the scheduler (its requested_at: its place in line)"
+    )
+    assert built.duration_seconds == 4.5
     assert runner.requests == [BuildRequest("https://example.org/r.git", SHA, "reg/bindery/r:1")]
 
 
@@ -213,7 +197,7 @@ async def test_each_launch_carries_its_own_repository_settings_to_the_scheduler(
     runner.release.set()
     await asyncio.gather(first, joined)
     await builder.on_ref_resolved(resolved("L3", repo_config={"quota": 9}))  # built moments ago
-    built = {e.launch_id: e.repo_config for e in bus.events if isinstance(e, ImageBuilt)}
+    built = {e.launch_id: e.context.repo_config for e in bus.events if isinstance(e, ImageBuilt)}
     assert built == {"L1": RepoConfig(quota=3), "L2": RepoConfig(), "L3": RepoConfig(quota=9)}
 
 

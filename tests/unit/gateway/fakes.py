@@ -15,11 +15,9 @@ from bindery.events import (
     BuildLog,
     BuildStarted,
     Event,
-    ImageBuilt,
     LaunchRequested,
     PodReady,
     PodScheduled,
-    RefResolved,
 )
 from bindery.gateway.app import create_app
 from bindery.gateway.deps import Gateway
@@ -27,6 +25,7 @@ from bindery.gateway.handlers import EventHandlers
 from bindery.gateway.settings import GatewaySettings
 from bindery.tokens import session_token
 from tests.support.fakebus import FakeBus
+from tests.support.launches import image_built, ref_resolved
 
 SECRET = "x" * 32
 GIT_SPEC = "https%3A%2F%2Fexample.org%2Fowner%2Frepo.git/main"
@@ -84,26 +83,20 @@ def full_launch(h: Harness, *, session: str = "repo-abc") -> Callable[[Event], A
         lid = event.launch_id
         await h.handlers.on_event(event)  # the echo of our own request
         await h.handlers.on_event(
-            RefResolved(
-                launch_id=lid,
+            ref_resolved(
+                lid,
+                image="127.0.0.1:5000/repo:ccc",
                 provider=event.provider,
                 spec=event.spec,
                 repo_url="https://example.org/owner/repo.git",
                 ref="main",
                 resolved_ref="c" * 40,
-                repo_key="k",
-                image="127.0.0.1:5000/repo:ccc",
-                image_exists=False,
             )
         )
         await h.handlers.on_event(BuildStarted(launch_id=lid, image="img", builder="b"))
         for i in range(3):
             await h.handlers.on_log(BuildLog(launch_id=lid, image="img", message=f"step {i}\n"))
-        await h.handlers.on_event(
-            ImageBuilt(
-                launch_id=lid, image="img", repo_url="u", resolved_ref="c", duration_seconds=1
-            )
-        )
+        await h.handlers.on_event(image_built(lid, image="img"))
         await h.handlers.on_event(
             PodScheduled(launch_id=lid, session=session, node="n", image="img")
         )

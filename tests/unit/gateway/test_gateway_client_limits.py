@@ -12,18 +12,17 @@ from yarl import URL
 from bindery.events import (
     Event,
     FailureReason,
-    ImageBuilt,
     LaunchAbandoned,
     LaunchFailed,
     LaunchRequested,
     PodReady,
     PodStopped,
-    RefResolved,
     StopReason,
 )
 from bindery.gateway.abuse import ClientLaunches, client_burst, client_cap, client_key
 from bindery.gateway.deps import Gateway
 from tests.support.fakebus import FakeBus
+from tests.support.launches import image_built, ref_resolved
 from tests.unit.gateway.fakes import GIT_SPEC, Harness, make_harness, parse_sse, settings
 
 BUILD = f"/build/git/{GIT_SPEC}"
@@ -130,30 +129,8 @@ def test_a_build_only_launch_ends_when_its_image_is_ready() -> None:
     held = ClientLaunches()
     held.start(client, "cached")
     held.start(client, "built")
-    held.observe(
-        RefResolved(
-            launch_id="cached",
-            provider="git",
-            spec="s",
-            repo_url="u",
-            ref="main",
-            resolved_ref="c",
-            repo_key="k",
-            image="img",
-            image_exists=True,
-            build_only=True,
-        )
-    )
-    held.observe(
-        ImageBuilt(
-            launch_id="built",
-            image="img",
-            repo_url="u",
-            resolved_ref="c",
-            duration_seconds=1,
-            build_only=True,
-        )
-    )
+    held.observe(ref_resolved("cached", image_exists=True, build_only=True))
+    held.observe(image_built("built", build_only=True))
     assert held.held(client) == (0, 0)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -12,7 +13,6 @@ from bindery.events import (
     BuildStarted,
     FailureReason,
     IdleDetected,
-    ImageBuilt,
     LaunchFailed,
     LaunchRequested,
     PodReady,
@@ -23,25 +23,16 @@ from bindery.events import (
     StopReason,
 )
 from bindery.gateway.progress import LaunchProgress, ProgressHub, entry_bytes, to_payload
+from tests.support.launches import image_built, ref_resolved
 
 PUBLIC = "http://gw.example:8585"
 L = "a" * 32
 
 
-def resolved(**kw: object) -> RefResolved:
-    fields: dict[str, object] = {
-        "launch_id": L,
-        "provider": "git",
-        "spec": "u/HEAD",
-        "repo_url": "https://example.org/r.git",
-        "ref": "HEAD",
-        "resolved_ref": "f" * 40,
-        "repo_key": "k",
-        "image": "127.0.0.1:5000/r:fff",
-        "image_exists": False,
-    }
-    fields.update(kw)
-    return RefResolved.model_validate(fields)
+def resolved(image_exists: bool = False, **context: Any) -> RefResolved:
+    return ref_resolved(
+        L, image="127.0.0.1:5000/r:fff", image_exists=image_exists, resolved_ref="f" * 40, **context
+    )
 
 
 def payload(event: object) -> dict[str, object] | None:
@@ -75,14 +66,14 @@ def test_build_phases() -> None:
     assert started is not None and started["phase"] == "building"
     line = BuildLog(launch_id=L, image="img", phase="pushing", message="Pushing layer\n")
     assert payload(line) == {"phase": "pushing", "message": "Pushing layer\n", "launch_id": L}
-    built = ImageBuilt(launch_id=L, image="img", repo_url="u", resolved_ref="f", duration_seconds=3)
+    built = image_built(L, image="img")
     assert payload(built) == {
         "phase": "built",
         "imageName": "img",
         "message": "Built image, launching...\n",
         "launch_id": L,
     }
-    built_only = built.model_copy(update={"build_only": True})
+    built_only = image_built(L, image="img", build_only=True)
     p = payload(built_only)
     assert p is not None and p["phase"] == "ready" and p["imageName"] == "img"
 

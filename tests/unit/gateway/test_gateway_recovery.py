@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 
 from bindery.bus.eventlog import NoEventLog, Recorded
-from bindery.events import BuildStarted, Event, ImageBuilt, PodReady, PodScheduled
+from bindery.events import BuildStarted, Event, PodReady, PodScheduled
 from bindery.gateway import recovery
 from bindery.gateway.progress import ProgressHub
 from bindery.gateway.recovery import Recovery
+from tests.support.launches import image_built
 
 WAITING, DONE, OTHER = "a" * 32, "b" * 32, "c" * 32
 
@@ -40,9 +41,7 @@ async def test_missed_events_end_unfinished_launches_once(monkeypatch: pytest.Mo
 
     log = [
         started,
-        ImageBuilt(
-            launch_id=WAITING, image="i", repo_url="x", resolved_ref="f", duration_seconds=1
-        ),
+        image_built(WAITING, image="i"),
         PodScheduled(launch_id=WAITING, session="s", node="node-1", image="i"),
         ready(WAITING, "waiting-session"),
         ready(OTHER, "other-session"),  # another replica's launch: its route only

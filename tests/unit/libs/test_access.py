@@ -45,8 +45,18 @@ def may_publish(allowed: Permissions, routing_key: str) -> bool:
 
 def test_each_service_may_publish_exactly_its_own_events() -> None:
     for service, allowed in ALLOWED.items():
-        own = {event.type for event in SERVICES[service].publishes}
-        assert {key for key in event_types() if may_publish(allowed, key)} == own, service
+        own = {key for event in SERVICES[service].publishes for key in event.routing_keys()}
+        every_key = {key for event in event_types().values() for key in event.routing_keys()}
+        assert {key for key in every_key if may_publish(allowed, key)} == own, service
+
+
+def test_the_resolver_may_publish_ref_resolved_to_each_next_step_only() -> None:
+    resolver = ALLOWED["resolver"]
+    for step in ("build", "launch", "done"):
+        assert may_publish(resolver, f"ref-resolved.{step}")
+    assert not may_publish(resolver, "ref-resolved")
+    assert not may_publish(resolver, "ref-resolved.anything")
+    assert not may_publish(ALLOWED["builder"], "ref-resolved.build")
 
 
 def test_only_the_scheduler_may_publish_pod_ready() -> None:

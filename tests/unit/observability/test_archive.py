@@ -21,6 +21,7 @@ from bindery.events import (
     PodScheduled,
     RefResolved,
 )
+from tests.support.launches import github_launch_context
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 COMMIT = "a" * 40
@@ -40,12 +41,7 @@ def built_launch(launch_id: str) -> list[Event]:
         RefResolved(
             launch_id=launch_id,
             time=at(0.5),
-            provider="gh",
-            spec="owner/repo/main",
-            repo_url="https://github.com/owner/repo",
-            ref="main",
-            resolved_ref=COMMIT,
-            repo_key="github.com/owner/repo",
+            context=github_launch_context(at(0), COMMIT),
             image=image,
             image_exists=False,
         ),
@@ -53,9 +49,8 @@ def built_launch(launch_id: str) -> list[Event]:
         ImageBuilt(
             launch_id=launch_id,
             time=at(61),
+            context=github_launch_context(at(0), COMMIT),
             image=image,
-            repo_url="https://github.com/owner/repo",
-            resolved_ref=COMMIT,
             duration_seconds=59.5,
         ),
         PodScheduled(launch_id=launch_id, time=at(61.2), session="s", node="node-1", image=image),
@@ -157,9 +152,42 @@ def test_a_build_only_launch_ends_with_its_image(tmp_path: Path) -> None:
     events = built_launch("l-4")[:4]
     last = events[-1]
     assert isinstance(last, ImageBuilt)
-    events[-1] = last.model_copy(update={"build_only": True})
+    events[-1] = last.model_copy(
+        update={"context": last.context.model_copy(update={"build_only": True})}
+    )
     for event in events:
         archive.observe(event)
     (record,) = lines(tmp_path)
     assert record["outcome"] == "built" and record["status"] == "success"
     assert record["duration_seconds"]["launch"] is None
+
+
+def test_a_build_only_launch_whose_image_exists_ends_when_resolved(tmp_path: Path) -> None:
+    archive = Archive(tmp_path, origin="o")
+    requested, resolved = built_launch("l-5")[:2]
+    assert isinstance(resolved, RefResolved)
+    done = resolved.model_copy(
+        update={
+            "image_exists": True,
+            "context": resolved.context.model_copy(update={"build_only": True}),
+        }
+    )
+    archive.observe(requested)
+    archive.observe(done)
+    (record,) = lines(tmp_path)
+    assert (record["outcome"], record["built"]) == ("built", False)
+    assert record["duration_seconds"]["total"] == 0.5
+
+
+def test_a_launch_whose_request_was_missed_is_recorded_from_its_context(tmp_path: Path) -> None:
+    """The archiver started after the launch-requested went by: the context has the rest."""
+    archive = Archive(tmp_path, origin="o")
+    for event in built_launch("l-6")[1:]:
+        archive.observe(event)
+    (record,) = lines(tmp_path)
+    assert (record["provider"], record["spec"], record["ref"]) == (
+        "GitHub",
+        "owner/repo/main",
+        COMMIT,
+    )
+    assert record["duration_seconds"]["resolve"] == 0.5, "timed from the context's request time"

@@ -9,7 +9,8 @@ import pytest
 
 from bindery.bus.eventlog import Recorded
 from bindery.cli.events import UsageError, parse_time, summary, timeline, vhost_of, with_vhost
-from bindery.events import Event, FailureReason, LaunchFailed, LaunchRequested, RefResolved
+from bindery.events import Event, FailureReason, LaunchFailed, LaunchRequested
+from tests.support.launches import ref_resolved
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -40,16 +41,13 @@ def test_the_timeline_of_a_failed_launch_names_the_service_and_reason() -> None:
 
 
 def test_summary_shows_fields_not_the_envelope_and_cuts_long_values() -> None:
-    event = RefResolved(
-        launch_id="l",
-        provider="git",
-        spec="x/y",
+    event = ref_resolved(
+        "l",
+        image="i",
+        image_exists=True,
         repo_url="https://example.org/" + "r" * 300,
         ref="main",
         resolved_ref="c" * 40,
-        repo_key="k",
-        image="i",
-        image_exists=True,
     )
     text = summary(event)
     assert "launch_id" not in text and "event_id" not in text

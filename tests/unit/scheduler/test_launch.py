@@ -12,7 +12,6 @@ from bindery.events import (
     Event,
     FailureReason,
     IdleDetected,
-    ImageBuilt,
     ImagePulling,
     LaunchAbandoned,
     LaunchFailed,
@@ -20,7 +19,6 @@ from bindery.events import (
     PodReady,
     PodScheduled,
     PodStopped,
-    RefResolved,
     RepoConfig,
     StopReason,
 )
@@ -30,6 +28,7 @@ from bindery.scheduler.handlers import subscribe
 from bindery.scheduler.launch import LaunchOrder
 from bindery.scheduler.settings import SchedulerSettings
 from tests.support.eventually import eventually
+from tests.support.launches import image_built, ref_resolved
 from tests.unit.scheduler.conftest import IMAGE, REPO, Harness, Make, order
 
 
@@ -219,27 +218,17 @@ async def test_the_handlers_pass_the_repositorys_quota_and_abandonments_on() -> 
             raise AssertionError(event)
 
     await subscribe(Bus(), Scheduler())  # type: ignore[arg-type]
-    resolved = RefResolved(
-        launch_id="L1",
-        provider="gh",
-        spec="o/r/main",
-        repo_url=REPO,
-        ref="main",
-        resolved_ref="abc",
-        repo_key=REPO,
+    resolved = ref_resolved(
+        "L1",
         image=IMAGE,
         image_exists=True,
+        repo_url=REPO,
         repo_config=RepoConfig(quota=2),
         session_env={"BINDER_REQUEST": "v2/gh/o/r/main"},
     )
     await deliver(topology.SCHEDULER, resolved)
-    built = ImageBuilt(
-        launch_id="L2",
-        image=IMAGE,
-        repo_url=REPO,
-        resolved_ref="abc",
-        duration_seconds=1,
-        session_env={"BINDER_REQUEST": "v2/git/x/HEAD"},
+    built = image_built(
+        "L2", image=IMAGE, repo_url=REPO, session_env={"BINDER_REQUEST": "v2/git/x/HEAD"}
     )
     await deliver(topology.SCHEDULER, built)
     await deliver(topology.SCHEDULER_STOPS, LaunchAbandoned(launch_id="L3"))
@@ -248,6 +237,10 @@ async def test_the_handlers_pass_the_repositorys_quota_and_abandonments_on() -> 
         ("L2", None, "v2/git/x/HEAD"),
     ]
     assert abandoned == ["L3"]
+    assert orders[0].repo_key == resolved.context.repo_key, "the resolver's key, not recomputed"
+    launches = tables[topology.SCHEDULER.name]
+    assert launches.handler_for(ref_resolved("L4", image_exists=False)) is None, "a builder's"
+    assert launches.handler_for(image_built("L5", build_only=True)) is None, "nothing to start"
 
 
 async def test_the_runner_supervises_the_schedulers_loops_at_their_intervals(make: Make) -> None:

@@ -12,10 +12,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from bindery.bus import eventlog
-from bindery.events import Event, ImageBuilt, PodReady, RefResolved, RepoConfig
+from bindery.events import Event, ImageBuilt, PodReady, RefResolved
 from bindery.scheduler import handlers
 from bindery.scheduler.popularity import warm_pool_sessions, warm_targets
 from tests.support.eventually import eventually
+from tests.support.launches import image_built, ref_resolved
 from tests.unit.scheduler.conftest import IMAGE, REPO, GiB, Harness, Make, order
 
 
@@ -59,35 +60,19 @@ async def test_no_share_no_pool(make: Make) -> None:
 def resolved(
     launch_id: str, image: str, at: datetime, *, image_exists: bool = True, build_only: bool = False
 ) -> RefResolved:
-    return RefResolved(
-        launch_id=launch_id,
-        time=at,
-        provider="gh",
-        spec="o/r/main",
-        repo_url=REPO,
-        ref="main",
-        resolved_ref="abc",
-        repo_key=REPO,
-        image=image,
-        image_exists=image_exists,
-        build_only=build_only,
-        repo_config=RepoConfig(),
+    event = ref_resolved(
+        launch_id, image=image, image_exists=image_exists, repo_url=REPO, build_only=build_only
     )
+    return event.model_copy(update={"time": at})
 
 
 async def test_a_restarted_scheduler_reads_recent_demand_back(
     make: Make, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = datetime.now(UTC)
-    built = ImageBuilt(
-        launch_id="L3",
-        time=now - timedelta(minutes=1),
-        repo_url=REPO,
-        resolved_ref="abc",
-        image="built:1",
-        duration_seconds=5,
-        session_env={"BINDER_REQUEST": "v2/gh/o/r/main"},
-    )
+    built = image_built(
+        "L3", image="built:1", repo_url=REPO, session_env={"BINDER_REQUEST": "v2/gh/o/r/main"}
+    ).model_copy(update={"time": now - timedelta(minutes=1)})
     log: list[Event] = [
         resolved("L1", IMAGE, now - timedelta(minutes=30)),
         resolved("L2", IMAGE, now - timedelta(minutes=20)),
@@ -110,7 +95,9 @@ async def test_a_restarted_scheduler_reads_recent_demand_back(
     assert asked == [(timedelta(hours=1), {RefResolved.type, ImageBuilt.type})]
     popularity = h.scheduler.popularity
     assert popularity.counts() == {IMAGE: 2, "built:1": 1}
-    assert popularity.envs["built:1"] == built.session_env, "warm sessions get its variables"
+    assert popularity.envs["built:1"] == built.context.session_env, (
+        "warm sessions get its variables"
+    )
     # Each launch counts at its own age: the one 30 minutes ago leaves a 25-minute window first.
     later = time.monotonic() + 2 * 60
     popularity.window = 25 * 60

@@ -71,9 +71,12 @@ def vhost_of(url: str) -> str:
 
 
 def summary(event: Event) -> str:
-    """The event's own fields as `key=value`, long values cut."""
+    """The event's own fields as `key=value`, long values cut; the launch context's fields
+    beside them, as though they were the event's."""
+    dumped = event.model_dump(mode="json")
+    flat = {**dumped.pop("context", {}), **dumped}
     fields = []
-    for key, value in event.model_dump(mode="json").items():
+    for key, value in flat.items():
         if key in _ENVELOPE or value in ("", None, [], {}):
             continue
         text = str(value).replace("\n", " ").strip()

@@ -182,9 +182,10 @@ def permissions(access: Access, declared: Topology) -> Permissions:
     topics = {
         exchange.name: TopicPermission(
             write=_any_of(
-                _literal(event.type)
+                _literal(key)
                 for event in access.publishes
                 if topology.exchange_for(event.type) == exchange.name
+                for key in event.routing_keys()
             ),
             read=_any_of(
                 _literal(key)

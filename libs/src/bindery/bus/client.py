@@ -44,7 +44,7 @@ from bindery import metrics, telemetry
 from bindery.bus import topology
 from bindery.bus.handlers import Handler, Handlers
 from bindery.bus.topology import QueueSpec
-from bindery.events import Event, InvalidEvent, parse_event
+from bindery.events import Event, InvalidEvent, LaunchContext, parse_event
 
 log = structlog.get_logger("bindery.bus")
 
@@ -506,7 +506,7 @@ async def _look_up(channel: AbstractChannel, spec: QueueSpec) -> AbstractQueue:
 def _routing_headers(event: Event, headers: dict[str, str] | None) -> dict[str, str]:
     """The caller's headers, plus the repository key topology.BUILDS_EXCHANGE hashes on."""
     routed = dict(headers or {})
-    repo_key = getattr(event, "repo_key", None)
-    if isinstance(repo_key, str):
-        routed[topology.BUILDS_HASH_HEADER] = repo_key
+    context = getattr(event, "context", None)
+    if isinstance(context, LaunchContext):
+        routed[topology.BUILDS_HASH_HEADER] = context.repo_key
     return routed

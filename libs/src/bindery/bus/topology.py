@@ -1,11 +1,16 @@
 """Every exchange and queue name in Bindery, in one place: services never spell a queue name.
 
-Domain events go to one durable topic exchange with routing key = event type. Each service has
-its own durable queue so its replicas compete for work; gateways get exclusive per-replica queues
-because each must see the progress of the browsers it holds. Build logs have their own exchange
-so their volume never delays domain events. Every domain event is also kept in a stream: the
-event log that replay reads; every build-log line in another, which `GET /api/builds/<id>/log`
-reads. Builds of one repository go to one builder replica while it lives (`BUILDS_EXCHANGE`).
+Domain events go to one durable topic exchange with routing key = event type, or `<type>.<next
+step>` for the events whose producer decided what the launch needs next (bindery.events.NextStep):
+ref-resolved goes to the builders only when it needs a build (`ref-resolved.build`), to the
+scheduler only when its image exists (`ref-resolved.launch`), and to neither for a build-only
+launch whose image exists (`ref-resolved.done`); image-built to the scheduler unless its launch was
+build-only (`image-built.launch`, `image-built.done`). Each service has its own durable queue so
+its replicas compete for work; gateways get exclusive per-replica queues because each must see the
+progress of the browsers it holds. Build logs have their own exchange so their volume never delays
+domain events. Every domain event is also kept in a stream: the event log that replay reads; every
+build-log line in another, which `GET /api/builds/<id>/log` reads. Builds of one repository go to
+one builder replica while it lives (`BUILDS_EXCHANGE`).
 
 `declarations()` lists what a virtual host holds before any service connects: every exchange,
 the shared queues and streams, and their bindings. Whoever sets the virtual host up declares them
@@ -18,6 +23,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from bindery.events import Event, ImageBuilt, NextStep, RefResolved
+from bindery.events.base import routing_key
 
 EVENTS_EXCHANGE = "bindery.events"
 LOGS_EXCHANGE = "bindery.logs"
@@ -32,7 +40,7 @@ BUILD_LOG_MAX_BYTES = 2_000_000_000
 #: before it has them back, and meanwhile routes nothing to them (bindery.bus.client waits).
 STREAMS = (EVENT_LOG_STREAM, BUILD_LOG_STREAM)
 
-#: Sticky builds. ref-resolved also reaches this consistent-hash exchange (RabbitMQ's
+#: Sticky builds. ref-resolved.build reaches this consistent-hash exchange (RabbitMQ's
 #: rabbitmq_consistent_hash_exchange plugin), which hashes BUILDS_HASH_HEADER (the repository key,
 #: set by Bus.publish) onto the queues of the live builder replicas (`builder_replica`): one
 #: repository, one replica, its layer cache warm. A message waiting in a replica's queue longer
@@ -51,6 +59,23 @@ LOG_EVENT_TYPES = frozenset({"build-log"})
 
 #: What a queue bound with "#" carries: every event of its exchange.
 EVERY_EVENT = ("#",)
+
+
+def to(event_class: type[Event], step: NextStep) -> str:
+    """The binding key of `event_class`'s events going to `step`."""
+    assert step in event_class.steps, f"{event_class.type} never goes to {step}"
+    return routing_key(event_class.type, step)
+
+
+def every_route(event_class: type[Event]) -> str:
+    """The binding key of all of `event_class`'s events, whichever step they go to."""
+    return f"{event_class.type}.*" if event_class.steps else event_class.type
+
+
+def carried(key: str) -> tuple[str, NextStep | None]:
+    """The event type and step (None: every step, or the type has none) a binding key brings."""
+    event_type, _, step = key.partition(".")
+    return event_type, (NextStep(step) if step and step != "*" else None)
 
 
 @dataclass(frozen=True)
@@ -72,19 +97,29 @@ class QueueSpec:
 
     @property
     def carries(self) -> tuple[str, ...]:
-        """The event types its bindings bring (EVERY_EVENT: all of its exchange's): what a
-        service's handler table for it must handle (bindery.bus.handlers)."""
+        """The routing keys its bindings bring (EVERY_EVENT: all of its exchange's;
+        `carried` reads one): what a service's handler table for it must handle
+        (bindery.bus.handlers)."""
         return self.takes or self.routing_keys
+
+    @property
+    def event_types(self) -> frozenset[str]:
+        """The event types it carries, whatever their step."""
+        return frozenset(carried(key)[0] for key in self.carries)
 
 
 RESOLVER = QueueSpec("bindery.resolver", ("launch-requested",))
+#: What the builders build: the ref-resolved events whose image does not exist.
+BUILDS = to(RefResolved, NextStep.BUILD)
 BUILDER = QueueSpec(
     "bindery.builder.unclaimed",
     ("",),
     exchange=BUILDS_UNCLAIMED_EXCHANGE,
-    takes=("ref-resolved",),
+    takes=(BUILDS,),
 )
-SCHEDULER = QueueSpec("bindery.scheduler", ("ref-resolved", "image-built"))
+SCHEDULER = QueueSpec(
+    "bindery.scheduler", (to(RefResolved, NextStep.LAUNCH), to(ImageBuilt, NextStep.LAUNCH))
+)
 #: Apart from launches: launches waiting for a seat must never hold back the stop that frees one.
 SCHEDULER_STOPS = QueueSpec("bindery.scheduler-stops", ("idle-detected", "launch-abandoned"))
 CULLER = QueueSpec("bindery.culler", ("pod-ready", "pod-stopped", "session-activity"))
@@ -93,10 +128,10 @@ ARCHIVER = QueueSpec(
     "bindery.archiver",
     (
         "launch-requested",
-        "ref-resolved",
+        every_route(RefResolved),
         "launch-queued",
         "build-started",
-        "image-built",
+        every_route(ImageBuilt),
         "pod-scheduled",
         "pod-ready",
         "launch-failed",
@@ -125,7 +160,7 @@ def builder_replica(replica: str) -> QueueSpec:
         f"{BUILDER_REPLICA_PREFIX}{replica}",
         ("1",),
         exchange=BUILDS_EXCHANGE,
-        takes=("ref-resolved",),
+        takes=(BUILDS,),
         arguments={
             "x-message-ttl": BUILDS_SPILL_AFTER_MS,
             "x-dead-letter-exchange": BUILDS_UNCLAIMED_EXCHANGE,
@@ -224,7 +259,7 @@ def declarations(
         Binding(DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, ""),
         Binding(EVENTS_EXCHANGE, EVENT_LOG_STREAM, "#"),
         Binding(LOGS_EXCHANGE, BUILD_LOG_STREAM, "#"),
-        Binding(EVENTS_EXCHANGE, BUILDS_EXCHANGE, "ref-resolved", destination_type="exchange"),
+        Binding(EVENTS_EXCHANGE, BUILDS_EXCHANGE, BUILDS, destination_type="exchange"),
         *(
             Binding(spec.exchange, _named(spec), key)
             for spec in SHARED_QUEUES

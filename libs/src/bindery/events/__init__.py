@@ -1,11 +1,12 @@
 """Bindery's event contracts, the only thing services share besides libs: one module per family."""
 
-from bindery.events.base import Event, InvalidEvent, event_types, parse_event
+from bindery.events.base import Event, InvalidEvent, NextStep, event_types, parse_event
 from bindery.events.build import BuildLog, BuildStarted, ImageBuilt
 from bindery.events.launch import (
     MAX_SPEC_LENGTH,
     FailureReason,
     LaunchAbandoned,
+    LaunchContext,
     LaunchFailed,
     LaunchRequested,
     RefResolved,
@@ -34,9 +35,11 @@ __all__ = [
     "ImagePulling",
     "InvalidEvent",
     "LaunchAbandoned",
+    "LaunchContext",
     "LaunchFailed",
     "LaunchQueued",
     "LaunchRequested",
+    "NextStep",
     "PodReady",
     "PodScheduled",
     "PodStopped",

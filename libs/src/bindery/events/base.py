@@ -3,6 +3,10 @@ into events.
 
 In: raw message bodies (JSON bytes). Out: frozen, validated event models, or `InvalidEvent`
 naming what was wrong so the bus can dead-letter the message instead of crashing a consumer.
+
+An event's routing key is its type, or `<type>.<next step>` for an event that says what must
+happen next (`NextStep`): the queues bound to that key are the ones that do it
+(bindery.bus.topology), so no consumer takes an event only to discard it.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -27,6 +32,23 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+class NextStep(StrEnum):
+    """What a launch needs next, as decided by the event's producer: the last word of its
+    routing key."""
+
+    BUILD = "build"
+    """Its image does not exist yet: a builder builds it."""
+    LAUNCH = "launch"
+    """Its image exists: the scheduler starts its session."""
+    DONE = "done"
+    """Its image exists and it asked for nothing more (build only): nobody starts anything."""
+
+
+def routing_key(event_type: str, step: NextStep | None = None) -> str:
+    """The routing key of events of `event_type` going to `step` (None: events without one)."""
+    return event_type if step is None else f"{event_type}.{step.value}"
+
+
 class Event(BaseModel):
     """Envelope fields: type and schema version are class-level, the rest travel per message."""
 
@@ -34,14 +56,26 @@ class Event(BaseModel):
 
     type: ClassVar[str]
     version: ClassVar[int] = 1
+    steps: ClassVar[tuple[NextStep, ...]] = ()
+    """The next steps its `route` may name; empty for events that name none."""
 
     event_id: str = Field(default_factory=_new_event_id, min_length=1, max_length=64)
     launch_id: str = Field(min_length=1, max_length=64)
     time: datetime = Field(default_factory=_now)
 
     @property
+    def route(self) -> NextStep | None:
+        """The next step this event sends its launch to (one of `steps`), if it names one."""
+        return None
+
+    @property
     def routing_key(self) -> str:
-        return self.type
+        return routing_key(self.type, self.route)
+
+    @classmethod
+    def routing_keys(cls) -> tuple[str, ...]:
+        """Every routing key events of this class are published with."""
+        return tuple(routing_key(cls.type, step) for step in cls.steps) or (cls.type,)
 
     def to_json(self) -> bytes:
         body = {"type": self.type, "version": self.version, **self.model_dump(mode="json")}

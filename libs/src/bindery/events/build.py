@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 
 from pydantic import Field
 
-from bindery.events.base import Event, register
-from bindery.events.launch import RepoConfig
+from bindery.events.base import Event, NextStep, register
+from bindery.events.launch import LaunchContext
 
 _BUILD_ID = re.compile(r"(?P<millis>[0-9a-f]{12})[0-9a-f]{8}")
 
@@ -64,15 +64,17 @@ class BuildLog(Event):
 
 @register
 class ImageBuilt(Event):
-    type = "image-built"
+    """The launch's image is in the registry now: `image-built.launch` to the scheduler, or
+    `image-built.done` for a build-only launch, which ends here."""
 
+    type = "image-built"
+    version = 2
+    steps = (NextStep.LAUNCH, NextStep.DONE)
+
+    context: LaunchContext
     image: str
-    repo_url: str
-    resolved_ref: str
     duration_seconds: float = Field(ge=0)
-    build_only: bool = False
-    repo_config: RepoConfig = Field(default_factory=RepoConfig)
-    session_env: dict[str, str] = Field(default_factory=dict)
-    """RefResolved's, for the session the scheduler starts."""
-    requested_at: datetime | None = None
-    """RefResolved's: the scheduler starts sessions in the order they were requested."""
+
+    @property
+    def route(self) -> NextStep:
+        return NextStep.DONE if self.context.build_only else NextStep.LAUNCH

@@ -1,7 +1,10 @@
-"""Events of a launch's front half: the request, the resolved ref, and the terminal failure.
+"""Events of a launch's front half: the request, the resolved ref, and the terminal failure;
+and the launch's context, which the resolver settles once and every later step carries.
 
 Producers: gateway (launch-requested, launch-abandoned), resolver (ref-resolved), any service
-(launch-failed).
+(launch-failed). ref-resolved is routed by the resolver's decision (`RefResolved.route`):
+`ref-resolved.build` to the builders, `ref-resolved.launch` to the scheduler,
+`ref-resolved.done` to nobody that starts anything.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bindery.events.base import Event, register
+from bindery.events.base import Event, NextStep, register
 
 MAX_SPEC_LENGTH = 4096
 """The longest spec a launch may have (as `/build/<provider>/<spec>` has it, percent-encoded):
@@ -44,9 +47,9 @@ class RepoConfig(BaseModel):
     """Concurrent sessions of this repository; None: the scheduler's `BINDERY_REPO_QUOTA`."""
 
 
-@register
-class RefResolved(Event):
-    """The spec names one immutable version; `image` is the deterministic image for it.
+class LaunchContext(BaseModel):
+    """What a launch is, as the resolver settled it: every event after ref-resolved that needs
+    it carries it whole, so no service re-derives (or re-joins by launch id) what another knew.
 
     `repo_url` is exactly what repo2docker's matching content provider's `detect()` accepts, and
     `resolved_ref` the version it names:
@@ -65,24 +68,42 @@ class RefResolved(Event):
     ignore the ref and fetch what `repo_url` names.
     """
 
-    type = "ref-resolved"
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    provider: str
-    spec: str
+    provider: str = Field(min_length=1, max_length=32)
+    spec: str = Field(min_length=1, max_length=MAX_SPEC_LENGTH)
     repo_url: str
     ref: str
     resolved_ref: str
     repo_key: str = Field(description="stable per-repository key for quotas and sticky builds")
-    image: str
-    image_exists: bool
-    build_only: bool = False
     repo_config: RepoConfig = Field(default_factory=RepoConfig)
+    build_only: bool = False
     session_env: dict[str, str] = Field(default_factory=dict)
     """BinderHub's variables for the session (`bindery.providers.binder_env`): BINDER_REPO_URL,
     BINDER_REF_URL, BINDER_REQUEST, BINDER_PERSISTENT_REQUEST, BINDER_LAUNCH_HOST."""
-    requested_at: datetime | None = None
+    requested_at: datetime
     """When the launch was requested (its launch-requested's time): the scheduler starts
-    sessions in that order, whatever order concurrent resolutions finish in."""
+    sessions in that order, whatever order concurrent resolutions or builds finish in."""
+
+
+@register
+class RefResolved(Event):
+    """The spec names one immutable version (`context`); `image` is the deterministic image for
+    it, which the registry holds or not (`image_exists`). Its route is the resolver's decision."""
+
+    type = "ref-resolved"
+    version = 2
+    steps = (NextStep.BUILD, NextStep.LAUNCH, NextStep.DONE)
+
+    context: LaunchContext
+    image: str
+    image_exists: bool
+
+    @property
+    def route(self) -> NextStep:
+        if not self.image_exists:
+            return NextStep.BUILD
+        return NextStep.DONE if self.context.build_only else NextStep.LAUNCH
 
 
 class FailureReason(StrEnum):

@@ -2,7 +2,8 @@
 
 In: launch-requested, ref-resolved, launch-queued, build-started, image-built, pod-scheduled,
 pod-ready, launch-failed, launch-abandoned. Out: when a launch ends (pod-ready, launch-failed,
-launch-abandoned, or image-built of a build-only launch), one JSON line appended to
+launch-abandoned, or the ref-resolved or image-built that routes a build-only launch to its end,
+`NextStep.DONE`), one JSON line appended to
 `<dir>/events-<YYYY-MM-DD>.jsonl` (the UTC day it ended), and the launch counters and histogram.
 
 Each line holds BinderHub's launch event, schema `binderhub.jupyter.org/launch` version 6
@@ -13,7 +14,9 @@ gateway's `/api/builds/<id>/log`, however many launches joined that build; null 
 build), and the duration of each stage. Unlike mybinder.org's archive it records failed
 launches too, and launches abandoned by everyone watching them (outcome `abandoned`, status
 `failure`, reason `abandoned`: no session was given). It never holds an IP address: no event
-carries one.
+carries one. What the launch was (provider, spec, ref) comes from the launch context that
+ref-resolved and image-built carry, so a launch whose launch-requested the archiver missed is
+still recorded whole.
 
 Redelivered events are harmless: a launch already written (this run, or found in today's and
 yesterday's files at start) is not written or counted again.
@@ -36,9 +39,11 @@ from bindery.events import (
     Event,
     ImageBuilt,
     LaunchAbandoned,
+    LaunchContext,
     LaunchFailed,
     LaunchQueued,
     LaunchRequested,
+    NextStep,
     PodReady,
     PodScheduled,
     RefResolved,
@@ -93,8 +98,8 @@ def outcome(terminal: Event) -> str:
             return "failed"
         case LaunchAbandoned():
             return "abandoned"
-        case ImageBuilt():
-            return "built"
+        case RefResolved() | ImageBuilt():
+            return "built"  # a build-only launch, whose image exists
     return "ready"
 
 
@@ -103,7 +108,8 @@ class _Launch:
     """What the archive needs of one launch's events, as they arrive."""
 
     requested: LaunchRequested | None = None
-    resolved: RefResolved | None = None
+    context: LaunchContext | None = None
+    resolved: datetime | None = None
     queued: bool = False
     build_started: datetime | None = None
     build_id: str = ""
@@ -149,7 +155,10 @@ class Archive:
             case LaunchRequested():
                 launch.requested = event
             case RefResolved():
-                launch.resolved = event
+                launch.context = event.context
+                launch.resolved = launch.resolved or event.time
+                if event.route == NextStep.DONE:
+                    return self._end(event, launch)
             case LaunchQueued():
                 if not launch.queued:
                     metrics.LAUNCHES_QUEUED.labels(event.limit).inc()
@@ -158,8 +167,9 @@ class Archive:
                 launch.build_started = launch.build_started or event.time
                 launch.build_id = launch.build_id or event.build_id
             case ImageBuilt():
+                launch.context = event.context
                 launch.built = event
-                if event.build_only:
+                if event.route == NextStep.DONE:
                     return self._end(event, launch)
             case PodScheduled():
                 launch.scheduled = launch.scheduled or event.time
@@ -184,20 +194,20 @@ class Archive:
         return record
 
     def record(self, terminal: Event, launch: _Launch) -> dict[str, Any]:
-        requested, resolved, built = launch.requested, launch.resolved, launch.built
+        requested, context, built = launch.requested, launch.context, launch.built
         failed = terminal if isinstance(terminal, LaunchFailed) else None
         abandoned = isinstance(terminal, LaunchAbandoned)
-        provider = requested.provider if requested else (resolved.provider if resolved else "")
-        spec = requested.spec if requested else (resolved.spec if resolved else "")
-        image_ready = built.time if built else (resolved.time if resolved else None)
-        requested_at = requested.time if requested else None
+        provider = context.provider if context else (requested.provider if requested else "")
+        spec = context.spec if context else (requested.spec if requested else "")
+        image_ready = built.time if built else launch.resolved
+        requested_at = context.requested_at if context else (requested.time if requested else None)
         return {
             "timestamp": terminal.time.astimezone(UTC).isoformat(),
             "schema": SCHEMA,
             "version": SCHEMA_VERSION,
             "provider": BINDERHUB_PROVIDERS.get(provider, provider),
             "spec": spec,
-            "ref": resolved.resolved_ref if resolved else "",
+            "ref": context.resolved_ref if context else "",
             "status": "failure" if failed or abandoned else "success",
             "build_token": False,
             "origin": self._origin,
@@ -214,7 +224,7 @@ class Archive:
             "queued": launch.queued,
             "duration_seconds": {
                 "total": _seconds(requested_at, terminal.time),
-                "resolve": _seconds(requested_at, resolved.time if resolved else None),
+                "resolve": _seconds(requested_at, launch.resolved),
                 "build": round(built.duration_seconds, 3) if built else None,
                 "launch": _seconds(image_ready, terminal.time)
                 if isinstance(terminal, PodReady)

@@ -28,7 +28,7 @@ async def replay_in_flight(amqp_url: str, archive: Archive, window: timedelta) -
     would write a line without them. Events in both the log and the queue fold in twice,
     which the archive ignores (first times kept, launches written once)."""
     count = 0
-    async for event in eventlog.recent(amqp_url, window, topology.ARCHIVER.routing_keys):
+    async for event in eventlog.recent(amqp_url, window, topology.ARCHIVER.event_types):
         archive.observe(event)
         count += 1
     log.info("archive.replayed", events=count, window_seconds=window.total_seconds())

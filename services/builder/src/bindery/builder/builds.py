@@ -1,9 +1,9 @@
 """The builder's domain: an image the registry lacks becomes an image in it.
 
-In: ref-resolved events whose image does not exist. Out: build-started, then image-built or
-launch-failed with a reason code, for the event's launch; and the build's log lines (on the
-logs channel), each published once per build, marked with the build's id and the launch that
-started it.
+In: ref-resolved events whose image does not exist (routed `ref-resolved.build`). Out:
+build-started, then image-built (carrying the launch's context on) or launch-failed with a
+reason code, for the event's launch; and the build's log lines (on the logs channel), each
+published once per build, marked with the build's id and the launch that started it.
 
 One build per image at a time in this replica: a launch of an image that is already building
 joins that build instead of building it again, as BinderHub does; its build-started names the
@@ -96,8 +96,6 @@ class Builder:
         self._remember = recently_built
 
     async def on_ref_resolved(self, event: RefResolved) -> None:
-        if event.image_exists:
-            return  # the scheduler's
         done = self._built.get(event.image)
         if done is not None:
             await self._report(event, done)
@@ -116,7 +114,9 @@ class Builder:
         )
         if not joining:
             build.task = asyncio.create_task(self._build(event, build))
-            log.info("build.started", image=event.image, repo=event.repo_url, id=build.build_id)
+            log.info(
+                "build.started", image=event.image, repo=event.context.repo_url, id=build.build_id
+            )
         else:
             log.info("build.joined", image=event.image, id=build.build_id)
         assert build.task is not None
@@ -126,8 +126,12 @@ class Builder:
     @metrics.in_progress
     @telemetry.traced("build")
     async def _build(self, event: RefResolved, build: _Build) -> BuildResult:
+        context = event.context
         request = BuildRequest(
-            _source_url(event.repo_url), event.resolved_ref, event.image, provider=event.provider
+            _source_url(context.repo_url),
+            context.resolved_ref,
+            event.image,
+            provider=context.provider,
         )
         phases = telemetry.PhaseSpans("build")
 
@@ -182,14 +186,9 @@ class Builder:
             await self._publish(
                 ImageBuilt(
                     launch_id=event.launch_id,
+                    context=event.context,
                     image=event.image,
-                    repo_url=event.repo_url,
-                    resolved_ref=event.resolved_ref,
                     duration_seconds=result.seconds,
-                    build_only=event.build_only,
-                    repo_config=event.repo_config,
-                    session_env=event.session_env,
-                    requested_at=event.requested_at,
                 )
             )
             return

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from bindery.builder.builds import Builder
 from bindery.bus import Bus, Handlers, topology
-from bindery.events import RefResolved
+from bindery.events import NextStep, RefResolved
 
 
 async def subscribe(bus: Bus, builder: Builder, replica: str, prefetch: int) -> None:
-    async def on_resolved(event: RefResolved) -> None:
-        if not event.image_exists:
-            await builder.on_ref_resolved(event)
-
-    builds = Handlers().on(RefResolved, on_resolved)
+    # Only launches that need a build reach a builder (topology.BUILDS).
+    builds = Handlers().on(RefResolved, builder.on_ref_resolved, route=NextStep.BUILD)
 
     # Sticky: the repositories the consistent-hash exchange gives this replica (topology.py).
     # A build holds its delivery until the image is pushed: if this replica dies mid-build, the

@@ -1,9 +1,9 @@
 """What a build fetches: one provider's repository at one version, checked before anything uses it.
 
-In: the provider, repository URL and resolved version of a ref-resolved event (RefResolved's
-docstring says what they hold per provider) -- strings a stranger's link shaped -- and the
-operator's `ProviderHosts`. Out: a `Source` whose URL is rebuilt from the parts that matched
-strict patterns, or ValueError saying what is wrong.
+In: the provider, repository URL and resolved version of a ref-resolved event's launch context
+(LaunchContext's docstring says what they hold per provider) -- strings a stranger's link
+shaped -- and the operator's `ProviderHosts`. Out: a `Source` whose URL is rebuilt from the parts
+that matched strict patterns, or ValueError saying what is wrong.
 
 The rules, per provider: git-like providers (gh, gist, gl, git) take a URL of an allowed scheme
 and a full commit SHA; zenodo, figshare, hydroshare and dataverse only URLs on the hosts

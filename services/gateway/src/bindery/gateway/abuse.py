@@ -37,6 +37,7 @@ from bindery.events import (
     ImageBuilt,
     LaunchAbandoned,
     LaunchFailed,
+    NextStep,
     PodReady,
     PodStopped,
     RefResolved,
@@ -223,7 +224,7 @@ class ClientLaunches:
                 self.end(self._by_session.get(event.session, event.launch_id))
             case LaunchFailed() | LaunchAbandoned():
                 self.end(event.launch_id)
-            case RefResolved(image_exists=True, build_only=True) | ImageBuilt(build_only=True):
+            case RefResolved(route=NextStep.DONE) | ImageBuilt(route=NextStep.DONE):
                 self.end(event.launch_id)
 
     def end(self, launch_id: str) -> None:

@@ -45,6 +45,7 @@ from bindery.events import (
     LaunchFailed,
     LaunchQueued,
     LaunchRequested,
+    NextStep,
     PodReady,
     PodScheduled,
     QueueLimit,
@@ -69,13 +70,13 @@ def to_payload(event: Event, *, session_url: Callable[[str], str]) -> Payload | 
     ready session's token is not in it: launch.py adds it for the client entitled to it."""
     payload: Payload
     match event:
-        case RefResolved(image_exists=True, build_only=True):
+        case RefResolved(route=NextStep.DONE):
             payload = {
                 "phase": "ready",
                 "imageName": event.image,
                 "message": "Done! Found built image\n",
             }
-        case RefResolved(image_exists=True):
+        case RefResolved(route=NextStep.LAUNCH):
             payload = {
                 "phase": "built",
                 "imageName": event.image,
@@ -84,7 +85,7 @@ def to_payload(event: Event, *, session_url: Callable[[str], str]) -> Payload | 
         case RefResolved():
             payload = {
                 "phase": "fetching",
-                "message": f"Resolved {event.ref} to {event.resolved_ref}\n",
+                "message": f"Resolved {event.context.ref} to {event.context.resolved_ref}\n",
             }
         case BuildStarted():
             payload = {"phase": "building", "message": f"Building image {event.image}\n"}
@@ -96,7 +97,7 @@ def to_payload(event: Event, *, session_url: Callable[[str], str]) -> Payload | 
                 payload = {"phase": "building", "message": message, "warning": True}
             else:
                 payload = {"phase": event.phase, "message": message}
-        case ImageBuilt(build_only=True):
+        case ImageBuilt(route=NextStep.DONE):
             payload = {"phase": "ready", "imageName": event.image, "message": "Done! Image built\n"}
         case ImageBuilt():
             payload = {

@@ -22,6 +22,7 @@ from bindery import telemetry
 from bindery.events import (
     Event,
     FailureReason,
+    LaunchContext,
     LaunchFailed,
     LaunchRequested,
     RefResolved,
@@ -155,23 +156,25 @@ class Resolver:
         await self.publish(
             RefResolved(
                 launch_id=event.launch_id,
-                provider=event.provider,
-                spec=event.spec,
-                repo_url=resolution.repo_url,
-                ref=resolution.ref,
-                resolved_ref=resolution.resolved_ref,
-                repo_key=repo_key(resolution.repo_url),
+                context=LaunchContext(
+                    provider=event.provider,
+                    spec=event.spec,
+                    repo_url=resolution.repo_url,
+                    ref=resolution.ref,
+                    resolved_ref=resolution.resolved_ref,
+                    repo_key=repo_key(resolution.repo_url),
+                    repo_config=repo_config,
+                    build_only=event.build_only,
+                    session_env=binder_env(
+                        event.launch_host,
+                        event.provider,
+                        event.spec,
+                        resolution.repo_url,
+                        resolution.resolved_ref,
+                    ),
+                    requested_at=event.time,
+                ),
                 image=image,
                 image_exists=exists,
-                build_only=event.build_only,
-                repo_config=repo_config,
-                session_env=binder_env(
-                    event.launch_host,
-                    event.provider,
-                    event.spec,
-                    resolution.repo_url,
-                    resolution.resolved_ref,
-                ),
-                requested_at=event.time,
             )
         )

@@ -16,8 +16,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from bindery.bus import Bus, Handlers, eventlog, topology
-from bindery.events import IdleDetected, ImageBuilt, LaunchAbandoned, RefResolved
-from bindery.naming import repo_key
+from bindery.events import IdleDetected, ImageBuilt, LaunchAbandoned, NextStep, RefResolved
 from bindery.scheduler.launch import LaunchOrder, Scheduler
 
 log = structlog.get_logger("bindery.scheduler")
@@ -27,26 +26,19 @@ DEMAND_REPLAYED = 10_000
 (mybinder.org starts a few thousand an hour) in a few megabytes, read in seconds."""
 
 
-def launch_order(event: RefResolved | ImageBuilt, key: str) -> LaunchOrder:
+def launch_order(event: RefResolved | ImageBuilt) -> LaunchOrder:
     """What the scheduler needs of a launch whose image exists, from either event."""
+    context = event.context
     return LaunchOrder(
         event.launch_id,
         event.image,
-        event.repo_url,
-        event.resolved_ref,
-        key,
-        event.repo_config.quota,
-        event.session_env,
-        event.requested_at,
+        context.repo_url,
+        context.resolved_ref,
+        context.repo_key,
+        context.repo_config.quota,
+        context.session_env,
+        context.requested_at,
     )
-
-
-def is_launch(event: RefResolved | ImageBuilt) -> bool:
-    """Whether the event hands the scheduler a launch (else a builder takes it, or the launch
-    only builds)."""
-    if isinstance(event, RefResolved):
-        return event.image_exists and not event.build_only
-    return not event.build_only
 
 
 async def replay_recent_demand(
@@ -58,27 +50,30 @@ async def replay_recent_demand(
     Launches also waiting in the queue count twice: popularity is a ranking, not a ledger."""
     kept: deque[RefResolved | ImageBuilt] = deque(maxlen=limit)
     async for event in eventlog.recent(amqp_url, window, {RefResolved.type, ImageBuilt.type}):
-        if isinstance(event, RefResolved | ImageBuilt) and is_launch(event):
+        if isinstance(event, RefResolved | ImageBuilt) and event.route == NextStep.LAUNCH:
             kept.append(event)
     # Popularity counts on a monotonic clock: place each launch as long ago as it happened.
     now, wall = time.monotonic(), datetime.now(UTC)
     for event in kept:
         ago = (wall - event.time).total_seconds()
-        scheduler.popularity.record(event.image, event.repo_url, event.session_env, now - ago)
+        scheduler.popularity.record(
+            event.image, event.context.repo_url, event.context.session_env, now - ago
+        )
     log.info("demand.replayed", launches=len(kept), window_seconds=window.total_seconds())
     return len(kept)
 
 
 async def subscribe(bus: Bus, scheduler: Scheduler) -> None:
-    async def on_resolved(event: RefResolved) -> None:
-        if is_launch(event):
-            await scheduler.launch(launch_order(event, event.repo_key))
+    async def launch(event: RefResolved | ImageBuilt) -> None:
+        await scheduler.launch(launch_order(event))
 
-    async def on_built(event: ImageBuilt) -> None:
-        if is_launch(event):
-            await scheduler.launch(launch_order(event, repo_key(event.repo_url)))
-
-    launches = Handlers().on(RefResolved, on_resolved).on(ImageBuilt, on_built)
+    # Only launches whose image exists and that want a session reach the scheduler: the
+    # resolver's and the builder's routing keys say so (topology.SCHEDULER).
+    launches = (
+        Handlers()
+        .on(RefResolved, launch, route=NextStep.LAUNCH)
+        .on(ImageBuilt, launch, route=NextStep.LAUNCH)
+    )
     stops = Handlers().on(IdleDetected, scheduler.stop).on(LaunchAbandoned, scheduler.abandon)
     # Launches hold their delivery while they wait for a seat and for Jupyter; stops (and
     # abandonments, which end a launch waiting there) travel on a queue of their own so a full

@@ -109,7 +109,7 @@ class LaunchOrder:
     repo_quota: int | None = None
     """The repository's own quota (`RepoConfig.quota`); None: `BINDERY_REPO_QUOTA`."""
     session_env: Mapping[str, str] = field(default_factory=dict)
-    """BinderHub's variables for its session (RefResolved.session_env)."""
+    """BinderHub's variables for its session (LaunchContext.session_env)."""
     requested_at: datetime | None = None
     """When the launch was requested: its place in its node's start line."""
 
