@@ -59,6 +59,9 @@ build() {
         log "building $image"
         podman build --layers "${secret[@]}" --build-arg "BASE=$base" \
             --file "$containerfile" --tag "$image" . >&2
+        # Earlier builds of the name, unless a container still uses one (podman refuses then).
+        podman images --format '{{.Repository}}:{{.Tag}}' "localhost/$name" | grep -vxF "$image" \
+            | xargs -r podman rmi >/dev/null 2>&1 || true
     fi
     echo "$image"
 }
