@@ -1,7 +1,8 @@
 #!/bin/sh
-# The builder's container command on Kubernetes (deploy/kubernetes/builder.yaml): what
-# scripts/install.sh and scripts/isolation.sh do for the builder on a host, done in its pod,
-# then the builder itself. Runs as the container's root, in a privileged container; builds run
+# The builder's container command on Kubernetes (deploy/kubernetes/builder.yaml) and in
+# compose.yaml: what scripts/install.sh and scripts/isolation.sh do for the builder on a host,
+# done in its pod or container, then the builder itself (or the command given as arguments:
+# compose.yaml's deploy/replicas.sh, which runs several). Runs as the container's root, in a privileged container; builds run
 # as the unprivileged bindery-build (rootless podman) as on a host.
 #
 # In: the pod's BINDERY_* settings (BINDERY_REGISTRY, BINDERY_PYTHON_VERSIONS, ...), the build
@@ -27,7 +28,23 @@ if [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ]; then
     echo $$ > /sys/fs/cgroup/builder/cgroup.procs
 fi
 build_user="${BINDERY_BUILD_USER:-bindery-build}"
-chown "$build_user:$build_user" "$(getent passwd "$build_user" | cut -d: -f6)"
+build_home="$(getent passwd "$build_user" | cut -d: -f6)"
+chown "$build_user:$build_user" "$build_home"
+# Rootless runc remounts a build's bind mounts and cannot drop flags the mount under them is
+# locked with: podman's named volumes (compose.yaml's build disk) come nodev,nosuid.
+if mountpoint -q "$build_home"; then
+    mount -o remount,bind,dev,suid,exec "$build_home"
+fi
+# A cgroup v1 host's podman container sees the v1 hierarchies only; the registry group
+# (scripts/isolation.sh, bindery.builder.sandbox) lives in the v2 one a hybrid host also has.
+if [ "$(stat -fc %T /sys/fs/cgroup)" = tmpfs ] && [ ! -e /sys/fs/cgroup/unified ] \
+    && grep -q cgroup2 /proc/filesystems; then
+    mkdir /sys/fs/cgroup/unified
+    mount -t cgroup2 none /sys/fs/cgroup/unified
+fi
 scripts/isolation.sh up
 scripts/base-image.sh >/dev/null
-exec python -m bindery.builder
+if [ "$#" -eq 0 ]; then
+    set -- python -m bindery.builder
+fi
+exec "$@"

@@ -1,9 +1,9 @@
 """Every test's tier, and the stack the end-to-end and security tests share.
 
 In: the collected tests. Out: each marked with its tier (the folder it lives in: unit, integration,
-security, e2e) and that tier's timeout, so `-m unit` runs one tier and a hung test fails within its
-tier's bound; and one started stack (real broker, registry, podman, repo2docker), started when the
-first test asking for it runs.
+security, e2e, compose) and that tier's timeout, so `-m unit` runs one tier and a hung test fails
+within its tier's bound; and one started stack (real broker, registry, podman, repo2docker),
+started when the first test asking for it runs.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ TESTS = Path(__file__).parent
 
 #: Upper bounds per test, not durations: a unit test touches nothing real; an integration test may
 #: build an image; an end-to-end or security test may build, launch and cull through the whole stack
-#: on a loaded 2-core machine.
-TIER_TIMEOUTS = {"unit": 60, "integration": 600, "security": 900, "e2e": 900}
+#: on a loaded 2-core machine; compose builds its images and the builder's base image first.
+TIER_TIMEOUTS = {"unit": 60, "integration": 600, "security": 900, "e2e": 900, "compose": 2400}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

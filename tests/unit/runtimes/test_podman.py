@@ -171,6 +171,25 @@ async def test_a_session_gets_the_ca_bundle_read_only_and_the_index_in_its_env(
     assert env["PIP_TRUSTED_HOST"] == env["UV_INSECURE_HOST"] == "mirror.example:3141"
 
 
+async def test_a_session_is_published_on_loopback_or_where_the_node_url_says(
+    podman: tuple[FakePodman, PodmanRuntime], tmp_path: Path
+) -> None:
+    fake, loopback_runtime = podman
+    socket = tmp_path / "node-1.sock"
+    # compose.yaml's node: a container of its own, reached by its name on the compose network.
+    named = PodmanRuntime("test", {"node-1": f"unix://{socket}?publish=localhost"})
+    limits = Limits(memory_limit=2, memory_reservation=1, cpus=1.0, pids=64, disk=1)
+    try:
+        await loopback_runtime.start("node-1", SessionSpec("s1", "img", "l1", "t" * 8, "r", limits))
+        await named.start("node-1", SessionSpec("s2", "img", "l2", "t" * 8, "r", limits))
+    finally:
+        await named.close()
+    bound = [body["HostConfig"]["PortBindings"]["8888/tcp"][0]["HostIp"] for body in fake.created]
+    assert bound == ["127.0.0.1", "127.0.0.1"]  # the name resolved to the node's one address
+    with pytest.raises(ValueError, match="unknown options"):
+        PodmanRuntime("test", {"node-1": f"unix://{socket}?publsh=node"})
+
+
 async def test_disk_usage_is_one_sized_listing_of_this_instances_running_sessions(
     podman: tuple[FakePodman, PodmanRuntime],
 ) -> None:

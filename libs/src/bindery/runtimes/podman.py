@@ -1,8 +1,9 @@
 """Podman runtime: each node is a podman API service (Docker-compatible API v1.41).
 
 In: session specs to start, names to stop. Out: containers labelled for Bindery, published on
-127.0.0.1 only, limited in memory, CPU and pids, as uid 1000 with every capability dropped,
-the operator's CA bundle bind-mounted read-only (bindery.sessionnetwork).
+127.0.0.1 only (a node in a container of its own: on the one address its URL's `?publish=`
+names, see PodmanNode), limited in memory, CPU and pids, as uid 1000 with every capability
+dropped, the operator's CA bundle bind-mounted read-only (bindery.sessionnetwork).
 
 Disk: podman caps a container's writable layer only on XFS with project quotas (`StorageOpt
 size`); on this host's ext4 the API refuses it ("--storage-opt is supported only for overlay
@@ -29,11 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import aiohttp
 import structlog
@@ -72,13 +74,24 @@ log = structlog.get_logger("bindery.runtimes.podman")
 
 
 class PodmanNode:
-    """One podman API endpoint (unix socket) with its own image store."""
+    """One podman API endpoint (unix socket) with its own image store.
+
+    Sessions' ports are published where the services reach them: the node's loopback, for a
+    node on the services' own machine; for a node in a container of its own (compose.yaml's
+    `node`), the address its URL names with `?publish=HOST` (an address, or a name resolved when
+    a session starts: the node's address on the network it shares with the gateway), which is
+    then the only one of the node's addresses the session listens on."""
 
     def __init__(self, name: str, url: str) -> None:
         self.name = name
         parts = urlsplit(url)
         if parts.scheme != "unix":
             raise ValueError(f"node {name}: only unix:// podman sockets are supported, got {url}")
+        query = parse_qs(parts.query)
+        unknown = set(query) - {"publish"}
+        if unknown:
+            raise ValueError(f"node {name}: unknown options {sorted(unknown)} in {url}")
+        self.publish = query.get("publish", ["127.0.0.1"])[-1]
         self._session = aiohttp.ClientSession(
             connector=aiohttp.UnixConnector(path=parts.path),
             timeout=aiohttp.ClientTimeout(total=120),
@@ -107,6 +120,13 @@ class PodmanNode:
     async def ping(self) -> bool:
         await self.request("GET", "/_ping")
         return True
+
+    async def publish_address(self) -> str:
+        """The address a session's port is bound to: `publish`, resolved if it is a name."""
+        found = await asyncio.get_running_loop().getaddrinfo(
+            self.publish, None, family=socket.AF_INET, type=socket.SOCK_STREAM
+        )
+        return str(found[0][4][0])
 
     async def close(self) -> None:
         await self._session.close()
@@ -240,7 +260,11 @@ class PodmanRuntime:
                 "PidsLimit": spec.limits.pids,
                 "CapDrop": ["ALL"],
                 "SecurityOpt": ["no-new-privileges"],
-                "PortBindings": {f"{JUPYTER_PORT}/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]},
+                "PortBindings": {
+                    f"{JUPYTER_PORT}/tcp": [
+                        {"HostIp": await target.publish_address(), "HostPort": ""}
+                    ]
+                },
                 # Nodes are local sockets (PodmanNode), so the scheduler's path is the node's.
                 "Binds": (
                     [f"{spec.network.ca_bundle}:{CA_PATH}:ro"] if spec.network.ca_bundle else []
