@@ -5,6 +5,8 @@ behind it. The test stack runs without a pool otherwise (BINDERY_WARM_POOL_SHARE
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -58,6 +60,7 @@ async def answering_warm(
 async def test_a_restarted_scheduler_warms_what_was_launched_and_the_next_launch_takes_it(
     stack: Stack, http: aiohttp.ClientSession, popular_repo: str, runtime: PodmanRuntime
 ) -> None:
+    began = time.monotonic()
     path = build_path(popular_repo, "main")
     for _ in range(2):  # built, then launched again: among the last minutes' most launched
         ready = (await launch(http, stack.gateway, path))[-1]
@@ -69,10 +72,12 @@ async def test_a_restarted_scheduler_warms_what_was_launched_and_the_next_launch
     async def warm_of_image() -> list[Session]:
         return [s for s in await answering_warm(http, stack, runtime) if s.image == image]
 
-    # The restarted scheduler knows the launches only from the event log. A short window keeps
-    # out the images the suite's other modules launched before.
+    # The restarted scheduler knows the launches only from the event log. A window reaching back
+    # just to this test's first launch keeps out the images the suite's other modules launched
+    # before (a whole suite launches more of other images in three minutes than these two).
+    window = math.ceil(time.monotonic() - began) + 10
     with stack.settings(
-        "scheduler", BINDERY_WARM_POOL_SHARE="0.1", BINDERY_POPULARITY_WINDOW="180"
+        "scheduler", BINDERY_WARM_POOL_SHARE="0.1", BINDERY_POPULARITY_WINDOW=str(window)
     ):
         warm = await eventually(warm_of_image, within=120, what="a warm session answering")
         ready = (await launch(http, stack.gateway, path))[-1]
