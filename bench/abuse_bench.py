@@ -24,7 +24,6 @@ import asyncio
 import base64
 import json
 import os
-import platform
 import secrets
 import statistics
 import sys
@@ -36,6 +35,7 @@ from typing import Any
 
 import uvloop
 from proxy_bench import free_port, http_load, start, wait_http, ws_load
+from reporting import write_report
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -332,15 +332,11 @@ def main() -> int:
         "once, before the victim is measured",
         "seconds": options.seconds,
         "rounds": options.rounds,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "results": results,
         "attack_per_round": attacks,
         "verdict": verdict,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(document, indent=2) + "\n")
-    print(json.dumps(verdict, indent=2))
+    write_report("abuse", document, shown=verdict)
     return 0 if all(v["meets_target"] for v in verdict.values()) else 1
 
 

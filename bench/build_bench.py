@@ -20,7 +20,6 @@ content-only commit ready <= 5 s later than a cached launch; the sandbox at most
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import shutil
 import subprocess
@@ -35,6 +34,8 @@ import aiohttp
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from reporting import write_report  # noqa: E402
+
 from tests.support.gitrepo import commit, make_repo, notebook  # noqa: E402
 from tests.support.sandbox import (  # noqa: E402
     SANDBOX,
@@ -44,7 +45,6 @@ from tests.support.sandbox import (  # noqa: E402
 )
 from tests.support.stack import LOG_DIR, Stack, build_path, launch, started_stack  # noqa: E402
 
-RESULTS = REPO / "bench" / "results" / "build.json"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 ROOTFS = "localhost/bindery-rootfs:bookworm"
 FINISHED = re.compile(r"Build [0-9a-f]{20} finished in (?P<seconds>[0-9.]+) s")
@@ -170,9 +170,7 @@ def main() -> int:
         "targets": TARGETS,
         "met": {key: results.get(key, float("inf")) <= limit for key, limit in TARGETS.items()},
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report("build", report)
     return 0
 
 

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,13 +29,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aio_pika
+from reporting import write_report
 
 from bindery import logs
 from bindery.bus import Bus, Handlers, topology
 from bindery.events import Event, PodReady, PodStopped, SessionActivity
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench/results/bus.json"
 INFRA = REPO / "scripts/infra.sh"
 VHOST = "bindery-bench-bus"
 URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
@@ -206,16 +205,10 @@ def main() -> int:
         "setup": __doc__,
         "rate_per_s": RATE,
         "duration_s": DURATION,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
         "results": {"bindery": bindery, "bare_aio_pika": anchor},
         "goal": {"p50_ms": 5, "p99_ms": 20, "lost": 0},
     }
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report["results"], indent=2))
+    write_report("bus", report, shown=report["results"])
     return 0
 
 

@@ -25,7 +25,6 @@ import contextlib
 import functools
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from reporting import write_report
 
 from bindery import logs
 from bindery.culler.cull import Culler
@@ -44,7 +44,6 @@ from bindery.culler.jupyter import JupyterActivity
 from bindery.events import Event, PodReady, SessionActivity, parse_event
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench/results/culler.json"
 SESSIONS = int(os.environ.get("BENCH_SESSIONS", "10000"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 IDLE = 600.0
@@ -202,13 +201,9 @@ def main() -> int:
         "setup": __doc__,
         "statistic": f"median over {ROUNDS} rounds ({max(1, ROUNDS // 2)} for the all-idle check)",
         "interval_seconds": INTERVAL,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "results": results,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    write_report("culler", report, shown=results)
     return 0
 
 

@@ -19,9 +19,7 @@ of launches need no pull.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -36,11 +34,11 @@ from placement_sim import (
     scheduler_settings,
     simulate,
 )
+from reporting import write_report
 
 from bindery import logs
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench/results/placement.json"
 LAUNCHES = int(os.environ.get("BENCH_LAUNCHES", "20000"))
 GOAL_NO_PULL = 0.9
 
@@ -110,11 +108,6 @@ def main() -> int:
         "ImageLocality, equal weights), no pre-pulls, same launches",
         "setup": __doc__,
         "workload": dataclasses.asdict(work),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
         "results": {"bindery": bindery, "kube_default": anchor, "no_pull_bound": bound},
         "goal": {
             "no_pull_share": GOAL_NO_PULL,
@@ -122,8 +115,7 @@ def main() -> int:
             "reachable": bound >= GOAL_NO_PULL,
         },
     }
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report["results"], indent=2))
+    write_report("placement", report, shown=report["results"])
     return 0
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from reporting import write_report
 
 from bindery.bus import Bus
 from bindery.events import IdleDetected, StopReason
@@ -39,7 +40,6 @@ from tests.support.gitrepo import commit, make_repo
 from tests.support.sandbox import readable_dir
 from tests.support.stack import (
     LOG_DIR,
-    REPO,
     Slot,
     Stack,
     build_path,
@@ -48,7 +48,6 @@ from tests.support.stack import (
     started_stack,
 )
 
-RESULTS = REPO / "bench/results/replicas.json"
 #: The line a build's log opens with (bindery.builder), naming the replica that runs it.
 BUILD_LINE = re.compile(r"Build [0-9a-f]{20} on (?P<replica>\S+): its log stays at")
 SLOT = Slot(int(os.environ.get("BENCH_SLOT", "40")))
@@ -307,7 +306,6 @@ async def measure(stack: Stack, repo: Path) -> dict[str, Any]:
         return float(statistics.median(r[key] for r in rounds))
 
     return {
-        "machine": {"cores": os.cpu_count(), "load_average": os.getloadavg()},
         "first_launch_with_build_s": built,
         "one_replica_each": {
             "launches_per_minute": median(one, "launches_per_minute"),
@@ -333,8 +331,7 @@ def main() -> None:
             results = asyncio.run(measure(stack, repo))
         finally:
             next(stacks, None)  # the rest of the generator stops the stack
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    write_report("replicas", results)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,7 @@ Run it alone (`make bench`): the machine's two cores are the bottleneck being me
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from reporting import machine, write_report
 
 from bindery.bus import Bus
 from bindery.events import IdleDetected, StopReason
@@ -51,7 +50,6 @@ from tests.support.stack import (
     started_stack,
 )
 
-RESULTS = REPO / "bench/results/scheduler_launch.json"
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 BURST_ROUNDS = int(os.environ.get("BENCH_BURST_ROUNDS", "2"))
 CONCURRENT = 20
@@ -188,7 +186,7 @@ async def measure(stack: Stack, repo_url: str) -> dict[str, Any]:
     floor, cached_median = statistics.median(floors), statistics.median(cached)
     limited, unlimited = summary(bursts["limited"]), summary(bursts["unlimited"])
     return {
-        "machine": machine(),
+        "machine": machine() | {"nodes": len(NODES)},
         "first_launch_with_build_s": built_in,
         "floor_podman_run_s": {"median": floor, "runs": floors},
         "cached_launch_s": {"median": cached_median, "runs": cached},
@@ -212,29 +210,6 @@ async def measure(stack: Stack, repo_url: str) -> dict[str, Any]:
                 ),
             },
         },
-    }
-
-
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on: they mean little without it."""
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in cpuinfo.splitlines()
-            if line.startswith("model name")
-        ),
-        "",
-    )
-    meminfo = Path("/proc/meminfo").read_text().split()
-    return {
-        "cores": os.cpu_count(),
-        "cpu_model": model,
-        "memory_gib": round(int(meminfo[meminfo.index("MemTotal:") + 1]) / 1024**2, 1),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "nodes": len(NODES),
-        "load_average_at_end": os.getloadavg(),
     }
 
 
@@ -301,9 +276,7 @@ def main() -> None:
             result = asyncio.run(measure(stack, f"file://{repo}"))
         finally:
             stack_runs.close()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_report("scheduler_launch", result)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,7 @@ floor.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -39,12 +37,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from build_bench import FINISHED, anchor_build, root_rootfs  # noqa: E402
+from reporting import write_report  # noqa: E402
 
 from tests.support.gitrepo import make_repo, notebook  # noqa: E402
 from tests.support.sandbox import readable_dir  # noqa: E402
 from tests.support.stack import LOG_DIR, build_path, launch_events, started_stack  # noqa: E402
 
-RESULTS = REPO / "bench" / "results" / "scistack.json"
 PACKAGES = ("numpy", "pandas", "scipy", "matplotlib", "scikit-learn")
 HOST_PYTHON = "/usr/bin/python3"
 GOAL_OVER_FLOOR = 1.3
@@ -113,17 +111,10 @@ def main() -> int:
         "empty uv cache, same index (PyPI through this host's proxy), same run",
         "anchor": "repo2docker's pip route: Debian python3 venv with JupyterLab, pip "
         "--no-cache-dir, podman build --no-cache, as root (bench/build_bench.py)",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
         "results": {**results, "cold_build_over_floor": round(over_floor, 2)},
         "goal": {"cold_build_over_floor": GOAL_OVER_FLOOR, "met": over_floor <= GOAL_OVER_FLOOR},
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report("scistack", report)
     return 0
 
 

@@ -41,7 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from scheduler_bench import floor_once, machine, percentile, stop, timed_launch, until_sessions
+from reporting import machine
+from scheduler_bench import floor_once, percentile, stop, timed_launch, until_sessions
 
 from bindery.bus import Bus
 from bindery.naming import session_name
