@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
@@ -23,6 +24,7 @@ from bindery.gateway.app import create_app
 from bindery.gateway.deps import Gateway
 from bindery.gateway.handlers import EventHandlers
 from bindery.gateway.settings import GatewaySettings
+from bindery.runtimes import Session
 from bindery.tokens import session_token
 from tests.support.fakebus import FakeBus
 from tests.support.launches import image_built, ref_resolved
@@ -30,6 +32,18 @@ from tests.support.launches import image_built, ref_resolved
 SECRET = "x" * 32
 GIT_SPEC = "https%3A%2F%2Fexample.org%2Fowner%2Frepo.git/main"
 S1_TOKEN = session_token(SECRET, "s1")
+# What a client sees of `full_launch`, one phase per event: three log lines while building.
+FULL_LAUNCH_PHASES = [
+    "waiting",
+    "fetching",
+    "building",
+    "building",
+    "building",
+    "building",
+    "built",
+    "launching",
+    "ready",
+]
 
 
 @dataclass
@@ -133,3 +147,17 @@ async def make_harness(**kw: Any) -> AsyncIterator[Harness]:
         yield Harness(client, gateway, bus, EventHandlers(gateway), registry_ok)
     finally:
         await client.close()
+
+
+def listed_session(name: str, *, running: bool = True) -> Session:
+    """A session as the runtime lists it after a gateway restart."""
+    return Session(
+        name=name,
+        node="n",
+        launch_id="e" * 32,
+        image="i",
+        repo="r",
+        started=datetime.now(UTC),
+        target="http://127.0.0.1:7",
+        running=running,
+    )

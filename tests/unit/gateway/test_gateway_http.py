@@ -26,6 +26,7 @@ from bindery.events import (
 from bindery.gateway.health import registry_reachable
 from bindery.tokens import session_token
 from tests.unit.gateway.fakes import (
+    FULL_LAUNCH_PHASES,
     GIT_SPEC,
     S1_TOKEN,
     SECRET,
@@ -49,17 +50,7 @@ async def test_build_streams_the_whole_launch(harness: Harness) -> None:
     lid = request.launch_id
 
     phases = [data["phase"] for _, data in events]
-    assert phases == [
-        "waiting",
-        "fetching",
-        "building",
-        "building",
-        "building",
-        "building",
-        "built",
-        "launching",
-        "ready",
-    ]
+    assert phases == FULL_LAUNCH_PHASES
     assert all(data["launch_id"] == lid for _, data in events)
     # Only the client that started the launch has its resume secret, in every event id.
     resume = harness.gateway.credentials.resume_secret(lid)

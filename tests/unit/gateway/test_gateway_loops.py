@@ -5,7 +5,6 @@ fails; a loop the runner finds failing makes the gateway's /health answer 503 na
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -14,7 +13,7 @@ from bindery.gateway.deps import Gateway
 from bindery.runtimes import Session
 from bindery.service import Loops
 from tests.support.fakebus import FakeBus
-from tests.unit.gateway.fakes import settings
+from tests.unit.gateway.fakes import listed_session, settings
 
 LIMIT = 10.0
 
@@ -30,18 +29,7 @@ class FlakyRuntime:
         self.calls += 1
         if self.calls <= self.failures:
             raise ConnectionError("node not up yet")
-        return [
-            Session(
-                name="survivor",
-                node="n",
-                launch_id="e" * 32,
-                image="i",
-                repo="r",
-                started=datetime.now(UTC),
-                target="http://127.0.0.1:7",
-                running=True,
-            )
-        ]
+        return [listed_session("survivor")]
 
 
 async def test_routes_are_rebuilt_at_start_retrying_while_the_runtime_fails() -> None:

@@ -9,7 +9,14 @@ import aiohttp
 from yarl import URL
 
 from bindery.events import ImagePulling, LaunchQueued, LaunchRequested, QueueLimit
-from tests.unit.gateway.fakes import GIT_SPEC, Harness, full_launch, parse_sse, same_but_handoff
+from tests.unit.gateway.fakes import (
+    FULL_LAUNCH_PHASES,
+    GIT_SPEC,
+    Harness,
+    full_launch,
+    parse_sse,
+    same_but_handoff,
+)
 
 
 async def receive_all(ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, Any]]:
@@ -26,17 +33,7 @@ async def test_websocket_carries_the_same_events_as_sse(harness: Harness) -> Non
     messages = await receive_all(ws)
     [request] = harness.bus.published
     lid = request.launch_id
-    assert [m["phase"] for m in messages] == [
-        "waiting",
-        "fetching",
-        "building",
-        "building",
-        "building",
-        "building",
-        "built",
-        "launching",
-        "ready",
-    ]
+    assert [m["phase"] for m in messages] == FULL_LAUNCH_PHASES
     resume = harness.gateway.credentials.resume_secret(lid)
     assert [m["id"] for m in messages] == [f"{lid}:{i}:{resume}" for i in range(len(messages))]
     assert ws.close_code == 1000

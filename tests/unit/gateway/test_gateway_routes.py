@@ -4,29 +4,17 @@ restart, and why a session that is gone ended."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 
 from bindery.events import StopReason
 from bindery.gateway.routes import RouteTable, rebuild_routes
 from bindery.runtimes import Session
+from tests.unit.gateway.fakes import listed_session
 
 
 async def test_routes_rebuilt_from_running_sessions() -> None:
-    def session(name: str, running: bool) -> Session:
-        return Session(
-            name=name,
-            node="n",
-            launch_id="e" * 32,
-            image="i",
-            repo="r",
-            started=datetime.now(UTC),
-            target="http://127.0.0.1:7",
-            running=running,
-        )
-
     class Runtime:
         async def list_sessions(self) -> list[Session]:
-            return [session("up", True), session("down", False)]
+            return [listed_session("up"), listed_session("down", running=False)]
 
     routes = RouteTable()
     assert await rebuild_routes(Runtime(), routes) == 1
