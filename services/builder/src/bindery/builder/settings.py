@@ -16,6 +16,7 @@ from bindery.builder.job import (
     RegistryMirrorSetting,
 )
 from bindery.builder.pythons import DEFAULT_PYTHON, Fallback
+from bindery.builder.sandbox import DEFAULT_USER
 from bindery.builder.sources import ProviderHosts
 from bindery.settings import PackageIndexSettings, Profile
 
@@ -72,7 +73,7 @@ class BuilderSettings(PackageIndexSettings):
     of a build failing halfway. Ten GiB: the largest mybinder.org images are a few GiB, built
     in layers that need about twice that while they are committed."""
 
-    build_user: str = "bindery-build"
+    build_user: str = DEFAULT_USER
     """The unprivileged host user builds run as (rootless podman, its own image store and
     disk); scripts/install.sh creates it. Never root: a Dockerfile could then reach the host."""
 
