@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from bindery.builder.baseimage import base_images, debian_pythons
-from bindery.builder.build import BuildLine, BuildOptions
+from bindery.builder.buildprocess import BuildLine
+from bindery.builder.job import BuildOptions
 from bindery.builder.pythons import DEFAULT_PYTHON, Pythons
 from tests.support.sandbox import readable_dir, sandbox_podman
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from bindery.builder.build import BuildOptions, BuildRequest, FailureReason, run_build
+from bindery.builder.buildprocess import FailureReason, run_build
 from bindery.builder.indexforward import STEP_HOST, IndexForwarder
+from bindery.builder.job import BuildOptions, BuildRequest
 from tests.integration.builder.conftest import Log
 from tests.support.canary import planted_canary
 from tests.support.eventually import eventually
@@ -241,7 +242,7 @@ async def test_a_step_over_the_memory_limit_is_out_of_memory(
         repo,
         {"postBuild": "#!/bin/sh\npython3 -c 'x = bytearray(1024 ** 3); print(len(x))'\n"},
     )
-    limited = BuildOptions(**{**options.__dict__, "memory_limit": 256 * 1024**2})
+    limited = dataclasses.replace(options, memory_limit=256 * 1024**2)
     request = BuildRequest(f"file://{repo}", sha, image_name, push=False)
     result = await run_build(request, Log(), limited)
     assert result.reason is FailureReason.OOM, result.message
@@ -254,7 +255,7 @@ async def test_a_build_over_its_time_is_stopped_with_everything_it_started(
     # A sleep of its own (other stacks on the machine may sleep 300 s too): pgrep finds only it.
     sleep = f"sleep 300.{secrets.randbelow(10**6):06d}"
     sha = make_repo(repo, {"postBuild": f"#!/bin/sh\n{sleep}\n"})
-    quick = BuildOptions(**{**options.__dict__, "timeout": 8.0})
+    quick = dataclasses.replace(options, timeout=8.0)
     request = BuildRequest(f"file://{repo}", sha, image_name, push=False)
     started = time.monotonic()
     log = Log()

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bindery.builder.build import BuildOptions, BuildRequest, run_build
+from bindery.builder.buildprocess import run_build
+from bindery.builder.job import BuildOptions, BuildRequest
 from bindery.builder.pythons import DEFAULT_PYTHON
 from tests.integration.builder.conftest import Log
 from tests.support.condachannel import CHANNEL, PROBE_VERSION, ServedChannel, served_channel

@@ -18,7 +18,8 @@ import pytest
 from repo2docker.contentproviders.base import ContentProviderException
 
 from bindery.builder import datarepos
-from bindery.builder.build import BuildOptions, BuildRequest, FailureReason, run_build
+from bindery.builder.buildprocess import FailureReason, run_build
+from bindery.builder.job import BuildOptions, BuildRequest
 from bindery.builder.sources import ProviderHosts, check_source
 from tests.integration.builder.conftest import Log
 from tests.integration.builder.test_build import manifest_status

@@ -13,7 +13,8 @@ import time
 import uuid
 from pathlib import Path
 
-from bindery.builder.build import BuildOptions, BuildRequest, FailureReason, run_build
+from bindery.builder.buildprocess import FailureReason, run_build
+from bindery.builder.job import BuildOptions, BuildRequest
 from tests.integration.builder.conftest import Log
 from tests.support.gitrepo import make_repo, notebook
 from tests.support.sandbox import podman_run, sandbox_podman

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bindery.builder.build import BuildOptions, BuildRequest, FailureReason, run_build
+from bindery.builder.buildprocess import FailureReason, run_build
 from bindery.builder.cran import CRAN_MOUNT, PUBLIC_CRAN
+from bindery.builder.job import BuildOptions, BuildRequest
 from tests.integration.builder.conftest import Log
 from tests.support.cranmirror import PROBE, PROBE_ANSWER, RPackage, make_cran_mirror
 from tests.support.gitrepo import make_repo, notebook

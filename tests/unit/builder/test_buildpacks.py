@@ -32,7 +32,7 @@ def write(repo: Path, files: dict[str, str]) -> None:
 
 
 def picked() -> BinderyBuildPack:
-    """The buildpack repo2docker would pick, as build_one configures it."""
+    """The buildpack repo2docker would pick, as buildchild configures it."""
     for pack in BUILDPACKS:
         candidate = pack(base_image=BASE)
         if candidate.detect():

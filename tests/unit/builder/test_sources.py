@@ -5,14 +5,12 @@ one must fail validation with a message, before any request, path or subprocess 
 """
 
 import re
-import sys
 
 import pytest
 from repo2docker.contentproviders.base import ContentProviderException
 
-from bindery.builder import build_one
-from bindery.builder.build import BuildOptions, BuildRequest, command
 from bindery.builder.datarepos import check_file_name, pinned
+from bindery.builder.job import BuildJob, BuildOptions, BuildRequest
 from bindery.builder.sources import ProviderHosts, check_source
 
 HOSTS = ProviderHosts()
@@ -142,21 +140,16 @@ def test_hosts_come_from_configuration() -> None:
 def test_the_provider_travels_to_the_build_process_as_a_value() -> None:
     hosts = ProviderHosts(zenodo_url="http://127.0.0.1:1/zenodo")
     request = BuildRequest("http://127.0.0.1:1/zenodo/records/5", "5", "r/i:t", provider="zenodo")
-    cmd = command(request, BuildOptions(provider_hosts=hosts))
-    assert cmd[:3] == [sys.executable, "-m", "bindery.builder.build_one"]
-    args = build_one.parse_args(cmd[3:])
-    build_one.validate(args)
-    assert (args.source.provider, args.source.url, args.hosts) == (
+    job = BuildJob.from_json(BuildJob(request, BuildOptions(provider_hosts=hosts)).to_json())
+    assert (job.source.provider, job.source.url, job.options.provider_hosts) == (
         "zenodo",
         request.repo_url,
         hosts,
     )
     # A stranger's provider name is a value too: never an option.
     evil = BuildRequest("https://zenodo.org/records/1", "1", "r/i:t", push=False, provider="--push")
-    args = build_one.parse_args(command(evil, BuildOptions())[3:])
-    assert args.provider == "--push" and not args.push
     with pytest.raises(ValueError, match="unknown provider"):
-        build_one.validate(args)
+        BuildJob(evil, BuildOptions())
 
 
 @pytest.mark.parametrize(

@@ -9,10 +9,10 @@ import subprocess
 from bindery import service
 from bindery.builder import cgroups
 from bindery.builder.baseimage import base_images
-from bindery.builder.build import BuildOptions
-from bindery.builder.builds import Builder
+from bindery.builder.coordinator import Builder
 from bindery.builder.handlers import subscribe
 from bindery.builder.indexforward import STEP_HOST, Index, IndexForwarder
+from bindery.builder.job import BuildOptions
 from bindery.builder.prune import PrunePolicy, Pruner
 from bindery.builder.pythons import Pythons
 from bindery.builder.sandbox import Sandbox

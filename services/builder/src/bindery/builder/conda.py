@@ -64,6 +64,8 @@ CHANNEL_NAME = re.compile(
     r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}(/label/[A-Za-z0-9][A-Za-z0-9_.-]{0,99})?"
 )
 TIMEOUT = 60
+# The channels of an environment.yml that lists none, or lists `defaults`, as repo2docker's.
+DEFAULT_CHANNELS = ("conda-forge",)
 # Beside uv's and pip's caches of the user the builder runs as.
 DEFAULT_PKGS_DIR = str(
     Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "bindery", "conda-pkgs")

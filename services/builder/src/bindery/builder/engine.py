@@ -88,7 +88,8 @@ class PodmanEngine(ContainerEngine):  # type: ignore[misc]
         (``SRC:DST[:OPTIONS]``) are mounted into every RUN step and committed to no layer.
         ``container_limits`` are left to the build's cgroup (bindery.builder.cgroups): rootless
         podman ignores them here. A directory context and the Dockerfile are handed to the
-        sandbox user where they are (build_one keeps its temporary files on the sandbox's disk).
+        sandbox user where they are (the build process keeps its temporary files on the
+        sandbox's disk).
         """
         sandbox = self.sandbox
         with tempfile.TemporaryDirectory(prefix="bindery-context-", dir=sandbox.tmp) as scratch:

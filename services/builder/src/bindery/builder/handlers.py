@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bindery.builder.builds import Builder
+from bindery.builder.coordinator import Builder
 from bindery.bus import Bus, Handlers, topology
 from bindery.events import NextStep, RefResolved
 

@@ -1,7 +1,7 @@
 """Serves a package index that needs credentials to build steps without the credentials.
 
 In: GET and HEAD requests from build steps (rootless, through slirp4netns, which reaches this
-host's loopback at 10.0.2.2) and from build_one's own lookups on 127.0.0.1.
+host's loopback at 10.0.2.2) and from the build process's own lookups on 127.0.0.1.
 Out: the same request at the index's host with the index's credentials, and its answer, the
 index's own address in simple-API pages replaced by the forwarder's, so pip and uv fetch the
 files through it too.

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from bindery.builder.build import BuildResult
+from bindery.builder.buildprocess import BuildResult
 from bindery.metrics import BUILD_BUCKETS, tracks
 
 BUILD_SECONDS = Histogram(

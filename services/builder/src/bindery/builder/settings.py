@@ -7,10 +7,16 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field, model_validator
 
-from bindery.builder import conda, nixpack, registrymirror
+from bindery.builder import conda
 from bindery.builder.baseimage import UV, debian_pythons, python_sources
-from bindery.builder.cran import check_mirror_setting
+from bindery.builder.job import (
+    CranMirrorSetting,
+    NixChannelSetting,
+    NixSubstituterSetting,
+    RegistryMirrorSetting,
+)
 from bindery.builder.pythons import DEFAULT_PYTHON, Fallback
+from bindery.builder.sandbox import DEFAULT_USER
 from bindery.builder.sources import ProviderHosts
 from bindery.settings import PackageIndexSettings, Profile
 
@@ -67,7 +73,7 @@ class BuilderSettings(PackageIndexSettings):
     of a build failing halfway. Ten GiB: the largest mybinder.org images are a few GiB, built
     in layers that need about twice that while they are committed."""
 
-    build_user: str = "bindery-build"
+    build_user: str = DEFAULT_USER
     """The unprivileged host user builds run as (rootless podman, its own image store and
     disk); scripts/install.sh creates it. Never root: a Dockerfile could then reach the host."""
 
@@ -86,7 +92,7 @@ class BuilderSettings(PackageIndexSettings):
     dependencies as the PyPI distributions conda-forge's name mapping says they are; so does a
     build whose channel does not answer, saying so in its log."""
 
-    conda_default_channels: list[str] = Field(default_factory=lambda: ["conda-forge"])
+    conda_default_channels: list[str] = Field(default_factory=lambda: list(conda.DEFAULT_CHANNELS))
     """The channels of an environment.yml that lists none, or lists `defaults`: conda-forge,
     as repo2docker (Anaconda's own `defaults` channels are not under the alias)."""
 
@@ -95,7 +101,7 @@ class BuilderSettings(PackageIndexSettings):
     shared by all builds on this host and never in an image. Under the builder user's
     ~/.cache."""
 
-    cran_mirror: Annotated[str, AfterValidator(check_mirror_setting)] = ""
+    cran_mirror: CranMirrorSetting = ""
     """Where R builds (install.R, DESCRIPTION) get packages, since CRAN and Posit Package Manager
     are not reachable from every Bindery: an http(s) URL of a CRAN mirror (an internal Posit
     Package Manager, a CRAN mirror), which sessions keep as R's repository, or an absolute
@@ -103,7 +109,7 @@ class BuilderSettings(PackageIndexSettings):
     CRAN, miniCRAN), mounted read-only into build steps only. Empty: R repositories fail at once,
     naming the hosts they need."""
 
-    nix_channel: Annotated[str, AfterValidator(nixpack.check_channel_setting)] = ""
+    nix_channel: NixChannelSetting = ""
     """Where default.nix's <nixpkgs> comes from, since nixos.org is not reachable from every
     Bindery: a nixpkgs channel or tarball URL (`nix-channel --add`), or an absolute directory
     holding a nixpkgs tree (its default.nix at the top), mounted read-only into build steps and
@@ -111,15 +117,13 @@ class BuilderSettings(PackageIndexSettings):
     evaluate default.nix again at start. Empty: a default.nix asking for <nixpkgs> or the
     network fails at once naming the hosts; one using builtins only still builds."""
 
-    nix_substituters: list[Annotated[str, AfterValidator(nixpack.check_substituter_setting)]] = (
-        Field(default_factory=list)
-    )
+    nix_substituters: list[NixSubstituterSetting] = Field(default_factory=list)
     """Binary caches Nix build steps substitute from instead of building (cache.nixos.org being
     unreachable): http(s) URLs or file:///DIR directories (mounted read-only into build steps
     only; add ?trusted=1 to accept paths not signed by a key Nix trusts). Empty: everything
     default.nix needs is built from source."""
 
-    registry_mirror: Annotated[str, AfterValidator(registrymirror.check_mirror_setting)] = ""
+    registry_mirror: RegistryMirrorSetting = ""
     """Where a Dockerfile's Docker Hub images (`FROM python:3.11`, `FROM docker.io/user/x`) are
     pulled from, as a registries.conf `[[registry.mirror]]` for docker.io: an http(s) URL of a
     registry, optionally with a path (`https://mirror.example.org/dockerhub` serves

@@ -16,8 +16,6 @@ walk out of a path.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import re
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
@@ -61,20 +59,6 @@ class ProviderHosts:
     swh_api_url: str = providers.SWH_API_URL
     ckan_hosts: tuple[str, ...] = ()
     """Empty: any CKAN site (the resolver refused those resolving to internal addresses)."""
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> ProviderHosts:
-        values = json.loads(text)
-        known = {f.name for f in dataclasses.fields(cls)}
-        if not isinstance(values, dict) or not set(values) <= known:
-            raise ValueError(f"provider hosts must be a JSON object with keys among {known}")
-        for name in ("dataverse_hosts", "ckan_hosts"):
-            if name in values:
-                values[name] = tuple(values[name])
-        return cls(**values)
 
 
 @dataclass(frozen=True)

@@ -50,8 +50,9 @@ FIRST_MESSAGE_SECONDS = 10.0
 READ_SECONDS = 30.0
 # Stream time offsets are in whole seconds, and clocks of hosts differ a little.
 CLOCK_SLACK = timedelta(seconds=5)
-# A build's first line is published as it starts (builds.py), stamped by the same host's clock
-# as its id: lines this long after the id's time and none of it, and there is no such build.
+# A build's first line is published as it starts (the builder's coordinator.py), stamped by the
+# same host's clock as its id: lines this long after the id's time and none of it, and there is
+# no such build.
 FIRST_LINE_WITHIN = timedelta(minutes=2)
 EPOCH = datetime.fromtimestamp(0, UTC)
 

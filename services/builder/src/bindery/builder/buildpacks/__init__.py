@@ -42,7 +42,7 @@ from bindery.builder.buildpacks.pipfile import PipfileBuildPack
 from bindery.builder.buildpacks.python import PythonBuildPack
 from bindery.builder.buildpacks.r import RBuildPack
 
-# What build_one needs; each pack and helper is imported from its own module.
+# What buildchild needs; each pack and helper is imported from its own module.
 __all__ = ["BUILDPACKS", "DEFAULT_BUILDPACK", "BuildContext", "BuildWarning"]
 
 # repo2docker's detection order; the first whose detect() says yes builds the repository.

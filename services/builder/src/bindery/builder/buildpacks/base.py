@@ -62,7 +62,7 @@ class BuildContext:
     conda_channel_alias: str = ""
     """conda's channel_alias: channel ``NAME`` is ``<alias>/NAME``. Empty: no conda channel,
     environment.yml takes the PyPI route."""
-    conda_default_channels: tuple[str, ...] = ("conda-forge",)
+    conda_default_channels: tuple[str, ...] = conda.DEFAULT_CHANNELS
     """The channels of an environment.yml that lists none (or lists ``defaults``)."""
     conda_pkgs_dir: str = conda.DEFAULT_PKGS_DIR
     """Where conda archives and repodata are cached, shared by builds, never in an image."""

@@ -1,78 +1,24 @@
-"""Build requests, the build_one protocol and how failures are told apart."""
+"""The build process's protocol, how failures are told apart, and a run's limits."""
 
 import json
-import sys
+from pathlib import Path
 
 import pytest
 
-from bindery.builder import build_one
-from bindery.builder.build import (
+from bindery.builder.buildprocess import (
     LINE_LIMIT,
     MAX_LINE_CHARS,
     BuildLine,
-    BuildOptions,
-    BuildRequest,
     FailureReason,
     classify_failure,
-    command,
     parse_line,
     run_build,
 )
-from bindery.builder.pythons import Pythons
+from bindery.builder.job import BuildOptions, BuildRequest
 from bindery.events import BuildLog
 
 SHA = "5b1503fb6fd79906a6d75af32d4a014b5f31dc61"
 TAIL = [f"line {i}" for i in range(20)]
-
-
-def test_values_are_passed_so_they_cannot_be_read_as_options() -> None:
-    request = BuildRequest("--upload-pack=touch /pwned", "-x", "-i", push=True)
-    pythons = Pythons((("3.11", "localhost/b:1"),), "3.11")
-    cmd = command(request, BuildOptions(pythons=pythons, ca_bundle="/ca.crt"))
-    assert cmd[:3] == [sys.executable, "-m", "bindery.builder.build_one"]
-    assert "--repo=--upload-pack=touch /pwned" in cmd
-    assert "--ref=-x" in cmd and "--image=-i" in cmd
-    assert {"--push", "--python=3.11=localhost/b:1", "--ca-bundle=/ca.crt"} <= set(cmd)
-    args = build_one.parse_args(cmd[3:])
-    assert (args.repo, args.ref, args.image) == ("--upload-pack=touch /pwned", "-x", "-i")
-    with pytest.raises(ValueError, match="URL"):
-        build_one.validate(args)
-
-
-def test_the_registry_mirror_reaches_the_buildpacks() -> None:
-    request = BuildRequest("https://example.org/r.git", SHA, "127.0.0.1:5000/b/r:1")
-    cmd = command(request, BuildOptions(registry_mirror="http://127.0.0.1:5000/hub"))
-    args = build_one.parse_args(cmd[3:])
-    build_one.validate(args)
-    context = build_one.make_app(args).extra_build_kwargs["bindery"]
-    assert context.registry_mirror == "http://127.0.0.1:5000/hub"
-
-
-@pytest.mark.parametrize(
-    ("repo", "ref", "image", "problem"),
-    [
-        ("-oProxyCommand=x", SHA, "r/i:t", "URL"),
-        ("/etc", SHA, "r/i:t", "URL"),
-        ("file:///srv/repo", SHA, "r/i:t", "URL"),
-        ("https://h/r x", SHA, "r/i:t", "URL"),
-        ("https://h/r", "main", "r/i:t", "SHA"),
-        ("https://h/r", "--orphan", "r/i:t", "SHA"),
-        ("https://h/r", SHA, "-r/i:t", "image"),
-        ("https://h/r", SHA, "R/i t", "image"),
-    ],
-)
-def test_validation_rejects_what_strangers_could_abuse(
-    repo: str, ref: str, image: str, problem: str
-) -> None:
-    args = build_one.parse_args([f"--repo={repo}", f"--ref={ref}", f"--image={image}"])
-    with pytest.raises(ValueError, match=problem):
-        build_one.validate(args)
-
-
-def test_validation_accepts_a_commit_of_an_allowed_scheme() -> None:
-    argv = ["--repo=file:///srv/repo", f"--ref={SHA}", "--image=127.0.0.1:5000/b/r:t"]
-    build_one.validate(build_one.parse_args([*argv, "--allow-scheme=file"]))
-    build_one.validate(build_one.parse_args(["--repo=https://h/o/r.git", *argv[1:]]))
 
 
 def test_parse_line_separates_log_from_the_final_record() -> None:
@@ -157,7 +103,7 @@ def test_unexplained_failures_are_internal_errors(final: dict[str, str] | None) 
     assert reason is FailureReason.INTERNAL_ERROR
 
 
-async def test_run_build_reports_an_invalid_request_from_the_subprocess() -> None:
+async def test_run_build_reports_an_invalid_request() -> None:
     lines: list[BuildLine] = []
 
     async def on_line(line: BuildLine) -> None:
@@ -172,13 +118,15 @@ async def test_run_build_reports_an_invalid_request_from_the_subprocess() -> Non
     assert lines[-1].phase == "building" and "scheme" in lines[-1].message
 
 
-async def test_a_build_writing_too_much_log_is_stopped_as_too_large() -> None:
+async def test_a_build_writing_too_much_log_is_stopped_as_too_large(tmp_path: Path) -> None:
     lines: list[BuildLine] = []
 
     async def on_line(line: BuildLine) -> None:
         lines.append(line)
 
-    request = BuildRequest("ftp://host/repo", SHA, "127.0.0.1:5000/bindery/x:y")
-    result = await run_build(request, on_line, BuildOptions(timeout=60, max_log_bytes=10))
+    # Nothing to fetch there: the build process says so in more than ten bytes.
+    request = BuildRequest(f"file://{tmp_path}/none", SHA, "127.0.0.1:5000/bindery/x:y")
+    options = BuildOptions(timeout=60, max_log_bytes=10, allowed_schemes=("file",))
+    result = await run_build(request, on_line, options)
     assert result.reason is FailureReason.TOO_LARGE
     assert "log" in result.message

@@ -1,9 +1,11 @@
-"""One build in its own process.
+"""One build in its own process: what runs inside the build process buildprocess.py starts.
 
-``python -m bindery.builder.build_one --provider=P --repo=URL --ref=VERSION --image=NAME [--push]``
+``python -m bindery.builder.buildchild < job.json``
 
-In: the provider, its repository URL and resolved version (a commit, a record version) and the
-image name, all validated here (they come from strangers; sources.py has the rules per provider).
+In: a BuildJob (bindery.builder.job) as JSON on stdin: the provider, its repository URL and
+resolved version (a commit, a record version), the image name and this host's build options, all
+validated here again with the model the service made it with (they come from strangers;
+sources.py has the rules per provider).
 Git-like providers are cloned by repo2docker's Git content provider; data repositories (Zenodo,
 Figshare, Dataverse, HydroShare, CKAN, Software Heritage) are fetched by repo2docker's own
 providers, pinned to the validated record (datarepos.py) rather than picked by their detect().
@@ -15,37 +17,31 @@ A process per build because repo2docker is not thread-safe: it chdirs into the c
 rewires the logging of the whole process.
 """
 
-import argparse
 import contextlib
 import json
 import logging
 import os
-import re
 import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
+from pydantic import ValidationError
 from repo2docker.app import Repo2Docker
 from repo2docker.contentproviders import Git
 from repo2docker.engine import BuildError, ImageLoadError
 from repo2docker.utils import R2dState
 from traitlets.config import Config
 
-from bindery.builder import datarepos, nixpack, registrymirror
-from bindery.builder.baseimage import base_images, debian_pythons
-from bindery.builder.build import MAX_LINE_CHARS
+from bindery.builder import datarepos
 from bindery.builder.buildpacks import BUILDPACKS, DEFAULT_BUILDPACK, BuildContext, BuildWarning
+from bindery.builder.buildprocess import MAX_LINE_CHARS
 from bindery.builder.checkout import check_checkout
-from bindery.builder.cran import check_mirror_setting
 from bindery.builder.engine import PodmanEngine
-from bindery.builder.pythons import DEFAULT_PYTHON, Fallback, Pythons
-from bindery.builder.sandbox import DEFAULT_USER, Sandbox
-from bindery.builder.sources import DEFAULT_SCHEMES, ProviderHosts, Source, check_source
-
-# An image reference as the OCI distribution spec allows it, starting with no dash.
-IMAGE_PATTERN = re.compile(r"[a-z0-9][a-z0-9._/:-]{0,254}(@sha256:[0-9a-f]{64})?")
+from bindery.builder.job import BuildJob, problems
+from bindery.builder.sandbox import Sandbox
+from bindery.builder.sources import ProviderHosts, Source
 
 
 class CloneFailed(Exception):
@@ -155,120 +151,22 @@ def tree_size(path: str) -> int:
     return total
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bindery.builder.build_one")
-    parser.add_argument("--provider", default="git", help="the launch's provider (gh, zenodo, ...)")
-    parser.add_argument("--repo", required=True, help="repository URL (or SWHID)")
-    parser.add_argument("--ref", required=True, help="full commit SHA, or the record's version")
-    parser.add_argument(
-        "--provider-hosts", default="", help="ProviderHosts as JSON; default: the public services"
-    )
-    parser.add_argument("--image", required=True, help="name to tag (and push) the image as")
-    parser.add_argument("--push", action="store_true", help="push the image once built")
-    parser.add_argument(
-        "--python",
-        action="append",
-        default=[],
-        help="VERSION=IMAGE: the base image of a Python (repeatable; default: every Python of "
-        "bindery.builder.baseimage)",
-    )
-    parser.add_argument("--default-python", default=DEFAULT_PYTHON)
-    parser.add_argument("--python-fallback", choices=get_args(Fallback), default="nearest")
-    parser.add_argument("--ca-bundle", default="", help="CA bundle handed to the build")
-    parser.add_argument(
-        "--sandbox-user", default=DEFAULT_USER, help="the unprivileged user podman runs as"
-    )
-    parser.add_argument(
-        "--fetch-in-sandbox",
-        action="store_true",
-        help="fetch as the sandbox user, under its network rules (production)",
-    )
-    parser.add_argument("--push-tls-verify", action="store_true")
-    parser.add_argument("--index-url", default="", help="package index handed to the build")
-    parser.add_argument(
-        "--index-lookup-url", default="", help="the same index from this host (default: the same)"
-    )
-    parser.add_argument("--conda-channel-alias", default="", help="empty: no conda channel")
-    parser.add_argument(
-        "--conda-default-channel",
-        action="append",
-        default=[],
-        help="channel of an environment.yml listing none (repeatable; default conda-forge)",
-    )
-    parser.add_argument("--conda-pkgs-dir", default="", help="conda package cache")
-    parser.add_argument(
-        "--cran-mirror", default="", help="CRAN mirror URL or directory for R builds"
-    )
-    parser.add_argument("--nix-channel", default="", help="nixpkgs channel URL or directory")
-    parser.add_argument(
-        "--registry-mirror", default="", help="registry URL Docker Hub images are pulled from"
-    )
-    parser.add_argument(
-        "--nix-substituter",
-        action="append",
-        default=[],
-        help="Nix binary cache URL or file:///DIR (repeatable)",
-    )
-    parser.add_argument(
-        "--env-repository",
-        default="",
-        help="environment images are <this>:<key>, pushed with --push; default: 'env' beside "
-        "the image (registry/a/b:tag -> registry/a/env)",
-    )
-    parser.add_argument("--max-repo-bytes", type=int, default=0, help="0 for no limit")
-    parser.add_argument(
-        "--allow-scheme",
-        action="append",
-        default=[],
-        help=f"URL scheme to accept (repeatable; default {', '.join(DEFAULT_SCHEMES)})",
-    )
-    return parser.parse_args(argv)
-
-
-def validate(args: argparse.Namespace) -> None:
-    """Raise ValueError unless provider, repo, ref and images are what they claim to be. Sets
-    ``args.source`` (the validated repository) and ``args.hosts``; an environment repository left
-    empty becomes ``env`` beside the image."""
-    args.hosts = (
-        ProviderHosts.from_json(args.provider_hosts) if args.provider_hosts else ProviderHosts()
-    )
-    args.source = check_source(
-        args.provider, args.repo, args.ref, args.hosts, tuple(args.allow_scheme) or DEFAULT_SCHEMES
-    )
-    args.cran_mirror = check_mirror_setting(args.cran_mirror)
-    args.registry_mirror = registrymirror.check_mirror_setting(args.registry_mirror)
-    args.nix_channel = nixpack.check_channel_setting(args.nix_channel)
-    args.nix_substituter = [nixpack.check_substituter_setting(u) for u in args.nix_substituter]
-    images = [tuple(pair.split("=", 1)) for pair in args.python if "=" in pair]
-    if len(images) != len(args.python):
-        raise ValueError(f"--python takes VERSION=IMAGE, not {args.python!r}")
-    args.pythons = Pythons(
-        tuple(images) or base_images(debian_pythons()),
-        args.default_python,
-        args.python_fallback,
-    )
-    if not args.env_repository:
-        args.env_repository = args.image.rpartition(":")[0].rpartition("/")[0] + "/env"
-    for image in (args.image, args.env_repository, *dict(args.pythons.images).values()):
-        if IMAGE_PATTERN.fullmatch(image) is None:
-            raise ValueError(f"{image!r} is not a valid image reference")
-
-
-def make_app(args: argparse.Namespace) -> Repo2Docker:
+def make_app(job: BuildJob) -> Repo2Docker:
+    request, options = job.request, job.options
     config = Config()
-    config.PodmanEngine.ca_bundle = args.ca_bundle
-    config.PodmanEngine.sandbox_user = args.sandbox_user
-    config.PodmanEngine.push_tls_verify = args.push_tls_verify
-    config.PodmanEngine.index_url = args.index_url
+    config.PodmanEngine.ca_bundle = options.ca_bundle
+    config.PodmanEngine.sandbox_user = options.sandbox_user
+    config.PodmanEngine.push_tls_verify = options.push_tls_verify
+    config.PodmanEngine.index_url = options.index_url
     app = _Repo2Docker(config=config)
-    app.max_repo_bytes = args.max_repo_bytes
-    app.source = args.source
-    app.provider_hosts = args.hosts
-    app.sandbox = Sandbox(args.sandbox_user)
-    app.fetch_in_sandbox = args.fetch_in_sandbox
-    app.repo = args.source.url
-    app.ref = args.source.version
-    app.output_image_spec = args.image
+    app.max_repo_bytes = options.max_repo_bytes
+    app.source = job.source
+    app.provider_hosts = options.provider_hosts
+    app.sandbox = Sandbox(options.sandbox_user)
+    app.fetch_in_sandbox = options.fetch_in_sandbox
+    app.repo = job.source.url
+    app.ref = job.source.version
+    app.output_image_spec = request.image
     # We push ourselves, after the build, so pushing is its own phase with its own failure.
     app.push = False
     app.run = False
@@ -282,43 +180,42 @@ def make_app(args: argparse.Namespace) -> Repo2Docker:
     app.default_buildpack = DEFAULT_BUILDPACK
     app.extra_build_kwargs = {
         "bindery": BuildContext(
-            env_repository=args.env_repository,
-            push_env=args.push,
-            index_url=args.index_lookup_url or args.index_url or BuildContext.index_url,
-            ca_bundle=args.ca_bundle,
-            conda_channel_alias=args.conda_channel_alias,
-            conda_default_channels=tuple(args.conda_default_channel)
-            or BuildContext.conda_default_channels,
-            conda_pkgs_dir=args.conda_pkgs_dir or BuildContext.conda_pkgs_dir,
-            cran_mirror=args.cran_mirror,
-            nix_channel=args.nix_channel,
-            nix_substituters=tuple(args.nix_substituter),
-            registry_mirror=args.registry_mirror,
-            repo_url=args.source.url,
-            pythons=args.pythons,
+            env_repository=job.env_repository,
+            push_env=request.push,
+            index_url=options.index_lookup_url or options.index_url or BuildContext.index_url,
+            ca_bundle=options.ca_bundle,
+            conda_channel_alias=options.conda_channel_alias,
+            conda_default_channels=options.conda_default_channels,
+            conda_pkgs_dir=options.conda_pkgs_dir,
+            cran_mirror=options.cran_mirror,
+            nix_channel=options.nix_channel,
+            nix_substituters=options.nix_substituters,
+            registry_mirror=options.registry_mirror,
+            repo_url=job.source.url,
+            pythons=options.pythons,
         )
     }
     # repo2docker makes every pack with this one; the pack then takes its Python's.
-    app.base_image = dict(args.pythons.images)[args.pythons.default]
+    app.base_image = dict(options.pythons.images)[options.pythons.default]
     app.engine = "bindery-podman"
     # Makes repo2docker capture git's output into its log instead of our stdout.
     app.json_logs = True
     return app
 
 
-def build(args: argparse.Namespace) -> Iterator[str]:
+def build(job: BuildJob) -> Iterator[str]:
     """Build (and push) the image; yields the push's output lines. Raises on failure."""
-    app = make_app(args)
+    app = make_app(job)
     app.initialize()
     # initialize() installed its own handler; the protocol on stdout is ours.
     app.log.handlers = [_ProtocolHandler()]
     app.log.propagate = False
     app.start()
-    if args.push:
-        emit("pushing", f"Pushing {args.image}")
+    if job.request.push:
+        emit("pushing", f"Pushing {job.request.image}")
         engine = app.get_engine()
         assert isinstance(engine, PodmanEngine)
-        yield from engine.push(args.image)
+        yield from engine.push(job.request.image)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -326,16 +223,20 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main() -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    return run(sys.stdin.buffer.read())
+
+
+def run(job_json: bytes) -> int:
+    """Build the job ``job_json`` holds, telling how it goes on stdout; the exit status."""
     try:
-        validate(args)
-    except ValueError as e:
-        emit("failed", str(e), reason="invalid_request")
+        job = BuildJob.from_json(job_json)
+    except ValidationError as e:
+        emit("failed", problems(e), reason="invalid_request")
         return 1
     try:
-        for line in build(args):
+        for line in build(job):
             emit("pushing", line.rstrip("\n"))
     except CloneFailed as e:
         emit("failed", str(e), reason="clone_failed")
@@ -351,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         # runtime.txt, both binder/ and .binder/): a failed step of this build all the same.
         emit("failed", str(e), reason="step_failed")
         return 1
-    emit("built", f"Built {args.image}")
+    emit("built", f"Built {job.request.image}")
     return 0
 
 

@@ -6,15 +6,9 @@ from typing import Any
 
 import pytest
 
-from bindery.builder.build import (
-    BuildLine,
-    BuildOptions,
-    BuildRequest,
-    BuildResult,
-    FailureReason,
-    OnLine,
-)
-from bindery.builder.builds import Builder
+from bindery.builder.buildprocess import BuildLine, BuildResult, FailureReason, OnLine
+from bindery.builder.coordinator import Builder
+from bindery.builder.job import BuildOptions, BuildRequest
 from bindery.events import (
     BuildLog,
     BuildStarted,

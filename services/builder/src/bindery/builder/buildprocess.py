@@ -1,7 +1,9 @@
-"""Runs one build in a subprocess (``build_one``) and tells how it went.
+"""Runs one build process (``buildchild``) and tells how it went.
 
 In: a BuildRequest (provider, repository URL, commit or record version, image name) and
-BuildOptions (the host's setup, the data-repository providers' hosts included).
+BuildOptions (the host's setup, the data-repository providers' hosts included), made into one
+BuildJob (bindery.builder.job) that the process reads on its stdin. A request the job refuses
+fails as ``invalid_request`` without a process.
 Out: every log line to an async callback as it comes, then a BuildResult with a failure reason
 code when it failed: ``timeout``, ``oom``, ``step_failed`` (naming the step), ``too_large`` (the
 repository, the log or the disk over its limit), ``clone_failed``, ``push_failed``,
@@ -28,14 +30,15 @@ import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from pydantic import ValidationError
+
 from bindery.builder.cgroups import BuildCgroup
-from bindery.builder.pythons import Pythons
-from bindery.builder.sandbox import DEFAULT_USER, Sandbox
-from bindery.builder.sources import ProviderHosts
+from bindery.builder.job import BuildJob, BuildOptions, BuildRequest, problems
+from bindery.builder.sandbox import Sandbox
 
 
 class FailureReason(StrEnum):
@@ -48,65 +51,6 @@ class FailureReason(StrEnum):
     INVALID_REQUEST = "invalid_request"
     DISK_FULL = "disk_full"
     INTERNAL_ERROR = "internal_error"
-
-
-@dataclass(frozen=True)
-class BuildRequest:
-    repo_url: str
-    ref: str
-    image: str
-    push: bool = True
-    provider: str = "git"
-    """The launch's provider: says how ``repo_url`` and ``ref`` are read and fetched."""
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    """How this host builds; the builder's settings fill it in."""
-
-    timeout: float = 3600.0
-    pythons: Pythons | None = None
-    """The base image of each Python; None: build_one's (every version of
-    bindery.builder.baseimage, the default Python its default)."""
-    ca_bundle: str = ""
-    memory_limit: int = 0
-    """Bytes for the whole build (its cgroup, swap included); 0 for none."""
-    pids_limit: int = 0
-    """Processes and threads for the whole build; 0 for none."""
-    min_free_disk: int = 0
-    """Below this many free bytes on the sandbox's disk, no build starts."""
-    sandbox_user: str = DEFAULT_USER
-    fetch_in_sandbox: bool = False
-    """Clone and download as the sandbox user, whose connections the network rules check
-    (production); else as the builder, which may read local paths (file:// in the local
-    profile)."""
-    cgroup_prefix: str = "build-"
-    """Names this replica's build cgroups (``<prefix><12 hex digits>``)."""
-    push_tls_verify: bool = False
-    allowed_schemes: tuple[str, ...] = ("https", "http", "git", "ssh")
-    index_url: str = ""
-    """The package index as build steps reach it; empty: PyPI."""
-    index_lookup_url: str = ""
-    """The same index as build_one reaches it on this host; empty: ``index_url``."""
-    conda_channel_alias: str = ""
-    conda_default_channels: tuple[str, ...] = ("conda-forge",)
-    conda_pkgs_dir: str = ""
-    """Empty: bindery.builder.conda's default."""
-    cran_mirror: str = ""
-    """The checked cran_mirror setting (bindery.builder.cran); empty: none."""
-    nix_channel: str = ""
-    nix_substituters: tuple[str, ...] = ()
-    """The checked nix_channel and nix_substituters settings (bindery.builder.nixpack)."""
-    registry_mirror: str = ""
-    """The checked registry_mirror setting (bindery.builder.registrymirror); empty: none."""
-    env_repository: str = ""
-    """Environment images are ``<this>:<key>``; empty: ``env`` beside the image."""
-    max_repo_bytes: int = 0
-    max_log_bytes: int = 0
-    provider_hosts: ProviderHosts = field(default_factory=ProviderHosts)
-    """Where the data-repository providers are: the only hosts their records are fetched from."""
-    # Time a stopped build gets to fail its step and let podman clean up, before SIGKILL.
-    kill_grace: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -129,7 +73,7 @@ class BuildResult:
 
 # How many trailing log lines a failure carries: enough to show the failing step.
 TAIL_LINES = 20
-# Buffer limit for one line of build output; build_one cuts its messages well below this.
+# Buffer limit for one line of build output; buildchild cuts its messages well below this.
 LINE_LIMIT = 1 << 20
 # The longest message of one log line, however it was written: the log is for people (long
 # progress bars and minified output are cut), and every line is held in memory by this builder
@@ -147,53 +91,9 @@ STEP_PATTERN = re.compile(r"^STEP \d+/\d+: ")
 OnLine = Callable[[BuildLine], Awaitable[None]]
 
 
-def command(request: BuildRequest, options: BuildOptions) -> list[str]:
-    """The build_one command line. Values go in ``--opt=value`` form: never read as options."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "bindery.builder.build_one",
-        f"--provider={request.provider}",
-        f"--repo={request.repo_url}",
-        f"--ref={request.ref}",
-        f"--image={request.image}",
-        f"--sandbox-user={options.sandbox_user}",
-        f"--max-repo-bytes={options.max_repo_bytes}",
-    ]
-    cmd += [f"--allow-scheme={scheme}" for scheme in options.allowed_schemes]
-    if request.push:
-        cmd.append("--push")
-    if options.fetch_in_sandbox:
-        cmd.append("--fetch-in-sandbox")
-    if options.pythons:
-        cmd += [f"--python={version}={image}" for version, image in options.pythons.images]
-        cmd.append(f"--default-python={options.pythons.default}")
-        cmd.append(f"--python-fallback={options.pythons.fallback}")
-    if options.ca_bundle:
-        cmd.append(f"--ca-bundle={options.ca_bundle}")
-    if options.push_tls_verify:
-        cmd.append("--push-tls-verify")
-    if options.env_repository:
-        cmd.append(f"--env-repository={options.env_repository}")
-    if options.index_url:
-        cmd.append(f"--index-url={options.index_url}")
-    if options.index_lookup_url:
-        cmd.append(f"--index-lookup-url={options.index_lookup_url}")
-    if options.conda_channel_alias:
-        cmd.append(f"--conda-channel-alias={options.conda_channel_alias}")
-        cmd += [f"--conda-default-channel={name}" for name in options.conda_default_channels]
-    if options.conda_pkgs_dir:
-        cmd.append(f"--conda-pkgs-dir={options.conda_pkgs_dir}")
-    if options.cran_mirror:
-        cmd.append(f"--cran-mirror={options.cran_mirror}")
-    if options.nix_channel:
-        cmd.append(f"--nix-channel={options.nix_channel}")
-    cmd += [f"--nix-substituter={url}" for url in options.nix_substituters]
-    if options.registry_mirror:
-        cmd.append(f"--registry-mirror={options.registry_mirror}")
-    if options.provider_hosts != ProviderHosts():
-        cmd.append(f"--provider-hosts={options.provider_hosts.to_json()}")
-    return cmd
+# The build process: it reads its BuildJob from stdin, so nothing a stranger wrote is ever on a
+# command line.
+COMMAND = (sys.executable, "-m", "bindery.builder.buildchild")
 
 
 def parse_line(raw: str) -> tuple[BuildLine, dict[str, Any] | None]:
@@ -231,7 +131,7 @@ def classify_failure(
         return FailureReason.TIMEOUT, "The build took too long and was stopped."
     if log_too_large:
         return FailureReason.TOO_LARGE, "The build wrote more log than allowed and was stopped."
-    # The cgroup's count, build_one itself killed, or a build step killed inside podman.
+    # The cgroup's count, buildchild itself killed, or a build step killed inside podman.
     if (
         oom_killed
         or returncode in (137, -signal.SIGKILL)
@@ -265,6 +165,13 @@ def classify_failure(
 async def run_build(request: BuildRequest, on_line: OnLine, options: BuildOptions) -> BuildResult:
     """Build (and push) ``request.image``, passing each log line to ``on_line`` as it comes."""
     started = time.monotonic()
+    try:
+        job = BuildJob(request=request, options=options)
+    except ValidationError as e:
+        # As the build process would have told it, had it been started.
+        message = problems(e)
+        await on_line(BuildLine("building", message))
+        return BuildResult(request.image, FailureReason.INVALID_REQUEST, message, 0.0)
     sandbox = Sandbox(options.sandbox_user)
     sandbox.prepare()
     free = shutil.disk_usage(sandbox.tmp).free
@@ -283,7 +190,7 @@ async def run_build(request: BuildRequest, on_line: OnLine, options: BuildOption
     cgroup.create()
     try:
         async with sandbox.building():
-            outcome = await _run(request, on_line, options, sandbox, cgroup)
+            outcome = await _run(job, on_line, sandbox, cgroup)
     finally:
         oom_killed, refused_forks = cgroup.oom_kills > 0, cgroup.refused_forks
         await asyncio.to_thread(cgroup.remove)
@@ -307,7 +214,7 @@ async def run_build(request: BuildRequest, on_line: OnLine, options: BuildOption
 
 @dataclass(frozen=True)
 class _Outcome:
-    """How build_one ended, as its output told."""
+    """How the build process ended, as its output told."""
 
     timed_out: bool
     log_too_large: bool
@@ -319,22 +226,17 @@ class _Outcome:
     """The last Dockerfile step announced."""
 
 
-async def _run(
-    request: BuildRequest,
-    on_line: OnLine,
-    options: BuildOptions,
-    sandbox: Sandbox,
-    cgroup: BuildCgroup,
-) -> _Outcome:
-    """Run build_one in ``cgroup``, relaying its lines; how it ended."""
+async def _run(job: BuildJob, on_line: OnLine, sandbox: Sandbox, cgroup: BuildCgroup) -> _Outcome:
+    """Run the build process in ``cgroup`` on ``job``, relaying its lines; how it ended."""
+    options = job.options
 
     def in_cgroup() -> None:
         cgroup.join()
         _end_with_parent()
 
     proc = await asyncio.create_subprocess_exec(
-        *command(request, options),
-        stdin=asyncio.subprocess.DEVNULL,
+        *COMMAND,
+        stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,
@@ -351,7 +253,12 @@ async def _run(
 
     async def relay() -> None:
         nonlocal final, step, log_bytes, log_too_large
-        assert proc.stdout is not None
+        assert proc.stdin is not None and proc.stdout is not None
+        # A process that died at once left its job unread: its output tells why.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            proc.stdin.write(job.to_json())
+            await proc.stdin.drain()
+        proc.stdin.close()
         async for raw in proc.stdout:
             line, record = parse_line(raw.decode(errors="replace").rstrip("\r\n"))
             if record is not None:
@@ -400,9 +307,9 @@ async def _stop(proc: asyncio.subprocess.Process, cgroup: BuildCgroup, grace: fl
 
     A signal to podman leaves its build containers behind and the step's processes running (they
     are in a container's session, out of our process group's reach). Killing those processes
-    instead fails the step, and podman then removes its containers itself and exits. build_one
-    gets SIGTERM so that repo2docker removes its checkout. Whatever is left after ``grace`` is
-    killed outright.
+    instead fails the step, and podman then removes its containers itself and exits. The build
+    process gets SIGTERM so that repo2docker removes its checkout. Whatever is left after
+    ``grace`` is killed outright.
     """
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
@@ -421,7 +328,7 @@ async def _stop(proc: asyncio.subprocess.Process, cgroup: BuildCgroup, grace: fl
 
 
 def _step_processes(root: int, cgroup: BuildCgroup) -> list[int]:
-    """The build's processes outside build_one's process group: those of build containers."""
+    """The build's processes outside the build process's group: those of build containers."""
     found = []
     for pid in cgroup.processes():
         with contextlib.suppress(ProcessLookupError):

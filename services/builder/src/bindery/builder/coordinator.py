@@ -27,15 +27,8 @@ import structlog
 
 from bindery import telemetry
 from bindery.builder import metrics
-from bindery.builder.build import (
-    BuildLine,
-    BuildOptions,
-    BuildRequest,
-    BuildResult,
-    FailureReason,
-    OnLine,
-    run_build,
-)
+from bindery.builder.buildprocess import BuildLine, BuildResult, FailureReason, OnLine, run_build
+from bindery.builder.job import BuildOptions, BuildRequest
 from bindery.events import BuildLog, BuildStarted, Event, ImageBuilt, LaunchFailed, RefResolved
 from bindery.events import FailureReason as LaunchFailure
 from bindery.events.build import new_build_id
