@@ -14,7 +14,6 @@ elsewhere. The matrix is printed at the end (`-s` shows it).
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import tempfile
 import time
@@ -175,19 +174,10 @@ async def check_the_end(stack: Stack, fault: str, events: list[dict[str, Any]]) 
         assert running_sessions(stack.slot.instance), "the ready session runs"
 
 
-def archive_lines(stack: Stack, launch_id: str) -> list[dict[str, Any]]:
-    return [
-        record
-        for path in (stack.log_dir / "archive").glob("events-*.jsonl")
-        for line in path.read_text().splitlines()
-        if (record := json.loads(line))["launch_id"] == launch_id
-    ]
-
-
 async def archived(stack: Stack, launch_id: str, limit: float = 30.0) -> dict[str, Any]:
     """The launch's one archive line (written just after its end reached the archiver)."""
     found = await eventually(
-        lambda: archive_lines(stack, launch_id),
+        lambda: stack.archived(launch_id),
         within=limit,
         every=0.2,
         what=f"launch {launch_id} archived",
@@ -207,7 +197,7 @@ def restart_while_the_gateway_sleeps(stack: Stack, broker: PrivateBroker) -> Fau
         try:
             broker.restart()
             deadline = time.monotonic() + LAUNCH_LIMIT
-            while not archive_lines(stack, event["launch_id"]):
+            while not stack.archived(event["launch_id"]):
                 assert time.monotonic() < deadline, "the launch did not end without the gateway"
                 time.sleep(0.2)
         finally:

@@ -91,17 +91,8 @@ def spans_of(stack: Stack, launch_id: str) -> list[dict[str, Any]]:
     return [s for s in spans if s["context"]["trace_id"] in ids]
 
 
-def archived_lines(stack: Stack, launch_id: str) -> list[dict[str, Any]]:
-    return [
-        record
-        for path in (stack.log_dir / "archive").glob("events-*.jsonl")
-        for line in path.read_text().splitlines()
-        if (record := json.loads(line))["launch_id"] == launch_id
-    ]
-
-
 def archived(stack: Stack, launch_id: str) -> dict[str, Any] | None:
-    return next(iter(archived_lines(stack, launch_id)), None)
+    return next(iter(stack.archived(launch_id)), None)
 
 
 @pytest.fixture
@@ -250,4 +241,4 @@ async def test_an_archiver_killed_mid_launch_archives_it_once_with_its_earlier_s
     assert record["status"] == "success" and record["built"]
     assert record["duration_seconds"]["build"] > 0, "the stages before the kill are kept"
     await asyncio.sleep(2)  # a moment for a twin line
-    assert len(archived_lines(stack, ready["launch_id"])) == 1, "archived once"
+    assert len(stack.archived(ready["launch_id"])) == 1, "archived once"

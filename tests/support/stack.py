@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,6 +201,15 @@ class Stack:
             proc.kill()
             proc.wait()
 
+    def archived(self, launch_id: str) -> list[dict[str, Any]]:
+        """The launch's lines in this stack's launch archive (one, once it has ended)."""
+        return [
+            record
+            for path in (self.log_dir / "archive").glob("events-*.jsonl")
+            for line in path.read_text().splitlines()
+            if (record := json.loads(line))["launch_id"] == launch_id
+        ]
+
     def health_url(self, service: str) -> str:
         if service == "gateway":
             return f"{self.gateway}/health"
@@ -306,9 +315,14 @@ def running_sessions(instance: str = INSTANCE) -> list[str]:
 
 
 def started_stack(
-    log_dir: Path, slot: Slot = Slot(SLOT), broker: PrivateBroker | None = None
+    log_dir: Path,
+    slot: Slot = Slot(SLOT),
+    broker: PrivateBroker | None = None,
+    settings: Mapping[str, str] | None = None,
 ) -> Iterator[Stack]:
-    """The stack of `slot`, on the shared broker, or on `broker` (one the test may restart)."""
+    """The stack of `slot`, on the shared broker, or on `broker` (one the test may restart);
+    `settings` (BINDERY_* variables) on top of the tests' own, for every service from its
+    start (more nodes than the shared ones: their sessions are the caller's to remove)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     if broker is None:
         admin_url = fresh_vhost(slot.vhost)
@@ -325,6 +339,7 @@ def started_stack(
         env["BINDERY_CONDA_PKGS_DIR"] = str(log_dir / "conda-pkgs")
         # R repositories install from a CRAN-like directory holding the probe package.
         env["BINDERY_CRAN_MIRROR"] = str(make_cran_mirror(log_dir / "cran"))
+        env.update(settings or {})
         stack = Stack(env, log_dir, amqp_urls=amqp_urls, slot=slot)
         try:
             for service in SERVICES:

@@ -13,13 +13,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -29,95 +27,15 @@ from bindery.events import Event, PodStopped, StopReason
 from bindery.runtimes import Limits, PodmanRuntime, RuntimeError_, SessionSpec
 from bindery.scheduler.launch import Scheduler
 from bindery.scheduler.settings import SchedulerSettings
+from tests.support.privatenode import PrivateNode
 from tests.support.stack import SLOT
 
 GiB = 1024**3
 IMAGE = "localhost/bindery-node-lost:1"
-NODE_ANSWERS_WITHIN = 60.0
-"""Upper bound for a fresh podman service to answer on a loaded machine."""
 GRACE = 60.0
 LIMITS = Limits(memory_limit=64 * 2**20, memory_reservation=0, cpus=0.1, pids=16, disk=GiB)
 # The session's command (Jupyter's) becomes arguments to `sh -c`, which ignores them.
 ENTRYPOINT = '["/bin/sh", "-c", "exec /bin/sleep 100000", "sh"]'
-
-
-@dataclass
-class PrivateNode:
-    """A podman API service over storage of its own under `base`."""
-
-    name: str
-    base: Path
-    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-
-    @property
-    def socket(self) -> Path:
-        return self.base / "node.sock"
-
-    @property
-    def url(self) -> str:
-        return f"unix://{self.socket}"
-
-    @property
-    def storage(self) -> list[str]:
-        return [
-            "--root",
-            str(self.base / "root"),
-            "--runroot",
-            str(self.base / "runroot"),
-            "--tmpdir",
-            str(self.base / "tmp"),
-        ]
-
-    def podman(self, *args: str, check: bool = True) -> str:
-        """podman on this node's storage directly (no service needed)."""
-        return subprocess.run(
-            ["podman", *self.storage, *args], capture_output=True, text=True, check=check
-        ).stdout
-
-    def start(self) -> None:
-        for part in ("root", "runroot", "tmp"):
-            (self.base / part).mkdir(parents=True, exist_ok=True)
-        self.socket.unlink(missing_ok=True)
-        with (self.base / "service.log").open("ab") as log:
-            # From its own dir: conmon writes an OOM-killed container's `oom` file there.
-            self.process = subprocess.Popen(
-                ["podman", *self.storage, "system", "service", "--time=0", self.url],
-                cwd=self.base,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + NODE_ANSWERS_WITHIN
-        while not self._answers():
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise AssertionError(f"{self.name} did not answer: see {self.base}/service.log")
-            time.sleep(0.1)
-
-    def _answers(self) -> bool:
-        return (
-            subprocess.run(
-                ["podman", "--url", self.url, "info"], capture_output=True, check=False
-            ).returncode
-            == 0
-        )
-
-    def kill(self) -> None:
-        """The node's service dies at once (its containers live on, under conmon)."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
-        self.process = None
-
-    def remove(self) -> None:
-        """Its containers, images, service and storage."""
-        self.podman("rm", "-af", "-t", "0", check=False)
-        self.podman("rmi", "-af", check=False)
-        self.kill()
-        mounts = subprocess.run(
-            ["findmnt", "-rn", "-o", "TARGET"], capture_output=True, text=True, check=False
-        ).stdout.split()
-        for mount in sorted((m for m in mounts if m.startswith(str(self.base))), reverse=True):
-            subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
 
 
 def tiny_rootfs(into: Path) -> None:
