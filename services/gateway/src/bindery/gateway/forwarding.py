@@ -141,8 +141,11 @@ class Forwarding:
         """A small body of known length (or none): one write of headers and body together."""
         answer = exchange.answer
         try:
-            async with asyncio.timeout(self._idle_timeout):
+            if answer.complete:  # the usual case: the body came in the read the head did
                 data = await exchange.read()
+            else:
+                async with asyncio.timeout(self._idle_timeout):
+                    data = await exchange.read()
         except (UpstreamError, TimeoutError) as exc:
             log.info("proxy.stream_aborted", error=str(exc))
             return bad_gateway("The session stopped answering in the middle of a response.")

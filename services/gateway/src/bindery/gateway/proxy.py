@@ -58,7 +58,9 @@ class Proxy:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         session = request.match_info["session"]
-        route = await self._routes.find(session, REBUILD_WAIT_SECONDS)
+        route = self._routes.get(session)
+        if route is None:  # maybe a session that outlived a restart, its route not back yet
+            route = await self._routes.find(session, REBUILD_WAIT_SECONDS)
         if route is None:
             home = self._urls.public_url if self._urls.subdomains else ""
             return not_running(request, session, self._routes.ended(session), home)

@@ -328,7 +328,11 @@ class Exchange:
 
     async def read(self) -> bytes:
         """The whole body (for answers of a known, small length)."""
-        chunks = [chunk async for chunk in self.chunks()]
+        answer = self.answer
+        if answer.complete:  # all in already (a small answer comes in its head's read)
+            chunks, answer.chunks, answer.buffered = answer.chunks, [], 0
+        else:
+            chunks = [chunk async for chunk in self.chunks()]
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def chunks(self) -> AsyncIterator[bytes]:

@@ -38,13 +38,18 @@ HOP_BY_HOP = frozenset(
 def end_to_end(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """Headers as they came on the wire (bytes, in order, every value of repeated ones) without
     the hop-by-hop ones and those the Connection header names."""
-    raw = list(raw)
-    skip = HOP_BY_HOP
-    connection = [v for k, v in raw if k.lower() == b"connection"]
+    kept = []
+    connection: list[bytes] = []
+    for name, value in raw:  # one pass, one lower() per header: this runs twice per request
+        lowered = name.lower()
+        if lowered not in HOP_BY_HOP:
+            kept.append((name, value))
+        elif lowered == b"connection":
+            connection.append(value)
     if connection:  # rare on HTTP/1.1 keep-alive: parse only when present
         named = {token.strip().lower() for value in connection for token in value.split(b",")}
-        skip = skip | named
-    return [(k, v) for k, v in raw if k.lower() not in skip]
+        kept = [(k, v) for k, v in kept if k.lower() not in named]
+    return kept
 
 
 def request_head(request: web.BaseRequest, route: Route, *, upgrade: bool = False) -> bytes:
@@ -68,7 +73,7 @@ def request_head(request: web.BaseRequest, route: Route, *, upgrade: bool = Fals
 def answer_headers(raw: Iterable[tuple[bytes, bytes]]) -> CIMultiDict[str]:
     """A session's answer headers for the browser, hop-by-hop ones dropped."""
     return CIMultiDict(
-        (k.decode("latin-1"), v.decode("utf-8", "surrogateescape")) for k, v in end_to_end(raw)
+        [(k.decode("latin-1"), v.decode("utf-8", "surrogateescape")) for k, v in end_to_end(raw)]
     )
 
 
