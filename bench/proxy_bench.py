@@ -21,9 +21,7 @@ import argparse
 import asyncio
 import base64
 import functools
-import json
 import os
-import platform
 import secrets
 import socket
 import statistics
@@ -39,11 +37,11 @@ from typing import Any
 import httptools
 import uvloop
 from proxy_servers import BODY
+from reporting import machine, write_report
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CHP = REPO / "node_modules/.bin/configurable-http-proxy"
-RESULTS = HERE / "results" / "proxy.json"
 TARGETS = ("gateway", "chp", "direct")
 # The goals of issue 16 (item 4), recorded in the JSON beside each cell's verdict. Direct is the
 # ceiling: a proxy adds a hop, so the goal is a share of direct's throughput where connections
@@ -503,24 +501,18 @@ def main() -> int:
         "who goes first); requests and errors: totals over the rounds",
         "seconds_per_round": options.seconds,
         "rounds": options.rounds,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
+        "machine": machine()
+        | {
             "node": subprocess.run(
                 ["node", "--version"], capture_output=True, text=True
             ).stdout.strip(),
             "cores_allowed": cores_allowed,
             "load_average_at_start": load_average_at_start,
-            "load_average_at_end": os.getloadavg(),
         },
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "results": results,
         "verdict": verdict,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(document, indent=2) + "\n")
-    print(json.dumps(verdict, indent=2))
+    write_report("proxy", document, shown=verdict)
     return 0
 
 
