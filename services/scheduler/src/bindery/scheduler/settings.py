@@ -63,13 +63,18 @@ class SchedulerSettings(CapacitySettings, PackageIndexSettings):
     """Launches this scheduler holds at once (starting or waiting in the queue). Each keeps its
     message unacknowledged, so a scheduler that dies mid-launch hands it to its successor."""
 
-    warm_pool_share: float = Field(default=0.1, ge=0, le=1)
+    warm_pool_share: float = Field(default=0.2, ge=0, le=1)
     """Share of the cluster's session memory (of the nodes that answer) the warm pool may hold,
-    each warm session counted at `memory_limit`. Its sessions go to the images launched most
-    within `popularity_window`, none more often than it was launched there (0: no pool). A tenth
-    keeps the few repositories that take most launches (a workshop, a course, a popular badge)
-    started ahead at little cost: warm sessions hold reservations, so a launch that finds a
-    node full evicts one of another image instead of waiting."""
+    each warm session counted at what its seat holds in placement, `memory_reservation`. Its
+    sessions go to the images launched most within `popularity_window`, none more often than it
+    was launched there (0: no pool). A fifth: on two 23.5 GiB nodes, 9 sessions, enough for the
+    few repositories that take most launches (a workshop, a course, a popular badge) and a
+    second session of the top ones for bursts; on a 64 GiB node, 12. It costs launches little
+    room: a launch that finds a node full evicts a warm session of another image instead of
+    waiting. What it does cost is the idle Jupyter servers' own memory and the CPU to start
+    them (behind launches). A tenth (4 sessions here) served 15 of the warm benchmark's 40
+    launches warm, too few to bring the median down; every repository of a skewed workload warm
+    (its p90 goal) takes about half (`bench/results/warm.json`)."""
 
     popularity_window: float = 3600.0
     """Launches counted for popularity (warm pool, pre-pulls) within this many seconds."""
