@@ -14,12 +14,15 @@ floor measured in the same run. Writes bench/results/warm.json.
   pulls: what differs between the modes is the pool alone.
 - modes, in this order, each with the scheduler restarted: `none` (BINDERY_WARM_POOL_SHARE=0),
   `fixed` (the old BINDERY_WARM_POOL_SIZE, emulated as a fixed count of `BENCH_WARM_FIXED`
-  sessions: the share that holds exactly that many) and `adaptive` (the default share). The
-  pools follow the demand the scheduler reads back from the event log (the earlier modes'
-  launches), and each run starts once its pool is filled (at most 60 s).
+  sessions: the share that holds exactly that many), `adaptive` (the default share) and
+  `adaptive_large` (`BENCH_WARM_LARGE_SHARE`, default 0.5: where the goals can be met, so an
+  operator sees the trade-off). The pools follow the demand the scheduler reads back from the
+  event log (the earlier modes' launches: the same trace, so the pool knows which repositories
+  this run launches, as a pool does for a steady daily workload), and each run starts once its
+  pool is filled (at most 60 s).
 - per mode: p50/p90/p99 launch time (/build request to `ready`), failures, warm-pool hits (a
   session named for a pool id, not the launch), and the memory the pool held (warm sessions
-  listed every second, counted at their memory limit, as the budget counts them).
+  listed every second, counted at the reservation their seats hold, as the budget counts them).
 - floor: `podman run -d` of the built image until Jupyter answers, once before each mode.
   Goals (issue 16): adaptive p50 <= 0.3 s and p90 <= the floor.
 
@@ -61,6 +64,7 @@ from tests.support.stack import INSTANCE, NODES, REPO, Stack, build_path, launch
 RESULTS = REPO / "bench/results/warm.json"
 LAUNCHES = int(os.environ.get("BENCH_WARM_LAUNCHES", "40"))
 FIXED = int(os.environ.get("BENCH_WARM_FIXED", "4"))
+LARGE_SHARE = float(os.environ.get("BENCH_WARM_LARGE_SHARE", "0.5"))
 REPOSITORIES = 40
 ZIPF_S = 1.0
 BURST = (2, 6)
@@ -149,7 +153,7 @@ async def run_trace(
     await asyncio.gather(*launches)
     done.set()
     await sampler
-    limit_gib = DEFAULTS.memory_limit / GiB
+    seat_gib = DEFAULTS.memory_reservation / GiB
     return {
         "launches": len(times) + len(failed),
         "failures": len(failed),
@@ -163,9 +167,9 @@ async def run_trace(
         "load_average_before": load_before,
         "ready_s": times,
         "pool_sessions": {"mean": statistics.fmean(samples), "max": max(samples)},
-        "pool_memory_gib_at_limit": {
-            "mean": statistics.fmean(samples) * limit_gib,
-            "max": max(samples) * limit_gib,
+        "pool_memory_gib_reserved": {
+            "mean": statistics.fmean(samples) * seat_gib,
+            "max": max(samples) * seat_gib,
         },
     }
 
@@ -188,13 +192,18 @@ async def measure(stack: Stack, repos: list[tuple[str, str]]) -> dict[str, Any]:
     bus = Bus(stack.env["BINDERY_AMQP_URL"], "bench", connect_timeout=10)
     await bus.connect()
     capacity = sum([await runtime.node_memory(node) for node in NODES])
-    adaptive = warm_pool_sessions(capacity, DEFAULTS.warm_pool_share, DEFAULTS.memory_limit)
+    seat = DEFAULTS.memory_reservation
+
+    def sessions(share: float) -> int:
+        return warm_pool_sessions(capacity, share, seat)
+
     # The share that holds exactly FIXED sessions (half a session over, against rounding).
-    fixed_share = (FIXED + 0.5) * DEFAULTS.memory_limit / capacity
+    fixed_share = (FIXED + 0.5) * seat / capacity
     modes = {
         "none": ("0", 0),
         "fixed": (f"{fixed_share:.6f}", FIXED),
-        "adaptive": (str(DEFAULTS.warm_pool_share), adaptive),
+        "adaptive": (str(DEFAULTS.warm_pool_share), sessions(DEFAULTS.warm_pool_share)),
+        "adaptive_large": (str(LARGE_SHARE), sessions(LARGE_SHARE)),
     }
     timeout = aiohttp.ClientTimeout(total=900)
     async with aiohttp.ClientSession(timeout=timeout) as http:
@@ -240,16 +249,19 @@ async def measure(stack: Stack, repos: list[tuple[str, str]]) -> dict[str, Any]:
         },
         "cluster_session_memory_gib": capacity / GiB,
         "session_memory_limit_gib": DEFAULTS.memory_limit / GiB,
+        "session_memory_reservation_gib": seat / GiB,
         "floor_podman_run_s": {"median": floor, "runs": floors},
         **results,
         "goals": {
-            "adaptive_p50_at_most_s": P50_GOAL_S,
-            "adaptive_p90_at_most_floor_s": floor,
-            "met": bool(
-                results["adaptive"]["p50_s"] <= P50_GOAL_S and results["adaptive"]["p90_s"] <= floor
-            ),
+            "p50_at_most_s": P50_GOAL_S,
+            "p90_at_most_floor_s": floor,
+            "met": {mode: met(results[mode], floor) for mode in ("adaptive", "adaptive_large")},
         },
     }
+
+
+def met(result: dict[str, Any], floor: float) -> bool:
+    return bool(result["p50_s"] <= P50_GOAL_S and result["p90_s"] <= floor)
 
 
 def main() -> None:

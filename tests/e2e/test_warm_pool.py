@@ -15,6 +15,7 @@ import pytest
 
 from bindery.runtimes import Session
 from bindery.runtimes.podman import PodmanRuntime
+from bindery.scheduler.settings import SchedulerSettings
 from bindery.tokens import session_token
 from tests.e2e.test_scheduler import session_of, stop_session
 from tests.support.eventually import eventually
@@ -75,11 +76,11 @@ async def test_a_restarted_scheduler_warms_what_was_launched_and_the_next_launch
     # The restarted scheduler knows the launches only from the event log. A window reaching back
     # just to this test's first launch keeps out the images the suite's other modules launched
     # before (a whole suite launches more of other images in three minutes than these two).
-    # The whole capacity as budget: the pool then holds a session of every image in the window
-    # (none beyond its demand), whatever else the suite left running ranks beside this one.
+    # Sessions they left running are adopted but are not demand. The share is the default one.
     window = math.ceil(time.monotonic() - began) + 10
+    share = str(SchedulerSettings.model_fields["warm_pool_share"].default)
     with stack.settings(
-        "scheduler", BINDERY_WARM_POOL_SHARE="1", BINDERY_POPULARITY_WINDOW=str(window)
+        "scheduler", BINDERY_WARM_POOL_SHARE=share, BINDERY_POPULARITY_WINDOW=str(window)
     ):
         warm = await eventually(warm_of_image, within=120, what="a warm session answering")
         ready = (await launch(http, stack.gateway, path))[-1]

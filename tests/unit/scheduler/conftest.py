@@ -174,6 +174,12 @@ class Harness:
     def of(self, kind: type[E]) -> list[E]:
         return [e for e in self.events if isinstance(e, kind)]
 
+    async def settled(self) -> None:
+        """Until the scheduler's background work (warm starts, stops) is done, including what
+        that work started in turn."""
+        while self.scheduler._tasks:
+            await asyncio.gather(*self.scheduler._tasks)
+
     def loops(self, *names: str) -> contextlib.AbstractAsyncContextManager[None]:
         """The scheduler's loops of these names, supervised as the service runs them, while
         the block runs."""

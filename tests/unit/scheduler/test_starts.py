@@ -212,12 +212,12 @@ async def test_a_cancelled_launch_gives_its_turn_back(make: Make) -> None:
 
 
 async def test_warm_starts_wait_behind_launches(make: Make) -> None:
-    h = await one_node_harness(make, warm_pool_share=0.125)  # one of 16 GiB
+    h = await one_node_harness(make, warm_pool_share=0.0625)  # one 1 GiB seat of 16 GiB
     gate = Gate(h)
     holder = asyncio.create_task(h.scheduler.launch(launch_order("L1", 0)))
     await eventually(lambda: gate.started == ["L1"], within=10, what="L1 starting")
     h.scheduler.popularity.record(IMAGE, REPO, {})
-    warm = asyncio.create_task(h.scheduler.fill_pool())
+    h.scheduler.fill_pool()
     await eventually(
         lambda: len(h.scheduler.starts.waiting["node-1"]) == 1,
         within=10,
@@ -227,5 +227,5 @@ async def test_warm_starts_wait_behind_launches(make: Make) -> None:
     await eventually(lambda: h.of(LaunchQueued), within=10, what="a launch told its place")
     assert h.of(LaunchQueued)[0].position == 1, "the warm start waiting earlier is not ahead"
     gate.opened.set()
-    await asyncio.wait_for(asyncio.gather(holder, launch, warm), 10)
+    await asyncio.wait_for(asyncio.gather(holder, launch, h.settled()), 10)
     assert gate.started[:2] == ["L1", "L2"] and len(gate.started) == 3

@@ -1,9 +1,12 @@
 """The warm pool sizes itself: its memory budget (a share of the cluster's session memory, each
-warm session counted at its limit), its sessions dealt by recent demand, and that demand read back
-from the event log when the scheduler starts."""
+warm session counted at the reservation its seat holds), its sessions dealt by recent demand (the
+launches of the window, not the sessions found running), and that demand read back from the event
+log when the scheduler starts. Its sessions start in the background: a claimed one is refilled at
+once, without waiting for the maintain loop or for the pool's other starts."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Collection
@@ -13,6 +16,7 @@ import pytest
 
 from bindery.bus import eventlog
 from bindery.events import Event, ImageBuilt, PodReady, RefResolved
+from bindery.runtimes import Session, SessionSpec
 from bindery.scheduler import handlers
 from bindery.scheduler.popularity import warm_pool_sessions, warm_targets
 from tests.support.eventually import eventually
@@ -20,11 +24,24 @@ from tests.support.launches import image_built, ref_resolved
 from tests.unit.scheduler.conftest import IMAGE, REPO, GiB, Harness, Make, order
 
 
-def test_the_budget_is_a_share_of_capacity_in_session_limits() -> None:
-    assert warm_pool_sessions(48 * GiB, 0.1, 2 * GiB) == 2, "4.8 GiB holds two 2 GiB sessions"
-    assert warm_pool_sessions(100 * 64 * GiB, 0.1, 2 * GiB) == 320
-    assert warm_pool_sessions(48 * GiB, 0.0, 2 * GiB) == 0
-    assert warm_pool_sessions(3 * GiB, 0.5, 2 * GiB) == 0, "half a session is none"
+def test_the_budget_is_a_share_of_capacity_in_session_reservations() -> None:
+    assert warm_pool_sessions(48 * GiB, 0.1, GiB) == 4, "4.8 GiB holds four 1 GiB seats"
+    assert warm_pool_sessions(100 * 64 * GiB, 0.2, GiB) == 1280
+    assert warm_pool_sessions(48 * GiB, 0.0, GiB) == 0
+    assert warm_pool_sessions(3 * GiB, 0.1, GiB) == 0, "a third of a seat is none"
+
+
+async def test_a_warm_session_counts_at_the_reservation_its_seat_holds(make: Make) -> None:
+    # Two nodes of 8 GiB: a quarter is four 1 GiB seats (two at the 2 GiB memory limit).
+    h: Harness = await make(node_memory=8 * GiB, warm_pool_share=0.25)
+    assert h.scheduler.warm_pool_sessions() == 4
+    for launch_id in ["L1", "L2", "L3", "L4", "L5"]:
+        await h.scheduler.launch(order(launch_id, image=f"127.0.0.1:5000/i{launch_id}:1"))
+    await h.scheduler.maintain()
+    await h.settled()
+    warm = h.scheduler.cluster.pool_seats()
+    assert len(warm) == 4
+    assert {seat.reservation for seat in warm} == {h.scheduler.settings.memory_reservation}
 
 
 def test_sessions_go_to_the_most_launched_images_none_beyond_its_demand() -> None:
@@ -37,16 +54,67 @@ def test_sessions_go_to_the_most_launched_images_none_beyond_its_demand() -> Non
 
 
 async def test_the_pool_follows_demand_within_the_budget(make: Make) -> None:
-    # Two nodes of 8 GiB; a quarter of 16 GiB holds two 2 GiB sessions.
-    h: Harness = await make(node_memory=8 * GiB, warm_pool_share=0.25)
+    # Two nodes of 8 GiB; an eighth of 16 GiB holds two 1 GiB seats.
+    h: Harness = await make(node_memory=8 * GiB, warm_pool_share=0.125)
     other = "127.0.0.1:5000/other:def"
     for launch_id, image in [("L1", IMAGE), ("L2", IMAGE), ("L3", IMAGE), ("L4", other)]:
         await h.scheduler.launch(order(launch_id, image))
     await h.scheduler.maintain()
+    await h.settled()
     warm = await h.runtime.list_warm()
     assert sorted(s.image for s in warm) == sorted([IMAGE, other])
     await h.scheduler.launch(order("L5", IMAGE))
     assert h.of(PodReady)[-1].session in {s.name for s in warm}, "served warm"
+
+
+async def test_a_claimed_session_is_refilled_at_once_and_no_start_waits_for_another(
+    make: Make,
+) -> None:
+    h: Harness = await make(node_memory=8 * GiB, warm_pool_share=0.125)  # two seats
+    h.runtime.images["node-1"].add(IMAGE)
+    await h.scheduler.launch(order("L1"))
+    await h.scheduler.launch(order("L2"))
+    held, warm_starts = asyncio.Event(), []
+    start = h.runtime.start
+
+    async def held_start(node: str, spec: SessionSpec) -> Session:
+        warm_starts.append(spec.name)
+        if warm_starts[0] == spec.name:  # the first warm start hangs until released
+            await held.wait()
+        return await start(node, spec)
+
+    h.runtime.start = held_start  # type: ignore[method-assign]
+    await asyncio.wait_for(h.scheduler.maintain(), 10)  # returns with a start still hanging
+    claimable = await eventually(
+        lambda: [seat for seat in h.scheduler.cluster.pool_seats() if seat.warm],
+        within=10,
+        what="the other warm session ready",
+    )
+    [ready] = [seat.warm for seat in claimable if seat.warm]
+    await h.scheduler.launch(order("L3"))  # claims it; no maintain pass after
+    assert h.of(PodReady)[-1].session == ready.name
+    held.set()
+    await h.settled()
+    warm = await h.runtime.list_warm()
+    assert len(warm) == 2 and ready.name not in {s.name for s in warm}, "refilled at once"
+
+
+async def test_sessions_found_running_are_not_demand(make: Make) -> None:
+    """A restarted scheduler adopts what runs (seats, routes) but warms only what was launched
+    within the window: sessions left running from long ago are not launches now."""
+    h: Harness = await make(warm_pool_share=1)
+    old = "127.0.0.1:5000/old:1"
+    for index in range(3):
+        h.runtime.containers[f"s{index}"] = h.runtime.session(f"s{index}", "node-1", old)
+    h.runtime.containers["warm-w"] = h.runtime.session("w", "node-2", old, warm=True)
+    await h.scheduler.reconcile()
+    assert set(h.scheduler.cluster.seats) == {"s0", "s1", "s2", "w"}, "all adopted"
+    assert h.scheduler.popularity.counts() == Counter()
+    await h.settled()
+    await h.scheduler.maintain()
+    await h.settled()
+    assert await h.runtime.list_warm() == [], "no launch of its image: the pool lets it go"
+    assert h.runtime.starts == []
 
 
 async def test_no_share_no_pool(make: Make) -> None:
@@ -104,9 +172,8 @@ async def test_a_restarted_scheduler_reads_recent_demand_back(
     assert popularity.counts(now=later) == {IMAGE: 1, "built:1": 1}
 
     await h.scheduler.maintain()
-    await eventually(
-        lambda: len(h.scheduler.cluster.pool_seats()) == 2, within=10, what="the pool warmed"
-    )
+    await h.settled()
+    assert len(h.scheduler.cluster.pool_seats()) == 2, "the pool warmed"
     assert {seat.image for seat in h.scheduler.cluster.pool_seats()} == {IMAGE, "built:1"}
 
 

@@ -37,8 +37,8 @@ def main() -> None:
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         )
         scheduler = await Scheduler.create(settings, runtime, starter.bus.publish, http)
-        # Before the adopted sessions count as launches now: each image's launches stay in
-        # time order.
+        # The demand the warm pool follows: the launches of the window, not the sessions
+        # reconcile adopts (those count for nothing).
         try:
             await replay_recent_demand(
                 settings.amqp_url, scheduler, timedelta(seconds=settings.popularity_window)

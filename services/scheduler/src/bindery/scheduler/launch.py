@@ -248,8 +248,11 @@ class Scheduler:
                 ended = session.exit or Exit(session.name, session.node)
                 await self._end(session.launch_id, session.name, stop_reason(ended))
             return
+        # Not a launch: demand is what was launched within the window (the event log's replay
+        # and the launches since), not the sessions that happen to run. Counting these, a
+        # restarted scheduler warmed the images of whatever was left running, however long ago
+        # it was launched, ahead of the images launched a minute ago.
         self.cluster.learn_image(session.node, session.image)
-        self.popularity.record(session.image, session.repo, session.env)
         seat = Seat(
             session.name,
             session.node,
@@ -480,7 +483,10 @@ class Scheduler:
             else:
                 log.info("pool.claimed", name=session.name, node=session.node)
                 metrics.WARM_POOL_HITS.inc()
-                self._maintain_soon.set()  # its successor starts while this launch finishes
+                # Its successor starts now, in the background and behind the launches in its
+                # node's line, not when the maintain loop next comes round: a pre-pull there
+                # may take minutes, and a burst claims the pool's sessions within seconds.
+                self.fill_pool()
                 await self._scheduled(order, session.name, session.node)
                 await self._until_ready(progress, session)
                 return session
@@ -809,8 +815,8 @@ class Scheduler:
         await self.maintain()
 
     async def maintain(self) -> None:
+        self.fill_pool()  # first: its starts go on in the background while images are pulled
         await self.prepull()
-        await self.fill_pool()
 
     async def prepull(self) -> None:
         """Put each popular image on `prepull_nodes` nodes, so later launches rarely pull."""
@@ -826,15 +832,18 @@ class Scheduler:
                     log.warning("image.prepull_failed", node=node, image=image, error=str(exc))
 
     def warm_pool_sessions(self) -> int:
-        """How many warm sessions the pool's share of the answering nodes' memory holds."""
+        """How many warm sessions the pool's share of the answering nodes' memory holds, each
+        counted at what its seat holds in placement (`memory_reservation`)."""
         capacity = sum(self.cluster.capacity.get(node, 0) for node in self._up_nodes())
         return warm_pool_sessions(
-            capacity, self.settings.warm_pool_share, self.settings.memory_limit
+            capacity, self.settings.warm_pool_share, self.settings.memory_reservation
         )
 
-    async def fill_pool(self) -> None:
-        """Bring the warm pool to its targets (recent demand within its memory budget);
-        launches waiting for room come first."""
+    def fill_pool(self) -> None:
+        """Bring the warm pool to its targets (recent demand within its memory budget):
+        seats are taken now, their sessions started in the background (each in its node's line,
+        behind every launch), so a refill never waits for another. Launches waiting for room
+        come first: no seat is taken while one waits."""
         targets = warm_targets(self.popularity.counts(), self.warm_pool_sessions())
         current = self.cluster.pool_by_image()
         for seat in self.cluster.pool_seats():
@@ -846,7 +855,6 @@ class Scheduler:
                 current[seat.image] -= 1
                 self.admission.release(seat.name)  # unclaimable from now on
                 self.background(self._stop_quietly(seat.name, "pool shrinks"))
-        starts = []
         for image, wanted in targets.items():
             for _ in range(wanted - current[image]):
                 if self.admission.waiters:
@@ -865,12 +873,8 @@ class Scheduler:
                     pool=True,
                 )
                 self.cluster.occupy(seat)
-                starts.append(
-                    self._start_warm(
-                        seat, self._spec(seat.name, image, repo, pool_id, env, warm=True)
-                    )
-                )
-        await asyncio.gather(*starts)
+                spec = self._spec(seat.name, image, repo, pool_id, env, warm=True)
+                self.background(self._start_warm(seat, spec))
 
     async def _start_warm(self, seat: Seat, spec: SessionSpec) -> None:
         try:
