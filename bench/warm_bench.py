@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import random
 import statistics
@@ -44,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from reporting import machine
+from reporting import machine, write_report
 from scheduler_bench import floor_once, percentile, stop, timed_launch, until_sessions
 
 from bindery.bus import Bus
@@ -61,7 +60,6 @@ from tests.support.gitrepo import make_repo
 from tests.support.sandbox import readable_dir
 from tests.support.stack import INSTANCE, NODES, REPO, Stack, build_path, launch, started_stack
 
-RESULTS = REPO / "bench/results/warm.json"
 LAUNCHES = int(os.environ.get("BENCH_WARM_LAUNCHES", "40"))
 FIXED = int(os.environ.get("BENCH_WARM_FIXED", "4"))
 LARGE_SHARE = float(os.environ.get("BENCH_WARM_LARGE_SHARE", "0.5"))
@@ -278,9 +276,7 @@ def main() -> None:
             result = asyncio.run(measure(stack, repos))
         finally:
             stack_runs.close()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_report("warm", result)
 
 
 if __name__ == "__main__":

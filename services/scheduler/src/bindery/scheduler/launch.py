@@ -222,8 +222,14 @@ class Scheduler:
     def background(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._background_done)
         return task
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        # Nobody awaits these tasks: an error they did not expect would otherwise vanish.
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("background.failed", error=repr(error), exc_info=error)
 
     # --- start: rebuild the view from the runtime -----------------------------------------
 
