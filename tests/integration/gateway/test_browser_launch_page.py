@@ -24,7 +24,6 @@ from bindery.events import (
     LaunchFailed,
     LaunchQueued,
     LaunchRequested,
-    PodReady,
     PodScheduled,
     QueueLimit,
 )
@@ -35,7 +34,7 @@ from bindery.gateway.settings import GatewaySettings
 from bindery.gateway.stages import STAGE_QUEUES, StageCheck
 from tests.support.browser import chromium, screenshot_path
 from tests.support.fakebus import FakeBus
-from tests.support.launches import ref_resolved
+from tests.support.launches import pod_ready, ref_resolved
 
 SECRET = "s" * 32
 SPEC = quote("https://example.org/owner/repo.git", safe="") + "/main"
@@ -127,7 +126,7 @@ class LaunchAnswers:
             await on(LaunchQueued(launch_id=lid, repo_key="k", position=self.in_line, limit=limit))
             return
         await on(PodScheduled(launch_id=lid, session="s1", node="n", image="img"))
-        await on(PodReady(launch_id=lid, session="s1", node="n", image="img", target=self.upstream))
+        await on(pod_ready(lid, session="s1", node="n", image="img", target=self.upstream))
 
 
 @dataclass

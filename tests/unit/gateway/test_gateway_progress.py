@@ -15,7 +15,6 @@ from bindery.events import (
     IdleDetected,
     LaunchFailed,
     LaunchRequested,
-    PodReady,
     PodScheduled,
     PodStopped,
     RefResolved,
@@ -23,7 +22,7 @@ from bindery.events import (
     StopReason,
 )
 from bindery.gateway.progress import LaunchProgress, ProgressHub, entry_bytes, to_payload
-from tests.support.launches import image_built, ref_resolved
+from tests.support.launches import image_built, pod_ready, ref_resolved
 
 PUBLIC = "http://gw.example:8585"
 L = "a" * 32
@@ -92,8 +91,8 @@ def test_a_build_warning_is_a_building_line_marked_as_a_warning() -> None:
 def test_pod_phases_and_ready_payload() -> None:
     scheduled = payload(PodScheduled(launch_id=L, session="s-1", node="n", image="img"))
     assert scheduled is not None and scheduled["phase"] == "launching"
-    ready = PodReady(
-        launch_id=L,
+    ready = pod_ready(
+        L,
         session="s-1",
         node="n",
         image="img",
@@ -137,7 +136,6 @@ def test_events_not_shown(event: object) -> None:
 
 def hub(**kw: int | float) -> ProgressHub:
     return ProgressHub(
-        public_url=PUBLIC,
         session_url=lambda s: f"{PUBLIC}/user/{s}/",
         **kw,  # type: ignore[arg-type]
     )
@@ -210,7 +208,7 @@ async def test_a_lost_final_line_holds_the_end_only_for_the_wait() -> None:
 def test_cached_ready_is_not_delayed() -> None:
     h = hub(final_line_wait=10.0)
     launch = h.open(L, "git", "u/HEAD")
-    ready = PodReady(launch_id=L, session="s", node="n", image="i", target="http://127.0.0.1:1")
+    ready = pod_ready(L, session="s", node="n", image="i", target="http://127.0.0.1:1")
     assert h.record(ready) is not None and launch.finished
 
 
@@ -339,7 +337,7 @@ def test_a_launch_whose_build_started_comes_after_the_final_line_gets_the_whole_
     h.record(BuildStarted(launch_id=L2, image="i", builder="b", build_id=BUILD))
     assert messages(joining) == ["Building image i\n", "one\n", "done\n"]
     assert joining.log_ended
-    ready = PodReady(launch_id=L2, session="s", node="n", image="i", target="http://127.0.0.1:1")
+    ready = pod_ready(L2, session="s", node="n", image="i", target="http://127.0.0.1:1")
     assert h.record(ready) is not None and joining.finished, "not held: the log is complete"
 
 

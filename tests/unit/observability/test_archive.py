@@ -17,11 +17,10 @@ from bindery.events import (
     LaunchAbandoned,
     LaunchFailed,
     LaunchRequested,
-    PodReady,
     PodScheduled,
     RefResolved,
 )
-from tests.support.launches import github_launch_context
+from tests.support.launches import github_launch_context, pod_ready
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 COMMIT = "a" * 40
@@ -54,13 +53,14 @@ def built_launch(launch_id: str) -> list[Event]:
             duration_seconds=59.5,
         ),
         PodScheduled(launch_id=launch_id, time=at(61.2), session="s", node="node-1", image=image),
-        PodReady(
-            launch_id=launch_id,
+        pod_ready(
+            launch_id,
             time=at(63),
             session="s",
             node="node-1",
             image=image,
             target="http://x",
+            context=github_launch_context(at(0), COMMIT),
         ),
     ]
 
@@ -191,3 +191,16 @@ def test_a_launch_whose_request_was_missed_is_recorded_from_its_context(tmp_path
         COMMIT,
     )
     assert record["duration_seconds"]["resolve"] == 0.5, "timed from the context's request time"
+
+
+def test_a_launch_seen_only_at_its_end_is_recorded_from_its_pod_ready(tmp_path: Path) -> None:
+    """The archiver started while the session was starting: pod-ready carries the context."""
+    archive = Archive(tmp_path, origin="o")
+    archive.observe(built_launch("l-7")[-1])
+    (record,) = lines(tmp_path)
+    assert (record["provider"], record["spec"], record["ref"]) == (
+        "GitHub",
+        "owner/repo/main",
+        COMMIT,
+    )
+    assert record["duration_seconds"]["total"] == 63.0, "timed from the context's request time"

@@ -52,7 +52,6 @@ from bindery.events import (
     RefResolved,
 )
 from bindery.gateway.stages import waiting_message
-from bindery.providers import binder_env
 
 Payload = dict[str, Any]
 
@@ -136,7 +135,7 @@ def to_payload(event: Event, *, session_url: Callable[[str], str]) -> Payload | 
                 "message": f"server running at {url}\n",
                 "url": url,
                 "image": event.image,
-                "repo_url": event.repo_url,
+                "repo_url": event.context.repo_url,
             }
         case LaunchFailed():
             payload = {"phase": "failed", "message": event.message, "reason": str(event.reason)}
@@ -144,6 +143,17 @@ def to_payload(event: Event, *, session_url: Callable[[str], str]) -> Payload | 
             return None
     payload["launch_id"] = event.launch_id
     return payload
+
+
+def binder_fields(ready: PodReady) -> Payload:
+    """The fields BinderHub adds to `ready`, which its clients use for share links: the values
+    the session got as environment variables (its launch context's)."""
+    env = ready.context.session_env
+    return {
+        name.lower(): env[name]
+        for name in ("BINDER_LAUNCH_HOST", "BINDER_REQUEST", "BINDER_PERSISTENT_REQUEST")
+        if name in env
+    }
 
 
 # What an entry holds beyond its strings: the Entry and its payload dict (tracemalloc: ~310
@@ -256,7 +266,6 @@ class ProgressHub:
     def __init__(
         self,
         *,
-        public_url: str,
         session_url: Callable[[str], str],
         max_launches: int = 1000,
         max_launch_bytes: int = 16 * 1024**2,
@@ -266,7 +275,6 @@ class ProgressHub:
         abandon_grace: float = 30.0,
         on_abandoned: Callable[[str], None] = lambda _launch_id: None,
     ) -> None:
-        self._public_url = public_url.rstrip("/")
         self._session_url = session_url
         self._max_launches = max_launches
         self._max_launch_bytes = max_launch_bytes
@@ -387,7 +395,7 @@ class ProgressHub:
         launch.seen_event_ids.add(event.event_id)
         if isinstance(event, PodReady):
             launch.session = event.session
-            payload.update(self._binder_fields(launch, event.resolved_ref))
+            payload.update(binder_fields(event))
         if isinstance(event, BuildLog | BuildStarted):
             launch.building = True
         if payload.get("phase") in TERMINAL_PHASES:
@@ -443,17 +451,6 @@ class ProgressHub:
             },
         )
         self._on_abandoned(launch.launch_id)
-
-    def _binder_fields(self, launch: LaunchProgress, resolved_ref: str) -> Payload:
-        """The fields BinderHub adds to `ready`, which its clients use for share links: the
-        values its sessions get as environment variables."""
-        if not launch.provider:
-            return {}
-        env = binder_env(self._public_url + "/", launch.provider, launch.spec, "", resolved_ref)
-        return {
-            name.lower(): env[name]
-            for name in ("BINDER_LAUNCH_HOST", "BINDER_REQUEST", "BINDER_PERSISTENT_REQUEST")
-        }
 
     def _release_end(self, launch: LaunchProgress) -> None:
         """Append the held end, if any (on the final line, or when the wait is over)."""
