@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bindery.archiver.archive import Archive, archive_file
 from bindery.events import (
     BuildStarted,
@@ -179,24 +181,19 @@ def test_a_build_only_launch_whose_image_exists_ends_when_resolved(tmp_path: Pat
     assert record["duration_seconds"]["total"] == 0.5
 
 
-def test_a_launch_whose_request_was_missed_is_recorded_from_its_context(tmp_path: Path) -> None:
-    """The archiver started after the launch-requested went by: the context has the rest."""
+@pytest.mark.parametrize(
+    "seen",
+    [slice(1, None), slice(-1, None)],
+    ids=["started after the request", "started while the session started"],
+)
+def test_a_launch_whose_first_events_were_missed_is_recorded_from_its_context(
+    tmp_path: Path, seen: slice
+) -> None:
+    """The archiver started after some of the launch's events went by: the context that
+    ref-resolved, image-built and pod-ready carry has the rest."""
     archive = Archive(tmp_path, origin="o")
-    for event in built_launch("l-6")[1:]:
+    for event in built_launch("l-6")[seen]:
         archive.observe(event)
-    (record,) = lines(tmp_path)
-    assert (record["provider"], record["spec"], record["ref"]) == (
-        "GitHub",
-        "owner/repo/main",
-        COMMIT,
-    )
-    assert record["duration_seconds"]["resolve"] == 0.5, "timed from the context's request time"
-
-
-def test_a_launch_seen_only_at_its_end_is_recorded_from_its_pod_ready(tmp_path: Path) -> None:
-    """The archiver started while the session was starting: pod-ready carries the context."""
-    archive = Archive(tmp_path, origin="o")
-    archive.observe(built_launch("l-7")[-1])
     (record,) = lines(tmp_path)
     assert (record["provider"], record["spec"], record["ref"]) == (
         "GitHub",
