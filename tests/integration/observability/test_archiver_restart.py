@@ -107,6 +107,7 @@ async def test_a_launch_in_flight_across_a_restart_keeps_its_earlier_stages(
             node="node-1",
             image=IMAGE,
             target="http://x",
+            context=github_launch_context(at(0), COMMIT),
         ),
     ]
 
