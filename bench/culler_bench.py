@@ -41,7 +41,11 @@ from reporting import write_report
 from bindery import logs
 from bindery.culler.cull import Culler
 from bindery.culler.jupyter import JupyterActivity
-from bindery.events import Event, PodReady, SessionActivity, parse_event
+from bindery.events import Event, SessionActivity, parse_event
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.support.launches import pod_ready
 
 REPO = Path(__file__).resolve().parents[1]
 SESSIONS = int(os.environ.get("BENCH_SESSIONS", "10000"))
@@ -103,8 +107,8 @@ def culler(started: datetime, target: str, ask: Any) -> Culler:
     tracked = Culler(IDLE, 12 * 3600, publish, ask)
     for n in range(SESSIONS):
         tracked.observe(
-            PodReady(
-                launch_id=f"{n:032x}",
+            pod_ready(
+                f"{n:032x}",
                 session=f"session-{n}",
                 node="node-1",
                 image="image",

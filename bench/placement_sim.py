@@ -32,7 +32,15 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
-from bindery.events import Event, IdleDetected, ImagePulling, LaunchFailed, PodReady, StopReason
+from bindery.events import (
+    Event,
+    IdleDetected,
+    ImagePulling,
+    LaunchContext,
+    LaunchFailed,
+    PodReady,
+    StopReason,
+)
 from bindery.runtimes import RuntimeError_, Session, SessionSpec
 from bindery.runtimes.base import DiskUsage, Exit
 from bindery.scheduler.cluster import Choice, Cluster
@@ -381,7 +389,16 @@ async def _simulate(work: Workload, policy: Policy, settings: SchedulerSettings)
         launch_id = _launch_id(n)
         outcome = outcomes[launch_id] = Outcome(loop.time(), image)
         repo = "https://github.com/sim/" + image.split("/")[1].split(":")[0]
-        order = LaunchOrder(launch_id, image, repo, "c0", repo.rsplit("/", 1)[1])
+        context = LaunchContext(
+            provider="gh",
+            spec=repo.removeprefix("https://github.com/") + "/main",
+            repo_url=repo,
+            ref="main",
+            resolved_ref="c0",
+            repo_key=repo.rsplit("/", 1)[1],
+            requested_at=datetime.now(UTC),
+        )
+        order = LaunchOrder(launch_id, image, context)
         await scheduler.launch(order)
         if outcome.ready is None:
             return

@@ -1,7 +1,9 @@
 """`GET /api/builds/<id>/log` on the started stack (issue 12): many requests for one build are
 served by one read over the gateway's one broker connection for build logs; a finished log is
 then answered from the gateway's cache, with that connection gone; ids of no build are 404 with
-a message."""
+a message. A gateway replica started mid-build shows a launch following that build the whole
+log, each line once (issue 15): it runs beside the stack's, on the gateway's port + 14 (past
+those the other replica tests use)."""
 
 from __future__ import annotations
 
@@ -17,10 +19,13 @@ import pytest
 
 from tests.support.eventually import eventually
 from tests.support.gitrepo import make_repo
-from tests.support.stack import VHOST, Stack, build_path, launch
+from tests.support.stack import VHOST, Stack, build_path, launch, launch_events
 
 BUILD_LINE = re.compile(r"Build (?P<id>[0-9a-f]{20}) on \S+: its log stays at")
 READER = "gateway build-log reader"
+MID_BUILD_GATEWAY_OFFSET = 14
+#: Long enough for a gateway to start and a launch through it to join the build.
+POSTBUILD_SECONDS = 30
 ANSWERS = re.compile(r'^bindery_gateway_build_log_answers_total\{source="(\w+)"\} (\S+)$', re.M)
 
 
@@ -136,3 +141,78 @@ async def test_ids_of_no_build_are_404_with_a_message(
     async with http.get(f"{stack.gateway}/api/builds/{build_id}/log") as resp:
         assert resp.status == 404
         assert says in (await resp.json())["message"]
+
+
+async def test_a_launch_through_a_gateway_started_mid_build_shows_the_whole_log_once(
+    stack: Stack, http: aiohttp.ClientSession, repos: Path
+) -> None:
+    repo = repos / "build-logs-mid-build"
+    ticks = POSTBUILD_SECONDS * 2
+    make_repo(
+        repo,
+        {
+            "requirements.txt": "",
+            "postBuild": "#!/bin/bash\n"
+            f"for i in $(seq 1 {ticks}); do echo tick-$i; sleep 0.5; done\n",
+        },
+    )
+    path = build_path(f"file://{repo}", "main") + "?build_only=true"
+    first: list[dict[str, Any]] = []
+
+    async def follow_first() -> None:
+        async for event in launch_events(http, stack.gateway, path):
+            first.append(event)
+
+    following = asyncio.create_task(follow_first())
+    await eventually(
+        lambda: any("tick-" in str(event.get("message")) for event in first),
+        within=600,
+        what="the first launch's build running its postBuild",
+    )
+
+    port = stack.slot.gateway_port + MID_BUILD_GATEWAY_OFFSET
+    url = f"http://127.0.0.1:{port}"
+    saved = dict(stack.env)
+    stack.env.update(
+        BINDERY_PORT=str(port), BINDERY_PUBLIC_URL=url, BINDERY_SESSIONS_HOST=f"localhost:{port}"
+    )
+    try:
+        gateway = stack.spawn("gateway", None, "gateway-mid-build")
+    finally:
+        stack.env.clear()
+        stack.env.update(saved)
+    try:
+
+        async def healthy() -> bool:
+            assert gateway.poll() is None, "the second gateway exited"
+            async with http.get(f"{url}/health") as resp:
+                return resp.status == 200
+
+        await eventually(
+            healthy,
+            within=60,
+            every=0.2,
+            what="the second gateway",
+            ignoring=(aiohttp.ClientError,),
+        )
+        events = await launch(http, url, path)
+    finally:
+        gateway.terminate()
+        await asyncio.to_thread(gateway.wait, 30)
+    await following
+
+    assert events[-1]["phase"] == "ready", events[-3:]
+    assert first[-1]["phase"] == "ready", first[-3:]
+    assert any(event["message"].startswith("Building image") for event in events), (
+        "the launch joined the build in flight"
+    )
+    ids = {m["id"] for event in events for m in BUILD_LINE.finditer(str(event.get("message")))}
+    assert len(ids) == 1, ids
+    async with http.get(f"{stack.gateway}/api/builds/{ids.pop()}/log") as resp:
+        kept = await resp.json()
+    assert kept["complete"] is True
+    # As the launch shows them: each ends its line.
+    log = [m if m.endswith("\n") else m + "\n" for m in (x["message"] for x in kept["lines"])]
+    shown = [event["message"] for event in events if event["message"] in set(log)]
+    assert shown[0] == log[0] and BUILD_LINE.match(shown[0]), "from the log's first line"
+    assert shown == log, "every line of the build, once, in order"

@@ -1,8 +1,10 @@
-"""Launches as the resolver and the builder describe them, for tests that need their events.
+"""Launches as the resolver, the builder and the scheduler describe them, for tests that need
+their events.
 
 In: whatever of a launch a test cares about (a launch context's fields, the image, whether it
-exists). Out: a `LaunchContext`, and `ref-resolved` / `image-built` events carrying one, with
-defaults for everything else, so no test builds a context field by field.
+exists, its session). Out: a `LaunchContext`, and `ref-resolved`, `image-built` and `pod-ready`
+events carrying one, with defaults for everything else, so no test builds a context field by
+field.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from bindery.events import ImageBuilt, LaunchContext, RefResolved
+from bindery.events import ImageBuilt, LaunchContext, PodReady, RefResolved
 from bindery.naming import repo_key
 from bindery.providers import binder_env
 
@@ -84,4 +86,28 @@ def image_built(
         context=context or launch_context(**context_fields),
         image=image,
         duration_seconds=duration_seconds,
+    )
+
+
+def pod_ready(
+    launch_id: str,
+    *,
+    session: str = "s",
+    node: str = "node-1",
+    image: str = IMAGE,
+    target: str = "http://127.0.0.1:1",
+    context: LaunchContext | None = None,
+    time: datetime | None = None,
+    **context_fields: Any,
+) -> PodReady:
+    """The scheduler's pod-ready for `launch_id`, published now or at `time`: `context`, or
+    `launch_context(**fields)`."""
+    return PodReady(
+        launch_id=launch_id,
+        session=session,
+        node=node,
+        image=image,
+        target=target,
+        context=context or launch_context(**context_fields),
+        time=time or datetime.now(UTC),
     )

@@ -24,7 +24,6 @@ from bindery.events import (
     LaunchFailed,
     LaunchQueued,
     LaunchRequested,
-    PodReady,
     PodScheduled,
     QueueLimit,
 )
@@ -35,7 +34,7 @@ from bindery.gateway.settings import GatewaySettings
 from bindery.gateway.stages import STAGE_QUEUES, StageCheck
 from tests.support.browser import chromium, screenshot_path
 from tests.support.fakebus import FakeBus
-from tests.support.launches import ref_resolved
+from tests.support.launches import pod_ready, ref_resolved
 
 SECRET = "s" * 32
 SPEC = quote("https://example.org/owner/repo.git", safe="") + "/main"
@@ -92,18 +91,17 @@ class LaunchAnswers:
         await on(event)
         if self.stall:
             return
-        await on(
-            ref_resolved(
-                lid,
-                image="img",
-                image_exists=self.fail_with is None,
-                provider=event.provider,
-                spec=event.spec,
-                repo_url="https://example.org/owner/repo.git",
-                ref="main",
-                resolved_ref="c" * 40,
-            )
+        resolved = ref_resolved(
+            lid,
+            image="img",
+            image_exists=self.fail_with is None,
+            provider=event.provider,
+            spec=event.spec,
+            repo_url="https://example.org/owner/repo.git",
+            ref="main",
+            resolved_ref="c" * 40,
         )
+        await on(resolved)
         if self.fail_with is not None:
             for i in range(30):
                 await self.handlers.on_log(
@@ -127,7 +125,10 @@ class LaunchAnswers:
             await on(LaunchQueued(launch_id=lid, repo_key="k", position=self.in_line, limit=limit))
             return
         await on(PodScheduled(launch_id=lid, session="s1", node="n", image="img"))
-        await on(PodReady(launch_id=lid, session="s1", node="n", image="img", target=self.upstream))
+        ready = pod_ready(
+            lid, session="s1", node="n", image="img", target=self.upstream, context=resolved.context
+        )
+        await on(ready)
 
 
 @dataclass

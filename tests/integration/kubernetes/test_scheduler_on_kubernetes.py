@@ -19,6 +19,7 @@ from bindery.runtimes import KubernetesRuntime, make_runtime
 from bindery.scheduler.launch import LaunchOrder, Scheduler
 from bindery.scheduler.settings import SchedulerSettings
 from tests.support.eventually import eventually
+from tests.support.launches import launch_context
 from tests.support.schedulerloops import running_loops
 from tests.support.stack import SLOT
 from tests.unit.runtimes.kube_api import FakeKubernetes, node
@@ -74,7 +75,7 @@ async def test_a_launch_lands_on_the_node_holding_its_image_and_ends_when_its_se
 
     async with aiohttp.ClientSession() as http:
         scheduler = await Scheduler.create(settings, runtime, publish, http)
-        await scheduler.launch(LaunchOrder("launch1", IMAGE, REPO, "abc", REPO))
+        await scheduler.launch(LaunchOrder("launch1", IMAGE, launch_context(repo_url=REPO)))
         async with running_loops(scheduler, "exits"):
             [pod] = api.pods
             api.terminate(pod, 137, "OOMKilled")

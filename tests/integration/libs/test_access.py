@@ -25,13 +25,12 @@ from bindery.events import (
     LaunchFailed,
     LaunchRequested,
     NextStep,
-    PodReady,
     RefResolved,
     SessionActivity,
     StopReason,
     event_types,
 )
-from tests.support.launches import ref_resolved
+from tests.support.launches import pod_ready, ref_resolved
 from tests.support.stack import SLOT, own_vhost, service_urls
 
 VHOST = f"bindery-integration-{SLOT}-access"
@@ -123,7 +122,7 @@ async def test_each_service_publishes_its_own_events(admin: Bus, connect: Connec
         LaunchRequested(launch_id=launch_id, provider="git", spec="repo/HEAD"),
         resolved(launch_id),
         IdleDetected(launch_id=launch_id, session="s-1", reason=StopReason.IDLE),
-        PodReady(launch_id=launch_id, session="s", node="node-1", image="i", target="http://x"),
+        pod_ready(launch_id, session="s", node="node-1", image="i", target="http://x"),
     ]
     publishers = ("gateway", "resolver", "culler", "scheduler")
     for service, event in zip(publishers, sent, strict=True):
@@ -157,11 +156,9 @@ async def test_each_service_consumes_its_own_queues(admin: Bus, connect: Connect
 
 async def test_the_gateway_may_not_publish_what_the_scheduler_publishes(connect: Connect) -> None:
     gateway = await connect("gateway")
-    pod_ready = PodReady(
-        launch_id=uuid.uuid4().hex, session="s", node="node-1", image="i", target="http://x"
-    )
+    ready = pod_ready(uuid.uuid4().hex, session="s", node="node-1", image="i", target="http://x")
     with refused("topic 'pod-ready' in exchange 'bindery.events'"):
-        await gateway.publish(pod_ready)
+        await gateway.publish(ready)
 
 
 async def test_publishing_is_limited_by_exchange_and_routing_key(

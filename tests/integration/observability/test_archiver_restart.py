@@ -21,11 +21,10 @@ from bindery.events import (
     Event,
     ImageBuilt,
     LaunchRequested,
-    PodReady,
     PodScheduled,
     RefResolved,
 )
-from tests.support.launches import github_launch_context
+from tests.support.launches import github_launch_context, pod_ready
 
 WINDOW = timedelta(hours=2)
 COMMIT = "b" * 40
@@ -101,13 +100,14 @@ async def test_a_launch_in_flight_across_a_restart_keeps_its_earlier_stages(
             duration_seconds=59.5,
         ),
         PodScheduled(launch_id=launch_id, time=at(61.2), session="s", node="node-1", image=IMAGE),
-        PodReady(
-            launch_id=launch_id,
+        pod_ready(
+            launch_id,
             time=at(63),
             session="s",
             node="node-1",
             image=IMAGE,
             target="http://x",
+            context=github_launch_context(at(0), COMMIT),
         ),
     ]
 

@@ -19,6 +19,7 @@ from bindery.events import Event
 from bindery.runtimes import PodmanRuntime
 from bindery.scheduler.launch import LaunchOrder, Scheduler
 from bindery.scheduler.settings import SchedulerSettings
+from tests.support.launches import launch_context
 from tests.support.sandbox import push, sandbox_podman
 from tests.support.schedulerloops import running_loops
 from tests.support.stack import NODES, REPO, SLOT
@@ -85,7 +86,7 @@ class Harness:
         return [e for e in self.events if isinstance(e, kind)]
 
     def order(self, launch_id: str, image: str, repo: str = "file:///srv/demo") -> LaunchOrder:
-        return LaunchOrder(launch_id, image, repo, "main", repo)
+        return LaunchOrder(launch_id, image, launch_context(repo_url=repo))
 
     def loops(self, *names: str) -> contextlib.AbstractAsyncContextManager[None]:
         """The scheduler's loops of these names, supervised as the service runs them, while

@@ -17,12 +17,14 @@ from bindery.events import (
     PodReady,
     PodScheduled,
     PodStopped,
+    RepoConfig,
     StopReason,
 )
 from bindery.naming import session_name
 from bindery.scheduler.launch import LaunchOrder
 from tests.integration.scheduler.conftest import INSTANCE, Harness, MakeScheduler, podman
 from tests.support.eventually import eventually
+from tests.support.launches import launch_context
 
 REPO_A = "file:///srv/course"
 REPO_B = "file:///srv/other"
@@ -34,7 +36,9 @@ def launch_id(label: str) -> str:
 
 
 def order(launch: str, image: str, repo: str, quota: int | None = None) -> LaunchOrder:
-    return LaunchOrder(launch, image, repo, "main", repo, quota)
+    return LaunchOrder(
+        launch, image, launch_context(repo_url=repo, repo_config=RepoConfig(quota=quota))
+    )
 
 
 def containers(name: str) -> list[str]:

@@ -104,6 +104,7 @@ async def test_a_build_reports_start_log_lines_and_the_image() -> None:
     logs = [e for e in bus.events if isinstance(e, BuildLog)]
     assert {e.build_id for e in logs} == {build_id}
     assert [e.final for e in logs] == [False, False, False, True], "the last line ends the log"
+    assert [e.seq for e in logs] == [0, 1, 2, 3], "numbered: a gateway that missed some knows"
     built = bus.events[-1]
     assert isinstance(built, ImageBuilt)
     assert built.context == resolved("L1", build_only=True, requested_at=requested).context, (

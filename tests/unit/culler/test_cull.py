@@ -11,14 +11,15 @@ import pytest
 from bindery.culler.cull import Culler, NoAnswer
 from bindery.events import Event, IdleDetected, PodReady, PodStopped, SessionActivity, StopReason
 from bindery.runtimes import Session
+from tests.support.launches import pod_ready
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 IDLE = 600
 
 
 def ready(name: str, at: datetime) -> PodReady:
-    return PodReady(
-        launch_id="l-" + name, session=name, node="n", image="i", target=f"http://{name}", time=at
+    return pod_ready(
+        "l-" + name, session=name, node="n", image="i", target=f"http://{name}", time=at
     )
 
 

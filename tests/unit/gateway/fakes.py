@@ -17,17 +17,17 @@ from bindery.events import (
     BuildStarted,
     Event,
     LaunchRequested,
-    PodReady,
     PodScheduled,
 )
 from bindery.gateway.app import create_app
 from bindery.gateway.deps import Gateway
 from bindery.gateway.handlers import EventHandlers
 from bindery.gateway.settings import GatewaySettings
+from bindery.providers import binder_env
 from bindery.runtimes import Session
 from bindery.tokens import session_token
 from tests.support.fakebus import FakeBus
-from tests.support.launches import image_built, ref_resolved
+from tests.support.launches import image_built, launch_context, pod_ready, ref_resolved
 
 SECRET = "x" * 32
 GIT_SPEC = "https%3A%2F%2Fexample.org%2Fowner%2Frepo.git/main"
@@ -96,34 +96,29 @@ def full_launch(h: Harness, *, session: str = "repo-abc") -> Callable[[Event], A
             return
         lid = event.launch_id
         await h.handlers.on_event(event)  # the echo of our own request
+        repo_url, resolved = "https://example.org/owner/repo.git", "c" * 40
+        context = launch_context(
+            provider=event.provider,
+            spec=event.spec,
+            repo_url=repo_url,
+            ref="main",
+            resolved_ref=resolved,
+            session_env=binder_env(
+                event.launch_host, event.provider, event.spec, repo_url, resolved
+            ),
+        )
         await h.handlers.on_event(
-            ref_resolved(
-                lid,
-                image="127.0.0.1:5000/repo:ccc",
-                provider=event.provider,
-                spec=event.spec,
-                repo_url="https://example.org/owner/repo.git",
-                ref="main",
-                resolved_ref="c" * 40,
-            )
+            ref_resolved(lid, image="127.0.0.1:5000/repo:ccc", context=context)
         )
         await h.handlers.on_event(BuildStarted(launch_id=lid, image="img", builder="b"))
         for i in range(3):
             await h.handlers.on_log(BuildLog(launch_id=lid, image="img", message=f"step {i}\n"))
-        await h.handlers.on_event(image_built(lid, image="img"))
+        await h.handlers.on_event(image_built(lid, image="img", context=context))
         await h.handlers.on_event(
             PodScheduled(launch_id=lid, session=session, node="n", image="img")
         )
         await h.handlers.on_event(
-            PodReady(
-                launch_id=lid,
-                session=session,
-                node="n",
-                image="img",
-                target="http://127.0.0.1:1",
-                repo_url="https://example.org/owner/repo.git",
-                resolved_ref="c" * 40,
-            )
+            pod_ready(lid, session=session, node="n", image="img", context=context)
         )
 
     return answer

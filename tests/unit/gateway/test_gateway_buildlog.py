@@ -48,6 +48,7 @@ def build_lines(build_id: str, launch_id: str, count: int, *, final: bool) -> li
             image="img",
             message=f"line {i}",
             build_id=build_id,
+            seq=i,
             final=final and i == count - 1,
             time=started + timedelta(seconds=i),
         )
@@ -312,3 +313,26 @@ async def test_the_endpoint_answers_logs_unknown_builds_and_outages(
     stream.hold.set()
     for task in held:
         assert (await task).status == 404
+
+
+async def test_progress_reads_a_builds_earlier_lines_through_the_same_reads() -> None:
+    """A replica started mid-build: its first line of the build is the third; the launch is
+    shown the first two from the stream, through the endpoint's reader."""
+    build_id = past_build_id()
+    lines = build_lines(build_id, LAUNCH_A, 3, final=False)
+    stream = FakeStream(list(lines))
+    gateway = Gateway.create(settings(), FakeBus())
+    gateway.build_logs = logs(stream)
+    client = TestClient(TestServer(create_app(gateway)))
+    await client.start_server()
+    try:
+        gateway.progress.record(lines[2])
+
+        def shown() -> list[object]:
+            launch = gateway.progress.get(LAUNCH_A)
+            return [entry.payload["message"] for entry in launch.since(-1)] if launch else []
+
+        await eventually(lambda: shown() == ["line 0\n", "line 1\n", "line 2\n"], what="all")
+        assert stream.reads == 1
+    finally:
+        await client.close()

@@ -15,14 +15,13 @@ from bindery.events import (
     LaunchAbandoned,
     LaunchFailed,
     LaunchRequested,
-    PodReady,
     PodStopped,
     StopReason,
 )
 from bindery.gateway.abuse import ClientLaunches, client_burst, client_cap, client_key
 from bindery.gateway.deps import Gateway
 from tests.support.fakebus import FakeBus
-from tests.support.launches import image_built, ref_resolved
+from tests.support.launches import image_built, pod_ready, ref_resolved
 from tests.unit.gateway.fakes import GIT_SPEC, Harness, make_harness, parse_sse, settings
 
 BUILD = f"/build/git/{GIT_SPEC}"
@@ -39,8 +38,8 @@ def ready_at_once(h: Harness) -> Callable[[Event], Awaitable[None]]:
         if isinstance(event, LaunchRequested):
             await h.handlers.on_event(event)
             await h.handlers.on_event(
-                PodReady(
-                    launch_id=event.launch_id,
+                pod_ready(
+                    event.launch_id,
                     session=session_of(event.launch_id),
                     node="n",
                     image="img",
@@ -105,8 +104,8 @@ def test_launches_count_until_they_fail_or_their_session_stops() -> None:
     for launch_id in ("a1", "b2", "c3", "d4"):
         held.start(client, launch_id)
     assert held.held(client) == (0, 4)
-    held.observe(PodReady(launch_id="a1", session="sa", node="n", image="i", target="t"))
-    held.observe(PodReady(launch_id="b2", session="sb", node="n", image="i", target="t"))
+    held.observe(pod_ready("a1", session="sa", node="n", image="i", target="t"))
+    held.observe(pod_ready("b2", session="sb", node="n", image="i", target="t"))
     assert held.held(client) == (2, 2)
     held.observe(
         LaunchFailed(launch_id="c3", service="builder", reason=FailureReason.OOM, message="m")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from bindery.events import PodReady, PodStopped, StopReason
+from bindery.events import PodStopped, StopReason
+from tests.support.launches import pod_ready
 from tests.unit.gateway.fakes import Harness
 
 REPO = "https://example.org/owner/repo.git"
@@ -17,8 +18,8 @@ async def ready_then_stopped(
     h: Harness, session: str, reason: StopReason, idle_seconds: float | None = None
 ) -> None:
     await h.handlers.on_event(
-        PodReady(
-            launch_id="l1",
+        pod_ready(
+            "l1",
             session=session,
             node="n",
             image="img",
@@ -82,8 +83,8 @@ async def test_an_unknown_session_is_a_plain_404_without_a_button(harness: Harne
 
 async def test_a_hostile_repository_url_cannot_break_out_of_the_link(harness: Harness) -> None:
     await harness.handlers.on_event(
-        PodReady(
-            launch_id="l2",
+        pod_ready(
+            "l2",
             session="s-x",
             node="n",
             image="img",

@@ -19,12 +19,12 @@ from bindery.events import (
     FailureReason,
     LaunchFailed,
     LaunchRequested,
-    PodReady,
     PodStopped,
     StopReason,
 )
 from bindery.gateway.health import registry_reachable
 from bindery.tokens import session_token
+from tests.support.launches import pod_ready
 from tests.unit.gateway.fakes import (
     FULL_LAUNCH_PHASES,
     GIT_SPEC,
@@ -480,7 +480,7 @@ async def test_dead_session_is_502(harness: Harness, unused_tcp_port: int) -> No
 async def test_routes_follow_pod_ready_and_pod_stopped(harness: Harness) -> None:
     lid = "d" * 32
     await harness.handlers.on_event(
-        PodReady(launch_id=lid, session="s9", node="n", image="i", target="http://127.0.0.1:9")
+        pod_ready(lid, session="s9", node="n", image="i", target="http://127.0.0.1:9")
     )
     assert "s9" in harness.gateway.routes
     await harness.handlers.on_event(PodStopped(launch_id=lid, session="s9", reason=StopReason.IDLE))

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from bindery.bus.eventlog import StreamUnavailable
 from bindery.events import (
     BuildLog,
     BuildStarted,
@@ -15,15 +16,16 @@ from bindery.events import (
     IdleDetected,
     LaunchFailed,
     LaunchRequested,
-    PodReady,
     PodScheduled,
     PodStopped,
     RefResolved,
     SessionActivity,
     StopReason,
 )
+from bindery.events.build import new_build_id
 from bindery.gateway.progress import LaunchProgress, ProgressHub, entry_bytes, to_payload
-from tests.support.launches import image_built, ref_resolved
+from tests.support.eventually import eventually
+from tests.support.launches import image_built, pod_ready, ref_resolved
 
 PUBLIC = "http://gw.example:8585"
 L = "a" * 32
@@ -92,8 +94,8 @@ def test_a_build_warning_is_a_building_line_marked_as_a_warning() -> None:
 def test_pod_phases_and_ready_payload() -> None:
     scheduled = payload(PodScheduled(launch_id=L, session="s-1", node="n", image="img"))
     assert scheduled is not None and scheduled["phase"] == "launching"
-    ready = PodReady(
-        launch_id=L,
+    ready = pod_ready(
+        L,
         session="s-1",
         node="n",
         image="img",
@@ -137,7 +139,6 @@ def test_events_not_shown(event: object) -> None:
 
 def hub(**kw: int | float) -> ProgressHub:
     return ProgressHub(
-        public_url=PUBLIC,
         session_url=lambda s: f"{PUBLIC}/user/{s}/",
         **kw,  # type: ignore[arg-type]
     )
@@ -210,7 +211,7 @@ async def test_a_lost_final_line_holds_the_end_only_for_the_wait() -> None:
 def test_cached_ready_is_not_delayed() -> None:
     h = hub(final_line_wait=10.0)
     launch = h.open(L, "git", "u/HEAD")
-    ready = PodReady(launch_id=L, session="s", node="n", image="i", target="http://127.0.0.1:1")
+    ready = pod_ready(L, session="s", node="n", image="i", target="http://127.0.0.1:1")
     assert h.record(ready) is not None and launch.finished
 
 
@@ -300,9 +301,9 @@ L2 = "b" * 32
 BUILD = "0190000000001234abcd"
 
 
-def build_line(message: str, *, final: bool = False) -> BuildLog:
-    """A line of BUILD, published once, for L: the launch that started the build."""
-    return BuildLog(launch_id=L, image="i", message=message, build_id=BUILD, final=final)
+def build_line(message: str, seq: int, *, final: bool = False) -> BuildLog:
+    """Line `seq` of BUILD, published once, for L: the launch that started the build."""
+    return BuildLog(launch_id=L, image="i", message=message, build_id=BUILD, seq=seq, final=final)
 
 
 def messages(launch: LaunchProgress) -> list[object]:
@@ -313,15 +314,15 @@ async def test_a_launch_joining_a_build_gets_the_lines_so_far_then_each_line_onc
     h = hub(final_line_wait=10.0)
     first, joining = h.open(L, "git", "u/HEAD"), h.open(L2, "git", "u/HEAD")
     h.record(BuildStarted(launch_id=L, image="i", builder="b", build_id=BUILD))
-    h.record(build_line("one\n"))
-    h.record(build_line("two\n"))
+    h.record(build_line("one\n", 0))
+    h.record(build_line("two\n", 1))
     h.record(BuildStarted(launch_id=L2, image="i", builder="b", build_id=BUILD))
-    three = build_line("three\n")
+    three = build_line("three\n", 2)
     h.record(three)
     h.record(three)  # a redelivery
     h.record(LaunchFailed(launch_id=L2, service="b", reason=FailureReason.OOM, message="oom"))
     assert not joining.finished, "its end waits for the build's final line like the first's"
-    h.record(build_line("Build failed\n", final=True))
+    h.record(build_line("Build failed\n", 3, final=True))
 
     log = ["Building image i\n", "one\n", "two\n", "three\n", "Build failed\n"]
     assert messages(first) == log
@@ -334,17 +335,82 @@ def test_a_launch_whose_build_started_comes_after_the_final_line_gets_the_whole_
     # Build logs and build-started travel on different channels: either may come first.
     h = hub(final_line_wait=10.0)
     joining = h.open(L2, "git", "u/HEAD")
-    h.record(build_line("one\n"))
-    h.record(build_line("done\n", final=True))
+    h.record(build_line("one\n", 0))
+    h.record(build_line("done\n", 1, final=True))
     h.record(BuildStarted(launch_id=L2, image="i", builder="b", build_id=BUILD))
     assert messages(joining) == ["Building image i\n", "one\n", "done\n"]
     assert joining.log_ended
-    ready = PodReady(launch_id=L2, session="s", node="n", image="i", target="http://127.0.0.1:1")
+    ready = pod_ready(L2, session="s", node="n", image="i", target="http://127.0.0.1:1")
     assert h.record(ready) is not None and joining.finished, "not held: the log is complete"
 
 
 def test_lines_of_a_build_no_launch_here_follows_are_kept_for_the_launch_that_started_it() -> None:
     h = hub()
-    assert h.record(build_line("one\n")) is not None
+    assert h.record(build_line("one\n", 0)) is not None
     launch = h.get(L)
     assert launch is not None and messages(launch) == ["one\n"]
+
+
+class KeptLines:
+    """The build-log stream as progress reads a build's earlier lines back: what it holds of
+    BUILD, answered once `answer` is set."""
+
+    def __init__(self, lines: list[BuildLog], *, answered: bool = True) -> None:
+        self.lines = lines
+        self.asked: list[str] = []
+        self.answer = asyncio.Event()
+        if answered:
+            self.answer.set()
+
+    async def read_back(self, build_id: str) -> list[BuildLog]:
+        self.asked.append(build_id)
+        await self.answer.wait()
+        return [line for line in self.lines if line.build_id == build_id]
+
+
+async def test_a_replica_that_missed_a_builds_first_lines_shows_them_first_and_each_once() -> None:
+    lines = [build_line(f"{n}\n", n) for n in range(5)]
+    stream = KeptLines(lines[:4], answered=False)  # 3 reached the stream before the read
+    h = hub(final_line_wait=10.0)
+    h.read_back = stream.read_back
+    joining = h.open(L2, "git", "u/HEAD")
+    h.record(lines[2])  # the first this replica gets: 0 and 1 went by before it started
+    h.record(BuildStarted(launch_id=L2, image="i", builder="b", build_id=BUILD))
+    h.record(lines[3])  # comes while the earlier ones are read: waits for them
+    assert messages(joining) == ["Building image i\n"]
+    stream.answer.set()
+    everything = ["Building image i\n", "0\n", "1\n", "2\n", "3\n"]
+    await eventually(lambda: messages(joining) == everything, what="the lines read back")
+    h.record(lines[3])  # a redelivery
+    h.record(lines[4])
+    assert messages(joining) == [*everything, "4\n"]
+    assert stream.asked == [BUILD], "read back once"
+
+
+async def test_a_build_older_than_the_replica_is_read_back_when_a_launch_joins_it() -> None:
+    # The build prints nothing for a while: the launch is not left without its log until then.
+    stream = KeptLines([build_line("0\n", 0), build_line("1\n", 1)])
+    h = hub()
+    h.read_back = stream.read_back
+    joining = h.open(L2, "git", "u/HEAD")
+    h.record(BuildStarted(launch_id=L2, image="i", builder="b", build_id=BUILD))
+    await eventually(
+        lambda: messages(joining) == ["Building image i\n", "0\n", "1\n"], what="lines read back"
+    )
+    newer = new_build_id()
+    h.record(BuildStarted(launch_id=L, image="i", builder="b", build_id=newer))
+    h.record(BuildLog(launch_id=L, image="i", message="first\n", build_id=newer, seq=0))
+    assert stream.asked == [BUILD], "a build seen from its first line is not read back"
+
+
+async def test_lines_go_on_when_the_earlier_ones_cannot_be_read() -> None:
+    async def unreachable(build_id: str) -> list[BuildLog]:
+        raise StreamUnavailable(f"cannot read {build_id}")
+
+    h = hub()
+    h.read_back = unreachable
+    launch = h.open(L, "git", "u/HEAD")
+    h.record(build_line("2\n", 2))
+    await eventually(lambda: messages(launch) == ["2\n"], what="the line that came")
+    h.record(build_line("3\n", 3))
+    assert messages(launch) == ["2\n", "3\n"]

@@ -15,15 +15,13 @@ from bindery.events import BuildStarted, Event, PodReady, PodScheduled
 from bindery.gateway import recovery
 from bindery.gateway.progress import ProgressHub
 from bindery.gateway.recovery import Recovery
-from tests.support.launches import image_built
+from tests.support.launches import image_built, pod_ready
 
 WAITING, DONE, OTHER = "a" * 32, "b" * 32, "c" * 32
 
 
 def ready(launch_id: str, session: str) -> PodReady:
-    return PodReady(
-        launch_id=launch_id, session=session, node="node-1", image="i", target="http://t:1"
-    )
+    return pod_ready(launch_id, session=session, node="node-1", image="i", target="http://t:1")
 
 
 def recorded(event: Event) -> Recorded:
@@ -31,7 +29,7 @@ def recorded(event: Event) -> Recorded:
 
 
 async def test_missed_events_end_unfinished_launches_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    hub = ProgressHub(public_url="http://gw", session_url=lambda s: f"http://gw/user/{s}/")
+    hub = ProgressHub(session_url=lambda s: f"http://gw/user/{s}/")
     hub.open(WAITING, "git", "x/main")
     started = BuildStarted(launch_id=WAITING, image="i", builder="b1")
     hub.record(started)  # came before the broker went away
@@ -71,7 +69,7 @@ async def test_missed_events_end_unfinished_launches_once(monkeypatch: pytest.Mo
 
 
 async def test_nothing_to_recover_reads_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    hub = ProgressHub(public_url="http://gw", session_url=lambda s: s)
+    hub = ProgressHub(session_url=lambda s: s)
 
     async def read(url: str, **_: object) -> AsyncIterator[Recorded]:
         raise AssertionError("no launch waits: no read")
@@ -88,7 +86,7 @@ async def test_nothing_to_recover_reads_nothing(monkeypatch: pytest.MonkeyPatch)
 async def test_an_event_log_not_answering_yet_is_asked_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    hub = ProgressHub(public_url="http://gw", session_url=lambda s: s)
+    hub = ProgressHub(session_url=lambda s: s)
     hub.open(WAITING, "git", "x/main")
     tries: list[int] = []
 
@@ -112,7 +110,7 @@ async def test_an_event_log_not_answering_yet_is_asked_again(
 
 
 async def test_tries_end_when_no_launch_waits_any_more(monkeypatch: pytest.MonkeyPatch) -> None:
-    hub = ProgressHub(public_url="http://gw", session_url=lambda s: s)
+    hub = ProgressHub(session_url=lambda s: s)
     hub.open(WAITING, "git", "x/main")
     tries: list[int] = []
 

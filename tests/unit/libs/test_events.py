@@ -33,6 +33,12 @@ def test_events_are_frozen() -> None:
         (b'{"type": "nope", "version": 1}', "unknown event type"),
         (b'{"type": "launch-requested", "version": 99, "launch_id": "x"}', "version"),
         (b'{"type": "launch-requested", "version": 1, "launch_id": "x"}', "invalid"),
+        # Before the launch context: loose repository and ref, refused as RefResolved v1 is.
+        (
+            b'{"type": "pod-ready", "version": 1, "launch_id": "x", "session": "s", "node": "n",'
+            b' "image": "i", "target": "http://t", "repo_url": "r", "resolved_ref": "c"}',
+            "pod-ready version 1 is not 2",
+        ),
         (
             b'{"type": "launch-failed", "version": 1, "launch_id": "x", "service": "s",'
             b' "reason": "gremlins", "message": "m"}',

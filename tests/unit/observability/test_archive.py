@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bindery.archiver.archive import Archive, archive_file
 from bindery.events import (
     BuildStarted,
@@ -17,11 +19,10 @@ from bindery.events import (
     LaunchAbandoned,
     LaunchFailed,
     LaunchRequested,
-    PodReady,
     PodScheduled,
     RefResolved,
 )
-from tests.support.launches import github_launch_context
+from tests.support.launches import github_launch_context, pod_ready
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 COMMIT = "a" * 40
@@ -54,13 +55,14 @@ def built_launch(launch_id: str) -> list[Event]:
             duration_seconds=59.5,
         ),
         PodScheduled(launch_id=launch_id, time=at(61.2), session="s", node="node-1", image=image),
-        PodReady(
-            launch_id=launch_id,
+        pod_ready(
+            launch_id,
             time=at(63),
             session="s",
             node="node-1",
             image=image,
             target="http://x",
+            context=github_launch_context(at(0), COMMIT),
         ),
     ]
 
@@ -179,10 +181,18 @@ def test_a_build_only_launch_whose_image_exists_ends_when_resolved(tmp_path: Pat
     assert record["duration_seconds"]["total"] == 0.5
 
 
-def test_a_launch_whose_request_was_missed_is_recorded_from_its_context(tmp_path: Path) -> None:
-    """The archiver started after the launch-requested went by: the context has the rest."""
+@pytest.mark.parametrize(
+    "seen",
+    [slice(1, None), slice(-1, None)],
+    ids=["started after the request", "started while the session started"],
+)
+def test_a_launch_whose_first_events_were_missed_is_recorded_from_its_context(
+    tmp_path: Path, seen: slice
+) -> None:
+    """The archiver started after some of the launch's events went by: the context that
+    ref-resolved, image-built and pod-ready carry has the rest."""
     archive = Archive(tmp_path, origin="o")
-    for event in built_launch("l-6")[1:]:
+    for event in built_launch("l-6")[seen]:
         archive.observe(event)
     (record,) = lines(tmp_path)
     assert (record["provider"], record["spec"], record["ref"]) == (
@@ -190,4 +200,4 @@ def test_a_launch_whose_request_was_missed_is_recorded_from_its_context(tmp_path
         "owner/repo/main",
         COMMIT,
     )
-    assert record["duration_seconds"]["resolve"] == 0.5, "timed from the context's request time"
+    assert record["duration_seconds"]["total"] == 63.0, "timed from the context's request time"

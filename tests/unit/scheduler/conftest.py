@@ -15,11 +15,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bindery.events import Event
+from bindery.events import Event, RepoConfig
 from bindery.runtimes import NodeUnreachable, Session, SessionSpec, Survey
 from bindery.runtimes.base import DiskUsage, Exit, NodeCheck
 from bindery.scheduler.launch import LaunchOrder, Scheduler
 from bindery.scheduler.settings import SchedulerSettings
+from tests.support.launches import launch_context
 from tests.support.schedulerloops import running_loops
 
 GiB = 1024**3
@@ -227,4 +228,10 @@ def order(
     repo_quota: int | None = None,
     env: dict[str, str] | None = None,
 ) -> LaunchOrder:
-    return LaunchOrder(launch_id, image, repo, "abc", repo, repo_quota, env or {})
+    context = launch_context(
+        repo_url=repo,
+        resolved_ref="abc",
+        repo_config=RepoConfig(quota=repo_quota),
+        session_env=env or {},
+    )
+    return LaunchOrder(launch_id, image, context)

@@ -19,6 +19,7 @@ from bindery.events import (
 from bindery.naming import session_name
 from bindery.scheduler.launch import LaunchOrder
 from tests.support.eventually import eventually
+from tests.support.launches import launch_context
 from tests.unit.scheduler.conftest import IMAGE, REPO, Harness, Make, order
 
 
@@ -52,7 +53,9 @@ async def test_a_launch_abandoned_while_it_starts_has_its_session_stopped(make: 
     repo = "https://example.org/dead"  # its Jupyter never answers: it stays starting
     h: Harness = await make(startup_timeout=120)
     h.runtime.images["node-1"].add(IMAGE)
-    launching = asyncio.create_task(h.scheduler.launch(LaunchOrder("L1", IMAGE, repo, "a", repo)))
+    launching = asyncio.create_task(
+        h.scheduler.launch(LaunchOrder("L1", IMAGE, launch_context(repo_url=repo)))
+    )
     await eventually(h.runtime.running, within=10, what="a session running")
 
     await h.scheduler.abandon(abandoned("L1"))

@@ -26,6 +26,7 @@ from bindery.scheduler.cluster import Seat
 from bindery.scheduler.exits import ended_sessions, stop_reason
 from bindery.scheduler.launch import LaunchOrder
 from tests.support.eventually import eventually
+from tests.support.launches import launch_context
 from tests.unit.scheduler.conftest import IMAGE, REPO, Harness, Make, order
 
 GiB = 1024**3
@@ -127,7 +128,9 @@ async def test_a_session_ending_while_its_launch_starts_fails_the_launch_at_once
 ) -> None:
     repo = "https://example.org/dead"  # its Jupyter never answers: only the exit ends the wait
     h: Harness = await make(startup_timeout=120)
-    launching = asyncio.create_task(h.scheduler.launch(LaunchOrder("L1", IMAGE, repo, "a", repo)))
+    launching = asyncio.create_task(
+        h.scheduler.launch(LaunchOrder("L1", IMAGE, launch_context(repo_url=repo)))
+    )
     await eventually(h.runtime.running, within=10, what="a session running")
     async with h.loops("exits"):
         h.runtime.end(session_name(repo, "L1"), 127)

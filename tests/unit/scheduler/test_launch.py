@@ -28,18 +28,20 @@ from bindery.scheduler.handlers import subscribe
 from bindery.scheduler.launch import LaunchOrder
 from bindery.scheduler.settings import SchedulerSettings
 from tests.support.eventually import eventually
-from tests.support.launches import image_built, ref_resolved
+from tests.support.launches import image_built, launch_context, ref_resolved
 from tests.unit.scheduler.conftest import IMAGE, REPO, Harness, Make, order
 
 
 async def test_launch_lands_on_the_node_holding_the_image(make: Make) -> None:
     h: Harness = await make()
     h.runtime.images["node-2"].add(IMAGE)
-    await h.scheduler.launch(order("L1"))
+    launch = order("L1")
+    await h.scheduler.launch(launch)
     assert [node for node, _ in h.runtime.starts] == ["node-2"]
     assert h.of(ImagePulling) == [] and h.runtime.pulls == []
     ready = h.of(PodReady)
     assert len(ready) == 1 and ready[0].session == session_name(REPO, "L1")
+    assert ready[0].context == launch.context, "what was launched travels on to the gateway"
 
 
 async def test_no_holder_means_a_pull_the_user_sees_then_later_launches_skip_it(make: Make) -> None:
@@ -122,7 +124,7 @@ async def test_a_stop_frees_the_seat_for_the_waiting_launch(make: Make) -> None:
 async def test_a_session_that_never_answers_fails_the_launch_and_is_removed(make: Make) -> None:
     h: Harness = await make()
     repo = "https://example.org/dead"
-    await h.scheduler.launch(LaunchOrder("L1", IMAGE, repo, "abc", repo))
+    await h.scheduler.launch(LaunchOrder("L1", IMAGE, launch_context(repo_url=repo)))
     failed = h.of(LaunchFailed)
     assert len(failed) == 1 and failed[0].reason == FailureReason.START_FAILED
     assert h.runtime.containers == {} and h.scheduler.cluster.seats == {}
@@ -157,6 +159,7 @@ async def test_a_launch_is_served_from_the_warm_pool(make: Make) -> None:
     await h.scheduler.launch(order("L2"))
     ready = h.of(PodReady)[-1]
     assert ready.session == warm[0].name, "the token is derived from the name Jupyter runs under"
+    assert ready.context.repo_url == REPO, "the launch's context, not the warm session's"
     started = [spec for _, spec in h.runtime.starts[starts:] if not spec.warm]
     assert started == [], "no container started for the launch (the pool's refill, warm)"
     assert await h.runtime.get(session_name(REPO, "L2")) is not None

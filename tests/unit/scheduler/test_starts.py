@@ -15,6 +15,7 @@ from bindery.runtimes import Session, SessionSpec
 from bindery.scheduler.launch import LaunchOrder
 from bindery.scheduler.starts import Priority, StartLine, Turn
 from tests.support.eventually import eventually
+from tests.support.launches import launch_context
 from tests.unit.scheduler.conftest import IMAGE, REPO, GiB, Harness, Make
 
 EARLY = datetime(2026, 1, 1, tzinfo=UTC)
@@ -132,8 +133,8 @@ class Gate:
         h.runtime.start = held_start  # type: ignore[method-assign]
 
 
-def launch_order(launch_id: str, requested: float, **kw: Any) -> LaunchOrder:
-    return LaunchOrder(launch_id, IMAGE, REPO, "abc", REPO, requested_at=at(requested), **kw)
+def launch_order(launch_id: str, requested: float) -> LaunchOrder:
+    return LaunchOrder(launch_id, IMAGE, launch_context(repo_url=REPO, requested_at=at(requested)))
 
 
 async def one_node_harness(make: Make, **settings: Any) -> Harness:

@@ -85,7 +85,8 @@ def _recorded(message: AbstractIncomingMessage) -> Recorded | None:
     try:
         event = parse_event(message.body)
     except InvalidEvent as exc:
-        # Only a foreign publisher can put one there: Bus.publish takes validated events.
+        # A foreign publisher's, or one of an older version of its type (kept from before an
+        # upgrade): Bus.publish takes validated events of the current versions only.
         log.warning("eventlog.invalid_event", reason=str(exc))
         return None
     headers = dict(message.headers or {})

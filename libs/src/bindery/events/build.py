@@ -51,14 +51,18 @@ class BuildLog(Event):
 
     Published once per build: `launch_id` is the launch that started the build. Every launch
     following it (the first, and those that joined) has a build-started with its `build_id`,
-    which is how the gateway shows each of them the lines."""
+    which is how the gateway shows each of them the lines. `seq` numbers a build's lines from
+    0, so a gateway that missed some (started mid-build, or its queue gone with a lost
+    connection) sees the gap and reads them back from the build-log stream."""
 
     type = "build-log"
+    version = 2
 
     image: str
     phase: str = "building"
     message: str = Field(max_length=65_536)
     build_id: str = ""
+    seq: int = Field(default=0, ge=0, description="the line's number in its build, from 0")
     final: bool = Field(default=False, description="the build's last line: its log ends here")
 
 

@@ -12,6 +12,7 @@ from enum import StrEnum
 from pydantic import Field
 
 from bindery.events.base import Event, register
+from bindery.events.launch import LaunchContext
 
 
 class QueueLimit(StrEnum):
@@ -61,16 +62,17 @@ class PodScheduled(Event):
 
 @register
 class PodReady(Event):
-    """Jupyter answers inside the session; the gateway can route `/user/<session>/` to `target`."""
+    """Jupyter answers inside the session; the gateway can route `/user/<session>/` to `target`.
+    `context` is the launch's (a warm session claimed for it included): what was launched."""
 
     type = "pod-ready"
+    version = 2
 
+    context: LaunchContext
     session: str
     node: str
     image: str
     target: str = Field(description="base URL the gateway proxies to, e.g. http://127.0.0.1:41234")
-    repo_url: str = ""
-    resolved_ref: str = ""
 
 
 @register

@@ -15,8 +15,8 @@ build), and the duration of each stage. Unlike mybinder.org's archive it records
 launches too, and launches abandoned by everyone watching them (outcome `abandoned`, status
 `failure`, reason `abandoned`: no session was given). It never holds an IP address: no event
 carries one. What the launch was (provider, spec, ref) comes from the launch context that
-ref-resolved and image-built carry, so a launch whose launch-requested the archiver missed is
-still recorded whole.
+ref-resolved, image-built and pod-ready carry, so a launch whose earlier events the archiver
+missed is still recorded whole.
 
 Redelivered events are harmless: a launch already written (this run, or found in today's and
 yesterday's files at start) is not written or counted again.
@@ -173,7 +173,10 @@ class Archive:
                     return self._end(event, launch)
             case PodScheduled():
                 launch.scheduled = launch.scheduled or event.time
-            case PodReady() | LaunchFailed() | LaunchAbandoned():
+            case PodReady():
+                launch.context = event.context
+                return self._end(event, launch)
+            case LaunchFailed() | LaunchAbandoned():
                 return self._end(event, launch)
         return None
 

@@ -66,6 +66,8 @@ class _Build:
     build_id: str = field(default_factory=new_build_id)
     task: asyncio.Task[BuildResult] | None = None
     logs_broken: bool = False
+    lines: int = 0
+    """Log lines published so far: the next one's `seq`."""
 
 
 class Builder:
@@ -167,9 +169,11 @@ class Builder:
                     phase=line.phase,
                     message=line.message,
                     build_id=build.build_id,
+                    seq=build.lines,
                     final=final,
                 )
             )
+            build.lines += 1
         except Exception as exc:
             build.logs_broken = True
             log.warning("build.log_publish_failed", image=build.image, error=str(exc))

@@ -114,6 +114,22 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     return await request.app[PROXY].handle(request)
 
 
+def read_build_logs(gateway: Gateway) -> buildlog.BuildLogs:
+    """The gateway's reads of the build-log stream (made by the first call): the answers of
+    `/api/builds/<id>/log`, and progress reading back the lines of a build it did not see from
+    its first one, over the same connection and read slots."""
+    if gateway.build_logs is None:
+        settings = gateway.settings
+        gateway.build_logs = buildlog.BuildLogs(
+            StreamReader(settings.amqp_url, "gateway build-log reader"),
+            cache_bytes=settings.build_log_cache_bytes,
+            max_reads=settings.build_log_max_reads,
+            read_wait=settings.build_log_read_wait,
+        )
+    gateway.progress.read_back = gateway.build_logs.lines
+    return gateway.build_logs
+
+
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     gateway = app[GATEWAY]
     settings = gateway.settings
@@ -134,14 +150,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         body_timeout=settings.client_body_timeout,
         secure_cookie=_secure(settings),
     )
-    if gateway.build_logs is None:
-        gateway.build_logs = buildlog.BuildLogs(
-            StreamReader(settings.amqp_url, "gateway build-log reader"),
-            cache_bytes=settings.build_log_cache_bytes,
-            max_reads=settings.build_log_max_reads,
-            read_wait=settings.build_log_read_wait,
-        )
-    build_logs = gateway.build_logs
+    build_logs = read_build_logs(gateway)
     if gateway.registry_check is None:
         base_url = f"{settings.registry_scheme}://{settings.registry}"
 
@@ -269,6 +278,9 @@ def main() -> None:
             stage_check=StageCheck(bus.consumer_counts, settings.stage_check_interval),
             failing_loops=starter.loops.unhealthy,
         )
+        # Before subscribing: the first lines this replica gets may be of a build it must
+        # read the earlier lines of.
+        read_build_logs(gateway)
         # Subscribe before serving: no /build stream may start before its answers can arrive.
         handlers = await subscribe(bus, gateway)
         # What its exclusive queue missed while the broker was away comes from the event log.

@@ -12,6 +12,10 @@ Anyone may ask, so a request costs the broker little: reads go through the gatew
 read, and finished logs are answered from a cache bounded in bytes (least recently asked first
 out). A running build's log is never cached: the next request reads what came since.
 
+Progress reads a build's earlier lines back through the same reads (`lines`, in a read slot,
+never cached): a launch following a build this replica did not see from its first line is
+shown the whole log (progress.py).
+
 The id starts with the build's start time, so reading starts there instead of at the stream's
 beginning. Each line is in the stream once (the builder publishes it once per build, however
 many launches follow it). The line marked `final` ends the read; so does reaching lines newer
@@ -24,7 +28,8 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import OrderedDict
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Coroutine
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -119,26 +124,48 @@ class BuildLogs:
         # Shielded: a client that leaves must not end the read the others wait for.
         return await asyncio.shield(read)
 
+    async def lines(self, build_id: str) -> list[BuildLog]:
+        """The lines of the build `build_id` the stream holds so far, oldest first (none for an
+        id of no build): what progress shows a launch before the lines it was sent. Raises
+        `Busy` and `StreamUnavailable`."""
+        started = started_at(build_id)
+        if started is None:
+            return []
+        found = await self._in_slot(read_build_log(self._source, build_id, started))
+        return found.lines if found is not None else []
+
     def _done(self, build_id: str, read: asyncio.Task[bytes | None]) -> None:
         del self._in_flight[build_id]
         if not read.cancelled():
             # Retrieved here, so a read whose clients all left logs no "never retrieved" error.
             read.exception()
 
-    async def _read(self, build_id: str, started: datetime) -> bytes | None:
+    async def _in_slot(self, read: Coroutine[Any, Any, KeptLog | None]) -> KeptLog | None:
+        """`read`'s outcome, once one of the read slots is free (`Busy` if none frees up)."""
         try:
             async with asyncio.timeout(self._read_wait):
                 await self._reads.acquire()
         except TimeoutError:
+            read.close()
             raise Busy from None
         try:
-            found = await read_build_log(self._source, build_id, started)
+            return await read
         finally:
             self._reads.release()
+
+    async def _read(self, build_id: str, started: datetime) -> bytes | None:
+        found = await self._in_slot(read_build_log(self._source, build_id, started))
         if found is None:
             return None
-        body = json.dumps(found).encode()
-        if found["complete"]:
+        body = json.dumps(
+            {
+                "build_id": build_id,
+                "image": found.lines[0].image,
+                "complete": found.complete,
+                "lines": [{"phase": line.phase, "message": line.message} for line in found.lines],
+            }
+        ).encode()
+        if found.complete:
             self._remember(build_id, body)
         return body
 
@@ -155,14 +182,20 @@ class BuildLogs:
         await self._source.close()
 
 
-async def read_build_log(
-    source: Records, build_id: str, started: datetime
-) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class KeptLog:
+    """What the build-log stream holds of one build, up to a read."""
+
+    lines: list[BuildLog]
+    """At least one, in the order the builder published them."""
+    complete: bool
+    """Its final line is among them: the build has ended."""
+
+
+async def read_build_log(source: Records, build_id: str, started: datetime) -> KeptLog | None:
     """The kept log of the build `build_id`, which started at `started`; None if it has none."""
     began = datetime.now(UTC)
-    found = False
-    image = ""
-    lines: list[dict[str, str]] = []
+    lines: list[BuildLog] = []
     complete = False
     records = source.records(
         topology.BUILD_LOG_STREAM,
@@ -177,11 +210,10 @@ async def read_build_log(
                 if event.time > began:
                     break  # what came after the request: the build is still running
                 if not isinstance(event, BuildLog) or event.build_id != build_id:
-                    if not found and event.time > started + FIRST_LINE_WITHIN:
+                    if not lines and event.time > started + FIRST_LINE_WITHIN:
                         break
                     continue
-                found, image = True, event.image
-                lines.append({"phase": event.phase, "message": event.message})
+                lines.append(event)
                 if event.final:
                     complete = True
                     break
@@ -190,9 +222,9 @@ async def read_build_log(
     finally:
         # Closed here, not at garbage collection: its consumer ends now.
         await records.aclose()
-    if not found:
+    if not lines:
         return None
-    return {"build_id": build_id, "image": image, "complete": complete, "lines": lines}
+    return KeptLog(lines, complete)
 
 
 def started_at(build_id: str) -> datetime | None:

@@ -115,7 +115,6 @@ class Gateway:
         cap = settings.max_launches_per_client or client_cap(capacity)
         urls = SessionUrls(settings.public_url, settings.sessions_host)
         progress = ProgressHub(
-            public_url=settings.public_url,
             session_url=urls.url,
             max_launches=settings.progress_max_launches,
             max_launch_bytes=settings.progress_max_launch_bytes,

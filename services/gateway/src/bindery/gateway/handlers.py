@@ -25,7 +25,7 @@ class EventHandlers:
             self._abuse.launches.observe(event)
         if isinstance(event, PodReady):
             # The route first: a client told `ready` goes straight to the session.
-            relaunch = relaunch_link(event.repo_url, event.resolved_ref)
+            relaunch = relaunch_link(event.context.repo_url, event.context.resolved_ref)
             self._routes.add(event.session, event.target, event.launch_id, relaunch)
         elif isinstance(event, PodStopped):
             self._routes.remove(event.session, event.reason, event.idle_seconds)

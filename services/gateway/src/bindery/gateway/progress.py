@@ -9,9 +9,12 @@ build log included. Listeners wait on the buffer itself, so there is no per-clie
 A build's log lines come once per build, for the launch that started it; each build-started
 says which build a launch follows. Every line goes to every launch following its build, and a
 launch that joins a build in flight is first given the lines so far (from the buffer of the
-first launch following it). A replica started after a build began holds only the lines since
-its start: a launch joining that build there shows no earlier ones (the build's
-`/api/builds/<id>/log` has them all).
+first launch following it). Lines are numbered in their build (`BuildLog.seq`): when this
+replica did not see a build from its first line (it started mid-build, or its queue was gone
+with a lost connection), it reads the earlier ones back from the build-log stream (`read_back`:
+the reads `/api/builds/<id>/log` makes) as soon as a line past the gap comes, or a build-started
+names a build older than the replica. Lines that come meanwhile wait for them; each line is
+shown once, in order.
 
 A launch's end after a build waits for the build's last line (`BuildLog.final`), which travels
 on the logs channel and may come just after the end it explains; it ends the wait at once. Only
@@ -31,10 +34,12 @@ import contextlib
 import sys
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+import structlog
 
 from bindery.events import (
     BuildLog,
@@ -51,10 +56,14 @@ from bindery.events import (
     QueueLimit,
     RefResolved,
 )
+from bindery.events.build import build_started_at
 from bindery.gateway.stages import waiting_message
-from bindery.providers import binder_env
+
+log = structlog.get_logger("bindery.gateway.progress")
 
 Payload = dict[str, Any]
+ReadBack = Callable[[str], Awaitable[list[BuildLog]]]
+"""The lines of a build (by id) the build-log stream holds so far, oldest first."""
 
 TERMINAL_PHASES = frozenset({"ready", "failed"})
 WAITING_MESSAGE = "Waiting for a resolver to pick up the launch...\n"
@@ -136,7 +145,7 @@ def to_payload(event: Event, *, session_url: Callable[[str], str]) -> Payload | 
                 "message": f"server running at {url}\n",
                 "url": url,
                 "image": event.image,
-                "repo_url": event.repo_url,
+                "repo_url": event.context.repo_url,
             }
         case LaunchFailed():
             payload = {"phase": "failed", "message": event.message, "reason": str(event.reason)}
@@ -144,6 +153,17 @@ def to_payload(event: Event, *, session_url: Callable[[str], str]) -> Payload | 
             return None
     payload["launch_id"] = event.launch_id
     return payload
+
+
+def binder_fields(ready: PodReady) -> Payload:
+    """The fields BinderHub adds to `ready`, which its clients use for share links: the values
+    the session got as environment variables (its launch context's)."""
+    env = ready.context.session_env
+    return {
+        name.lower(): env[name]
+        for name in ("BINDER_LAUNCH_HOST", "BINDER_REQUEST", "BINDER_PERSISTENT_REQUEST")
+        if name in env
+    }
 
 
 # What an entry holds beyond its strings: the Entry and its payload dict (tracemalloc: ~310
@@ -249,6 +269,19 @@ class LaunchProgress:
         self._changed = asyncio.Event()
 
 
+@dataclass
+class Following:
+    """A build as this replica follows it."""
+
+    launches: list[str]
+    """The launches following it, the first seen first."""
+    next_seq: int = 0
+    """The next line to show: every line before it is shown (or was never kept)."""
+    held: list[BuildLog] | None = None
+    """Lines that came while its earlier ones are read back, shown after them; None: no read
+    under way."""
+
+
 class ProgressHub:
     """All launches this replica buffers, bounded by count, by bytes and by time after they
     ended."""
@@ -256,7 +289,6 @@ class ProgressHub:
     def __init__(
         self,
         *,
-        public_url: str,
         session_url: Callable[[str], str],
         max_launches: int = 1000,
         max_launch_bytes: int = 16 * 1024**2,
@@ -266,7 +298,6 @@ class ProgressHub:
         abandon_grace: float = 30.0,
         on_abandoned: Callable[[str], None] = lambda _launch_id: None,
     ) -> None:
-        self._public_url = public_url.rstrip("/")
         self._session_url = session_url
         self._max_launches = max_launches
         self._max_launch_bytes = max_launch_bytes
@@ -277,8 +308,12 @@ class ProgressHub:
         self._abandon_grace = abandon_grace
         self._on_abandoned = on_abandoned
         self._launches: OrderedDict[str, LaunchProgress] = OrderedDict()
-        # build id -> the launches following it, the first to be seen first.
-        self._followers: OrderedDict[str, list[str]] = OrderedDict()
+        self._builds: OrderedDict[str, Following] = OrderedDict()
+        self._began = datetime.now(UTC)
+        """Builds started before it were not seen from their first line."""
+        self.read_back: ReadBack | None = None
+        """Where earlier lines of a build are read back from (set at start); None: nowhere."""
+        self._reads: set[asyncio.Task[None]] = set()
         self.closing = False
 
     def __len__(self) -> int:
@@ -335,40 +370,85 @@ class ProgressHub:
     def record(self, event: Event) -> Entry | None:
         """Buffer the client-visible form of `event` (a build-log line: for every launch
         following its build); duplicates (redeliveries) are ignored."""
+        if isinstance(event, BuildLog) and event.build_id:
+            return self._line(event)
         payload = to_payload(event, session_url=self._session_url)
         if payload is None:
             return None
-        if isinstance(event, BuildLog) and event.build_id:
-            entry = None
-            for launch_id in self._following(event.build_id, event.launch_id):
-                buffered = self._record(event, {**payload, "launch_id": launch_id}, launch_id)
-                entry = buffered if launch_id == event.launch_id else entry
-            return entry
         entry = self._record(event, payload, event.launch_id)
         if isinstance(event, BuildStarted) and event.build_id:
             self._join(event.build_id, event.launch_id)
         return entry
 
-    def _following(self, build_id: str, launch_id: str) -> list[str]:
-        """The launches following the build, `launch_id` among them."""
-        followers = self._followers.get(build_id)
-        if followers is None:
-            followers = self._followers[build_id] = [launch_id]
+    def _line(self, line: BuildLog) -> Entry | None:
+        """A build's line, as it came: shown now, or after the earlier ones this replica
+        missed, once they are read back."""
+        build = self._following(line.build_id, line.launch_id)
+        if build.held is not None:
+            build.held.append(line)
+            return None
+        if line.seq > build.next_seq and self.read_back is not None:
+            self._catch_up(line.build_id, build, [line])
+            return None
+        return self._show(line, build)
+
+    def _show(self, line: BuildLog, build: Following) -> Entry | None:
+        """Buffer `line` for every launch following its build, unless it was shown already
+        (read back, or redelivered); returns its entry for the launch that started the build."""
+        if line.seq < build.next_seq:
+            return None
+        build.next_seq = line.seq + 1
+        payload = to_payload(line, session_url=self._session_url) or {}
+        entry = None
+        for launch_id in build.launches:
+            buffered = self._record(line, {**payload, "launch_id": launch_id}, launch_id)
+            entry = buffered if launch_id == line.launch_id else entry
+        return entry
+
+    def _catch_up(self, build_id: str, build: Following, held: list[BuildLog]) -> None:
+        """Read the build's earlier lines back; `held` and the lines that come meanwhile are
+        shown after them."""
+        build.held = held
+        task = asyncio.get_running_loop().create_task(self._read_back(build_id, build))
+        self._reads.add(task)
+        task.add_done_callback(self._reads.discard)
+
+    async def _read_back(self, build_id: str, build: Following) -> None:
+        assert self.read_back is not None
+        try:
+            earlier = await self.read_back(build_id)
+        # Whatever kept the stream from answering (busy, the broker away), the live lines go on.
+        except Exception as exc:
+            log.warning("progress.read_back_failed", build_id=build_id, error=repr(exc))
+            earlier = []
+        lines, build.held = [*earlier, *(build.held or [])], None
+        for line in sorted(lines, key=lambda line: line.seq):
+            self._show(line, build)
+
+    def _following(self, build_id: str, launch_id: str) -> Following:
+        """The build as this replica follows it, `launch_id` among its launches."""
+        build = self._builds.get(build_id)
+        if build is None:
+            build = self._builds[build_id] = Following([launch_id])
             # A build has a launch at least: no more builds than launches are worth keeping.
-            while len(self._followers) > self._max_launches:
-                self._followers.popitem(last=False)
-        elif launch_id not in followers:
-            followers.append(launch_id)
-        return followers
+            while len(self._builds) > self._max_launches:
+                self._builds.popitem(last=False)
+        elif launch_id not in build.launches:
+            build.launches.append(launch_id)
+        return build
 
     def _join(self, build_id: str, launch_id: str) -> None:
         """`launch_id` follows the build: give it the lines the first launch following it has
-        (each once: the lines after come to both)."""
-        followers = self._followers.get(build_id)
-        if followers is not None and launch_id in followers:
+        (each once: the lines after come to both). A build that started before this replica
+        has earlier lines to read back."""
+        known = self._builds.get(build_id)
+        if known is not None and launch_id in known.launches:
             return
-        source = self._launches.get(followers[0]) if followers else None
-        self._following(build_id, launch_id)
+        source = self._launches.get(known.launches[0]) if known else None
+        build = self._following(build_id, launch_id)
+        started = build_started_at(build_id)
+        if known is None and started is not None and started < self._began and self.read_back:
+            self._catch_up(build_id, build, [])
         if source is None:
             return
         launch = self._launch(launch_id)
@@ -387,7 +467,7 @@ class ProgressHub:
         launch.seen_event_ids.add(event.event_id)
         if isinstance(event, PodReady):
             launch.session = event.session
-            payload.update(self._binder_fields(launch, event.resolved_ref))
+            payload.update(binder_fields(event))
         if isinstance(event, BuildLog | BuildStarted):
             launch.building = True
         if payload.get("phase") in TERMINAL_PHASES:
@@ -444,17 +524,6 @@ class ProgressHub:
         )
         self._on_abandoned(launch.launch_id)
 
-    def _binder_fields(self, launch: LaunchProgress, resolved_ref: str) -> Payload:
-        """The fields BinderHub adds to `ready`, which its clients use for share links: the
-        values its sessions get as environment variables."""
-        if not launch.provider:
-            return {}
-        env = binder_env(self._public_url + "/", launch.provider, launch.spec, "", resolved_ref)
-        return {
-            name.lower(): env[name]
-            for name in ("BINDER_LAUNCH_HOST", "BINDER_REQUEST", "BINDER_PERSISTENT_REQUEST")
-        }
-
     def _release_end(self, launch: LaunchProgress) -> None:
         """Append the held end, if any (on the final line, or when the wait is over)."""
         payload, launch.pending_end = launch.pending_end, None
@@ -488,6 +557,8 @@ class ProgressHub:
     def close(self) -> None:
         """Shutting down: wake every listener so its stream ends."""
         self.closing = True
+        for read in self._reads:
+            read.cancel()
         for launch in self._launches.values():
             launch.wake()
 

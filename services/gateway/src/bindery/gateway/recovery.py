@@ -9,8 +9,9 @@ Why: the gateway's queue is exclusive, so it goes with the connection. The robus
 declares and binds it again once it has reconnected, but whatever services that reconnected
 first published in between (a builder's image-built, the scheduler's pod-ready) never reached
 it, and the launch page would wait for good. The event log keeps every event, so the launch
-still ends there, ready or failed. Build-log lines of that gap stay in the build-log stream
-(the build's `/api/builds/<id>/log`), not in the live stream.
+still ends there, ready or failed. Build-log lines of that gap are not in the event log:
+progress reads them back from the build-log stream when the next line of their build shows
+the gap (progress.py).
 """
 
 from __future__ import annotations

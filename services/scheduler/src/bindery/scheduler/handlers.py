@@ -28,17 +28,7 @@ DEMAND_REPLAYED = 10_000
 
 def launch_order(event: RefResolved | ImageBuilt) -> LaunchOrder:
     """What the scheduler needs of a launch whose image exists, from either event."""
-    context = event.context
-    return LaunchOrder(
-        event.launch_id,
-        event.image,
-        context.repo_url,
-        context.resolved_ref,
-        context.repo_key,
-        context.repo_config.quota,
-        context.session_env,
-        context.requested_at,
-    )
+    return LaunchOrder(event.launch_id, event.image, event.context)
 
 
 async def replay_recent_demand(

@@ -55,6 +55,7 @@ from bindery.events import (
     IdleDetected,
     ImagePulling,
     LaunchAbandoned,
+    LaunchContext,
     LaunchFailed,
     LaunchQueued,
     PodReady,
@@ -101,17 +102,35 @@ fails at once does not spin (the loop's next step comes without a pause: exits c
 
 @dataclass(frozen=True)
 class LaunchOrder:
+    """A launch whose image exists, with the context of the event that asked for it (its
+    pod-ready carries it on)."""
+
     launch_id: str
     image: str
-    repo_url: str
-    resolved_ref: str
-    repo_key: str
-    repo_quota: int | None = None
-    """The repository's own quota (`RepoConfig.quota`); None: `BINDERY_REPO_QUOTA`."""
-    session_env: Mapping[str, str] = field(default_factory=dict)
-    """BinderHub's variables for its session (LaunchContext.session_env)."""
-    requested_at: datetime | None = None
-    """When the launch was requested: its place in its node's start line."""
+    context: LaunchContext
+
+    @property
+    def repo_url(self) -> str:
+        return self.context.repo_url
+
+    @property
+    def repo_key(self) -> str:
+        return self.context.repo_key
+
+    @property
+    def repo_quota(self) -> int | None:
+        """The repository's own quota (`RepoConfig.quota`); None: `BINDERY_REPO_QUOTA`."""
+        return self.context.repo_config.quota
+
+    @property
+    def session_env(self) -> Mapping[str, str]:
+        """BinderHub's variables for its session."""
+        return self.context.session_env
+
+    @property
+    def requested_at(self) -> datetime:
+        """When the launch was requested: its place in its node's start line."""
+        return self.context.requested_at
 
 
 class NotReady(Exception):
@@ -384,8 +403,7 @@ class Scheduler:
                 node=session.node,
                 image=order.image,
                 target=session.target,
-                repo_url=order.repo_url,
-                resolved_ref=order.resolved_ref,
+                context=order.context,
             )
         )
         self._maintain_soon.set()
