@@ -5,8 +5,13 @@ over the real RabbitMQ. Writes bench/results/bus.json.
   publisher confirms, trace context in headers) at a fixed rate; another consumes them from the
   culler's durable queue with Bindery's bus (parse, validate, manual ack after the handler). The
   hop is the event's own `time` (set as it is published) to the handler's first line.
+  Both processes install a tracer provider as every service does (no exporter), so the spans
+  the bus opens per event cost what they cost in a service.
 - anchor: the same rate through bare aio-pika in the same run: a persistent, confirmed publish of
   a JSON body holding its send time, consumed with manual acks from a plain queue.
+- anchor on Bindery's topology: the same bare aio-pika, publishing to Bindery's events exchange
+  and consuming the culler's queue, so each message is also written to the event log stream as
+  Bindery's are: what is left between it and `bindery` is the bus's own per-event work.
 
 Publishes start on a fixed schedule (one every 2 ms), each in a task of its own, so a slow confirm
 delays no other event: what is measured is the bus, not the publisher's pacing. Both ends run on
@@ -31,9 +36,10 @@ from pathlib import Path
 import aio_pika
 from reporting import write_report
 
-from bindery import logs
+from bindery import logs, telemetry
 from bindery.bus import Bus, Handlers, topology
 from bindery.events import Event, PodReady, PodStopped, SessionActivity
+from bindery.settings import CommonSettings
 
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "scripts/infra.sh"
@@ -42,6 +48,7 @@ URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
 RATE = int(os.environ.get("BENCH_BUS_RATE", "500"))
 DURATION = float(os.environ.get("BENCH_BUS_SECONDS", "20"))
 BARE_QUEUE = "bench.bare"
+KINDS = ("bindery", "bare", "bare-topology")
 DRAIN = 5.0
 """After the last publish, how long the consumer waits for stragglers before it counts loss."""
 
@@ -68,13 +75,17 @@ async def consume_bindery(expected: int) -> list[float]:
     return hops
 
 
-async def consume_bare(expected: int) -> list[float]:
+async def consume_bare(expected: int, on_topology: bool) -> list[float]:
     hops: list[float] = []
     done = asyncio.Event()
     connection = await aio_pika.connect_robust(URL)
     channel = await connection.channel()
     await channel.set_qos(prefetch_count=8)
-    queue = await channel.declare_queue(BARE_QUEUE, durable=True)
+    queue = await (
+        channel.declare_queue(topology.CULLER.name, passive=True)
+        if on_topology
+        else channel.declare_queue(BARE_QUEUE, durable=True)
+    )
 
     async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
         hops.append((time.time() - json.loads(message.body)["sent"]) * 1000)
@@ -97,8 +108,13 @@ async def _until(done: asyncio.Event, expected: int) -> None:
 
 def consumer_main(kind: str, expected: int) -> None:
     logs.configure("culler", "json", "warning")
-    consume = consume_bindery if kind == "bindery" else consume_bare
-    hops = asyncio.run(consume(expected))
+    telemetry.configure("culler", CommonSettings(trace_exporter="none"))
+    consume = (
+        consume_bindery(expected)
+        if kind == "bindery"
+        else consume_bare(expected, on_topology=kind == "bare-topology")
+    )
+    hops = asyncio.run(consume)
     print(json.dumps(hops), flush=True)
 
 
@@ -136,15 +152,20 @@ async def publish_bindery() -> tuple[int, float]:
         await bus.close()
 
 
-async def publish_bare() -> tuple[int, float]:
+async def publish_bare(on_topology: bool) -> tuple[int, float]:
     connection = await aio_pika.connect_robust(URL)
     channel = await connection.channel(publisher_confirms=True)
-    await channel.declare_queue(BARE_QUEUE, durable=True)
+    if on_topology:
+        exchange = await channel.get_exchange(topology.EVENTS_EXCHANGE)
+        routing_key = SessionActivity.type
+    else:
+        await channel.declare_queue(BARE_QUEUE, durable=True)
+        exchange, routing_key = channel.default_exchange, BARE_QUEUE
 
     async def one() -> None:
         body = json.dumps({"sent": time.time()}).encode()
         message = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
-        await channel.default_exchange.publish(message, routing_key=BARE_QUEUE)
+        await exchange.publish(message, routing_key=routing_key)
 
     try:
         return await paced(one)
@@ -169,7 +190,11 @@ def run(kind: str) -> dict[str, object]:
     assert child.stdout is not None
     if child.stdout.readline().strip() != "ready":
         raise SystemExit(f"{kind} consumer did not start")
-    confirmed, lag = asyncio.run(publish_bindery() if kind == "bindery" else publish_bare())
+    confirmed, lag = asyncio.run(
+        publish_bindery()
+        if kind == "bindery"
+        else publish_bare(on_topology=kind == "bare-topology")
+    )
     hops = json.loads(child.stdout.readline())
     child.wait()
     hops.sort()
@@ -191,21 +216,26 @@ def run(kind: str) -> dict[str, object]:
 
 def main() -> int:
     logs.configure("gateway", "json", "warning")
+    telemetry.configure("gateway", CommonSettings(trace_exporter="none"))
     subprocess.run([str(INFRA), "vhost-delete", VHOST], check=True, capture_output=True)
     subprocess.run([str(INFRA), "vhost", VHOST], check=True, capture_output=True)
     try:
         asyncio.run(declare_topology())
-        bindery = run("bindery")
-        anchor = run("bare")
+        results = {kind: run(kind) for kind in KINDS}
     finally:
         subprocess.run([str(INFRA), "vhost-delete", VHOST], check=True, capture_output=True)
     report = {
         "benchmark": "bus",
-        "anchor": "bare aio-pika: persistent confirmed publish, manual-ack consume, same rate",
+        "anchor": "bare aio-pika: persistent confirmed publish, manual-ack consume, same rate; "
+        "on a plain queue, and on Bindery's topology (events exchange, event log stream)",
         "setup": __doc__,
         "rate_per_s": RATE,
         "duration_s": DURATION,
-        "results": {"bindery": bindery, "bare_aio_pika": anchor},
+        "results": {
+            "bindery": results["bindery"],
+            "bare_aio_pika": results["bare"],
+            "bare_aio_pika_on_bindery_topology": results["bare-topology"],
+        },
         "goal": {"p50_ms": 5, "p99_ms": 20, "lost": 0},
     }
     write_report("bus", report, shown=report["results"])

@@ -37,7 +37,9 @@ from bindery.settings import CommonSettings
 
 # W3C trace context only (traceparent/tracestate): the one format every tracer understands.
 _PROPAGATOR = TraceContextTextMapPropagator()
-_TRACER_NAME = "bindery"
+# One tracer for the process, not one per span (the SDK builds a new one on each ask): made
+# before `configure`, it is a proxy that turns into the installed provider's on first use.
+_TRACER = trace.get_tracer("bindery")
 
 
 class JsonLinesSpanExporter(SpanExporter):
@@ -124,8 +126,7 @@ def span(
     attributes: Mapping[str, str | int | float | bool] | None = None,
 ) -> Iterator[Span]:
     """A child of the current span (or of `context`); an exception marks it failed."""
-    tracer = trace.get_tracer(_TRACER_NAME)
-    with tracer.start_as_current_span(
+    with _TRACER.start_as_current_span(
         name, context=context, kind=kind, attributes=attributes
     ) as current:
         yield current
@@ -162,7 +163,7 @@ class PhaseSpans:
             return
         self.end()
         self._phase = phase
-        self._span = trace.get_tracer(_TRACER_NAME).start_span(f"{self._prefix}.{phase}")
+        self._span = _TRACER.start_span(f"{self._prefix}.{phase}")
 
     def end(self) -> None:
         if self._span is not None:
