@@ -118,6 +118,8 @@ def repos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
         path = parent / name
         make_repo(path, {"index.ipynb": notebook(PROBE), "runtime.txt": "python-3.11\n"})
         paths.append(path)
+    # The resolver reads them as `bindery`; pytest makes its directories the owner's only.
+    subprocess.run(["chmod", "-R", "a+rX", str(parent)], check=True)
     return paths
 
 
