@@ -57,6 +57,8 @@ class FakePodman:
         self.inspected: list[str] = []
         self.removed: set[str] = set()
         """Container ids still listed but removed by the time they are inspected."""
+        self.removed_before_stop: set[str] = set()
+        """Container ids found, then removed by someone else before they are stopped."""
         self.event_streams: list[dict[str, str]] = []
         """The query of every events request, in order."""
         self.events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
@@ -101,6 +103,11 @@ class FakePodman:
     async def start(self, request: web.Request) -> web.Response:
         return web.Response(status=204)
 
+    async def stop_or_remove(self, request: web.Request) -> web.Response:
+        if request.match_info["id"] in self.removed_before_stop:  # as podman 4.3 answers
+            return web.json_response(NO_SUCH_CONTAINER, status=500)
+        return web.Response(status=204)
+
     async def stream_events(self, request: web.Request) -> web.StreamResponse:
         self.event_streams.append(dict(request.query))
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
@@ -108,6 +115,13 @@ class FakePodman:
         while (event := await self.events.get()) is not None:
             await response.write(json.dumps(event).encode() + b"\n")
         return response
+
+
+NO_SUCH_CONTAINER = {
+    "cause": "no such container",
+    "message": "container id-gone does not exist in database: no such container",
+    "response": 500,
+}
 
 
 def died(name: str | None, code: int, at: int) -> dict[str, Any]:
@@ -139,6 +153,8 @@ async def podman(tmp_path: Path) -> AsyncIterator[tuple[FakePodman, PodmanRuntim
     app.router.add_get("/v1.41/containers/{id}/json", fake.inspect)
     app.router.add_post("/v1.41/containers/create", fake.create)
     app.router.add_post("/v1.41/containers/{id}/start", fake.start)
+    app.router.add_post("/v1.41/containers/{id}/stop", fake.stop_or_remove)
+    app.router.add_delete("/v1.41/containers/{id}", fake.stop_or_remove)
     app.router.add_get("/v4.0.0/libpod/events", fake.stream_events)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -260,6 +276,16 @@ async def test_a_session_removed_while_measured_is_left_out(
     fake.racing, fake.removed = {"id-heavy": 1}, {"id-gone"}
     usages = await runtime.disk_usage("node-1")
     assert [(u.name, u.written) for u in usages] == [("heavy", 90 * MiB)]
+
+
+async def test_stopping_a_session_removed_since_it_was_listed_is_done_not_an_error(
+    podman: tuple[FakePodman, PodmanRuntime],
+) -> None:
+    # A restarted scheduler stops the dead sessions it finds; one its culler or another
+    # replica removed meanwhile made podman answer 500 and the scheduler's start crash.
+    fake, runtime = podman
+    fake.containers, fake.removed_before_stop = [container("gone", "L1", 0)], {"id-gone"}
+    assert await runtime.stop("gone") is True
 
 
 async def test_exits_are_this_instances_died_events_read_again_from_the_last_after_a_break(

@@ -394,10 +394,21 @@ class PodmanRuntime:
         found, _ = await self._find(f"{LABEL_SESSION}={name}")
         for node, detail in found:
             container = detail["Id"]
-            await node.request("POST", f"/containers/{container}/stop?t=2", ok=(204, 304, 404))
-            await node.request("DELETE", f"/containers/{container}?force=true", ok=(200, 204, 404))
+            try:
+                await node.request("POST", f"/containers/{container}/stop?t=2", ok=(204, 304, 404))
+                await node.request(
+                    "DELETE", f"/containers/{container}?force=true", ok=(200, 204, 404)
+                )
+            except RuntimeError_ as exc:
+                # Removed since it was listed (another replica, the culler, its own --rm):
+                # podman answers 500 "no such container", not 404. Stopped all the same.
+                if NO_SUCH_CONTAINER not in str(exc):
+                    raise
         return bool(found)
 
+
+NO_SUCH_CONTAINER = "no such container"
+"""How podman fails a request about a container removed since it was listed (status 500)."""
 
 VANISHED = "no such file or directory"
 """How podman fails a size when a file disappears between its walk and its lstat."""

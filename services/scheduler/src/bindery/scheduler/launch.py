@@ -260,7 +260,12 @@ class Scheduler:
         back (`_node_back`).
         """
         for session in await self._survey():
-            await self._take_over(session)
+            try:
+                await self._take_over(session)
+            except (RuntimeError_, aiohttp.ClientError) as exc:
+                # One session the runtime would not stop must not keep the scheduler from
+                # starting (every launch would wait for it): the next pass tries it again.
+                log.warning("reconcile.take_over_failed", session=session.name, error=str(exc))
         log.info("reconcile.done", seats=len(self.cluster.seats))
 
     async def _take_over(self, session: Session) -> None:
