@@ -245,7 +245,7 @@ def main() -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="measured time per load")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=10, help="the victim's")
     options = parser.parse_args()
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -34,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aio_pika
-from reporting import write_report
+from reporting import percentile, write_report
 
 from bindery import logs, telemetry
 from bindery.bus import Bus, Handlers, topology
@@ -197,18 +196,16 @@ def run(kind: str) -> dict[str, object]:
     )
     hops = json.loads(child.stdout.readline())
     child.wait()
-    hops.sort()
-    q = statistics.quantiles(hops, n=100, method="inclusive") if len(hops) > 1 else [0.0] * 99
     return {
         "published": total,
         "confirmed": confirmed,
         "handled": len(hops),
         "lost": confirmed - len(hops),
         "hop_ms": {
-            "p50": round(q[49], 2),
-            "p90": round(q[89], 2),
-            "p99": round(q[98], 2),
-            "max": round(hops[-1], 2) if hops else None,
+            "p50": round(percentile(hops, 0.5), 2),
+            "p90": round(percentile(hops, 0.9), 2),
+            "p99": round(percentile(hops, 0.99), 2),
+            "max": round(max(hops), 2) if hops else None,
         },
         "worst_publish_lag_ms": round(lag, 2),
     }

@@ -37,7 +37,7 @@ from typing import Any
 import httptools
 import uvloop
 from proxy_servers import BODY
-from reporting import machine, write_report
+from reporting import machine, percentile, write_report
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -87,15 +87,7 @@ def start(
     return proc
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return sorted_values[index]
-
-
 def summary(latencies: list[float], errors: int, seconds: float) -> dict[str, Any]:
-    latencies.sort()
     return {
         "requests": len(latencies),
         "errors": errors,
@@ -389,7 +381,7 @@ def cell_verdict(kind: str, level: int, cell: dict[str, dict[str, Any]]) -> dict
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="measured time per round")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds per target and cell")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per target and cell")
     parser.add_argument("--concurrency", default="1,10,50")
     options = parser.parse_args()
     levels = [int(c) for c in options.concurrency.split(",")]

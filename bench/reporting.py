@@ -8,6 +8,7 @@ part of it a person reads first on stdout.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -49,3 +50,15 @@ def write_report(name: str, report: dict[str, Any], shown: Any = None) -> Path:
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report if shown is None else shown, indent=2))
     return path
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The `q` (0 to 1) quantile of `values`, interpolated between its two nearest values, as
+    `statistics.quantiles(method="inclusive")` and numpy's default do: every bench's p50, p90 and
+    p99 mean the same. NaN when there are no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    below, above = ordered[math.floor(position)], ordered[math.ceil(position)]
+    return below + (above - below) * (position - math.floor(position))

@@ -15,11 +15,11 @@ floor measured in the same run. Writes bench/results/warm.json.
 - modes, in this order, each with the scheduler restarted: `none` (BINDERY_WARM_POOL_SHARE=0),
   `fixed` (the old BINDERY_WARM_POOL_SIZE, emulated as a fixed count of `BENCH_WARM_FIXED`
   sessions: the share that holds exactly that many), `adaptive` (the default share) and
-  `adaptive_large` (`BENCH_WARM_LARGE_SHARE`, default 0.5: where the goals can be met, so an
-  operator sees the trade-off). The pools follow the demand the scheduler reads back from the
-  event log (the earlier modes' launches: the same trace, so the pool knows which repositories
-  this run launches, as a pool does for a steady daily workload), and each run starts once its
-  pool is filled (at most 60 s).
+  `adaptive_large`, only when `BENCH_WARM_LARGE_SHARE` is set (0.5 is where the goals can be
+  met, so an operator sees the trade-off). The pools follow the demand the scheduler reads back
+  from the event log (the earlier modes' launches: the same trace, so the pool knows which
+  repositories this run launches, as a pool does for a steady daily workload), and each run
+  starts once its pool is filled (at most 60 s).
 - per mode: p50/p90/p99 launch time (/build request to `ready`), failures, warm-pool hits (a
   session named for a pool id, not the launch), and the memory the pool held (warm sessions
   listed every second, counted at the reservation their seats hold, as the budget counts them).
@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from reporting import machine, write_report
-from scheduler_bench import floor_once, percentile, stop, timed_launch, until_sessions
+from reporting import machine, percentile, write_report
+from scheduler_bench import floor_once, stop, timed_launch, until_sessions
 
 from bindery.bus import Bus
 from bindery.naming import session_name
@@ -62,7 +62,8 @@ from tests.support.stack import INSTANCE, NODES, REPO, Stack, build_path, launch
 
 LAUNCHES = int(os.environ.get("BENCH_WARM_LAUNCHES", "40"))
 FIXED = int(os.environ.get("BENCH_WARM_FIXED", "4"))
-LARGE_SHARE = float(os.environ.get("BENCH_WARM_LARGE_SHARE", "0.5"))
+# Unset: no such mode (it takes a quarter of the bench's time; `make bench` stays in its budget).
+LARGE_SHARE = float(os.environ.get("BENCH_WARM_LARGE_SHARE", "0"))
 REPOSITORIES = 40
 ZIPF_S = 1.0
 BURST = (2, 6)
@@ -201,8 +202,9 @@ async def measure(stack: Stack, repos: list[tuple[str, str]]) -> dict[str, Any]:
         "none": ("0", 0),
         "fixed": (f"{fixed_share:.6f}", FIXED),
         "adaptive": (str(DEFAULTS.warm_pool_share), sessions(DEFAULTS.warm_pool_share)),
-        "adaptive_large": (str(LARGE_SHARE), sessions(LARGE_SHARE)),
     }
+    if LARGE_SHARE:
+        modes["adaptive_large"] = (str(LARGE_SHARE), sessions(LARGE_SHARE))
     timeout = aiohttp.ClientTimeout(total=900)
     async with aiohttp.ClientSession(timeout=timeout) as http:
         events = await launch(http, stack.gateway, paths[0])  # the one real build
@@ -220,6 +222,7 @@ async def measure(stack: Stack, repos: list[tuple[str, str]]) -> dict[str, Any]:
         for mode, (share, sessions) in modes.items():
             stack.env["BINDERY_WARM_POOL_SHARE"] = share
             stack.restart("scheduler")
+            stack.wait_active("scheduler")
             floors.append(await floor_once(http, built))
             fill_s = await until_pool(http, stack, runtime, sessions)
             results[mode] = {"share": float(share), "pool_target_sessions": sessions}
@@ -227,6 +230,7 @@ async def measure(stack: Stack, repos: list[tuple[str, str]]) -> dict[str, Any]:
             results[mode] |= await run_trace(http, stack, bus, runtime, paths, urls)
             stack.env["BINDERY_WARM_POOL_SHARE"] = "0"
             stack.restart("scheduler")
+            stack.wait_active("scheduler")
             for session in await runtime.list_warm():  # or the next mode starts with them
                 await runtime.stop(session.name)
             await until_sessions(http, stack, runtime, 0, 0)
@@ -253,7 +257,9 @@ async def measure(stack: Stack, repos: list[tuple[str, str]]) -> dict[str, Any]:
         "goals": {
             "p50_at_most_s": P50_GOAL_S,
             "p90_at_most_floor_s": floor,
-            "met": {mode: met(results[mode], floor) for mode in ("adaptive", "adaptive_large")},
+            "met": {
+                mode: met(results[mode], floor) for mode in results if mode.startswith("adaptive")
+            },
         },
     }
 

@@ -117,9 +117,14 @@ async def test_home_to_running_cell(stack: Stack, browser: Browser, browser_repo
         output = page.locator(".jp-OutputArea-output").first
         await expect(output).to_contain_text(EXPECTED, timeout=120_000)
         await page.screenshot(path=shot("4-cell-output"))
-    except Exception:
+    except Exception as failure:
         with contextlib.suppress(Exception):  # the page may be mid-navigation: best effort
             await page.screenshot(path=shot("failure"), full_page=True, timeout=5_000)
+        # What the page showed, in the report itself: CI keeps the output, not the screenshot.
+        failure.add_note(f"page at failure: {page.url}")
+        with contextlib.suppress(Exception):
+            text = await page.locator("body").inner_text(timeout=5_000)
+            failure.add_note(f"its text: {text[:2000]!r}")
         raise
     finally:
         await page.close()

@@ -226,6 +226,22 @@ class Stack:
             time.sleep(0.2)
         raise RuntimeError(f"{service} not healthy in {limit} s: {self.log_tail(service)}")
 
+    def wait_active(self, service: str, limit: float = 60.0) -> None:
+        """Wait until `service` says it is the active replica: subscribed, its state rebuilt. A
+        restarted scheduler answers /health as a standby first, while it takes the lock,
+        replays the event log and reconciles: launches sent then wait for all of that."""
+        deadline = time.monotonic() + limit
+        self.wait_healthy(service, limit)
+        while time.monotonic() < deadline:
+            with (
+                suppress(OSError, ValueError),
+                urllib.request.urlopen(self.health_url(service), timeout=2) as answer,
+            ):
+                if json.loads(answer.read()).get("role") == "active":
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"{service} not active in {limit} s: {self.log_tail(service)}")
+
     def log_tail(self, service: str, lines: int = 40) -> str:
         path = self.log_dir / f"{service}.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
