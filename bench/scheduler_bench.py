@@ -149,7 +149,7 @@ async def measure(stack: Stack, repo_url: str) -> dict[str, Any]:
             await stop(bus, ready)
             await until_sessions(http, stack, runtime, 0, 0)
 
-        stack.env["BINDERY_WARM_POOL_SHARE"] = "0.1"  # the default; the test stack has none
+        del stack.env["BINDERY_WARM_POOL_SHARE"]  # the default pool; the test stack has none
         stack.restart("scheduler")
         stack.wait_active("scheduler")
         _, ready = await timed_launch(http, stack, path)  # makes the image popular

@@ -22,7 +22,8 @@ floor measured in the same run. Writes bench/results/warm.json.
   starts once its pool is filled (at most 60 s).
 - per mode: p50/p90/p99 launch time (/build request to `ready`), failures, warm-pool hits (a
   session named for a pool id, not the launch), and the memory the pool held (warm sessions
-  listed every second, counted at the reservation their seats hold, as the budget counts them).
+  listed every second, counted at `BINDERY_WARM_SESSION_MEMORY` as the budget counts them; and
+  what `podman stats` says they use once the pool is filled).
 - floor: `podman run -d` of the built image until Jupyter answers, once before each mode.
   Goals (issue 16): adaptive p50 <= 0.3 s and p90 <= the floor.
 
@@ -33,8 +34,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -112,6 +115,26 @@ async def pool_held(runtime: PodmanRuntime, samples: list[int], done: asyncio.Ev
             await asyncio.wait_for(done.wait(), 1.0)
 
 
+def pool_memory_measured() -> float:
+    """The memory (GiB) the warm sessions of every node use now, as `podman stats` says (their
+    cgroups' usage): what the pool really holds, beside what its budget counts."""
+    units = {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}
+    used = 0.0
+    for url in NODES.values():
+        listed = subprocess.run(
+            ["podman", "--url", url, "stats", "--no-stream", "--format", "json"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        for container in json.loads(listed.stdout or "[]"):
+            if container["name"].startswith(f"{INSTANCE}-warm-"):
+                found = re.match(r"([\d.]+)([kMG]?B)", container["mem_usage"])
+                assert found, container["mem_usage"]
+                used += float(found[1]) * units[found[2]]
+    return used / GiB
+
+
 async def run_trace(
     http: aiohttp.ClientSession,
     stack: Stack,
@@ -152,7 +175,7 @@ async def run_trace(
     await asyncio.gather(*launches)
     done.set()
     await sampler
-    seat_gib = DEFAULTS.memory_reservation / GiB
+    counted_gib = DEFAULTS.warm_session_memory / GiB
     return {
         "launches": len(times) + len(failed),
         "failures": len(failed),
@@ -166,9 +189,9 @@ async def run_trace(
         "load_average_before": load_before,
         "ready_s": times,
         "pool_sessions": {"mean": statistics.fmean(samples), "max": max(samples)},
-        "pool_memory_gib_reserved": {
-            "mean": statistics.fmean(samples) * seat_gib,
-            "max": max(samples) * seat_gib,
+        "pool_memory_gib_counted": {
+            "mean": statistics.fmean(samples) * counted_gib,
+            "max": max(samples) * counted_gib,
         },
     }
 
@@ -191,13 +214,13 @@ async def measure(stack: Stack, repos: list[tuple[str, str]]) -> dict[str, Any]:
     bus = Bus(stack.env["BINDERY_AMQP_URL"], "bench", connect_timeout=10)
     await bus.connect()
     capacity = sum([await runtime.node_memory(node) for node in NODES])
-    seat = DEFAULTS.memory_reservation
+    counted = DEFAULTS.warm_session_memory
 
     def sessions(share: float) -> int:
-        return warm_pool_sessions(capacity, share, seat)
+        return warm_pool_sessions(capacity, share, counted)
 
     # The share that holds exactly FIXED sessions (half a session over, against rounding).
-    fixed_share = (FIXED + 0.5) * seat / capacity
+    fixed_share = (FIXED + 0.5) * counted / capacity
     modes = {
         "none": ("0", 0),
         "fixed": (f"{fixed_share:.6f}", FIXED),
@@ -227,6 +250,7 @@ async def measure(stack: Stack, repos: list[tuple[str, str]]) -> dict[str, Any]:
             fill_s = await until_pool(http, stack, runtime, sessions)
             results[mode] = {"share": float(share), "pool_target_sessions": sessions}
             results[mode]["pool_filled_s"] = fill_s
+            results[mode]["pool_memory_gib_measured_when_filled"] = pool_memory_measured()
             results[mode] |= await run_trace(http, stack, bus, runtime, paths, urls)
             stack.env["BINDERY_WARM_POOL_SHARE"] = "0"
             stack.restart("scheduler")
@@ -251,7 +275,8 @@ async def measure(stack: Stack, repos: list[tuple[str, str]]) -> dict[str, Any]:
         },
         "cluster_session_memory_gib": capacity / GiB,
         "session_memory_limit_gib": DEFAULTS.memory_limit / GiB,
-        "session_memory_reservation_gib": seat / GiB,
+        "session_memory_reservation_gib": DEFAULTS.memory_reservation / GiB,
+        "warm_session_memory_gib": counted / GiB,
         "floor_podman_run_s": {"median": floor, "runs": floors},
         **results,
         "goals": {

@@ -197,11 +197,13 @@ async def make(jupyter: str) -> AsyncIterator[Make]:
 
     async def build(*, down: tuple[str, ...] = (), **overrides: Any) -> Harness:
         """A scheduler over the fake runtime, created while the nodes in `down` do not answer."""
-        # No warm pool unless a test asks for one: tests count starts and sessions.
+        # No warm pool unless a test asks for one: tests count starts and sessions. A warm
+        # session counts 1 GiB of the pool's budget, so a test's share reads as whole seats.
         defaults: dict[str, Any] = {
             "session_secret": "s" * 32,
             "startup_timeout": 0.5,
             "warm_pool_share": 0,
+            "warm_session_memory": GiB,
         }
         settings = SchedulerSettings(**(defaults | overrides))
         runtime = FakeRuntime(jupyter, down=set(down))

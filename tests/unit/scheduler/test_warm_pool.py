@@ -24,16 +24,22 @@ from tests.support.launches import image_built, ref_resolved
 from tests.unit.scheduler.conftest import IMAGE, REPO, GiB, Harness, Make, order
 
 
-def test_the_budget_is_a_share_of_capacity_in_session_reservations() -> None:
-    assert warm_pool_sessions(48 * GiB, 0.1, GiB) == 4, "4.8 GiB holds four 1 GiB seats"
+def test_the_budget_is_a_share_of_capacity_in_warm_sessions() -> None:
+    assert warm_pool_sessions(48 * GiB, 0.1, GiB) == 4, "4.8 GiB holds four 1 GiB sessions"
+    assert warm_pool_sessions(48 * GiB, 0.1, GiB // 4) == 19
     assert warm_pool_sessions(100 * 64 * GiB, 0.2, GiB) == 1280
     assert warm_pool_sessions(48 * GiB, 0.0, GiB) == 0
-    assert warm_pool_sessions(3 * GiB, 0.1, GiB) == 0, "a third of a seat is none"
+    assert warm_pool_sessions(3 * GiB, 0.1, GiB) == 0, "a third of a session is none"
 
 
-async def test_a_warm_session_counts_at_the_reservation_its_seat_holds(make: Make) -> None:
-    # Two nodes of 8 GiB: a quarter is four 1 GiB seats (two at the 2 GiB memory limit).
-    h: Harness = await make(node_memory=8 * GiB, warm_pool_share=0.25)
+async def test_the_budget_counts_what_a_warm_session_holds_its_seat_is_a_full_one(
+    make: Make,
+) -> None:
+    # Two nodes of 8 GiB: a sixteenth is 1 GiB, four warm sessions of 256 MiB; each still
+    # takes a whole seat in placement, which a launch may evict it from.
+    h: Harness = await make(
+        node_memory=8 * GiB, warm_pool_share=1 / 16, warm_session_memory=GiB // 4
+    )
     assert h.scheduler.warm_pool_sessions() == 4
     for launch_id in ["L1", "L2", "L3", "L4", "L5"]:
         await h.scheduler.launch(order(launch_id, image=f"127.0.0.1:5000/i{launch_id}:1"))

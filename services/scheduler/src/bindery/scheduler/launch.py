@@ -862,10 +862,10 @@ class Scheduler:
 
     def warm_pool_sessions(self) -> int:
         """How many warm sessions the pool's share of the answering nodes' memory holds, each
-        counted at what its seat holds in placement (`memory_reservation`)."""
+        counted at what an unclaimed one holds (`warm_session_memory`)."""
         capacity = sum(self.cluster.capacity.get(node, 0) for node in self._up_nodes())
         return warm_pool_sessions(
-            capacity, self.settings.warm_pool_share, self.settings.memory_reservation
+            capacity, self.settings.warm_pool_share, self.settings.warm_session_memory
         )
 
     def fill_pool(self) -> None:

@@ -48,7 +48,7 @@ class Popularity:
 
 def warm_pool_sessions(capacity: int, share: float, session_memory: int) -> int:
     """How many warm sessions fit the pool's memory budget: each counted at `session_memory`
-    (what its seat reserves in placement), together at most `share` of `capacity`."""
+    (what an unclaimed one holds), together at most `share` of `capacity`."""
     return int(share * capacity) // session_memory
 
 

@@ -65,18 +65,20 @@ class SchedulerSettings(CapacitySettings, PackageIndexSettings):
 
     warm_pool_share: float = Field(default=0.2, ge=0, le=1)
     """Share of the cluster's session memory (of the nodes that answer) the warm pool may hold,
-    each warm session counted at what its seat holds in placement, `memory_reservation`. Its
-    sessions go to the images launched most within `popularity_window`, none more often than it
-    was launched there (0: no pool). A fifth: on two 23.5 GiB nodes, 9 sessions, enough for the
-    few repositories that take most launches (a workshop, a course, a popular badge) and a
-    second session of the top ones for bursts; on a 64 GiB node, 12. It costs launches little
-    room: a launch that finds a node full evicts a warm session of another image instead of
-    waiting. What it does cost is the idle Jupyter servers' own memory and the CPU to start
-    them (behind launches). In the warm benchmark (40 launches over 40 repositories, Zipf, in
-    bursts; `bench/results/warm.json`) 4 sessions served 9 launches warm, a fifth 15, and half
-    (23 sessions) 27, the median down to 0.7 s: a median under 0.3 s and a p90 at the bare
-    `podman run` needs nearly every repository of the workload warm, about half the cluster
-    here, which is no longer a small share."""
+    each warm session counted at `warm_session_memory`. Its sessions go to the images launched
+    most within `popularity_window`, none more often than it was launched there (0: no pool).
+    A fifth: on two 23.5 GiB nodes, 37 sessions; on a 64 GiB node, 51. It costs launches little
+    room: a warm session's seat is lent, and a launch that finds a node full evicts a warm
+    session of another image instead of waiting. What it does cost is the idle Jupyter
+    servers' own memory and the CPU to start them (behind launches)."""
+
+    warm_session_memory: int = Field(default=GiB // 4, gt=0)
+    """What the pool's budget counts for each warm session: the memory an unclaimed Jupyter
+    server holds, not the `memory_reservation` its seat holds in placement (that seat is lent:
+    a launch evicts it). A warm numpy session holds about 80 MB here (podman stats); 256 MiB
+    leaves room for bigger images' servers. Counted at the 1 GiB reservation, a fifth of two
+    23.5 GiB nodes held 9 sessions: they served 25 of the warm benchmark's 40 launches, and the
+    other launches set its p90 at 9 s (`bench/results/warm.json`)."""
 
     popularity_window: float = 3600.0
     """Launches counted for popularity (warm pool, pre-pulls) within this many seconds."""
