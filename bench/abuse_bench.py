@@ -14,7 +14,7 @@ that never answers), since real sessions would measure podman, not the gateway. 
 alternate without and with the attack; each figure is the median over rounds.
 Results: bench/results/abuse.json.
 
-    .venv/bin/python bench/abuse_bench.py [--seconds 3] [--rounds 5] [--concurrency 10]
+    .venv/bin/python bench/abuse_bench.py [--seconds 3] [--rounds 3] [--concurrency 10]
 """
 
 from __future__ import annotations

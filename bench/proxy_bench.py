@@ -12,7 +12,7 @@ upstream's port. Nothing is pinned to a core: the JSON says which process played
 cores each used per cell, the CPU other processes on the machine took meanwhile, and the load
 average at start and end. Results: bench/results/proxy.json.
 
-    .venv/bin/python bench/proxy_bench.py [--seconds 2] [--rounds 5] [--concurrency 1,10,50]
+    .venv/bin/python bench/proxy_bench.py [--seconds 2] [--rounds 3] [--concurrency 1,10,50]
 """
 
 from __future__ import annotations
