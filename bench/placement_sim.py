@@ -70,7 +70,7 @@ class Workload:
     repos: int = 10_000
     zipf: float = 1.1
     """Popularity of the repository ranked k is proportional to 1 / k**zipf."""
-    launches: int = 20_000
+    launches: int = 60_000
     arrival_rate: float = 1.8
     """Launches a second (Poisson); with the lifetimes below (mean 25 min), about 83 % of the
     seats busy."""

@@ -85,9 +85,11 @@ def test_the_outcome_follows_the_schedulers_prepulls(monkeypatch: pytest.MonkeyP
 
 
 def test_popularity_counts_on_the_simulations_clock() -> None:
-    """A window of a minute is over many times in a simulated day: popular images differ from
-    an hour's window (on the wall clock, the run's few seconds would keep every launch)."""
-    assert summary(run(popularity_window=60.0)) != summary(run())
+    """A window of a minute is over many times in a simulated day, an hour's far fewer: the
+    popular images differ (on the wall clock, the run's few seconds would keep every launch in
+    both). The lead is the window, so the seats a count asks for do not differ."""
+    minute = run(popularity_window=60.0, prepull_lead=60.0)
+    assert summary(minute) != summary(run(popularity_window=3600.0, prepull_lead=3600.0))
 
 
 def reasons(outcomes: list[Outcome]) -> Counter[str]:

@@ -43,6 +43,7 @@ def test_a_popular_image_short_of_free_seats_goes_onto_the_emptiest_nodes() -> N
         "1 free + 4 + 3 covers 6"
     )
     assert plan(free, set(), {IMAGE: {"holder", "b"}}, {}, [], {IMAGE: 5}) == []
+    assert plan(free, set(), {}, {}, [], {IMAGE: 6}) == [], "seen on no node: pulled nowhere"
 
 
 def test_one_pull_a_node_none_where_a_launch_pulls_or_starts_none_onto_a_down_node() -> None:

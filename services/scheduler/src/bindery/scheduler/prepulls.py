@@ -9,12 +9,12 @@ Two rules, because a launch pulls for two reasons once its repository was launch
 (bench/placement_sim.py counts them):
 - keep: every node known to hold the image left or stopped answering. An image launched within
   the keep window goes onto the emptiest node with a free seat, so its next launch finds it.
-  Only a holder that is gone counts: an image nobody saw on any node (a restarted scheduler has
-  not looked yet) is not pulled anywhere.
 - headroom: every holder is full. A popular image keeps free seats on its holders for
   `BINDERY_PREPULL_LEAD` seconds of its launches (its launches in the popularity window, as a
   rate, times the lead, rounded up); short of that, it goes onto the emptiest nodes that lack
   it until their free seats cover the shortfall.
+Neither rule pulls an image no node was seen holding: a restarted scheduler has not looked yet
+(its launches do, `Scheduler.refresh_holders`), and the image may well be on every node.
 Pure: the scheduler gathers the view, starts the pulls and retries what failed at a later round
 (a failed pull leaves the image where it was, so the next round decides it again).
 """
@@ -89,7 +89,10 @@ def plan(
             seats_wanted -= free_seats[node]
 
     for image, seats in wanted.items():
-        free = sum(free_seats.get(node, 0) for node in known(image))
+        where = known(image)
+        if not where:
+            continue  # seen on no node (not since a restart): it may be anywhere already
+        free = sum(free_seats.get(node, 0) for node in where)
         pull_onto_emptiest(image, Rule.HEADROOM, seats - free)
     planned = {pull.image for pull in pulls}
     for image in kept:
