@@ -96,9 +96,9 @@ def plan(
         pull_onto_emptiest(image, Rule.HEADROOM, seats - free)
     planned = {pull.image for pull in pulls}
     for image in kept:
-        where = holders.get(image)
-        if not where or image in planned or pulling.get(image):
+        held = holders.get(image)
+        if not held or image in planned or pulling.get(image):
             continue
-        if not any(node in free_seats for node in where):
+        if not any(node in free_seats for node in held):
             pull_onto_emptiest(image, Rule.KEEP, 1)
     return pulls
