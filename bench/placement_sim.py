@@ -6,16 +6,24 @@ lifetimes, node churn, a seed) and a placement policy: Bindery's `Cluster` as it
 per launch (did it pull, how long until ready, did it fail) and the bytes each node pulled.
 
 What runs is the real `Scheduler` (admission and quotas, `Cluster.choose`, pulls deduplicated
-per node, `prepull` in the maintain loop, exits ending seats), on an event loop whose clock is
-virtual: a sleep advances time instead of waiting, so hours of launches take seconds and every
-run with the same seed is the same. The runtime is simulated: a pull takes size / the node's
-bandwidth, queued behind that node's earlier pulls (one link per node); a start takes a fixed
-floor; a node that leaves loses its sessions (reported as exits) and its images, and a fresh
-node with an empty image store joins in its place.
+per node, its `maintain`, `prepull` and `exits` loops as `app.loops` declares them, exits ending
+seats), on an event loop whose clock is virtual and is the scheduler's clock too: a sleep
+advances time instead of waiting, so hours of launches take seconds and every run with the same
+seed is the same. The runtime is simulated: a pull takes size / the node's bandwidth, queued
+behind that node's earlier pulls (one link per node; a pull cancelled, as a pre-pull is when a
+launch needs the link, frees it at once); a start takes a fixed floor; a node that leaves loses
+its sessions (reported as exits) and its images, and a fresh node with an empty image store
+joins in its place.
 
 The scheduler learns its nodes' memory once, at start (`Scheduler.create`); nothing in it
 follows nodes joining or leaving. The simulation does what a node watch would do: it adds and
-removes the node in `Cluster.capacity` and forgets a departed node's images.
+removes the node in `Cluster.capacity` (the scheduler still remembers which images the departed
+node held: that is how it knows an image lost its holders).
+
+Each launch that pulled is given why (`Outcome.why`), from the simulated nodes' truth at the
+pull: `first_launch` (its repository was never launched before: no placement avoids that pull),
+`churn` (every node that had pulled its image has left), `full` (nodes holding it exist, none
+with a free seat), `in_flight` (launched before, but no pull of it had finished anywhere yet).
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
+from bindery import service
 from bindery.events import (
     Event,
     IdleDetected,
@@ -43,6 +52,7 @@ from bindery.events import (
 )
 from bindery.runtimes import RuntimeError_, Session, SessionSpec
 from bindery.runtimes.base import DiskUsage, Exit
+from bindery.scheduler import app
 from bindery.scheduler.cluster import Choice, Cluster
 from bindery.scheduler.launch import LaunchOrder, Scheduler
 from bindery.scheduler.settings import SchedulerSettings
@@ -60,7 +70,7 @@ class Workload:
     repos: int = 10_000
     zipf: float = 1.1
     """Popularity of the repository ranked k is proportional to 1 / k**zipf."""
-    launches: int = 20_000
+    launches: int = 60_000
     arrival_rate: float = 1.8
     """Launches a second (Poisson); with the lifetimes below (mean 25 min), about 83 % of the
     seats busy."""
@@ -91,6 +101,8 @@ class Outcome:
     image: str
     session: str = ""
     pulled: bool = False
+    why: str = ""
+    """Why it pulled (see the module's docstring); empty if it did not."""
     ready: float | None = None
     failed: str = ""
 
@@ -130,6 +142,7 @@ class SimNode:
     bandwidth: float
     images: set[str] = field(default_factory=set)
     link_free_at: float = 0.0
+    """When the last pull queued on the node's link ends."""
     alive: bool = True
 
 
@@ -145,6 +158,8 @@ class SimRuntime:
     exited: asyncio.Queue[Exit] = field(default_factory=asyncio.Queue)
     completed: dict[tuple[str, str], float] = field(default_factory=dict)
     """Bytes of each finished pull, by (node, image): node names are never reused."""
+    landed: set[str] = field(default_factory=set)
+    """Images some pull finished on (on nodes since gone too)."""
 
     def node_names(self) -> list[str]:
         return list(self.nodes)
@@ -176,12 +191,18 @@ class SimRuntime:
             return
         loop = asyncio.get_running_loop()
         start = max(loop.time(), sim.link_free_at)
-        sim.link_free_at = start + self.sizes[image] / sim.bandwidth
-        await asyncio.sleep(sim.link_free_at - loop.time())
+        end = sim.link_free_at = start + self.sizes[image] / sim.bandwidth
+        try:
+            await asyncio.sleep(end - loop.time())
+        except asyncio.CancelledError:
+            if sim.link_free_at == end:  # last in line: the link is free from its start on
+                sim.link_free_at = max(start, loop.time())
+            raise
         if not sim.alive:
             raise RuntimeError_(f"node {node} left during the pull")
         sim.images.add(image)
         self.completed[(node, image)] = self.sizes[image]
+        self.landed.add(image)
 
     async def start(self, node: str, spec: SessionSpec) -> Session:
         sim = self._node(node)
@@ -324,7 +345,9 @@ def _zipf_picker(work: Workload, rng: random.Random) -> Callable[[], int]:
     return lambda: bisect.bisect(cumulative, rng.random() * cumulative[-1])
 
 
-async def _simulate(work: Workload, policy: Policy, settings: SchedulerSettings) -> Result:
+async def _simulate(
+    work: Workload, policy: Policy, settings: SchedulerSettings, prepull: bool
+) -> Result:
     rng = random.Random(work.seed)
     sizes = _images(work, rng)
     images = list(sizes)
@@ -341,11 +364,22 @@ async def _simulate(work: Workload, policy: Policy, settings: SchedulerSettings)
         join()
     outcomes: dict[str, Outcome] = {}
     launch_pulls: list[tuple[str, str]] = []
+    launched: set[str] = set()
+    firsts: set[str] = set()
+    """Launches whose repository was launched never before."""
+
+    def why_pull(launch_id: str, image: str) -> str:
+        if launch_id in firsts:
+            return "first_launch"
+        if any(image in node.images for node in runtime.nodes.values()):
+            return "full"
+        return "churn" if image in runtime.landed else "in_flight"
 
     async def publish(event: Event) -> None:
         outcome = outcomes[event.launch_id]
         if isinstance(event, ImagePulling):
             outcome.pulled = True
+            outcome.why = why_pull(event.launch_id, event.image)
             launch_pulls.append((event.node, event.image))
         elif isinstance(event, PodReady):
             outcome.session = event.session
@@ -355,15 +389,27 @@ async def _simulate(work: Workload, policy: Policy, settings: SchedulerSettings)
 
     loop = asyncio.get_running_loop()
     cluster = policy({name: work.node_memory for name in runtime.nodes}, sizes)
-    scheduler = Scheduler(settings, runtime, publish, ReadyHttp(), cluster)  # type: ignore[arg-type]
+    scheduler = Scheduler(
+        settings,
+        runtime,  # type: ignore[arg-type]
+        publish,
+        ReadyHttp(),  # type: ignore[arg-type]
+        cluster,
+        clock=loop.time,
+    )
 
-    async def forever(step: Callable[[], Any]) -> None:
+    async def repeat(every: service.Loop) -> None:
+        """As the service runner repeats a loop's step (without its supervision: an error in
+        the simulation ends it)."""
+        wait = 0 if every.at_start else every.interval
         while True:
-            await step()
+            await asyncio.sleep(wait)
+            wait = every.interval
+            await every.step()
 
+    names = {"maintain", "exits"} | ({"prepull"} if prepull else set())
     loops = [
-        asyncio.create_task(forever(scheduler.maintain_when_due)),
-        asyncio.create_task(forever(scheduler.handle_next_exit)),
+        asyncio.create_task(repeat(every)) for every in app.loops(scheduler) if every.name in names
     ]
     # Every future happening, drawn up front from one generator so both policies see the same:
     # (time, order, kind, what).
@@ -384,10 +430,17 @@ async def _simulate(work: Workload, policy: Policy, settings: SchedulerSettings)
 
     replaced = 0
     tasks: set[asyncio.Task[None]] = set()
+    decided: list[str] = []
+    """Launches ready or failed: once all are, the run is over (sessions still running and
+    pulls still on their way change no launch's outcome)."""
+    all_decided = asyncio.Event()
 
     async def launch(n: int, image: str, lifetime: float) -> None:
         launch_id = _launch_id(n)
         outcome = outcomes[launch_id] = Outcome(loop.time(), image)
+        if image not in launched:
+            launched.add(image)
+            firsts.add(launch_id)
         repo = "https://github.com/sim/" + image.split("/")[1].split(":")[0]
         context = LaunchContext(
             provider="gh",
@@ -400,6 +453,9 @@ async def _simulate(work: Workload, policy: Policy, settings: SchedulerSettings)
         )
         order = LaunchOrder(launch_id, image, context)
         await scheduler.launch(order)
+        decided.append(launch_id)
+        if len(decided) == work.launches:
+            all_decided.set()
         if outcome.ready is None:
             return
         await asyncio.sleep(lifetime)
@@ -414,8 +470,6 @@ async def _simulate(work: Workload, policy: Policy, settings: SchedulerSettings)
         gone = sorted(runtime.nodes)[int(which * len(runtime.nodes))]
         runtime.leave(gone)
         del cluster.capacity[gone]
-        for holders in cluster.holders.values():
-            holders.discard(gone)
         replaced += 1
         await asyncio.sleep(work.node_rejoin)
         cluster.capacity[join()] = work.node_memory
@@ -427,14 +481,14 @@ async def _simulate(work: Workload, policy: Policy, settings: SchedulerSettings)
         task = asyncio.create_task(coro)
         tasks.add(task)
         task.add_done_callback(tasks.discard)
-    await asyncio.gather(*tasks)
+    await all_decided.wait()
     for task in loops:
         # Python 3.11's wait_for can swallow a cancel that lands as its timeout fires, which a
         # jumping clock makes likely: cancel until the loop is really gone.
         while not task.done():
             task.cancel()
             await asyncio.wait([task], timeout=1)
-    # Pre-pulls still on their way when the last launch ended: nobody waits for them.
+    # Sessions, and pre-pulls still on their way when the last launch was decided.
     leftovers = asyncio.all_tasks() - {asyncio.current_task()}
     for task in leftovers:
         task.cancel()
@@ -445,18 +499,20 @@ async def _simulate(work: Workload, policy: Policy, settings: SchedulerSettings)
     return Result(ordered, sum(runtime.completed.values()), launch_bytes, replaced)
 
 
-def simulate(work: Workload, policy: Policy, settings: SchedulerSettings) -> Result:
-    """Run `work` through the scheduler with `policy`'s cluster view, on a virtual clock."""
+def simulate(
+    work: Workload, policy: Policy, settings: SchedulerSettings, prepull: bool = True
+) -> Result:
+    """Run `work` through the scheduler with `policy`'s cluster view, on a virtual clock; with
+    the scheduler's pre-pull loop or without it (kube-scheduler has none)."""
     loop = VirtualLoop()
     try:
-        return loop.run_until_complete(_simulate(work, policy, settings))
+        return loop.run_until_complete(_simulate(work, policy, settings, prepull))
     finally:
         loop.close()
 
 
-def scheduler_settings(work: Workload, prepull: bool = True) -> SchedulerSettings:
-    """The scheduler's defaults, sized to the simulated cluster. Without pre-pulls (kube-
-    scheduler has none) the popularity threshold is out of reach. The per-repository quota is
+def scheduler_settings(work: Workload) -> SchedulerSettings:
+    """The scheduler's defaults, sized to the simulated cluster. The per-repository quota is
     the whole cluster: with Zipf popularity the top repository holds a few hundred sessions at
     once (mybinder.org raises such repositories' quotas), and launches queued at a quota would
     measure the quota, not placement. No warm pool: placement, not pre-started sessions, is
@@ -467,6 +523,5 @@ def scheduler_settings(work: Workload, prepull: bool = True) -> SchedulerSetting
         node_memory=work.node_memory,
         total_quota=seats,
         repo_quota=seats,
-        prepull_launches=3 if prepull else 10**9,
         warm_pool_share=0,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -185,7 +185,8 @@ async def test_a_warm_session_over_the_limit_is_removed_without_a_stop_event(
 ) -> None:
     runtime = FakeRuntime({"node-1": {"warm-1": 2 * GiB}, "node-2": {}})
     h = await make(runtime, disk_limit=1 * GiB)
-    h.scheduler.cluster.seats["warm-1"].pool = True
+    cluster = h.scheduler.cluster
+    cluster.occupy(replace(cluster.seats["warm-1"], pool=True))
     await h.scheduler.check_disk()
     assert runtime.stopped == ["warm-1"] and h.stops() == []
     assert "warm-1" not in h.scheduler.cluster.seats

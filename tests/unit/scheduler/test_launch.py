@@ -253,5 +253,6 @@ async def test_the_handlers_pass_the_repositorys_quota_and_abandonments_on() -> 
 async def test_the_runner_supervises_the_schedulers_loops_at_their_intervals(make: Make) -> None:
     h: Harness = await make(disk_check_interval=7, reconcile_interval=9)
     declared = {loop.name: loop.interval for loop in app.loops(h.scheduler)}
-    # Maintenance and exits wait inside their steps (for a launch, for the runtime's next exit).
-    assert declared == {"maintain": 0, "disk": 7, "exits": 0, "reconcile": 9}
+    # Maintenance, pre-pulls and exits wait inside their steps (for a launch, for a node found
+    # down or their own interval, for the runtime's next exit).
+    assert declared == {"maintain": 0, "prepull": 0, "disk": 7, "exits": 0, "reconcile": 9}

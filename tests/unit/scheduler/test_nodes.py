@@ -210,13 +210,20 @@ async def test_the_scheduler_starts_with_a_node_down_and_adopts_its_sessions_whe
 
 
 async def test_no_warm_session_or_prepull_goes_to_a_down_node(make: Make, clock: Clock) -> None:
-    h: Harness = await make(warm_pool_share=1, prepull_launches=1, prepull_nodes=2)
+    h: Harness = await make(warm_pool_share=1, prepull_launches=1, node_memory=GiB)
     h.scheduler.clock = clock
     h.runtime.images["node-1"].add(IMAGE)
-    await h.scheduler.launch(order("L1"))
+    await h.scheduler.launch(order("L1"))  # node-1, its holder, is full now
     h.runtime.down.add("node-2")
     await h.scheduler.end_vanished()
     await h.scheduler.maintain()
-    assert h.runtime.pulls == [], "node-2 lacks the image but does not answer"
-    await eventually(lambda: len(h.runtime.starts) == 2, within=10, what="one warm session started")
-    assert {node for node, _ in h.runtime.starts} == {"node-1"}
+    assert h.scheduler.prepull() == [], "node-2 lacks the image but does not answer"
+    await h.settled()
+    assert h.runtime.pulls == []
+    assert [node for node, _ in h.runtime.starts] == ["node-1"], "no room for a warm session"
+
+    h.runtime.down.clear()
+    await h.scheduler.end_vanished()
+    assert [(p.node, p.image) for p in h.scheduler.prepull()] == [("node-2", IMAGE)]
+    await h.settled()
+    assert h.runtime.pulls == [("node-2", IMAGE)], "back: it gets the pre-pull"

@@ -1,10 +1,10 @@
 """Wires the scheduler: settings, the runtime over every node, the recent demand the event log
 holds (popularity, which the warm pool follows), reconciliation, subscriptions,
-and the background loops, supervised by the service runner: one keeps popular images
-pre-pulled and the warm pool filled, one stops sessions over the disk limit, one follows the
-runtime's exits and one reconciles the seats with the sessions the runtime lists, in case an
-exit went unreported. The runner closes the runtime and the HTTP client at the stop, once the
-bus no longer delivers.
+and the background loops, supervised by the service runner: one keeps the warm pool filled, one
+pulls images onto nodes ahead of their launches, one stops sessions over the disk limit, one
+follows the runtime's exits and one reconciles the seats with the sessions the runtime lists,
+in case an exit went unreported. The runner closes the runtime and the HTTP client at the stop,
+once the bus no longer delivers.
 
 One replica is active at a time (the service runner's `one_active`), the others standing by:
 seats, quotas and the warm pool are counted over every node in one process, and the replica
@@ -55,10 +55,12 @@ def main() -> None:
 
 def loops(scheduler: Scheduler) -> list[service.Loop]:
     """The scheduler's background loops. Those whose step waits by itself (for a launch asking
-    for maintenance, for the runtime's next exit) run again as soon as a step ends."""
+    for maintenance, a node found down, the runtime's next exit, or else their interval) run
+    again as soon as a step ends."""
     settings = scheduler.settings
     return [
         service.Loop("maintain", scheduler.maintain_when_due, 0),
+        service.Loop("prepull", scheduler.prepull_when_due, 0),
         service.Loop("disk", scheduler.check_disk, settings.disk_check_interval),
         service.Loop("exits", scheduler.handle_next_exit, 0, close=scheduler.stop_following_exits),
         service.Loop("reconcile", scheduler.end_vanished, settings.reconcile_interval),

@@ -9,7 +9,6 @@ launch orders, stops and abandonments handed to the scheduler.
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from datetime import UTC, datetime, timedelta
 
@@ -42,8 +41,8 @@ async def replay_recent_demand(
     async for event in eventlog.recent(amqp_url, window, {RefResolved.type, ImageBuilt.type}):
         if isinstance(event, RefResolved | ImageBuilt) and event.route == NextStep.LAUNCH:
             kept.append(event)
-    # Popularity counts on a monotonic clock: place each launch as long ago as it happened.
-    now, wall = time.monotonic(), datetime.now(UTC)
+    # Popularity counts on the scheduler's clock: place each launch as long ago as it happened.
+    now, wall = scheduler.clock(), datetime.now(UTC)
     for event in kept:
         ago = (wall - event.time).total_seconds()
         scheduler.popularity.record(

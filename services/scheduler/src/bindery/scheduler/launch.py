@@ -20,10 +20,13 @@ nothing. A session whose server exits by itself (shut down, crashed, killed) giv
 at once and is removed, with a pod-stopped saying why (`exits.py`); a launch still starting
 fails instead. Bindery's own stops say why once.
 
-In the background the scheduler keeps popular images on more nodes and the warm pool filled,
-stops sessions that wrote more than the disk limit (`disk.py`; reason `disk`), follows the
-runtime's exits, and every `BINDERY_RECONCILE_INTERVAL` ends the seats whose session is gone
-without the runtime having said so.
+In the background the scheduler pulls images ahead of their launches (`prepulls.py` decides:
+popular images keep free seats on their holders, recently launched ones keep a holder through
+node churn; one pull a node, never where a launch pulls or starts, and a launch that must pull
+on a node cancels the pre-pull there), keeps the warm pool filled, stops sessions that wrote
+more than the disk limit (`disk.py`; reason `disk`), follows the runtime's exits, and every
+`BINDERY_RECONCILE_INTERVAL` ends the seats whose session is gone without the runtime having
+said so.
 One scheduler process owns the quotas: run a single replica (a restart hands over cleanly).
 
 A node that does not answer the runtime's survey is down: nothing new is placed on it (no launch,
@@ -81,6 +84,7 @@ from bindery.scheduler.cluster import Cluster, Seat
 from bindery.scheduler.disk import over_limit
 from bindery.scheduler.exits import ended_sessions, stop_reason
 from bindery.scheduler.popularity import Popularity, warm_pool_sessions, warm_targets
+from bindery.scheduler.prepulls import Pull, headroom, plan
 from bindery.scheduler.settings import SchedulerSettings
 from bindery.scheduler.starts import Priority, StartLine
 from bindery.sessionnetwork import SessionNetwork
@@ -98,6 +102,13 @@ limit later, starts nothing. Ids are 32 characters: well under a megabyte."""
 EXITS_RETRY_PAUSE = 1.0
 """Before following the runtime's exits again after the stream itself failed, so a stream that
 fails at once does not spin (the loop's next step comes without a pause: exits come in bursts)."""
+
+
+async def _when_due(soon: asyncio.Event, interval: float) -> None:
+    """Until `soon` is set or `interval` seconds passed; `soon` is cleared for the next time."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(soon.wait(), interval)
+    soon.clear()
 
 
 @dataclass(frozen=True)
@@ -186,18 +197,25 @@ class Scheduler:
     _stopping: set[str] = field(default_factory=set)
     """Sessions Bindery is stopping: their exit is its own doing, and it says why itself."""
     _pulls: dict[tuple[str, str], asyncio.Task[None]] = field(default_factory=dict)
+    _prepulling: dict[str, str] = field(default_factory=dict)
+    """node -> image of the pre-pull under way there that no launch waits for (a launch that
+    must pull another image on that node cancels it)."""
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _maintain_soon: asyncio.Event = field(default_factory=asyncio.Event)
+    _prepull_soon: asyncio.Event = field(default_factory=asyncio.Event)
     _exits: AsyncGenerator[Exit, None] | None = None
     """The runtime's exits, followed by `handle_next_exit`."""
     clock: Callable[[], float] = time.monotonic
-    """Seconds on a clock that only goes forward: how long nodes have been down."""
+    """Seconds on a clock that only goes forward: how long nodes have been down, when images
+    were launched (a simulation runs the scheduler on its own virtual clock)."""
     _left_on_down_nodes: set[str] = field(default_factory=set)
     """Sessions ended or stopped while their node did not answer: their containers may still be
     there, to stop when it is back."""
 
     def __post_init__(self) -> None:
-        self.popularity = Popularity(self.settings.popularity_window)
+        self.popularity = Popularity(
+            self.settings.popularity_window, self.settings.prepull_keep, lambda: self.clock()
+        )
         self.network = self.settings.session_network()
         self.admission = Admission(
             self.cluster,
@@ -304,6 +322,7 @@ class Scheduler:
             metrics.NODE_UP.labels(node).set(0 if node in survey.unreachable else 1)
         for node in down:
             log.warning("node.down", node=node, error=survey.unreachable[node])
+            self._prepull_soon.set()  # its images may have no other holder
         # A node that did not answer when the scheduler started has no known memory yet.
         unmeasured = [
             node
@@ -328,6 +347,7 @@ class Scheduler:
         if isinstance(exc, NodeUnreachable) and self.cluster.mark_down(exc.node, self.clock()):
             log.warning("node.down", node=exc.node, error=str(exc))
             metrics.NODE_UP.labels(exc.node).set(0)
+            self._prepull_soon.set()
 
     async def _node_back(self, sessions: list[Session]) -> None:
         """A node answers again: sessions ended while it was down are stopped for good; those
@@ -523,7 +543,8 @@ class Scheduler:
             await self.publish(
                 ImagePulling(launch_id=order.launch_id, node=seat.node, image=order.image)
             )
-            await self._unless_interrupted(progress, self.pull(seat.node, order.image))
+            pull = self.pull(seat.node, order.image, launch=True)
+            await self._unless_interrupted(progress, pull)
         progress.check()  # abandoned while it waited or pulled: start nothing
         with self.starts.join(seat.node, Priority.LAUNCH, order.requested_at) as turn:
             notify = self._notify_queued(order)
@@ -630,16 +651,30 @@ class Scheduler:
             self.cluster.learn_image(node, image, present)
 
     @telemetry.traced("image.pull")
-    async def pull(self, node: str, image: str) -> None:
-        """Pull once per node and image, however many launches wait for it."""
+    async def pull(self, node: str, image: str, *, launch: bool = False) -> None:
+        """Pull once per node and image, however many wait for it. A pre-pull of the image
+        under way on the node becomes theirs (nothing cancels it any more). A launch's pull
+        goes ahead of a pre-pull of another image there: that one is cancelled (and decided
+        again at a later round), so the launch's bytes do not wait behind bytes nobody waits
+        for."""
+        prepulling = self._prepulling.pop(node, None)
+        if prepulling is not None and prepulling != image:
+            if launch and (yielding := self._pulls.get((node, prepulling))) is not None:
+                log.info("image.prepull_cancelled", node=node, image=prepulling, launch=image)
+                yielding.cancel()
+            else:
+                self._prepulling[node] = prepulling
+        await asyncio.shield(self._pull_task(node, image))
+        self.cluster.learn_image(node, image)
+
+    def _pull_task(self, node: str, image: str) -> asyncio.Task[None]:
         task = self._pulls.get((node, image))
         if task is None:
             log.info("image.pulling", node=node, image=image)
             task = asyncio.create_task(self.runtime.pull(node, image))
             self._pulls[(node, image)] = task
             task.add_done_callback(lambda _: self._pulls.pop((node, image), None))
-        await asyncio.shield(task)
-        self.cluster.learn_image(node, image)
+        return task
 
     # --- stops ------------------------------------------------------------------------------
 
@@ -838,31 +873,73 @@ class Scheduler:
     async def maintain_when_due(self) -> None:
         """`maintain` every `maintain_interval`, or as soon as a launch or a stop asks for it
         (the first pass at once): one step of its loop."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._maintain_soon.wait(), self.settings.maintain_interval)
-        self._maintain_soon.clear()
+        await _when_due(self._maintain_soon, self.settings.maintain_interval)
         await self.maintain()
 
     async def maintain(self) -> None:
-        self.fill_pool()  # first: its starts go on in the background while images are pulled
-        await self.prepull()
+        self.fill_pool()
 
-    async def prepull(self) -> None:
-        """Put each popular image on `prepull_nodes` nodes, so later launches rarely pull."""
-        nodes = self._up_nodes()
-        for image in self.popularity.popular(self.settings.prepull_launches):
-            holders = self.cluster.holding(image)
-            wanted = min(self.settings.prepull_nodes, len(nodes)) - len(holders)
-            for node in [n for n in nodes if n not in holders][: max(wanted, 0)]:
-                log.info("image.prepull", node=node, image=image)
-                try:
-                    await self.pull(node, image)
-                except RuntimeError_ as exc:
-                    log.warning("image.prepull_failed", node=node, image=image, error=str(exc))
+    # --- background: pre-pulls --------------------------------------------------------------
+
+    async def prepull_when_due(self) -> None:
+        """`prepull` every `prepull_interval`, or as soon as a node is found down (its images
+        may have no other holder): one step of its loop."""
+        await _when_due(self._prepull_soon, self.settings.prepull_interval)
+        self.prepull()
+
+    def prepull(self) -> list[Pull]:
+        """Start this round's pre-pulls (`prepulls.plan` decides) in the background; return
+        them. Nodes busy with a pull (one a node) or a start in their line get none: launches
+        there go first. A pull that fails is logged; the next round decides its image again."""
+        reservation = self.settings.memory_reservation
+        free_seats = {
+            node: max(self.cluster.free(node), 0) // reservation
+            for node in self._up_nodes()
+            if self.cluster.capacity.get(node)
+        }
+        pulling: dict[str, set[str]] = {}
+        for node, image in self._pulls:
+            pulling.setdefault(image, set()).add(node)
+        busy = {node for node, _ in self._pulls} | set(self.starts.running)
+        busy |= set(self.starts.waiting)
+        settings = self.settings
+        wanted = headroom(
+            self.popularity.counts(),
+            settings.prepull_launches,
+            settings.popularity_window,
+            settings.prepull_lead,
+        )
+        pulls = plan(
+            free_seats, busy, self.cluster.holders, pulling, self.popularity.kept(), wanted
+        )
+        for pull in pulls:
+            log.info("image.prepull", node=pull.node, image=pull.image, rule=pull.rule.value)
+            self._prepulling[pull.node] = pull.image
+            self.background(self._prepull(pull))
+        return pulls
+
+    async def _prepull(self, pull: Pull) -> None:
+        task = self._pull_task(pull.node, pull.image)
+        try:
+            await asyncio.shield(task)
+        except (RuntimeError_, aiohttp.ClientError) as exc:
+            log.warning("image.prepull_failed", node=pull.node, image=pull.image, error=str(exc))
+            self._down_if_unreachable(exc)
+            return
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise  # the scheduler stops: not the pull's doing
+            return  # a launch went ahead (`pull`)
+        finally:
+            if self._prepulling.get(pull.node) == pull.image:
+                del self._prepulling[pull.node]
+        self.cluster.learn_image(pull.node, pull.image)
 
     def warm_pool_sessions(self) -> int:
         """How many warm sessions the pool's share of the answering nodes' memory holds, each
         counted at what an unclaimed one holds (`warm_session_memory`)."""
+        if not self.settings.warm_pool_share:
+            return 0  # no pool: spare a sum over every node after every launch and stop
         capacity = sum(self.cluster.capacity.get(node, 0) for node in self._up_nodes())
         return warm_pool_sessions(
             capacity, self.settings.warm_pool_share, self.settings.warm_session_memory

@@ -84,13 +84,30 @@ class SchedulerSettings(CapacitySettings, PackageIndexSettings):
     """Launches counted for popularity (warm pool, pre-pulls) within this many seconds."""
 
     prepull_launches: int = Field(default=3, ge=1)
-    """Launches within the popularity window that make an image popular enough to pre-pull."""
+    """Launches within the popularity window that make an image popular: its holders keep free
+    seats for its next launches (`prepull_lead`)."""
 
-    prepull_nodes: int = Field(default=3, ge=1)
-    """How many nodes a popular image is kept on; more nodes make pulls at launch rarer."""
+    prepull_lead: float = Field(default=120.0, ge=0)
+    """Seconds of a popular image's launches (at its rate within the popularity window) its
+    holders keep free seats for; when they fall short, it is pulled onto the emptiest nodes
+    without it. Two minutes: about the time a pull onto another node takes (a 2 GB image at
+    50-150 MB/s is 15-40 s, behind that node's other pulls), with room for a burst. In the
+    placement simulation (`bench/results/placement.json`) this brings launches needing no pull
+    to within half a point of what any placement could reach."""
+
+    prepull_keep: float = Field(default=6 * 3600.0, ge=0)
+    """An image launched within this many seconds is pulled onto another node as soon as every
+    node known to hold it left or stopped answering, so its next launch does not pull. Six
+    hours: a repository launched a few times a day keeps its image on some node through the
+    churn of the nodes (0: no image is kept)."""
+
+    prepull_interval: float = Field(default=30.0, gt=0)
+    """How often the pre-pulls are decided (a node found down starts a round at once). Each
+    round looks at every image launched within `prepull_keep`; pulls run in the background, one
+    a node, never where a launch pulls or starts."""
 
     maintain_interval: float = 30.0
-    """How often the warm pool and pre-pulls are brought up to date (also after each launch)."""
+    """How often the warm pool is brought up to date (also after each launch and stop)."""
 
     reconcile_interval: float = Field(default=30.0, gt=0)
     """How often the seats are compared with the sessions the runtime lists, so a session whose
