@@ -39,7 +39,7 @@ from placement_sim import (
     scheduler_settings,
     simulate,
 )
-from reporting import write_report
+from reporting import percentile, write_report
 
 from bindery import logs
 
@@ -47,10 +47,6 @@ REPO = Path(__file__).resolve().parents[1]
 LAUNCHES = int(os.environ.get("BENCH_LAUNCHES", "60000"))
 REASONS = ("first_launch", "churn", "full", "in_flight")
 GOAL_NO_PULL = 0.9
-
-
-def percentile(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if values else 0.0
 
 
 def measure(
@@ -69,9 +65,9 @@ def measure(
         "pulled_because": {why: round(reasons[why] / len(counted), 4) for why in REASONS},
         "failed": sum(1 for o in counted if o.failed),
         "launch_s": {
-            "p50": round(percentile(times, 50), 2),
-            "p90": round(percentile(times, 90), 2),
-            "p99": round(percentile(times, 99), 2),
+            "p50": round(percentile(times, 0.50), 2),
+            "p90": round(percentile(times, 0.90), 2),
+            "p99": round(percentile(times, 0.99), 2),
             "mean": round(statistics.fmean(times), 2),
         },
         "pulled_tb": {
