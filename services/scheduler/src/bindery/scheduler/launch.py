@@ -29,11 +29,14 @@ more than the disk limit (`disk.py`; reason `disk`), follows the runtime's exits
 said so.
 One scheduler process owns the quotas: run a single replica (a restart hands over cleanly).
 
-A node that does not answer the runtime's survey is down: nothing new is placed on it (no launch,
-warm session or pre-pull), its seats are kept, and once it has been down longer than
-`BINDERY_NODE_LOST_SECONDS` its sessions are ended as lost (pod-stopped `node_lost`). A node that
-comes back is used again: what it still runs that was ended meanwhile is stopped, and sessions
-the scheduler never knew (it started while the node was down) are adopted.
+A node that cannot be reached, or does not answer its ping (`watch_nodes`, every second), is
+down: nothing new is placed on it (no launch, warm session or pre-pull), nothing is asked of it,
+its seats are kept, and once it has been down longer than `BINDERY_NODE_LOST_SECONDS` its
+sessions are ended as lost (pod-stopped `node_lost`). A node that answers late but answers its
+ping is busy, not down: what it did not say is unknown (not a holder of the image, its sessions
+not gone). A node that comes back is used again at once: what it still runs that was ended
+meanwhile (or said stopped before this scheduler started) is stopped quietly, and sessions the
+scheduler never knew (it started while the node was down) are adopted.
 """
 
 from __future__ import annotations
