@@ -152,3 +152,20 @@ async def test_a_session_said_lost_before_a_restart_is_not_said_stopped_again_wh
     await after.settled()
     assert lost not in after.runtime.containers, "its container removed"
     assert after.of(PodStopped) == [], "said stopped once, before the restart"
+
+
+async def test_sessions_of_a_node_too_busy_to_list_them_at_start_are_taken_over_later(
+    make: Make,
+) -> None:
+    h: Harness = await make(node_memory=4 * GiB)
+    for name, node in (("quick", "node-1"), ("late", "node-2")):
+        h.runtime.containers[name] = h.runtime.session(name, node)
+    h.runtime.busy.add("node-2")
+    await h.scheduler.reconcile()
+    assert set(h.scheduler.cluster.seats) == {"quick"}
+    assert h.scheduler.cluster.down_since == {}, "busy, not down"
+
+    h.runtime.busy.clear()
+    assert await h.scheduler.end_vanished() == []
+    assert set(h.scheduler.cluster.seats) == {"quick", "late"}, "taken over once listed"
+    assert h.of(PodStopped) == []

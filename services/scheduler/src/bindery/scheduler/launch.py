@@ -221,6 +221,9 @@ class Scheduler:
     _left_on_down_nodes: set[str] = field(default_factory=set)
     """Sessions ended or stopped while their node did not answer: their containers may still be
     there, to stop when it is back."""
+    _unlisted: set[str] = field(default_factory=set)
+    """Nodes whose listing came too late at start (busy, or hung): their sessions are taken
+    over by the first survey that lists them, as a node's that comes back."""
     ended_before: set[str] = field(default_factory=set)
     """Sessions whose pod-stopped the event log held at start (`handlers.replay_recent`): one a
     node still holds (it was down meanwhile) is removed quietly, not said stopped again."""
@@ -290,7 +293,9 @@ class Scheduler:
         back for. A node that does not answer is down; its sessions are taken over if it comes
         back (`_node_back`).
         """
-        for session in (await self._survey()).sessions:
+        survey = await self._survey()
+        self._unlisted = set(survey.unanswered)
+        for session in survey.sessions:
             try:
                 await self._take_over(session)
             except (RuntimeError_, aiohttp.ClientError) as exc:
@@ -356,10 +361,13 @@ class Scheduler:
         if unmeasured:
             memories = await node_memories(self.runtime, self.settings.node_memory, unmeasured)
             self.cluster.capacity.update(memories)
-        for node in back:
-            log.info("node.back", node=node)
+        listed = set(self.runtime.node_names()) - set(survey.unreachable) - set(survey.unanswered)
+        first_listed = sorted((self._unlisted & listed) - set(back))
+        self._unlisted -= listed
+        for node in back + first_listed:
+            log.info("node.back" if node in back else "node.listed", node=node)
             await self._node_back([s for s in survey.sessions if s.node == node])
-        if back or unmeasured:
+        if back or first_listed or unmeasured:
             self.admission.pump()  # room again for launches waiting in the queue
             self._maintain_soon.set()  # and for the warm pool and pre-pulls
         return survey
