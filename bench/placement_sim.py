@@ -34,7 +34,7 @@ import heapq
 import itertools
 import random
 import selectors
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -173,7 +173,7 @@ class SimRuntime:
     async def list_warm(self) -> list[Session]:
         return []
 
-    async def get(self, key: str) -> Session | None:
+    async def get(self, key: str, skip: Collection[str] = ()) -> Session | None:
         return self.sessions.get(key)
 
     def _node(self, name: str) -> SimNode:
@@ -228,7 +228,7 @@ class SimRuntime:
     async def claim(self, warm: Session, key: str) -> Session:
         raise RuntimeError_("the simulation runs without a warm pool")
 
-    async def stop(self, name: str) -> bool:
+    async def stop(self, name: str, skip: Collection[str] = ()) -> bool:
         return self.sessions.pop(name, None) is not None
 
     async def exits(self) -> AsyncGenerator[Exit, None]:

@@ -5,9 +5,11 @@ In: a name and a directory. Out: a `podman system service` over storage of its o
 directory (root, run root and tmp dir, as scripts/infra.sh starts node-2 and up), answering on
 `url`; `kill` ends the service alone (its containers live on under conmon, as when only the
 service crashes), `power_off` ends everything of the node at once (the service, each
-container's conmon and the container's processes: a machine that lost its power), `start`
-starts the service again over the same storage, `remove` takes away its containers, images,
-processes and mounts. Every process it ends is one it started or one of its own containers'.
+container's conmon and the container's processes: a machine that lost its power), `hang`
+stops the service's processes (SIGSTOP: its socket still takes connections, nothing answers
+them) and `resume` lets them go on, `start` starts the service again over the same storage,
+`remove` takes away its containers, images, processes and mounts. Every process it ends is
+one it started or one of its own containers'.
 """
 
 from __future__ import annotations
@@ -90,6 +92,24 @@ class PrivateNode:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
         self.process = None
+
+    def hang(self) -> None:
+        """The node's service stops answering, its socket still open (SIGSTOP to its group).
+        Returns once every thread of the service has stopped: until then a Go thread still
+        running may answer a request or two."""
+        assert self.process is not None and self.process.poll() is None, "not running"
+        os.killpg(self.process.pid, signal.SIGSTOP)
+        tasks = Path(f"/proc/{self.process.pid}/task")
+        deadline = time.monotonic() + NODE_ANSWERS_WITHIN
+        while not all("\nState:\tT" in (task / "status").read_text() for task in tasks.iterdir()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name}'s service did not stop")
+            time.sleep(0.01)
+
+    def resume(self) -> None:
+        """The hung service goes on (SIGCONT), answering what waited meanwhile."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGCONT)
 
     def container_processes(self) -> list[int]:
         """The conmon and the main process of each container the node's storage says runs."""

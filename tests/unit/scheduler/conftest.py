@@ -1,14 +1,16 @@
 """The scheduler against a fake runtime (sessions in a dict, exits on a queue, as podman reports
-them; nodes in `down` do not answer) and a local HTTP server answering for every session's
-Jupyter; events go to a list."""
+them; nodes in `down` cannot be reached, nodes in `hung` take requests and never answer them,
+nodes in `busy` answer their ping but not their lookups in time) and a local HTTP server
+answering for every session's Jupyter; events go to a list."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TypeVar
 
 import aiohttp
@@ -16,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from bindery.events import Event, RepoConfig
-from bindery.runtimes import NodeUnreachable, Session, SessionSpec, Survey
+from bindery.runtimes import NodeTimedOut, NodeUnreachable, Session, SessionSpec, Survey
 from bindery.runtimes.base import DiskUsage, Exit, NodeCheck
 from bindery.scheduler.launch import LaunchOrder, Scheduler
 from bindery.scheduler.settings import SchedulerSettings
@@ -42,28 +44,58 @@ class FakeRuntime:
     streams: int = 0
     """How many times `exits` was (re)started."""
     down: set[str] = field(default_factory=set)
-    """Nodes that do not answer: their sessions are neither listed nor stopped, as with podman."""
+    """Nodes that cannot be reached: their sessions are neither listed nor stopped, as with
+    podman."""
+    hung: set[str] = field(default_factory=set)
+    """Nodes whose service is stopped: every request, ping too, gets no answer within its bound."""
+    busy: set[str] = field(default_factory=set)
+    """Nodes whose storage lock is held: they answer their ping, lookups time out."""
+    lookup_seconds: float = 0.3
+    """The fake's lookup bound (podman's is NODE_LOOKUP_SECONDS)."""
+    ping_seconds: float = 0.1
+    """The fake's ping bound (podman's is NODE_PING_SECONDS)."""
+    asked: list[tuple[str, str]] = field(default_factory=list)
+    """(node, what) for every lookup a node was sent."""
 
     def node_names(self) -> list[str]:
         return list(self.images)
 
     def node_checks(self) -> dict[str, NodeCheck]:
-        return {}
+        return {node: partial(self._ping, node) for node in self.images}
+
+    async def _ping(self, node: str) -> bool:
+        self._check(node)
+        if node in self.hung:
+            await asyncio.sleep(self.ping_seconds)
+            raise NodeUnreachable(node, NodeTimedOut(node, self.ping_seconds))
+        return True
 
     async def node_memory(self, node: str) -> int:
-        self._check(node)
+        await self._lookup(node, "memory")
         return 2 * GiB
 
     def _answering(self) -> dict[str, Session]:
-        return {k: s for k, s in self.containers.items() if s.node not in self.down}
+        late = self.down | self.hung | self.busy
+        return {k: s for k, s in self.containers.items() if s.node not in late}
 
     def _check(self, node: str) -> None:
         if node in self.down:
             raise NodeUnreachable(node, ConnectionRefusedError("connection refused"))
 
+    async def _lookup(self, node: str, what: str) -> None:
+        self.asked.append((node, what))
+        self._check(node)
+        if node in self.hung | self.busy:
+            await asyncio.sleep(self.lookup_seconds)
+            raise NodeTimedOut(node, self.lookup_seconds)
+
     async def survey(self) -> Survey:
         unreachable = {node: "connection refused" for node in self.down}
-        return Survey(list(self._answering().values()), unreachable)
+        late = self.hung | self.busy
+        if late:
+            await asyncio.sleep(self.lookup_seconds)
+        unanswered = {node: "no answer in time" for node in late}
+        return Survey(list(self._answering().values()), unreachable, unanswered)
 
     async def list_sessions(self) -> list[Session]:
         for node in self.down:
@@ -75,11 +107,15 @@ class FakeRuntime:
             self._check(node)
         return [s for s in self.containers.values() if s.warm]
 
-    async def get(self, key: str) -> Session | None:
-        return self._answering().get(key)
+    async def get(self, key: str, skip: Collection[str] = ()) -> Session | None:
+        found = self._answering().get(key)
+        late = [node for node in self.images if node not in skip and node in self.hung | self.busy]
+        if found is None and late:
+            await asyncio.gather(*(self._lookup(node, "get") for node in late))
+        return found
 
     async def has_image(self, node: str, image: str) -> bool:
-        self._check(node)
+        await self._lookup(node, "image")
         return image in self.images[node]
 
     async def pull(self, node: str, image: str) -> None:
@@ -99,7 +135,10 @@ class FakeRuntime:
         self.containers[key] = session
         return session
 
-    async def stop(self, name: str) -> bool:
+    async def stop(self, name: str, skip: Collection[str] = ()) -> bool:
+        for node in self.hung | self.busy:
+            if node not in skip:
+                await self._lookup(node, "stop")
         keys = [k for k, s in self._answering().items() if s.name == name]
         for key in keys:
             stopped = self.containers.pop(key)
@@ -195,8 +234,11 @@ E = TypeVar("E", bound=Event)
 async def make(jupyter: str) -> AsyncIterator[Make]:
     sessions: list[aiohttp.ClientSession] = []
 
-    async def build(*, down: tuple[str, ...] = (), **overrides: Any) -> Harness:
-        """A scheduler over the fake runtime, created while the nodes in `down` do not answer."""
+    async def build(
+        *, down: tuple[str, ...] = (), hung: tuple[str, ...] = (), **overrides: Any
+    ) -> Harness:
+        """A scheduler over the fake runtime, created while the nodes in `down` cannot be
+        reached and those in `hung` never answer."""
         # No warm pool unless a test asks for one: tests count starts and sessions. A warm
         # session counts 1 GiB of the pool's budget, so a test's share reads as whole seats.
         defaults: dict[str, Any] = {
@@ -206,7 +248,7 @@ async def make(jupyter: str) -> AsyncIterator[Make]:
             "warm_session_memory": GiB,
         }
         settings = SchedulerSettings(**(defaults | overrides))
-        runtime = FakeRuntime(jupyter, down=set(down))
+        runtime = FakeRuntime(jupyter, down=set(down), hung=set(hung))
         events: list[Event] = []
 
         async def publish(event: Event) -> None:

@@ -4,7 +4,7 @@ fake runtime: stop those over with reason `disk` and say so, leave the rest runn
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -92,7 +92,7 @@ class FakeRuntime:
             for name, written in self.written[node].items()
         ]
 
-    async def stop(self, name: str) -> bool:
+    async def stop(self, name: str, skip: Collection[str] = ()) -> bool:
         self.stopped.append(name)
         return any(node.pop(name, None) is not None for node in self.written.values())
 

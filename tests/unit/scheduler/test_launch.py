@@ -255,4 +255,11 @@ async def test_the_runner_supervises_the_schedulers_loops_at_their_intervals(mak
     declared = {loop.name: loop.interval for loop in app.loops(h.scheduler)}
     # Maintenance, pre-pulls and exits wait inside their steps (for a launch, for a node found
     # down or their own interval, for the runtime's next exit).
-    assert declared == {"maintain": 0, "prepull": 0, "disk": 7, "exits": 0, "reconcile": 9}
+    assert declared == {
+        "maintain": 0,
+        "prepull": 0,
+        "disk": 7,
+        "exits": 0,
+        "reconcile": 9,
+        "nodes": 1,
+    }

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from bindery.bus import eventlog
-from bindery.events import Event, ImageBuilt, PodReady, RefResolved
+from bindery.events import Event, ImageBuilt, PodReady, PodStopped, RefResolved
 from bindery.runtimes import Session, SessionSpec
 from bindery.scheduler import handlers
 from bindery.scheduler.popularity import warm_pool_sessions, warm_targets
@@ -164,9 +164,9 @@ async def test_a_restarted_scheduler_reads_recent_demand_back(
 
     monkeypatch.setattr(eventlog, "recent", recent)
     h: Harness = await make(warm_pool_share=1)
-    replayed = await handlers.replay_recent_demand("amqp://", h.scheduler, timedelta(hours=1))
+    replayed = await handlers.replay_recent("amqp://", h.scheduler, timedelta(hours=1))
     assert replayed == 3
-    assert asked == [(timedelta(hours=1), {RefResolved.type, ImageBuilt.type})]
+    assert asked == [(timedelta(hours=1), {RefResolved.type, ImageBuilt.type, PodStopped.type})]
     popularity = h.scheduler.popularity
     assert popularity.counts() == {IMAGE: 2, "built:1": 1}
     assert popularity.envs["built:1"] == built.context.session_env, (
@@ -195,5 +195,5 @@ async def test_replay_keeps_the_newest_launches_when_over_its_limit(
 
     monkeypatch.setattr(eventlog, "recent", recent)
     h: Harness = await make()
-    assert await handlers.replay_recent_demand("amqp://", h.scheduler, timedelta(hours=1), 3) == 3
+    assert await handlers.replay_recent("amqp://", h.scheduler, timedelta(hours=1), 3) == 3
     assert set(h.scheduler.popularity.counts()) == {"image:7", "image:8", "image:9"}

@@ -3,6 +3,7 @@
 from bindery.runtimes.base import (
     Limits,
     NodeCheck,
+    NodeTimedOut,
     NodeUnreachable,
     Runtime,
     RuntimeError_,
@@ -28,6 +29,7 @@ __all__ = [
     "KubernetesRuntime",
     "Limits",
     "NodeCheck",
+    "NodeTimedOut",
     "NodeUnreachable",
     "PodmanRuntime",
     "Runtime",

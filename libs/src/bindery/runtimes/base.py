@@ -15,7 +15,7 @@ variables of its image's latest launch and claimed only by a launch whose variab
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol, TypedDict
@@ -42,11 +42,21 @@ class RuntimeError_(Exception):
 
 
 class NodeUnreachable(RuntimeError_):
-    """A node did not answer at all (its socket gone, its service dead or hung), as opposed to
-    answering with an error."""
+    """A node is down: it could not be reached at all (its socket gone, its service dead), or
+    did not answer its ping in time (its service hung), as opposed to answering with an error."""
 
     def __init__(self, node: str, error: BaseException) -> None:
         super().__init__(f"{node} does not answer: {str(error) or type(error).__name__}")
+        self.node = node
+
+
+class NodeTimedOut(RuntimeError_):
+    """A node took a request but did not answer it within its bound. Busy (podman answers what
+    takes its storage lock late while a big pull or a build's commit holds it) or hung: what
+    it would have said is unknown, and whether it is down only its ping tells."""
+
+    def __init__(self, node: str, seconds: float) -> None:
+        super().__init__(f"{node} did not answer within {seconds:g} s")
         self.node = node
 
 
@@ -221,8 +231,12 @@ class Survey:
 
     sessions: list[Session]
     unreachable: dict[str, str] = field(default_factory=dict)
-    """Node name -> why it did not answer (its socket gone, its service dead or hung). Their
+    """Node name -> why it could not be reached (its socket gone, its service dead): down. Its
     sessions are missing from `sessions`: unknown, not ended."""
+    unanswered: dict[str, str] = field(default_factory=dict)
+    """Node name -> why its listing did not come back within the lookup bound (busy or hung:
+    only its ping tells which). Its sessions are missing from `sessions` too, unknown; the node
+    is not down for it."""
 
 
 NodeCheck = Callable[[], Awaitable[bool]]
@@ -256,9 +270,10 @@ class Runtime(Protocol):
         """Warm sessions not yet claimed; raises, as `list_sessions`, if a node does not answer."""
         ...
 
-    async def get(self, key: str) -> Session | None:
+    async def get(self, key: str, skip: Collection[str] = ()) -> Session | None:
         """The session started or claimed under `key` (a launch's session name), on any node
-        that answers."""
+        that answers, all asked at once, but those in `skip` (known down). Raises `NodeTimedOut`
+        when no node has it but one did not answer in time: it may be there."""
         ...
 
     async def has_image(self, node: str, image: str) -> bool: ...
@@ -271,9 +286,10 @@ class Runtime(Protocol):
         """Hand a warm session to the launch whose session name is `key`."""
         ...
 
-    async def stop(self, name: str) -> bool:
-        """Stop and remove the session named `name` on the nodes that answer; False if none
-        existed there."""
+    async def stop(self, name: str, skip: Collection[str] = ()) -> bool:
+        """Stop and remove the session named `name` on the nodes that answer but those in `skip`
+        (known down); False if none existed there. Raises `NodeTimedOut` if a node did not say
+        in time whether it runs a copy."""
         ...
 
     async def disk_usage(self, node: str) -> list[DiskUsage]:

@@ -7,6 +7,7 @@ quota. The scheduler admits by the first; the gateway sizes per-client limits by
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 
 import aiohttp
@@ -22,17 +23,19 @@ async def node_memories(
     runtime: Runtime, node_memory: int, nodes: Iterable[str] | None = None
 ) -> dict[str, int]:
     """Bytes of reservations each node (all, or `nodes`) accepts: `node_memory` if set, else
-    what it reports."""
-    memories = {}
-    for node in runtime.node_names() if nodes is None else nodes:
+    what it reports, all nodes asked at once (a hung one costs its lookup's bound, once)."""
+
+    async def memory(node: str) -> int:
         try:
-            memories[node] = node_memory or await runtime.node_memory(node)
+            return node_memory or await runtime.node_memory(node)
         except (RuntimeError_, aiohttp.ClientError, OSError) as exc:
-            # A node that is down gets no sessions until it is asked again (the scheduler does
-            # when it answers again).
+            # A node that is down or late gets no sessions until it is asked again (the
+            # scheduler does as soon as it answers its ping).
             log.error("node.unreachable", node=node, error=str(exc))
-            memories[node] = 0
-    return memories
+            return 0
+
+    names = list(runtime.node_names() if nodes is None else nodes)
+    return dict(zip(names, await asyncio.gather(*map(memory, names)), strict=True))
 
 
 def sessions_fitting(memories: dict[str, int], settings: CapacitySettings) -> int:

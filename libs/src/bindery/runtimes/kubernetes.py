@@ -48,7 +48,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Collection
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -254,7 +254,8 @@ class KubernetesRuntime:
     async def list_warm(self) -> list[Session]:
         return [session for session in await self._all() if session.warm]
 
-    async def get(self, key: str) -> Session | None:
+    async def get(self, key: str, skip: Collection[str] = ()) -> Session | None:
+        # The API server answers for every node: nothing to skip.
         pods = await self._list(f"{LABEL_INSTANCE}={self._instance},{LABEL_KEY}={key}")
         return _session_from_pod(pods[0]) if pods else None
 
@@ -397,8 +398,9 @@ class KubernetesRuntime:
             raise _error(f"deleting pod {pod_name}", exc) from exc
         return True
 
-    async def stop(self, name: str) -> bool:
-        # Two seconds, as podman's stop: Jupyter has nothing to save, the user's files go anyway.
+    async def stop(self, name: str, skip: Collection[str] = ()) -> bool:
+        # The API server deletes the pod whatever its node's state: nothing to skip. Two
+        # seconds, as podman's stop: Jupyter has nothing to save, the user's files go anyway.
         return await self._delete(self._pod_name(name), grace_seconds=2)
 
     async def _ca_config_map(self, ca_bundle: str) -> str:

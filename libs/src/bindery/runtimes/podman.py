@@ -24,6 +24,14 @@ A node that does not answer (its socket gone, its service dead or hung) fails on
 asked of it: `survey` covers the nodes that answer and names the others (`list_sessions` and
 `list_warm`, which promise every session, fail instead), `get` and `stop` look on the others,
 and its event stream is read again until it is back.
+
+Time bounds: podman answers a lookup (ping, memory, a listing, an inspect, whether it has an
+image) in milliseconds, so lookups get `NODE_LOOKUP_SECONDS` and a ping `NODE_PING_SECONDS`: a
+hung node (its service stopped: connections accepted, never answered) costs a caller that
+long, not the slow calls' bound. What asks several nodes asks them all at once. A lookup that
+times out raises `NodeTimedOut` (the answer is unknown; the node may only be busy), a ping that
+times out `NodeUnreachable` (down): only the ping, which podman answers without its storage
+lock, tells a hung node from a busy one.
 """
 
 from __future__ import annotations
@@ -32,8 +40,8 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from dataclasses import replace
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -49,6 +57,7 @@ from bindery.runtimes.base import (
     DiskUsage,
     Exit,
     NodeCheck,
+    NodeTimedOut,
     NodeUnreachable,
     RuntimeError_,
     Session,
@@ -64,9 +73,22 @@ from bindery.sessionnetwork import CA_PATH
 API = "/v1.41"
 LIBPOD_API = "/v4.0.0/libpod"
 """Podman's own API, for what the Docker-compatible one lacks: event filters by label."""
-UNREACHABLE = (aiohttp.ClientConnectionError, OSError, TimeoutError)
-"""How a node that does not answer fails a request: its socket gone, nobody listening on it,
-or no answer within the request's time. A node that answers with an error is not among them."""
+UNREACHABLE = (aiohttp.ClientConnectionError, OSError)
+"""How a node that cannot be reached fails a request: its socket gone, nobody listening on it.
+A node that answers with an error is not among them, nor one that answers late (`NodeTimedOut`;
+TimeoutError is an OSError: it is told apart first)."""
+NODE_PING_SECONDS = 5.0
+"""Bound on a node's ping (`/_ping`), past which it is down. Podman answers it without taking
+its storage lock: about 1 ms idle, and still within milliseconds while a multi-GB pull or a
+build's commit keeps that lock busy, so a node that misses 5 s is hung or gone, not busy."""
+NODE_LOOKUP_SECONDS = 10.0
+"""Bound on a lookup (memory, container listings and inspects, whether it has an image): a
+few ms idle; those that take the storage lock wait seconds behind a big pull or a build's commit
+on the same storage. 10 s is met by a healthy node under that load and is what a hung node
+costs a launch at most, once: by then its pings have failed and it is skipped."""
+NODE_SLOW_CALL_SECONDS = 120.0
+"""Bound on what really takes a node time: a pull, a container's creation, start, rename, stop
+or removal, a listing with disk sizes (a walk of every session's files)."""
 EVENTS_RECONNECT_DELAY = 1.0
 """Pause before reading a node's events again after the stream broke (node restarting)."""
 
@@ -94,20 +116,34 @@ class PodmanNode:
         self.publish = query.get("publish", ["127.0.0.1"])[-1]
         self._session = aiohttp.ClientSession(
             connector=aiohttp.UnixConnector(path=parts.path),
-            timeout=aiohttp.ClientTimeout(total=120),
+            timeout=aiohttp.ClientTimeout(total=NODE_SLOW_CALL_SECONDS),
         )
 
     async def request(
-        self, method: str, path: str, *, body: Any = None, ok: tuple[int, ...] = (200,)
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        ok: tuple[int, ...] = (200,),
+        within: float = NODE_SLOW_CALL_SECONDS,
     ) -> Any:
+        url = f"http://node{API}{path}"
+        bound = aiohttp.ClientTimeout(total=within)
         try:
-            async with self._session.request(method, f"http://node{API}{path}", json=body) as resp:
+            async with self._session.request(method, url, json=body, timeout=bound) as resp:
                 text = await resp.text()
+        except TimeoutError as exc:
+            raise NodeTimedOut(self.name, within) from exc
         except UNREACHABLE as exc:
             raise NodeUnreachable(self.name, exc) from exc
         if resp.status not in ok:
             raise RuntimeError_(f"{self.name}: {method} {path} -> {resp.status}: {text[:500]}")
         return json.loads(text) if text.strip().startswith(("{", "[")) else None
+
+    async def lookup(self, path: str, *, ok: tuple[int, ...] = (200,)) -> Any:
+        """A GET that podman answers in milliseconds, within `NODE_LOOKUP_SECONDS`."""
+        return await self.request("GET", path, ok=ok, within=NODE_LOOKUP_SECONDS)
 
     def raw(self, method: str, path: str) -> Any:
         return self._session.request(method, f"http://node{API}{path}")
@@ -118,7 +154,11 @@ class PodmanNode:
         return self._session.request("GET", f"http://node{LIBPOD_API}{path}", timeout=endless)
 
     async def ping(self) -> bool:
-        await self.request("GET", "/_ping")
+        """True, or `NodeUnreachable`: a node that does not answer its ping in time is down."""
+        try:
+            await self.request("GET", "/_ping", within=NODE_PING_SECONDS)
+        except NodeTimedOut as exc:
+            raise NodeUnreachable(self.name, exc) from exc
         return True
 
     async def publish_address(self) -> str:
@@ -150,7 +190,7 @@ class PodmanRuntime:
         return {name: node.ping for name, node in self.nodes.items()}
 
     async def node_memory(self, node: str) -> int:
-        info = await self.nodes[node].request("GET", "/info")
+        info = await self.nodes[node].lookup("/info")
         return int(info["MemTotal"])
 
     async def close(self) -> None:
@@ -164,42 +204,52 @@ class PodmanRuntime:
     def _filters(self, *labels: str) -> str:
         return quote(json.dumps({"label": [self._instance_label, *labels]}))
 
-    async def _find(
-        self, *labels: str
-    ) -> tuple[list[tuple[PodmanNode, dict[str, Any]]], dict[str, str]]:
-        """Inspect every container of this instance carrying all `labels`, on every node that
-        answers; and the nodes that did not, with why. One dead node hides only its own."""
+    async def _find(self, *labels: str, skip: Collection[str] = ()) -> _Found:
+        """Inspect every container of this instance carrying all `labels`, on every node but
+        those in `skip`, all asked at once; and the nodes that did not answer, with why. One
+        dead or hung node hides only its own."""
+        nodes = [node for node in self.nodes.values() if node.name not in skip]
         filters = self._filters(*labels)
-        found = []
-        unreachable = {}
-        for node in self.nodes.values():
+        answers = await asyncio.gather(
+            *(self._inspect_all(node, filters) for node in nodes), return_exceptions=True
+        )
+        found = _Found()
+        for node, answer in zip(nodes, answers, strict=True):
+            if isinstance(answer, NodeUnreachable):
+                found.unreachable[node.name] = str(answer)
+            elif isinstance(answer, NodeTimedOut):
+                found.unanswered[node.name] = str(answer)
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                found.containers += ((node, detail) for detail in answer)
+        return found
+
+    async def _inspect_all(self, node: PodmanNode, filters: str) -> list[dict[str, Any]]:
+        listed = await node.lookup(f"/containers/json?all=true&filters={filters}")
+        details = []
+        for item in listed:
             try:
-                listed = await node.request("GET", f"/containers/json?all=true&filters={filters}")
-            except NodeUnreachable as exc:
-                unreachable[node.name] = str(exc)
-                continue
-            for item in listed:
-                try:
-                    detail = await node.request("GET", f"/containers/{item['Id']}/json")
-                except RuntimeError_ as exc:
-                    # Removed since the listing: podman answers 500 "no such container".
-                    if "no such container" in str(exc):
-                        continue
+                details.append(await node.lookup(f"/containers/{item['Id']}/json"))
+            except RuntimeError_ as exc:
+                # Removed since the listing: podman answers 500 "no such container".
+                if NO_SUCH_CONTAINER not in str(exc):
                     raise
-                found.append((node, detail))
-        return found, unreachable
+        return details
 
     async def survey(self) -> Survey:
-        found, unreachable = await self._find()
+        found = await self._find()
         sessions = [
-            _session_from_inspect(node.name, detail, self._warm_name) for node, detail in found
+            _session_from_inspect(node.name, detail, self._warm_name)
+            for node, detail in found.containers
         ]
-        return Survey(sessions, unreachable)
+        return Survey(sessions, found.unreachable, found.unanswered)
 
     async def _all(self) -> list[Session]:
         survey = await self.survey()
-        if survey.unreachable:
-            raise RuntimeError_(f"nodes not answering: {survey.unreachable}")
+        if survey.unreachable or survey.unanswered:
+            missing = {**survey.unreachable, **survey.unanswered}
+            raise RuntimeError_(f"nodes not answering: {missing}")
         return survey.sessions
 
     async def list_sessions(self) -> list[Session]:
@@ -208,21 +258,29 @@ class PodmanRuntime:
     async def list_warm(self) -> list[Session]:
         return [session for session in await self._all() if session.warm]
 
-    async def get(self, key: str) -> Session | None:
-        container = quote(self._container_name(key))
-        for node in self.nodes.values():
-            try:
-                detail = await node.request("GET", f"/containers/{container}/json", ok=(200, 404))
-            except NodeUnreachable as exc:
-                log.warning("node.unreachable", node=node.name, error=str(exc))
-                continue
-            if detail and "Id" in detail:
-                return _session_from_inspect(node.name, detail, self._warm_name)
+    async def get(self, key: str, skip: Collection[str] = ()) -> Session | None:
+        path = f"/containers/{quote(self._container_name(key))}/json"
+        nodes = [node for node in self.nodes.values() if node.name not in skip]
+        answers = await asyncio.gather(
+            *(node.lookup(path, ok=(200, 404)) for node in nodes), return_exceptions=True
+        )
+        late = None
+        for node, answer in zip(nodes, answers, strict=True):
+            if isinstance(answer, NodeUnreachable):
+                log.warning("node.unreachable", node=node.name, error=str(answer))
+            elif isinstance(answer, NodeTimedOut):
+                late = late or answer
+            elif isinstance(answer, BaseException):
+                raise answer
+            elif answer and "Id" in answer:
+                return _session_from_inspect(node.name, answer, self._warm_name)
+        if late is not None:
+            raise late
         return None
 
     async def has_image(self, node: str, image: str) -> bool:
-        result = await self.nodes[node].request(
-            "GET", f"/images/{quote(image, safe='')}/json", ok=(200, 404)
+        result = await self.nodes[node].lookup(
+            f"/images/{quote(image, safe='')}/json", ok=(200, 404)
         )
         return result is not None and "Id" in result
 
@@ -377,7 +435,7 @@ class PodmanRuntime:
             return None
         code = attributes.get("containerExitCode")
         try:
-            detail = await node.request("GET", f"/containers/{event['id']}/json", ok=(200, 404))
+            detail = await node.lookup(f"/containers/{event['id']}/json", ok=(200, 404))
         except RuntimeError_:
             detail = None  # removed since it died (podman answers 500 "no such container")
         state = (detail or {}).get("State") or {}
@@ -388,11 +446,13 @@ class PodmanRuntime:
             oom_killed=bool(state.get("OOMKilled")),
         )
 
-    async def stop(self, name: str) -> bool:
+    async def stop(self, name: str, skip: Collection[str] = ()) -> bool:
         """Stop and remove the session's container wherever it runs; False if none existed.
-        A node that does not answer keeps its copy: the scheduler stops it once it is back."""
-        found, _ = await self._find(f"{LABEL_SESSION}={name}")
-        for node, detail in found:
+        A node that cannot be reached keeps its copy: the scheduler stops it once it is back."""
+        found = await self._find(f"{LABEL_SESSION}={name}", skip=skip)
+        for late in found.unanswered:
+            raise NodeTimedOut(late, NODE_LOOKUP_SECONDS)
+        for node, detail in found.containers:
             container = detail["Id"]
             try:
                 await node.request("POST", f"/containers/{container}/stop?t=2", ok=(204, 304, 404))
@@ -404,7 +464,7 @@ class PodmanRuntime:
                 # podman answers 500 "no such container", not 404. Stopped all the same.
                 if NO_SUCH_CONTAINER not in str(exc):
                     raise
-        return bool(found)
+        return bool(found.containers)
 
 
 NO_SUCH_CONTAINER = "no such container"
@@ -413,6 +473,16 @@ NO_SUCH_CONTAINER = "no such container"
 VANISHED = "no such file or directory"
 """How podman fails a size when a file disappears between its walk and its lstat."""
 SIZE_ATTEMPTS = 3
+
+
+@dataclass
+class _Found:
+    """What `_find` saw: containers by node, and the nodes that did not answer, with why (as
+    `Survey.unreachable` and `Survey.unanswered`)."""
+
+    containers: list[tuple[PodmanNode, dict[str, Any]]] = field(default_factory=list)
+    unreachable: dict[str, str] = field(default_factory=dict)
+    unanswered: dict[str, str] = field(default_factory=dict)
 
 
 class _Gone(Exception):
@@ -427,7 +497,7 @@ async def _size_rw(target: PodmanNode, container: str) -> int | None:
                 "GET", f"/containers/{container}/json?size=true", ok=(200, 404)
             )
         except RuntimeError_ as exc:
-            if "no such container" in str(exc):
+            if NO_SUCH_CONTAINER in str(exc):
                 raise _Gone from exc
             if VANISHED not in str(exc):
                 raise

@@ -2,9 +2,10 @@
 holds (popularity, which the warm pool follows), reconciliation, subscriptions,
 and the background loops, supervised by the service runner: one keeps the warm pool filled, one
 pulls images onto nodes ahead of their launches, one stops sessions over the disk limit, one
-follows the runtime's exits and one reconciles the seats with the sessions the runtime lists,
-in case an exit went unreported. The runner closes the runtime and the HTTP client at the stop,
-once the bus no longer delivers.
+follows the runtime's exits, one reconciles the seats with the sessions the runtime lists, in
+case an exit went unreported, and one pings the nodes (down when they fail, used again as soon
+as they answer). The runner closes the runtime and the HTTP client at the stop, once the bus
+no longer delivers.
 
 One replica is active at a time (the service runner's `one_active`), the others standing by:
 seats, quotas and the warm pool are counted over every node in one process, and the replica
@@ -19,8 +20,8 @@ import structlog
 
 from bindery import service
 from bindery.runtimes import make_runtime
-from bindery.scheduler.handlers import replay_recent_demand, subscribe
-from bindery.scheduler.launch import Scheduler
+from bindery.scheduler.handlers import replay_recent, subscribe
+from bindery.scheduler.launch import NODE_PROBE_INTERVAL, Scheduler
 from bindery.scheduler.settings import SchedulerSettings
 
 log = structlog.get_logger("bindery.scheduler")
@@ -38,9 +39,9 @@ def main() -> None:
         )
         scheduler = await Scheduler.create(settings, runtime, starter.bus.publish, http)
         # The demand the warm pool follows: the launches of the window, not the sessions
-        # reconcile adopts (those count for nothing).
+        # reconcile adopts (those count for nothing); and the sessions already said stopped.
         try:
-            await replay_recent_demand(
+            await replay_recent(
                 settings.amqp_url, scheduler, timedelta(seconds=settings.popularity_window)
             )
         except Exception as exc:  # no stream, no read permission, broker gone: start anyway
@@ -64,4 +65,5 @@ def loops(scheduler: Scheduler) -> list[service.Loop]:
         service.Loop("disk", scheduler.check_disk, settings.disk_check_interval),
         service.Loop("exits", scheduler.handle_next_exit, 0, close=scheduler.stop_following_exits),
         service.Loop("reconcile", scheduler.end_vanished, settings.reconcile_interval),
+        service.Loop("nodes", scheduler.watch_nodes, NODE_PROBE_INTERVAL),
     ]

@@ -50,8 +50,8 @@ class Cluster:
     """image -> nodes known to hold it (learned from the runtime, pulls and starts)."""
     _reserved: Counter[str] = field(default_factory=Counter, repr=False)
     down_since: dict[str, float] = field(default_factory=dict)
-    """Nodes that did not answer the runtime's last survey -> when they first did not (a
-    monotonic clock's time): no new seat goes there."""
+    """Nodes down (unreachable in a survey, or their ping failed) -> since when (a monotonic
+    clock's time): no new seat goes there."""
     _sessions: Counter[str] = field(default_factory=Counter, repr=False)
     """Per node, kept by `occupy` and `release`: every choice asks each node for them, and a
     sum over all seats each time costs O(nodes x seats) per launch (0.1 s at 100 nodes with
@@ -71,12 +71,20 @@ class Cluster:
     def sessions_on(self, node: str) -> int:
         return self._sessions[node]
 
-    def observe(self, unreachable: Iterable[str], now: float) -> tuple[list[str], list[str]]:
-        """Record which nodes did not answer a survey made at `now`; return the nodes gone down
-        and those come back since the last one."""
-        unreachable = set(unreachable)
+    def observe(
+        self, unreachable: Iterable[str], now: float, unanswered: Iterable[str] = ()
+    ) -> tuple[list[str], list[str]]:
+        """Record which nodes could not be reached by a survey begun at `now` (down), and which
+        did not answer it in time (busy or hung: no change, their pings decide); return the
+        nodes gone down and those come back since. A node marked down after the survey began
+        (`mark_down`) is not back by its answer, which may predate its fall."""
+        unreachable, unknown = set(unreachable), set(unanswered)
         down = sorted(unreachable - set(self.down_since))
-        back = sorted(set(self.down_since) - unreachable)
+        back = sorted(
+            node
+            for node, since in self.down_since.items()
+            if node not in unreachable | unknown and since <= now
+        )
         for node in down:
             self.down_since[node] = now
         for node in back:
@@ -84,8 +92,8 @@ class Cluster:
         return down, back
 
     def mark_down(self, node: str, now: float) -> bool:
-        """`node` failed to answer a request at `now`, before any survey said so: no new seat
-        goes there until a survey finds it answering. True if it was up until now."""
+        """`node` could not be reached, or failed its ping, at `now`: no new seat goes there
+        until a survey begun later finds it answering. True if it was up until now."""
         if node in self.down_since:
             return False
         self.down_since[node] = now

@@ -1,10 +1,11 @@
-"""Every subscription of the scheduler, at a glance: first the event log's recent launches,
-then the live queues.
+"""Every subscription of the scheduler, at a glance: first the event log's recent launches and
+stops, then the live queues.
 
-In: at start, the `bindery.event-log` stream's launches of the last popularity window (ref-resolved
-of an existing image, image-built); then the scheduler's queues (ref-resolved, image-built,
-idle-detected, launch-abandoned). Out: launches folded into the popularity the warm pool follows;
-launch orders, stops and abandonments handed to the scheduler.
+In: at start, the `bindery.event-log` stream's launches (ref-resolved of an existing image,
+image-built) and pod-stopped events of the last popularity window; then the scheduler's queues
+(ref-resolved, image-built, idle-detected, launch-abandoned). Out: launches folded into the
+popularity the warm pool follows, and the sessions already said stopped
+(`Scheduler.ended_before`); launch orders, stops and abandonments handed to the scheduler.
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from bindery.bus import Bus, Handlers, eventlog, topology
-from bindery.events import IdleDetected, ImageBuilt, LaunchAbandoned, NextStep, RefResolved
+from bindery.events import (
+    IdleDetected,
+    ImageBuilt,
+    LaunchAbandoned,
+    NextStep,
+    PodStopped,
+    RefResolved,
+)
 from bindery.scheduler.launch import LaunchOrder, Scheduler
 
 log = structlog.get_logger("bindery.scheduler")
@@ -30,16 +38,23 @@ def launch_order(event: RefResolved | ImageBuilt) -> LaunchOrder:
     return LaunchOrder(event.launch_id, event.image, event.context)
 
 
-async def replay_recent_demand(
+async def replay_recent(
     amqp_url: str, scheduler: Scheduler, window: timedelta, limit: int = DEMAND_REPLAYED
 ) -> int:
     """Fold the launches the event log holds from the last `window` (the newest `limit`) into
     the scheduler's popularity, each at its own age, so a restarted scheduler warms the popular
     images at once instead of after an hour of launches. Returns how many were folded in.
-    Launches also waiting in the queue count twice: popularity is a ranking, not a ledger."""
+    Launches also waiting in the queue count twice: popularity is a ranking, not a ledger.
+
+    The sessions said stopped in the same window go to `ended_before`: one whose node was down
+    when it was said lost is removed quietly when that node is back, not said stopped twice
+    (a node down for longer than the window may still get its second pod-stopped)."""
     kept: deque[RefResolved | ImageBuilt] = deque(maxlen=limit)
-    async for event in eventlog.recent(amqp_url, window, {RefResolved.type, ImageBuilt.type}):
-        if isinstance(event, RefResolved | ImageBuilt) and event.route == NextStep.LAUNCH:
+    wanted = {RefResolved.type, ImageBuilt.type, PodStopped.type}
+    async for event in eventlog.recent(amqp_url, window, wanted):
+        if isinstance(event, PodStopped):
+            scheduler.ended_before.add(event.session)
+        elif isinstance(event, RefResolved | ImageBuilt) and event.route == NextStep.LAUNCH:
             kept.append(event)
     # Popularity counts on the scheduler's clock: place each launch as long ago as it happened.
     now, wall = scheduler.clock(), datetime.now(UTC)
@@ -48,7 +63,12 @@ async def replay_recent_demand(
         scheduler.popularity.record(
             event.image, event.context.repo_url, event.context.session_env, now - ago
         )
-    log.info("demand.replayed", launches=len(kept), window_seconds=window.total_seconds())
+    log.info(
+        "demand.replayed",
+        launches=len(kept),
+        said_stopped=len(scheduler.ended_before),
+        window_seconds=window.total_seconds(),
+    )
     return len(kept)
 
 

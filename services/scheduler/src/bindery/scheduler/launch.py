@@ -29,11 +29,14 @@ more than the disk limit (`disk.py`; reason `disk`), follows the runtime's exits
 said so.
 One scheduler process owns the quotas: run a single replica (a restart hands over cleanly).
 
-A node that does not answer the runtime's survey is down: nothing new is placed on it (no launch,
-warm session or pre-pull), its seats are kept, and once it has been down longer than
-`BINDERY_NODE_LOST_SECONDS` its sessions are ended as lost (pod-stopped `node_lost`). A node that
-comes back is used again: what it still runs that was ended meanwhile is stopped, and sessions
-the scheduler never knew (it started while the node was down) are adopted.
+A node that cannot be reached, or does not answer its ping (`watch_nodes`, every second), is
+down: nothing new is placed on it (no launch, warm session or pre-pull), nothing is asked of it,
+its seats are kept, and once it has been down longer than `BINDERY_NODE_LOST_SECONDS` its
+sessions are ended as lost (pod-stopped `node_lost`). A node that answers late but answers its
+ping is busy, not down: what it did not say is unknown (not a holder of the image, its sessions
+not gone). A node that comes back is used again at once: what it still runs that was ended
+meanwhile (or said stopped before this scheduler started) is stopped quietly, and sessions the
+scheduler never knew (it started while the node was down) are adopted.
 """
 
 from __future__ import annotations
@@ -70,11 +73,13 @@ from bindery.events import (
 from bindery.naming import repo_key, session_name
 from bindery.runtimes import (
     Limits,
+    NodeTimedOut,
     NodeUnreachable,
     Runtime,
     RuntimeError_,
     Session,
     SessionSpec,
+    Survey,
 )
 from bindery.runtimes.base import DiskUsage, Exit
 from bindery.runtimes.capacity import node_memories
@@ -102,6 +107,11 @@ limit later, starts nothing. Ids are 32 characters: well under a megabyte."""
 EXITS_RETRY_PAUSE = 1.0
 """Before following the runtime's exits again after the stream itself failed, so a stream that
 fails at once does not spin (the loop's next step comes without a pause: exits come in bursts)."""
+
+NODE_PROBE_INTERVAL = 1.0
+"""How often every node is pinged (`watch_nodes`): a hung node is down within this and the
+runtime's ping bound, before a launch's lookup on it gives up (podman: 1 + 5 s against 10 s),
+and a node back is used within a second. A ping costs podman about a millisecond."""
 
 
 async def _when_due(soon: asyncio.Event, interval: float) -> None:
@@ -211,6 +221,12 @@ class Scheduler:
     _left_on_down_nodes: set[str] = field(default_factory=set)
     """Sessions ended or stopped while their node did not answer: their containers may still be
     there, to stop when it is back."""
+    _unlisted: set[str] = field(default_factory=set)
+    """Nodes whose listing came too late at start (busy, or hung): their sessions are taken
+    over by the first survey that lists them, as a node's that comes back."""
+    ended_before: set[str] = field(default_factory=set)
+    """Sessions whose pod-stopped the event log held at start (`handlers.replay_recent`): one a
+    node still holds (it was down meanwhile) is removed quietly, not said stopped again."""
 
     def __post_init__(self) -> None:
         self.popularity = Popularity(
@@ -277,7 +293,9 @@ class Scheduler:
         back for. A node that does not answer is down; its sessions are taken over if it comes
         back (`_node_back`).
         """
-        for session in await self._survey():
+        survey = await self._survey()
+        self._unlisted = set(survey.unanswered)
+        for session in survey.sessions:
             try:
                 await self._take_over(session)
             except (RuntimeError_, aiohttp.ClientError) as exc:
@@ -287,11 +305,17 @@ class Scheduler:
         log.info("reconcile.done", seats=len(self.cluster.seats))
 
     async def _take_over(self, session: Session) -> None:
-        """Give a session found in the runtime its seat, or remove it if it no longer runs."""
+        """Give a session found in the runtime its seat, or remove it if it no longer runs or
+        was said stopped before this scheduler started."""
+        if session.name in self.ended_before:
+            self.ended_before.discard(session.name)
+            log.info("reconcile.removed", session=session.name, why="said stopped before")
+            await self._stop_quietly(session.name, "said stopped before")
+            return
         if not session.running:
             log.info("reconcile.removed", session=session.name, why="not running")
             if session.warm:
-                await self.runtime.stop(session.name)
+                await self._stop_session(session.name)
             else:
                 ended = session.exit or Exit(session.name, session.node)
                 await self._end(session.launch_id, session.name, stop_reason(ended))
@@ -313,41 +337,75 @@ class Scheduler:
         self.cluster.occupy(seat)
         self.background(self._adopt(session, seat))
 
-    async def _survey(self) -> list[Session]:
-        """Every session on the nodes that answer. Which nodes did not is recorded (placement
-        avoids them); a node that is back has its sessions reconciled."""
+    async def _survey(self) -> Survey:
+        """Every session on the nodes that answer. Which nodes could not be reached is recorded
+        (placement avoids them); a node that is back has its sessions reconciled."""
+        began = self.clock()
         survey = await self.runtime.survey()
-        down, back = self.cluster.observe(survey.unreachable, self.clock())
+        down, back = self.cluster.observe(survey.unreachable, began, survey.unanswered)
         for node in self.runtime.node_names():
-            metrics.NODE_UP.labels(node).set(0 if node in survey.unreachable else 1)
+            metrics.NODE_UP.labels(node).set(0 if node in self.cluster.down_since else 1)
         for node in down:
             log.warning("node.down", node=node, error=survey.unreachable[node])
             self._prepull_soon.set()  # its images may have no other holder
+        for node, why in survey.unanswered.items():
+            log.warning("node.late", node=node, error=why)
         # A node that did not answer when the scheduler started has no known memory yet.
         unmeasured = [
             node
             for node in self.runtime.node_names()
-            if node not in survey.unreachable and not self.cluster.capacity.get(node)
+            if node not in self.cluster.down_since
+            and node not in survey.unanswered
+            and not self.cluster.capacity.get(node)
         ]
         if unmeasured:
             memories = await node_memories(self.runtime, self.settings.node_memory, unmeasured)
             self.cluster.capacity.update(memories)
-        for node in back:
-            log.info("node.back", node=node)
+        listed = set(self.runtime.node_names()) - set(survey.unreachable) - set(survey.unanswered)
+        first_listed = sorted((self._unlisted & listed) - set(back))
+        self._unlisted -= listed
+        for node in back + first_listed:
+            log.info("node.back" if node in back else "node.listed", node=node)
             await self._node_back([s for s in survey.sessions if s.node == node])
-        if back or unmeasured:
+        if back or first_listed or unmeasured:
             self.admission.pump()  # room again for launches waiting in the queue
             self._maintain_soon.set()  # and for the warm pool and pre-pulls
-        return survey.sessions
+        return survey
+
+    async def watch_nodes(self) -> None:
+        """Ping every node at once: one that fails, or does not answer within the runtime's
+        ping bound, is down from now on (only a ping says so: a lookup late on a busy node does
+        not); once one that is down or was never measured answers, a survey takes it back
+        (`_survey`: its memory read, its sessions reconciled) and launches use it at once.
+        One step of the `nodes` loop."""
+        checks = self.runtime.node_checks()
+        answers = await asyncio.gather(
+            *(check() for check in checks.values()), return_exceptions=True
+        )
+        answering_again = False
+        for node, answer in zip(checks, answers, strict=True):
+            if isinstance(answer, Exception):
+                self._mark_down(node, answer)
+            elif isinstance(answer, BaseException):
+                raise answer
+            elif node in self.cluster.down_since or not self.cluster.capacity.get(node):
+                answering_again = True
+        if answering_again:
+            await self._survey()
+
+    def _mark_down(self, node: str, error: Exception) -> None:
+        if self.cluster.mark_down(node, self.clock()):
+            log.warning("node.down", node=node, error=str(error))
+            metrics.NODE_UP.labels(node).set(0)
+            self._prepull_soon.set()  # its images may have no other holder
 
     def _down_if_unreachable(self, exc: Exception) -> None:
-        """A node that did not answer a launch (asked for its images, a pull, a start) is down
-        from now on, not from the next survey: launches in between go elsewhere. The next survey
-        that it answers brings it back."""
-        if isinstance(exc, NodeUnreachable) and self.cluster.mark_down(exc.node, self.clock()):
-            log.warning("node.down", node=exc.node, error=str(exc))
-            metrics.NODE_UP.labels(exc.node).set(0)
-            self._prepull_soon.set()
+        """A node that could not be reached by a launch (asked for its images, a pull, a start)
+        is down from now on, not from the next survey: launches in between go elsewhere. The
+        next survey that it answers brings it back. One that answered late (`NodeTimedOut`) is
+        not: only its ping tells hung from busy (`watch_nodes`)."""
+        if isinstance(exc, NodeUnreachable):
+            self._mark_down(exc.node, exc)
 
     async def _node_back(self, sessions: list[Session]) -> None:
         """A node answers again: sessions ended while it was down are stopped for good; those
@@ -396,7 +454,10 @@ class Scheduler:
 
     async def _launch(self, order: LaunchOrder, progress: Progress) -> None:
         try:
-            session = await self._resume(order, progress)
+            # Both ask every node: at once, so a node late to answer delays the launch once.
+            session, _ = await asyncio.gather(
+                self._resume(order, progress), self.refresh_holders(order.image)
+            )
             if session is None:
                 session = await self._seat_and_start(order, progress)
             else:
@@ -465,7 +526,7 @@ class Scheduler:
 
     async def _resume(self, order: LaunchOrder, progress: Progress) -> Session | None:
         """The session a previous delivery of this launch started, if it still runs."""
-        session = await self.runtime.get(progress.name)
+        session = await self._find_session(progress.name)
         if session is None:
             return None
         self.resumed.add(session.name)
@@ -484,9 +545,26 @@ class Scheduler:
                     )
                 )
             return session
-        await self.runtime.stop(session.name)
+        await self._stop_session(session.name)
         self.admission.release(session.name)
         return None
+
+    async def _find_session(self, key: str) -> Session | None:
+        """The session under `key` on the nodes not known down. A node late to answer (busy,
+        or hung) is asked once more: a hung one has failed its pings meanwhile and is skipped,
+        a busy one mostly answers the second time. Still unknown, the launch goes on: the
+        session is there only if an earlier delivery of this launch started it, and making
+        the user wait longer for that rare case is worse than the rare twin, which bears the
+        same name, so the session's stop removes both."""
+        try:
+            return await self.runtime.get(key, skip=set(self.cluster.down_since))
+        except NodeTimedOut as exc:
+            log.warning("node.late", node=exc.node, error=str(exc))
+        try:
+            return await self.runtime.get(key, skip=set(self.cluster.down_since))
+        except NodeTimedOut as exc:
+            log.warning("launch.session_unknown", node=exc.node, error=str(exc))
+            return None
 
     @telemetry.traced("placement")
     async def _seat_and_start(self, order: LaunchOrder, progress: Progress) -> Session:
@@ -494,7 +572,6 @@ class Scheduler:
         session once Jupyter answers."""
         key = progress.name
         self.admission.release(key)  # a seat left by an earlier delivery that died early
-        await self.refresh_holders(order.image)
         progress.check()  # abandoned already: take no place in the queue
         waiter = self.admission.enqueue(
             key,
@@ -641,14 +718,24 @@ class Scheduler:
     # --- images -----------------------------------------------------------------------------
 
     async def refresh_holders(self, image: str) -> None:
-        for node in self.runtime.node_names():
-            try:
-                present = await self.runtime.has_image(node, image)
-            except (RuntimeError_, aiohttp.ClientError) as exc:
-                log.warning("node.unreachable", node=node, error=str(exc))
-                self._down_if_unreachable(exc)
-                continue
-            self.cluster.learn_image(node, image, present)
+        """Ask every node not known down, at once, whether it holds `image`. One that does not
+        answer in time (busy, or hung) is no holder for this placement: a launch placed there
+        would wait on it."""
+        nodes = self._up_nodes()
+        answers = await asyncio.gather(
+            *(self.runtime.has_image(node, image) for node in nodes), return_exceptions=True
+        )
+        for node, answer in zip(nodes, answers, strict=True):
+            if isinstance(answer, bool):
+                self.cluster.learn_image(node, image, answer)
+            elif isinstance(answer, NodeTimedOut):
+                log.warning("node.late", node=node, error=str(answer))
+                self.cluster.learn_image(node, image, present=False)
+            elif isinstance(answer, RuntimeError_ | aiohttp.ClientError):
+                log.warning("node.unreachable", node=node, error=str(answer))
+                self._down_if_unreachable(answer)
+            else:
+                raise answer
 
     @telemetry.traced("image.pull")
     async def pull(self, node: str, image: str, *, launch: bool = False) -> None:
@@ -692,7 +779,7 @@ class Scheduler:
         self._stopping.add(name)
         self._remember_if_unreachable(name)
         try:
-            stopped = await self.runtime.stop(name)
+            stopped = await self._stop_session(name)
             seat = self.admission.release(name)
         finally:
             self._stopping.discard(name)
@@ -708,12 +795,17 @@ class Scheduler:
         self._stopping.add(name)
         self._remember_if_unreachable(name)
         try:
-            await self.runtime.stop(name)
+            await self._stop_session(name)
         except (RuntimeError_, aiohttp.ClientError) as exc:
             log.warning("session.stop_failed", session=name, why=why, error=str(exc))
         finally:
             self._stopping.discard(name)
         self.admission.release(name)
+
+    async def _stop_session(self, name: str) -> bool:
+        """Stop `name` on every node but those known down (`_remember_if_unreachable` keeps
+        those for when they are back), so a hung one holds no stop up."""
+        return await self.runtime.stop(name, skip=set(self.cluster.down_since))
 
     def _remember_if_unreachable(self, name: str) -> None:
         """The runtime cannot stop a session on a node that does not answer: stop it there when
@@ -794,10 +886,12 @@ class Scheduler:
         return how those ended. Launches and warm sessions still starting find out themselves.
         The safety net under the exits the runtime reports: it misses those of a node whose
         event stream was unreachable a while, or whose handling failed."""
-        sessions = await self._survey()
-        # A node that did not answer listed nothing: its sessions are unknown, not gone.
-        listed = [seat for seat in self._settled() if seat.node not in self.cluster.down_since]
-        vanished = ended_sessions(listed, sessions)
+        survey = await self._survey()
+        # A node that did not answer (down, or late) listed nothing: its sessions are unknown,
+        # not gone.
+        unknown = set(self.cluster.down_since) | set(survey.unanswered)
+        listed = [seat for seat in self._settled() if seat.node not in unknown]
+        vanished = ended_sessions(listed, survey.sessions)
         for ended in vanished:
             log.warning("session.exit_missed", session=ended.name, node=ended.node)
             await self.session_exited(ended)
