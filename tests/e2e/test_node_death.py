@@ -25,9 +25,7 @@ cleans up after itself. Then, as a user and an operator notice it:
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
 from functools import partial
@@ -41,7 +39,7 @@ from bindery.bus.eventlog import read
 from bindery.events import Event, PodScheduled, PodStopped, StopReason
 from tests.support.eventually import eventually
 from tests.support.gitrepo import make_repo
-from tests.support.privatenode import PrivateNode
+from tests.support.privatenode import PrivateNode, private_node
 from tests.support.stack import (
     LOG_DIR,
     NODES,
@@ -50,6 +48,7 @@ from tests.support.stack import (
     Stack,
     build_path,
     launch,
+    nodes_setting,
     started_stack,
 )
 
@@ -66,24 +65,17 @@ LOSS_NOTICED_WITHIN = 60
 
 @pytest.fixture(scope="module")
 def doomed_node() -> Iterator[PrivateNode]:
-    base = Path(tempfile.mkdtemp(prefix=f"bindery-doomed-{SLOT}-"))
-    node = PrivateNode(DOOMED, base)
-    try:
-        node.start()
+    with private_node(DOOMED, f"doomed-{SLOT}") as node:
         yield node
-    finally:
-        node.remove()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def death_stack(doomed_node: PrivateNode) -> Iterator[Stack]:
-    nodes = {**NODES, DOOMED: doomed_node.url}
     yield from started_stack(
         LOG_DIR / "node-death",
         DEATH_SLOT,
         settings={
-            "BINDERY_NODES": ",".join(f"{name}={url}" for name, url in nodes.items()),
+            "BINDERY_NODES": nodes_setting({DOOMED: doomed_node.url}),
             "BINDERY_NODE_LOST_SECONDS": str(NODE_LOST_SECONDS),
             # A survey a second: the node is noticed down, and lost, within seconds.
             "BINDERY_RECONCILE_INTERVAL": "1",

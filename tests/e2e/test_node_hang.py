@@ -19,8 +19,6 @@ and an operator notice it:
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,7 +33,7 @@ from bindery.events import PodScheduled
 from bindery.runtimes.podman import NODE_LOOKUP_SECONDS
 from tests.support.eventually import eventually
 from tests.support.gitrepo import make_repo
-from tests.support.privatenode import PrivateNode
+from tests.support.privatenode import PrivateNode, private_node
 from tests.support.stack import (
     LOG_DIR,
     NODES,
@@ -44,6 +42,7 @@ from tests.support.stack import (
     Stack,
     build_path,
     launch,
+    nodes_setting,
     started_stack,
 )
 
@@ -63,24 +62,16 @@ NOTICED_WITHIN = 30
 
 @pytest.fixture(scope="module")
 def stalled_node() -> Iterator[PrivateNode]:
-    base = Path(tempfile.mkdtemp(prefix=f"bindery-stalled-{SLOT}-"))
-    node = PrivateNode(STALLED, base)
-    try:
-        node.start()
+    with private_node(STALLED, f"stalled-{SLOT}") as node:
         yield node
-    finally:
-        node.resume()
-        node.remove()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def hang_stack(stalled_node: PrivateNode) -> Iterator[Stack]:
-    nodes = {**NODES, STALLED: stalled_node.url}
     yield from started_stack(
         LOG_DIR / "node-hang",
         HANG_SLOT,
-        settings={"BINDERY_NODES": ",".join(f"{name}={url}" for name, url in nodes.items())},
+        settings={"BINDERY_NODES": nodes_setting({STALLED: stalled_node.url})},
     )
 
 

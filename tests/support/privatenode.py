@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,3 +152,18 @@ class PrivateNode:
         ).stdout.split()
         for mount in sorted((m for m in mounts if m.startswith(str(self.base))), reverse=True):
             subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
+
+
+@contextlib.contextmanager
+def private_node(name: str, prefix: str) -> Iterator[PrivateNode]:
+    """A started node named `name` over a fresh directory (`prefix`: say whose), removed with
+    its directory afterwards, resumed first if the test left it hung."""
+    base = Path(tempfile.mkdtemp(prefix=f"bindery-{prefix}-"))
+    node = PrivateNode(name, base)
+    try:
+        node.start()
+        yield node
+    finally:
+        node.resume()
+        node.remove()
+        shutil.rmtree(base, ignore_errors=True)

@@ -72,6 +72,13 @@ INSTANCE = Slot(SLOT).instance
 NODE_COUNT = int(os.environ.get("BINDERY_NODE_COUNT", "2"))
 NODES = {f"node-{n}": f"unix:///run/bindery/node-{n}.sock" for n in range(1, NODE_COUNT + 1)}
 LOG_DIR = REPO / f".bindery/test-logs/slot-{SLOT}"
+
+
+def nodes_setting(extra: Mapping[str, str]) -> str:
+    """`BINDERY_NODES` for the shared nodes and `extra` (name -> URL: a test's own nodes)."""
+    return ",".join(f"{name}={url}" for name, url in {**NODES, **extra}.items())
+
+
 #: Per virtual host, the services' AMQP URLs (`<service>.url`), written by `fresh_vhost`.
 AMQP_DIR = REPO / ".bindery/test-amqp"
 #: The services that need no root, the user they run as and how they become it: those of

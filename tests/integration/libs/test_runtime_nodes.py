@@ -7,8 +7,6 @@ while another node asked at the same time answers at once."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
@@ -18,7 +16,7 @@ import pytest
 
 from bindery.runtimes import NodeTimedOut, NodeUnreachable, PodmanRuntime, Survey
 from bindery.runtimes.podman import NODE_LOOKUP_SECONDS, NODE_PING_SECONDS
-from tests.support.privatenode import PrivateNode
+from tests.support.privatenode import PrivateNode, private_node
 from tests.support.stack import INSTANCE, NODES, SLOT
 
 #: What a bound may be overrun by on a loaded 2-core machine (the event loop's own delays).
@@ -41,16 +39,9 @@ async def test_each_podman_node_has_a_check_that_asks_it(tmp_path: Path) -> None
 
 @pytest.fixture
 def hung_node() -> Iterator[PrivateNode]:
-    base = Path(tempfile.mkdtemp(prefix=f"bindery-hung-{SLOT}-"))
-    node = PrivateNode("hung", base)
-    try:
-        node.start()
+    with private_node("hung", f"hung-{SLOT}") as node:
         node.hang()
         yield node
-    finally:
-        node.resume()
-        node.remove()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 async def timed(work: Awaitable[T]) -> tuple[float, T | Exception]:
