@@ -110,7 +110,7 @@ async def test_a_warm_session_that_ends_is_released_without_a_stop_event(make: M
     h: Harness = await make(warm_pool_share=0.25)  # one 1 GiB seat of 4 GiB
     h.runtime.images["node-1"].add(IMAGE)
     await h.scheduler.launch(order("L1"))
-    await h.scheduler.maintain()
+    h.scheduler.fill_pool()
     await h.settled()
     [warm] = await h.runtime.list_warm()
     async with h.loops("exits"):

@@ -151,7 +151,7 @@ async def test_a_launch_is_served_from_the_warm_pool(make: Make) -> None:
     h: Harness = await make(warm_pool_share=0.25)  # one 1 GiB seat of 4 GiB
     h.runtime.images["node-1"].add(IMAGE)
     await h.scheduler.launch(order("L1"))
-    await h.scheduler.maintain()
+    h.scheduler.fill_pool()
     await h.settled()
     warm = await h.runtime.list_warm()
     assert len(warm) == 1
@@ -179,14 +179,14 @@ async def test_a_warm_session_serves_only_launches_with_its_binderhub_variables(
     pinned = {"BINDER_REQUEST": "v2/gh/o/r/v1", "BINDER_REPO_URL": REPO}
     await h.scheduler.launch(order("L1", env=badge))
     assert h.runtime.starts[-1][1].env == badge, "a launched session gets its launch's"
-    await h.scheduler.maintain()
+    h.scheduler.fill_pool()
     await h.settled()
     assert [w.env for w in await h.runtime.list_warm()] == [badge]
     starts = len(h.runtime.starts)
     await h.scheduler.launch(order("L2", env=pinned))
     assert len(h.runtime.starts) == starts + 1, "the warm session has other variables"
     assert h.runtime.starts[-1][1].env == pinned
-    await h.scheduler.maintain()
+    h.scheduler.fill_pool()
     await h.settled()
     warm = await h.runtime.list_warm()
     assert [w.env for w in warm] == [pinned], "the pool follows the latest launch"

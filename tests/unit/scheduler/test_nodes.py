@@ -216,7 +216,7 @@ async def test_no_warm_session_or_prepull_goes_to_a_down_node(make: Make, clock:
     await h.scheduler.launch(order("L1"))  # node-1, its holder, is full now
     h.runtime.down.add("node-2")
     await h.scheduler.end_vanished()
-    await h.scheduler.maintain()
+    h.scheduler.fill_pool()
     assert h.scheduler.prepull() == [], "node-2 lacks the image but does not answer"
     await h.settled()
     assert h.runtime.pulls == []

@@ -43,7 +43,7 @@ async def test_the_budget_counts_what_a_warm_session_holds_its_seat_is_a_full_on
     assert h.scheduler.warm_pool_sessions() == 4
     for launch_id in ["L1", "L2", "L3", "L4", "L5"]:
         await h.scheduler.launch(order(launch_id, image=f"127.0.0.1:5000/i{launch_id}:1"))
-    await h.scheduler.maintain()
+    h.scheduler.fill_pool()
     await h.settled()
     warm = h.scheduler.cluster.pool_seats()
     assert len(warm) == 4
@@ -65,7 +65,7 @@ async def test_the_pool_follows_demand_within_the_budget(make: Make) -> None:
     other = "127.0.0.1:5000/other:def"
     for launch_id, image in [("L1", IMAGE), ("L2", IMAGE), ("L3", IMAGE), ("L4", other)]:
         await h.scheduler.launch(order(launch_id, image))
-    await h.scheduler.maintain()
+    h.scheduler.fill_pool()
     await h.settled()
     warm = await h.runtime.list_warm()
     assert sorted(s.image for s in warm) == sorted([IMAGE, other])
@@ -90,7 +90,7 @@ async def test_a_claimed_session_is_refilled_at_once_and_no_start_waits_for_anot
         return await start(node, spec)
 
     h.runtime.start = held_start  # type: ignore[method-assign]
-    await asyncio.wait_for(h.scheduler.maintain(), 10)  # returns with a start still hanging
+    h.scheduler.fill_pool()  # returns with a start still hanging
     claimable = await eventually(
         lambda: [seat for seat in h.scheduler.cluster.pool_seats() if seat.warm],
         within=10,
@@ -117,7 +117,7 @@ async def test_sessions_found_running_are_not_demand(make: Make) -> None:
     assert set(h.scheduler.cluster.seats) == {"s0", "s1", "s2", "w"}, "all adopted"
     assert h.scheduler.popularity.counts() == Counter()
     await h.settled()
-    await h.scheduler.maintain()
+    h.scheduler.fill_pool()
     await h.settled()
     assert await h.runtime.list_warm() == [], "no launch of its image: the pool lets it go"
     assert h.runtime.starts == []
@@ -126,7 +126,7 @@ async def test_sessions_found_running_are_not_demand(make: Make) -> None:
 async def test_no_share_no_pool(make: Make) -> None:
     h: Harness = await make(warm_pool_share=0)
     await h.scheduler.launch(order("L1"))
-    await h.scheduler.maintain()
+    h.scheduler.fill_pool()
     assert await h.runtime.list_warm() == []
     assert len(h.runtime.starts) == 1
 
@@ -177,7 +177,7 @@ async def test_a_restarted_scheduler_reads_recent_demand_back(
     popularity.window = 25 * 60
     assert popularity.counts(now=later) == {IMAGE: 1, "built:1": 1}
 
-    await h.scheduler.maintain()
+    h.scheduler.fill_pool()
     await h.settled()
     assert len(h.scheduler.cluster.pool_seats()) == 2, "the pool warmed"
     assert {seat.image for seat in h.scheduler.cluster.pool_seats()} == {IMAGE, "built:1"}

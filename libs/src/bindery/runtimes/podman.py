@@ -450,8 +450,8 @@ class PodmanRuntime:
         """Stop and remove the session's container wherever it runs; False if none existed.
         A node that cannot be reached keeps its copy: the scheduler stops it once it is back."""
         found = await self._find(f"{LABEL_SESSION}={name}", skip=skip)
-        for late in found.unanswered:
-            raise NodeTimedOut(late, NODE_LOOKUP_SECONDS)
+        if found.unanswered:
+            raise NodeTimedOut(next(iter(found.unanswered)), NODE_LOOKUP_SECONDS)
         for node, detail in found.containers:
             container = detail["Id"]
             try:

@@ -962,15 +962,12 @@ class Scheduler:
             log.warning("disk.unmeasured", node=node, error=str(exc))
             return []
 
-    # --- background: pre-pulls and the warm pool --------------------------------------------
+    # --- background: the warm pool ----------------------------------------------------------
 
     async def maintain_when_due(self) -> None:
-        """`maintain` every `maintain_interval`, or as soon as a launch or a stop asks for it
-        (the first pass at once): one step of its loop."""
+        """`fill_pool` every `maintain_interval`, or as soon as a launch or a stop asks for it
+        (the first pass at once): one step of the `maintain` loop."""
         await _when_due(self._maintain_soon, self.settings.maintain_interval)
-        await self.maintain()
-
-    async def maintain(self) -> None:
         self.fill_pool()
 
     # --- background: pre-pulls --------------------------------------------------------------
