@@ -1,8 +1,11 @@
 """Proxy benchmark: HTTP and websocket-echo throughput and latency through the gateway's proxy,
-through configurable-http-proxy (JupyterHub's proxy, from npm) and straight at the upstream with
-no proxy at all ("direct"), in the same run, at concurrency 1, 10 and 50. Goals (GOALS below):
-gateway throughput at least 0.6 x direct's for HTTP and 0.8 x for websocket messages at 10 and 50
-connections, at least CHP's everywhere, and p99 no worse than CHP's in every cell.
+through configurable-http-proxy (JupyterHub's proxy, from npm), through HAProxy (Debian's; C, no
+interpreter: what a proxy that costs only its system calls reaches on this machine) and straight
+at the upstream with no proxy at all ("direct"), in the same run, at concurrency 1, 10 and 50.
+Goals (GOALS below): gateway throughput at least 0.6 x direct's for HTTP and 0.8 x for websocket
+messages at 10 and 50 connections, at least CHP's everywhere, and p99 no worse than CHP's in
+every cell. HAProxy is no goal, only the measure of how much of direct's throughput any proxy
+sharing these cores with the load and the upstream can keep.
 
 Each proxy runs alone in its own process in front of the same stand-in Jupyter; the load comes
 from one more process (closed loop: each of N workers sends its next request when the last
@@ -32,6 +35,7 @@ import urllib.request
 from collections.abc import Sequence
 from contextlib import ExitStack, suppress
 from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import Any
 
 import httptools
@@ -42,7 +46,8 @@ from reporting import machine, percentile, write_report
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CHP = REPO / "node_modules/.bin/configurable-http-proxy"
-TARGETS = ("gateway", "chp", "direct")
+HAPROXY = "/usr/sbin/haproxy"
+TARGETS = ("gateway", "chp", "haproxy", "direct")
 # The goals of issue 16 (item 4), recorded in the JSON beside each cell's verdict. Direct is the
 # ceiling: a proxy adds a hop, so the goal is a share of direct's throughput where connections
 # are many enough to keep every process busy (10 and 50), while CHP is the bar in every cell.
@@ -85,6 +90,28 @@ def start(
 
     stack.callback(stop)
     return proc
+
+
+def haproxy_config(port: int, upstream: int) -> str:
+    """HAProxy in front of the upstream, tuned for this load: kept-alive connections both ways
+    (reused across clients), websockets tunnelled, one thread per core (its default)."""
+    return f"""\
+global
+    maxconn 4096
+defaults
+    mode http
+    option http-keep-alive
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout tunnel 60s
+frontend bench
+    bind 127.0.0.1:{port}
+    default_backend upstream
+backend upstream
+    http-reuse always
+    server jupyter 127.0.0.1:{upstream}
+"""
 
 
 def summary(latencies: list[float], errors: int, seconds: float) -> dict[str, Any]:
@@ -356,7 +383,7 @@ def median_cell(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 def cell_verdict(kind: str, level: int, cell: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The gateway against direct and CHP in one cell, and which of GOALS it meets there."""
-    gateway, chp, direct = (cell[name] for name in TARGETS)
+    gateway, chp, haproxy, direct = (cell[name] for name in TARGETS)
     throughput_vs_direct = gateway["throughput_per_s"] / direct["throughput_per_s"]
     throughput_vs_chp = gateway["throughput_per_s"] / chp["throughput_per_s"]
     p99_vs_chp = gateway["p99_ms"] / chp["p99_ms"]
@@ -371,6 +398,9 @@ def cell_verdict(kind: str, level: int, cell: dict[str, dict[str, Any]]) -> dict
         "throughput_vs_direct": round(throughput_vs_direct, 3),
         "throughput_vs_chp": round(throughput_vs_chp, 3),
         "chp_throughput_vs_direct": round(chp["throughput_per_s"] / direct["throughput_per_s"], 3),
+        "haproxy_throughput_vs_direct": round(
+            haproxy["throughput_per_s"] / direct["throughput_per_s"], 3
+        ),
         "p99_vs_chp": round(p99_vs_chp, 3),
         "p99_vs_direct": round(gateway["p99_ms"] / direct["p99_ms"], 3),
         "goals_met": met,
@@ -391,6 +421,9 @@ def main() -> int:
     if not CHP.exists():
         print("configurable-http-proxy is missing: run `npm ci` (scripts/install.sh does)")
         return 1
+    if not Path(HAPROXY).exists():
+        print("haproxy is missing: run scripts/install.sh")
+        return 1
 
     sys.path.insert(0, str(REPO / "libs/src"))
     from bindery.tokens import session_token
@@ -399,9 +432,12 @@ def main() -> int:
     secret = secrets.token_hex(32)
     token = session_token(secret, "s1")
     upstream, gateway, chp, chp_api = free_port(), free_port(), free_port(), free_port()
+    haproxy = free_port()
     servers = str(HERE / "proxy_servers.py")
     results: dict[str, Any] = {}
     with ExitStack() as stack:
+        haproxy_cfg = Path(stack.enter_context(TemporaryDirectory())) / "haproxy.cfg"
+        haproxy_cfg.write_text(haproxy_config(haproxy, upstream))
         processes = {
             "upstream": start(stack, [sys.executable, servers, "upstream", str(upstream)]),
             "gateway": start(
@@ -426,19 +462,22 @@ def main() -> int:
                 ],
                 {**os.environ, "CONFIGPROXY_AUTH_TOKEN": secrets.token_hex(16)},
             ),
+            # -db: stay in the foreground, so the process is the one whose CPU is counted.
+            "haproxy": start(stack, [HAPROXY, "-db", "-f", str(haproxy_cfg)]),
         }
         wait_http(f"http://127.0.0.1:{upstream}/user/s1/ready")
         wait_http(f"http://127.0.0.1:{gateway}/user/s1/ready?token={token}")
         wait_http(f"http://127.0.0.1:{chp}/user/s1/ready")
+        wait_http(f"http://127.0.0.1:{haproxy}/user/s1/ready")
         pids = {"load": os.getpid(), **{role: p.pid for role, p in processes.items()}}
         cores_allowed = {role: sorted(os.sched_getaffinity(pid)) for role, pid in pids.items()}
         headers = {"Authorization": f"token {token}"}  # the upstream ignores it (direct)
-        ports = {"gateway": gateway, "chp": chp, "direct": upstream}
+        ports = {"gateway": gateway, "chp": chp, "haproxy": haproxy, "direct": upstream}
         loads = {
             "http": (http_load, "/user/s1/api/contents"),
             "websocket": (ws_load, "/user/s1/ws"),
         }
-        # The machine is shared: the three targets take turns (who goes first rotates), several
+        # The machine is shared: the targets take turns (who goes first rotates), several
         # short rounds each, and each figure is the median of a target's rounds, so a burst of
         # background load hits all alike and no single round decides a cell.
         for kind, (load, path) in loads.items():
@@ -465,13 +504,15 @@ def main() -> int:
     }
     document = {
         "benchmark": "proxy",
-        "anchor": "configurable-http-proxy (npm) and no proxy at all (direct: the load straight "
-        "at the upstream), same run, same upstream and load",
+        "anchor": "configurable-http-proxy (npm), HAProxy and no proxy at all (direct: the load "
+        "straight at the upstream), same run, same upstream and load",
         "goal": {**GOALS, "met": all(v["meets_goals"] for v in verdict.values())},
         "setup": {
             "gateway": "one process: bindery.gateway's app (all middlewares, token check, "
             "activity) on aiohttp + uvloop",
             "chp": "one node process: configurable-http-proxy, default target, no auth",
+            "haproxy": "one haproxy process (Debian's package), one thread per core (its "
+            "default), kept-alive connections both ways, websockets tunnelled, no auth",
             "direct": "no proxy: the load generator connects to the upstream's own port with "
             "the same requests, so the path has one hop and one process fewer",
             "upstream": "one process: aiohttp + uvloop, 1 KiB HTTP answer and websocket echo",
@@ -480,7 +521,8 @@ def main() -> int:
             "HTTP answers parsed by llhttp (httptools) and checked (200, the 1 KiB body), "
             "websocket echoes checked byte for byte. It replaced an aiohttp client that spent "
             "more CPU per request than either proxy on the shared 2 cores",
-            "placement": "four processes (load: this script; upstream; gateway; chp), none "
+            "placement": "five processes (load: this script; upstream; gateway; chp; "
+            "haproxy), none "
             "pinned: the kernel runs each on any core it allows (machine.cores_allowed). Only "
             "the target being measured has work; the others idle. Each cell's cores_used says "
             "how many cores each process kept busy (median over rounds, CPU time from /proc "
@@ -489,7 +531,7 @@ def main() -> int:
             "thread: near 1.0 core it would be what bounds the figure",
         },
         "statistic": "per cell and target: the median over rounds of throughput, p50 and p99 "
-        "(each round: 1 s warm-up, then seconds_per_round measured; the three targets rotate "
+        "(each round: 1 s warm-up, then seconds_per_round measured; the targets rotate "
         "who goes first); requests and errors: totals over the rounds",
         "seconds_per_round": options.seconds,
         "rounds": options.rounds,

@@ -18,7 +18,7 @@ CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 
 PACKAGES=(podman buildah runc skopeo debootstrap rabbitmq-server docker-registry git
           chromium chromium-driver iptables curl openssl ca-certificates slirp4netns uidmap
-          e2fsprogs acl supervisor podman-compose)
+          e2fsprogs acl supervisor podman-compose haproxy)
 
 log() { printf '[install] %s\n' "$*"; }
 die() { printf '[install] ERROR: %s\n' "$*" >&2; exit 1; }
