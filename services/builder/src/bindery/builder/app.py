@@ -63,6 +63,7 @@ def build_options(
         fetch_in_sandbox=settings.profile is not Profile.LOCAL,
         cgroup_prefix=f"{settings.replica_name()}-",
         push_tls_verify=settings.registry_scheme == "https",
+        push_compression=settings.push_compression,
         allowed_schemes=settings.allowed_schemes(),
         index_url=forwarder.url_for(STEP_HOST) if forwarder else settings.index_url,
         index_lookup_url=forwarder.url_for("127.0.0.1") if forwarder else "",
