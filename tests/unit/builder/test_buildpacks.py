@@ -440,11 +440,29 @@ def test_no_step_mounts_the_uv_cache_of_another_repository_or_environment(repo: 
     assert cache_ids(env_lines(pack)) == {"@ENV_CACHE_ID@"}
 
 
+def test_the_environment_ends_as_the_user_without_steps_that_change_nothing(repo: Path) -> None:
+    """Each instruction is a step of its own (a cache lookup, or a commit after the install):
+    the user is set where it changes, and the install as the user is the last step."""
+    write(repo, {"requirements.txt": "pyfiglet\n", "apt.txt": "cowsay\n"})
+    steps = [line for line in env_lines(picked()) if line and line[0].isupper()]
+    assert [step for step in steps if step.startswith("USER ")] == [
+        "USER root",
+        "USER ${NB_USER}",
+    ]
+    assert "uv pip install" in steps[-1]
+    # Without installs of its own, an environment still ends as the user.
+    (repo / "requirements.txt").unlink()
+    (repo / "apt.txt").unlink()
+    write(repo, {"hello.ipynb": "{}"})
+    assert env_lines(picked())[-1] == "USER ${NB_USER}"
+
+
 def test_user_installed_tools_are_on_path_in_login_shells_too(repo: Path, tmp_path: Path) -> None:
     """repo2docker's PATH: ~/.local/bin and $REPO_DIR/.local/bin first, also after Debian's
     /etc/profile (the entrypoint is a login shell) has reset it."""
     pack = picked()
-    assert "ENV PATH=${HOME}/.local/bin:${REPO_DIR}/.local/bin:${PATH}" in env_lines(pack)
+    # REPO_DIR (/home/jovyan) spelled out: it is set by the same ENV instruction.
+    assert "    PATH=${HOME}/.local/bin:/home/jovyan/.local/bin:${PATH}" in env_lines(pack)
     pack._write_env_context(tmp_path / "ctx", BUILD_ARGS, {})
     profile = (tmp_path / "ctx" / "session-path.sh").read_text()
     assert 'export PATH="$HOME/.local/bin:$REPO_DIR/.local/bin:$PATH"' in profile

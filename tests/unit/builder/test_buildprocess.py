@@ -10,6 +10,7 @@ from bindery.builder.buildprocess import (
     MAX_LINE_CHARS,
     BuildLine,
     FailureReason,
+    SpareProcess,
     classify_failure,
     parse_line,
     run_build,
@@ -130,3 +131,28 @@ async def test_a_build_writing_too_much_log_is_stopped_as_too_large(tmp_path: Pa
     result = await run_build(request, on_line, options)
     assert result.reason is FailureReason.TOO_LARGE
     assert "log" in result.message
+
+
+async def test_a_build_runs_in_the_process_started_ahead_of_it(tmp_path: Path) -> None:
+    options = BuildOptions(timeout=60, allowed_schemes=("file",))
+    spares = SpareProcess(options)
+    spares.start()
+    assert spares._spare is not None
+    ahead = await spares._spare
+
+    async def on_line(line: BuildLine) -> None:
+        pass
+
+    request = BuildRequest(f"file://{tmp_path}/none", SHA, "127.0.0.1:5000/bindery/x:y")
+    try:
+        result = await spares.run_build(request, on_line, options)
+        assert result.reason is FailureReason.CLONE_FAILED
+        # It ran this build and ended with it; the next build's is waiting.
+        assert ahead.proc.returncode == 1
+        assert spares._spare is not None
+        waiting = await spares._spare
+        assert waiting.proc.returncode is None
+    finally:
+        await spares.close()
+    assert waiting.proc.returncode is not None
+    assert not any(d.exists() for d in waiting.cgroup.directories)

@@ -9,6 +9,7 @@ import subprocess
 from bindery import service
 from bindery.builder import cgroups
 from bindery.builder.baseimage import base_images
+from bindery.builder.buildprocess import SpareProcess
 from bindery.builder.coordinator import Builder
 from bindery.builder.handlers import subscribe
 from bindery.builder.indexforward import STEP_HOST, Index, IndexForwarder
@@ -63,6 +64,7 @@ def build_options(
         fetch_in_sandbox=settings.profile is not Profile.LOCAL,
         cgroup_prefix=f"{settings.replica_name()}-",
         push_tls_verify=settings.registry_scheme == "https",
+        push_compression=settings.push_compression,
         allowed_schemes=settings.allowed_schemes(),
         index_url=forwarder.url_for(STEP_HOST) if forwarder else settings.index_url,
         index_lookup_url=forwarder.url_for("127.0.0.1") if forwarder else "",
@@ -104,12 +106,16 @@ def main() -> None:
             starter.resources.push_async_callback(forwarder.close)
             await forwarder.start()
         replica = settings.replica_name()
+        spares = SpareProcess(options)
+        starter.resources.push_async_callback(spares.close)
+        spares.start()
         builder = Builder(
             options,
             starter.bus.publish,
             replica=replica,
             max_concurrent_builds=settings.max_concurrent_builds,
             recently_built=settings.recently_built,
+            run=spares.run_build,
         )
         await subscribe(starter.bus, builder, replica, settings.prefetch)
         if settings.prune_interval <= 0:

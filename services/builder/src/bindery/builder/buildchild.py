@@ -157,6 +157,7 @@ def make_app(job: BuildJob) -> Repo2Docker:
     config.PodmanEngine.ca_bundle = options.ca_bundle
     config.PodmanEngine.sandbox_user = options.sandbox_user
     config.PodmanEngine.push_tls_verify = options.push_tls_verify
+    config.PodmanEngine.push_compression = options.push_compression
     config.PodmanEngine.index_url = options.index_url
     app = _Repo2Docker(config=config)
     app.max_repo_bytes = options.max_repo_bytes

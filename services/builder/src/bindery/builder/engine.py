@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from repo2docker.engine import BuildError, ContainerEngine, Image, ImageLoadError
-from traitlets import Bool, Unicode
+from traitlets import Bool, Enum, Unicode
 
 from bindery.builder.registrymirror import MissingBaseImage
 from bindery.builder.sandbox import DEFAULT_USER, Sandbox, join_registry_cgroup
@@ -53,6 +53,12 @@ class PodmanEngine(ContainerEngine):  # type: ignore[misc]
         config=True,
         help="Verify the registry's TLS certificate on push. Off by default because the local "
         "registry speaks plain HTTP on loopback.",
+    )
+    push_compression = Enum(
+        ("zstd", "gzip"),
+        "zstd",
+        config=True,
+        help="How pushed layers are compressed (the builder's push_compression setting says why).",
     )
     sandbox_user = Unicode(
         DEFAULT_USER, config=True, help="The unprivileged host user podman runs as."
@@ -134,7 +140,10 @@ class PodmanEngine(ContainerEngine):  # type: ignore[misc]
     def push(self, image: str) -> Iterator[str]:
         """Push ``image`` to the registry its name points at."""
         cmd = self.sandbox.podman(
-            "push", f"--tls-verify={str(self.push_tls_verify).lower()}", image
+            "push",
+            f"--tls-verify={str(self.push_tls_verify).lower()}",
+            f"--compression-format={self.push_compression}",
+            image,
         )
         yield from _stream(cmd, ImageLoadError, f"Pushing {image} failed", join_registry_cgroup)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import field
 from functools import cached_property
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import AfterValidator, ConfigDict, TypeAdapter, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
@@ -37,6 +37,8 @@ CranMirrorSetting = Annotated[str, AfterValidator(cran.check_mirror_setting)]
 NixChannelSetting = Annotated[str, AfterValidator(nixpack.check_channel_setting)]
 NixSubstituterSetting = Annotated[str, AfterValidator(nixpack.check_substituter_setting)]
 RegistryMirrorSetting = Annotated[str, AfterValidator(registrymirror.check_mirror_setting)]
+# How pushed layers are compressed: podman push --compression-format.
+PushCompression = Literal["zstd", "gzip"]
 
 # Unknown fields are refused, not dropped: a field one side has and the other lacks is a bug.
 _STRICT = ConfigDict(extra="forbid")
@@ -96,6 +98,7 @@ class BuildOptions:
     cgroup_prefix: str = "build-"
     """Names this replica's build cgroups (``<prefix><12 hex digits>``)."""
     push_tls_verify: bool = False
+    push_compression: PushCompression = "zstd"
     allowed_schemes: tuple[str, ...] = DEFAULT_SCHEMES
     index_url: str = ""
     """The package index as build steps reach it; empty: PyPI."""

@@ -13,6 +13,7 @@ from bindery.builder.job import (
     CranMirrorSetting,
     NixChannelSetting,
     NixSubstituterSetting,
+    PushCompression,
     RegistryMirrorSetting,
 )
 from bindery.builder.pythons import DEFAULT_PYTHON, Fallback
@@ -136,6 +137,13 @@ class BuilderSettings(PackageIndexSettings):
     image_prefix: str = "bindery/"
     """The resolver's (same variable): environment images are
     `<registry>/<image_prefix>env:<key>`, beside the repository images."""
+
+    push_compression: PushCompression = "zstd"
+    """How the layers of built images are compressed on their way to the registry. zstd, since
+    both ends of the trip spend less CPU on it than on gzip: with a scientific stack's 331 MB
+    environment layer on two cores, the push took 2.8 s against 3.5 s and a node's pull 2.7 s
+    against 3.3 s. Podman, containerd and CRI-O nodes pull it; `gzip` for nodes whose engine
+    cannot (older Docker Engines)."""
 
     max_repo_bytes: int = 1 * GiB
     """A checkout (history included) over this fails with 'too_large' before anything is built:

@@ -171,20 +171,22 @@ _JINJA.filters["quoted"] = _quoted
 ENV_TEMPLATE = _JINJA.from_string(
     r"""FROM {{ base_image }}
 
+# Every instruction is a step that costs its own cache lookup or commit (about 0.1 s), hence
+# as few as the image needs.
 # Start-up as repo2docker images do: a login shell's environment, then the repository's start
 # script if it has one. tini reaps the processes kernels and terminals leave behind.
+# repo2docker's PATH: what postBuild or the session installs with `pip install --user`, and a
+# repository's own .local/bin, come first; again in login shells, whose PATH Debian resets.
+# (One ENV sees the variables set before it only: REPO_DIR is spelled out in PATH.)
 USER root
-ENV PYTHONUNBUFFERED=1 NB_USER={{ user }} NB_UID={{ uid }} REPO_DIR={{ repo_dir }}
-COPY --chmod=0755 python3-login /usr/local/bin/python3-login
-COPY --chmod=0755 repo2docker-entrypoint /usr/local/bin/repo2docker-entrypoint
+ENV PYTHONUNBUFFERED=1 NB_USER={{ user }} NB_UID={{ uid }} REPO_DIR={{ repo_dir }} \
+    PATH=${HOME}/.local/bin:{{ repo_dir }}/.local/bin:${PATH}
+COPY --chmod=0755 python3-login repo2docker-entrypoint /usr/local/bin/
 COPY --chmod=0644 build-env.sh {{ build_env_path }}
+COPY --chmod=0644 session-path.sh /etc/profile.d/repo2docker-path.sh
 ENTRYPOINT ["/usr/bin/tini", "-g", "--", "/usr/local/bin/repo2docker-entrypoint"]
 CMD ["jupyter", "lab", "--ip=0.0.0.0", "--port=8888", "--no-browser"]
 WORKDIR ${REPO_DIR}
-# repo2docker's: what postBuild or the session installs with `pip install --user`, and a
-# repository's own .local/bin, are on PATH; again in login shells, whose PATH Debian resets.
-ENV PATH=${HOME}/.local/bin:${REPO_DIR}/.local/bin:${PATH}
-COPY --chmod=0644 session-path.sh /etc/profile.d/repo2docker-path.sh
 # A venv refuses `pip install --user` and hides the user's site-packages; repo2docker's conda
 # environment has both, and postBuild scripts written for it use them.
 RUN sed -i 's/^include-system-site-packages = false$/include-system-site-packages = true/' \
@@ -210,7 +212,6 @@ COPY --chown={{ uid }}:{{ uid }} src/{{ src }} ${REPO_DIR}/{{ dst }}
 {% for name, value in env %}
 ENV {{ name }}={{ value }}
 {% endfor %}
-USER ${NB_USER}
 """
 )
 
@@ -313,8 +314,11 @@ class BinderyBuildPack(BaseImage):  # type: ignore[misc]
             generated_dir=GENERATED_DIR,
             overlays=self.overlays(),
             files=self.get_preassemble_script_files(),
+            # Ends as the user, the environment image's user.
             preassemble=_directives(
-                self.get_preassemble_scripts(), prefix=run_prefix(ENV_CACHE_ID)
+                self.get_preassemble_scripts(),
+                prefix=run_prefix(ENV_CACHE_ID),
+                end="${NB_USER}",
             ),
             env=self.get_env(),
         )
@@ -454,12 +458,14 @@ def context_digest(directory: Path) -> str:
     return digest.hexdigest()[:32]
 
 
-def _directives(scripts: list[tuple[str, str]], prefix: str, start: str = "root") -> list[str]:
+def _directives(
+    scripts: list[tuple[str, str]], prefix: str, start: str = "root", end: str = ""
+) -> list[str]:
     """Dockerfile lines for (user, script) pairs: USER when it changes, RUN ``prefix`` (the
-    mounts); the user is ``start`` before and after them."""
+    mounts); the user is ``start`` before them and ``end`` (default: ``start``) after."""
     directives = []
     current_user = start
-    for user, script in [*scripts, (start, "")]:
+    for user, script in [*scripts, (end or start, "")]:
         if user != current_user:
             directives.append(f"USER {user}")
             current_user = user
