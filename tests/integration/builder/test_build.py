@@ -65,6 +65,12 @@ async def test_builds_pushes_and_runs(
     uid, cwd, files = out.split(" ", 2)
     assert (uid, cwd) == ("1000", "/home/jovyan")
     assert "'hello.ipynb'" in files and "'requirements.txt'" in files
+    # Installed compiled: a session imports the environment's packages without compiling them.
+    compiled = (
+        "import importlib.util as u, os; "
+        "print(os.path.exists(u.cache_from_source(u.find_spec('pyfiglet').origin)))"
+    )
+    assert podman_run(image_name, "python", "-B", "-c", compiled).strip() == "True"
     # The CA bundle was a build secret: it must be in no layer.
     assert podman_run(image_name, "ls", "-A", "/run/secrets") == ""
 
