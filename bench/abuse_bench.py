@@ -312,7 +312,7 @@ def main() -> int:
         "benchmark": "abuse",
         "target": "the victim's p99 under attack <= 2x its p99 without, no victim errors",
         "setup": {
-            "gateway": "one process: bindery.gateway's app served by slowclients.serve (as "
+            "gateway": "one process: bindery.gateway's app served by fastlane.serve (as "
             "python -m bindery.gateway), default settings, aiohttp + uvloop",
             "upstream": "one process: a stand-in Jupyter (aiohttp + uvloop): 1 KiB HTTP "
             "answers, websocket echo, and a long poll that never answers. Not real sessions: "

@@ -1,6 +1,6 @@
 """Processes the proxy and abuse benchmarks start: a stand-in Jupyter (HTTP + websocket echo,
 and a long poll that never answers) and the gateway in front of it, served as
-`python -m bindery.gateway` serves it (slowclients.serve, default settings), each alone in its
+`python -m bindery.gateway` serves it (fastlane.serve, default settings), each alone in its
 own process like in production.
 
     python bench/proxy_servers.py upstream <port>
@@ -57,7 +57,7 @@ class NoBus:
 
 async def gateway(port: int, upstream_port: int, secret: str, sessions: list[str]) -> None:
     from bindery import logs
-    from bindery.gateway import slowclients
+    from bindery.gateway import fastlane
     from bindery.gateway.app import create_app
     from bindery.gateway.deps import Gateway
     from bindery.gateway.settings import GatewaySettings
@@ -72,7 +72,7 @@ async def gateway(port: int, upstream_port: int, secret: str, sessions: list[str
     gw = Gateway.create(settings, NoBus())
     for session in sessions:
         gw.routes.add(session, f"http://127.0.0.1:{upstream_port}", "bench")
-    await slowclients.serve(create_app(gw), settings, "127.0.0.1", port)
+    await fastlane.serve(create_app(gw), settings, "127.0.0.1", port)
     await asyncio.Event().wait()  # until terminated
 
 

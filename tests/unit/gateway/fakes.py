@@ -1,6 +1,6 @@
 """Fakes for the gateway's unit tests: a harness holding a gateway app served by aiohttp's test
-server over the shared fake bus (tests/support/fakebus.py), which records and can answer what is
-published."""
+server (or, `lane="fast"`, as the gateway serves it: fastlane.py in front of aiohttp) over the
+shared fake bus (tests/support/fakebus.py), which records and can answer what is published."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from yarl import URL
 
 from bindery.events import (
     BuildLog,
@@ -19,6 +21,7 @@ from bindery.events import (
     LaunchRequested,
     PodScheduled,
 )
+from bindery.gateway import fastlane
 from bindery.gateway.app import create_app
 from bindery.gateway.deps import Gateway
 from bindery.gateway.handlers import EventHandlers
@@ -124,7 +127,32 @@ def full_launch(h: Harness, *, session: str = "repo-abc") -> Callable[[Event], A
     return answer
 
 
-async def make_harness(**kw: Any) -> AsyncIterator[Harness]:
+class FastLaneServer(TestServer):
+    """aiohttp's test server with the gateway's connections: each in the fast lane until it
+    hands over to aiohttp (`fastlane.serve`)."""
+
+    def __init__(self, app: web.Application, settings: GatewaySettings) -> None:
+        super().__init__(app)
+        self._settings = settings
+        self._served: fastlane.Serving | None = None
+
+    async def start_server(self, loop: Any = None, **kwargs: Any) -> None:
+        if self.runner:
+            return
+        self._served = await fastlane.serve(self.app, self._settings, "127.0.0.1", 0)
+        self.runner = self._served.runner
+        self.port = self._served.port
+        self.scheme = "http"
+        self._root = URL(f"http://127.0.0.1:{self.port}")
+
+    async def close(self) -> None:
+        if self._served is not None and not self.closed:
+            await self._served.close()
+            self._root = None
+            self._closed = True
+
+
+async def make_harness(lane: str = "aiohttp", **kw: Any) -> AsyncIterator[Harness]:
     bus = FakeBus()
     registry_ok = [True]
 
@@ -136,7 +164,9 @@ async def make_harness(**kw: Any) -> AsyncIterator[Harness]:
         bus,
         registry_check=registry_check,
     )
-    client = TestClient(TestServer(create_app(gateway)))
+    app = create_app(gateway)
+    server = FastLaneServer(app, gateway.settings) if lane == "fast" else TestServer(app)
+    client = TestClient(server)
     await client.start_server()
     try:
         yield Harness(client, gateway, bus, EventHandlers(gateway), registry_ok)

@@ -15,6 +15,9 @@ from bindery.gateway.routes import RouteTable
 from bindery.gateway.splice import FrameEdges
 from tests.unit.gateway.test_gateway_proxy_connections import frame
 
+# Every test here runs through both lanes of the gateway (conftest.py).
+BOTH_LANES = True
+
 # What JupyterLab 4 and common extensions request on their own while a tab is open.
 POLLING = [
     "api/kernels",

@@ -20,6 +20,9 @@ from bindery.gateway.sessionauth import (
 from bindery.tokens import session_token
 from tests.unit.gateway.fakes import S1_TOKEN, SECRET, Harness
 
+# Every test here runs through both lanes of the gateway (conftest.py).
+BOTH_LANES = True
+
 
 @pytest.fixture
 async def jupyter() -> AsyncIterator[TestServer]:

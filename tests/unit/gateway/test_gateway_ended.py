@@ -9,6 +9,9 @@ from bindery.events import PodStopped, StopReason
 from tests.support.launches import pod_ready
 from tests.unit.gateway.fakes import Harness
 
+# Every test here runs through both lanes of the gateway (conftest.py).
+BOTH_LANES = True
+
 REPO = "https://example.org/owner/repo.git"
 COMMIT = "c" * 40
 HTML = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}

@@ -1,5 +1,5 @@
 """Fair sharing and slow clients, end to end: the gateway's app served the way `python -m
-bindery.gateway` serves it (slowclients.serve) on loopback, in front of real HTTP servers
+bindery.gateway` serves it (fastlane.serve) on loopback, in front of real HTTP servers
 standing in for sessions. Clients are told apart by X-Forwarded-For from a trusted proxy."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from bindery.gateway import slowclients
+from bindery.gateway import fastlane
 from bindery.gateway.app import create_app
 from bindery.gateway.deps import Gateway
 from bindery.tokens import session_token
@@ -110,16 +110,15 @@ async def gw(request: pytest.FixtureRequest) -> AsyncIterator[Served]:
     gateway = Gateway.create(settings(**LIMITS | getattr(request, "param", {})), FakeBus())
     for name in SESSIONS:
         gateway.routes.add(name, str(upstream.make_url("")), "l" * 32)
-    runner, server = await slowclients.serve(create_app(gateway), gateway.settings, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    served = await fastlane.serve(create_app(gateway), gateway.settings, "127.0.0.1", 0)
+    port = served.port
     url = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession(url) as http:
             yield Served(url, port, sessions, http)
     finally:
         sessions.release.set()
-        server.close()
-        await runner.cleanup()
+        await served.close()
         await upstream.close()
 
 

@@ -15,6 +15,9 @@ from bindery.events import PodStopped, StopReason
 from bindery.gateway.routes import RouteTable
 from tests.unit.gateway.fakes import S1_TOKEN, Harness
 
+# Every test here runs through both lanes of the gateway (conftest.py).
+BOTH_LANES = True
+
 NOTEBOOK = gzip.compress(b'{"cells": []}' * 100)
 
 

@@ -17,6 +17,9 @@ from bindery.gateway.keys import PROXY
 from bindery.gateway.splice import FrameEdges
 from tests.unit.gateway.fakes import S1_TOKEN, Harness
 
+# Every test here runs through both lanes of the gateway (conftest.py).
+BOTH_LANES = True
+
 AUTH = {"Authorization": f"token {S1_TOKEN}"}
 BIG = random.Random(7).randbytes(1 << 20)
 

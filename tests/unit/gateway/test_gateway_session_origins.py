@@ -14,6 +14,9 @@ from bindery.gateway.sessionurls import SessionUrls
 from bindery.tokens import session_token
 from tests.unit.gateway.fakes import GIT_SPEC, SECRET, Harness, full_launch, make_harness, parse_sse
 
+# Every test here runs through both lanes of the gateway (conftest.py).
+BOTH_LANES = True
+
 SUBDOMAINS = SessionUrls("http://gw.example:8585", "gw.example:8585")
 PATHS = SessionUrls("http://gw.example:8585")
 
@@ -88,8 +91,8 @@ def test_the_resume_secret_belongs_to_one_launch() -> None:
 
 
 @pytest.fixture
-async def subdomains() -> AsyncIterator[Harness]:
-    async for h in make_harness(sessions_host="gw.example:8585"):
+async def subdomains(lane: str) -> AsyncIterator[Harness]:
+    async for h in make_harness(lane, sessions_host="gw.example:8585"):
         yield h
 
 

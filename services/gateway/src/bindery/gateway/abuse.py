@@ -111,14 +111,21 @@ def _within(address: Address, networks: list[Network]) -> bool:
     return any(address.version == net.version and address in net for net in networks)
 
 
-def client_address(request: web.Request, trusted_proxies: list[Network]) -> Address | None:
-    """The client's address: the socket peer, unless that is a trusted proxy, in which case the
-    right-most `X-Forwarded-For` entry that is not itself a trusted proxy (entries further left
-    are whatever the client chose to send)."""
-    peer = _address(request.remote)
+def peer(request: web.Request) -> tuple[str | None, list[str]]:
+    """What says who sent a request: the socket peer and the `X-Forwarded-For` headers."""
+    return request.remote, request.headers.getall("X-Forwarded-For", [])
+
+
+def client_address(
+    remote: str | None, forwarded_for: Iterable[str], trusted_proxies: list[Network]
+) -> Address | None:
+    """The client's address: the socket peer (`remote`), unless that is a trusted proxy, in
+    which case the right-most `X-Forwarded-For` entry that is not itself a trusted proxy
+    (entries further left are whatever the client chose to send)."""
+    peer = _address(remote)
     if peer is None or not _within(peer, trusted_proxies):
         return peer
-    hops = [h for v in request.headers.getall("X-Forwarded-For", []) for h in v.split(",")]
+    hops = [h for v in forwarded_for for h in v.split(",")]
     for hop in reversed(hops):
         address = _address(hop)
         if address is None:
@@ -313,18 +320,19 @@ class AbuseGuard:
         """Sessions and launches in progress one client may hold at once."""
         self.launches = ClientLaunches()
 
-    def address(self, request: web.Request) -> Address | None:
-        return client_address(request, self._trusted)
+    def address(self, remote: str | None, forwarded_for: Iterable[str]) -> Address | None:
+        return client_address(remote, forwarded_for, self._trusted)
 
-    def client(self, request: web.Request) -> Network | None:
-        """The request's client (`client_key`); None when its peer has no IP address."""
-        address = self.address(request)
+    def client(self, remote: str | None, forwarded_for: Iterable[str]) -> Network | None:
+        """The client of a request from `remote` (`client_key`); None when it has no IP
+        address."""
+        address = self.address(remote, forwarded_for)
         return None if address is None else client_key(address, self._ipv6_prefix)
 
-    def banned(self, request: web.Request) -> bool:
+    def banned(self, remote: str | None, forwarded_for: Iterable[str]) -> bool:
         if not self._banned:  # the common case, on every proxied request: no work at all
             return False
-        address = self.address(request)
+        address = self.address(remote, forwarded_for)
         return address is not None and _within(address, self._banned)
 
     def refusal(self, client: Network | None) -> Refusal | None:
@@ -349,7 +357,7 @@ class AbuseGuard:
     def record(self, request: web.Request, launch_id: str, provider: str, spec: str) -> None:
         if self._log is None:
             return
-        address = self.address(request)
+        address = self.address(*peer(request))
         try:
             self._log.write(
                 {

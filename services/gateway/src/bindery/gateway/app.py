@@ -25,6 +25,7 @@ from bindery import service, telemetry
 from bindery.bus.eventlog import StreamReader
 from bindery.gateway import (
     buildlog,
+    fastlane,
     health,
     info,
     launch,
@@ -33,6 +34,7 @@ from bindery.gateway import (
     repoproviders,
     slowclients,
 )
+from bindery.gateway.abuse import peer
 from bindery.gateway.activity import flush_activity
 from bindery.gateway.deps import Gateway
 from bindery.gateway.fairness import Fairness
@@ -96,7 +98,11 @@ _NEVER_BANNED = ("/health", "/metrics")
 async def refuse_banned(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Banned networks get nothing but a 403 saying so (health checks and scrapes still work)."""
     abuse = request.app[GATEWAY].abuse
-    if abuse is not None and not request.path.startswith(_NEVER_BANNED) and abuse.banned(request):
+    if (
+        abuse is not None
+        and not request.path.startswith(_NEVER_BANNED)
+        and abuse.banned(*peer(request))
+    ):
         BANNED.inc()
         return web.json_response(
             {"message": "Your network is banned from this Bindery because of abuse seen from it."},
@@ -144,7 +150,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         gateway.urls,
         fairness=Fairness.of(settings),
         # A client is counted as the launch limits count it (an IPv6 /64 is one client).
-        client_of=gateway.abuse.client if gateway.abuse is not None else lambda _request: None,
+        client_of=gateway.abuse.client if gateway.abuse is not None else lambda *_peer: None,
         connect_timeout=settings.proxy_connect_timeout,
         idle_timeout=settings.proxy_idle_timeout,
         body_timeout=settings.client_body_timeout,
@@ -238,15 +244,14 @@ def loops(gateway: Gateway) -> list[service.Loop]:
 async def serving(app: web.Application, settings: GatewaySettings) -> service.Loop:
     """Serve `app` as a loop of the runner, whose stop closes it before the bus: no request
     then finds a closed bus, and event streams end, telling browsers to reconnect elsewhere."""
-    runner, server = await slowclients.serve(app, settings, settings.host, settings.port)
+    served = await fastlane.serve(app, settings, settings.host, settings.port)
 
     async def held_until_the_stop() -> None:
         # The server accepts connections by itself; the step only keeps its place.
         await asyncio.Event().wait()
 
     async def stop() -> None:
-        server.close()
-        await runner.cleanup()
+        await served.close()
 
     return service.Loop("http", held_until_the_stop, 0, close=stop)
 

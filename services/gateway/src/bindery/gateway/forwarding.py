@@ -22,6 +22,7 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
+from bindery.gateway.abuse import peer
 from bindery.gateway.fairness import Fairness, Refused, refused
 from bindery.gateway.routes import Route
 from bindery.gateway.sessionurls import SessionUrls
@@ -37,7 +38,15 @@ log = structlog.get_logger("bindery.gateway.proxy")
 # API answers (contents listings, kernel and session lists) are mostly a few KiB.
 BUFFERED_BODY_LIMIT = 256 * 1024
 # Statuses whose answer has no body, whatever Content-Length says (HEAD's neither).
-_NO_BODY_STATUS = frozenset({204, 304})
+NO_BODY_STATUS = frozenset({204, 304})
+
+
+UNANSWERED = "The session did not answer; it may be starting or stopping."
+STOPPED_MIDWAY = "The session stopped answering in the middle of a response."
+
+
+def idle_message(seconds: float) -> str:
+    return f"The session sent nothing for {seconds:g} s."
 
 
 def bad_gateway(message: str) -> web.Response:
@@ -52,18 +61,18 @@ class Forwarding:
         urls: SessionUrls,
         *,
         fairness: Fairness,
-        client_of: Callable[[web.Request], Hashable | None],
+        client_of: Callable[[str | None, list[str]], Hashable | None],
         connect_timeout: float,
         idle_timeout: float,
         body_timeout: float,
     ) -> None:
         # The pool keeps no cookies (one session's never reach another) and decodes no body
         # (each passes as the session encoded it); `fairness` says how much may be in flight.
-        self._pool = Pool(connect_timeout)
-        self._fairness = fairness
-        self._client_of = client_of
+        self.pool = Pool(connect_timeout)
+        self.fairness = fairness
+        self.client_of = client_of
         self._connect_timeout = connect_timeout
-        self._idle_timeout = idle_timeout
+        self.idle_timeout = idle_timeout
         self._body_timeout = body_timeout
         self._urls = urls
         self._splices: set[Splice] = set()
@@ -72,7 +81,7 @@ class Forwarding:
         self, request: web.Request, route: Route, set_cookie: str | None = None
     ) -> web.StreamResponse:
         try:
-            held = self._fairness.request(route.session, self._client_of(request))
+            held = self.fairness.request(route.session, self.client_of(*peer(request)))
         except Refused as exc:
             return refused(exc)
         try:
@@ -96,14 +105,14 @@ class Forwarding:
                 # Read before taking a connection: a slow browser holds none of the session's.
                 body = await read_body(request.content, self._body_timeout)
             await connect()
-            async with asyncio.timeout(self._idle_timeout) as quiet:
+            async with asyncio.timeout(self.idle_timeout) as quiet:
                 if streamed:
 
                     def moved() -> None:
-                        quiet.reschedule(loop.time() + self._idle_timeout)
+                        quiet.reschedule(loop.time() + self.idle_timeout)
 
                     body = _body_chunks(request, length is None, self._body_timeout, moved)
-                exchange = await self._pool.request(
+                exchange = await self.pool.request(
                     route.address,
                     request_head(request, route),
                     body,
@@ -114,14 +123,11 @@ class Forwarding:
         except SlowBody as exc:
             return too_slow(exc)
         except TimeoutError:
-            log.info("proxy.idle", path=request.path, seconds=self._idle_timeout)
-            return web.json_response(
-                {"message": f"The session sent nothing for {self._idle_timeout:g} s."},
-                status=504,
-            )
+            log.info("proxy.idle", path=request.path, seconds=self.idle_timeout)
+            return web.json_response({"message": idle_message(self.idle_timeout)}, status=504)
         except UpstreamError as exc:
             log.warning("proxy.upstream_failed", path=request.path, error=str(exc))
-            return bad_gateway("The session did not answer; it may be starting or stopping.")
+            return bad_gateway(UNANSWERED)
         try:
             answer = exchange.answer
             headers = answer_headers(answer.headers)
@@ -144,13 +150,13 @@ class Forwarding:
             if answer.complete:  # the usual case: the body came in the read the head did
                 data = await exchange.read()
             else:
-                async with asyncio.timeout(self._idle_timeout):
+                async with asyncio.timeout(self.idle_timeout):
                     data = await exchange.read()
         except (UpstreamError, TimeoutError) as exc:
             log.info("proxy.stream_aborted", error=str(exc))
-            return bad_gateway("The session stopped answering in the middle of a response.")
+            return bad_gateway(STOPPED_MIDWAY)
         reason = answer.reason.decode("latin-1")
-        if request.method == "HEAD" or answer.status in _NO_BODY_STATUS:
+        if request.method == "HEAD" or answer.status in NO_BODY_STATUS:
             # Headers only, Content-Length as the session said (aiohttp sends them as they are).
             return web.StreamResponse(status=answer.status, reason=reason, headers=headers)
         return web.Response(status=answer.status, reason=reason, body=data, headers=headers)
@@ -167,10 +173,10 @@ class Forwarding:
         loop = asyncio.get_running_loop()
         try:
             await response.prepare(request)
-            async with asyncio.timeout(self._idle_timeout) as quiet:
+            async with asyncio.timeout(self.idle_timeout) as quiet:
                 async for chunk in exchange.chunks():
                     await response.write(chunk)
-                    quiet.reschedule(loop.time() + self._idle_timeout)
+                    quiet.reschedule(loop.time() + self.idle_timeout)
             await response.write_eof()
         except (UpstreamError, ConnectionError, TimeoutError) as exc:
             # Headers may be gone already: all we can do is end the connection.
@@ -181,7 +187,7 @@ class Forwarding:
 
     async def websocket(self, request: web.Request, route: Route) -> web.StreamResponse:
         try:
-            held = self._fairness.websocket(route.session, self._client_of(request))
+            held = self.fairness.websocket(route.session, self.client_of(*peer(request)))
         except Refused as exc:
             return refused(exc)
         try:
@@ -222,7 +228,7 @@ class Forwarding:
             session.close()
             raise
         handler = request.protocol
-        splice = Splice(browser, session, route.touch, handler.connection_lost, self._idle_timeout)
+        splice = Splice(browser, session, route.touch, handler.connection_lost, self.idle_timeout)
         browser_end = BrowserEnd(splice)
         browser.set_protocol(browser_end)
         # What the browser sent after its handshake, before the splice, aiohttp kept aside: it
@@ -262,7 +268,7 @@ class Forwarding:
         """Shutting down: tell every browser websocket we are going away (1001)."""
         for splice in list(self._splices):
             splice.going_away()
-        self._pool.close()
+        self.pool.close()
 
 
 async def _body_chunks(

@@ -32,7 +32,7 @@ from aiohttp import web
 
 from bindery.events import LaunchRequested
 from bindery.gateway import sse
-from bindery.gateway.abuse import Network, Refusal
+from bindery.gateway.abuse import Network, Refusal, peer
 from bindery.gateway.deps import Gateway
 from bindery.gateway.keys import GATEWAY
 from bindery.gateway.metrics import LAUNCHES_REQUESTED, LAUNCHES_RESUMED
@@ -192,7 +192,7 @@ async def build(request: web.Request) -> web.StreamResponse:
         log.info("launch.resumed", launch_id=launch.launch_id, after=after, entitled=entitled)
         LAUNCHES_RESUMED.inc()
     else:
-        client = gateway.abuse.client(request) if gateway.abuse else None
+        client = gateway.abuse.client(*peer(request)) if gateway.abuse else None
         refusal = gateway.abuse.refusal(client) if gateway.abuse else None
         if refusal is not None:
             return await _refuse(request, gateway, refusal, websocket)

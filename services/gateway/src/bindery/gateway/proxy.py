@@ -37,17 +37,17 @@ class Proxy:
         urls: SessionUrls,
         *,
         fairness: Fairness,
-        client_of: Callable[[web.Request], Hashable | None],
+        client_of: Callable[[str | None, list[str]], Hashable | None],
         connect_timeout: float = 10.0,
         idle_timeout: float = 600.0,
         body_timeout: float = 30.0,
         secure_cookie: bool = False,
     ) -> None:
-        self._routes = routes
-        self._credentials = credentials
-        self._urls = urls
-        self._secure_cookie = secure_cookie
-        self._forwarding = Forwarding(
+        self.routes = routes
+        self.credentials = credentials
+        self.urls = urls
+        self.secure_cookie = secure_cookie
+        self.forwarding = Forwarding(
             urls,
             fairness=fairness,
             client_of=client_of,
@@ -58,27 +58,27 @@ class Proxy:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         session = request.match_info["session"]
-        route = self._routes.get(session)
+        route = self.routes.get(session)
         if route is None:  # maybe a session that outlived a restart, its route not back yet
-            route = await self._routes.find(session, REBUILD_WAIT_SECONDS)
+            route = await self.routes.find(session, REBUILD_WAIT_SECONDS)
         if route is None:
-            home = self._urls.public_url if self._urls.subdomains else ""
-            return not_running(request, session, self._routes.ended(session), home)
+            home = self.urls.public_url if self.urls.subdomains else ""
+            return not_running(request, session, self.routes.ended(session), home)
         if "tail" not in request.match_info:  # /user/<session> -> /user/<session>/
             query = request.raw_path.partition("?")[2]
             location = f"/user/{session}/" + (f"?{query}" if query else "")
             return web.Response(status=302, headers={"Location": location})
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-            return await self._forwarding.http(request, route)
-        admission = admit(self._credentials, request, session, secure_cookie=self._secure_cookie)
+            return await self.forwarding.http(request, route)
+        admission = admit(self.credentials, request, session, secure_cookie=self.secure_cookie)
         if admission.refusal is not None:
             return admission.refusal
         if request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket":
-            return await self._forwarding.websocket(request, route)
+            return await self.forwarding.websocket(request, route)
         if is_person_request(request.method, request.match_info["tail"]):
             route.touch()
-        return await self._forwarding.http(request, route, admission.set_cookie)
+        return await self.forwarding.http(request, route, admission.set_cookie)
 
     async def close(self) -> None:
         """Shutting down: tell every browser websocket we are going away (1001)."""
-        await self._forwarding.close()
+        await self.forwarding.close()

@@ -30,6 +30,7 @@ import re
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from http.cookies import Morsel
 from urllib.parse import urlsplit
@@ -71,33 +72,38 @@ def token_cookie(session: str, token: str, secure: bool) -> str:
     return morsel.OutputString()
 
 
-def presented_tokens(request: web.Request) -> tuple[list[str], bool]:
+def presented_tokens(
+    authorization: str, query_token: str, cookie_values: list[str]
+) -> tuple[list[str], bool]:
     """The tokens a request carries and whether they came from cookies. Every cookie of the
     session's name counts: a page on a sibling origin can set one more for a parent domain
     (cookie tossing), which must not lock the owner out."""
-    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    scheme, _, credentials = authorization.partition(" ")
     if scheme.lower() in ("token", "bearer") and credentials.strip():
         return [credentials.strip()], False
-    if request.query.get("token"):
-        return [request.query["token"]], False
-    values = [
+    if query_token:
+        return [query_token], False
+    return cookie_values, True
+
+
+def session_cookies(cookie_headers: Iterable[str]) -> list[str]:
+    """The values of every session-token cookie in a request's Cookie headers."""
+    return [
         value
-        for header in request.headers.getall("Cookie", [])
+        for header in cookie_headers
         for name, value in _COOKIE_PAIR.findall(header)
         if name == TOKEN_COOKIE
     ]
-    return values, True
 
 
-def from_own_page(request: web.Request) -> bool:
+def from_own_page(origin: str | None, host: str) -> bool:
     """Whether a request comes from a page of the origin it is sent to (or from no page: a
     navigation, a script outside a browser). Browsers send Origin with every websocket
     handshake and every cross-origin or writing request, and sibling session origins are
     same-site, so they get a session's SameSite=Lax cookie: that cookie must count only for
     the session's own pages, or another session's page could open its terminals and kernels.
     Pages elsewhere (Thebe) send the token itself and are checked by Jupyter's allow_origin."""
-    origin = request.headers.get("Origin")
-    return origin is None or urlsplit(origin).netloc.lower() == request.host.lower()
+    return origin is None or urlsplit(origin).netloc.lower() == host.lower()
 
 
 def not_from_own_page() -> web.Response:
@@ -129,29 +135,60 @@ class Admission:
     set_cookie: str | None = None
     """The Set-Cookie the session's answer gets: a token that came in the query or the
     Authorization header becomes the browser's cookie (None: it has it, or came with it)."""
+    cookie_token: str | None = None
+    """The token the request goes on to Jupyter with (`COOKIE_TOKEN`): it came in by cookie."""
 
 
 ADMITTED = Admission()
 
 
-def admit(
-    credentials: Credentials, request: web.Request, session: str, *, secure_cookie: bool
+def admission(
+    credentials: Credentials,
+    session: str,
+    *,
+    authorization: str,
+    query_token: str,
+    cookie_headers: Iterable[str],
+    origin: str | None,
+    host: str,
+    secure_cookie: bool,
 ) -> Admission:
-    """Whether `request` may reach `session`: it carries the session's token, and a token from
-    the cookie counts only on the session's own pages (`from_own_page`). A request let in by its
-    cookie gets the token on to Jupyter (`COOKIE_TOKEN`)."""
-    tokens, from_cookie = presented_tokens(request)
+    """Whether a request with these credentials may reach `session`: it carries the session's
+    token, and a token from the cookie counts only on the session's own pages
+    (`from_own_page`)."""
+    cookies = session_cookies(cookie_headers)
+    tokens, from_cookie = presented_tokens(authorization, query_token, cookies)
     if not credentials.token_matches(session, tokens):
         return Admission(refusal=forbidden())
     token = credentials.token(session)
     if from_cookie:
-        if not from_own_page(request):
+        if not from_own_page(origin, host):
             return Admission(refusal=not_from_own_page())
-        request[COOKIE_TOKEN] = token
-        return ADMITTED
-    if request.cookies.get(TOKEN_COOKIE) == token:
+        return Admission(cookie_token=token)
+    if token in cookies:
         return ADMITTED
     return Admission(set_cookie=token_cookie(session, token, secure_cookie))
+
+
+def admit(
+    credentials: Credentials, request: web.Request, session: str, *, secure_cookie: bool
+) -> Admission:
+    """`admission` of an aiohttp request; one let in by its cookie gets the token on to
+    Jupyter (`COOKIE_TOKEN`)."""
+    headers = request.headers
+    decided = admission(
+        credentials,
+        session,
+        authorization=headers.get("Authorization", ""),
+        query_token=request.query.get("token", ""),
+        cookie_headers=headers.getall("Cookie", []),
+        origin=headers.get("Origin"),
+        host=request.host,
+        secure_cookie=secure_cookie,
+    )
+    if decided.cookie_token is not None:
+        request[COOKIE_TOKEN] = decided.cookie_token
+    return decided
 
 
 class Credentials:

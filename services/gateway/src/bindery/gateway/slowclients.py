@@ -1,7 +1,7 @@
 """Slow clients: deadlines on what a client sends, so a connection trickling bytes holds nothing
 for long.
 
-In: the gateway's accepted connections (`serve` puts a `_HeadDeadline` between each and aiohttp's
+In: the connections aiohttp serves (fastlane.py puts a `HeadDeadline` between each and aiohttp's
 request handler) and the bodies of proxied requests. Out: a connection closed when a request
 head is not whole `client_header_timeout` seconds after its first byte (or after connecting,
 for the first); `SlowBody` (the proxy answers 408 and closes) when a body has had no byte for
@@ -18,12 +18,10 @@ import structlog
 from aiohttp import StreamReader, web
 from aiohttp.typedefs import Handler
 
-from bindery.gateway.settings import GatewaySettings
-
 log = structlog.get_logger("bindery.gateway.slowclients")
 
 
-class _HeadDeadline(asyncio.Protocol):
+class HeadDeadline(asyncio.Protocol):
     """Sits between a connection and aiohttp's handler for it: once the connection is made, and
     at the first byte after a request ended, a timer starts; when it fires before the next
     request reached the application (`head_deadline` notes that), the connection is closed."""
@@ -88,38 +86,13 @@ async def head_deadline(request: web.Request, handler: Handler) -> web.StreamRes
     ends, so that the next head's deadline starts at its first byte)."""
     transport = request.transport
     deadline = transport.get_protocol() if transport is not None else None
-    if not isinstance(deadline, _HeadDeadline):  # served some other way (tests' TestServer)
+    if not isinstance(deadline, HeadDeadline):  # served some other way (tests' TestServer)
         return await handler(request)
     deadline.request_started()
     try:
         return await handler(request)
     finally:
         deadline.request_ended()
-
-
-async def serve(
-    app: web.Application, settings: GatewaySettings, host: str, port: int
-) -> tuple[web.AppRunner, asyncio.Server]:
-    """Serve `app` on host:port with the client deadlines; stop with `server.close()`, then
-    `runner.cleanup()`."""
-    # aiohttp's access log would print query strings, which may hold tokens: ours does not.
-    # A handler whose client left is cancelled: a proxied long poll gives its session's
-    # connection back then, not when the session answers (or `proxy_idle_timeout` later).
-    runner = web.AppRunner(
-        app,
-        access_log=None,
-        shutdown_timeout=5.0,
-        keepalive_timeout=settings.client_keepalive_timeout,
-        handler_cancellation=True,
-    )
-    await runner.setup()
-    handlers = runner.server
-    assert handlers is not None
-    seconds = settings.client_header_timeout
-    server = await asyncio.get_running_loop().create_server(
-        lambda: _HeadDeadline(handlers(), seconds), host, port
-    )
-    return runner, server
 
 
 class SlowBody(Exception):

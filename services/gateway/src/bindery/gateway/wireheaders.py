@@ -52,22 +52,48 @@ def end_to_end(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     return kept
 
 
-def request_head(request: web.BaseRequest, route: Route, *, upgrade: bool = False) -> bytes:
+def session_request_head(
+    method: str,
+    raw_path: str,
+    raw_headers: Iterable[tuple[bytes, bytes]],
+    route: Route,
+    *,
+    has_host: bool,
+    cookie_token: str | None,
+    chunked: bool = False,
+    upgrade: bool = False,
+) -> bytes:
     """The request line and headers to send the session: path, query and every end-to-end
-    header byte for byte (Host, Origin, cookies, Authorization, Sec-WebSocket-*)."""
-    path = route.prefix + request.raw_path
-    lines = [f"{request.method} {path} HTTP/1.1".encode("utf-8", "surrogateescape")]
-    lines.extend(k + b": " + v for k, v in end_to_end(request.raw_headers))
-    if "Host" not in request.headers:  # HTTP/1.0 browsers may omit it; 1.1 requires it
+    header byte for byte (Host, Origin, cookies, Authorization, Sec-WebSocket-*). A request let
+    in by its cookie carries the token (`cookie_token`); a body the browser sent without a
+    length goes on re-framed (`chunked`: the browser's framing was hop-by-hop)."""
+    path = route.prefix + raw_path
+    lines = [f"{method} {path} HTTP/1.1".encode("utf-8", "surrogateescape")]
+    lines.extend(k + b": " + v for k, v in end_to_end(raw_headers))
+    if not has_host:  # HTTP/1.0 browsers may omit it; 1.1 requires it
         lines.append(f"Host: {route.host}:{route.port}".encode())
-    if COOKIE_TOKEN in request:
-        lines.append(b"Authorization: token " + request[COOKIE_TOKEN].encode())
+    if cookie_token is not None:
+        lines.append(b"Authorization: token " + cookie_token.encode())
     if upgrade:
         lines.append(b"Upgrade: websocket\r\nConnection: Upgrade")
-    elif request.body_exists and request.content_length is None:
-        lines.append(b"Transfer-Encoding: chunked")  # re-framed: the browser's was hop-by-hop
+    elif chunked:
+        lines.append(b"Transfer-Encoding: chunked")
     lines.append(b"\r\n")
     return b"\r\n".join(lines)
+
+
+def request_head(request: web.BaseRequest, route: Route, *, upgrade: bool = False) -> bytes:
+    """`session_request_head` of an aiohttp request."""
+    return session_request_head(
+        request.method,
+        request.raw_path,
+        request.raw_headers,
+        route,
+        has_host="Host" in request.headers,
+        cookie_token=request.get(COOKIE_TOKEN),
+        chunked=request.body_exists and request.content_length is None,
+        upgrade=upgrade,
+    )
 
 
 def answer_headers(raw: Iterable[tuple[bytes, bytes]]) -> CIMultiDict[str]:
