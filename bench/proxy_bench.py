@@ -508,8 +508,10 @@ def main() -> int:
         "straight at the upstream), same run, same upstream and load",
         "goal": {**GOALS, "met": all(v["meets_goals"] for v in verdict.values())},
         "setup": {
-            "gateway": "one process: bindery.gateway's app (all middlewares, token check, "
-            "activity) on aiohttp + uvloop",
+            "gateway": "one process on uvloop, served as `python -m bindery.gateway` serves: "
+            "the fast lane (fastlane.py) answers the load's plain reads -- token check, shares, "
+            "activity, the session's cookie set on each answer since the load keeps none; "
+            "aiohttp's app with all its middlewares has the rest",
             "chp": "one node process: configurable-http-proxy, default target, no auth",
             "haproxy": "one haproxy process (Debian's package), one thread per core (its "
             "default), kept-alive connections both ways, websockets tunnelled, no auth",

@@ -47,10 +47,15 @@ def session_app() -> web.Application:
     async def big(_request: web.Request) -> web.Response:
         return web.Response(body=BIG)
 
+    async def hold(_request: web.Request) -> web.Response:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
     app = web.Application()
     app.router.add_get("/user/s1/echo", echo)
     app.router.add_get("/user/s1/chunked", chunked)
     app.router.add_get("/user/s1/big", big)
+    app.router.add_get("/user/s1/hold", hold)
     return app
 
 
@@ -102,7 +107,8 @@ class Browser:
 
 
 @pytest.fixture
-async def gateway() -> AsyncIterator[tuple[Gateway, TestServer, int]]:
+async def gateway(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Gateway, TestServer, int]]:
+    """The gateway in front of one session, s1; a test's `indirect` parameter changes settings."""
     session = TestServer(session_app())
     await session.start_server()
     gw = Gateway.create(
@@ -110,6 +116,7 @@ async def gateway() -> AsyncIterator[tuple[Gateway, TestServer, int]]:
             banned_networks="203.0.113.0/24",
             trusted_proxies="127.0.0.1/32",
             client_keepalive_timeout=1,
+            **getattr(request, "param", {}),
         ),
         FakeBus(),
     )
@@ -217,3 +224,24 @@ async def test_an_idle_kept_alive_connection_is_closed(
     assert (await browser.get("/user/s1/echo"))[0] == 200
     async with asyncio.timeout(gw.settings.client_keepalive_timeout + 5):
         assert await browser.reader.read() == b"", "closed by the gateway"
+
+
+@pytest.mark.parametrize("gateway", [{"proxy_idle_timeout": 0.5}], indirect=True)
+async def test_a_session_that_never_answers_gets_504_and_the_connection_goes_on(
+    gateway: tuple[Gateway, TestServer, int],
+) -> None:
+    browser = await connect(gateway[2])
+    status, _, body = await browser.get("/user/s1/hold")
+    assert status == 504 and "sent nothing for 0.5 s" in json.loads(body)["message"]
+    assert (await browser.get("/user/s1/echo"))[0] == 200
+
+
+@pytest.mark.parametrize("gateway", [{"proxy_session_requests": 1}], indirect=True)
+async def test_requests_one_after_another_hold_one_share_at_a_time(
+    gateway: tuple[Gateway, TestServer, int],
+) -> None:
+    """Pipelined on one connection, each request starts once the last one's answer went out
+    and its share came back: a session's share of 1 refuses none of them."""
+    browser = await connect(gateway[2])
+    browser.send(*[f"/user/s1/echo?n={n}" for n in range(10)])
+    assert [status for status, _, _ in await browser.answers(10)] == [200] * 10

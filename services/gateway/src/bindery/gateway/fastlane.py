@@ -218,6 +218,7 @@ class FastLane(asyncio.Protocol):
 
     def __init__(self, lanes: Lanes) -> None:
         self._lanes = lanes
+        self._loop = asyncio.get_running_loop()  # once per connection (see _session_silent)
         self._parser = _Parser()
         self._buffer = b""
         self._transport: asyncio.Transport | None = None
@@ -226,6 +227,7 @@ class FastLane(asyncio.Protocol):
         self._answering: asyncio.Task[None] | None = None
         self._writable: asyncio.Future[None] | None = None
         self._reading_paused = False
+        self._silent = False
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -259,7 +261,7 @@ class FastLane(asyncio.Protocol):
             self._writable.set_result(None)
 
     def pause_writing(self) -> None:
-        self._writable = asyncio.get_running_loop().create_future()
+        self._writable = self._loop.create_future()
 
     def resume_writing(self) -> None:
         if self._writable is not None and not self._writable.done():
@@ -285,10 +287,8 @@ class FastLane(asyncio.Protocol):
         self._cancel_deadline()
         self._buffer = rest
         route, admitted, held, tail = found
-        self._answering = asyncio.get_running_loop().create_task(
-            self._answer(route, admitted, held, tail)
-        )
-        # Released when the task ends, even one cancelled before it ran (the browser left).
+        self._answering = self._loop.create_task(self._answer(route, admitted, held, tail))
+        # Released by the answer, or when its task ends if cancelled before it ran.
         self._answering.add_done_callback(lambda _task: held.release())
 
     async def _answer(self, route: Route, admitted: Admission, held: Held, tail: str) -> None:
@@ -312,6 +312,7 @@ class FastLane(asyncio.Protocol):
             log.exception("fastlane.unhandled", path=parser.url.partition(b"?")[0].decode())
             self._close()
         finally:
+            held.release()  # before the next request on this connection takes its own
             observe_request(_FAMILY, status, time.monotonic() - started)
         self._answered()
 
@@ -324,15 +325,23 @@ class FastLane(asyncio.Protocol):
         idle = forwarding.idle_timeout
         try:
             await held.connect()
-            async with asyncio.timeout(idle):
+            give_up = self._loop.call_later(idle, self._session_silent)
+            try:
                 exchange = await forwarding.pool.request(route.address, head, head_only=head_only)
+            finally:
+                give_up.cancel()
         except Refused as exc:
             return self._error(503, exc.message, b"Retry-After: 5\r\n")
-        except TimeoutError:
-            return self._error(504, idle_message(idle))
         except UpstreamError as exc:
             log.warning("proxy.upstream_failed", error=str(exc))
             return self._error(502, UNANSWERED)
+        except asyncio.CancelledError:
+            if not self._silent:  # the browser left, or the gateway stops
+                raise
+            self._silent = False
+            if self._answering is not None:
+                self._answering.uncancel()
+            return self._error(504, idle_message(idle))
         try:
             answer = exchange.answer
             headers = answer_headers(answer.headers)
@@ -347,8 +356,11 @@ class FastLane(asyncio.Protocol):
                 or (length is not None and length <= BUFFERED_BODY_LIMIT)
             ):
                 try:
-                    async with asyncio.timeout(idle):
+                    if answer.complete:  # the usual case: all came with the head
                         body = await exchange.read()
+                    else:
+                        async with asyncio.timeout(idle):
+                            body = await exchange.read()
                 except (UpstreamError, TimeoutError) as exc:
                     log.info("proxy.stream_aborted", error=str(exc))
                     return self._error(502, STOPPED_MIDWAY)
@@ -369,7 +381,7 @@ class FastLane(asyncio.Protocol):
         if chunked:
             headers["Transfer-Encoding"] = "chunked"
         self._write(_answer_head(answer.status, answer.reason, headers))
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         try:
             async with asyncio.timeout(idle) as quiet:
                 async for chunk in exchange.chunks():
@@ -392,6 +404,15 @@ class FastLane(asyncio.Protocol):
             % (status, HTTPStatus(status).phrase.encode(), len(body), extra, body)
         )
         return status
+
+    def _session_silent(self) -> None:
+        """The session sent nothing for the idle timeout: the request gives up (504). Not
+        `asyncio.timeout`, which asks for the running loop three times: here each asking is a
+        getpid() system call (CPython's check that the loop is this process's), on every
+        request."""
+        if self._answering is not None:
+            self._silent = True
+            self._answering.cancel()
 
     def _answered(self) -> None:
         """An answer went out (or the connection is gone): the next request, if any."""
@@ -439,7 +460,7 @@ class FastLane(asyncio.Protocol):
     def _deadline(self, seconds: float) -> None:
         """Close the connection in `seconds` unless a request comes whole by then."""
         self._cancel_deadline()
-        self._timer = asyncio.get_running_loop().call_later(seconds, self._expired)
+        self._timer = self._loop.call_later(seconds, self._expired)
 
     def _cancel_deadline(self) -> None:
         if self._timer is not None:

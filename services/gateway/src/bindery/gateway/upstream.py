@@ -82,6 +82,8 @@ class _Connection(asyncio.Protocol):
         """Any byte of an answer came on this connection (so the request must not be resent)."""
         self._writable: asyncio.Future[None] | None = None
         self._paused = False
+        # Asked once: each get_running_loop() is a getpid() system call (fastlane.py).
+        self._loop = asyncio.get_running_loop()
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -191,7 +193,7 @@ class _Connection(asyncio.Protocol):
     def taken(self, answer: Answer) -> None:
         """The next answer on this connection will be `answer`; wait for its head."""
         self.answer = answer
-        self.head = asyncio.get_running_loop().create_future()
+        self.head = self._loop.create_future()
         self.received = False
         self.until_close = False
 
