@@ -36,7 +36,6 @@ from http import HTTPStatus
 import httptools
 import structlog
 from aiohttp import web
-from multidict import CIMultiDict
 
 from bindery.gateway.abuse import AbuseGuard
 from bindery.gateway.activity import is_person_request
@@ -57,13 +56,15 @@ from bindery.gateway.settings import GatewaySettings
 from bindery.gateway.slowclients import HeadDeadline
 from bindery.gateway.upstream import Exchange, UpstreamError
 from bindery.gateway.urlpath import HANDOFF_PATH
-from bindery.gateway.wireheaders import answer_headers, session_request_head
+from bindery.gateway.wireheaders import answer_headers, end_to_end, session_request_head
 
 log = structlog.get_logger("bindery.gateway.fastlane")
 
 MAX_HEAD = 16 * 1024
 """A head not whole within this many bytes goes to aiohttp, which refuses what is too long."""
 _FAMILY = family("/user/")
+# Answer headers sessionurls.py confines: the rest pass as they came, never decoded.
+_CONFINED = frozenset({b"set-cookie", b"service-worker-allowed"})
 # Headers that make a request more than a plain read: a body, an upgrade, an expectation.
 _NOT_PLAIN = frozenset({b"content-length", b"transfer-encoding", b"upgrade", b"expect"})
 
@@ -344,10 +345,9 @@ class FastLane(asyncio.Protocol):
             return self._error(504, idle_message(idle))
         try:
             answer = exchange.answer
-            headers = answer_headers(answer.headers)
-            self._lanes.proxy.urls.confine(route.session, headers)
+            headers = self._browser_headers(route.session, answer.headers)
             if set_cookie is not None:
-                headers.add("Set-Cookie", set_cookie)
+                headers.append((b"Set-Cookie", set_cookie.encode()))
             bodiless = head_only or answer.status in NO_BODY_STATUS
             length = answer.expected
             if (
@@ -365,7 +365,7 @@ class FastLane(asyncio.Protocol):
                     log.info("proxy.stream_aborted", error=str(exc))
                     return self._error(502, STOPPED_MIDWAY)
                 if length is None and not bodiless:
-                    headers["Content-Length"] = str(len(body))
+                    headers.append((b"Content-Length", b"%d" % len(body)))
                 self._write(_answer_head(answer.status, answer.reason, headers) + body)
             else:
                 await self._stream(exchange, headers, idle)
@@ -373,13 +373,15 @@ class FastLane(asyncio.Protocol):
         finally:
             exchange.end()
 
-    async def _stream(self, exchange: Exchange, headers: CIMultiDict[str], idle: float) -> None:
+    async def _stream(
+        self, exchange: Exchange, headers: list[tuple[bytes, bytes]], idle: float
+    ) -> None:
         """A large or open-ended body, passed on as it arrives (chunk-framed when the session
         gave no length), waiting while the browser is slower than the session."""
         answer = exchange.answer
         chunked = answer.expected is None
         if chunked:
-            headers["Transfer-Encoding"] = "chunked"
+            headers.append((b"Transfer-Encoding", b"chunked"))
         self._write(_answer_head(answer.status, answer.reason, headers))
         loop = self._loop
         try:
@@ -404,6 +406,21 @@ class FastLane(asyncio.Protocol):
             % (status, HTTPStatus(status).phrase.encode(), len(body), extra, body)
         )
         return status
+
+    def _browser_headers(
+        self, session: str, raw: list[tuple[bytes, bytes]]
+    ) -> list[tuple[bytes, bytes]]:
+        """The session's answer headers for the browser: end to end only, and confined
+        (sessionurls.py) when they say something to confine; as bytes, as they came."""
+        kept = end_to_end(raw)
+        if not any(name.lower() in _CONFINED for name, _ in kept):
+            return kept
+        headers = answer_headers(raw)
+        self._lanes.proxy.urls.confine(session, headers)
+        return [
+            (name.encode("latin-1"), value.encode("utf-8", "surrogateescape"))
+            for name, value in headers.items()
+        ]
 
     def _session_silent(self) -> None:
         """The session sent nothing for the idle timeout: the request gives up (504). Not
@@ -486,13 +503,12 @@ class FastLane(asyncio.Protocol):
         self._close()
 
 
-def _answer_head(status: int, reason: bytes, headers: CIMultiDict[str]) -> bytes:
-    lines = [b"HTTP/1.1 %d %b" % (status, reason)]
-    lines.extend(
-        f"{name}: {value}".encode("utf-8", "surrogateescape") for name, value in headers.items()
+def _answer_head(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    return b"HTTP/1.1 %d %b\r\n%b\r\n" % (
+        status,
+        reason,
+        b"".join(name + b": " + value + b"\r\n" for name, value in headers),
     )
-    lines.append(b"\r\n")
-    return b"\r\n".join(lines)
 
 
 class Serving:
