@@ -112,17 +112,24 @@ class Held:
         self._websocket = websocket
         self.connected = False
 
+    def take_connection(self) -> bool:
+        """Take a connection in every share if each has one free now; whether it did."""
+        shares = self._shares
+        if any(s.connections >= s.limits.connections for s in shares):
+            return False
+        for share in shares:
+            share.connections += 1
+        self.connected = True
+        return True
+
     async def connect(self) -> None:
         """Take a connection in every share, waiting up to `wait` seconds for one to come back
         where there is none; `Refused` if none did."""
         deadline = time.monotonic() + self._wait
         while True:
-            full = next((s for s in self._shares if s.connections >= s.limits.connections), None)
-            if full is None:
-                for share in self._shares:
-                    share.connections += 1
-                self.connected = True
+            if self.take_connection():
                 return
+            full = next(s for s in self._shares if s.connections >= s.limits.connections)
             left = deadline - time.monotonic()
             if left <= 0:
                 raise Refused(_busy(full, self._wait))

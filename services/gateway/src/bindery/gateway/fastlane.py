@@ -54,12 +54,14 @@ from bindery.gateway.routes import Route
 from bindery.gateway.sessionauth import Admission, admission
 from bindery.gateway.settings import GatewaySettings
 from bindery.gateway.slowclients import HeadDeadline
-from bindery.gateway.upstream import Exchange, UpstreamError
+from bindery.gateway.upstream import Answer, Connection, Exchange, UpstreamError
 from bindery.gateway.urlpath import HANDOFF_PATH
 from bindery.gateway.wireheaders import answer_headers, end_to_end, session_request_head
 
 log = structlog.get_logger("bindery.gateway.fastlane")
 
+SWEEP_SECONDS = 0.25
+"""How often the connections' deadlines are checked: each fires up to this much late."""
 MAX_HEAD = 16 * 1024
 """A head not whole within this many bytes goes to aiohttp, which refuses what is too long."""
 _FAMILY = family("/user/")
@@ -158,6 +160,25 @@ class Lanes:
         self.keepalive_timeout = settings.client_keepalive_timeout
         self.open: set[FastLane] = set()
         self.closing = False
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def opened(self, lane: FastLane, loop: asyncio.AbstractEventLoop) -> None:
+        self.open.add(lane)
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Every connection's deadlines, checked by one timer for all: a timer per request
+        (armed, then cancelled as nearly every answer comes in time) cost more."""
+        now = loop.time()
+        for lane in list(self.open):
+            lane.check_deadlines(now)
+        self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep, loop) if self.open else None
+
+    def stop_sweeping(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
 
     def plain_read(
         self, parser: _Parser, remote: str | None
@@ -214,18 +235,55 @@ class Lanes:
         return route, admitted, held, tail
 
 
+class _Pending:
+    """A request sent at once on a kept connection, its answer not in yet."""
+
+    __slots__ = ("answer", "conn", "head", "held", "request", "route", "set_cookie", "started")
+
+    def __init__(
+        self,
+        conn: Connection,
+        answer: Answer,
+        request: bytes,
+        route: Route,
+        held: Held,
+        set_cookie: str | None,
+        started: float,
+    ) -> None:
+        self.conn = conn
+        self.answer = answer
+        self.head = conn.head
+        self.request = request
+        self.route = route
+        self.held = held
+        self.set_cookie = set_cookie
+        self.started = started
+
+
 class FastLane(asyncio.Protocol):
-    """One browser connection while its requests are plain reads of running sessions."""
+    """One browser connection while its requests are plain reads of running sessions.
+
+    The usual read -- a GET, a kept connection to its session idle, a small answer that comes
+    whole -- is sent and answered from the connections' callbacks (`_send_at_once`): no task,
+    no loop iteration in between. Any other (HEAD, a new connection to make, shares to wait
+    for, a large answer, a kept connection the session closed as the request went out) goes
+    on in a task (`_answer`)."""
 
     def __init__(self, lanes: Lanes) -> None:
         self._lanes = lanes
-        self._loop = asyncio.get_running_loop()  # once per connection (see _session_silent)
+        self._loop = asyncio.get_running_loop()  # once per connection (see check_deadlines)
         self._parser = _Parser()
         self._buffer = b""
         self._transport: asyncio.Transport | None = None
         self._remote: str | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._due = 0.0
+        """Loop time by which a request must be whole, else the connection closes (0: none)."""
+        self._silent_after = 0.0
+        """Loop time at which the answer under way gives up waiting for the session (0: none)."""
+        self._pending: _Pending | None = None
         self._answering: asyncio.Task[None] | None = None
+        self._finished: asyncio.Future[None] | None = None
+        """Resolved when the answer under way is out (asked for by `stop`)."""
         self._writable: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._silent = False
@@ -235,12 +293,12 @@ class FastLane(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self._remote = peer[0] if isinstance(peer, tuple) else None
-        self._lanes.open.add(self)
+        self._lanes.opened(self, self._loop)
         self._deadline(self._lanes.header_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if self._answering is not None:  # the next request came early: it waits its turn
-            self._buffer += data
+        if self._pending is not None or self._answering is not None:
+            self._buffer += data  # the next request came early: it waits its turn
             if len(self._buffer) > MAX_HEAD and self._transport is not None:
                 self._transport.pause_reading()
                 self._reading_paused = True
@@ -256,10 +314,15 @@ class FastLane(asyncio.Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         self._lanes.open.discard(self)
         self._cancel_deadline()
-        if self._answering is not None:  # the browser left: its answer goes nowhere
+        # The browser left: its answer goes nowhere.
+        if self._pending is not None:
+            self._give_up(self._pending, 499)
+        if self._answering is not None:
             self._answering.cancel()
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
+        if self._finished is not None and not self._finished.done():
+            self._finished.set_result(None)  # the stop waits for this connection no more
 
     def pause_writing(self) -> None:
         self._writable = self._loop.create_future()
@@ -278,39 +341,136 @@ class FastLane(asyncio.Protocol):
                 self._hand_over()
             return
         head, rest = self._buffer[: end + 4], self._buffer[end + 4 :]
-        if self._lanes.closing or not self._parser.parse(head):
+        parser = self._parser
+        if self._lanes.closing or not parser.parse(head):
             self._hand_over()
             return
-        found = self._lanes.plain_read(self._parser, self._remote)
+        found = self._lanes.plain_read(parser, self._remote)
         if found is None:
             self._hand_over()
             return
         self._cancel_deadline()
         self._buffer = rest
         route, admitted, held, tail = found
-        self._answering = self._loop.create_task(self._answer(route, admitted, held, tail))
+        started = time.monotonic()
+        method = parser.method.decode("ascii")
+        if is_person_request(method, tail):
+            route.touch()
+        request = session_request_head(
+            method,
+            parser.url.decode("ascii"),
+            parser.head.headers,
+            route,
+            has_host=True,
+            cookie_token=admitted.cookie_token,
+        )
+        set_cookie = admitted.set_cookie
+        if method == "GET" and self._send_at_once(route, request, held, set_cookie, started):
+            return
+        self._answering = self._loop.create_task(
+            self._answer(route, request, method == "HEAD", held, set_cookie, started)
+        )
         # Released by the answer, or when its task ends if cancelled before it ran.
         self._answering.add_done_callback(lambda _task: held.release())
 
-    async def _answer(self, route: Route, admitted: Admission, held: Held, tail: str) -> None:
-        parser = self._parser
-        method = parser.method.decode("ascii")
-        started = time.monotonic()
+    def _send_at_once(
+        self, route: Route, request: bytes, held: Held, set_cookie: str | None, started: float
+    ) -> bool:
+        """Send the request now if a kept connection to the session is idle and the shares
+        have a connection free; whether it did."""
+        pool = self._lanes.proxy.forwarding.pool
+        conn = pool.kept(route.address)
+        if conn is None:
+            return False
+        if not held.take_connection():
+            pool.release(conn)
+            return False
+        answer = pool.send_now(conn, request)
+        pending = _Pending(conn, answer, request, route, held, set_cookie, started)
+        assert pending.head is not None
+        pending.head.add_done_callback(self._head_came)
+        self._pending = pending
+        self._silent_after = self._loop.time() + self._lanes.proxy.forwarding.idle_timeout
+        return True
+
+    def _head_came(self, head: asyncio.Future[Answer]) -> None:
+        """The session answered a request sent at once (or its connection ended first)."""
+        error = None if head.cancelled() else head.exception()
+        pending = self._pending
+        if pending is None or pending.head is not head:  # given up already
+            return
+        self._silent_after = 0.0
+        if error is not None:
+            pending.conn.close()
+            self._pending = None
+            if pending.conn.received:
+                self._finish(pending, self._error(502, UNANSWERED))
+                return
+            # The kept connection was closed by the session as the request went out: nothing
+            # was answered, so it goes once more on a new connection, as the pool does.
+            self._answering = self._loop.create_task(
+                self._answer(
+                    pending.route,
+                    pending.request,
+                    False,
+                    pending.held,
+                    pending.set_cookie,
+                    pending.started,
+                )
+            )
+            self._answering.add_done_callback(lambda _task: pending.held.release())
+            return
+        answer = pending.answer
+        if not answer.complete:  # more of the body to come: a task waits for it
+            self._pending = None
+            self._answering = self._loop.create_task(self._rest(pending))
+            self._answering.add_done_callback(lambda _task: pending.held.release())
+            return
+        self._finish(
+            pending, self._whole(pending.route, answer, answer.take(), pending.set_cookie, False)
+        )
+
+    def _give_up(self, pending: _Pending, status: int) -> None:
+        """End a request sent at once before its answer: its session connection closes."""
+        pending.conn.answer = None  # whatever comes is no one's
+        pending.conn.close()
+        self._finish(pending, status)
+
+    def _finish(self, pending: _Pending, status: int) -> None:
+        self._pending = None
+        pending.held.release()  # before the next request on this connection takes its own
+        observe_request(_FAMILY, status, time.monotonic() - pending.started)
+        self._answered()
+
+    async def _rest(self, pending: _Pending) -> None:
+        """The rest of an answer to a request sent at once."""
+        exchange = Exchange(pending.conn, pending.answer)
         status = 499  # unless the answer goes out
         try:
-            if is_person_request(method, tail):
-                route.touch()
-            head = session_request_head(
-                method,
-                parser.url.decode("ascii"),
-                parser.head.headers,
-                route,
-                has_host=True,
-                cookie_token=admitted.cookie_token,
-            )
-            status = await self._forward(route, head, method == "HEAD", held, admitted.set_cookie)
+            status = await self._answer_body(pending.route, exchange, False, pending.set_cookie)
         except Exception:
-            log.exception("fastlane.unhandled", path=parser.url.partition(b"?")[0].decode())
+            log.exception("fastlane.unhandled")
+            self._close()
+        finally:
+            exchange.end()
+            pending.held.release()
+            observe_request(_FAMILY, status, time.monotonic() - pending.started)
+        self._answered()
+
+    async def _answer(
+        self,
+        route: Route,
+        request: bytes,
+        head_only: bool,
+        held: Held,
+        set_cookie: str | None,
+        started: float,
+    ) -> None:
+        status = 499  # unless the answer goes out
+        try:
+            status = await self._forward(route, request, head_only, held, set_cookie)
+        except Exception:
+            log.exception("fastlane.unhandled")
             self._close()
         finally:
             held.release()  # before the next request on this connection takes its own
@@ -318,19 +478,22 @@ class FastLane(asyncio.Protocol):
         self._answered()
 
     async def _forward(
-        self, route: Route, head: bytes, head_only: bool, held: Held, set_cookie: str | None
+        self, route: Route, request: bytes, head_only: bool, held: Held, set_cookie: str | None
     ) -> int:
         """Carry one request to its session and its answer back (with `set_cookie`, the
         session's cookie for a token that came in `Authorization`); the status sent."""
         forwarding = self._lanes.proxy.forwarding
         idle = forwarding.idle_timeout
         try:
-            await held.connect()
-            give_up = self._loop.call_later(idle, self._session_silent)
+            if not held.connected:
+                await held.connect()
+            self._silent_after = self._loop.time() + idle
             try:
-                exchange = await forwarding.pool.request(route.address, head, head_only=head_only)
+                exchange = await forwarding.pool.request(
+                    route.address, request, head_only=head_only
+                )
             finally:
-                give_up.cancel()
+                self._silent_after = 0.0
         except Refused as exc:
             return self._error(503, exc.message, b"Retry-After: 5\r\n")
         except UpstreamError as exc:
@@ -344,41 +507,50 @@ class FastLane(asyncio.Protocol):
                 self._answering.uncancel()
             return self._error(504, idle_message(idle))
         try:
-            answer = exchange.answer
-            headers = self._browser_headers(route.session, answer.headers)
-            if set_cookie is not None:
-                headers.append((b"Set-Cookie", set_cookie.encode()))
-            bodiless = head_only or answer.status in NO_BODY_STATUS
-            length = answer.expected
-            if (
-                answer.complete
-                or bodiless
-                or (length is not None and length <= BUFFERED_BODY_LIMIT)
-            ):
-                try:
-                    if answer.complete:  # the usual case: all came with the head
-                        body = await exchange.read()
-                    else:
-                        async with asyncio.timeout(idle):
-                            body = await exchange.read()
-                except (UpstreamError, TimeoutError) as exc:
-                    log.info("proxy.stream_aborted", error=str(exc))
-                    return self._error(502, STOPPED_MIDWAY)
-                if length is None and not bodiless:
-                    headers.append((b"Content-Length", b"%d" % len(body)))
-                self._write(_answer_head(answer.status, answer.reason, headers) + body)
-            else:
-                await self._stream(exchange, headers, idle)
-            return answer.status
+            return await self._answer_body(route, exchange, head_only, set_cookie)
         finally:
             exchange.end()
 
+    async def _answer_body(
+        self, route: Route, exchange: Exchange, head_only: bool, set_cookie: str | None
+    ) -> int:
+        """The answer whose head is in, to the browser: whole when small, else streamed."""
+        answer = exchange.answer
+        idle = self._lanes.proxy.forwarding.idle_timeout
+        bodiless = head_only or answer.status in NO_BODY_STATUS
+        length = answer.expected
+        if not (
+            answer.complete or bodiless or (length is not None and length <= BUFFERED_BODY_LIMIT)
+        ):
+            return await self._stream(route, exchange, set_cookie, idle)
+        try:
+            if answer.complete:  # the usual case: all came with the head
+                body = answer.take()
+            else:
+                async with asyncio.timeout(idle):
+                    body = await exchange.read()
+        except (UpstreamError, TimeoutError) as exc:
+            log.info("proxy.stream_aborted", error=str(exc))
+            return self._error(502, STOPPED_MIDWAY)
+        return self._whole(route, answer, body, set_cookie, bodiless)
+
+    def _whole(
+        self, route: Route, answer: Answer, body: bytes, set_cookie: str | None, bodiless: bool
+    ) -> int:
+        """A whole answer in one write, its length said when the session did not."""
+        headers = self._browser_headers(route.session, answer.headers, set_cookie)
+        if answer.expected is None and not bodiless:
+            headers.append((b"Content-Length", b"%d" % len(body)))
+        self._write(_answer_head(answer.status, answer.reason, headers) + body)
+        return answer.status
+
     async def _stream(
-        self, exchange: Exchange, headers: list[tuple[bytes, bytes]], idle: float
-    ) -> None:
+        self, route: Route, exchange: Exchange, set_cookie: str | None, idle: float
+    ) -> int:
         """A large or open-ended body, passed on as it arrives (chunk-framed when the session
         gave no length), waiting while the browser is slower than the session."""
         answer = exchange.answer
+        headers = self._browser_headers(route.session, answer.headers, set_cookie)
         chunked = answer.expected is None
         if chunked:
             headers.append((b"Transfer-Encoding", b"chunked"))
@@ -397,6 +569,7 @@ class FastLane(asyncio.Protocol):
             # The head is gone already: all that can be said is ending the connection.
             log.info("proxy.stream_aborted", error=type(exc).__name__)
             self._close()
+        return answer.status
 
     def _error(self, status: int, message: str, extra: bytes = b"") -> int:
         body = json.dumps({"message": message}).encode()
@@ -408,32 +581,50 @@ class FastLane(asyncio.Protocol):
         return status
 
     def _browser_headers(
-        self, session: str, raw: list[tuple[bytes, bytes]]
+        self, session: str, raw: list[tuple[bytes, bytes]], set_cookie: str | None
     ) -> list[tuple[bytes, bytes]]:
-        """The session's answer headers for the browser: end to end only, and confined
-        (sessionurls.py) when they say something to confine; as bytes, as they came."""
+        """The session's answer headers for the browser: end to end only, confined
+        (sessionurls.py) when they say something to confine, as bytes as they came; with
+        `set_cookie`, the session's cookie for a token that came in `Authorization`."""
         kept = end_to_end(raw)
-        if not any(name.lower() in _CONFINED for name, _ in kept):
-            return kept
-        headers = answer_headers(raw)
-        self._lanes.proxy.urls.confine(session, headers)
-        return [
-            (name.encode("latin-1"), value.encode("utf-8", "surrogateescape"))
-            for name, value in headers.items()
-        ]
+        if any(name.lower() in _CONFINED for name, _ in kept):
+            headers = answer_headers(raw)
+            self._lanes.proxy.urls.confine(session, headers)
+            kept = [
+                (name.encode("latin-1"), value.encode("utf-8", "surrogateescape"))
+                for name, value in headers.items()
+            ]
+        if set_cookie is not None:
+            kept.append((b"Set-Cookie", set_cookie.encode()))
+        return kept
 
-    def _session_silent(self) -> None:
-        """The session sent nothing for the idle timeout: the request gives up (504). Not
-        `asyncio.timeout`, which asks for the running loop three times: here each asking is a
-        getpid() system call (CPython's check that the loop is this process's), on every
-        request."""
-        if self._answering is not None:
-            self._silent = True
-            self._answering.cancel()
+    def check_deadlines(self, now: float) -> None:
+        """A head not whole in time closes the connection; a session silent for the idle
+        timeout ends the request (504). Not `asyncio.timeout`, which asks for the running loop
+        three times: each asking is a getpid() system call (CPython's check that the loop is
+        this process's), on every request."""
+        if self._due and now >= self._due:
+            self._due = 0.0
+            if self._buffer:
+                log.info("client.header_timeout", seconds=self._lanes.header_timeout)
+            self._close()
+        if self._silent_after and now >= self._silent_after:
+            self._silent_after = 0.0
+            if self._pending is not None:
+                idle = self._lanes.proxy.forwarding.idle_timeout
+                pending = self._pending
+                pending.conn.answer = None
+                pending.conn.close()
+                self._finish(pending, self._error(504, idle_message(idle)))
+            elif self._answering is not None:
+                self._silent = True
+                self._answering.cancel()
 
     def _answered(self) -> None:
         """An answer went out (or the connection is gone): the next request, if any."""
         self._answering = None
+        if self._finished is not None and not self._finished.done():
+            self._finished.set_result(None)
         transport = self._transport
         if transport is None or transport.is_closing():
             return
@@ -476,31 +667,24 @@ class FastLane(asyncio.Protocol):
 
     def _deadline(self, seconds: float) -> None:
         """Close the connection in `seconds` unless a request comes whole by then."""
-        self._cancel_deadline()
-        self._timer = self._loop.call_later(seconds, self._expired)
+        self._due = self._loop.time() + seconds
 
     def _cancel_deadline(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._due = 0.0
 
-    def _expired(self) -> None:
-        self._timer = None
-        if self._buffer:
-            log.info("client.header_timeout", seconds=self._lanes.header_timeout)
-        self._close()
-
-    def stop(self) -> asyncio.Task[None] | None:
+    def stop(self) -> asyncio.Future[None] | None:
         """The gateway stops: an idle connection closes now, a busy one after its answer (the
-        task returned)."""
-        if self._answering is None:
+        future returned resolves then)."""
+        if self._answering is None and self._pending is None:
             self._close()
-        return self._answering
+            return None
+        self._finished = self._loop.create_future()
+        return self._finished
 
     def abort(self) -> None:
         if self._answering is not None:
             self._answering.cancel()
-        self._close()
+        self._close()  # a request sent at once ends with the connection (connection_lost)
 
 
 def _answer_head(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -533,6 +717,7 @@ class Serving:
             await asyncio.wait(busy, timeout=grace)
         for lane in list(lanes.open):
             lane.abort()
+        lanes.stop_sweeping()
         await self.runner.cleanup()
 
 

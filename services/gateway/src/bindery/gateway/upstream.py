@@ -63,8 +63,13 @@ class Answer:
         self.buffered = 0
         self.waiter: asyncio.Future[None] | None = None
 
+    def take(self) -> bytes:
+        """The body buffered so far (all of it, once `complete`)."""
+        chunks, self.chunks, self.buffered = self.chunks, [], 0
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-class _Connection(asyncio.Protocol):
+
+class Connection(asyncio.Protocol):
     """One connection to a session; parser callbacks fill the current `Answer`."""
 
     def __init__(self, pool: Pool, target: Target) -> None:
@@ -225,7 +230,7 @@ class Pool:
     """Kept-alive connections to sessions, shared by every proxied request of a gateway."""
 
     def __init__(self, connect_timeout: float) -> None:
-        self._idle: dict[Target, deque[_Connection]] = {}
+        self._idle: dict[Target, deque[Connection]] = {}
         self._connect_timeout = connect_timeout
 
     async def request(
@@ -249,7 +254,7 @@ class Pool:
 
     async def _send(
         self, target: Target, head: bytes, body: bytes | AsyncIterator[bytes] | None
-    ) -> tuple[_Connection, Answer]:
+    ) -> tuple[Connection, Answer]:
         replayable = isinstance(body, bytes | None)
         conn = await self._connection(target)
         while True:
@@ -276,27 +281,44 @@ class Pool:
                 conn.close()
                 raise
 
-    async def _connection(self, target: Target, fresh: bool = False) -> _Connection:
+    def kept(self, target: Target) -> Connection | None:
+        """A kept-alive connection to `target` to use now, if one is idle."""
+        idle = self._idle.get(target)
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            if conn.reusable and now - conn.idle_since < IDLE_SECONDS:
+                return conn
+            conn.close()
+        return None
+
+    def send_now(self, conn: Connection, head: bytes) -> Answer:
+        """Send a request with no body on a kept connection (`kept`); its answer fills the
+        returned `Answer` and `conn.head` resolves with its head (or the connection's end).
+        A connection the session closed as it went out is the caller's to try again."""
+        answer = Answer()
+        conn.taken(answer)
+        assert conn.transport is not None
+        conn.transport.write(head)
+        return answer
+
+    async def _connection(self, target: Target, fresh: bool = False) -> Connection:
         if not fresh:
-            idle = self._idle.get(target)
-            now = time.monotonic()
-            while idle:
-                conn = idle.pop()
-                if conn.reusable and now - conn.idle_since < IDLE_SECONDS:
-                    return conn
-                conn.close()
+            conn = self.kept(target)
+            if conn is not None:
+                return conn
         host, port, tls = target
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: _Connection(self, target), host, port, ssl=tls or None
+                    lambda: Connection(self, target), host, port, ssl=tls or None
                 )
         except (OSError, TimeoutError) as exc:
             raise UpstreamError(str(exc) or type(exc).__name__) from exc
         return conn
 
-    def release(self, conn: _Connection) -> None:
+    def release(self, conn: Connection) -> None:
         """An answer ended on `conn`: keep it for the next request, or close it."""
         if conn.reusable and conn.transport is not None and not conn.transport.is_closing():
             conn.idle_since = time.monotonic()
@@ -304,7 +326,7 @@ class Pool:
         else:
             conn.close()
 
-    def forget(self, conn: _Connection) -> None:
+    def forget(self, conn: Connection) -> None:
         idle = self._idle.get(conn.target)
         if idle is not None and conn in idle:
             idle.remove(conn)
@@ -323,7 +345,7 @@ class Exchange:
 
     __slots__ = ("_conn", "_ended", "answer")
 
-    def __init__(self, conn: _Connection, answer: Answer) -> None:
+    def __init__(self, conn: Connection, answer: Answer) -> None:
         self._conn = conn
         self.answer = answer
         self._ended = False
@@ -332,9 +354,8 @@ class Exchange:
         """The whole body (for answers of a known, small length)."""
         answer = self.answer
         if answer.complete:  # all in already (a small answer comes in its head's read)
-            chunks, answer.chunks, answer.buffered = answer.chunks, [], 0
-        else:
-            chunks = [chunk async for chunk in self.chunks()]
+            return answer.take()
+        chunks = [chunk async for chunk in self.chunks()]
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def chunks(self) -> AsyncIterator[bytes]:
