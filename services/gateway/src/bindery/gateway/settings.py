@@ -140,10 +140,10 @@ class GatewaySettings(CapacitySettings):
 
     client_header_timeout: float = Field(default=20.0, gt=0)
     """A client must send a whole request head within this many seconds of its first byte (of
-    connecting, for a connection's first request), or its connection is closed (slowclients.py):
-    a browser sends a head in one packet, so even a poor mobile link needs a second or two; a
-    slowloris client sending a byte every few seconds is cut here (Apache's mod_reqtimeout
-    allows 20 s too)."""
+    connecting, for a connection's first request), or its connection is closed (fastlane.py,
+    slowclients.py): a browser sends a head in one packet, so even a poor mobile link needs a
+    second or two; a slowloris client sending a byte every few seconds is cut here (Apache's
+    mod_reqtimeout allows 20 s too)."""
 
     client_body_timeout: float = Field(default=30.0, gt=0)
     """A request body with no byte arriving for this long is given up (408, connection closed):
