@@ -122,17 +122,17 @@ def client_address(
     """The client's address: the socket peer (`remote`), unless that is a trusted proxy, in
     which case the right-most `X-Forwarded-For` entry that is not itself a trusted proxy
     (entries further left are whatever the client chose to send)."""
-    peer = _address(remote)
-    if peer is None or not _within(peer, trusted_proxies):
-        return peer
+    socket_peer = _address(remote)
+    if socket_peer is None or not _within(socket_peer, trusted_proxies):
+        return socket_peer
     hops = [h for v in forwarded_for for h in v.split(",")]
     for hop in reversed(hops):
         address = _address(hop)
         if address is None:
-            return peer
+            return socket_peer
         if not _within(address, trusted_proxies):
             return address
-    return peer
+    return socket_peer
 
 
 @functools.lru_cache(maxsize=ADDRESS_CACHE)

@@ -30,7 +30,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from http import HTTPStatus
 
 import httptools
@@ -267,7 +268,7 @@ class FastLane(asyncio.Protocol):
     whole -- is sent and answered from the connections' callbacks (`_send_at_once`): no task,
     no loop iteration in between. Any other (HEAD, a new connection to make, shares to wait
     for, a large answer, a kept connection the session closed as the request went out) goes
-    on in a task (`_answer`)."""
+    on in a task (`_in_task`)."""
 
     def __init__(self, lanes: Lanes) -> None:
         self._lanes = lanes
@@ -367,11 +368,8 @@ class FastLane(asyncio.Protocol):
         set_cookie = admitted.set_cookie
         if method == "GET" and self._send_at_once(route, request, held, set_cookie, started):
             return
-        self._answering = self._loop.create_task(
-            self._answer(route, request, method == "HEAD", held, set_cookie, started)
-        )
-        # Released by the answer, or when its task ends if cancelled before it ran.
-        self._answering.add_done_callback(lambda _task: held.release())
+        work = partial(self._forward, route, request, method == "HEAD", held, set_cookie)
+        self._in_task(work, held, started)
 
     def _send_at_once(
         self, route: Route, request: bytes, held: Held, set_cookie: str | None, started: float
@@ -408,23 +406,20 @@ class FastLane(asyncio.Protocol):
                 return
             # The kept connection was closed by the session as the request went out: nothing
             # was answered, so it goes once more on a new connection, as the pool does.
-            self._answering = self._loop.create_task(
-                self._answer(
-                    pending.route,
-                    pending.request,
-                    False,
-                    pending.held,
-                    pending.set_cookie,
-                    pending.started,
-                )
+            resend = partial(
+                self._forward,
+                pending.route,
+                pending.request,
+                False,
+                pending.held,
+                pending.set_cookie,
             )
-            self._answering.add_done_callback(lambda _task: pending.held.release())
+            self._in_task(resend, pending.held, pending.started)
             return
         answer = pending.answer
         if not answer.complete:  # more of the body to come: a task waits for it
             self._pending = None
-            self._answering = self._loop.create_task(self._rest(pending))
-            self._answering.add_done_callback(lambda _task: pending.held.release())
+            self._in_task(partial(self._rest, pending), pending.held, pending.started)
             return
         self._finish(
             pending, self._whole(pending.route, answer, answer.take(), pending.set_cookie, False)
@@ -442,33 +437,16 @@ class FastLane(asyncio.Protocol):
         observe_request(_FAMILY, status, time.monotonic() - pending.started)
         self._answered()
 
-    async def _rest(self, pending: _Pending) -> None:
-        """The rest of an answer to a request sent at once."""
-        exchange = Exchange(pending.conn, pending.answer)
-        status = 499  # unless the answer goes out
-        try:
-            status = await self._answer_body(pending.route, exchange, False, pending.set_cookie)
-        except Exception:
-            log.exception("fastlane.unhandled")
-            self._close()
-        finally:
-            exchange.end()
-            pending.held.release()
-            observe_request(_FAMILY, status, time.monotonic() - pending.started)
-        self._answered()
+    def _in_task(self, work: Callable[[], Awaitable[int]], held: Held, started: float) -> None:
+        """Go on with a request in a task: `work` answers it and says the status sent."""
+        self._answering = self._loop.create_task(self._carry(work, held, started))
+        # Released by the answer, or when its task ends if cancelled before it ran.
+        self._answering.add_done_callback(lambda _task: held.release())
 
-    async def _answer(
-        self,
-        route: Route,
-        request: bytes,
-        head_only: bool,
-        held: Held,
-        set_cookie: str | None,
-        started: float,
-    ) -> None:
+    async def _carry(self, work: Callable[[], Awaitable[int]], held: Held, started: float) -> None:
         status = 499  # unless the answer goes out
         try:
-            status = await self._forward(route, request, head_only, held, set_cookie)
+            status = await work()
         except Exception:
             log.exception("fastlane.unhandled")
             self._close()
@@ -476,6 +454,14 @@ class FastLane(asyncio.Protocol):
             held.release()  # before the next request on this connection takes its own
             observe_request(_FAMILY, status, time.monotonic() - started)
         self._answered()
+
+    async def _rest(self, pending: _Pending) -> int:
+        """The rest of an answer to a request sent at once."""
+        exchange = Exchange(pending.conn, pending.answer)
+        try:
+            return await self._answer_body(pending.route, exchange, False, pending.set_cookie)
+        finally:
+            exchange.end()
 
     async def _forward(
         self, route: Route, request: bytes, head_only: bool, held: Held, set_cookie: str | None
@@ -612,10 +598,7 @@ class FastLane(asyncio.Protocol):
             self._silent_after = 0.0
             if self._pending is not None:
                 idle = self._lanes.proxy.forwarding.idle_timeout
-                pending = self._pending
-                pending.conn.answer = None
-                pending.conn.close()
-                self._finish(pending, self._error(504, idle_message(idle)))
+                self._give_up(self._pending, self._error(504, idle_message(idle)))
             elif self._answering is not None:
                 self._silent = True
                 self._answering.cancel()
